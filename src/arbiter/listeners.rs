@@ -1,0 +1,261 @@
+//! Binding listeners, in the arbiter, before any worker exists.
+//!
+//! Every listener is bound once and inherited by each forked worker, so all workers accept from
+//! one kernel queue (gunicorn's and nginx's default): a busy worker simply accepts less, and a
+//! worker at its connection limit leaves clients waiting in the backlog for a free one.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::net::BindAddr;
+
+/// The transport of a listener, which decides the stream type workers accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// TCP over IPv4 or IPv6.
+    Tcp,
+    /// A Unix stream socket.
+    Unix,
+}
+
+/// A bound, listening socket.
+///
+/// Dropping it closes this process's descriptor only; the socket file of a Unix listener is
+/// removed by [`Listener::remove_socket_file`], never on drop, because forked workers drop
+/// their copies too and must not delete the arbiter's path.
+#[derive(Debug)]
+pub struct Listener {
+    /// The address as configured (port 0 stays 0 here).
+    pub addr: BindAddr,
+    /// The address as bound: the real port when 0 was asked. A reload whose config names
+    /// this address keeps the listener.
+    pub bound: BindAddr,
+    /// The address as bound, for logs.
+    pub local: String,
+    /// TCP or Unix.
+    pub kind: ListenerKind,
+    /// The socket. Owned here; each worker owns its inherited copy after fork.
+    pub fd: OwnedFd,
+    /// For a Unix socket created by us: the path and the inode we created, so that exit removes
+    /// our file and not one a newer server put there since.
+    created_file: Option<(PathBuf, u64, u64)>,
+}
+
+/// Why a listener could not be set up. Each names the address and suggests a fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// `EADDRINUSE`.
+    #[error("failed to bind {addr}: address in use — is another server running?")]
+    InUse {
+        /// The address.
+        addr: BindAddr,
+    },
+    /// `EACCES` on a privileged port or a directory we may not write.
+    #[error(
+        "failed to bind {addr}: permission denied — ports below 1024 need root or \
+         CAP_NET_BIND_SERVICE; a unix socket needs a writable directory"
+    )]
+    Denied {
+        /// The address.
+        addr: BindAddr,
+    },
+    /// `EADDRNOTAVAIL`.
+    #[error("failed to bind {addr}: address not available — is it an address of this machine?")]
+    NotAvailable {
+        /// The address.
+        addr: BindAddr,
+    },
+    /// Anything else from `socket`/`bind`/`listen`.
+    #[error("failed to bind {addr}: {source}")]
+    Other {
+        /// The address.
+        addr: BindAddr,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A live server answers on this Unix socket.
+    #[error("failed to bind unix:{}: a server is already listening there", path.display())]
+    UnixInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The Unix path exists and is something else.
+    #[error(
+        "failed to bind unix:{}: the path exists and is not a socket — refusing to replace it",
+        path.display()
+    )]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// `fd://N` is not an open, listening stream socket.
+    #[error("cannot use fd://{fd}: {why}")]
+    BadFd {
+        /// The descriptor.
+        fd: i32,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+fn bind_error(addr: &BindAddr, source: io::Error) -> ListenError {
+    let addr = addr.clone();
+    match source.raw_os_error() {
+        Some(nix::libc::EADDRINUSE) => ListenError::InUse { addr },
+        Some(nix::libc::EACCES) | Some(nix::libc::EPERM) => ListenError::Denied { addr },
+        Some(nix::libc::EADDRNOTAVAIL) => ListenError::NotAvailable { addr },
+        _ => ListenError::Other { addr, source },
+    }
+}
+
+impl Listener {
+    /// Binds and listens on `addr` with this backlog.
+    ///
+    /// A Unix path holding a stale socket (nobody answers a `connect`) is replaced; a live one
+    /// or a non-socket is refused.
+    ///
+    /// # Errors
+    /// A [`ListenError`] naming the address.
+    pub fn bind(addr: &BindAddr, backlog: u32) -> Result<Listener, ListenError> {
+        let backlog = backlog.min(i32::MAX as u32) as i32;
+        match addr {
+            BindAddr::Tcp(sa) => {
+                let err = |e| bind_error(addr, e);
+                let sock = Socket::new(Domain::for_address(*sa), Type::STREAM, Some(Protocol::TCP))
+                    .map_err(err)?;
+                // Restarting on a port with connections in TIME_WAIT must work at once.
+                sock.set_reuse_address(true).map_err(err)?;
+                if sa.is_ipv6() {
+                    // Explicit, not net.ipv6.bindv6only: [::]:80 means IPv6 only; bind
+                    // 0.0.0.0:80 as well for IPv4.
+                    sock.set_only_v6(true).map_err(err)?;
+                }
+                sock.bind(&(*sa).into()).map_err(err)?;
+                sock.listen(backlog).map_err(err)?;
+                let bound = sock
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .unwrap_or(*sa);
+                Ok(Listener {
+                    addr: addr.clone(),
+                    bound: BindAddr::Tcp(bound),
+                    local: bound.to_string(),
+                    kind: ListenerKind::Tcp,
+                    fd: sock.into(),
+                    created_file: None,
+                })
+            }
+            BindAddr::Unix(path) => bind_unix(addr, path, backlog),
+            BindAddr::Fd(fd) => adopt_fd(addr, *fd),
+        }
+    }
+
+    /// Whether this listener is the one `addr` asks for (as configured, or as bound).
+    pub fn serves(&self, addr: &BindAddr) -> bool {
+        &self.addr == addr || &self.bound == addr
+    }
+
+    /// Removes the socket file this listener created, if it is still the one we created.
+    pub fn remove_socket_file(&self) {
+        if let Some((path, dev, ino)) = &self.created_file
+            && let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.dev() == *dev
+            && meta.ino() == *ino
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn bind_unix(addr: &BindAddr, path: &Path, backlog: i32) -> Result<Listener, ListenError> {
+    let err = |e| bind_error(addr, e);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(ListenError::UnixInUse { path: path.into() }),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    // Left by a server that died without cleaning up: nobody listens.
+                    tracing::info!("removing stale socket file {}", path.display());
+                    std::fs::remove_file(path).map_err(err)?;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(_) => return Err(ListenError::NotASocket { path: path.into() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let sock = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+    sock.bind(&SockAddr::unix(path).map_err(err)?)
+        .map_err(err)?;
+    let meta = std::fs::symlink_metadata(path).map_err(err)?;
+    let created = Some((path.to_path_buf(), meta.dev(), meta.ino()));
+    if let Err(e) = sock.listen(backlog) {
+        let _ = std::fs::remove_file(path);
+        return Err(err(e));
+    }
+    Ok(Listener {
+        addr: addr.clone(),
+        bound: addr.clone(),
+        local: addr.to_string(),
+        kind: ListenerKind::Unix,
+        fd: sock.into(),
+        created_file: created,
+    })
+}
+
+fn adopt_fd(addr: &BindAddr, fd: i32) -> Result<Listener, ListenError> {
+    let bad = |why: String| ListenError::BadFd { fd, why };
+    if fd <= 2 {
+        return Err(bad("0, 1 and 2 are stdin, stdout and stderr".into()));
+    }
+    // SAFETY: F_GETFD only asks whether the number is an open descriptor; it changes nothing.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD)
+        .map_err(|e| bad(format!("not an open file descriptor ({e})")))?;
+    let sock = socket2::SockRef::from(&borrowed);
+    match sock.r#type() {
+        Ok(Type::STREAM) => {}
+        Ok(_) => return Err(bad("not a stream socket".into())),
+        Err(e) => return Err(bad(format!("not a socket ({e})"))),
+    }
+    if !sock.is_listener().unwrap_or(false) {
+        return Err(bad("the socket is not listening".into()));
+    }
+    let local = sock.local_addr().map_err(|e| bad(e.to_string()))?;
+    let (kind, shown) = match local.as_socket() {
+        Some(sa) => (ListenerKind::Tcp, sa.to_string()),
+        None => (
+            ListenerKind::Unix,
+            local
+                .as_pathname()
+                .map_or("unix:(unnamed)".to_string(), |p| {
+                    format!("unix:{}", p.display())
+                }),
+        ),
+    };
+    let raw = borrowed.as_raw_fd();
+    // SAFETY: the descriptor was inherited for us to use (that is what fd://N says) and is
+    // open (checked above); from here on this Listener is its only owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(Listener {
+        addr: addr.clone(),
+        bound: addr.clone(),
+        local: format!("{shown} ({addr})"),
+        kind,
+        fd,
+        created_file: None,
+    })
+}

@@ -1,0 +1,149 @@
+//! Command-line flags. Names follow gunicorn where the concept is the same, so an operator's
+//! muscle memory carries over (`-b`, `-w`, `-t`, `--graceful-timeout`, `-p`, `-c`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::{LogLevel, parse_duration};
+use crate::net::BindAddr;
+
+const ABOUT: &str = "A pre-fork network server: one arbiter, a pool of worker processes";
+
+const LONG_ABOUT: &str = "\
+A pre-fork network server: one small arbiter process binds the sockets and keeps a pool of \
+worker processes alive; each worker serves many connections on its own event loop.
+
+The arbiter respawns workers that die, kills workers that stop answering (--timeout), and \
+reloads or scales the pool without dropping a connection (signals below).";
+
+const AFTER_HELP: &str = "\
+Examples:
+  oxicorn echo --bind 127.0.0.1:9000 --workers 4
+  oxicorn echo -b 127.0.0.1:9000 -b unix:/tmp/echo.sock --pid /tmp/oxi.pid
+  oxicorn echo -c oxicorn.toml --check-config
+
+Signals to the arbiter (kill -SIG $(cat PIDFILE)):
+  TERM       graceful stop: close listeners, let connections finish (--graceful-timeout)
+  INT, QUIT  fast stop
+  HUP        reload: re-read the config file, start new workers, then retire the old ones
+  TTIN/TTOU  one worker more / one fewer
+  USR1       reopen log files
+
+The config file (-c) is TOML with the flags' names, dashes as underscores:
+  bind = [\"127.0.0.1:9000\", \"unix:/tmp/echo.sock\"]
+  workers = 4
+  graceful_timeout = 10";
+
+/// `oxicorn [SERVICE] [OPTIONS]`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "oxicorn",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    subcommand_value_name = "SERVICE",
+    subcommand_help_heading = "Services"
+)]
+pub struct Cli {
+    /// The service to run.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options shared by every service.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The services.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Echo every byte back to its sender.
+    Echo,
+}
+
+/// Options for the arbiter and its workers. `None` means "not given": the config file or the
+/// default decides.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Server options")]
+pub struct ServerArgs {
+    /// Listen here: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (repeatable) [default: 127.0.0.1:8000]
+    #[arg(short = 'b', long = "bind", value_name = "ADDR", global = true)]
+    pub bind: Vec<BindAddr>,
+
+    /// Worker processes [default: the number of CPUs]
+    #[arg(short = 'w', long, value_name = "N", global = true)]
+    pub workers: Option<usize>,
+
+    /// Kill a worker whose heartbeat is older than this; 0 turns the check off [default: 30]
+    #[arg(short = 't', long, value_name = "SECS", value_parser = parse_duration, global = true)]
+    pub timeout: Option<Duration>,
+
+    /// On a stop or reload, how long connections may run on before they are cut [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, global = true)]
+    pub graceful_timeout: Option<Duration>,
+
+    /// Connections one worker serves at once; more wait in the backlog [default: 1000]
+    #[arg(long, value_name = "N", global = true)]
+    pub worker_connections: Option<usize>,
+
+    /// Pending connections the kernel queues per listener [default: 2048]
+    #[arg(long, value_name = "N", global = true)]
+    pub backlog: Option<u32>,
+
+    /// Close a connection silent for this long; 0 = never [default: 300 for echo]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, global = true)]
+    pub idle_timeout: Option<Duration>,
+
+    /// Write the arbiter's pid here once listening; removed on exit
+    #[arg(short = 'p', long = "pid", value_name = "FILE", global = true)]
+    pub pid: Option<PathBuf>,
+
+    /// debug, info, warning, error or critical [default: info]
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<LogLevel>,
+
+    /// Write logs to this file ('-' = stderr); reopened on USR1
+    #[arg(long, value_name = "FILE", global = true)]
+    pub error_logfile: Option<PathBuf>,
+
+    /// Read settings from this TOML file; flags win over it
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration, print a summary and exit (0 = valid) without binding
+    #[arg(long, global = true)]
+    pub check_config: bool,
+
+    /// Print the effective configuration as TOML and exit
+    #[arg(long, global = true)]
+    pub print_config: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_go_before_or_after_the_service() {
+        let cli = Cli::try_parse_from(["oxicorn", "-w", "3", "echo", "-b", "127.0.0.1:1"]).unwrap();
+        assert_eq!(cli.server.workers, Some(3));
+        assert_eq!(cli.server.bind.len(), 1);
+        assert!(matches!(cli.command, Some(Command::Echo)));
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_parse_time() {
+        assert!(Cli::try_parse_from(["oxicorn", "echo", "-b", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["oxicorn", "echo", "-t", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["oxicorn", "echo", "--log-level", "loud"]).is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! Configuration: flags ([`cli`]), the TOML file ([`file`]) and the checks that turn both
+//! into one immutable [`Config`] ([`validate`]).
+//!
+//! Precedence is gunicorn's: a flag on the command line wins over the config file, which wins
+//! over the defaults. This module never opens a socket: a bad configuration is refused before
+//! anything running is touched, which is what makes `kill -HUP` safe to try.
+
+pub mod cli;
+pub mod file;
+pub mod validate;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use cli::{Cli, Command, ServerArgs};
+pub use file::FileConfig;
+pub use validate::ConfigError;
+
+use crate::net::BindAddr;
+
+/// The most workers one arbiter runs; a reload briefly runs twice this many.
+pub const MAX_WORKERS: usize = 512;
+
+/// Where the server listens when no `--bind` is given (gunicorn's default too).
+pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+
+/// The whole, checked configuration of one server. Built once per start or reload; never mutated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// What every connection is served with.
+    pub service: ServiceConfig,
+    /// Every listener, in the order given.
+    pub binds: Vec<BindAddr>,
+    /// How many workers to keep running.
+    pub workers: usize,
+    /// Heartbeat age after which a worker is killed; `None` turns the check off.
+    pub timeout: Option<Duration>,
+    /// How long in-flight connections may run on after a graceful stop or reload.
+    pub graceful_timeout: Duration,
+    /// Connections one worker serves at once; more wait in the kernel's backlog.
+    pub worker_connections: usize,
+    /// The `listen(2)` backlog.
+    pub backlog: u32,
+    /// How long a connection may sit silent before it is closed; `None` never closes it.
+    pub idle_timeout: Option<Duration>,
+    /// The pid file, written once listening.
+    pub pidfile: Option<PathBuf>,
+    /// The least severe log level printed.
+    pub log_level: LogLevel,
+    /// Where logs go; `None` is stderr.
+    pub error_logfile: Option<PathBuf>,
+    /// The file these settings were read from, re-read on HUP.
+    pub config_file: Option<PathBuf>,
+}
+
+/// The service and its own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceConfig {
+    /// Bytes in, the same bytes out.
+    Echo,
+}
+
+impl ServiceConfig {
+    /// The name used on the command line and in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServiceConfig::Echo => "echo",
+        }
+    }
+
+    /// The idle timeout when neither the flags nor the file set one.
+    pub fn default_idle_timeout(&self) -> Duration {
+        match self {
+            ServiceConfig::Echo => Duration::from_secs(300),
+        }
+    }
+}
+
+/// Log levels by gunicorn's names (`warning`, `critical`), with tracing's accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Everything, including per-connection details.
+    Debug,
+    /// Lifecycle: listening, workers booted and exited, reloads.
+    Info,
+    /// Something an operator may want to look at.
+    Warning,
+    /// Something an operator must act on.
+    Error,
+    /// Only what stops the server.
+    Critical,
+}
+
+impl LogLevel {
+    /// The matching tracing filter (`critical` maps to error, tracing's highest).
+    pub fn filter(self) -> tracing::level_filters::LevelFilter {
+        use tracing::level_filters::LevelFilter;
+        match self {
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Warning => LevelFilter::WARN,
+            LogLevel::Error | LogLevel::Critical => LevelFilter::ERROR,
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "debug" | "trace" => Ok(LogLevel::Debug),
+            "info" => Ok(LogLevel::Info),
+            "warning" | "warn" => Ok(LogLevel::Warning),
+            "error" => Ok(LogLevel::Error),
+            "critical" | "crit" => Ok(LogLevel::Critical),
+            _ => Err(format!(
+                "unknown log level `{s}`: expected debug, info, warning, error or critical"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "critical",
+        })
+    }
+}
+
+/// Parses a duration the way operators write one: `30` or `2.5` (seconds), `500ms`, `10s`,
+/// `5m`, `1h`.
+///
+/// # Errors
+/// A message naming the value, for anything else (negative, not a number, unknown unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e9 => {
+            Ok(Duration::from_secs_f64(v * scale))
+        }
+        _ => Err(format!(
+            "invalid duration `{s}`: expected seconds such as 30 or 2.5, or 500ms, 10s, 5m, 1h"
+        )),
+    }
+}
+
+/// Shows a duration as an operator would write it (`30s`, `1.5s`, `250ms`, `off` for zero).
+pub fn show_duration(d: Option<Duration>) -> String {
+    match d {
+        None => "off".into(),
+        Some(d) if d.subsec_nanos() == 0 => format!("{}s", d.as_secs()),
+        Some(d) if d < Duration::from_secs(1) => format!("{}ms", d.as_millis()),
+        Some(d) => format!("{}s", d.as_secs_f64()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_operator_units() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "-1", "abc", "1d", "NaN", "inf", "1e300"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn durations_shown_back() {
+        assert_eq!(show_duration(None), "off");
+        assert_eq!(show_duration(Some(Duration::from_secs(30))), "30s");
+        assert_eq!(show_duration(Some(Duration::from_millis(250))), "250ms");
+        assert_eq!(show_duration(Some(Duration::from_millis(1500))), "1.5s");
+    }
+
+    #[test]
+    fn log_levels_by_either_name() {
+        assert_eq!("WARNING".parse(), Ok(LogLevel::Warning));
+        assert_eq!("warn".parse(), Ok(LogLevel::Warning));
+        assert_eq!("critical".parse(), Ok(LogLevel::Critical));
+        assert!("loud".parse::<LogLevel>().is_err());
+    }
+}

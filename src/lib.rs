@@ -1,0 +1,30 @@
+//! oxicorn: a pre-fork network server for Linux.
+//!
+//! One single-threaded arbiter binds the listeners and keeps a pool of forked worker processes
+//! alive; each worker runs its own tokio runtime and serves many connections. The arbiter
+//! respawns workers that die, kills those whose heartbeat stops, and reloads or rescales the
+//! pool on signals without refusing a connection.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, the TOML file, defaults and validation, merged into one immutable
+//!   [`config::Config`]. Opens no socket.
+//! - [`arbiter`]: the master process: binds ([`arbiter::listeners`]), signals
+//!   ([`arbiter::signals`]), the worker table, the pid file. Never starts a thread or runtime.
+//! - [`scoreboard`]: shared memory with one slot per worker (heartbeat and counters), the only
+//!   memory both sides touch.
+//! - [`worker`]: the code that runs after fork: runtime, accept loop, connection cap,
+//!   heartbeat, graceful drain.
+//! - [`service`]: the protocols (`echo`, …) serving one connection each.
+//! - [`net`]: bind addresses and the stream type services read and write.
+//! - [`log`]: the line format and the log file reopened on USR1.
+
+#![warn(missing_docs)]
+
+pub mod arbiter;
+pub mod config;
+pub mod log;
+pub mod net;
+pub mod scoreboard;
+pub mod service;
+pub mod worker;

@@ -1,0 +1,177 @@
+//! Logging: one line per event, `TIME [PID] LEVEL message key=value`, to stderr or a file that
+//! is reopened on USR1 (after logrotate moved it).
+//!
+//! Why not `tracing-appender`: its non-blocking writer starts a thread (the arbiter must stay
+//! single-threaded to fork safely) and it cannot reopen a file (tokio-rs/tracing#1276). The
+//! writer below is a mutex around a `File` opened `O_APPEND`; every process (arbiter and
+//! workers) shares the inherited descriptor and writes whole lines, which the kernel keeps
+//! intact. The arbiter never forks while logging, so the mutex is never inherited locked.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tracing::level_filters::LevelFilter;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Registry, reload};
+
+/// Controls the installed logger: change the level on reload, reopen or move the file.
+pub struct LogHandle {
+    filter: reload::Handle<LevelFilter, Registry>,
+    output: &'static LogOutput,
+}
+
+/// The destination: stderr, or a file by path.
+struct LogOutput {
+    target: Mutex<Target>,
+}
+
+struct Target {
+    path: Option<PathBuf>,
+    file: Option<File>,
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open log file {}: {e}", path.display()),
+            )
+        })
+}
+
+/// Installs the global logger. Call once per process, before anything logs.
+///
+/// # Errors
+/// If the log file cannot be opened for appending.
+pub fn init(level: LevelFilter, path: Option<&Path>) -> io::Result<LogHandle> {
+    let file = path.map(open_log).transpose()?;
+    let output: &'static LogOutput = Box::leak(Box::new(LogOutput {
+        target: Mutex::new(Target {
+            path: path.map(Path::to_path_buf),
+            file,
+        }),
+    }));
+    let (filter, handle) = reload::Layer::new(level);
+    let fmt = tracing_subscriber::fmt::layer()
+        .event_format(LineFormat)
+        .with_writer(OutputRef(output))
+        .with_ansi(false);
+    // A second init (the library used twice in one process) keeps the first logger.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init();
+    Ok(LogHandle {
+        filter: handle,
+        output,
+    })
+}
+
+impl LogHandle {
+    /// Changes the level (on HUP).
+    pub fn set_level(&self, level: LevelFilter) {
+        let _ = self.filter.modify(|f| *f = level);
+    }
+
+    /// Reopens the current file by its path (USR1). Stderr needs nothing.
+    ///
+    /// # Errors
+    /// If the file cannot be opened; the old descriptor is kept so logging goes on.
+    pub fn reopen(&self) -> io::Result<()> {
+        let mut t = self.output.target.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = t.path.clone() {
+            t.file = Some(open_log(&path)?);
+        }
+        Ok(())
+    }
+
+    /// Switches to another file, or to stderr with `None` (a reload that changed
+    /// `error_logfile`).
+    ///
+    /// # Errors
+    /// If the new file cannot be opened; logging stays where it was.
+    pub fn set_path(&self, path: Option<&Path>) -> io::Result<()> {
+        let file = path.map(open_log).transpose()?;
+        let mut t = self.output.target.lock().unwrap_or_else(|p| p.into_inner());
+        t.path = path.map(Path::to_path_buf);
+        t.file = file;
+        Ok(())
+    }
+}
+
+/// Writes one formatted line under the lock.
+pub struct LineWriter<'a>(&'a LogOutput);
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut t = self.0.target.lock().unwrap_or_else(|p| p.into_inner());
+        match t.file.as_mut() {
+            Some(f) => f.write(buf),
+            None => io::stderr().write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut t = self.0.target.lock().unwrap_or_else(|p| p.into_inner());
+        match t.file.as_mut() {
+            Some(f) => f.write_all(buf),
+            None => io::stderr().lock().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The `MakeWriter` handed to tracing: a reference to the leaked output.
+#[derive(Clone, Copy)]
+struct OutputRef(&'static LogOutput);
+
+impl<'a> MakeWriter<'a> for OutputRef {
+    type Writer = LineWriter<'static>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter(self.0)
+    }
+}
+
+/// `2026-11-22T02:45:27.123456Z [1234] INFO listening on 127.0.0.1:9000`: the pid tells the
+/// arbiter's lines from each worker's.
+struct LineFormat;
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        SystemTime.format_time(&mut writer)?;
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "ERROR",
+            tracing::Level::WARN => "WARN",
+            tracing::Level::INFO => "INFO",
+            _ => "DEBUG",
+        };
+        write!(writer, " [{}] {level} ", std::process::id())?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}

@@ -1,0 +1,270 @@
+//! Addresses and streams shared by the arbiter (which binds) and the workers (which accept).
+//!
+//! A [`BindAddr`] is what the user typed after `--bind`; a [`Stream`] is one accepted
+//! connection, TCP or Unix, handed to a service.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Longest path a `sockaddr_un` holds on Linux, without the trailing NUL.
+pub const MAX_UNIX_PATH: usize = 107;
+
+/// One `--bind` value: `HOST:PORT`, `[IPV6]:PORT`, `unix:PATH` or `fd://N`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BindAddr {
+    /// A TCP address; host names are resolved when the option is parsed.
+    Tcp(SocketAddr),
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
+    /// An already-listening socket inherited from the parent (systemd, a supervisor).
+    Fd(RawFd),
+}
+
+/// Why a `--bind` value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BindAddrError {
+    /// The value is empty.
+    #[error("empty address: expected HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N")]
+    Empty,
+    /// `unix:` with no path.
+    #[error("`{0}` has no path after `unix:`")]
+    EmptyUnixPath(String),
+    /// A Unix path longer than `sockaddr_un` allows.
+    #[error("unix socket path `{0}` is too long ({1} bytes, at most {MAX_UNIX_PATH})")]
+    UnixPathTooLong(String, usize),
+    /// `fd://` with something that is not a descriptor number.
+    #[error("`{0}` is not a file descriptor: expected fd://N with N a number such as 3")]
+    BadFd(String),
+    /// No `:PORT` at the end.
+    #[error("`{0}` has no port: expected HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N")]
+    NoPort(String),
+    /// The port is not a number from 0 to 65535.
+    #[error("`{0}` has an invalid port (0-65535)")]
+    BadPort(String),
+    /// An IPv6 address written without brackets.
+    #[error("`{0}` looks like an IPv6 address: write it in brackets, as [::1]:8000")]
+    Ipv6NeedsBrackets(String),
+    /// The host name did not resolve.
+    #[error("cannot resolve host in `{0}`: {1}")]
+    Resolve(String, String),
+}
+
+impl FromStr for BindAddr {
+    type Err = BindAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(BindAddrError::Empty);
+        }
+        if let Some(rest) = s.strip_prefix("unix:") {
+            // gunicorn accepts both `unix:PATH` and `unix://PATH`.
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(BindAddrError::EmptyUnixPath(s.to_string()));
+            }
+            if path.len() > MAX_UNIX_PATH {
+                return Err(BindAddrError::UnixPathTooLong(path.to_string(), path.len()));
+            }
+            return Ok(BindAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("fd://") {
+            return match rest.parse::<RawFd>() {
+                Ok(fd) if fd >= 0 => Ok(BindAddr::Fd(fd)),
+                _ => Err(BindAddrError::BadFd(s.to_string())),
+            };
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(BindAddr::Tcp(addr));
+        }
+        // Not a literal address: split HOST:PORT ourselves so the error can say which half is wrong.
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(BindAddrError::NoPort(s.to_string()));
+        };
+        if host.contains(':') && !host.starts_with('[') {
+            return Err(BindAddrError::Ipv6NeedsBrackets(s.to_string()));
+        }
+        if port.is_empty() {
+            return Err(BindAddrError::NoPort(s.to_string()));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| BindAddrError::BadPort(s.to_string()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        let mut addrs = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| BindAddrError::Resolve(s.to_string(), e.to_string()))?;
+        addrs
+            .next()
+            .map(BindAddr::Tcp)
+            .ok_or_else(|| BindAddrError::Resolve(s.to_string(), "no addresses".into()))
+    }
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            BindAddr::Fd(fd) => write!(f, "fd://{fd}"),
+        }
+    }
+}
+
+/// Who is on the other end of a [`Stream`].
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A TCP client; IPv4-mapped IPv6 addresses are shown as IPv4.
+    Tcp(SocketAddr),
+    /// A Unix-socket client (usually unnamed).
+    Unix,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+/// An accepted connection: the one stream type every service reads and writes.
+#[derive(Debug)]
+pub enum Stream {
+    /// From a TCP listener.
+    Tcp(TcpStream),
+    /// From a Unix listener.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Half-closes or not: shuts the write side down, as `shutdown(SHUT_WR)`.
+    ///
+    /// # Errors
+    /// What the socket returns; `NotConnected` once the peer is gone.
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        tokio::io::AsyncWriteExt::shutdown(self).await
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_bind_form() {
+        assert_eq!(
+            "127.0.0.1:9000".parse(),
+            Ok(BindAddr::Tcp("127.0.0.1:9000".parse().unwrap()))
+        );
+        assert_eq!(
+            "[::1]:0".parse(),
+            Ok(BindAddr::Tcp("[::1]:0".parse().unwrap()))
+        );
+        assert_eq!(
+            "unix:/tmp/x.sock".parse(),
+            Ok(BindAddr::Unix("/tmp/x.sock".into()))
+        );
+        assert_eq!(
+            "unix:///tmp/x.sock".parse(),
+            Ok(BindAddr::Unix("/tmp/x.sock".into()))
+        );
+        assert_eq!("fd://3".parse(), Ok(BindAddr::Fd(3)));
+        assert_eq!(
+            ":8000".parse(),
+            Ok(BindAddr::Tcp("0.0.0.0:8000".parse().unwrap()))
+        );
+        assert!(matches!(
+            "localhost:80".parse::<BindAddr>(),
+            Ok(BindAddr::Tcp(a)) if a.ip().is_loopback()
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_binds_with_a_reason() {
+        let err = |s: &str| s.parse::<BindAddr>().unwrap_err();
+        assert_eq!(err(""), BindAddrError::Empty);
+        assert!(matches!(err("unix:"), BindAddrError::EmptyUnixPath(_)));
+        assert!(matches!(err("fd://x"), BindAddrError::BadFd(_)));
+        assert!(matches!(err("fd://-1"), BindAddrError::BadFd(_)));
+        assert!(matches!(err("127.0.0.1"), BindAddrError::NoPort(_)));
+        assert!(matches!(err("127.0.0.1:"), BindAddrError::NoPort(_)));
+        assert!(matches!(err("127.0.0.1:70000"), BindAddrError::BadPort(_)));
+        assert!(matches!(err("::1:80"), BindAddrError::Ipv6NeedsBrackets(_)));
+        let long = format!("unix:/{}", "a".repeat(200));
+        assert!(matches!(err(&long), BindAddrError::UnixPathTooLong(..)));
+    }
+
+    #[test]
+    fn displays_as_typed() {
+        for s in ["127.0.0.1:9000", "[::1]:80", "unix:/tmp/a.sock", "fd://4"] {
+            assert_eq!(s.parse::<BindAddr>().unwrap().to_string(), s);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The scoreboard: the only memory the arbiter and its workers both touch.
+//!
+//! One `memfd` mapped `MAP_SHARED` before the first fork, so every worker inherits the same
+//! pages. Each worker owns one cache-line slot holding its heartbeat and live counters; the
+//! arbiter reads them without asking the worker anything, which is how a worker that is alive
+//! but wedged (stopped, spinning, blocked in a syscall) is still detected. Integers and
+//! timestamps only: no pointers, no locks, no heap, nothing a crashed writer can leave
+//! half-built.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+
+/// Slots in one scoreboard: workers (up to [`crate::config::MAX_WORKERS`]), doubled for the
+/// overlap of a reload, plus room for helper processes.
+pub const SLOTS: usize = 2 * crate::config::MAX_WORKERS + 16;
+
+/// What a slot's worker is doing, as stored in [`Slot::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SlotState {
+    /// No process.
+    Free = 0,
+    /// Forked, building its runtime.
+    Booting = 1,
+    /// Accepting connections.
+    Ready = 2,
+    /// Told to stop: no longer accepting, finishing its connections.
+    Stopping = 3,
+}
+
+/// One worker's cache line. Written by that worker (heartbeat, counters, state) and by the
+/// arbiter only while no process owns it (reset before fork).
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// The worker's pid, set by the arbiter after fork.
+    pub pid: AtomicU32,
+    /// A [`SlotState`] as `u32`.
+    pub state: AtomicU32,
+    /// `CLOCK_MONOTONIC` in milliseconds at the last heartbeat; the clock is system-wide, so
+    /// both sides compare the same timeline.
+    pub last_beat_ms: AtomicU64,
+    /// The reload generation the worker was started in.
+    pub generation: AtomicU64,
+    /// Connections being served now.
+    pub active_conns: AtomicU32,
+    _pad: u32,
+    /// Connections accepted since boot.
+    pub accepted: AtomicU64,
+    /// Requests (or messages) handled since boot, for services that count them.
+    pub requests: AtomicU64,
+    /// Bytes written to clients since boot.
+    pub bytes_out: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
+/// The shared mapping. Created once by the arbiter and leaked, so `&'static Slot` references
+/// stay valid in the arbiter and in every forked worker for the life of the process.
+pub struct Scoreboard {
+    map: MmapMut,
+}
+
+impl Scoreboard {
+    /// Creates the shared pages (zeroed: every slot [`SlotState::Free`]).
+    ///
+    /// # Errors
+    /// If `memfd_create`, `ftruncate` or `mmap` fails (out of memory, seccomp).
+    pub fn create() -> io::Result<&'static Scoreboard> {
+        use rustix::fs::{MemfdFlags, memfd_create};
+        let fd = memfd_create("oxicorn-scoreboard", MemfdFlags::CLOEXEC)?;
+        let len = SLOTS * std::mem::size_of::<Slot>();
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        let file = std::fs::File::from(fd);
+        // SAFETY: the memfd is ours alone and sized above; nothing truncates it afterwards.
+        // `map_mut` maps MAP_SHARED, so writes in a forked child are seen by the parent
+        // (`MmapMut::map_anon` would be MAP_PRIVATE and silently not shared).
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        Ok(Box::leak(Box::new(Scoreboard { map })))
+    }
+
+    /// The slot at `index` (0-based).
+    ///
+    /// # Panics
+    /// If `index >= SLOTS`.
+    pub fn slot(&'static self, index: usize) -> &'static Slot {
+        assert!(index < SLOTS, "scoreboard slot {index} out of range");
+        let base = self.map.as_ptr() as *const Slot;
+        // SAFETY: the mapping is page-aligned, holds SLOTS slots, lives for the whole process
+        // (leaked in `create`), and `Slot` is made of atomics only, for which every bit pattern
+        // (including the initial zeroes) is valid and concurrent access is defined.
+        unsafe { &*base.add(index) }
+    }
+}
+
+impl Slot {
+    /// Prepares a free slot for a worker about to be forked: a fresh heartbeat (so a slow boot
+    /// is timed from now), zeroed counters.
+    pub fn reset(&self, generation: u64) {
+        self.pid.store(0, Ordering::Relaxed);
+        self.generation.store(generation, Ordering::Relaxed);
+        self.active_conns.store(0, Ordering::Relaxed);
+        self.accepted.store(0, Ordering::Relaxed);
+        self.requests.store(0, Ordering::Relaxed);
+        self.bytes_out.store(0, Ordering::Relaxed);
+        self.last_beat_ms.store(monotonic_ms(), Ordering::Relaxed);
+        self.set_state(SlotState::Booting);
+    }
+
+    /// Marks this worker alive. The worker must call this at least every `timeout / 2`; a
+    /// worker that stops calling it is killed by the arbiter (`murder_workers`).
+    pub fn notify(&self) {
+        self.last_beat_ms.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last [`Slot::notify`].
+    pub fn beat_age_ms(&self) -> u64 {
+        monotonic_ms().saturating_sub(self.last_beat_ms.load(Ordering::Relaxed))
+    }
+
+    /// Records what the worker is doing.
+    pub fn set_state(&self, state: SlotState) {
+        self.state.store(state as u32, Ordering::Release);
+    }
+
+    /// What the worker last said it was doing.
+    pub fn state(&self) -> SlotState {
+        match self.state.load(Ordering::Acquire) {
+            1 => SlotState::Booting,
+            2 => SlotState::Ready,
+            3 => SlotState::Stopping,
+            _ => SlotState::Free,
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds: the same clock in every process, unaffected by changes
+/// to the wall clock, and still running while a process is stopped.
+pub fn monotonic_ms() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_writes_what_the_parent_reads() {
+        let board = Scoreboard::create().unwrap();
+        let slot = board.slot(3);
+        slot.reset(7);
+        assert_eq!(slot.state(), SlotState::Booting);
+        // SAFETY: the child only stores to atomics and calls _exit; it touches no lock.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                slot.requests.store(42, Ordering::Relaxed);
+                slot.set_state(SlotState::Ready);
+                unsafe { nix::libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).unwrap();
+            }
+        }
+        assert_eq!(slot.requests.load(Ordering::Relaxed), 42);
+        assert_eq!(slot.state(), SlotState::Ready);
+        assert_eq!(slot.generation.load(Ordering::Relaxed), 7);
+        assert!(slot.beat_age_ms() < 60_000);
+    }
+}

@@ -1,0 +1,76 @@
+//! Services: the protocols a worker speaks on its connections.
+//!
+//! A service owns bytes ↔ messages for one connection, given the stream and a
+//! [`ConnContext`]. It knows no pids, signals or config format, and spawns no task the worker
+//! cannot wait for. A closed set is an enum that delegates (mini-redis `Command::apply`).
+
+pub mod echo;
+
+use std::io;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ServiceConfig};
+use crate::net::{Peer, Stream};
+use crate::scoreboard::Slot;
+
+/// What one connection is told about its surroundings.
+pub struct ConnContext {
+    /// The client.
+    pub peer: Peer,
+    /// Cancelled when the worker begins a graceful stop. Services that can finish early
+    /// (between requests) should; others run on until the worker's deadline cuts them.
+    pub stop: CancellationToken,
+    /// Close the connection after this long without progress; `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// The worker's scoreboard slot, for counters.
+    pub slot: &'static Slot,
+}
+
+/// Every built-in service, as configured for one worker.
+#[derive(Debug)]
+pub enum Service {
+    /// [`echo`].
+    Echo,
+}
+
+impl Service {
+    /// Prepares the service in a freshly booted worker.
+    ///
+    /// # Errors
+    /// If the service cannot start (a worker boot error).
+    pub fn for_worker(config: &Config) -> io::Result<Service> {
+        Ok(match &config.service {
+            ServiceConfig::Echo => Service::Echo,
+        })
+    }
+
+    /// Serves one connection to its end. Errors end this connection only, and are logged at
+    /// debug level: a client that vanishes is routine, not an incident.
+    pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
+        let result = match self {
+            Service::Echo => echo::serve(stream, &ctx).await,
+        };
+        if let Err(err) = result {
+            tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");
+        }
+    }
+}
+
+/// Runs `fut` with the idle deadline, if any.
+///
+/// # Errors
+/// `TimedOut` when the deadline passes first, otherwise what `fut` returns.
+pub async fn idle<T>(
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match limit {
+        None => fut.await,
+        Some(d) => match tokio::time::timeout(d, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+        },
+    }
+}

@@ -1,0 +1,176 @@
+//! The accept loop: one per worker, over every inherited listener, under the connection cap.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::arbiter::listeners::{Listener, ListenerKind};
+use crate::net::{Peer, Stream};
+use crate::scoreboard::Slot;
+use crate::service::{ConnContext, Service};
+
+/// A listener registered with this worker's runtime.
+pub enum AcceptSocket {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix.
+    Unix(UnixListener),
+}
+
+impl AcceptSocket {
+    /// Takes over an inherited listener.
+    ///
+    /// `O_NONBLOCK` lives on the open file description, which every worker shares; setting it
+    /// here sets it for all of them, which is what they all want (the arbiter never accepts).
+    ///
+    /// # Errors
+    /// If the socket cannot be registered with the runtime.
+    pub fn from_listener(listener: Listener) -> io::Result<AcceptSocket> {
+        let fd: OwnedFd = listener.fd;
+        Ok(match listener.kind {
+            ListenerKind::Tcp => {
+                let std = std::net::TcpListener::from(fd);
+                std.set_nonblocking(true)?;
+                AcceptSocket::Tcp(TcpListener::from_std(std)?)
+            }
+            ListenerKind::Unix => {
+                let std = std::os::unix::net::UnixListener::from(fd);
+                std.set_nonblocking(true)?;
+                AcceptSocket::Unix(UnixListener::from_std(std)?)
+            }
+        })
+    }
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, Peer)>> {
+        match self {
+            AcceptSocket::Tcp(l) => l.poll_accept(cx).map_ok(|(s, addr)| {
+                // Small writes (echo, chat lines) go out at once.
+                let _ = s.set_nodelay(true);
+                let addr = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                (Stream::Tcp(s), Peer::Tcp(addr))
+            }),
+            AcceptSocket::Unix(l) => l
+                .poll_accept(cx)
+                .map_ok(|(s, _)| (Stream::Unix(s), Peer::Unix)),
+        }
+    }
+}
+
+/// Accepts from whichever listener is ready, starting the scan one further each time so a
+/// busy listener cannot starve the others.
+async fn accept_any(listeners: &[AcceptSocket], next: &mut usize) -> io::Result<(Stream, Peer)> {
+    poll_fn(|cx| {
+        let n = listeners.len();
+        for i in 0..n {
+            let idx = (*next + i) % n;
+            if let Poll::Ready(r) = listeners[idx].poll_accept(cx) {
+                *next = (idx + 1) % n;
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Decrements the slot's live-connection gauge when a connection task ends, even by panic.
+struct ActiveGuard(&'static Slot);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything the accept loop needs, moved into its task.
+pub struct Acceptor {
+    /// The inherited listeners; dropped (closed in this process) when the loop ends.
+    pub listeners: Vec<AcceptSocket>,
+    /// One permit per connection being served (`--worker-connections`). Taken *before*
+    /// `accept`, so a full worker leaves new clients in the kernel's queue for another worker
+    /// instead of accepting and dropping them. Never closed.
+    pub limit: Arc<Semaphore>,
+    /// Every connection task, so a graceful stop can wait for them. Closed by the worker's
+    /// shutdown path.
+    pub conns: TaskTracker,
+    /// Cancelled on stop: ends this loop, and tells services to finish up.
+    pub stop: CancellationToken,
+    /// The protocol.
+    pub service: Arc<Service>,
+    /// This worker's scoreboard slot (counters).
+    pub slot: &'static Slot,
+    /// Passed to every connection.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Acceptor {
+    /// Runs until `stop` is cancelled, then drops the listeners.
+    pub async fn run(self) {
+        let mut next = 0;
+        loop {
+            let permit = tokio::select! {
+                // `expect`: the semaphore is never closed.
+                p = self.limit.clone().acquire_owned() => p.expect("connection semaphore closed"),
+                _ = self.stop.cancelled() => break,
+            };
+            let accepted = tokio::select! {
+                r = accept_any(&self.listeners, &mut next) => r,
+                _ = self.stop.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    self.slot.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.slot.active_conns.fetch_add(1, Ordering::Relaxed);
+                    let guard = ActiveGuard(self.slot);
+                    let service = Arc::clone(&self.service);
+                    let ctx = ConnContext {
+                        peer,
+                        stop: self.stop.clone(),
+                        idle_timeout: self.idle_timeout,
+                        slot: self.slot,
+                    };
+                    self.conns.spawn(async move {
+                        service.serve(stream, ctx).await;
+                        drop(guard);
+                        drop(permit);
+                    });
+                }
+                Err(err) => {
+                    // EMFILE/ENFILE/ENOBUFS and friends: the condition lasts, so retrying at
+                    // once would spin. Free the permit and back off briefly.
+                    drop(permit);
+                    if is_transient(&err) {
+                        continue;
+                    }
+                    tracing::warn!(cause = %err, "failed to accept; retrying in 100ms");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = self.stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+        // Dropping the listeners here closes this worker's copies at once: in a graceful stop
+        // the other workers (or the next generation) take the queued connections.
+        drop(self.listeners);
+    }
+}
+
+/// Errors that concern one connection that died in the queue, not the listener.
+fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || err.raw_os_error() == Some(nix::libc::EPROTO)
+}
