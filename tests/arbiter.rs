@@ -504,6 +504,9 @@ fn workers_exit_when_the_arbiter_is_killed() {
     let mut s = Oxicorn::start(&["echo", "-w", "3", "-b", "127.0.0.1:0"]);
     s.wait_ready(1, 3);
     let workers = s.booted_pids();
+    // Even with a connection open (the default graceful timeout is 30 s).
+    let mut open = Client::connect(&s.tcp_addr().to_string()).unwrap();
+    assert_eq!(open.echo(b"x").unwrap(), b"x");
     s.signal(Signal::SIGKILL);
     s.wait_exit(SOON).unwrap();
     assert!(

@@ -28,6 +28,22 @@ pub struct ConnContext {
     pub slot: &'static Slot,
 }
 
+/// What the accept loop runs for each connection. Implemented by [`Service`] (the built-in
+/// protocols); the accept loop is generic over it so it can be exercised with any handler.
+///
+/// A panic inside `serve` ends that connection only: the task is dropped (closing the
+/// stream and releasing the connection slot) and the worker goes on.
+pub trait Serve: Send + Sync + 'static {
+    /// Serves one connection to its end.
+    fn serve(&self, stream: Stream, ctx: ConnContext) -> impl Future<Output = ()> + Send;
+}
+
+impl Serve for Service {
+    fn serve(&self, stream: Stream, ctx: ConnContext) -> impl Future<Output = ()> + Send {
+        Service::serve(self, stream, ctx)
+    }
+}
+
 /// Every built-in service, as configured for one worker.
 #[derive(Debug)]
 pub enum Service {

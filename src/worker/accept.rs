@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::arbiter::listeners::{Listener, ListenerKind};
 use crate::net::{Peer, Stream};
 use crate::scoreboard::Slot;
-use crate::service::{ConnContext, Service};
+use crate::service::{ConnContext, Serve};
 
 /// A listener registered with this worker's runtime.
 pub enum AcceptSocket {
@@ -92,7 +92,7 @@ impl Drop for ActiveGuard {
 }
 
 /// Everything the accept loop needs, moved into its task.
-pub struct Acceptor {
+pub struct Acceptor<S: Serve> {
     /// The inherited listeners; dropped (closed in this process) when the loop ends.
     pub listeners: Vec<AcceptSocket>,
     /// One permit per connection being served (`--worker-connections`). Taken *before*
@@ -105,14 +105,14 @@ pub struct Acceptor {
     /// Cancelled on stop: ends this loop, and tells services to finish up.
     pub stop: CancellationToken,
     /// The protocol.
-    pub service: Arc<Service>,
+    pub service: Arc<S>,
     /// This worker's scoreboard slot (counters).
     pub slot: &'static Slot,
     /// Passed to every connection.
     pub idle_timeout: Option<Duration>,
 }
 
-impl Acceptor {
+impl<S: Serve> Acceptor<S> {
     /// Runs until `stop` is cancelled, then drops the listeners.
     pub async fn run(self) {
         let mut next = 0;

@@ -32,6 +32,10 @@ pub const WORKER_BOOT_ERROR: i32 = 3;
 /// Exit code of a worker whose own code panicked outside any connection.
 pub const WORKER_PANIC: i32 = 70;
 
+/// The longest an orphaned worker (its arbiter died) drains: nobody supervises it any more and
+/// the operator expects it gone within seconds, not after a full `--graceful-timeout`.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
 /// Everything a worker is handed at fork. Built by the arbiter in the child, so nothing here is
 /// shared with the parent except what the kernel shares (sockets, the scoreboard pages).
 pub struct WorkerBoot {
@@ -222,14 +226,30 @@ async fn serve(boot: WorkerBoot) -> i32 {
         }
     };
 
-    // Graceful stop: no new connections, in-flight ones get until the deadline.
+    // Graceful stop: no new connections, in-flight ones get until the deadline. The parent-death
+    // signal is a TERM too: tell it apart by who our parent is now.
+    let orphan = getppid() != arbiter;
+    let grace = if orphan {
+        config.graceful_timeout.min(ORPHAN_GRACE)
+    } else {
+        config.graceful_timeout
+    };
+    let reason = if orphan {
+        "the arbiter is gone"
+    } else {
+        reason
+    };
     slot.set_state(SlotState::Stopping);
     stop.cancel();
     let _ = accept_loop.await;
     conns.close();
     let active = slot.active_conns.load(Ordering::Relaxed);
-    tracing::debug!(slot = slot_number, active, "worker stopping ({reason})");
-    let deadline = tokio::time::sleep(config.graceful_timeout);
+    if orphan {
+        tracing::warn!("the arbiter ({arbiter}) is gone: stopping, {active} connection(s) open");
+    } else {
+        tracing::debug!(slot = slot_number, active, "worker stopping ({reason})");
+    }
+    let deadline = tokio::time::sleep(grace);
     tokio::pin!(deadline);
     tokio::select! {
         _ = conns.wait() => {}
@@ -265,8 +285,7 @@ async fn heartbeat(
     loop {
         tick.tick().await;
         slot.notify();
-        if getppid() != arbiter && !orphaned.is_cancelled() {
-            tracing::warn!("the arbiter ({arbiter}) is gone: stopping");
+        if getppid() != arbiter {
             orphaned.cancel();
         }
     }
