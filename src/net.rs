@@ -149,6 +149,18 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Waits until the stream has data (or EOF) to read, without reading it: lets a service
+    /// allocate its buffer only once a client actually sends something.
+    ///
+    /// # Errors
+    /// What the socket returns.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+        }
+    }
+
     /// Half-closes or not: shuts the write side down, as `shutdown(SHUT_WR)`.
     ///
     /// # Errors

@@ -21,8 +21,13 @@ pub const ECHO_BUFFER: usize = 16 * 1024;
 /// # Errors
 /// I/O errors and the idle timeout; both end this connection only.
 pub async fn serve(mut stream: Stream, ctx: &ConnContext) -> io::Result<()> {
-    let mut buf = vec![0u8; ECHO_BUFFER];
+    // Allocated once the client first sends: a connection that only sits there costs no buffer.
+    let mut buf = Vec::new();
     loop {
+        if buf.is_empty() {
+            idle(ctx.idle_timeout, stream.readable()).await?;
+            buf = vec![0u8; ECHO_BUFFER];
+        }
         let n = idle(ctx.idle_timeout, stream.read(&mut buf)).await?;
         if n == 0 {
             return stream.shutdown().await;

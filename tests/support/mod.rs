@@ -25,6 +25,8 @@ pub const SOON: Duration = Duration::from_secs(15);
 struct Log {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
+    /// Set when stderr reached EOF: every process holding it has exited.
+    eof: std::sync::atomic::AtomicBool,
 }
 
 /// A running `oxicorn`, killed with its whole process group on drop.
@@ -71,6 +73,9 @@ impl Oxicorn {
                 sink.lines.lock().unwrap().push(line);
                 sink.changed.notify_all();
             }
+            sink.eof.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _guard = sink.lines.lock().unwrap();
+            sink.changed.notify_all();
         });
         Oxicorn {
             child,
@@ -178,6 +183,17 @@ impl Oxicorn {
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 self.exited = Some(status);
+                // Let the reader thread take in the last lines (workers may still hold the
+                // pipe open for a moment, so bounded).
+                let until = Instant::now() + Duration::from_secs(3);
+                let mut lines = self.log.lines.lock().unwrap();
+                while !self.log.eof.load(std::sync::atomic::Ordering::SeqCst) {
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    lines = self.log.changed.wait_timeout(lines, until - now).unwrap().0;
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {
