@@ -693,3 +693,43 @@ fn an_inherited_fd_is_served() {
     let _ = child.wait();
     assert!(ok, "no echo on the inherited socket");
 }
+
+#[test]
+fn hup_opens_new_binds_and_closes_dropped_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_file(
+        dir.path(),
+        "oxicorn.toml",
+        "workers = 1\nbind = \"127.0.0.1:0\"\n",
+    );
+    let s = Oxicorn::start_with(dir, &["echo", "-c", conf.to_str().unwrap()], &[]);
+    s.wait_ready(1, 1);
+    let old_addr = s.tcp_addr().to_string();
+    let mut in_flight = Client::connect(&old_addr).unwrap();
+    assert_eq!(in_flight.echo(b"old").unwrap(), b"old");
+
+    std::fs::write(
+        &conf,
+        "workers = 2\nbind = [\"unix:new.sock\", \"[::1]:0\"]\n",
+    )
+    .unwrap();
+    let mark = s.mark();
+    s.signal(Signal::SIGHUP);
+    s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+    let new: Vec<String> = s
+        .wait_for_lines_after(mark, "listening on ", 2, SOON)
+        .iter()
+        .map(|l| l.split("listening on ").nth(1).unwrap().to_string())
+        .collect();
+    assert!(
+        s.lines()
+            .iter()
+            .any(|l| l.contains(&format!("no longer listening on {old_addr}")))
+    );
+    echo_once(&format!("unix:{}", s.path("new.sock").display()), b"unix").unwrap();
+    echo_once(&new[1], b"v6").unwrap();
+    // The dropped address refuses at once (no queueing for nobody)...
+    assert!(Client::connect(&old_addr).is_err());
+    // ...while the connection already on it is still served by its draining worker.
+    assert_eq!(in_flight.echo(b"still").unwrap(), b"still");
+}

@@ -82,8 +82,6 @@ struct Reload {
     previous_generation: u64,
     /// Listeners this reload bound (closed again on rollback).
     added: Vec<BindAddr>,
-    /// Listeners this reload dropped (kept open for the old workers, restored on rollback).
-    removed: Vec<BindAddr>,
 }
 
 /// A stop in progress.
@@ -120,8 +118,9 @@ pub struct Arbiter {
     ready_buf: Vec<u8>,
     /// What current workers accept on.
     listeners: Vec<Listener>,
-    /// Listeners a reload dropped, kept open until no worker of `generation <= .0` is left.
-    retired: Vec<(u64, Listener)>,
+    /// Listeners a pending reload dropped: the old workers still accept on them until the new
+    /// generation is ready (and a rollback restores them); closed when the reload completes.
+    retired: Vec<Listener>,
     scoreboard: &'static Scoreboard,
     workers: BTreeMap<i32, Worker>,
     /// How many workers of the current generation to keep.
@@ -226,7 +225,6 @@ impl Arbiter {
             self.escalate_stops();
             self.manage_workers();
             self.advance_reload();
-            self.close_retired_listeners();
             self.sleep();
         }
     }
@@ -369,11 +367,6 @@ impl Arbiter {
             .cloned()
             .collect();
         for addr in &wanted {
-            // Dropped by a previous reload but still open for draining workers: take it back.
-            if let Some(i) = self.retired.iter().position(|(_, l)| l.serves(addr)) {
-                added.push(self.retired.remove(i).1);
-                continue;
-            }
             match Listener::bind(addr, new.backlog) {
                 Ok(l) => added.push(l),
                 Err(err) => {
@@ -406,7 +399,7 @@ impl Arbiter {
         let mut kept = Vec::new();
         for l in std::mem::take(&mut self.listeners) {
             if removed.contains(&l.addr) {
-                self.retired.push((old_generation, l));
+                self.retired.push(l);
             } else {
                 kept.push(l);
             }
@@ -422,7 +415,6 @@ impl Arbiter {
             previous_target: self.target,
             previous_generation: old_generation,
             added: added_addrs,
-            removed,
         });
         self.target = new.workers;
         self.config = Arc::new(new);
@@ -457,6 +449,12 @@ impl Arbiter {
             .collect();
         for pid in &old {
             self.stop_worker(*pid, Signal::SIGTERM);
+        }
+        // The old workers close their copies as they stop accepting; with ours gone too, a
+        // dropped address refuses connections at once instead of queueing them for nobody.
+        for l in self.retired.drain(..) {
+            tracing::info!("no longer listening on {}", l.local);
+            l.remove_socket_file();
         }
         self.reload = None;
         tracing::info!(
@@ -494,14 +492,7 @@ impl Arbiter {
             l.remove_socket_file();
         }
         self.listeners = keep;
-        let mut i = 0;
-        while i < self.retired.len() {
-            if reload.removed.contains(&self.retired[i].1.addr) {
-                self.listeners.push(self.retired.remove(i).1);
-            } else {
-                i += 1;
-            }
-        }
+        self.listeners.append(&mut self.retired);
         self.log.set_level(reload.previous.log_level.filter());
         if reload.previous.error_logfile != self.config.error_logfile
             && let Err(err) = self.log.set_path(reload.previous.error_logfile.as_deref())
@@ -536,11 +527,7 @@ impl Arbiter {
                     if graceful { "graceful" } else { "fast" }
                 );
                 self.stopping = Some(Stopping { graceful, code });
-                for l in self
-                    .listeners
-                    .drain(..)
-                    .chain(self.retired.drain(..).map(|(_, l)| l))
-                {
+                for l in self.listeners.drain(..).chain(self.retired.drain(..)) {
                     l.remove_socket_file();
                 }
             }
@@ -585,22 +572,6 @@ impl Arbiter {
         } else {
             FAST_STOP_GRACE
         }
-    }
-
-    /// Closes listeners dropped by a reload once no worker that used them is left.
-    fn close_retired_listeners(&mut self) {
-        if self.retired.is_empty() {
-            return;
-        }
-        let oldest = self.workers.values().map(|w| w.generation).min();
-        self.retired.retain(|(generation, l)| {
-            let in_use = oldest.is_some_and(|g| g <= *generation);
-            if !in_use {
-                tracing::info!("closed listener {}", l.local);
-                l.remove_socket_file();
-            }
-            in_use
-        });
     }
 
     fn describe(&self) -> String {
