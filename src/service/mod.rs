@@ -5,6 +5,7 @@
 //! cannot wait for. A closed set is an enum that delegates (mini-redis `Command::apply`).
 
 pub mod echo;
+pub mod static_files;
 
 use std::io;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct ConnContext {
 pub enum Service {
     /// [`echo`].
     Echo,
+    /// [`static_files`].
+    Static(static_files::StaticService),
 }
 
 impl Service {
@@ -43,6 +46,7 @@ impl Service {
     pub fn for_worker(config: &Config) -> io::Result<Service> {
         Ok(match &config.service {
             ServiceConfig::Echo => Service::Echo,
+            ServiceConfig::Static(c) => Service::Static(static_files::StaticService::open(c)?),
         })
     }
 
@@ -51,6 +55,7 @@ impl Service {
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
         let result = match self {
             Service::Echo => echo::serve(stream, &ctx).await,
+            Service::Static(s) => static_files::serve(stream, &ctx, s).await,
         };
         if let Err(err) = result {
             tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");
