@@ -25,6 +25,8 @@ pub const SOON: Duration = Duration::from_secs(15);
 struct Log {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
+    /// Set when the reader thread has seen EOF on stderr: every line is in `lines`.
+    done: std::sync::atomic::AtomicBool,
 }
 
 /// A running `oxicorn`, killed with its whole process group on drop.
@@ -71,6 +73,7 @@ impl Oxicorn {
                 sink.lines.lock().unwrap().push(line);
                 sink.changed.notify_all();
             }
+            sink.done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         Oxicorn {
             child,
@@ -178,6 +181,15 @@ impl Oxicorn {
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 self.exited = Some(status);
+                // The process is gone, but its last lines may still be in the pipe: wait for
+                // the reader to reach EOF, or callers that check the log race it. Workers
+                // that outlive the arbiter keep the pipe open, hence the short bound.
+                let eof_by = Instant::now() + Duration::from_millis(500);
+                while !self.log.done.load(std::sync::atomic::Ordering::SeqCst)
+                    && Instant::now() < eof_by
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {
