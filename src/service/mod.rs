@@ -35,7 +35,7 @@ pub enum Service {
     /// [`echo`].
     Echo,
     /// [`static_files`].
-    Static(static_files::StaticService),
+    Static(Box<static_files::StaticService>),
 }
 
 impl Service {
@@ -46,7 +46,9 @@ impl Service {
     pub fn for_worker(config: &Config) -> io::Result<Service> {
         Ok(match &config.service {
             ServiceConfig::Echo => Service::Echo,
-            ServiceConfig::Static(c) => Service::Static(static_files::StaticService::open(c)?),
+            ServiceConfig::Static(c) => {
+                Service::Static(Box::new(static_files::StaticService::open(c)?))
+            }
         })
     }
 

@@ -27,6 +27,7 @@ use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
@@ -58,6 +59,8 @@ pub struct StaticService {
     root_fd: OwnedFd,
     /// The access log (`O_APPEND`, one `write` per line, so workers' lines never interleave).
     access_log: Option<File>,
+    /// Open regular files, revalidated with `fstat` (see [`files::FileCache`]).
+    cache: files::FileCache,
 }
 
 impl StaticService {
@@ -96,6 +99,7 @@ impl StaticService {
             config: config.clone(),
             root_fd,
             access_log,
+            cache: files::FileCache::for_fd_limit(),
         })
     }
 }
@@ -202,7 +206,7 @@ async fn exchange(
     let (reply, file) = respond(&head, svc);
     let status = reply.status;
     let head_only = head.method() == &Method::Head;
-    let sent = send(stream, ctx, reply, file.as_ref(), close, head_only).await;
+    let sent = send(stream, ctx, reply, file.as_deref(), close, head_only).await;
     log_access(svc, ctx, Some(&head), status, sent.as_ref().ok(), started);
     match sent? {
         // The file shrank under us: cut short, the client sees fewer bytes than promised.
@@ -293,7 +297,7 @@ struct Sent {
 
 /// Decides the response to one request: the reply and, when the body comes from a file, the
 /// file. Never fails: every problem is a status.
-fn respond(head: &Head, svc: &StaticService) -> (Reply, Option<File>) {
+fn respond(head: &Head, svc: &StaticService) -> (Reply, Option<Arc<File>>) {
     let cfg = &svc.config;
     match head.method() {
         Method::Get | Method::Head => {}
@@ -315,7 +319,10 @@ fn respond(head: &Head, svc: &StaticService) -> (Reply, Option<File>) {
         return (Reply::error(404), None);
     }
     let rel = clean.relative();
-    let opened = match files::open(&svc.root_fd, &cfg.root, &rel, cfg.follow_symlinks) {
+    let opened = match svc
+        .cache
+        .open(&svc.root_fd, &cfg.root, &rel, cfg.follow_symlinks)
+    {
         Ok(o) => o,
         Err(e) => return (open_error(e, &rel), None),
     };
@@ -335,7 +342,10 @@ fn respond(head: &Head, svc: &StaticService) -> (Reply, Option<File>) {
             } else {
                 format!("{rel}/index.html")
             };
-            match files::open(&svc.root_fd, &cfg.root, &index, cfg.follow_symlinks) {
+            match svc
+                .cache
+                .open(&svc.root_fd, &cfg.root, &index, cfg.follow_symlinks)
+            {
                 Ok(o) if o.kind == FileType::RegularFile => {
                     return serve_file(head, svc, o, &index);
                 }
@@ -409,7 +419,7 @@ fn serve_file(
     svc: &StaticService,
     opened: Opened,
     rel: &str,
-) -> (Reply, Option<File>) {
+) -> (Reply, Option<Arc<File>>) {
     let cfg = &svc.config;
     let content_type = content_type(rel);
     // Look for siblings only when the client takes encodings: identity needs no Vary for a
@@ -420,7 +430,9 @@ fn serve_file(
     if let Some(ae) = &head.accept_encoding {
         for (token, suffix) in ENCODINGS {
             let sibling = format!("{rel}{suffix}");
-            if let Ok(o) = files::open(&svc.root_fd, &cfg.root, &sibling, cfg.follow_symlinks)
+            if let Ok(o) = svc
+                .cache
+                .open(&svc.root_fd, &cfg.root, &sibling, cfg.follow_symlinks)
                 && o.kind == FileType::RegularFile
             {
                 vary = true;
