@@ -14,6 +14,9 @@ DURATION=${DURATION:-5}
 WORKERS=${WORKERS:-2}
 CONNS=${CONNS:-64}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+# nginx as shipped has open_file_cache off; to compare cache against cache:
+#   NGINX_EXTRA='open_file_cache max=4096 inactive=1s; open_file_cache_valid 1s;'
+NGINX_EXTRA=${NGINX_EXTRA:-}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OXICORN=${OXICORN:-$REPO/target/release/oxicorn}
 
@@ -71,20 +74,23 @@ end
 LUA
 
 # --- servers -------------------------------------------------------------------------------
-OXI_PORT=$(free_port)
-"$OXICORN" static "$WORK/www" -w "$WORKERS" -b "127.0.0.1:$OXI_PORT" --keep-alive 120 \
-    --worker-connections 20000 --log-level warning 2>"$WORK/oxicorn.log" &
-OXI_PID=$!
-PIDS+=("$OXI_PID")
+start_oxicorn() { # port -> pid in $STARTED
+    "$OXICORN" static "$WORK/www" -w "$WORKERS" -b "127.0.0.1:$1" --keep-alive 120 \
+        --worker-connections 20000 --log-level warning >/dev/null 2>>"$WORK/oxicorn.log" &
+    STARTED=$!
+    PIDS+=("$STARTED")
+    wait_port "$1"
+}
 
-NGX_PORT=$(free_port)
-mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
-cat > "$WORK/nginx/nginx.conf" <<NGX
+start_nginx() { # port -> pid in $STARTED
+    local prefix="$WORK/nginx-$1"
+    mkdir -p "$prefix/logs" "$prefix/tmp"
+    cat > "$prefix/nginx.conf" <<NGX
 worker_processes $WORKERS;
 worker_rlimit_nofile 30000;
 daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
+pid $prefix/nginx.pid;
+error_log $prefix/logs/error.log warn;
 events { worker_connections 20000; }
 http {
     include /etc/nginx/mime.types;
@@ -93,28 +99,38 @@ http {
     tcp_nopush on;
     keepalive_timeout 120;
     keepalive_requests 100000000;
-    open_file_cache off;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
+    $NGINX_EXTRA
+    client_body_temp_path $prefix/tmp/body;
+    proxy_temp_path $prefix/tmp/proxy;
+    fastcgi_temp_path $prefix/tmp/fastcgi;
+    uwsgi_temp_path $prefix/tmp/uwsgi;
+    scgi_temp_path $prefix/tmp/scgi;
     server {
-        listen 127.0.0.1:$NGX_PORT reuseport backlog=4096;
+        listen 127.0.0.1:$1 backlog=4096;
         root $WORK/www;
     }
 }
 NGX
-nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log" &
-NGX_PID=$!
-PIDS+=("$NGX_PID")
+    nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/logs/error.log" >/dev/null 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+    wait_port "$1"
+}
+
+stop() { # pid
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+OXI_PORT=$(free_port); start_oxicorn "$OXI_PORT"; OXI_PID=$STARTED
+NGX_PORT=$(free_port); start_nginx "$NGX_PORT"; NGX_PID=$STARTED
 
 PY_PORT=$(free_port)
 python3 -m http.server "$PY_PORT" --bind 127.0.0.1 --directory "$WORK/www" >/dev/null 2>&1 &
 PY_PID=$!
 PIDS+=("$PY_PID")
 
-wait_port "$OXI_PORT"; wait_port "$NGX_PORT"; wait_port "$PY_PORT"
+wait_port "$PY_PORT"
 # Every server must answer 200 with the same bytes, or the numbers mean nothing.
 for port in "$OXI_PORT" "$NGX_PORT" "$PY_PORT"; do
     for path in /1k.bin /many/9999.bin; do
@@ -171,8 +187,14 @@ time.sleep(30)
 PY
 )
 
-idle_memory() { # port server-pid
-    local port=$1 master=$2 ws before after hold="$WORK/hold.$RANDOM"
+# Memory is measured on a freshly started server each time: a server that has already served
+# (and freed) a burst keeps that memory in its allocator and would look cheaper than it is.
+idle_memory() { # oxicorn|nginx
+    local port master ws before after hold="$WORK/hold.$RANDOM"
+    port=$(free_port)
+    if [ "$1" = oxicorn ]; then start_oxicorn "$port"; else start_nginx "$port"; fi
+    master=$STARTED
+    sleep 0.5
     ws=$(workers_of "$master")
     before=$(rss_kib $ws)
     python3 -c "$IDLE_CLIENT" "$port" "$IDLE_CONNS" "$hold" &
@@ -180,8 +202,8 @@ idle_memory() { # port server-pid
     for _ in $(seq 1 1200); do [ -e "$hold" ] && break; sleep 0.1; done
     [ -e "$hold" ] || { echo "static.sh: idle client did not finish connecting" >&2; exit 1; }
     after=$(rss_kib $ws)
-    kill "$client" 2>/dev/null || true; wait "$client" 2>/dev/null || true
-    sleep 1
+    stop "$client"
+    stop "$master"
     # bytes per connection
     echo $(( (after - before) * 1024 / IDLE_CONNS ))
 }
@@ -190,14 +212,14 @@ declare -A R
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS ..." >&2
     for who in oxicorn nginx; do
-        if [ $who = oxicorn ]; then port=$OXI_PORT; pid=$OXI_PID; else port=$NGX_PORT; pid=$NGX_PID; fi
+        if [ $who = oxicorn ]; then port=$OXI_PORT; else port=$NGX_PORT; fi
         read -r rps _ < <(run_wrk "$port" /1k.bin "$CONNS")
         R[$who.small]+="$rps "
         read -r _ mb < <(run_wrk "$port" /64m.bin 4)
         R[$who.big]+="$mb "
         read -r rps _ < <(run_wrk "$port" /many/0.bin "$CONNS" "$WORK/random.lua")
         R[$who.many]+="$rps "
-        R[$who.idle]+="$(idle_memory "$port" "$pid") "
+        R[$who.idle]+="$(idle_memory "$who") "
     done
 done
 echo "python3 -m http.server ..." >&2
@@ -211,6 +233,7 @@ o_idle=$(m oxicorn.idle);   n_idle=$(m nginx.idle)
 
 echo
 echo "$(date -u +%F) $(nproc) cores, $(uname -r), $WORKERS workers each, $ROUNDS rounds x ${DURATION}s, medians"
+[ -n "$NGINX_EXTRA" ] && echo "nginx extra: $NGINX_EXTRA"
 echo
 echo "| case | oxicorn | nginx | oxicorn/nginx |"
 echo "|---|---|---|---|"

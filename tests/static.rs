@@ -884,3 +884,56 @@ fn curl_downloads_ranges_and_conditionals() {
     ]);
     assert!(String::from_utf8_lossy(&code).contains("200"), "{code:?}");
 }
+
+#[test]
+fn unix_listeners_serve_http_too() {
+    let (dir, _) = site();
+    let s = Oxicorn::start_with(
+        dir,
+        &["static", "www", "-w", "1", "-b", "unix:web.sock"],
+        &[],
+    );
+    s.wait_ready(1, 1);
+    let line = s.wait_for_line("serving ");
+    assert!(
+        line.contains("on unix:web.sock (HTTP over a Unix socket) (1 worker)"),
+        "{line}"
+    );
+    let mut c = Client::connect(&format!("unix:{}", s.path("web.sock").display())).unwrap();
+    c.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8(all).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello, world\n"), "{text}");
+}
+
+#[test]
+fn check_config_shows_the_static_settings() {
+    let (dir, _) = site();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "static",
+            "www",
+            "--no-listing",
+            "--keep-alive",
+            "2",
+            "--check-config",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("service                  static"), "{text}");
+    assert!(text.contains("no_listing               true"), "{text}");
+    assert!(text.contains("keep_alive               2s"), "{text}");
+    let out = std::process::Command::new(BIN)
+        .args(["static", "www", "--print-config"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("limit_request_line = 4094"), "{text}");
+    assert!(text.contains("root = \""), "{text}");
+}

@@ -324,4 +324,30 @@ mod tests {
             assert!(matches!(parse_str(bad), Err(HeadError::Bad(_))), "{bad:?}");
         }
     }
+
+    /// Garbage never panics: every prefix of random and mutated heads is either incomplete,
+    /// a head, or an error (a deterministic xorshift, so a failure reproduces).
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seed = b"GET /a%20b?c HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n";
+        for _ in 0..5000 {
+            let mut buf = seed.to_vec();
+            for _ in 0..(next() % 6) {
+                let i = (next() as usize) % buf.len();
+                buf[i] = next() as u8;
+            }
+            let cut = (next() as usize) % (buf.len() + 1);
+            let _ = parse(&buf[..cut], &LIMITS);
+            let noise: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
+            let _ = parse(&noise, &LIMITS);
+            let _ = crate::service::static_files::path::clean(&buf[4..cut.max(4)]);
+        }
+    }
 }
