@@ -228,6 +228,8 @@ fn a_file_with_its_headers_and_head() {
     c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(c.response(false).body, b"hello, world\n");
     assert!(c.closed());
+    // A file is not a directory.
+    assert_eq!(get(addr, "/hello.txt/", "").status, 404);
     // Absolute-form targets are served by their path.
     assert_eq!(get(addr, "http://t/hello.txt?x=1", "").status, 200);
 }

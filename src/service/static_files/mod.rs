@@ -327,6 +327,8 @@ fn respond(head: &Head, svc: &StaticService) -> (Reply, Option<Arc<File>>) {
         Err(e) => return (open_error(e, &rel), None),
     };
     match opened.kind {
+        // `/file.txt/` names a directory that does not exist (as open(2) says with ENOTDIR).
+        FileType::RegularFile if clean.trailing_slash => (Reply::error(404), None),
         FileType::RegularFile => serve_file(head, svc, opened, &rel),
         FileType::Directory => {
             if !clean.trailing_slash {
