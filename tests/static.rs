@@ -939,3 +939,25 @@ fn check_config_shows_the_static_settings() {
     assert!(text.contains("limit_request_line = 4094"), "{text}");
     assert!(text.contains("root = \""), "{text}");
 }
+
+#[test]
+fn usr1_reopens_the_access_log() {
+    let (dir, _) = site();
+    let (s, addr) = serve(dir, &["--access-logfile", "access.log"]);
+    get(addr, "/hello.txt", "");
+    let log = s.path("access.log");
+    assert!(eventually(SOON, || std::fs::read_to_string(&log)
+        .is_ok_and(|t| t.contains("/hello.txt"))));
+    // logrotate: move the file away, then USR1.
+    std::fs::rename(&log, s.path("access.log.1")).unwrap();
+    s.signal(Signal::SIGUSR1);
+    assert!(
+        eventually(SOON, || {
+            get(addr, "/after-rotate", "");
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/after-rotate"))
+        }),
+        "no new access.log after USR1"
+    );
+    let old = std::fs::read_to_string(s.path("access.log.1")).unwrap();
+    assert!(old.contains("/hello.txt"));
+}

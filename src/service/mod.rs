@@ -52,6 +52,17 @@ impl Service {
         })
     }
 
+    /// Reopens the service's own log files (USR1); the worker has reopened its log already.
+    ///
+    /// # Errors
+    /// If a file cannot be reopened; the old one stays in use.
+    pub fn reopen_logs(&self) -> io::Result<()> {
+        match self {
+            Service::Echo => Ok(()),
+            Service::Static(s) => s.reopen_logs(),
+        }
+    }
+
     /// Serves one connection to its end. Errors end this connection only, and are logged at
     /// debug level: a client that vanishes is routine, not an incident.
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {

@@ -27,8 +27,8 @@ use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
@@ -58,7 +58,9 @@ pub struct StaticService {
     /// worker has its own; closed with the service.
     root_fd: OwnedFd,
     /// The access log (`O_APPEND`, one `write` per line, so workers' lines never interleave).
-    access_log: Option<File>,
+    /// Behind a lock only so USR1 can swap in a reopened file; the runtime is single-threaded,
+    /// so it is never contended.
+    access_log: Option<Mutex<File>>,
     /// Open regular files, revalidated with `fstat` (see [`files::FileCache`]).
     cache: files::FileCache,
 }
@@ -80,16 +82,9 @@ impl StaticService {
             Some(p) if p.as_os_str() == "-" => {
                 Some(File::from(io::stdout().as_fd().try_clone_to_owned()?))
             }
-            Some(p) => Some(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(p)
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("cannot open {}: {e}", p.display()))
-                    })?,
-            ),
-        };
+            Some(p) => Some(open_log(p)?),
+        }
+        .map(Mutex::new);
         Ok(StaticService {
             limits: Limits {
                 request_line: config.limit_request_line,
@@ -102,6 +97,31 @@ impl StaticService {
             cache: files::FileCache::for_fd_limit(),
         })
     }
+}
+
+impl StaticService {
+    /// Reopens the access log file (USR1, after logrotate moved it); stdout is left alone.
+    ///
+    /// # Errors
+    /// If the file cannot be opened; the old one stays in use.
+    pub fn reopen_logs(&self) -> io::Result<()> {
+        if let (Some(log), Some(path)) = (&self.access_log, &self.config.access_logfile)
+            && path.as_os_str() != "-"
+        {
+            let fresh = open_log(path)?;
+            *log.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        }
+        Ok(())
+    }
+}
+
+/// Opens an access log for appending, creating it.
+fn open_log(path: &std::path::Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))
 }
 
 /// Serves HTTP on one connection until the client closes, a timeout, an error, or a graceful
@@ -850,7 +870,7 @@ fn log_access(
     sent: Option<&Sent>,
     started: Instant,
 ) {
-    let Some(mut log) = svc.access_log.as_ref() else {
+    let Some(log) = svc.access_log.as_ref() else {
         return;
     };
     let host = match &ctx.peer {
@@ -876,7 +896,9 @@ fn log_access(
         field(head.and_then(|h| h.user_agent.as_ref())),
         started.elapsed().as_micros()
     );
-    if let Err(e) = log.write_all(line.as_bytes()) {
+    // A panic elsewhere cannot leave a File half-updated: a poisoned lock is used as it is.
+    let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = file.write_all(line.as_bytes()) {
         tracing::debug!(cause = %e, "cannot write the access log");
     }
 }
