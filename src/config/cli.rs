@@ -144,7 +144,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", global = true)]
     pub backlog: Option<u32>,
 
-    /// Close a connection silent for this long; 0 = never [default: 300 for echo]
+    /// Close a connection silent for this long; 0 = never [default: 300 for echo, 60 for static]
     #[arg(long, value_name = "SECS", value_parser = parse_duration, global = true)]
     pub idle_timeout: Option<Duration>,
 

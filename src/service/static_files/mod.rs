@@ -197,7 +197,16 @@ async fn exchange(
                     tracing::debug!(peer = %ctx.peer, why, "bad request");
                 }
                 let started = Instant::now();
-                let sent = send(stream, ctx, Reply::error(err.status()), None, true, false).await;
+                let sent = send(
+                    stream,
+                    ctx,
+                    Reply::error(err.status()),
+                    None,
+                    true,
+                    false,
+                    false,
+                )
+                .await;
                 log_access(svc, ctx, None, err.status(), sent.as_ref().ok(), started);
                 return Ok(Next::Close);
             }
@@ -211,7 +220,7 @@ async fn exchange(
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 let started = Instant::now();
-                let sent = send(stream, ctx, Reply::error(408), None, true, false).await;
+                let sent = send(stream, ctx, Reply::error(408), None, true, false, false).await;
                 log_access(svc, ctx, None, 408, sent.as_ref().ok(), started);
                 return Ok(Next::Close);
             }
@@ -223,10 +232,20 @@ async fn exchange(
     // when keep-alive is off, or when the worker is stopping.
     let close =
         !head.keep_alive || head.has_body || cfg.keep_alive.is_zero() || ctx.stop.is_cancelled();
-    let (reply, file) = respond(&head, svc);
-    let status = reply.status;
     let head_only = head.method() == &Method::Head;
-    let sent = send(stream, ctx, reply, file.as_deref(), close, head_only).await;
+    // A body that comes up short while still unsent (it is read before anything is written)
+    // means the file changed between fstat and read: answer once more from a fresh fstat
+    // rather than promise a length we cannot deliver. A second shortfall is sent short.
+    let mut retry = true;
+    let (status, sent) = loop {
+        let (reply, file) = respond(&head, svc);
+        let status = reply.status;
+        let sent = send(stream, ctx, reply, file.as_deref(), close, head_only, retry).await;
+        match sent {
+            Ok(s) if s.unsent => retry = false,
+            _ => break (status, sent),
+        }
+    };
     log_access(svc, ctx, Some(&head), status, sent.as_ref().ok(), started);
     match sent? {
         // The file shrank under us: cut short, the client sees fewer bytes than promised.
@@ -313,6 +332,9 @@ struct Sent {
     body: u64,
     /// The body was sent whole (false: the file shrank and the connection must close).
     complete: bool,
+    /// Nothing was written because the file came up short before the first byte went out
+    /// (only when the caller allowed a retry): answer again.
+    unsent: bool,
 }
 
 /// Decides the response to one request: the reply and, when the body comes from a file, the
@@ -692,6 +714,7 @@ async fn send(
     file: Option<&File>,
     close: bool,
     head_only: bool,
+    may_retry: bool,
 ) -> io::Result<Sent> {
     let inline = !head_only && reply.len <= INLINE_BODY;
     let mut out =
@@ -729,6 +752,13 @@ async fn send(
                         out.resize(start + len as usize, 0);
                         let got = read_at_full(file, &mut out[start..], offset)?;
                         if got < len as usize {
+                            if may_retry && written == 0 {
+                                return Ok(Sent {
+                                    body: 0,
+                                    complete: false,
+                                    unsent: true,
+                                });
+                            }
                             out.truncate(start + got);
                             complete = false;
                             break 'pieces;
@@ -759,6 +789,7 @@ async fn send(
     Ok(Sent {
         body: written.saturating_sub(head_len),
         complete,
+        unsent: false,
     })
 }
 
