@@ -781,11 +781,12 @@ fn graceful_stop_finishes_the_request_and_closes_idle_connections() {
     let mut idle = Conn::open(addr);
     idle.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(idle.response(false).status, 200);
-    // A request whose head is half sent when the stop begins.
+    // A request whose head is half sent when the stop begins (after one full exchange, so the
+    // connection is surely accepted; loopback bytes are in the server's buffer once written).
     let mut half = Conn::open(addr);
+    half.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(half.response(false).status, 200);
     half.send(b"GET /big.bin HTTP/1.1\r\n");
-    // Make sure the worker has the partial head before TERM.
-    std::thread::sleep(Duration::from_millis(200));
     let mark = s.mark();
     s.signal(Signal::SIGTERM);
     s.wait_for_lines_after(mark, "shutting down", 1, SOON);

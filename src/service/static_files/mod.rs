@@ -142,6 +142,9 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -
                 cfg.keep_alive
             };
             tokio::select! {
+                // Bytes that arrived before the stop are a request begun: serve it (with
+                // `Connection: close`) rather than cut it.
+                biased;
                 r = tokio::time::timeout(wait, readable(&stream)) => match r {
                     Ok(r) => r?,
                     // Nothing sent at all: close quietly, as nginx does.
