@@ -15,7 +15,8 @@
 //!   memory both sides touch.
 //! - [`worker`]: the code that runs after fork: runtime, accept loop, connection cap,
 //!   heartbeat, graceful drain.
-//! - [`service`]: the protocols (`echo`, …) serving one connection each.
+//! - [`service`]: the protocols (`static`, the default HTTP file server; `echo`, …) serving
+//!   one connection each.
 //! - [`net`]: bind addresses and the stream type services read and write.
 //! - [`log`]: the line format and the log file reopened on USR1.
 

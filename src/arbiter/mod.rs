@@ -187,6 +187,11 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
     for l in &bound {
         tracing::info!("listening on {}", l.local);
     }
+    if let crate::config::ServiceConfig::Static(s) = &config.service {
+        for l in &bound {
+            tracing::info!("{}", serving_line(s, l, config.workers));
+        }
+    }
     let mut arbiter = Arbiter {
         cli,
         target: config.workers,
@@ -209,6 +214,20 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
         pidfile,
     };
     Ok(arbiter.run_loop())
+}
+
+/// `serving /abs/path on http://127.0.0.1:8000 (4 workers)`: where to point a browser, as
+/// `python3 -m http.server` prints it.
+fn serving_line(s: &crate::config::StaticConfig, l: &Listener, workers: usize) -> String {
+    let url = match l.kind {
+        listeners::ListenerKind::Tcp => format!("http://{}", l.local),
+        listeners::ListenerKind::Unix => format!("{} (HTTP over a Unix socket)", l.local),
+    };
+    let plural = if workers == 1 { "" } else { "s" };
+    format!(
+        "serving {} on {url} ({workers} worker{plural})",
+        s.root.display()
+    )
 }
 
 impl Arbiter {

@@ -20,6 +20,8 @@ reloads or scales the pool without dropping a connection (signals below).";
 
 const AFTER_HELP: &str = "\
 Examples:
+  oxicorn                          serve the current directory on http://127.0.0.1:8000
+  oxicorn static ./public -w 4 --access-logfile -
   oxicorn echo --bind 127.0.0.1:9000 --workers 4
   oxicorn echo -b 127.0.0.1:9000 -b unix:/tmp/echo.sock --pid /tmp/oxi.pid
   oxicorn echo -c oxicorn.toml --check-config
@@ -62,6 +64,55 @@ pub struct Cli {
 pub enum Command {
     /// Echo every byte back to its sender.
     Echo,
+    /// Serve the files under DIR over HTTP/1.1 (the default, for the current directory).
+    Static(StaticArgs),
+}
+
+/// `oxicorn static [DIR] [OPTIONS]`. `None` means "not given": the config file or the default
+/// decides. Names follow gunicorn where it has the concept (`--keep-alive`, `--limit-*`,
+/// `--access-logfile`).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Static options")]
+pub struct StaticArgs {
+    /// The directory to serve [default: the current directory]
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Seconds an idle kept-alive connection waits for its next request; 0 = one request per connection [default: 5]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub keep_alive: Option<Duration>,
+
+    /// How long a client may take to send a request head; slower ones get 408 [default: 10]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+
+    /// Longest request line in bytes; longer ones get 414 [default: 4094]
+    #[arg(long, value_name = "BYTES")]
+    pub limit_request_line: Option<usize>,
+
+    /// Most header fields in one request; more get 431 [default: 100]
+    #[arg(long, value_name = "N")]
+    pub limit_request_fields: Option<usize>,
+
+    /// Longest header field (name and value) in bytes; longer ones get 431 [default: 8190]
+    #[arg(long, value_name = "BYTES")]
+    pub limit_request_field_size: Option<usize>,
+
+    /// Serve symlinks that point outside DIR (refused with 403 otherwise)
+    #[arg(long)]
+    pub follow_symlinks: bool,
+
+    /// Serve and list dotfiles and dot-directories (404 otherwise)
+    #[arg(long)]
+    pub show_hidden: bool,
+
+    /// Answer 404 for directories without index.html instead of listing them
+    #[arg(long)]
+    pub no_listing: bool,
+
+    /// Write one line per request here ('-' = stdout), gunicorn's format plus the response time
+    #[arg(long, value_name = "FILE")]
+    pub access_logfile: Option<PathBuf>,
 }
 
 /// Options for the arbiter and its workers. `None` means "not given": the config file or the
@@ -93,7 +144,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", global = true)]
     pub backlog: Option<u32>,
 
-    /// Close a connection silent for this long; 0 = never [default: 300 for echo]
+    /// Close a connection silent for this long; 0 = never [default: 300 for echo, 60 for static]
     #[arg(long, value_name = "SECS", value_parser = parse_duration, global = true)]
     pub idle_timeout: Option<Duration>,
 
@@ -145,5 +196,29 @@ mod tests {
         assert!(Cli::try_parse_from(["oxicorn", "echo", "-b", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["oxicorn", "echo", "-t", "soon"]).is_err());
         assert!(Cli::try_parse_from(["oxicorn", "echo", "--log-level", "loud"]).is_err());
+        assert!(Cli::try_parse_from(["oxicorn", "static", "--keep-alive", "x"]).is_err());
+    }
+
+    #[test]
+    fn static_takes_a_dir_and_its_options() {
+        let cli = Cli::try_parse_from([
+            "oxicorn",
+            "static",
+            "/srv",
+            "--no-listing",
+            "--keep-alive",
+            "2",
+            "-w",
+            "2",
+        ])
+        .unwrap();
+        let Some(Command::Static(args)) = cli.command else {
+            panic!("not static: {cli:?}");
+        };
+        assert_eq!(args.dir, Some(PathBuf::from("/srv")));
+        assert!(args.no_listing && !args.show_hidden);
+        assert_eq!(args.keep_alive, Some(Duration::from_secs(2)));
+        assert_eq!(cli.server.workers, Some(2));
+        assert!(Cli::try_parse_from(["oxicorn"]).unwrap().command.is_none());
     }
 }

@@ -49,6 +49,38 @@ pub struct FileConfig {
     /// `--error-logfile`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_logfile: Option<PathBuf>,
+
+    // `static` settings; read whatever the service, used by `static` only.
+    /// `static DIR`: the directory served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// `--keep-alive`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "seconds")]
+    pub keep_alive: Option<Duration>,
+    /// `--header-timeout`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "seconds")]
+    pub header_timeout: Option<Duration>,
+    /// `--limit-request-line`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_request_line: Option<usize>,
+    /// `--limit-request-fields`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_request_fields: Option<usize>,
+    /// `--limit-request-field-size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_request_field_size: Option<usize>,
+    /// `--follow-symlinks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow_symlinks: Option<bool>,
+    /// `--show-hidden`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub show_hidden: Option<bool>,
+    /// `--no-listing`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_listing: Option<bool>,
+    /// `--access-logfile` (`"-"` = stdout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_logfile: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -146,12 +178,24 @@ mod tests {
             pid = "/tmp/p"
             log_level = "debug"
             error_logfile = "/tmp/log"
+            root = "/srv"
+            keep_alive = 2
+            header_timeout = "1500ms"
+            limit_request_line = 100
+            limit_request_fields = 10
+            limit_request_field_size = 200
+            follow_symlinks = true
+            show_hidden = false
+            no_listing = true
+            access_logfile = "-"
             "#,
         )
         .unwrap();
         assert_eq!(c.bind.as_ref().unwrap().len(), 2);
         assert_eq!(c.graceful_timeout, Some(Duration::from_millis(2500)));
         assert_eq!(c.idle_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(c.header_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(c.no_listing, Some(true));
         let again: FileConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
     }

@@ -13,7 +13,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use cli::{Cli, Command, ServerArgs};
+pub use cli::{Cli, Command, ServerArgs, StaticArgs};
 pub use file::FileConfig;
 pub use validate::ConfigError;
 
@@ -59,6 +59,33 @@ pub struct Config {
 pub enum ServiceConfig {
     /// Bytes in, the same bytes out.
     Echo,
+    /// Files under a directory over HTTP/1.1.
+    Static(StaticConfig),
+}
+
+/// `static`'s settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConfig {
+    /// The directory served: absolute, symlinks resolved, checked to be a directory.
+    pub root: PathBuf,
+    /// Idle time allowed between requests on a kept-alive connection; zero = no keep-alive.
+    pub keep_alive: Duration,
+    /// Time allowed from a request's first byte (or the accept) to the end of its head.
+    pub header_timeout: Duration,
+    /// Longest request line, in bytes (414 beyond).
+    pub limit_request_line: usize,
+    /// Most header fields (431 beyond).
+    pub limit_request_fields: usize,
+    /// Longest header field, name and value, in bytes (431 beyond).
+    pub limit_request_field_size: usize,
+    /// Serve symlinks resolving outside the root.
+    pub follow_symlinks: bool,
+    /// Serve and list names starting with `.`.
+    pub show_hidden: bool,
+    /// List directories that have no `index.html`.
+    pub listing: bool,
+    /// The access log: `None` off, `-` stdout, otherwise a file opened for append.
+    pub access_logfile: Option<PathBuf>,
 }
 
 impl ServiceConfig {
@@ -66,6 +93,7 @@ impl ServiceConfig {
     pub fn name(&self) -> &'static str {
         match self {
             ServiceConfig::Echo => "echo",
+            ServiceConfig::Static(_) => "static",
         }
     }
 
@@ -73,6 +101,9 @@ impl ServiceConfig {
     pub fn default_idle_timeout(&self) -> Duration {
         match self {
             ServiceConfig::Echo => Duration::from_secs(300),
+            // For static this bounds a stalled write (a client that stops reading); waiting
+            // for requests is bounded by keep_alive and header_timeout instead.
+            ServiceConfig::Static(_) => Duration::from_secs(60),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     Cli, Command, Config, DEFAULT_BIND, FileConfig, LogLevel, MAX_WORKERS, ServiceConfig,
-    show_duration,
+    StaticArgs, StaticConfig, show_duration,
 };
 use crate::net::BindAddr;
 
@@ -71,7 +71,9 @@ impl Config {
         let args = &cli.server;
         let service = match &cli.command {
             Some(Command::Echo) => ServiceConfig::Echo,
-            None => return Err(ConfigError::NoService),
+            Some(Command::Static(args)) => ServiceConfig::Static(static_config(args, &file)?),
+            // No service named: serve the current directory, as `python3 -m http.server`.
+            None => ServiceConfig::Static(static_config(&StaticArgs::default(), &file)?),
         };
 
         // The file's binds are checked even when flags override them: a broken file is
@@ -207,6 +209,27 @@ impl Config {
             pid: self.pidfile.clone(),
             log_level: Some(self.log_level.to_string()),
             error_logfile: self.error_logfile.clone(),
+            ..self.service_file_config()
+        }
+    }
+
+    /// The service's own keys for [`Config::to_file_config`].
+    fn service_file_config(&self) -> FileConfig {
+        match &self.service {
+            ServiceConfig::Echo => FileConfig::default(),
+            ServiceConfig::Static(s) => FileConfig {
+                root: Some(s.root.clone()),
+                keep_alive: Some(s.keep_alive),
+                header_timeout: Some(s.header_timeout),
+                limit_request_line: Some(s.limit_request_line),
+                limit_request_fields: Some(s.limit_request_fields),
+                limit_request_field_size: Some(s.limit_request_field_size),
+                follow_symlinks: Some(s.follow_symlinks),
+                show_hidden: Some(s.show_hidden),
+                no_listing: Some(!s.listing),
+                access_logfile: s.access_logfile.clone(),
+                ..FileConfig::default()
+            },
         }
     }
 
@@ -234,10 +257,106 @@ impl Config {
             ("error_logfile", show_path(&self.error_logfile, "stderr")),
             ("config", show_path(&self.config_file, "none")),
         ];
+        let mut rows = rows.to_vec();
+        if let ServiceConfig::Static(s) = &self.service {
+            rows.extend([
+                ("root", s.root.display().to_string()),
+                ("keep_alive", show_duration(Some(s.keep_alive))),
+                ("header_timeout", show_duration(Some(s.header_timeout))),
+                ("limit_request_line", s.limit_request_line.to_string()),
+                ("limit_request_fields", s.limit_request_fields.to_string()),
+                (
+                    "limit_request_field_size",
+                    s.limit_request_field_size.to_string(),
+                ),
+                ("follow_symlinks", s.follow_symlinks.to_string()),
+                ("show_hidden", s.show_hidden.to_string()),
+                ("no_listing", (!s.listing).to_string()),
+                ("access_logfile", show_path(&s.access_logfile, "off")),
+            ]);
+        }
         rows.iter()
-            .map(|(k, v)| format!("  {k:<20} {v}\n"))
+            .map(|(k, v)| format!("  {k:<24} {v}\n"))
             .collect()
     }
+}
+
+/// `static`'s settings: flags over file over defaults. The root must be an existing directory,
+/// checked here so a typo fails before anything is bound.
+fn static_config(args: &StaticArgs, file: &FileConfig) -> Result<StaticConfig, ConfigError> {
+    let dir = args
+        .dir
+        .clone()
+        .or_else(|| file.root.clone())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let root = std::fs::canonicalize(&dir)
+        .map_err(|e| invalid("root", format!("cannot serve `{}`: {e}", dir.display())))?;
+    if !root.is_dir() {
+        return Err(invalid(
+            "root",
+            format!("cannot serve `{}`: not a directory", dir.display()),
+        ));
+    }
+    let limit = |key: &'static str, flag: Option<usize>, file: Option<usize>, default, max| {
+        let v = flag.or(file).unwrap_or(default);
+        if v == 0 || v > max {
+            return Err(invalid(key, format!("{v} is out of range (1 to {max})")));
+        }
+        Ok(v)
+    };
+    let header_timeout = args
+        .header_timeout
+        .or(file.header_timeout)
+        .unwrap_or(Duration::from_secs(10));
+    if header_timeout.is_zero() {
+        return Err(invalid(
+            "header-timeout",
+            "0 would let a silent client hold a connection forever: give a time such as 10",
+        ));
+    }
+    let access_logfile = args.access_logfile.clone().or(file.access_logfile.clone());
+    if let Some(p) = &access_logfile
+        && p.as_os_str() != "-"
+        && (p.as_os_str().is_empty() || p.is_dir())
+    {
+        return Err(invalid(
+            "access-logfile",
+            format!("`{}` is not a file path", p.display()),
+        ));
+    }
+    Ok(StaticConfig {
+        root,
+        keep_alive: args
+            .keep_alive
+            .or(file.keep_alive)
+            .unwrap_or(Duration::from_secs(5)),
+        header_timeout,
+        limit_request_line: limit(
+            "limit-request-line",
+            args.limit_request_line,
+            file.limit_request_line,
+            4094,
+            65536,
+        )?,
+        limit_request_fields: limit(
+            "limit-request-fields",
+            args.limit_request_fields,
+            file.limit_request_fields,
+            100,
+            32768,
+        )?,
+        limit_request_field_size: limit(
+            "limit-request-field-size",
+            args.limit_request_field_size,
+            file.limit_request_field_size,
+            8190,
+            65536,
+        )?,
+        follow_symlinks: args.follow_symlinks || file.follow_symlinks.unwrap_or(false),
+        show_hidden: args.show_hidden || file.show_hidden.unwrap_or(false),
+        listing: !(args.no_listing || file.no_listing.unwrap_or(false)),
+        access_logfile,
+    })
 }
 
 /// One worker per CPU, as nginx's `worker_processes auto`.
@@ -297,6 +416,68 @@ mod tests {
                 other => panic!("{args:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn no_service_means_static_of_the_current_directory() {
+        let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        let ServiceConfig::Static(s) = &c.service else {
+            panic!("{c:?}");
+        };
+        assert_eq!(
+            s.root,
+            std::env::current_dir().unwrap().canonicalize().unwrap()
+        );
+        assert_eq!(s.keep_alive, Duration::from_secs(5));
+        assert_eq!(s.limit_request_line, 4094);
+        assert!(s.listing && !s.show_hidden && !s.follow_symlinks);
+        assert_eq!(c.binds, vec![DEFAULT_BIND.parse().unwrap()]);
+    }
+
+    #[test]
+    fn static_root_must_be_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        for bad in [file, dir.path().join("missing")] {
+            let args = ["static", bad.to_str().unwrap()];
+            match Config::merge(&cli(&args), FileConfig::default()) {
+                Err(ConfigError::Invalid { key: "root", .. }) => {}
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let bad = Config::merge(
+            &cli(&["static", "--limit-request-line", "0"]),
+            FileConfig::default(),
+        );
+        assert!(matches!(
+            bad,
+            Err(ConfigError::Invalid {
+                key: "limit-request-line",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn static_print_config_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::merge(
+            &cli(&[
+                "static",
+                dir.path().to_str().unwrap(),
+                "--no-listing",
+                "--keep-alive",
+                "0",
+                "--access-logfile",
+                "-",
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        let text = toml::to_string(&c.to_file_config()).unwrap();
+        let back = Config::merge(&cli(&["static"]), toml::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! cannot wait for. A closed set is an enum that delegates (mini-redis `Command::apply`).
 
 pub mod echo;
+pub mod static_files;
 
 use std::io;
 use std::time::Duration;
@@ -49,6 +50,8 @@ impl Serve for Service {
 pub enum Service {
     /// [`echo`].
     Echo,
+    /// [`static_files`].
+    Static(Box<static_files::StaticService>),
 }
 
 impl Service {
@@ -59,7 +62,21 @@ impl Service {
     pub fn for_worker(config: &Config) -> io::Result<Service> {
         Ok(match &config.service {
             ServiceConfig::Echo => Service::Echo,
+            ServiceConfig::Static(c) => {
+                Service::Static(Box::new(static_files::StaticService::open(c)?))
+            }
         })
+    }
+
+    /// Reopens the service's own log files (USR1); the worker has reopened its log already.
+    ///
+    /// # Errors
+    /// If a file cannot be reopened; the old one stays in use.
+    pub fn reopen_logs(&self) -> io::Result<()> {
+        match self {
+            Service::Echo => Ok(()),
+            Service::Static(s) => s.reopen_logs(),
+        }
     }
 
     /// Serves one connection to its end. Errors end this connection only, and are logged at
@@ -67,6 +84,7 @@ impl Service {
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
         let result = match self {
             Service::Echo => echo::serve(stream, &ctx).await,
+            Service::Static(s) => static_files::serve(stream, &ctx, s).await,
         };
         if let Err(err) = result {
             tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");

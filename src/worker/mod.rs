@@ -197,7 +197,7 @@ async fn serve(boot: WorkerBoot) -> i32 {
         limit: Arc::new(Semaphore::new(config.worker_connections)),
         conns: conns.clone(),
         stop: stop.clone(),
-        service,
+        service: Arc::clone(&service),
         slot,
         idle_timeout: config.idle_timeout,
     };
@@ -221,6 +221,9 @@ async fn serve(boot: WorkerBoot) -> i32 {
             _ = signals.usr1.recv() => {
                 if let Err(err) = log.reopen() {
                     tracing::error!(cause = %err, "cannot reopen the log file");
+                }
+                if let Err(err) = service.reopen_logs() {
+                    tracing::error!(cause = %err, "cannot reopen the access log");
                 }
             }
         }

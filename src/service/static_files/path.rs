@@ -1,0 +1,192 @@
+//! Request path → a relative path under the root, or a refusal.
+//!
+//! This is the lexical half of containment; the other half is `openat2(RESOLVE_BENEATH)` in
+//! [`super::files`], which stops symlinks. Here every segment is percent-decoded on its own,
+//! so an encoded slash (`%2F`) or backslash (`%5C`) can never become a separator, and anything
+//! that a filesystem or a later decoder could read as structure is refused rather than
+//! repaired: NUL, invalid UTF-8, malformed escapes, drive prefixes (`C:`), and `..` that would
+//! climb above the root. `.` segments and empty segments (`//`) are dropped; `..` inside the
+//! root is resolved lexically, as browsers do before sending.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode, utf8_percent_encode};
+
+/// Everything but `A-Z a-z 0-9 - . _ ~` is encoded in the links and redirects we write: safe
+/// both inside a URL path segment and inside an HTML attribute.
+pub const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A request path that is safe to open below the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanPath {
+    /// Decoded segments, none empty, `.`, `..`, or holding `/`, `\` or NUL.
+    pub segments: Vec<String>,
+    /// The request asked for a directory (`/a/`); `/a` for a directory is redirected.
+    pub trailing_slash: bool,
+}
+
+/// Why a path was refused: always a 400, the reason goes to the debug log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadPath(pub &'static str);
+
+impl CleanPath {
+    /// The path relative to the root, for `openat2`: `"."` for the root itself.
+    pub fn relative(&self) -> String {
+        if self.segments.is_empty() {
+            ".".to_string()
+        } else {
+            self.segments.join("/")
+        }
+    }
+
+    /// The canonical URL path (each segment re-encoded), with a trailing `/` if `dir`.
+    pub fn url(&self, dir: bool) -> String {
+        let mut url = String::from("/");
+        for (i, s) in self.segments.iter().enumerate() {
+            if i > 0 {
+                url.push('/');
+            }
+            url.extend(utf8_percent_encode(s, SEGMENT));
+        }
+        if dir && !self.segments.is_empty() {
+            url.push('/');
+        }
+        url
+    }
+
+    /// A segment starts with `.` (`.git`, `.env`): hidden unless `--show-hidden`.
+    pub fn is_hidden(&self) -> bool {
+        self.segments.iter().any(|s| s.starts_with('.'))
+    }
+}
+
+/// Cleans the path part of a request target (no query). It must start with `/`.
+///
+/// # Errors
+/// [`BadPath`] naming the reason, for anything that is not a plain path inside the root.
+pub fn clean(path: &[u8]) -> Result<CleanPath, BadPath> {
+    let Some(rest) = path.strip_prefix(b"/") else {
+        return Err(BadPath("path does not start with /"));
+    };
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = rest.is_empty();
+    for raw in rest.split(|&b| b == b'/') {
+        check_escapes(raw)?;
+        let decoded: Vec<u8> = percent_decode(raw).collect();
+        let seg = String::from_utf8(decoded).map_err(|_| BadPath("invalid UTF-8"))?;
+        if seg.contains(['\0', '/', '\\']) {
+            return Err(BadPath("NUL, slash or backslash inside a segment"));
+        }
+        trailing_slash = matches!(seg.as_str(), "" | "." | "..");
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(BadPath(".. above the root"));
+                }
+            }
+            _ => {
+                if segments.is_empty() && is_drive(&seg) {
+                    return Err(BadPath("drive prefix"));
+                }
+                segments.push(seg);
+            }
+        }
+    }
+    Ok(CleanPath {
+        segments,
+        trailing_slash,
+    })
+}
+
+/// `%` must be followed by two hex digits: a stray `%` is how double-decoding attacks start.
+fn check_escapes(raw: &[u8]) -> Result<(), BadPath> {
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let ok = raw.len() > i + 2
+                && raw[i + 1].is_ascii_hexdigit()
+                && raw[i + 2].is_ascii_hexdigit();
+            if !ok {
+                return Err(BadPath("malformed percent escape"));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// `C:` or `c:anything`: meaningless on Linux, hostile if the files are ever copied elsewhere.
+fn is_drive(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(p: &str) -> Vec<String> {
+        clean(p.as_bytes()).unwrap().segments
+    }
+
+    #[test]
+    fn plain_paths_decode_per_segment() {
+        assert_eq!(segs("/"), Vec::<String>::new());
+        assert_eq!(segs("/a/b.txt"), ["a", "b.txt"]);
+        assert_eq!(segs("/a%20b/%C3%A9"), ["a b", "é"]);
+        assert_eq!(segs("//a///b/./c/"), ["a", "b", "c"]);
+        assert_eq!(segs("/a/b/../c"), ["a", "c"]);
+        assert_eq!(segs("/a/%2e%2E/c"), ["c"]);
+        assert_eq!(segs("/ab:c"), ["ab:c"]);
+        assert!(clean(b"/a/").unwrap().trailing_slash);
+        assert!(clean(b"/a/.").unwrap().trailing_slash);
+        assert!(!clean(b"/a").unwrap().trailing_slash);
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for p in [
+            "/..",
+            "/../etc/passwd",
+            "/a/../../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/%2E%2E%2Fetc%2Fpasswd",
+            "/a%2f..%2f..%2fetc",
+            "/..%5c..%5cetc",
+            "/a%5cb",
+            "/a%00b",
+            "/%ff",
+            "/%c0%ae%c0%ae/",
+            "/%",
+            "/%2",
+            "/%zz",
+            "/%252e%252e/",
+            "/C:/windows",
+            "/c:",
+            "etc/passwd",
+            "",
+        ] {
+            // `%252e` decodes once to `%2e`, a literal name: allowed, but never `..`.
+            if p == "/%252e%252e/" {
+                assert_eq!(segs(p), ["%2e%2e"]);
+                continue;
+            }
+            assert!(clean(p.as_bytes()).is_err(), "{p} accepted");
+        }
+    }
+
+    #[test]
+    fn urls_are_re_encoded() {
+        let c = clean(b"/a%20b/%3Cx%3E%22").unwrap();
+        assert_eq!(c.url(false), "/a%20b/%3Cx%3E%22");
+        assert_eq!(c.url(true), "/a%20b/%3Cx%3E%22/");
+        assert_eq!(c.relative(), "a b/<x>\"");
+        assert_eq!(clean(b"/").unwrap().relative(), ".");
+        assert!(clean(b"/a/.git/config").unwrap().is_hidden());
+    }
+}

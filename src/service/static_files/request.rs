@@ -1,0 +1,353 @@
+//! Request heads: limits first, then `httparse`, then the few headers a file server reads.
+//!
+//! The limits are gunicorn's (`limit_request_line` → 414, `limit_request_fields` and
+//! `limit_request_field_size` → 431) and are enforced on partial heads too, so a client cannot
+//! make us buffer more than one legal head before it is refused.
+
+use std::fmt;
+
+/// The limits a head is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest request line, without its CRLF.
+    pub request_line: usize,
+    /// Most header fields.
+    pub fields: usize,
+    /// Longest field: name, `: ` and value.
+    pub field_size: usize,
+}
+
+impl Limits {
+    /// The most bytes a legal head can take, CRLFs included.
+    pub fn max_head(&self) -> usize {
+        self.request_line + 2 + self.fields * (self.field_size + 2) + 2
+    }
+}
+
+/// Why a head was refused; each maps to one status and the connection is closed after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// 400, with the reason for the debug log.
+    Bad(&'static str),
+    /// 414: the request line is over the limit.
+    LineTooLong,
+    /// 431: too many fields, or one too long.
+    FieldsTooLarge,
+}
+
+impl HeadError {
+    /// The HTTP status that answers it.
+    pub fn status(self) -> u16 {
+        match self {
+            HeadError::Bad(_) => 400,
+            HeadError::LineTooLong => 414,
+            HeadError::FieldsTooLarge => 431,
+        }
+    }
+}
+
+/// The method: only GET and HEAD are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// GET.
+    Get,
+    /// HEAD: GET's headers, no body.
+    Head,
+    /// Anything else, answered 405.
+    Other(String),
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Other(m) => m,
+        })
+    }
+}
+
+/// One parsed request head, owned, with the headers we act on.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    /// The method.
+    pub method: Option<Method>,
+    /// The request target as sent (origin-form or absolute-form).
+    pub target: String,
+    /// `1` for HTTP/1.1, `0` for HTTP/1.0.
+    pub minor: u8,
+    /// The client wants the connection kept open after this response.
+    pub keep_alive: bool,
+    /// A body follows (Content-Length > 0 or Transfer-Encoding): we do not read bodies, so the
+    /// connection is closed after the response rather than misreading the body as a request.
+    pub has_body: bool,
+    /// `If-Match`.
+    pub if_match: Option<String>,
+    /// `If-None-Match`.
+    pub if_none_match: Option<String>,
+    /// `If-Modified-Since`.
+    pub if_modified_since: Option<String>,
+    /// `If-Unmodified-Since`.
+    pub if_unmodified_since: Option<String>,
+    /// `If-Range`.
+    pub if_range: Option<String>,
+    /// `Range`.
+    pub range: Option<String>,
+    /// `Accept-Encoding`.
+    pub accept_encoding: Option<String>,
+    /// `Referer`, for the access log.
+    pub referer: Option<String>,
+    /// `User-Agent`, for the access log.
+    pub user_agent: Option<String>,
+}
+
+impl Head {
+    /// The method, GET when unset (only in tests).
+    pub fn method(&self) -> &Method {
+        self.method.as_ref().unwrap_or(&Method::Get)
+    }
+}
+
+/// Parses the head at the start of `buf`.
+///
+/// `Ok(None)` means "incomplete, read more" (mini-redis's `Incomplete` is not an error either).
+/// `Ok(Some((head, n)))`: the head took the first `n` bytes.
+///
+/// # Errors
+/// A [`HeadError`] when the bytes can never become an acceptable head.
+pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadError> {
+    // RFC 9112 §2.2: ignore empty lines before the request line.
+    let skip = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    if skip > 64 {
+        return Err(HeadError::Bad("empty lines before the request line"));
+    }
+    let body = &buf[skip..];
+    match body.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let line = end - usize::from(end > 0 && body[end - 1] == b'\r');
+            if line > limits.request_line {
+                return Err(HeadError::LineTooLong);
+            }
+        }
+        None if body.len() > limits.request_line + 1 => return Err(HeadError::LineTooLong),
+        None => return Ok(None),
+    }
+    if !contains_end(body) {
+        // The field being received must fit, and so must the whole head.
+        let last = body.rsplit(|&b| b == b'\n').next().map_or(0, <[u8]>::len);
+        if last > limits.field_size + 1 || body.len() > limits.max_head() {
+            return Err(HeadError::FieldsTooLarge);
+        }
+        return Ok(None);
+    }
+
+    // On the stack for the usual limits: parsing allocates nothing but the owned copies.
+    let mut stack = [httparse::EMPTY_HEADER; 128];
+    let mut heap;
+    let slots: &mut [httparse::Header<'_>] = if limits.fields <= stack.len() {
+        &mut stack[..limits.fields]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; limits.fields];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(slots);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::FieldsTooLarge),
+        Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+        Err(_) => return Err(HeadError::Bad("malformed request head")),
+    };
+    let minor = req.version.unwrap_or(1);
+    let mut head = Head {
+        method: Some(match req.method.unwrap_or("") {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            other => Method::Other(other.to_string()),
+        }),
+        target: req.path.unwrap_or("").to_string(),
+        minor,
+        keep_alive: minor == 1,
+        ..Head::default()
+    };
+    let mut hosts = 0;
+    let mut content_length: Option<&[u8]> = None;
+    for h in req.headers.iter() {
+        if h.name.len() + 2 + h.value.len() > limits.field_size {
+            return Err(HeadError::FieldsTooLarge);
+        }
+        let text = || {
+            std::str::from_utf8(h.value)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value);
+            for token in v.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    head.keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") && minor == 0 {
+                    head.keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some_and(|v| v != h.value) {
+                return Err(HeadError::Bad("conflicting Content-Length"));
+            }
+            content_length = Some(h.value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.has_body = true;
+        } else if name.eq_ignore_ascii_case("if-match") {
+            head.if_match = join(head.if_match.take(), text());
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            head.if_none_match = join(head.if_none_match.take(), text());
+        } else if name.eq_ignore_ascii_case("if-modified-since") {
+            head.if_modified_since = text();
+        } else if name.eq_ignore_ascii_case("if-unmodified-since") {
+            head.if_unmodified_since = text();
+        } else if name.eq_ignore_ascii_case("if-range") {
+            head.if_range = text();
+        } else if name.eq_ignore_ascii_case("range") {
+            if head.range.is_some() {
+                return Err(HeadError::Bad("more than one Range"));
+            }
+            head.range = text();
+        } else if name.eq_ignore_ascii_case("accept-encoding") {
+            head.accept_encoding = join(head.accept_encoding.take(), text());
+        } else if name.eq_ignore_ascii_case("referer") {
+            head.referer = Some(String::from_utf8_lossy(h.value).into_owned());
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            head.user_agent = Some(String::from_utf8_lossy(h.value).into_owned());
+        }
+    }
+    if let Some(v) = content_length {
+        let v = std::str::from_utf8(v).ok().map(str::trim);
+        match v.filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())) {
+            Some(s) if s.bytes().all(|b| b == b'0') => {}
+            Some(_) => head.has_body = true,
+            None => return Err(HeadError::Bad("invalid Content-Length")),
+        }
+    }
+    if minor == 1 && hosts != 1 {
+        return Err(HeadError::Bad("HTTP/1.1 needs exactly one Host"));
+    }
+    Ok(Some((head, n)))
+}
+
+/// A blank line ends the head: `\n\n` or `\n\r\n`.
+fn contains_end(buf: &[u8]) -> bool {
+    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// Repeated list headers are one comma-separated list (RFC 9110 §5.3).
+fn join(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}, {b}")),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        request_line: 40,
+        fields: 4,
+        field_size: 30,
+    };
+
+    fn parse_str(s: &str) -> Result<Option<(Head, usize)>, HeadError> {
+        parse(s.as_bytes(), &LIMITS)
+    }
+
+    #[test]
+    fn complete_partial_and_pipelined() {
+        let two = "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n";
+        let (head, n) = parse_str(two).unwrap().unwrap();
+        assert_eq!(head.target, "/a");
+        assert!(head.keep_alive);
+        assert_eq!(&two[n..], "GET /b HTTP/1.1\r\n");
+        assert!(parse_str(&two[n..]).unwrap().is_none());
+        assert!(parse_str("GET / HT").unwrap().is_none());
+        let (head, _) = parse_str("\r\nHEAD / HTTP/1.0\n\n").unwrap().unwrap();
+        assert_eq!(head.method(), &Method::Head);
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn connection_and_body() {
+        let h = |s: &str| parse_str(s).unwrap().unwrap().0;
+        assert!(!h("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(h("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(h("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").has_body);
+        assert!(!h("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").has_body);
+        assert!(h("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").has_body);
+    }
+
+    #[test]
+    fn limits_and_malformed_heads() {
+        let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(40));
+        assert_eq!(parse_str(&long_line).err(), Some(HeadError::LineTooLong));
+        assert_eq!(
+            parse_str(&"a".repeat(50)).err(),
+            Some(HeadError::LineTooLong)
+        );
+        let long_field = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", "x".repeat(30));
+        assert_eq!(
+            parse_str(&long_field).err(),
+            Some(HeadError::FieldsTooLarge)
+        );
+        let partial_field = format!("GET / HTTP/1.1\r\nX: {}", "x".repeat(40));
+        assert_eq!(
+            parse_str(&partial_field).err(),
+            Some(HeadError::FieldsTooLarge)
+        );
+        let many = "GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\n\r\n";
+        assert_eq!(parse_str(many).err(), Some(HeadError::FieldsTooLarge));
+        for bad in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+            "\u{1}GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(matches!(parse_str(bad), Err(HeadError::Bad(_))), "{bad:?}");
+        }
+    }
+
+    /// Garbage never panics: every prefix of random and mutated heads is either incomplete,
+    /// a head, or an error (a deterministic xorshift, so a failure reproduces).
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seed = b"GET /a%20b?c HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n";
+        for _ in 0..5000 {
+            let mut buf = seed.to_vec();
+            for _ in 0..(next() % 6) {
+                let i = (next() as usize) % buf.len();
+                buf[i] = next() as u8;
+            }
+            let cut = (next() as usize) % (buf.len() + 1);
+            let _ = parse(&buf[..cut], &LIMITS);
+            let noise: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
+            let _ = parse(&noise, &LIMITS);
+            let _ = crate::service::static_files::path::clean(&buf[4..cut.max(4)]);
+        }
+    }
+}
