@@ -62,6 +62,42 @@ pub struct Cli {
 pub enum Command {
     /// Echo every byte back to its sender.
     Echo,
+    /// A line-based chat room across all workers (telnet and nc welcome).
+    Chat(ChatArgs),
+    /// Reply with the current quote, then keep what the client sent as the new one.
+    Quote(QuoteArgs),
+    /// A line client (like nc, with clear errors): send stdin, print what arrives.
+    Connect(ConnectArgs),
+}
+
+/// `oxicorn chat` options.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChatArgs {
+    /// Longest line accepted, in bytes; longer lines get an error and are discarded [default: 4096]
+    #[arg(long, value_name = "BYTES")]
+    pub max_line: Option<usize>,
+}
+
+/// `oxicorn quote` options.
+#[derive(Debug, Clone, Default, Args)]
+pub struct QuoteArgs {
+    /// The quote served until a client sends another [default: An apple a day keeps the doctor away]
+    #[arg(long, value_name = "TEXT")]
+    pub quote: Option<String>,
+
+    /// Longest line accepted, in bytes [default: 4096]
+    #[arg(long, value_name = "BYTES")]
+    pub max_line: Option<usize>,
+}
+
+/// `oxicorn connect` arguments: a client, not a service. Of the server options only
+/// `--timeout` applies (it is global, so it is read from [`ServerArgs::timeout`]): it bounds
+/// the wait for the connection, 10s when not given.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Where to connect: HOST:PORT, [IPV6]:PORT or unix:PATH (--timeout bounds the connect)
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
 }
 
 /// Options for the arbiter and its workers. `None` means "not given": the config file or the
@@ -138,6 +174,26 @@ mod tests {
         assert_eq!(cli.server.workers, Some(3));
         assert_eq!(cli.server.bind.len(), 1);
         assert!(matches!(cli.command, Some(Command::Echo)));
+    }
+
+    #[test]
+    fn service_options_parse() {
+        let cli = Cli::try_parse_from(["oxicorn", "chat", "--max-line", "10"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Chat(ChatArgs { max_line: Some(10) }))
+        ));
+        let cli = Cli::try_parse_from(["oxicorn", "quote", "--quote", "hi"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Quote(QuoteArgs { quote: Some(ref q), .. })) if q == "hi")
+        );
+        let cli =
+            Cli::try_parse_from(["oxicorn", "connect", "127.0.0.1:1", "--timeout", "3"]).unwrap();
+        match cli.command {
+            Some(Command::Connect(c)) => assert_eq!(c.addr, "127.0.0.1:1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cli.server.timeout, Some(Duration::from_secs(3)));
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub struct FileConfig {
     /// `--error-logfile`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_logfile: Option<PathBuf>,
+    /// `--max-line` (chat, quote; ignored by other services).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_line: Option<usize>,
+    /// `--quote` (quote; ignored by other services).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
 }
 
 impl FileConfig {
@@ -146,12 +152,16 @@ mod tests {
             pid = "/tmp/p"
             log_level = "debug"
             error_logfile = "/tmp/log"
+            max_line = 100
+            quote = "hello"
             "#,
         )
         .unwrap();
         assert_eq!(c.bind.as_ref().unwrap().len(), 2);
         assert_eq!(c.graceful_timeout, Some(Duration::from_millis(2500)));
         assert_eq!(c.idle_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(c.max_line, Some(100));
+        assert_eq!(c.quote.as_deref(), Some("hello"));
         let again: FileConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
     }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Cli, Command, Config, DEFAULT_BIND, FileConfig, LogLevel, MAX_WORKERS, ServiceConfig,
-    show_duration,
+    Cli, Command, Config, DEFAULT_BIND, DEFAULT_MAX_LINE, DEFAULT_QUOTE, FileConfig, LogLevel,
+    MAX_MAX_LINE, MAX_WORKERS, ServiceConfig, show_duration,
 };
 use crate::net::BindAddr;
 
@@ -69,8 +69,44 @@ impl Config {
     /// As [`Config::load`].
     pub fn merge(cli: &Cli, file: FileConfig) -> Result<Config, ConfigError> {
         let args = &cli.server;
+        let max_line = |flag: Option<usize>| -> Result<usize, ConfigError> {
+            let n = flag.or(file.max_line).unwrap_or(DEFAULT_MAX_LINE);
+            if n == 0 || n > MAX_MAX_LINE {
+                return Err(invalid(
+                    "max-line",
+                    format!("{n} is out of range (1 to {MAX_MAX_LINE})"),
+                ));
+            }
+            Ok(n)
+        };
         let service = match &cli.command {
             Some(Command::Echo) => ServiceConfig::Echo,
+            Some(Command::Chat(args)) => ServiceConfig::Chat {
+                max_line: max_line(args.max_line)?,
+            },
+            Some(Command::Quote(args)) => {
+                let quote = args
+                    .quote
+                    .clone()
+                    .or_else(|| file.quote.clone())
+                    .unwrap_or_else(|| DEFAULT_QUOTE.to_string());
+                if quote.len() > MAX_MAX_LINE {
+                    return Err(invalid(
+                        "quote",
+                        format!("{} bytes is too long (at most {MAX_MAX_LINE})", quote.len()),
+                    ));
+                }
+                ServiceConfig::Quote {
+                    quote,
+                    max_line: max_line(args.max_line)?,
+                }
+            }
+            Some(Command::Connect(_)) => {
+                return Err(invalid(
+                    "service",
+                    "`connect` is a client, not a service: it has no configuration",
+                ));
+            }
             None => return Err(ConfigError::NoService),
         };
 
@@ -207,6 +243,16 @@ impl Config {
             pid: self.pidfile.clone(),
             log_level: Some(self.log_level.to_string()),
             error_logfile: self.error_logfile.clone(),
+            max_line: match &self.service {
+                ServiceConfig::Chat { max_line } | ServiceConfig::Quote { max_line, .. } => {
+                    Some(*max_line)
+                }
+                ServiceConfig::Echo => None,
+            },
+            quote: match &self.service {
+                ServiceConfig::Quote { quote, .. } => Some(quote.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -234,6 +280,15 @@ impl Config {
             ("error_logfile", show_path(&self.error_logfile, "stderr")),
             ("config", show_path(&self.config_file, "none")),
         ];
+        let mut rows = rows.to_vec();
+        match &self.service {
+            ServiceConfig::Chat { max_line } => rows.push(("max_line", max_line.to_string())),
+            ServiceConfig::Quote { quote, max_line } => {
+                rows.push(("max_line", max_line.to_string()));
+                rows.push(("quote", format!("{quote:?}")));
+            }
+            ServiceConfig::Echo => {}
+        }
         rows.iter()
             .map(|(k, v)| format!("  {k:<20} {v}\n"))
             .collect()
@@ -309,5 +364,35 @@ mod tests {
         let text = toml::to_string(&c.to_file_config()).unwrap();
         let back = Config::merge(&cli(&["echo"]), toml::from_str(&text).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn chat_and_quote_options_from_flags_or_file() {
+        let c = Config::merge(&cli(&["chat"]), FileConfig::default()).unwrap();
+        assert_eq!(c.service, ServiceConfig::Chat { max_line: 4096 });
+        assert_eq!(c.idle_timeout, None);
+        let file: FileConfig = toml::from_str("max_line = 10\nquote = \"q\"").unwrap();
+        let c = Config::merge(&cli(&["quote"]), file.clone()).unwrap();
+        assert_eq!(
+            c.service,
+            ServiceConfig::Quote {
+                quote: "q".into(),
+                max_line: 10
+            }
+        );
+        let c = Config::merge(&cli(&["chat", "--max-line", "20"]), file).unwrap();
+        assert_eq!(c.service, ServiceConfig::Chat { max_line: 20 });
+        let text = toml::to_string(&c.to_file_config()).unwrap();
+        let back = Config::merge(&cli(&["chat"]), toml::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, c);
+        for bad in [
+            &["chat", "--max-line", "0"][..],
+            &["quote", "--max-line", "99999999"],
+        ] {
+            match Config::merge(&cli(bad), FileConfig::default()) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "max-line"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -4,7 +4,10 @@
 //! [`ConnContext`]. It knows no pids, signals or config format, and spawns no task the worker
 //! cannot wait for. A closed set is an enum that delegates (mini-redis `Command::apply`).
 
+pub mod chat;
 pub mod echo;
+pub mod lines;
+pub mod quote;
 
 use std::io;
 use std::time::Duration;
@@ -33,6 +36,10 @@ pub struct ConnContext {
 pub enum Service {
     /// [`echo`].
     Echo,
+    /// [`chat`]: the room, shared with the other workers through the bus.
+    Chat(chat::Chat),
+    /// [`quote`]: the quote, held by the bus.
+    Quote(quote::Quote),
 }
 
 impl Service {
@@ -41,8 +48,15 @@ impl Service {
     /// # Errors
     /// If the service cannot start (a worker boot error).
     pub fn for_worker(config: &Config) -> io::Result<Service> {
+        // Workers are the arbiter's children, and the hub's address is named after the
+        // arbiter's pid (`worker::run` checked `getppid()` is still the arbiter).
+        let bus = || crate::bus::Bus::embedded(nix::unistd::getppid().as_raw() as u32);
         Ok(match &config.service {
             ServiceConfig::Echo => Service::Echo,
+            ServiceConfig::Chat { max_line } => Service::Chat(chat::Chat::new(bus(), *max_line)),
+            ServiceConfig::Quote { max_line, .. } => {
+                Service::Quote(quote::Quote::new(bus(), *max_line))
+            }
         })
     }
 
@@ -51,6 +65,8 @@ impl Service {
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
         let result = match self {
             Service::Echo => echo::serve(stream, &ctx).await,
+            Service::Chat(chat) => chat.serve(stream, &ctx).await,
+            Service::Quote(quote) => quote.serve(stream, &ctx).await,
         };
         if let Err(err) = result {
             tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");

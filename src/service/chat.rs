@@ -1,0 +1,513 @@
+//! `chat`: a line-based room usable from telnet and nc, one room for the whole server whatever
+//! worker each member lands on.
+//!
+//! The protocol, as a member sees it (every line we send ends in CRLF; lines we read end in LF
+//! or CRLF):
+//!
+//! ```text
+//! * welcome to oxicorn chat; what is your name?
+//! alice                                   ← 1–32 characters, no whitespace or control
+//! * you joined as alice; /who lists the members, /quit leaves
+//! * bob joined
+//! <bob> hi
+//! hello bob                               → others see `<alice> hello bob`
+//! /who
+//! * members (2): alice, bob
+//! /quit
+//! * bye
+//! ```
+//!
+//! Names are unique case-insensitively across all workers: a member reserves
+//! `chat:<lowercased name>` on the [`Bus`]. Lines go to the members of this worker directly,
+//! and through the bus to the other workers, which hand them to their own members. Both paths
+//! keep each sender's order.
+//!
+//! Each member has a bounded outgoing queue ([`MEMBER_QUEUE`] lines) drained by its own writer.
+//! Lines are handed to it with `try_send`, so a member that stops reading never slows the
+//! sender or anybody else; when its queue overflows it is disconnected with a final notice (if
+//! the socket takes it) and the others see it leave.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::lines::{Line, LineReader};
+use super::{ConnContext, idle};
+use crate::bus::{Bus, BusError};
+use crate::net::Stream;
+
+/// The bus topic chat lines travel on.
+pub const TOPIC: &str = "chat";
+
+/// Prefix of the reserved names on the bus.
+const KEY_PREFIX: &str = "chat:";
+
+/// The longest name, in characters.
+pub const MAX_NAME: usize = 32;
+
+/// Lines waiting for one member before it counts as not reading and is disconnected. With a
+/// few hundred bytes a line that is well under a megabyte per member, on top of what its
+/// socket buffers hold.
+pub const MEMBER_QUEUE: usize = 1024;
+
+/// How long the final notice to a dropped member may take to write: it is sent only if its
+/// socket has room ("if it can be written").
+const NOTICE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// After a member leaves, how long its writer may take to flush what is queued for it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lines written to a member's socket in one batch at most.
+const BATCH: usize = 64;
+
+/// Why a member was disconnected by the server.
+const KICK_OVERFLOW: u8 = 1;
+const KICK_LOST: u8 = 2;
+
+/// Asks a member's writer to stop, and says why.
+#[derive(Default)]
+struct Kick {
+    /// Cancelled by whoever drops the member (the fan-out on overflow, the bus on a lost name).
+    token: CancellationToken,
+    /// [`KICK_OVERFLOW`] or [`KICK_LOST`]; set before the token is cancelled.
+    reason: AtomicU8,
+}
+
+impl Kick {
+    fn kick(&self, reason: u8) {
+        let _ = self
+            .reason
+            .compare_exchange(0, reason, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+}
+
+/// A joined member of this worker, as the fan-out sees it.
+struct Member {
+    /// Into its writer. The room holds this clone until the member leaves; the member's task
+    /// holds the other. The writer ends once both are dropped and the queue is drained.
+    tx: mpsc::Sender<Bytes>,
+    kick: Arc<Kick>,
+}
+
+/// This worker's members.
+#[derive(Default)]
+struct Room {
+    members: Mutex<HashMap<u64, Member>>,
+}
+
+impl Room {
+    fn members(&self) -> MutexGuard<'_, HashMap<u64, Member>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `line` for every member but `except`; a member whose queue is full is kicked,
+    /// never waited for.
+    fn deliver(&self, except: Option<u64>, line: &Bytes) {
+        for (id, m) in self.members().iter() {
+            if Some(*id) == except {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = m.tx.try_send(line.clone()) {
+                m.kick.kick(KICK_OVERFLOW);
+            }
+        }
+    }
+}
+
+/// The chat service of one worker.
+pub struct Chat {
+    bus: Bus,
+    room: Arc<Room>,
+    max_line: usize,
+    /// Member ids, unique in this worker (the bus tells workers apart).
+    next_id: AtomicU64,
+}
+
+impl fmt::Debug for Chat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chat")
+            .field("max_line", &self.max_line)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A member that has a name.
+struct Joined {
+    name: String,
+    key: String,
+}
+
+impl Chat {
+    /// The room of one worker, subscribed to the other workers' lines on `bus`.
+    pub fn new(bus: Bus, max_line: usize) -> Chat {
+        let room = Arc::new(Room::default());
+        let r = Arc::clone(&room);
+        bus.subscribe(TOPIC, Arc::new(move |line| r.deliver(None, &line)));
+        let r = Arc::clone(&room);
+        bus.on_lost(Arc::new(move |holder| {
+            if let Some(m) = r.members().get(&holder) {
+                m.kick.kick(KICK_LOST);
+            }
+        }));
+        Chat {
+            bus,
+            room,
+            max_line,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Serves one member from its first byte to its leave notice.
+    ///
+    /// # Errors
+    /// Read errors; they end this member only (the others see it leave).
+    pub async fn serve(&self, stream: Stream, ctx: &ConnContext) -> io::Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %ctx.peer, member = id, "chat connection");
+        let (rd, wr) = tokio::io::split(stream);
+        // The member's queue: `tx` is used for its own replies and cloned into the room when it
+        // joins; `rx` is drained by the writer.
+        let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
+        let kick = Arc::new(Kick::default());
+        let writer = write_loop(wr, rx, Arc::clone(&kick));
+        tokio::pin!(writer);
+
+        let mut joined = None;
+        let mut writer_done = false;
+        let result = {
+            let session = self.session(id, rd, &tx, &kick, ctx, &mut joined);
+            tokio::select! {
+                r = session => r,
+                () = &mut writer => {
+                    writer_done = true;
+                    Ok(())
+                }
+            }
+        };
+        if let Some(j) = joined {
+            self.leave(id, j, kick.reason.load(Ordering::SeqCst)).await;
+        }
+        drop(tx);
+        if !writer_done {
+            // Let the writer flush the member's last lines (`* bye`), but not forever.
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
+        }
+        result
+    }
+
+    /// Queues a reply to this member; a member too far behind to take it is kicked.
+    fn reply(tx: &mpsc::Sender<Bytes>, kick: &Kick, line: impl Into<Bytes>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(line.into()) {
+            kick.kick(KICK_OVERFLOW);
+        }
+    }
+
+    /// Sends `line` to every other member: this worker's directly, the rest through the bus.
+    async fn broadcast(&self, from: u64, line: Bytes) {
+        self.room.deliver(Some(from), &line);
+        self.bus.publish(TOPIC, line).await;
+    }
+
+    /// Reads the member's lines until it quits, disconnects or the worker stops.
+    async fn session(
+        &self,
+        id: u64,
+        rd: tokio::io::ReadHalf<Stream>,
+        tx: &mpsc::Sender<Bytes>,
+        kick: &Arc<Kick>,
+        ctx: &ConnContext,
+        joined: &mut Option<Joined>,
+    ) -> io::Result<()> {
+        Self::reply(
+            tx,
+            kick,
+            "* welcome to oxicorn chat; what is your name?\r\n",
+        );
+        let mut lines = LineReader::new(rd, self.max_line);
+        loop {
+            let line = tokio::select! {
+                l = idle(ctx.idle_timeout, lines.next()) => l?,
+                () = ctx.stop.cancelled() => {
+                    Self::reply(tx, kick, "* the server is shutting down; bye\r\n");
+                    return Ok(());
+                }
+            };
+            let bytes = match line {
+                None => return Ok(()),
+                Some(Line::TooLong) => {
+                    let msg = format!(
+                        "* line too long (more than {} bytes): discarded\r\n",
+                        self.max_line
+                    );
+                    Self::reply(tx, kick, msg);
+                    continue;
+                }
+                Some(Line::Text(bytes)) => bytes,
+            };
+            match joined {
+                None => {
+                    if let Some(j) = self.choose_name(id, &bytes, tx, kick).await {
+                        tracing::debug!(peer = %ctx.peer, member = id, name = %j.name, "chat member joined");
+                        let notice = Bytes::from(format!("* {} joined\r\n", j.name));
+                        let welcome = format!(
+                            "* you joined as {}; /who lists the members, /quit leaves\r\n",
+                            j.name
+                        );
+                        // Recorded before the next await: if this task is dropped there, the
+                        // caller still sees a joined member to clean up.
+                        *joined = Some(j);
+                        // The others are told first, so whoever joins after this member
+                        // learned it joined does not get the notice too.
+                        self.broadcast(id, notice).await;
+                        Self::reply(tx, kick, welcome);
+                    }
+                }
+                Some(j) => {
+                    if !self.said(id, j, &bytes, tx, kick).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first lines: a name, until one is valid and free.
+    async fn choose_name(
+        &self,
+        id: u64,
+        line: &[u8],
+        tx: &mpsc::Sender<Bytes>,
+        kick: &Arc<Kick>,
+    ) -> Option<Joined> {
+        let name = match std::str::from_utf8(line) {
+            Ok(s) => s.trim(),
+            Err(_) => {
+                Self::reply(tx, kick, "* a name must be valid UTF-8; try again\r\n");
+                return None;
+            }
+        };
+        if let Err(why) = check_name(name) {
+            Self::reply(tx, kick, format!("* invalid name: {why}; try again\r\n"));
+            return None;
+        }
+        let key = format!("{KEY_PREFIX}{}", name.to_lowercase());
+        // If this worker dies, the hub tells the others this member left.
+        let will = (TOPIC.to_string(), Bytes::from(format!("* {name} left\r\n")));
+        let value = Bytes::copy_from_slice(name.as_bytes());
+        match self.bus.reserve(&key, id, value, Some(will)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                Self::reply(
+                    tx,
+                    kick,
+                    format!("* the name {name} is taken; try another\r\n"),
+                );
+                return None;
+            }
+            Err(BusError::Unavailable) => {
+                Self::reply(
+                    tx,
+                    kick,
+                    "* names cannot be checked right now; try again in a moment\r\n",
+                );
+                return None;
+            }
+        }
+        self.room.members().insert(
+            id,
+            Member {
+                tx: tx.clone(),
+                kick: Arc::clone(kick),
+            },
+        );
+        Some(Joined {
+            name: name.to_string(),
+            key,
+        })
+    }
+
+    /// A line from a member: a command or a message. False when the member quits.
+    async fn said(
+        &self,
+        id: u64,
+        j: &Joined,
+        line: &[u8],
+        tx: &mpsc::Sender<Bytes>,
+        kick: &Arc<Kick>,
+    ) -> bool {
+        if line.first() == Some(&b'/') {
+            let command = String::from_utf8_lossy(line);
+            match command.trim().to_ascii_lowercase().as_str() {
+                "/quit" => {
+                    Self::reply(tx, kick, "* bye\r\n");
+                    return false;
+                }
+                "/who" => {
+                    let reply = match self.bus.list(KEY_PREFIX).await {
+                        Ok(names) => {
+                            let mut names: Vec<String> = names
+                                .iter()
+                                .map(|n| String::from_utf8_lossy(n).into_owned())
+                                .collect();
+                            names.sort_by_key(|n| n.to_lowercase());
+                            format!("* members ({}): {}\r\n", names.len(), names.join(", "))
+                        }
+                        Err(BusError::Unavailable) => {
+                            "* the member list is unavailable right now; try again\r\n".into()
+                        }
+                    };
+                    Self::reply(tx, kick, reply);
+                }
+                _ => {
+                    let shown = clean(line);
+                    Self::reply(
+                        tx,
+                        kick,
+                        format!("* unknown command {shown}: try /who or /quit\r\n"),
+                    );
+                }
+            }
+            return true;
+        }
+        let text = clean(line);
+        if text.is_empty() {
+            return true;
+        }
+        let mut out = BytesMut::with_capacity(j.name.len() + text.len() + 5);
+        out.extend_from_slice(b"<");
+        out.extend_from_slice(j.name.as_bytes());
+        out.extend_from_slice(b"> ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.broadcast(id, out.freeze()).await;
+        true
+    }
+
+    /// The member is gone: the others are told, then the name is freed. A member whose name
+    /// was lost (see [`KICK_LOST`]) no longer owns it: nothing to announce or free.
+    async fn leave(&self, id: u64, j: Joined, reason: u8) {
+        self.room.members().remove(&id);
+        if reason == KICK_LOST {
+            return;
+        }
+        tracing::debug!(member = id, name = %j.name, overflow = reason == KICK_OVERFLOW, "chat member left");
+        self.broadcast(id, Bytes::from(format!("* {} left\r\n", j.name)))
+            .await;
+        self.bus.release(&j.key, id);
+    }
+}
+
+/// Why a name is refused, if it is.
+///
+/// # Errors
+/// A reason for the member.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    let n = name.chars().count();
+    if n == 0 {
+        return Err("it is empty");
+    }
+    if n > MAX_NAME {
+        return Err("use at most 32 characters");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("no spaces or control characters");
+    }
+    Ok(())
+}
+
+/// What others see of a line: invalid UTF-8 as U+FFFD, control characters other than tab
+/// removed (a member cannot move anybody's cursor or ring their bell).
+pub fn clean(line: &[u8]) -> String {
+    String::from_utf8_lossy(line)
+        .chars()
+        .filter(|c| *c == '\t' || !c.is_control())
+        .collect()
+}
+
+/// Drains a member's queue into its socket, batching what is waiting, until the queue closes
+/// (the member left: the socket's write side is shut) or the member is kicked (a final notice
+/// if the socket takes it).
+async fn write_loop(mut wr: WriteHalf<Stream>, mut rx: mpsc::Receiver<Bytes>, kick: Arc<Kick>) {
+    let mut buf = BytesMut::new();
+    let mut partial = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = kick.token.cancelled() => break,
+            m = rx.recv() => m,
+        };
+        let Some(first) = first else {
+            let _ = wr.shutdown().await;
+            return;
+        };
+        buf.clear();
+        buf.extend_from_slice(&first);
+        for _ in 1..BATCH {
+            match rx.try_recv() {
+                Ok(m) => buf.extend_from_slice(&m),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::select! {
+            biased;
+            () = kick.token.cancelled() => {
+                partial = true;
+                break;
+            }
+            r = wr.write_all(&buf) => r,
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+    let notice: &[u8] = match kick.reason.load(Ordering::SeqCst) {
+        KICK_LOST => b"* your name was taken while the server recovered; please reconnect\r\n",
+        _ => b"* you are not reading fast enough: disconnected\r\n",
+    };
+    let _ = tokio::time::timeout(NOTICE_TIMEOUT, async {
+        if partial {
+            wr.write_all(b"\r\n").await?;
+        }
+        wr.write_all(notice).await?;
+        wr.shutdown().await
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rules() {
+        for ok in [
+            "a",
+            "Alice",
+            "émile",
+            "x".repeat(32).as_str(),
+            "名前",
+            "a<b>",
+        ] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a b", "a\tb", "a\u{7}", &"x".repeat(33), "a\u{a0}b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cleaning_keeps_tabs_and_replaces_invalid_utf8() {
+        assert_eq!(clean(b"a\tb"), "a\tb");
+        assert_eq!(clean(b"a\x07b\x1b[2Jc\x7f"), "ab[2Jc");
+        assert_eq!(clean(b"caf\xc3\xa9 \xff!"), "café \u{fffd}!");
+    }
+}
