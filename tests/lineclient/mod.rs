@@ -152,8 +152,16 @@ pub fn pid_of_line(line: &str) -> i32 {
 /// The worker serving the connection `client` (from the debug line the service logs when it
 /// takes a connection: `... connection peer=127.0.0.1:PORT`).
 pub fn worker_of(s: &Oxicorn, client: &LineClient) -> i32 {
-    let pattern = format!(" connection peer=127.0.0.1:{} ", client.local_port());
-    pid_of_line(&s.wait_for_line(&pattern))
+    let pattern = format!(" connection peer=127.0.0.1:{}", client.local_port());
+    // The port ends the line or is followed by another field, never by another digit.
+    let matches = |l: &String| {
+        l.split_once(&pattern)
+            .is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with(' '))
+    };
+    if !crate::support::eventually(SOON, || s.lines().iter().any(matches)) {
+        panic!("no line with {pattern:?}; log:\n{}", s.lines().join("\n"));
+    }
+    pid_of_line(s.lines().iter().find(|l| matches(l)).expect("a line"))
 }
 
 /// The live hub's pid: from the last "hub PID ready" line.
