@@ -25,6 +25,8 @@ pub const SOON: Duration = Duration::from_secs(15);
 struct Log {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
+    /// Set when the server's stderr reached EOF (every process holding it has exited).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A running `oxicorn`, killed with its whole process group on drop.
@@ -71,6 +73,8 @@ impl Oxicorn {
                 sink.lines.lock().unwrap().push(line);
                 sink.changed.notify_all();
             }
+            sink.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.changed.notify_all();
         });
         Oxicorn {
             child,
@@ -178,6 +182,11 @@ impl Oxicorn {
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 self.exited = Some(status);
+                // The last lines may still be in the pipe: let the reader thread take them
+                // (bounded: an orphaned worker may hold stderr open longer).
+                eventually(Duration::from_secs(2), || {
+                    self.log.closed.load(std::sync::atomic::Ordering::SeqCst)
+                });
                 return Some(status);
             }
             if Instant::now() >= deadline {
