@@ -52,6 +52,11 @@ impl Arbiter {
         self.spawn_hub();
     }
 
+    /// The live hub, if any (USR1 is forwarded to it too: it logs).
+    pub(super) fn hub_pid(&self) -> Option<i32> {
+        self.hub.pid
+    }
+
     /// The poll timeout must not sleep past a pending hub restart.
     pub(super) fn hub_retry_at(&self) -> Option<Instant> {
         self.hub.retry_at

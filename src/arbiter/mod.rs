@@ -324,7 +324,7 @@ impl Arbiter {
             tracing::error!(cause = %err, "cannot reopen the log file");
         }
         let pids: Vec<i32> = self.workers.keys().copied().collect();
-        for pid in pids {
+        for pid in pids.into_iter().chain(self.hub_pid()) {
             workers::send(pid, Signal::SIGUSR1);
         }
     }

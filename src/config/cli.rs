@@ -23,13 +23,15 @@ Examples:
   oxicorn echo --bind 127.0.0.1:9000 --workers 4
   oxicorn echo -b 127.0.0.1:9000 -b unix:/tmp/echo.sock --pid /tmp/oxi.pid
   oxicorn echo -c oxicorn.toml --check-config
+  oxicorn chat -b 127.0.0.1:7000 -w 4         (then: telnet 127.0.0.1 7000)
+  oxicorn connect 127.0.0.1:7000 --timeout 3
 
 Signals to the arbiter (kill -SIG $(cat PIDFILE)):
   TERM       graceful stop: close listeners, let connections finish (--graceful-timeout)
   INT, QUIT  fast stop
   HUP        reload: re-read the config file, start new workers, then retire the old ones
   TTIN/TTOU  one worker more / one fewer
-  USR1       reopen log files
+  USR1       reopen log files (workers and the bus hub too)
 
 The config file (-c) is TOML with the flags' names, dashes as underscores:
   bind = [\"127.0.0.1:9000\", \"unix:/tmp/echo.sock\"]
@@ -129,7 +131,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", global = true)]
     pub backlog: Option<u32>,
 
-    /// Close a connection silent for this long; 0 = never [default: 300 for echo]
+    /// Close a connection silent for this long; 0 = never [default: 300 for echo, 30 for quote, 0 for chat]
     #[arg(long, value_name = "SECS", value_parser = parse_duration, global = true)]
     pub idle_timeout: Option<Duration>,
 
