@@ -374,6 +374,31 @@ fn the_hub_runs_only_for_services_that_need_it_and_stops_last() {
 }
 
 #[test]
+fn a_graceful_stop_tells_members_and_does_not_wait_for_the_timeout() {
+    let (mut s, addr) = start(2, &["--graceful-timeout", "30"]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (mut b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+    let asked = std::time::Instant::now();
+    s.signal(Signal::SIGTERM);
+    for m in [&mut a, &mut b] {
+        let rest = String::from_utf8_lossy(&m.read_to_close()).into_owned();
+        assert!(
+            rest.ends_with("* the server is restarting or stopping; please reconnect\r\n"),
+            "{rest:?}"
+        );
+    }
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+#[test]
 fn nc_drives_the_chat() {
     if Command::new("nc").arg("-h").output().is_err() {
         eprintln!("nc is not installed: skipped");

@@ -238,8 +238,15 @@ impl Chat {
         loop {
             let line = tokio::select! {
                 l = idle(ctx.idle_timeout, lines.next()) => l?,
+                // A graceful stop or a reload retires this worker: a chat connection never
+                // finishes by itself, so end it now (the others see a leave notice) rather
+                // than hold the worker until the graceful timeout cuts it.
                 () = ctx.stop.cancelled() => {
-                    Self::reply(tx, kick, "* the server is shutting down; bye\r\n");
+                    Self::reply(
+                        tx,
+                        kick,
+                        "* the server is restarting or stopping; please reconnect\r\n",
+                    );
                     return Ok(());
                 }
             };
