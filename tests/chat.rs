@@ -309,7 +309,7 @@ fn the_hub_killed_mid_conversation_recovers_by_itself() {
     s.wait_for_lines_after(mark, " ready", 1, SOON);
     // Every worker reconnects; the two with members re-register one name each.
     s.wait_for_lines_after(mark, "reconnected to the bus hub", 3, SOON);
-    s.wait_for_lines_after(mark, "hub recovered: 2 name(s)", 1, SOON);
+    s.wait_for_lines_after(mark, "hub recovered", 1, SOON);
     assert_ne!(hub_pid(&s), hub);
 
     // Names stay reserved for connected members.

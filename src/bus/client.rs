@@ -28,7 +28,9 @@ const UP_QUEUE: usize = 16 * 1024;
 const BATCH: usize = 256;
 
 /// Reconnect back-off: from the first value, doubling, to the second.
-const RECONNECT: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
+/// The cap is low because an attempt costs one refused `connect` on an abstract socket, and a
+/// restarted hub waits for every worker to come back before it grants new names.
+const RECONNECT: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(250));
 
 /// A request waiting for its answer.
 struct Pending {
@@ -210,6 +212,17 @@ impl EmbeddedBus {
         }
     }
 
+    /// See [`super::Bus::sync`].
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn sync(&self) -> Result<(), BusError> {
+        match self.request(|req| Up::Sync { req }, None).await? {
+            Down::Synced { .. } => Ok(()),
+            _ => Err(BusError::Unavailable),
+        }
+    }
+
     /// See [`super::Bus::swap`].
     ///
     /// # Errors
@@ -316,7 +329,10 @@ async fn session(
             {
                 let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
                 for m in &batch {
-                    if let Up::Reserve { req, .. } | Up::List { req, .. } | Up::Swap { req, .. } = m
+                    if let Up::Reserve { req, .. }
+                    | Up::List { req, .. }
+                    | Up::Swap { req, .. }
+                    | Up::Sync { req } = m
                         && let Some(p) = st.pending.get_mut(req)
                     {
                         p.sent = true;
@@ -385,7 +401,7 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
                 });
             }
         }
-        Down::Listing { req, .. } | Down::Swapped { req, .. } => {
+        Down::Listing { req, .. } | Down::Swapped { req, .. } | Down::Synced { req } => {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = st.pending.remove(&req) {
                 let _ = p.reply.send(msg);

@@ -47,7 +47,7 @@ const BATCH: usize = 256;
 /// their members hold (it ends sooner once every expected worker has said hello). Without it,
 /// a new member could take the name of a connected member whose worker had not yet
 /// reconnected.
-pub const RECOVERY_WINDOW: Duration = Duration::from_secs(1);
+pub const RECOVERY_WINDOW: Duration = Duration::from_secs(3);
 
 /// Everything the hub is handed at fork.
 pub struct HubBoot {
@@ -337,6 +337,7 @@ impl Hub {
                     .collect();
                 self.send(conn, Down::Listing { req, values }.encode());
             }
+            Up::Sync { req } => self.send(conn, Down::Synced { req }.encode()),
             Up::Swap { req, key, value } => {
                 let (seq, old) = self.values.remove(&key).unwrap_or((0, Bytes::new()));
                 let seq = seq + 1;

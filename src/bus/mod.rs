@@ -152,6 +152,18 @@ impl Bus {
         }
     }
 
+    /// Waits until everything this worker published so far has reached the bus (been fanned
+    /// out to the other workers' queues). Chat uses it so a member is told it joined only once
+    /// its join notice is ahead of anything a later member could do.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn sync(&self) -> Result<(), BusError> {
+        match self {
+            Bus::Embedded(b) => b.sync().await,
+        }
+    }
+
     /// Sets `key` to `value` and returns the value it replaced, as one atomic step for the
     /// whole server.
     ///

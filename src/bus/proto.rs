@@ -74,6 +74,12 @@ pub enum Up {
         /// Key prefix (`chat:`).
         prefix: String,
     },
+    /// Answered by [`Down::Synced`] once everything sent before it on this connection has
+    /// been handled (publications fanned out to the other workers' queues).
+    Sync {
+        /// Matches the answer to the question.
+        req: u64,
+    },
     /// Set `key` to `value` and return the previous value, atomically; answered by
     /// [`Down::Swapped`].
     Swap {
@@ -116,6 +122,11 @@ pub enum Down {
         req: u64,
         /// The value before the swap (empty if there was none).
         old: Bytes,
+    },
+    /// The answer to [`Up::Sync`].
+    Synced {
+        /// The question's number.
+        req: u64,
     },
     /// A key changed (sent to every worker, so each can restore it after a hub restart).
     Changed {
@@ -277,6 +288,10 @@ impl Up {
                 out.put_u64(*req);
                 put_bytes(&mut out, prefix.as_bytes());
             }
+            Up::Sync { req } => {
+                out.put_u8(7);
+                out.put_u64(*req);
+            }
             Up::Swap { req, key, value } => {
                 out.put_u8(6);
                 out.put_u64(*req);
@@ -333,6 +348,7 @@ impl Up {
                 key: r.text()?,
                 value: r.bytes()?,
             },
+            7 => Up::Sync { req: r.u64()? },
             t => return Err(ProtoError::Tag(t)),
         };
         r.end()?;
@@ -373,6 +389,10 @@ impl Down {
                 put_bytes(&mut out, key.as_bytes());
                 out.put_u64(*seq);
                 put_bytes(&mut out, value);
+            }
+            Down::Synced { req } => {
+                out.put_u8(7);
+                out.put_u64(*req);
             }
             Down::Lost { key, holder } => {
                 out.put_u8(6);
@@ -420,6 +440,7 @@ impl Down {
                 key: r.text()?,
                 holder: r.u64()?,
             },
+            7 => Down::Synced { req: r.u64()? },
             t => return Err(ProtoError::Tag(t)),
         };
         r.end()?;
@@ -475,6 +496,7 @@ mod tests {
                 key: "quote".into(),
                 value: Bytes::new(),
             },
+            Up::Sync { req: 4 },
         ];
         for m in ups {
             assert_eq!(Up::decode(m.encode()), Ok(m.clone()));
@@ -502,6 +524,7 @@ mod tests {
                 key: "chat:bob".into(),
                 holder: 7,
             },
+            Down::Synced { req: 5 },
         ];
         for m in downs {
             assert_eq!(Down::decode(m.encode()), Ok(m.clone()));

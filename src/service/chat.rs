@@ -23,11 +23,11 @@
 //! keep each sender's order.
 //!
 //! Each member has a bounded outgoing queue ([`MEMBER_QUEUE`] lines) drained by its own writer.
-//! Lines are handed to it with `try_send`, so a member that stops reading never slows the
+//! Lines are pushed to it without ever waiting, so a member that stops reading never slows the
 //! sender or anybody else; when its queue overflows it is disconnected with a final notice (if
 //! the socket takes it) and the others see it leave.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWriteExt, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::lines::{Line, LineReader};
@@ -92,11 +92,90 @@ impl Kick {
     }
 }
 
+/// The queue full: the member is not reading.
+struct Full;
+
+/// A member's outgoing lines: bounded ([`MEMBER_QUEUE`]), filled without ever waiting, drained
+/// by the member's writer.
+///
+/// Why not a `tokio::sync::mpsc` channel: every line to every member went through its
+/// semaphore, list and waker, which the benchmark's profile showed as the largest cost of a
+/// delivery. Here a push is an uncontended lock and a `VecDeque` push, and the writer is woken
+/// only when the queue goes from empty to not empty (it drains everything it finds).
+#[derive(Default)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+    /// Wakes the writer: lines arrived in an empty queue, or the queue was closed.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    lines: VecDeque<Bytes>,
+    /// Closed by the member's task when it is done: the writer sends what is left, then
+    /// shuts the socket's write side.
+    closed: bool,
+}
+
+impl Outbox {
+    fn state(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a line; [`Full`] when [`MEMBER_QUEUE`] lines are already waiting.
+    fn push(&self, line: Bytes) -> Result<(), Full> {
+        let mut st = self.state();
+        if st.closed {
+            return Ok(());
+        }
+        if st.lines.len() >= MEMBER_QUEUE {
+            return Err(Full);
+        }
+        let was_empty = st.lines.is_empty();
+        st.lines.push_back(line);
+        drop(st);
+        if was_empty {
+            // Stores a permit if the writer is not waiting yet, so the wake-up is not lost.
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.state().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Appends waiting lines to `buf` (about [`BATCH_BYTES`] at most), waiting for one if
+    /// there is none. False once the queue is closed and empty.
+    async fn take(&self, buf: &mut BytesMut) -> bool {
+        loop {
+            {
+                let mut st = self.state();
+                while let Some(line) = st.lines.front() {
+                    if !buf.is_empty() && buf.len() + line.len() > BATCH_BYTES {
+                        break;
+                    }
+                    buf.extend_from_slice(line);
+                    st.lines.pop_front();
+                }
+                if !buf.is_empty() {
+                    return true;
+                }
+                if st.closed {
+                    return false;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// A joined member of this worker, as the fan-out sees it.
 struct Member {
-    /// Into its writer. The room holds this clone until the member leaves; the member's task
-    /// holds the other. The writer ends once both are dropped and the queue is drained.
-    tx: mpsc::Sender<Bytes>,
+    /// Its queue, shared with its own task (replies) and writer. The room's handle is
+    /// dropped when the member leaves.
+    outbox: Arc<Outbox>,
     kick: Arc<Kick>,
 }
 
@@ -112,13 +191,14 @@ impl Room {
     }
 
     /// Queues `line` for every member but `except`; a member whose queue is full is kicked,
-    /// never waited for.
+    /// never waited for. Called by the member tasks of this worker and by the bus's receive
+    /// task (the other workers' lines).
     fn deliver(&self, except: Option<u64>, line: &Bytes) {
         for (id, m) in self.members().iter() {
             if Some(*id) == except {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = m.tx.try_send(line.clone()) {
+            if m.outbox.push(line.clone()).is_err() {
                 m.kick.kick(KICK_OVERFLOW);
             }
         }
@@ -176,17 +256,18 @@ impl Chat {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(peer = %ctx.peer, member = id, "chat connection");
         let (rd, wr) = tokio::io::split(stream);
-        // The member's queue: `tx` is used for its own replies and cloned into the room when it
-        // joins; `rx` is drained by the writer.
-        let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
+        // The member's queue: used here for its own replies, shared with the room when it
+        // joins, drained by the writer; closed below when the member is done.
+        let outbox = Arc::new(Outbox::default());
+        let tx = &outbox;
         let kick = Arc::new(Kick::default());
-        let writer = write_loop(wr, rx, Arc::clone(&kick));
+        let writer = write_loop(wr, Arc::clone(&outbox), Arc::clone(&kick));
         tokio::pin!(writer);
 
         let mut joined = None;
         let mut writer_done = false;
         let result = {
-            let session = self.session(id, rd, &tx, &kick, ctx, &mut joined);
+            let session = self.session(id, rd, tx, &kick, ctx, &mut joined);
             tokio::select! {
                 r = session => r,
                 () = &mut writer => {
@@ -198,7 +279,7 @@ impl Chat {
         if let Some(j) = joined {
             self.leave(id, j, kick.reason.load(Ordering::SeqCst)).await;
         }
-        drop(tx);
+        outbox.close();
         if !writer_done {
             // Let the writer flush the member's last lines (`* bye`), but not forever.
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
@@ -207,8 +288,8 @@ impl Chat {
     }
 
     /// Queues a reply to this member; a member too far behind to take it is kicked.
-    fn reply(tx: &mpsc::Sender<Bytes>, kick: &Kick, line: impl Into<Bytes>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(line.into()) {
+    fn reply(tx: &Outbox, kick: &Kick, line: impl Into<Bytes>) {
+        if tx.push(line.into()).is_err() {
             kick.kick(KICK_OVERFLOW);
         }
     }
@@ -224,7 +305,7 @@ impl Chat {
         &self,
         id: u64,
         rd: tokio::io::ReadHalf<Stream>,
-        tx: &mpsc::Sender<Bytes>,
+        tx: &Arc<Outbox>,
         kick: &Arc<Kick>,
         ctx: &ConnContext,
         joined: &mut Option<Joined>,
@@ -274,9 +355,12 @@ impl Chat {
                         // Recorded before the next await: if this task is dropped there, the
                         // caller still sees a joined member to clean up.
                         *joined = Some(j);
-                        // The others are told first, so whoever joins after this member
-                        // learned it joined does not get the notice too.
+                        // The others are told first, and the bus has fanned the notice out
+                        // before this member learns it joined: whoever joins after that is
+                        // not told about this member twice (by the notice and by being late).
+                        // If the bus is away the member joins anyway; the notice follows.
                         self.broadcast(id, notice).await;
+                        let _ = self.bus.sync().await;
                         Self::reply(tx, kick, welcome);
                     }
                 }
@@ -294,7 +378,7 @@ impl Chat {
         &self,
         id: u64,
         line: &[u8],
-        tx: &mpsc::Sender<Bytes>,
+        tx: &Arc<Outbox>,
         kick: &Arc<Kick>,
     ) -> Option<Joined> {
         let name = match std::str::from_utf8(line) {
@@ -334,7 +418,7 @@ impl Chat {
         self.room.members().insert(
             id,
             Member {
-                tx: tx.clone(),
+                outbox: Arc::clone(tx),
                 kick: Arc::clone(kick),
             },
         );
@@ -350,7 +434,7 @@ impl Chat {
         id: u64,
         j: &Joined,
         line: &[u8],
-        tx: &mpsc::Sender<Bytes>,
+        tx: &Arc<Outbox>,
         kick: &Arc<Kick>,
     ) -> bool {
         if line.first() == Some(&b'/') {
@@ -445,26 +529,19 @@ pub fn clean(line: &[u8]) -> String {
 /// Drains a member's queue into its socket, batching what is waiting, until the queue closes
 /// (the member left: the socket's write side is shut) or the member is kicked (a final notice
 /// if the socket takes it).
-async fn write_loop(mut wr: WriteHalf<Stream>, mut rx: mpsc::Receiver<Bytes>, kick: Arc<Kick>) {
+async fn write_loop(mut wr: WriteHalf<Stream>, outbox: Arc<Outbox>, kick: Arc<Kick>) {
     let mut buf = BytesMut::new();
     let mut partial = false;
     loop {
-        let first = tokio::select! {
+        buf.clear();
+        let more = tokio::select! {
             biased;
             () = kick.token.cancelled() => break,
-            m = rx.recv() => m,
+            more = outbox.take(&mut buf) => more,
         };
-        let Some(first) = first else {
+        if !more {
             let _ = wr.shutdown().await;
             return;
-        };
-        buf.clear();
-        buf.extend_from_slice(&first);
-        while buf.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(m) => buf.extend_from_slice(&m),
-                Err(_) => break,
-            }
         }
         let written = tokio::select! {
             biased;
