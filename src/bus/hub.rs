@@ -7,7 +7,7 @@
 //! parent-death signal, checks the arbiter is still its parent, builds its own current-thread
 //! runtime (tokio never runs in the arbiter), installs its handlers and only then unblocks.
 //!
-//! Inside, one task per worker connection reads frames and applies them to [`Hub`], the only
+//! Inside, one task per worker connection reads frames and applies them to `Hub`, the only
 //! state, under a mutex held for a few map operations and never across an `.await`. Frames for
 //! a worker go through that worker's bounded queue to its writer; a worker that stops reading
 //! so long that its queue fills is disconnected (it reconnects and re-registers) rather than
@@ -467,4 +467,249 @@ async fn connection(hub: Arc<Mutex<Hub>>, stream: UnixStream) {
         tracing::debug!(worker, "worker left the bus");
     }
     lock(&hub).disconnect(id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(recovering: bool, expected: usize) -> Hub {
+        Hub {
+            next_conn: 0,
+            conns: HashMap::new(),
+            names: HashMap::new(),
+            values: HashMap::new(),
+            recovering,
+            parked: Vec::new(),
+            hellos: 0,
+            expected,
+        }
+    }
+
+    /// A worker connection with a queue of `cap` frames.
+    fn connect(h: &mut Hub, cap: usize) -> (u64, mpsc::Receiver<Bytes>, CancellationToken) {
+        h.next_conn += 1;
+        let id = h.next_conn;
+        let (tx, rx) = mpsc::channel(cap);
+        let kick = CancellationToken::new();
+        h.conns.insert(
+            id,
+            Conn {
+                tx,
+                kick: kick.clone(),
+                worker: 0,
+            },
+        );
+        (id, rx, kick)
+    }
+
+    fn frames(rx: &mut mpsc::Receiver<Bytes>) -> Vec<Down> {
+        let mut out = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            out.push(Down::decode(f).unwrap());
+        }
+        out
+    }
+
+    fn name(key: &str, holder: u64) -> Reservation {
+        Reservation {
+            key: key.into(),
+            holder,
+            value: Bytes::copy_from_slice(key.as_bytes()),
+            will: Some(("chat".into(), Bytes::from(format!("{key} left")))),
+        }
+    }
+
+    fn reserve(h: &mut Hub, conn: u64, req: u64, key: &str, holder: u64) {
+        h.handle(
+            conn,
+            Up::Reserve {
+                req,
+                reservation: name(key, holder),
+            },
+        );
+    }
+
+    #[test]
+    fn names_are_exclusive_until_released_or_their_worker_leaves() {
+        let mut h = hub(false, 2);
+        let (a, mut ra, _) = connect(&mut h, 16);
+        let (b, mut rb, _) = connect(&mut h, 16);
+        reserve(&mut h, a, 1, "x", 1);
+        assert_eq!(frames(&mut ra), vec![Down::Reserved { req: 1, ok: true }]);
+        // Asking again for the same holder is fine; another holder is refused.
+        reserve(&mut h, a, 2, "x", 1);
+        assert_eq!(frames(&mut ra), vec![Down::Reserved { req: 2, ok: true }]);
+        reserve(&mut h, b, 1, "x", 9);
+        assert_eq!(frames(&mut rb), vec![Down::Reserved { req: 1, ok: false }]);
+        // Only the holder releases.
+        h.handle(
+            b,
+            Up::Release {
+                key: "x".into(),
+                holder: 1,
+            },
+        );
+        reserve(&mut h, b, 2, "x", 9);
+        assert_eq!(frames(&mut rb), vec![Down::Reserved { req: 2, ok: false }]);
+        h.handle(
+            a,
+            Up::List {
+                req: 3,
+                prefix: String::new(),
+            },
+        );
+        assert_eq!(
+            frames(&mut ra),
+            vec![Down::Listing {
+                req: 3,
+                values: vec![Bytes::from_static(b"x")]
+            }]
+        );
+        // The holder's worker vanishes: the name is free and its will goes out.
+        h.disconnect(a);
+        assert_eq!(
+            frames(&mut rb),
+            vec![Down::Deliver {
+                topic: "chat".into(),
+                payload: Bytes::from_static(b"x left")
+            }]
+        );
+        reserve(&mut h, b, 3, "x", 9);
+        assert_eq!(frames(&mut rb), vec![Down::Reserved { req: 3, ok: true }]);
+        h.handle(
+            b,
+            Up::Release {
+                key: "x".into(),
+                holder: 9,
+            },
+        );
+        assert!(h.names.is_empty());
+    }
+
+    #[test]
+    fn publications_reach_every_other_worker_in_order() {
+        let mut h = hub(false, 3);
+        let (a, mut ra, _) = connect(&mut h, 16);
+        let (_b, mut rb, _) = connect(&mut h, 16);
+        let (_c, mut rc, _) = connect(&mut h, 16);
+        for i in 0..3u8 {
+            h.handle(
+                a,
+                Up::Publish {
+                    topic: "chat".into(),
+                    payload: Bytes::from(vec![i]),
+                },
+            );
+        }
+        h.handle(a, Up::Sync { req: 7 });
+        let want: Vec<Down> = (0..3u8)
+            .map(|i| Down::Deliver {
+                topic: "chat".into(),
+                payload: Bytes::from(vec![i]),
+            })
+            .collect();
+        assert_eq!(frames(&mut rb), want);
+        assert_eq!(frames(&mut rc), want);
+        assert_eq!(frames(&mut ra), vec![Down::Synced { req: 7 }]);
+    }
+
+    #[test]
+    fn a_restarted_hub_waits_for_workers_to_re_register_their_names() {
+        let mut h = hub(true, 2);
+        let (a, mut ra, _) = connect(&mut h, 16);
+        let (b, mut rb, _) = connect(&mut h, 16);
+        // b's new member asks first: parked, not answered, while a has not said hello.
+        reserve(&mut h, b, 1, "x", 5);
+        assert!(frames(&mut rb).is_empty());
+        let hello = |reservations| Up::Hello {
+            worker: 1,
+            reservations,
+            values: vec![("quote".into(), 4, Bytes::from_static(b"q4"))],
+        };
+        h.handle(a, hello(vec![name("x", 1)]));
+        assert!(h.recovering, "one of two workers is back");
+        // b re-registers a name a already holds: b is told it lost it. Both are back: the
+        // parked reserve is answered, and refused.
+        h.handle(b, hello(vec![name("x", 2)]));
+        assert!(!h.recovering);
+        assert_eq!(
+            frames(&mut rb),
+            vec![
+                Down::Lost {
+                    key: "x".into(),
+                    holder: 2
+                },
+                Down::Reserved { req: 1, ok: false }
+            ]
+        );
+        assert!(frames(&mut ra).is_empty());
+        // The newest value any worker saw is back, and the next swap continues from it.
+        h.handle(
+            a,
+            Up::Swap {
+                req: 2,
+                key: "quote".into(),
+                value: Bytes::from_static(b"q5"),
+            },
+        );
+        assert_eq!(
+            frames(&mut ra),
+            vec![
+                Down::Swapped {
+                    req: 2,
+                    old: Bytes::from_static(b"q4")
+                },
+                Down::Changed {
+                    key: "quote".into(),
+                    seq: 5,
+                    value: Bytes::from_static(b"q5")
+                }
+            ]
+        );
+        assert_eq!(
+            frames(&mut rb),
+            vec![Down::Changed {
+                key: "quote".into(),
+                seq: 5,
+                value: Bytes::from_static(b"q5")
+            }]
+        );
+        // An older value from a late worker does not win.
+        let (c, _rc, _) = connect(&mut h, 16);
+        h.handle(
+            c,
+            Up::Hello {
+                worker: 3,
+                reservations: vec![],
+                values: vec![("quote".into(), 3, Bytes::new())],
+            },
+        );
+        assert_eq!(h.values["quote"], (5, Bytes::from_static(b"q5")));
+    }
+
+    #[test]
+    fn a_worker_that_stops_reading_is_disconnected_not_waited_for() {
+        let mut h = hub(false, 2);
+        let (a, _ra, _) = connect(&mut h, 16);
+        let (_b, _rb, kicked) = connect(&mut h, 2);
+        for _ in 0..2 {
+            h.handle(
+                a,
+                Up::Publish {
+                    topic: "chat".into(),
+                    payload: Bytes::new(),
+                },
+            );
+        }
+        assert!(!kicked.is_cancelled());
+        h.handle(
+            a,
+            Up::Publish {
+                topic: "chat".into(),
+                payload: Bytes::new(),
+            },
+        );
+        assert!(kicked.is_cancelled());
+    }
 }
