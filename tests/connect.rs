@@ -161,3 +161,14 @@ fn talks_to_the_chat_and_exits_when_the_server_closes() {
     watcher.expect("* amy joined");
     watcher.expect("* amy left");
 }
+
+#[test]
+fn connects_over_ipv6_too() {
+    let s = Oxicorn::start(&["quote", "-w", "1", "-b", "[::1]:0", "--quote", "over v6"]);
+    let addr = s.wait_ready(1, 1).remove(0);
+    assert!(addr.starts_with("[::1]:"), "{addr}");
+    hub_pid(&s);
+    let out = connect(&[&addr], b"next\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over v6\r\n");
+}
