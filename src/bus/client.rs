@@ -376,7 +376,10 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
                 st.subscribers.get(&topic).cloned()
             };
             if let Some(h) = handler {
-                h(payload);
+                // A copy the size of the message: the frame is a slice of a 64 KiB read
+                // buffer, and a subscriber that keeps it queued (a slow chat member) would
+                // keep that whole buffer alive with it.
+                h(Bytes::copy_from_slice(&payload));
             }
         }
         Down::Reserved { req, ok } => {
@@ -411,7 +414,8 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             let newer = st.values.get(&key).is_none_or(|(s, _)| *s < seq);
             if newer {
-                st.values.insert(key, (seq, value));
+                // Kept until the next change: copied out of the read buffer (see Deliver).
+                st.values.insert(key, (seq, Bytes::copy_from_slice(&value)));
             }
         }
         Down::Lost { key, holder } => {

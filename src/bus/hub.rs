@@ -298,7 +298,7 @@ impl Hub {
                 }
                 for (key, seq, value) in values {
                     if self.values.get(&key).is_none_or(|(s, _)| *s < seq) {
-                        self.values.insert(key, (seq, value));
+                        self.values.insert(key, (seq, owned(&value)));
                     }
                 }
                 self.hellos += 1;
@@ -341,7 +341,7 @@ impl Hub {
             Up::Swap { req, key, value } => {
                 let (seq, old) = self.values.remove(&key).unwrap_or((0, Bytes::new()));
                 let seq = seq + 1;
-                self.values.insert(key.clone(), (seq, value.clone()));
+                self.values.insert(key.clone(), (seq, owned(&value)));
                 self.send(conn, Down::Swapped { req, old }.encode());
                 let changed = Down::Changed { key, seq, value }.encode();
                 self.broadcast(None, &changed);
@@ -350,10 +350,14 @@ impl Hub {
     }
 
     /// Grants `r` to `conn` if the key is free or already its holder's.
-    fn take(&mut self, conn: u64, r: Reservation) -> bool {
+    fn take(&mut self, conn: u64, mut r: Reservation) -> bool {
         match self.names.get(&r.key) {
             Some(h) if h.conn != conn || h.reservation.holder != r.holder => false,
             _ => {
+                r.value = owned(&r.value);
+                if let Some((_, payload)) = &mut r.will {
+                    *payload = owned(payload);
+                }
                 self.names.insert(
                     r.key.clone(),
                     Held {
@@ -402,6 +406,12 @@ impl Hub {
             }
         }
     }
+}
+
+/// A copy of what the hub keeps: decoded fields are slices of the connection's 64 KiB read
+/// buffer, and a name held for hours would otherwise keep that whole buffer alive.
+fn owned(b: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(b)
 }
 
 /// Serves one worker until it disconnects, sends garbage, or is kicked.
