@@ -329,6 +329,32 @@ fn the_hub_killed_mid_conversation_recovers_by_itself() {
 }
 
 #[test]
+fn a_wedged_hub_misses_its_heartbeat_and_is_replaced() {
+    let (s, addr) = start(2, &["-t", "2"]);
+    let (mut a, pa) = join(&s, addr, "al");
+    let (mut b, pb) = join(&s, addr, "bo");
+    distinct(&[pa, pb]);
+    a.expect("* bo joined");
+    let hub = hub_pid(&s);
+    let mark = s.mark();
+    // Alive but not serving: only the heartbeat can tell.
+    kill(Pid::from_raw(hub), Signal::SIGSTOP).unwrap();
+    s.wait_for_lines_after(
+        mark,
+        &format!("hub {hub} missed its heartbeat"),
+        1,
+        Duration::from_secs(8),
+    );
+    let line = &s.wait_for_lines_after(mark, &format!("hub {hub} was killed"), 1, SOON)[0];
+    assert!(line.contains("heartbeat timeout"), "{line}");
+    s.wait_for_lines_after(mark, "hub recovered", 1, SOON);
+    a.send(b"after\n");
+    b.expect("<al> after");
+    b.send(b"/who\n");
+    b.expect("* members (2): al, bo");
+}
+
+#[test]
 fn a_dead_worker_s_members_leave_and_free_their_names() {
     let (s, addr) = start(2, &[]);
     let (mut a, pa) = join(&s, addr, "ada");

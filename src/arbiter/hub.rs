@@ -2,8 +2,9 @@
 //! service needs a bus, restarted with back-off whenever it dies, stopped after the last
 //! worker on shutdown, and reaped like any child. Workers reconnect to it by themselves.
 //!
-//! The hub has no heartbeat slot: it serves only workers, and a wedged hub shows up as a bus
-//! that does not answer (services report "unavailable") rather than as a dead server.
+//! The hub beats a heartbeat in the scoreboard's last slot (workers never reach it: they use
+//! at most twice `MAX_WORKERS` slots), so a hub that is alive but wedged is killed after
+//! `--timeout` and restarted, as a worker would be.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,11 @@ use nix::unistd::{ForkResult, Pid, fork};
 use super::Arbiter;
 use super::workers::{Exit, boot_backoff, send};
 use crate::bus::hub::{self, HubBoot};
+use crate::scoreboard::{SLOTS, SlotState};
 use crate::worker::WORKER_PANIC;
+
+/// The hub's scoreboard slot: the last one, which the worker table never hands out.
+const HUB_SLOT: usize = SLOTS - 1;
 
 /// A hub that lived at least this long was healthy: its death restarts the back-off.
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
@@ -37,6 +42,8 @@ pub(super) struct HubChild {
     ever_started: bool,
     /// The stop signal sent during shutdown, and when.
     stop: Option<Instant>,
+    /// Set when we sent SIGKILL for a missed heartbeat, so the exit is reported as ours.
+    killed: bool,
 }
 
 impl Arbiter {
@@ -68,6 +75,7 @@ impl Arbiter {
             1,
             "the arbiter must not have threads when it forks"
         );
+        self.scoreboard.slot(HUB_SLOT).reset(self.generation);
         let blocked = super::signals::Blocked::all();
         // SAFETY: as in `spawn_worker`: the arbiter is single-threaded, so no lock is held
         // across the fork, and the child never returns into the arbiter's code.
@@ -76,6 +84,11 @@ impl Arbiter {
                 blocked.restore();
                 self.hub.pid = Some(child.as_raw());
                 self.hub.started = Some(Instant::now());
+                self.hub.killed = false;
+                self.scoreboard
+                    .slot(HUB_SLOT)
+                    .pid
+                    .store(child.as_raw() as u32, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!("hub {child} starting");
             }
             Ok(ForkResult::Child) => {
@@ -87,6 +100,7 @@ impl Arbiter {
             }
             Err(err) => {
                 blocked.restore();
+                self.scoreboard.slot(HUB_SLOT).set_state(SlotState::Free);
                 tracing::error!(cause = %err, "fork failed for the hub; retrying in 1s");
                 self.hub.retry_at = Some(Instant::now() + Duration::from_secs(1));
             }
@@ -113,6 +127,27 @@ impl Arbiter {
             ready_tx,
             log: self.log,
             restart: self.hub.ever_started,
+            slot: self.scoreboard.slot(HUB_SLOT),
+        }
+    }
+
+    /// Kills a hub whose heartbeat is older than `--timeout` (alive but not serving); it is
+    /// then reaped and restarted like any dead hub.
+    pub(super) fn murder_hub(&mut self) {
+        let (Some(pid), Some(timeout)) = (self.hub.pid, self.config.timeout) else {
+            return;
+        };
+        if self.hub.killed {
+            return;
+        }
+        let age = self.scoreboard.slot(HUB_SLOT).beat_age_ms();
+        if age > timeout.as_millis() as u64 {
+            tracing::error!(
+                "hub {pid} missed its heartbeat for {}s: killing",
+                (age as f64 / 1000.0).round()
+            );
+            self.hub.killed = true;
+            send(pid, Signal::SIGKILL);
         }
     }
 
@@ -131,6 +166,9 @@ impl Arbiter {
             return false;
         }
         self.hub.pid = None;
+        let slot = self.scoreboard.slot(HUB_SLOT);
+        slot.pid.store(0, std::sync::atomic::Ordering::Relaxed);
+        slot.set_state(SlotState::Free);
         if self.stopping.is_some() {
             tracing::info!("hub {pid} exited");
             return true;
@@ -144,6 +182,9 @@ impl Arbiter {
         self.hub.retry_at = Some(Instant::now() + wait);
         let how = match exit {
             Exit::Code(code) => format!("exited with code {code}"),
+            Exit::Signal(Signal::SIGKILL) if self.hub.killed => {
+                "was killed (heartbeat timeout)".to_string()
+            }
             Exit::Signal(sig) => format!("was killed by {sig}"),
         };
         tracing::error!("hub {pid} {how}: restarting in {}ms", wait.as_millis());

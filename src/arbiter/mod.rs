@@ -227,6 +227,7 @@ impl Arbiter {
                 return code;
             }
             self.murder_workers();
+            self.murder_hub();
             self.escalate_stops();
             self.manage_hub();
             self.manage_workers();

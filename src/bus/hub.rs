@@ -32,6 +32,7 @@ use super::proto::{self, Down, Reservation, Up};
 use super::{hub_address, show_address};
 use crate::config::Config;
 use crate::log::LogHandle;
+use crate::scoreboard::{Slot, SlotState};
 
 /// Exit code of a hub that could not start (its socket is taken, no runtime). The arbiter
 /// restarts it with back-off, as it does for any hub exit it did not ask for.
@@ -62,6 +63,8 @@ pub struct HubBoot {
     pub log: &'static LogHandle,
     /// Whether an earlier hub of this arbiter died: then workers have names to re-register.
     pub restart: bool,
+    /// The hub's scoreboard slot: beaten like a worker's, so the arbiter kills a wedged hub.
+    pub slot: &'static Slot,
 }
 
 /// Runs the hub to completion and returns its exit code. Never returns into the arbiter's
@@ -97,6 +100,7 @@ async fn serve(boot: HubBoot) -> i32 {
         ready_tx,
         log,
         restart,
+        slot,
     } = boot;
     let (mut term, mut int, mut quit, mut usr1, _ignored) = match install_signals() {
         Ok(s) => s,
@@ -143,6 +147,17 @@ async fn serve(boot: HubBoot) -> i32 {
         });
     }
 
+    // The heartbeat runs on the hub's only thread: if anything blocks it, the beat stops and
+    // the arbiter kills and restarts the hub. It also notices an arbiter that is gone.
+    let orphaned = CancellationToken::new();
+    tokio::spawn(heartbeat(
+        slot,
+        beat_interval(&config),
+        arbiter,
+        orphaned.clone(),
+    ));
+    slot.set_state(SlotState::Ready);
+
     let pid = std::process::id();
     if let Err(err) = nix::unistd::write(&ready_tx, &crate::worker::ready_message(pid, 0)) {
         tracing::error!(cause = %err, "hub cannot tell the arbiter it is ready");
@@ -174,6 +189,7 @@ async fn serve(boot: HubBoot) -> i32 {
                 }
             },
             _ = term.recv() => return 0,
+            () = orphaned.cancelled() => return 0,
             _ = int.recv() => return 0,
             _ = quit.recv() => return 0,
             _ = usr1.recv() => {
@@ -181,6 +197,32 @@ async fn serve(boot: HubBoot) -> i32 {
                     tracing::error!(cause = %err, "cannot reopen the log file");
                 }
             }
+        }
+    }
+}
+
+/// As a worker's: a quarter of `--timeout`, between 50 ms and 1 s.
+fn beat_interval(config: &Config) -> Duration {
+    let cap = Duration::from_secs(1);
+    config
+        .timeout
+        .map_or(cap, |t| (t / 4).clamp(Duration::from_millis(50), cap))
+}
+
+async fn heartbeat(
+    slot: &'static Slot,
+    every: Duration,
+    arbiter: Pid,
+    orphaned: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        slot.notify();
+        if getppid() != arbiter && !orphaned.is_cancelled() {
+            tracing::warn!("the arbiter ({arbiter}) is gone: the hub stops");
+            orphaned.cancel();
         }
     }
 }
