@@ -247,7 +247,7 @@ impl Config {
                 ServiceConfig::Chat { max_line } | ServiceConfig::Quote { max_line, .. } => {
                     Some(*max_line)
                 }
-                ServiceConfig::Echo => None,
+                _ => None,
             },
             quote: match &self.service {
                 ServiceConfig::Quote { quote, .. } => Some(quote.clone()),
@@ -287,7 +287,7 @@ impl Config {
                 rows.push(("max_line", max_line.to_string()));
                 rows.push(("quote", format!("{quote:?}")));
             }
-            ServiceConfig::Echo => {}
+            _ => {}
         }
         rows.iter()
             .map(|(k, v)| format!("  {k:<20} {v}\n"))
