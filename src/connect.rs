@@ -5,8 +5,11 @@
 //!
 //! It is a separate process, never the arbiter, so it may use a tokio runtime.
 //!
-//! `--timeout` bounds the wait for the connection (including a Unix listener whose backlog is
-//! full), not the time spent moving bytes afterwards. Failures are one line on stderr and exit
+//! `--timeout` bounds the waits for readiness, as CPython's `socket.settimeout` does: the wait
+//! for the connection (including a Unix listener whose backlog is full) and any wait for the
+//! server to take more of what we send (a server that stops reading). It never bounds the time
+//! spent moving bytes that do move, nor how long the server may stay silent: a chat is
+//! mostly silence. Failures are one line on stderr and exit
 //! code 1: `connection refused`, `connection reset by peer`, `timed out after 3s`,
 //! `no such socket: PATH`.
 
@@ -162,7 +165,7 @@ async fn session(addr: &str, timeout: Duration) -> Result<(), ConnectError> {
                 }
             }
             line = line_rx.recv(), if stdin_open => match line {
-                Some(line) => wr.write_all(&line).await.map_err(classify)?,
+                Some(line) => send(&mut wr, &line, timeout).await?,
                 None => {
                     stdin_open = false;
                     wr.shutdown().await.map_err(classify)?;
@@ -170,6 +173,23 @@ async fn session(addr: &str, timeout: Duration) -> Result<(), ConnectError> {
             },
         }
     }
+}
+
+/// Writes all of `data`, failing only if one write makes no progress within `timeout`.
+async fn send(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut data: &[u8],
+    timeout: Duration,
+) -> Result<(), ConnectError> {
+    while !data.is_empty() {
+        match tokio::time::timeout(timeout, wr.write(data)).await {
+            Err(_) => return Err(ConnectError::TimedOut(timeout)),
+            Ok(Err(err)) => return Err(classify(err)),
+            Ok(Ok(0)) => return Err(ConnectError::Reset),
+            Ok(Ok(n)) => data = &data[n..],
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -88,6 +88,30 @@ fn timed_out() {
 }
 
 #[test]
+fn timed_out_when_the_server_stops_reading() {
+    // Accepts, then never reads: once the socket buffers are full, our writes cannot progress.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+        drop(stream);
+    });
+    let line = format!("{}\n", "x".repeat(1 << 16));
+    let input = line.repeat(1024); // 64 MiB: far more than loopback buffers hold
+    let started = Instant::now();
+    let out = connect(&[&addr.to_string(), "--timeout", "1"], input.as_bytes());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "oxicorn connect: timed out after 1s\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(server);
+}
+
+#[test]
 fn connection_reset_by_peer() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

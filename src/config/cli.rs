@@ -94,10 +94,10 @@ pub struct QuoteArgs {
 
 /// `oxicorn connect` arguments: a client, not a service. Of the server options only
 /// `--timeout` applies (it is global, so it is read from [`ServerArgs::timeout`]): it bounds
-/// the wait for the connection, 10s when not given.
+/// each wait for readiness (connecting, a server that stops reading), 10s when not given.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Where to connect: HOST:PORT, [IPV6]:PORT or unix:PATH (--timeout bounds the connect)
+    /// Where to connect: HOST:PORT, [IPV6]:PORT or unix:PATH (--timeout bounds each wait for readiness)
     #[arg(value_name = "ADDR")]
     pub addr: String,
 }
