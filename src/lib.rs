@@ -15,15 +15,20 @@
 //!   memory both sides touch.
 //! - [`worker`]: the code that runs after fork: runtime, accept loop, connection cap,
 //!   heartbeat, graceful drain.
-//! - [`service`]: the protocols (`static`, the default HTTP file server; `echo`, …) serving
-//!   one connection each.
+//! - [`service`]: the protocols (`static`, the default HTTP file server; `echo`, `chat`,
+//!   `quote`) serving one connection each.
+//! - [`bus`]: every message and shared value that crosses workers: the hub process the
+//!   arbiter supervises, and the client each worker keeps connected to it.
+//! - [`connect`]: `oxicorn connect`, a line client with clear errors (not part of the server).
 //! - [`net`]: bind addresses and the stream type services read and write.
 //! - [`log`]: the line format and the log file reopened on USR1.
 
 #![warn(missing_docs)]
 
 pub mod arbiter;
+pub mod bus;
 pub mod config;
+pub mod connect;
 pub mod log;
 pub mod net;
 pub mod scoreboard;

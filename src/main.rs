@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use oxicorn::config::{Cli, Config};
+use oxicorn::config::{Cli, Command, Config};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +18,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
+    // A client, not a server: no configuration, no arbiter.
+    if let Some(Command::Connect(args)) = &cli.command {
+        return Ok(oxicorn::connect::run(&args.addr, cli.server.timeout));
+    }
     let config = Config::load(&cli)?;
     if cli.server.check_config {
         println!("configuration ok");

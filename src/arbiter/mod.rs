@@ -7,6 +7,7 @@
 //! turn then reaps dead children, kills workers whose heartbeat is too old, and brings the
 //! worker count back to the target, oldest first when there are too many.
 
+mod hub;
 pub mod listeners;
 pub mod pidfile;
 pub mod signals;
@@ -135,6 +136,8 @@ pub struct Arbiter {
     hup_pending: bool,
     stopping: Option<Stopping>,
     pidfile: Option<Pidfile>,
+    /// The bus hub, for services that need one (`hub.rs`).
+    hub: hub::HubChild,
 }
 
 /// Starts the server and supervises it until it stops; returns the process exit code.
@@ -212,6 +215,7 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
         hup_pending: false,
         stopping: None,
         pidfile,
+        hub: hub::HubChild::default(),
     };
     Ok(arbiter.run_loop())
 }
@@ -241,7 +245,9 @@ impl Arbiter {
                 return code;
             }
             self.murder_workers();
+            self.murder_hub();
             self.escalate_stops();
+            self.manage_hub();
             self.manage_workers();
             self.advance_reload();
             self.sleep();
@@ -251,7 +257,10 @@ impl Arbiter {
     /// Waits for a signal, a worker notification, or the next deadline (at most [`TICK`]).
     fn sleep(&mut self) {
         let mut timeout = TICK;
-        if let Some(at) = self.boot.retry_at {
+        for at in [self.boot.retry_at, self.hub_retry_at()]
+            .into_iter()
+            .flatten()
+        {
             timeout = timeout.min(at.saturating_duration_since(Instant::now()));
         }
         let (Some(signals), Some(ready_rx)) = (&self.signals, &self.ready_rx) else {
@@ -333,7 +342,7 @@ impl Arbiter {
             tracing::error!(cause = %err, "cannot reopen the log file");
         }
         let pids: Vec<i32> = self.workers.keys().copied().collect();
-        for pid in pids {
+        for pid in pids.into_iter().chain(self.hub_pid()) {
             workers::send(pid, Signal::SIGUSR1);
         }
     }
@@ -566,6 +575,10 @@ impl Arbiter {
     fn stopped(&mut self) -> Option<i32> {
         let code = self.stopping.as_ref()?.code;
         if !self.workers.is_empty() {
+            return None;
+        }
+        // The hub goes last: draining workers may still use the bus.
+        if !self.hub_stopped() {
             return None;
         }
         if let Some(p) = self.pidfile.take() {

@@ -49,7 +49,7 @@ impl Worker {
 }
 
 /// How a child ended.
-enum Exit {
+pub(super) enum Exit {
     Code(i32),
     Signal(Signal),
 }
@@ -64,7 +64,7 @@ pub(super) fn send(pid: i32, sig: Signal) {
 
 /// Back-off before the next spawn after `failures` boot failures in a row: 100 ms, doubling,
 /// at most 10 s.
-fn boot_backoff(failures: u32) -> Duration {
+pub(super) fn boot_backoff(failures: u32) -> Duration {
     let ms = 100u64.saturating_mul(1 << failures.saturating_sub(1).min(10));
     Duration::from_millis(ms.min(10_000))
 }
@@ -192,6 +192,7 @@ impl Arbiter {
             let pid = u32::from_le_bytes(msg[..4].try_into().expect("4 bytes")) as i32;
             let generation = self.generation;
             let Some(w) = self.workers.get_mut(&pid) else {
+                self.hub_ready(pid);
                 continue;
             };
             w.ready = true;
@@ -226,7 +227,9 @@ impl Arbiter {
 
     fn on_exit(&mut self, pid: i32, exit: Exit) {
         let Some(w) = self.workers.remove(&pid) else {
-            tracing::debug!(pid, "reaped a child that is not a worker");
+            if !self.on_hub_exit(pid, &exit) {
+                tracing::debug!(pid, "reaped a child that is not a worker");
+            }
             return;
         };
         let slot = self.scoreboard.slot(w.slot);

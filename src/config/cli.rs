@@ -25,13 +25,15 @@ Examples:
   oxicorn echo --bind 127.0.0.1:9000 --workers 4
   oxicorn echo -b 127.0.0.1:9000 -b unix:/tmp/echo.sock --pid /tmp/oxi.pid
   oxicorn echo -c oxicorn.toml --check-config
+  oxicorn chat -b 127.0.0.1:7000 -w 4         (then: telnet 127.0.0.1 7000)
+  oxicorn connect 127.0.0.1:7000 --timeout 3
 
 Signals to the arbiter (kill -SIG $(cat PIDFILE)):
   TERM       graceful stop: close listeners, let connections finish (--graceful-timeout)
   INT, QUIT  fast stop
   HUP        reload: re-read the config file, start new workers, then retire the old ones
   TTIN/TTOU  one worker more / one fewer
-  USR1       reopen log files
+  USR1       reopen log files (workers and the bus hub too)
 
 The config file (-c) is TOML with the flags' names, dashes as underscores:
   bind = [\"127.0.0.1:9000\", \"unix:/tmp/echo.sock\"]
@@ -66,6 +68,12 @@ pub enum Command {
     Echo,
     /// Serve the files under DIR over HTTP/1.1 (the default, for the current directory).
     Static(StaticArgs),
+    /// A line-based chat room across all workers (telnet and nc welcome).
+    Chat(ChatArgs),
+    /// Reply with the current quote, then keep what the client sent as the new one.
+    Quote(QuoteArgs),
+    /// A line client (like nc, with clear errors): send stdin, print what arrives.
+    Connect(ConnectArgs),
 }
 
 /// `oxicorn static [DIR] [OPTIONS]`. `None` means "not given": the config file or the default
@@ -115,6 +123,36 @@ pub struct StaticArgs {
     pub access_logfile: Option<PathBuf>,
 }
 
+/// `oxicorn chat` options.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChatArgs {
+    /// Longest line accepted, in bytes; longer lines get an error and are discarded [default: 4096]
+    #[arg(long, value_name = "BYTES")]
+    pub max_line: Option<usize>,
+}
+
+/// `oxicorn quote` options.
+#[derive(Debug, Clone, Default, Args)]
+pub struct QuoteArgs {
+    /// The quote served until a client sends another [default: An apple a day keeps the doctor away]
+    #[arg(long, value_name = "TEXT")]
+    pub quote: Option<String>,
+
+    /// Longest line accepted, in bytes [default: 4096]
+    #[arg(long, value_name = "BYTES")]
+    pub max_line: Option<usize>,
+}
+
+/// `oxicorn connect` arguments: a client, not a service. Of the server options only
+/// `--timeout` applies (it is global, so it is read from [`ServerArgs::timeout`]): it bounds
+/// each wait for readiness (connecting, a server that stops reading), 10s when not given.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Where to connect: HOST:PORT, [IPV6]:PORT or unix:PATH (--timeout bounds each wait for readiness)
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+}
+
 /// Options for the arbiter and its workers. `None` means "not given": the config file or the
 /// default decides.
 #[derive(Debug, Clone, Default, Args)]
@@ -144,7 +182,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", global = true)]
     pub backlog: Option<u32>,
 
-    /// Close a connection silent for this long; 0 = never [default: 300 for echo, 60 for static]
+    /// Close a connection silent for this long; 0 = never [default: 300 for echo, 60 for static, 30 for quote, 0 for chat]
     #[arg(long, value_name = "SECS", value_parser = parse_duration, global = true)]
     pub idle_timeout: Option<Duration>,
 
@@ -189,6 +227,26 @@ mod tests {
         assert_eq!(cli.server.workers, Some(3));
         assert_eq!(cli.server.bind.len(), 1);
         assert!(matches!(cli.command, Some(Command::Echo)));
+    }
+
+    #[test]
+    fn service_options_parse() {
+        let cli = Cli::try_parse_from(["oxicorn", "chat", "--max-line", "10"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Chat(ChatArgs { max_line: Some(10) }))
+        ));
+        let cli = Cli::try_parse_from(["oxicorn", "quote", "--quote", "hi"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Quote(QuoteArgs { quote: Some(ref q), .. })) if q == "hi")
+        );
+        let cli =
+            Cli::try_parse_from(["oxicorn", "connect", "127.0.0.1:1", "--timeout", "3"]).unwrap();
+        match cli.command {
+            Some(Command::Connect(c)) => assert_eq!(c.addr, "127.0.0.1:1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cli.server.timeout, Some(Duration::from_secs(3)));
     }
 
     #[test]

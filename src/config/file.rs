@@ -81,6 +81,12 @@ pub struct FileConfig {
     /// `--access-logfile` (`"-"` = stdout).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_logfile: Option<PathBuf>,
+    /// `--max-line` (chat, quote; ignored by other services).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_line: Option<usize>,
+    /// `--quote` (quote; ignored by other services).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
 }
 
 impl FileConfig {
@@ -188,6 +194,8 @@ mod tests {
             show_hidden = false
             no_listing = true
             access_logfile = "-"
+            max_line = 100
+            quote = "hello"
             "#,
         )
         .unwrap();
@@ -196,6 +204,8 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_millis(500)));
         assert_eq!(c.header_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(c.no_listing, Some(true));
+        assert_eq!(c.max_line, Some(100));
+        assert_eq!(c.quote.as_deref(), Some("hello"));
         let again: FileConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
     }

@@ -61,6 +61,18 @@ pub enum ServiceConfig {
     Echo,
     /// Files under a directory over HTTP/1.1.
     Static(StaticConfig),
+    /// The chat room, shared by every worker through the bus.
+    Chat {
+        /// Longest line, in bytes without its terminator; longer ones are refused.
+        max_line: usize,
+    },
+    /// The quote service; the current quote is held by the bus.
+    Quote {
+        /// The quote served until a client sends one.
+        quote: String,
+        /// Longest line, in bytes without its terminator.
+        max_line: usize,
+    },
 }
 
 /// `static`'s settings, checked.
@@ -88,23 +100,45 @@ pub struct StaticConfig {
     pub access_logfile: Option<PathBuf>,
 }
 
+/// `--max-line` when not given (chat and quote).
+pub const DEFAULT_MAX_LINE: usize = 4096;
+
+/// The largest `--max-line`: one line must fit in one bus frame ([`crate::bus::MAX_FRAME`]).
+pub const MAX_MAX_LINE: usize = 1 << 20;
+
+/// `--quote` when not given (the quote of Twisted's classic QOTD example).
+pub const DEFAULT_QUOTE: &str = "An apple a day keeps the doctor away";
+
 impl ServiceConfig {
     /// The name used on the command line and in logs.
     pub fn name(&self) -> &'static str {
         match self {
             ServiceConfig::Echo => "echo",
             ServiceConfig::Static(_) => "static",
+            ServiceConfig::Chat { .. } => "chat",
+            ServiceConfig::Quote { .. } => "quote",
         }
     }
 
-    /// The idle timeout when neither the flags nor the file set one.
+    /// The idle timeout when neither the flags nor the file set one. Zero means never: a chat
+    /// member may lurk, reading only, for as long as it likes.
     pub fn default_idle_timeout(&self) -> Duration {
         match self {
             ServiceConfig::Echo => Duration::from_secs(300),
             // For static this bounds a stalled write (a client that stops reading); waiting
             // for requests is bounded by keep_alive and header_timeout instead.
             ServiceConfig::Static(_) => Duration::from_secs(60),
+            ServiceConfig::Chat { .. } => Duration::ZERO,
+            ServiceConfig::Quote { .. } => Duration::from_secs(30),
         }
+    }
+
+    /// Whether the service shares state across workers, so the arbiter must run the bus hub.
+    pub fn needs_bus(&self) -> bool {
+        matches!(
+            self,
+            ServiceConfig::Chat { .. } | ServiceConfig::Quote { .. }
+        )
     }
 }
 

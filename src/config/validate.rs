@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Cli, Command, Config, DEFAULT_BIND, FileConfig, LogLevel, MAX_WORKERS, ServiceConfig,
-    StaticArgs, StaticConfig, show_duration,
+    Cli, Command, Config, DEFAULT_BIND, DEFAULT_MAX_LINE, DEFAULT_QUOTE, FileConfig, LogLevel,
+    MAX_MAX_LINE, MAX_WORKERS, ServiceConfig, StaticArgs, StaticConfig, show_duration,
 };
 use crate::net::BindAddr;
 
@@ -69,11 +69,47 @@ impl Config {
     /// As [`Config::load`].
     pub fn merge(cli: &Cli, file: FileConfig) -> Result<Config, ConfigError> {
         let args = &cli.server;
+        let max_line = |flag: Option<usize>| -> Result<usize, ConfigError> {
+            let n = flag.or(file.max_line).unwrap_or(DEFAULT_MAX_LINE);
+            if n == 0 || n > MAX_MAX_LINE {
+                return Err(invalid(
+                    "max-line",
+                    format!("{n} is out of range (1 to {MAX_MAX_LINE})"),
+                ));
+            }
+            Ok(n)
+        };
         let service = match &cli.command {
             Some(Command::Echo) => ServiceConfig::Echo,
             Some(Command::Static(args)) => ServiceConfig::Static(static_config(args, &file)?),
             // No service named: serve the current directory, as `python3 -m http.server`.
             None => ServiceConfig::Static(static_config(&StaticArgs::default(), &file)?),
+            Some(Command::Chat(args)) => ServiceConfig::Chat {
+                max_line: max_line(args.max_line)?,
+            },
+            Some(Command::Quote(args)) => {
+                let quote = args
+                    .quote
+                    .clone()
+                    .or_else(|| file.quote.clone())
+                    .unwrap_or_else(|| DEFAULT_QUOTE.to_string());
+                if quote.len() > MAX_MAX_LINE {
+                    return Err(invalid(
+                        "quote",
+                        format!("{} bytes is too long (at most {MAX_MAX_LINE})", quote.len()),
+                    ));
+                }
+                ServiceConfig::Quote {
+                    quote,
+                    max_line: max_line(args.max_line)?,
+                }
+            }
+            Some(Command::Connect(_)) => {
+                return Err(invalid(
+                    "service",
+                    "`connect` is a client, not a service: it has no configuration",
+                ));
+            }
         };
 
         // The file's binds are checked even when flags override them: a broken file is
@@ -230,6 +266,15 @@ impl Config {
                 access_logfile: s.access_logfile.clone(),
                 ..FileConfig::default()
             },
+            ServiceConfig::Chat { max_line } => FileConfig {
+                max_line: Some(*max_line),
+                ..FileConfig::default()
+            },
+            ServiceConfig::Quote { quote, max_line } => FileConfig {
+                max_line: Some(*max_line),
+                quote: Some(quote.clone()),
+                ..FileConfig::default()
+            },
         }
     }
 
@@ -274,6 +319,14 @@ impl Config {
                 ("no_listing", (!s.listing).to_string()),
                 ("access_logfile", show_path(&s.access_logfile, "off")),
             ]);
+        }
+        match &self.service {
+            ServiceConfig::Chat { max_line } => rows.push(("max_line", max_line.to_string())),
+            ServiceConfig::Quote { quote, max_line } => {
+                rows.push(("max_line", max_line.to_string()));
+                rows.push(("quote", format!("{quote:?}")));
+            }
+            _ => {}
         }
         rows.iter()
             .map(|(k, v)| format!("  {k:<24} {v}\n"))
@@ -490,5 +543,35 @@ mod tests {
         let text = toml::to_string(&c.to_file_config()).unwrap();
         let back = Config::merge(&cli(&["echo"]), toml::from_str(&text).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn chat_and_quote_options_from_flags_or_file() {
+        let c = Config::merge(&cli(&["chat"]), FileConfig::default()).unwrap();
+        assert_eq!(c.service, ServiceConfig::Chat { max_line: 4096 });
+        assert_eq!(c.idle_timeout, None);
+        let file: FileConfig = toml::from_str("max_line = 10\nquote = \"q\"").unwrap();
+        let c = Config::merge(&cli(&["quote"]), file.clone()).unwrap();
+        assert_eq!(
+            c.service,
+            ServiceConfig::Quote {
+                quote: "q".into(),
+                max_line: 10
+            }
+        );
+        let c = Config::merge(&cli(&["chat", "--max-line", "20"]), file).unwrap();
+        assert_eq!(c.service, ServiceConfig::Chat { max_line: 20 });
+        let text = toml::to_string(&c.to_file_config()).unwrap();
+        let back = Config::merge(&cli(&["chat"]), toml::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, c);
+        for bad in [
+            &["chat", "--max-line", "0"][..],
+            &["quote", "--max-line", "99999999"],
+        ] {
+            match Config::merge(&cli(bad), FileConfig::default()) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "max-line"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -4,7 +4,10 @@
 //! [`ConnContext`]. It knows no pids, signals or config format, and spawns no task the worker
 //! cannot wait for. A closed set is an enum that delegates (mini-redis `Command::apply`).
 
+pub mod chat;
 pub mod echo;
+pub mod lines;
+pub mod quote;
 pub mod static_files;
 
 use std::io;
@@ -52,6 +55,10 @@ pub enum Service {
     Echo,
     /// [`static_files`].
     Static(Box<static_files::StaticService>),
+    /// [`chat`]: the room, shared with the other workers through the bus.
+    Chat(chat::Chat),
+    /// [`quote`]: the quote, held by the bus.
+    Quote(quote::Quote),
 }
 
 impl Service {
@@ -60,10 +67,17 @@ impl Service {
     /// # Errors
     /// If the service cannot start (a worker boot error).
     pub fn for_worker(config: &Config) -> io::Result<Service> {
+        // Workers are the arbiter's children, and the hub's address is named after the
+        // arbiter's pid (`worker::run` checked `getppid()` is still the arbiter).
+        let bus = || crate::bus::Bus::embedded(nix::unistd::getppid().as_raw() as u32);
         Ok(match &config.service {
             ServiceConfig::Echo => Service::Echo,
             ServiceConfig::Static(c) => {
                 Service::Static(Box::new(static_files::StaticService::open(c)?))
+            }
+            ServiceConfig::Chat { max_line } => Service::Chat(chat::Chat::new(bus(), *max_line)),
+            ServiceConfig::Quote { max_line, .. } => {
+                Service::Quote(quote::Quote::new(bus(), *max_line))
             }
         })
     }
@@ -76,6 +90,7 @@ impl Service {
         match self {
             Service::Echo => Ok(()),
             Service::Static(s) => s.reopen_logs(),
+            Service::Chat(_) | Service::Quote(_) => Ok(()),
         }
     }
 
@@ -85,6 +100,8 @@ impl Service {
         let result = match self {
             Service::Echo => echo::serve(stream, &ctx).await,
             Service::Static(s) => static_files::serve(stream, &ctx, s).await,
+            Service::Chat(chat) => chat.serve(stream, &ctx).await,
+            Service::Quote(quote) => quote.serve(stream, &ctx).await,
         };
         if let Err(err) = result {
             tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");

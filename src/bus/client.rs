@@ -1,0 +1,443 @@
+//! The worker's end of the embedded bus: one connection to the hub, kept up by a background
+//! task that reconnects (with back-off) whenever the hub goes away, and re-registers this
+//! worker's names and known values in its first frame.
+//!
+//! Services call [`EmbeddedBus`] from their connection tasks; everything goes through one
+//! ordered queue to the connection task, which is what keeps each sender's messages in order.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::proto::{self, Down, Reservation, Up};
+use super::{BusError, Handler, LostHandler, REQUEST_TIMEOUT, show_address};
+
+/// Frames queued for the hub. Bounded so a hub that is away for long applies back-pressure
+/// to publishers instead of growing the worker's memory; large enough to ride out a restart
+/// under load.
+const UP_QUEUE: usize = 16 * 1024;
+
+/// Frames written to the socket in one batch at most (one `write` for many small frames).
+const BATCH: usize = 256;
+
+/// Reconnect back-off: from the first value, doubling, to the second.
+/// The cap is low because an attempt costs one refused `connect` on an abstract socket, and a
+/// restarted hub waits for every worker to come back before it grants new names.
+const RECONNECT: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(250));
+
+/// A request waiting for its answer.
+struct Pending {
+    /// Where the answer goes. The waiter may have given up (timed out): then a `Reserved`
+    /// answer is released again instead of leaking the name.
+    reply: oneshot::Sender<Down>,
+    /// For a reserve: what to re-register on reconnect once it is granted.
+    reservation: Option<Reservation>,
+    /// Written to a connection already: if that connection dies, the answer never comes.
+    sent: bool,
+}
+
+/// What the connection task and the services share. Behind a `std::sync::Mutex`: it is held
+/// for a few map operations, never across an `.await` (mini-redis `db.rs` makes the same
+/// choice), and the worker's runtime has one thread anyway.
+#[derive(Default)]
+struct State {
+    next_req: u64,
+    pending: HashMap<u64, Pending>,
+    /// Names this worker's members hold, re-sent in every `Hello`.
+    reservations: HashMap<String, Reservation>,
+    /// The newest value and sequence number seen for each key, re-sent in every `Hello`.
+    values: HashMap<String, (u64, Bytes)>,
+    subscribers: HashMap<String, Handler>,
+    lost: Option<LostHandler>,
+}
+
+struct Shared {
+    /// Into the connection task, which owns the receiver for the worker's whole life (across
+    /// reconnects, so what is queued survives a hub restart). Never closed: the worker exits
+    /// with it.
+    up: mpsc::Sender<Up>,
+    state: Mutex<State>,
+}
+
+/// A worker's connection to the hub. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    shared: Arc<Shared>,
+}
+
+impl EmbeddedBus {
+    /// Starts the connection task (inside the worker's runtime) and returns at once: requests
+    /// made before the hub is reachable wait in the queue.
+    pub fn start(addr: PathBuf) -> EmbeddedBus {
+        let (up, up_rx) = mpsc::channel(UP_QUEUE);
+        let shared = Arc::new(Shared {
+            up,
+            state: Mutex::new(State::default()),
+        });
+        // Runs until the worker exits; it holds no resource that needs an orderly close.
+        tokio::spawn(connection_task(addr, Arc::clone(&shared), up_rx));
+        EmbeddedBus { shared }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// See [`super::Bus::publish`].
+    pub async fn publish(&self, topic: &str, payload: Bytes) {
+        let msg = Up::Publish {
+            topic: topic.to_string(),
+            payload,
+        };
+        // `send` fails only if the connection task is gone, i.e. never while the worker runs.
+        let _ = self.shared.up.send(msg).await;
+    }
+
+    /// See [`super::Bus::subscribe`].
+    pub fn subscribe(&self, topic: &str, handler: Handler) {
+        self.state().subscribers.insert(topic.to_string(), handler);
+    }
+
+    /// See [`super::Bus::on_lost`].
+    pub fn on_lost(&self, handler: LostHandler) {
+        self.state().lost = Some(handler);
+    }
+
+    /// Queues a request and waits for its answer, at most [`REQUEST_TIMEOUT`].
+    async fn request(
+        &self,
+        make: impl FnOnce(u64) -> Up,
+        reservation: Option<Reservation>,
+    ) -> Result<Down, BusError> {
+        let (tx, rx) = oneshot::channel();
+        let msg = {
+            let mut st = self.state();
+            st.next_req += 1;
+            let req = st.next_req;
+            st.pending.insert(
+                req,
+                Pending {
+                    reply: tx,
+                    reservation,
+                    sent: false,
+                },
+            );
+            make(req)
+        };
+        let asked = async {
+            self.shared
+                .up
+                .send(msg)
+                .await
+                .map_err(|_| BusError::Unavailable)?;
+            rx.await.map_err(|_| BusError::Unavailable)
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, asked).await {
+            Ok(r) => r,
+            Err(_) => Err(BusError::Unavailable),
+        }
+    }
+
+    /// See [`super::Bus::reserve`].
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn reserve(
+        &self,
+        key: &str,
+        holder: u64,
+        value: Bytes,
+        will: Option<(String, Bytes)>,
+    ) -> Result<bool, BusError> {
+        let reservation = Reservation {
+            key: key.to_string(),
+            holder,
+            value,
+            will,
+        };
+        let r = reservation.clone();
+        match self
+            .request(
+                move |req| Up::Reserve {
+                    req,
+                    reservation: r,
+                },
+                Some(reservation),
+            )
+            .await?
+        {
+            Down::Reserved { ok, .. } => Ok(ok),
+            _ => Err(BusError::Unavailable),
+        }
+    }
+
+    /// See [`super::Bus::release`].
+    pub fn release(&self, key: &str, holder: u64) {
+        {
+            let mut st = self.state();
+            if st.reservations.get(key).is_some_and(|r| r.holder == holder) {
+                st.reservations.remove(key);
+            }
+        }
+        let msg = Up::Release {
+            key: key.to_string(),
+            holder,
+        };
+        // If the queue is full the hub is away or swamped: send from a task so the caller (a
+        // connection ending) never waits; order does not matter for a release.
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.shared.up.try_send(msg) {
+            let up = self.shared.up.clone();
+            tokio::spawn(async move {
+                let _ = up.send(msg).await;
+            });
+        }
+    }
+
+    /// See [`super::Bus::list`].
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Bytes>, BusError> {
+        let prefix = prefix.to_string();
+        match self.request(|req| Up::List { req, prefix }, None).await? {
+            Down::Listing { values, .. } => Ok(values),
+            _ => Err(BusError::Unavailable),
+        }
+    }
+
+    /// See [`super::Bus::sync`].
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn sync(&self) -> Result<(), BusError> {
+        match self.request(|req| Up::Sync { req }, None).await? {
+            Down::Synced { .. } => Ok(()),
+            _ => Err(BusError::Unavailable),
+        }
+    }
+
+    /// See [`super::Bus::swap`].
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn swap(&self, key: &str, value: Bytes) -> Result<Bytes, BusError> {
+        let key = key.to_string();
+        match self
+            .request(|req| Up::Swap { req, key, value }, None)
+            .await?
+        {
+            Down::Swapped { old, .. } => Ok(old),
+            _ => Err(BusError::Unavailable),
+        }
+    }
+}
+
+/// Keeps a connection to the hub for the life of the worker.
+async fn connection_task(addr: PathBuf, shared: Arc<Shared>, mut up_rx: mpsc::Receiver<Up>) {
+    let shown = show_address(&addr);
+    let mut backoff = RECONNECT.0;
+    let mut sessions = 0u64;
+    loop {
+        let stream = match UnixStream::connect(&addr).await {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::debug!(cause = %err, "bus hub {shown} not reachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT.1);
+                continue;
+            }
+        };
+        backoff = RECONNECT.0;
+        sessions += 1;
+        let hello = hello(&shared);
+        let names = match &hello {
+            Up::Hello { reservations, .. } => reservations.len(),
+            _ => 0,
+        };
+        if sessions == 1 {
+            tracing::debug!("connected to the bus hub {shown}");
+        } else {
+            tracing::info!("reconnected to the bus hub; re-registered {names} name(s)");
+        }
+        let result = session(stream, hello, &shared, &mut up_rx).await;
+        // Requests already written to the dead connection will never be answered: fail them
+        // now (their callers get `Unavailable`). Those still queued go to the next hub.
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.pending.retain(|_, p| !p.sent);
+        drop(st);
+        match result {
+            Ok(()) => tracing::warn!("the bus hub closed the connection; reconnecting"),
+            Err(err) => tracing::warn!(cause = %err, "lost the bus hub; reconnecting"),
+        }
+    }
+}
+
+/// The first frame of a session: everything the hub must know again after a restart.
+fn hello(shared: &Shared) -> Up {
+    let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    Up::Hello {
+        worker: std::process::id(),
+        reservations: st.reservations.values().cloned().collect(),
+        values: st
+            .values
+            .iter()
+            .map(|(k, (seq, v))| (k.clone(), *seq, v.clone()))
+            .collect(),
+    }
+}
+
+/// One connection: a writer (queue → socket, batched) and a reader (socket → answers and
+/// deliveries) running side by side until either fails.
+async fn session(
+    stream: UnixStream,
+    hello: Up,
+    shared: &Arc<Shared>,
+    up_rx: &mut mpsc::Receiver<Up>,
+) -> std::io::Result<()> {
+    let (mut rd, mut wr) = stream.into_split();
+    // Releases the reader wants sent (a granted name nobody waits for any more).
+    let (extra_tx, mut extra_rx) = mpsc::unbounded_channel::<Up>();
+
+    let writer = async {
+        let mut codec = proto::codec();
+        let mut buf = BytesMut::new();
+        codec.encode(hello.encode(), &mut buf)?;
+        wr.write_all(&buf).await?;
+        loop {
+            buf.clear();
+            let first = tokio::select! {
+                m = up_rx.recv() => m,
+                m = extra_rx.recv() => m,
+            };
+            let Some(first) = first else {
+                return Ok(());
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match up_rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            {
+                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                for m in &batch {
+                    if let Up::Reserve { req, .. }
+                    | Up::List { req, .. }
+                    | Up::Swap { req, .. }
+                    | Up::Sync { req } = m
+                        && let Some(p) = st.pending.get_mut(req)
+                    {
+                        p.sent = true;
+                    }
+                }
+            }
+            for m in batch {
+                codec.encode(m.encode(), &mut buf)?;
+            }
+            wr.write_all(&buf).await?;
+        }
+    };
+
+    let reader = async {
+        let mut codec = proto::codec();
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            while let Some(frame) = codec.decode(&mut buf)? {
+                let msg = Down::decode(frame.freeze())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                receive(shared, msg, &extra_tx);
+            }
+            if rd.read_buf(&mut buf).await? == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+        }
+    };
+
+    tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    }
+}
+
+/// Acts on one frame from the hub.
+fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
+    match msg {
+        Down::Deliver { topic, payload } => {
+            let handler = {
+                let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.subscribers.get(&topic).cloned()
+            };
+            if let Some(h) = handler {
+                // A copy the size of the message: the frame is a slice of a 64 KiB read
+                // buffer, and a subscriber that keeps it queued (a slow chat member) would
+                // keep that whole buffer alive with it.
+                h(Bytes::copy_from_slice(&payload));
+            }
+        }
+        Down::Reserved { req, ok } => {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(p) = st.pending.remove(&req) else {
+                return;
+            };
+            let reservation = p.reservation.clone();
+            if ok && let Some(r) = &reservation {
+                st.reservations.insert(r.key.clone(), r.clone());
+            }
+            if p.reply.send(Down::Reserved { req, ok }).is_err()
+                && ok
+                && let Some(r) = reservation
+            {
+                // The waiter gave up (timed out): give the name back rather than hold it for a
+                // member that is not there.
+                st.reservations.remove(&r.key);
+                let _ = extra.send(Up::Release {
+                    key: r.key,
+                    holder: r.holder,
+                });
+            }
+        }
+        Down::Listing { req, .. } | Down::Swapped { req, .. } | Down::Synced { req } => {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = st.pending.remove(&req) {
+                let _ = p.reply.send(msg);
+            }
+        }
+        Down::Changed { key, seq, value } => {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = st.values.get(&key).is_none_or(|(s, _)| *s < seq);
+            if newer {
+                // Kept until the next change: copied out of the read buffer (see Deliver).
+                st.values.insert(key, (seq, Bytes::copy_from_slice(&value)));
+            }
+        }
+        Down::Lost { key, holder } => {
+            let handler = {
+                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st
+                    .reservations
+                    .get(&key)
+                    .is_some_and(|r| r.holder == holder)
+                {
+                    st.reservations.remove(&key);
+                }
+                st.lost.clone()
+            };
+            tracing::warn!(
+                key,
+                holder,
+                "a name was lost to another worker after a hub restart"
+            );
+            if let Some(h) = handler {
+                h(holder);
+            }
+        }
+    }
+}

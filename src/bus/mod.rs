@@ -1,0 +1,177 @@
+//! The bus: every message and every piece of state that crosses workers goes through here.
+//! No service opens its own pipe to a sibling.
+//!
+//! What services get is [`Bus`], five operations that a Redis deployment can offer as well:
+//!
+//! | operation | chat / quote use | embedded hub | Redis (later) |
+//! |---|---|---|---|
+//! | [`Bus::publish`] / [`Bus::subscribe`] | chat lines, join/leave notices | fan-out to the other workers | `PUBLISH` / `SUBSCRIBE` |
+//! | [`Bus::reserve`] / [`Bus::release`] | unique member names | a table in the hub, per connection | `SET NX` with a lease |
+//! | [`Bus::list`] | `/who` | scan of the table | `SCAN` |
+//! | [`Bus::swap`] | the quote | a value in the hub | `GETSET` |
+//!
+//! # The embedded bus
+//!
+//! One machine, zero setup (FACTS §3, option B): the arbiter forks a *hub* child ([`hub`]),
+//! supervised like a worker but only when the service needs it. Workers connect to it over an
+//! abstract Unix socket named after the arbiter's pid ([`hub_address`]) and exchange
+//! `LengthDelimitedCodec` frames ([`proto`]). The worker side is [`client::EmbeddedBus`].
+//!
+//! Recovery, when the hub dies (even by SIGKILL): the arbiter restarts it; each worker's client
+//! reconnects by itself and re-sends, in its first frame, every name its members hold and the
+//! last value it saw of each key, so names stay reserved for connected members and the quote
+//! survives. Messages published while the hub is away wait in the worker's queue and are sent
+//! after the reconnect; only frames in flight when it died are lost. Clients of the services
+//! never notice beyond that.
+
+pub mod client;
+pub mod hub;
+pub mod proto;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use client::EmbeddedBus;
+
+/// The largest frame either side accepts: a chat line of `--max-line` bytes, at most
+/// [`crate::config::MAX_MAX_LINE`], grows up to 3× when invalid UTF-8 becomes U+FFFD.
+pub const MAX_FRAME: usize = 4 * crate::config::MAX_MAX_LINE;
+
+/// How long a request (reserve, list, swap) waits for the hub, which may be restarting,
+/// before the service is told the bus is unavailable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Called with each payload published on a subscribed topic by another worker. Runs on the
+/// bus's receive task: it must not block (chat hands the line to bounded queues with
+/// `try_send`).
+pub type Handler = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+/// Called when a name held by `holder` was lost (after a hub restart, another worker's member
+/// re-registered it first).
+pub type LostHandler = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Why a bus operation failed. Services turn it into a line for their client; it never ends
+/// the worker.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    /// The hub did not answer within [`REQUEST_TIMEOUT`] (it is restarting, or gone).
+    #[error("the bus is unavailable")]
+    Unavailable,
+}
+
+/// The abstract socket the hub of the arbiter `arbiter_pid` listens on.
+///
+/// Abstract (a leading NUL, Linux only): nothing to clean up when the hub is SIGKILLed, and the
+/// restarted hub can bind the same name at once. Anyone on the machine can connect to an
+/// abstract socket, so the hub checks the peer's uid (`SO_PEERCRED`).
+pub fn hub_address(arbiter_pid: u32) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let mut name = vec![0u8];
+    name.extend_from_slice(format!("oxicorn-{arbiter_pid}-hub").as_bytes());
+    PathBuf::from(std::ffi::OsString::from_vec(name))
+}
+
+/// [`hub_address`] as logs show it (`@` for the leading NUL, as `ss -x` does).
+pub fn show_address(addr: &std::path::Path) -> String {
+    addr.to_string_lossy().replacen('\0', "@", 1)
+}
+
+/// The bus as services see it. An enum that delegates (like [`crate::service::Service`]), so a
+/// `Redis` variant can join `Embedded` without touching the services.
+#[derive(Clone)]
+pub enum Bus {
+    /// The hub child process on this machine.
+    Embedded(EmbeddedBus),
+}
+
+impl Bus {
+    /// Connects (in the background, retrying until the hub is up) to this arbiter's hub.
+    /// Call inside the worker's runtime.
+    pub fn embedded(arbiter_pid: u32) -> Bus {
+        Bus::Embedded(EmbeddedBus::start(hub_address(arbiter_pid)))
+    }
+
+    /// Sends `payload` to every subscriber of `topic` in the *other* workers, in the order this
+    /// worker published. Delivery inside this worker is the caller's job (it is faster, and
+    /// goes on while the hub is away). Waits only when the queue to the hub is full.
+    pub async fn publish(&self, topic: &str, payload: Bytes) {
+        match self {
+            Bus::Embedded(b) => b.publish(topic, payload).await,
+        }
+    }
+
+    /// Calls `handler` with every payload other workers publish on `topic` (one handler per
+    /// topic; a second call replaces the first).
+    pub fn subscribe(&self, topic: &str, handler: Handler) {
+        match self {
+            Bus::Embedded(b) => b.subscribe(topic, handler),
+        }
+    }
+
+    /// Calls `handler` when a reservation is lost (see [`LostHandler`]).
+    pub fn on_lost(&self, handler: LostHandler) {
+        match self {
+            Bus::Embedded(b) => b.on_lost(handler),
+        }
+    }
+
+    /// Takes `key` for `holder` if nobody holds it. `value` is what [`Bus::list`] shows; `will`
+    /// is published on its topic if this worker vanishes while holding the key.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn reserve(
+        &self,
+        key: &str,
+        holder: u64,
+        value: Bytes,
+        will: Option<(String, Bytes)>,
+    ) -> Result<bool, BusError> {
+        match self {
+            Bus::Embedded(b) => b.reserve(key, holder, value, will).await,
+        }
+    }
+
+    /// Gives `key` back, if `holder` holds it. Never waits.
+    pub fn release(&self, key: &str, holder: u64) {
+        match self {
+            Bus::Embedded(b) => b.release(key, holder),
+        }
+    }
+
+    /// The values of every reservation whose key starts with `prefix`, all workers included.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Bytes>, BusError> {
+        match self {
+            Bus::Embedded(b) => b.list(prefix).await,
+        }
+    }
+
+    /// Waits until everything this worker published so far has reached the bus (been fanned
+    /// out to the other workers' queues). Chat uses it so a member is told it joined only once
+    /// its join notice is ahead of anything a later member could do.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn sync(&self) -> Result<(), BusError> {
+        match self {
+            Bus::Embedded(b) => b.sync().await,
+        }
+    }
+
+    /// Sets `key` to `value` and returns the value it replaced, as one atomic step for the
+    /// whole server.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn swap(&self, key: &str, value: Bytes) -> Result<Bytes, BusError> {
+        match self {
+            Bus::Embedded(b) => b.swap(key, value).await,
+        }
+    }
+}

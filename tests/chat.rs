@@ -1,0 +1,468 @@
+//! `oxicorn chat`, end to end: the real binary, several workers, and members placed on
+//! different workers on purpose: with `--worker-connections 1`, each open connection holds a
+//! whole worker, so N members need N workers; the debug log line of each connection names the
+//! worker that serves it, and the tests check the placement instead of hoping for it.
+//! Issue 4: "Line services across workers: `chat`, `quote`, the embedded bus, and
+//! `oxicorn connect`".
+
+mod lineclient;
+mod support;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lineclient::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::*;
+
+const WELCOME: &str = "* welcome to oxicorn chat; what is your name?";
+
+/// A chat server with `workers` workers, one connection each.
+fn start(workers: usize, extra: &[&str]) -> (Oxicorn, SocketAddr) {
+    let w = workers.to_string();
+    let mut args = vec![
+        "chat",
+        "-w",
+        &w,
+        "--worker-connections",
+        "1",
+        "-b",
+        "127.0.0.1:0",
+        "--log-level",
+        "debug",
+    ];
+    args.extend_from_slice(extra);
+    let s = Oxicorn::start(&args);
+    s.wait_ready(1, workers);
+    hub_pid(&s);
+    let addr = s.tcp_addr();
+    (s, addr)
+}
+
+/// A connected client that got the name prompt, and the worker serving it.
+fn connect(s: &Oxicorn, addr: SocketAddr) -> (LineClient, i32) {
+    let mut c = LineClient::connect(addr);
+    c.expect(WELCOME);
+    let pid = worker_of(s, &c);
+    (c, pid)
+}
+
+/// A member named `name`.
+fn join(s: &Oxicorn, addr: SocketAddr, name: &str) -> (LineClient, i32) {
+    let (mut c, pid) = connect(s, addr);
+    c.send(format!("{name}\r\n").as_bytes());
+    c.expect(&format!(
+        "* you joined as {name}; /who lists the members, /quit leaves"
+    ));
+    (c, pid)
+}
+
+fn distinct(pids: &[i32]) {
+    let set: HashSet<_> = pids.iter().collect();
+    assert_eq!(set.len(), pids.len(), "clients share a worker: {pids:?}");
+}
+
+#[test]
+fn names_are_checked_and_unique_across_workers_ignoring_case() {
+    let (s, addr) = start(2, &[]);
+    let (mut alice, pa) = join(&s, addr, "Alice");
+    let (mut b, pb) = connect(&s, addr);
+    distinct(&[pa, pb]);
+
+    b.send(b"alice\n");
+    b.expect("* the name alice is taken; try another");
+    b.send(b"ALICE\r\n");
+    b.expect("* the name ALICE is taken; try another");
+    b.send(b"two words\n");
+    b.expect("* invalid name: no spaces or control characters; try again");
+    b.send(b"bell\x07\n");
+    b.expect("* invalid name: no spaces or control characters; try again");
+    b.send(format!("{}\n", "x".repeat(33)).as_bytes());
+    b.expect("* invalid name: use at most 32 characters; try again");
+    b.send(b"\n");
+    b.expect("* invalid name: it is empty; try again");
+    b.send(b"caf\xe9\n");
+    b.expect("* a name must be valid UTF-8; try again");
+    // Nobody saw any of that.
+    alice.expect_quiet(Duration::from_millis(200));
+
+    let name = "é".repeat(32); // 32 characters, 64 bytes
+    b.send(format!("{name}\n").as_bytes());
+    b.expect(&format!(
+        "* you joined as {name}; /who lists the members, /quit leaves"
+    ));
+    alice.expect(&format!("* {name} joined"));
+
+    // Once Alice leaves, her name is free again, on any worker.
+    alice.send(b"/quit\n");
+    alice.expect("* bye");
+    alice.read_to_close();
+    b.expect("* Alice left");
+    let (_c, _) = join(&s, addr, "aLiCe");
+    b.expect("* aLiCe joined");
+}
+
+#[test]
+fn lines_reach_every_other_member_in_order_across_workers() {
+    let (s, addr) = start(3, &[]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (mut b, pb) = join(&s, addr, "b");
+    a.expect("* b joined");
+    let (mut c, pc) = join(&s, addr, "c");
+    a.expect("* c joined");
+    b.expect("* c joined");
+    distinct(&[pa, pb, pc]);
+
+    // a with CRLF, b with LF, interleaved, in bursts much larger than one read.
+    const N: usize = 300;
+    let a_lines: String = (0..N).map(|i| format!("from a {i}\r\n")).collect();
+    let b_lines: String = (0..N).map(|i| format!("from b {i}\n")).collect();
+    let (ah, bh) = a_lines.split_at(a_lines.len() / 2);
+    let (bh1, bh2) = b_lines.split_at(b_lines.len() / 3);
+    a.send(ah.as_bytes());
+    b.send(bh1.as_bytes());
+    a.send(bh.as_bytes());
+    b.send(bh2.as_bytes());
+
+    // c gets all of both, each sender's lines in its order.
+    let (mut next_a, mut next_b) = (0, 0);
+    for _ in 0..2 * N {
+        let l = c.line();
+        if let Some(rest) = l.strip_prefix("<a> from a ") {
+            assert_eq!(rest.parse::<usize>().unwrap(), next_a, "{l}");
+            next_a += 1;
+        } else if let Some(rest) = l.strip_prefix("<b> from b ") {
+            assert_eq!(rest.parse::<usize>().unwrap(), next_b, "{l}");
+            next_b += 1;
+        } else {
+            panic!("unexpected line {l:?}");
+        }
+    }
+    // a and b get each other's lines, never their own.
+    for i in 0..N {
+        a.expect(&format!("<b> from b {i}"));
+        b.expect(&format!("<a> from a {i}"));
+    }
+    for m in [&mut a, &mut b, &mut c] {
+        m.expect_quiet(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn who_quit_and_leave_notices() {
+    let (s, addr) = start(3, &[]);
+    let (mut zed, pz) = join(&s, addr, "zed");
+    let (mut amy, pa) = join(&s, addr, "Amy");
+    zed.expect("* Amy joined");
+    let (mut bob, pb) = join(&s, addr, "bob");
+    distinct(&[pz, pa, pb]);
+    zed.expect("* bob joined");
+    amy.expect("* bob joined");
+
+    bob.send(b"/who\r\n");
+    bob.expect("* members (3): Amy, bob, zed");
+    bob.send(b"/nope\n");
+    bob.expect("* unknown command /nope: try /who or /quit");
+
+    // /quit: a goodbye, then the server closes; the others see the leave notice.
+    amy.send(b"/QUIT\n");
+    amy.expect("* bye");
+    assert!(amy.read_to_close().is_empty());
+    zed.expect("* Amy left");
+    bob.expect("* Amy left");
+
+    // Dropping the connection is leaving too.
+    drop(bob);
+    zed.expect("* bob left");
+    zed.send(b"/who\n");
+    zed.expect("* members (1): zed");
+}
+
+#[test]
+fn an_unterminated_last_line_before_half_close_is_delivered() {
+    let (s, addr) = start(2, &[]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (mut b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+    b.send(b"first\nno newline at the end");
+    b.shutdown_write();
+    a.expect("<b> first");
+    a.expect("<b> no newline at the end");
+    a.expect("* b left");
+    b.read_to_close();
+}
+
+#[test]
+fn bad_input_loses_nothing_and_harms_no_one() {
+    let (s, addr) = start(2, &["--max-line", "16"]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (mut b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+
+    // Too long (even split across writes): an error for the sender, nothing for the others,
+    // and the next line is intact. Exactly the limit is fine, with LF or CRLF.
+    b.send(&[b'x'; 40]);
+    b.send(&[b'y'; 40]);
+    b.send(b"\nafter\n");
+    b.expect("* line too long (more than 16 bytes): discarded");
+    a.expect("<b> after");
+    b.send(b"0123456789abcdef\r\n0123456789abcdef\n0123456789abcdefg\n");
+    a.expect("<b> 0123456789abcdef");
+    a.expect("<b> 0123456789abcdef");
+    b.expect("* line too long (more than 16 bytes): discarded");
+
+    // Invalid UTF-8 shows as U+FFFD; control characters are stripped, tabs kept.
+    b.send(b"bad \xff\xfe ok\n");
+    a.expect("<b> bad \u{fffd}\u{fffd} ok");
+    b.send(b"a\tb\x07c\x1b[2Jd\x00\n");
+    a.expect("<b> a\tbc[2Jd");
+    // A line of nothing but control characters says nothing.
+    b.send(b"\x07\x08\nend\n");
+    a.expect("<b> end");
+    a.expect_quiet(Duration::from_millis(200));
+    b.expect_quiet(Duration::from_millis(200));
+}
+
+#[test]
+fn a_member_that_stops_reading_is_dropped_and_the_others_get_everything() {
+    let (s, addr) = start(3, &[]);
+    // The stalled member takes as little as the kernel allows into its socket, so its queue
+    // on the server fills quickly.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut slow = LineClient::from_stream(sock.into());
+    slow.expect(WELCOME);
+    let ps = worker_of(&s, &slow);
+    slow.send(b"slow\n");
+    slow.expect_prefix("* you joined as slow");
+
+    let (mut reader, pr) = join(&s, addr, "reader");
+    slow.expect("* reader joined");
+    let (mut sender, pw) = join(&s, addr, "sender");
+    distinct(&[ps, pr, pw]);
+    reader.expect("* sender joined");
+    // `slow` never reads again.
+
+    const N: usize = 10_000;
+    let payload = "p".repeat(1000);
+    let writer = std::thread::spawn(move || {
+        let text: String = (0..N).map(|i| format!("{i} {payload}\n")).collect();
+        sender.send(text.as_bytes());
+        sender
+    });
+    let mut left_at = None;
+    let mut next = 0;
+    while next < N {
+        let l = reader.line();
+        if l == "* slow left" {
+            left_at = Some(next);
+            continue;
+        }
+        let (i, rest) = l
+            .strip_prefix("<sender> ")
+            .and_then(|r| r.split_once(' '))
+            .unwrap_or_else(|| panic!("unexpected line {l:?}"));
+        assert_eq!(i.parse::<usize>().unwrap(), next);
+        assert_eq!(rest.len(), 1000);
+        next += 1;
+    }
+    let mut sender = writer.join().unwrap();
+    if left_at.is_none() {
+        reader.expect("* slow left");
+    }
+    s.wait_for_line("name=slow overflow=true");
+    // The stalled member's connection was closed by the server: reading it all ends.
+    let got = slow.read_to_close();
+    assert!(got.len() < N * 1000, "the slow member got everything?");
+    // And the room goes on.
+    sender.send(b"still here\n");
+    reader.expect("<sender> still here");
+    reader.send(b"/who\n");
+    reader.expect("* members (2): reader, sender");
+}
+
+#[test]
+fn the_hub_killed_mid_conversation_recovers_by_itself() {
+    let (s, addr) = start(3, &[]);
+    let (mut a, pa) = join(&s, addr, "anna");
+    let (mut b, pb) = join(&s, addr, "ben");
+    a.expect("* ben joined");
+    let (mut c, pc) = connect(&s, addr);
+    distinct(&[pa, pb, pc]);
+    a.send(b"before\n");
+    b.expect("<anna> before");
+
+    let hub = hub_pid(&s);
+    let mark = s.mark();
+    kill(Pid::from_raw(hub), Signal::SIGKILL).unwrap();
+    let line =
+        &s.wait_for_lines_after(mark, &format!("hub {hub} was killed by SIGKILL"), 1, SOON)[0];
+    assert!(line.contains("restarting"), "{line}");
+    s.wait_for_lines_after(mark, " ready", 1, SOON);
+    // Every worker reconnects; the two with members re-register one name each.
+    s.wait_for_lines_after(mark, "reconnected to the bus hub", 3, SOON);
+    s.wait_for_lines_after(mark, "hub recovered", 1, SOON);
+    assert_ne!(hub_pid(&s), hub);
+
+    // Names stay reserved for connected members.
+    c.send(b"ANNA\n");
+    c.expect("* the name ANNA is taken; try another");
+    c.send(b"cid\n");
+    c.expect_prefix("* you joined as cid");
+    a.expect("* cid joined");
+    b.expect("* cid joined");
+    // The members stayed connected, and lines sent after the recovery are delivered.
+    a.send(b"after\n");
+    b.expect("<anna> after");
+    c.expect("<anna> after");
+    b.send(b"/who\n");
+    b.expect("* members (3): anna, ben, cid");
+    assert!(eventually(SOON, || zombies_of(s.pid).is_empty()));
+}
+
+#[test]
+fn a_wedged_hub_misses_its_heartbeat_and_is_replaced() {
+    let (s, addr) = start(2, &["-t", "2"]);
+    let (mut a, pa) = join(&s, addr, "al");
+    let (mut b, pb) = join(&s, addr, "bo");
+    distinct(&[pa, pb]);
+    a.expect("* bo joined");
+    let hub = hub_pid(&s);
+    let mark = s.mark();
+    // Alive but not serving: only the heartbeat can tell.
+    kill(Pid::from_raw(hub), Signal::SIGSTOP).unwrap();
+    s.wait_for_lines_after(
+        mark,
+        &format!("hub {hub} missed its heartbeat"),
+        1,
+        Duration::from_secs(8),
+    );
+    let line = &s.wait_for_lines_after(mark, &format!("hub {hub} was killed"), 1, SOON)[0];
+    assert!(line.contains("heartbeat timeout"), "{line}");
+    s.wait_for_lines_after(mark, "hub recovered", 1, SOON);
+    a.send(b"after\n");
+    b.expect("<al> after");
+    b.send(b"/who\n");
+    b.expect("* members (2): al, bo");
+}
+
+#[test]
+fn a_dead_worker_s_members_leave_and_free_their_names() {
+    let (s, addr) = start(2, &[]);
+    let (mut a, pa) = join(&s, addr, "ada");
+    let (b, pb) = join(&s, addr, "bea");
+    distinct(&[pa, pb]);
+    a.expect("* bea joined");
+    kill(Pid::from_raw(pb), Signal::SIGKILL).unwrap();
+    // The hub publishes the leave notice the member left with it (its "will").
+    a.expect("* bea left");
+    drop(b);
+    a.send(b"/who\n");
+    a.expect("* members (1): ada");
+}
+
+#[test]
+fn the_hub_runs_only_for_services_that_need_it_and_stops_last() {
+    let (mut s, _addr) = start(2, &[]);
+    let hub = hub_pid(&s);
+    assert_eq!(s.wait_children(3, SOON).len(), 3, "two workers and the hub");
+    assert!(s.children().contains(&hub));
+    s.signal(Signal::SIGTERM);
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success(), "{status:?}");
+    let lines = s.lines();
+    let hub_exit = lines
+        .iter()
+        .position(|l| l.contains(&format!("hub {hub} exited")));
+    let last_worker = lines
+        .iter()
+        .rposition(|l| l.contains("worker ") && l.contains(" exited"));
+    assert!(
+        hub_exit > last_worker && last_worker.is_some(),
+        "the hub must stop after the workers:\n{}",
+        lines.join("\n")
+    );
+    assert!(!alive(hub));
+
+    // echo has no bus: only workers.
+    let e = Oxicorn::start(&["echo", "-w", "2", "-b", "127.0.0.1:0"]);
+    e.wait_ready(1, 2);
+    e.wait_children(2, SOON);
+    assert!(!e.lines().iter().any(|l| l.contains("hub ")));
+}
+
+#[test]
+fn a_graceful_stop_tells_members_and_does_not_wait_for_the_timeout() {
+    let (mut s, addr) = start(2, &["--graceful-timeout", "30"]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (mut b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+    let asked = std::time::Instant::now();
+    s.signal(Signal::SIGTERM);
+    for m in [&mut a, &mut b] {
+        let rest = String::from_utf8_lossy(&m.read_to_close()).into_owned();
+        assert!(
+            rest.ends_with("* the server is restarting or stopping; please reconnect\r\n"),
+            "{rest:?}"
+        );
+    }
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+#[test]
+fn nc_drives_the_chat() {
+    if Command::new("nc").arg("-h").output().is_err() {
+        eprintln!("nc is not installed: skipped");
+        return;
+    }
+    let (s, addr) = start(2, &[]);
+    let (mut watcher, pw) = join(&s, addr, "watcher");
+    // nc -N: half-close when stdin ends, as a user's Ctrl-D; the last line has no newline.
+    let mut nc = Command::new("nc")
+        .args(["-N", "127.0.0.1", &addr.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nc");
+    nc.stdin
+        .take()
+        .unwrap()
+        .write_all(b"netcat\nhello from nc\n/who\nbye without newline")
+        .unwrap();
+    watcher.expect("* netcat joined");
+    watcher.expect("<netcat> hello from nc");
+    watcher.expect("<netcat> bye without newline");
+    watcher.expect("* netcat left");
+    let out = nc.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        format!(
+            "{WELCOME}\r\n* you joined as netcat; /who lists the members, /quit leaves\r\n\
+             * members (2): netcat, watcher\r\n"
+        )
+    );
+    let nc_worker = s
+        .lines()
+        .iter()
+        .find(|l| l.contains("name=netcat"))
+        .map(|l| pid_of_line(l))
+        .unwrap();
+    distinct(&[pw, nc_worker]);
+}
