@@ -1005,3 +1005,50 @@ fn a_file_shorter_than_its_stat_is_never_padded_or_overrun() {
     assert!(head.contains("Content-Length: 4096\r\n"), "{head}");
     assert_eq!(&c.buf[end..], &content[..], "{head}");
 }
+
+#[test]
+fn keep_alive_clients_see_no_error_across_a_reload() {
+    let (dir, _) = site();
+    let (s, addr) = serve(dir, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Back-to-back requests on kept-alive connections; a response saying
+                // `Connection: close` ends one connection cleanly and the next begins. Any
+                // reset or short response panics this thread, failing the test.
+                let mut served = 0u32;
+                let started = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(30)
+                {
+                    let mut c = Conn::open(addr);
+                    loop {
+                        c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+                        let r = c.response(false);
+                        assert_eq!(r.status, 200);
+                        assert_eq!(r.body, b"hello, world\n");
+                        served += 1;
+                        if r.header("Connection") == Some("close")
+                            || stop.load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            break;
+                        }
+                    }
+                }
+                served
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        let mark = s.mark();
+        s.signal(Signal::SIGHUP);
+        s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+        s.wait_for_lines_after(mark, " exited", 1, SOON);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        assert!(c.join().expect("a client saw an error") > 0);
+    }
+}

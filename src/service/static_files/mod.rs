@@ -143,13 +143,25 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -
             } else {
                 cfg.keep_alive
             };
-            let deadline = tokio::time::Instant::now() + wait;
+            let mut deadline = tokio::time::Instant::now() + wait;
+            let mut stop = (!ctx.stop.is_cancelled()).then_some(&ctx.stop);
+            if stop.is_none() {
+                deadline = deadline.min(tokio::time::Instant::now() + STOP_GRACE);
+            }
             loop {
-                match wait_for_request(&stream, deadline, &ctx.stop).await? {
+                match wait_for_request(&stream, deadline, stop).await? {
                     Wake::Readable => {}
-                    // Nothing sent at all (close quietly, as nginx does), or the worker is
-                    // stopping and this connection is idle.
-                    Wake::Timeout | Wake::Stop => return Ok(()),
+                    // Nothing sent at all: close quietly, as nginx does.
+                    Wake::Timeout => return Ok(()),
+                    // The worker is stopping and this connection is idle. Closing it this very
+                    // moment races a request the client may be sending (it would see a reset
+                    // and count a failed request); a short grace lets such a request in, to be
+                    // answered with `Connection: close`, while a truly idle client is closed
+                    // within the grace.
+                    Wake::Stop => {
+                        stop = None;
+                        deadline = deadline.min(tokio::time::Instant::now() + STOP_GRACE);
+                    }
                 }
                 // Take what is there now. Readiness can be stale (set by an earlier read); then
                 // this is Pending, and the wait goes on to the same deadline, so the head's own
@@ -282,6 +294,10 @@ async fn exchange(
     }
 }
 
+/// How long an idle kept-alive connection stays open once a graceful stop begins: long enough
+/// for a request already on its way to arrive (and be answered with `Connection: close`).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why an idle connection woke up.
 enum Wake {
     /// Bytes (or EOF) to read.
@@ -302,10 +318,15 @@ enum Wake {
 async fn wait_for_request(
     stream: &Stream,
     deadline: tokio::time::Instant,
-    stop: &tokio_util::sync::CancellationToken,
+    stop: Option<&tokio_util::sync::CancellationToken>,
 ) -> io::Result<Wake> {
     let sleep = tokio::time::sleep_until(deadline);
-    let cancelled = stop.cancelled();
+    let cancelled = async {
+        match stop {
+            Some(stop) => stop.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(sleep, cancelled);
     std::future::poll_fn(|cx| {
         let ready = match stream {
