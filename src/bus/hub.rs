@@ -70,27 +70,12 @@ pub struct HubBoot {
 /// Runs the hub to completion and returns its exit code. Never returns into the arbiter's
 /// code: the caller exits with the code.
 pub fn run(boot: HubBoot) -> i32 {
-    // As a worker: if the arbiter dies, stop; then close the race where it already has.
-    if let Err(err) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
-        tracing::warn!(cause = %err, "cannot set the parent-death signal");
+    // As a worker: stop if the arbiter dies, and never run without one.
+    match crate::worker::start_child(boot.arbiter, "hub") {
+        crate::worker::ChildStart::Orphaned => 0,
+        crate::worker::ChildStart::Failed => HUB_BOOT_ERROR,
+        crate::worker::ChildStart::Ready(rt) => rt.block_on(serve(boot)),
     }
-    if getppid() != boot.arbiter {
-        return 0;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            tracing::error!(cause = %err, "hub cannot build its runtime");
-            return HUB_BOOT_ERROR;
-        }
-    };
-    std::panic::set_hook(Box::new(|info| {
-        tracing::error!("panic in the hub: {info}");
-    }));
-    rt.block_on(serve(boot))
 }
 
 async fn serve(boot: HubBoot) -> i32 {

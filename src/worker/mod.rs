@@ -64,16 +64,27 @@ pub fn ready_message(pid: u32, slot_number: usize) -> [u8; 8] {
     msg
 }
 
-/// Runs a worker to completion and returns its exit code. Never returns into the arbiter's
-/// code: the caller exits with the code.
-pub fn run(boot: WorkerBoot) -> i32 {
+/// How the start common to every child the arbiter forks (workers, the hub) went.
+pub enum ChildStart {
+    /// The arbiter died before the child got going: exit 0, serve nothing.
+    Orphaned,
+    /// The runtime could not be built (logged): a boot error.
+    Failed,
+    /// Ready to run on this runtime.
+    Ready(tokio::runtime::Runtime),
+}
+
+/// The start every forked child of the arbiter shares: the parent-death signal, the check
+/// that the arbiter is still there, its own runtime (built here, after the fork), and a panic
+/// hook that logs. `what` names the child in messages ("worker", "hub").
+pub fn start_child(arbiter: Pid, what: &'static str) -> ChildStart {
     // If the arbiter dies (even by SIGKILL) the kernel sends us TERM: drain and exit, never
-    // linger as an orphan still accepting. Then close the race where it died before this call.
+    // linger as an orphan. Then close the race where it died before this call.
     if let Err(err) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
         tracing::warn!(cause = %err, "cannot set the parent-death signal");
     }
-    if getppid() != boot.arbiter {
-        return 0;
+    if getppid() != arbiter {
+        return ChildStart::Orphaned;
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -81,16 +92,26 @@ pub fn run(boot: WorkerBoot) -> i32 {
     {
         Ok(rt) => rt,
         Err(err) => {
-            tracing::error!(cause = %err, "worker cannot build its runtime");
-            return WORKER_BOOT_ERROR;
+            tracing::error!(cause = %err, "{what} cannot build its runtime");
+            return ChildStart::Failed;
         }
     };
     // A panic in a connection task is caught by tokio and ends that connection only; log it
     // where the operator looks rather than on a bare stderr.
-    std::panic::set_hook(Box::new(|info| {
-        tracing::error!("panic: {info}");
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("panic in the {what}: {info}");
     }));
-    rt.block_on(serve(boot))
+    ChildStart::Ready(rt)
+}
+
+/// Runs a worker to completion and returns its exit code. Never returns into the arbiter's
+/// code: the caller exits with the code.
+pub fn run(boot: WorkerBoot) -> i32 {
+    match start_child(boot.arbiter, "worker") {
+        ChildStart::Orphaned => 0,
+        ChildStart::Failed => WORKER_BOOT_ERROR,
+        ChildStart::Ready(rt) => rt.block_on(serve(boot)),
+    }
 }
 
 /// The worker's signals, installed before the arbiter's mask is lifted so nothing is lost.
