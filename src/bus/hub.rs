@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::Signal;
-use nix::unistd::{Pid, getppid};
+use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -135,9 +135,9 @@ async fn serve(boot: HubBoot) -> i32 {
     // The heartbeat runs on the hub's only thread: if anything blocks it, the beat stops and
     // the arbiter kills and restarts the hub. It also notices an arbiter that is gone.
     let orphaned = CancellationToken::new();
-    tokio::spawn(heartbeat(
+    tokio::spawn(crate::worker::heartbeat(
         slot,
-        beat_interval(&config),
+        crate::worker::beat_interval(&config),
         arbiter,
         orphaned.clone(),
     ));
@@ -174,7 +174,10 @@ async fn serve(boot: HubBoot) -> i32 {
                 }
             },
             _ = term.recv() => return 0,
-            () = orphaned.cancelled() => return 0,
+            () = orphaned.cancelled() => {
+                tracing::warn!("the arbiter ({arbiter}) is gone: the hub stops");
+                return 0;
+            }
             _ = int.recv() => return 0,
             _ = quit.recv() => return 0,
             _ = usr1.recv() => {
@@ -182,32 +185,6 @@ async fn serve(boot: HubBoot) -> i32 {
                     tracing::error!(cause = %err, "cannot reopen the log file");
                 }
             }
-        }
-    }
-}
-
-/// As a worker's: a quarter of `--timeout`, between 50 ms and 1 s.
-fn beat_interval(config: &Config) -> Duration {
-    let cap = Duration::from_secs(1);
-    config
-        .timeout
-        .map_or(cap, |t| (t / 4).clamp(Duration::from_millis(50), cap))
-}
-
-async fn heartbeat(
-    slot: &'static Slot,
-    every: Duration,
-    arbiter: Pid,
-    orphaned: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        slot.notify();
-        if getppid() != arbiter && !orphaned.is_cancelled() {
-            tracing::warn!("the arbiter ({arbiter}) is gone: the hub stops");
-            orphaned.cancel();
         }
     }
 }

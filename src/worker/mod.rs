@@ -289,16 +289,17 @@ async fn serve(boot: WorkerBoot) -> i32 {
 
 /// Beat often enough that a healthy worker is never near the timeout (gunicorn asks for
 /// `timeout / 2`), and at least once a second so the orphan check stays prompt.
-fn beat_interval(config: &Config) -> Duration {
+pub(crate) fn beat_interval(config: &Config) -> Duration {
     let cap = Duration::from_secs(1);
     config
         .timeout
         .map_or(cap, |t| (t / 4).clamp(Duration::from_millis(50), cap))
 }
 
-/// Marks the slot alive every `every`. It runs on the worker's only thread, so a connection
+/// Marks the slot alive every `every` (workers and the hub), and cancels `orphaned` once the
+/// arbiter is gone. It runs on the child's only thread, so a connection
 /// that blocks the runtime stops the beat too, and the arbiter kills the wedged worker.
-async fn heartbeat(
+pub(crate) async fn heartbeat(
     slot: &'static Slot,
     every: Duration,
     arbiter: Pid,
