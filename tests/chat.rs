@@ -23,24 +23,7 @@ const WELCOME: &str = "* welcome to oxicorn chat; what is your name?";
 
 /// A chat server with `workers` workers, one connection each.
 fn start(workers: usize, extra: &[&str]) -> (Oxicorn, SocketAddr) {
-    let w = workers.to_string();
-    let mut args = vec![
-        "chat",
-        "-w",
-        &w,
-        "--worker-connections",
-        "1",
-        "-b",
-        "127.0.0.1:0",
-        "--log-level",
-        "debug",
-    ];
-    args.extend_from_slice(extra);
-    let s = Oxicorn::start(&args);
-    s.wait_ready(1, workers);
-    hub_pid(&s);
-    let addr = s.tcp_addr();
-    (s, addr)
+    start_line_service("chat", workers, extra)
 }
 
 /// A connected client that got the name prompt, and the worker serving it.

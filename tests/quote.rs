@@ -15,24 +15,7 @@ use nix::unistd::Pid;
 use support::*;
 
 fn start(workers: usize, extra: &[&str]) -> (Oxicorn, SocketAddr) {
-    let w = workers.to_string();
-    let mut args = vec![
-        "quote",
-        "-w",
-        &w,
-        "--worker-connections",
-        "1",
-        "-b",
-        "127.0.0.1:0",
-        "--log-level",
-        "debug",
-    ];
-    args.extend_from_slice(extra);
-    let s = Oxicorn::start(&args);
-    s.wait_ready(1, workers);
-    hub_pid(&s);
-    let addr = s.tcp_addr();
-    (s, addr)
+    start_line_service("quote", workers, extra)
 }
 
 /// Two clients held by two different workers.

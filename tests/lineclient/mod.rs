@@ -178,3 +178,27 @@ pub fn hub_pid(s: &Oxicorn) -> i32 {
         .and_then(|p| p.parse().ok())
         .expect("hub pid")
 }
+
+/// Starts `service` (chat or quote) with `workers` workers holding one connection each (so
+/// every open client is on its own worker), debug logs (to tell which worker serves whom),
+/// and waits for the workers and the hub.
+pub fn start_line_service(service: &str, workers: usize, extra: &[&str]) -> (Oxicorn, SocketAddr) {
+    let w = workers.to_string();
+    let mut args = vec![
+        service,
+        "-w",
+        &w,
+        "--worker-connections",
+        "1",
+        "-b",
+        "127.0.0.1:0",
+        "--log-level",
+        "debug",
+    ];
+    args.extend_from_slice(extra);
+    let s = Oxicorn::start(&args);
+    s.wait_ready(1, workers);
+    hub_pid(&s);
+    let addr = s.tcp_addr();
+    (s, addr)
+}
