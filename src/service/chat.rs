@@ -22,10 +22,13 @@
 //! and through the bus to the other workers, which hand them to their own members. Both paths
 //! keep each sender's order.
 //!
-//! Each member has a bounded outgoing queue ([`MEMBER_QUEUE`] lines) drained by its own writer.
-//! Lines are pushed to it without ever waiting, so a member that stops reading never slows the
-//! sender or anybody else; when its queue overflows it is disconnected with a final notice (if
-//! the socket takes it) and the others see it leave.
+//! Delivery inside a worker goes through the room's *log* ([`Log`]): every line for the
+//! members of this worker is stored once, in order, and each member's writer copies from its
+//! own position in it straight into one write to its socket. A line costs the same whether 3 or
+//! 3,000 members get it; what a member's write costs is one copy of what it has not yet seen.
+//! Lines are appended without ever waiting for anyone, so a member that stops reading never
+//! slows the sender or anybody else; a member more than [`MEMBER_BACKLOG`] bytes behind is
+//! disconnected with a final notice (if the socket takes it) and the others see it leave.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -44,7 +47,8 @@ use super::{ConnContext, idle};
 use crate::bus::{Bus, BusError};
 use crate::net::Stream;
 
-/// The bus topic chat lines travel on.
+/// The bus topic chat lines travel on. A payload on it is one or more whole lines (the bus may
+/// hand several publications over as one), appended to the room's log as they are.
 pub const TOPIC: &str = "chat";
 
 /// Prefix of the reserved names on the bus.
@@ -53,10 +57,14 @@ const KEY_PREFIX: &str = "chat:";
 /// The longest name, in characters.
 pub const MAX_NAME: usize = 32;
 
-/// Lines waiting for one member before it counts as not reading and is disconnected. With a
-/// few hundred bytes a line that is well under a megabyte per member, on top of what its
-/// socket buffers hold.
-pub const MEMBER_QUEUE: usize = 1024;
+/// How far (in bytes of room traffic) a member may fall behind the room before it counts as not
+/// reading and is disconnected; on top of what its socket buffers hold. This is also about the
+/// most the log of one worker holds, however many members are slow: the log is shared.
+pub const MEMBER_BACKLOG: u64 = 1024 * 1024;
+
+/// Replies to one member alone (answers to its commands) that may wait for it; a member that
+/// sends `/who` again and again without reading is disconnected past this.
+const MEMBER_REPLIES: usize = 256;
 
 /// How long the final notice to a dropped member may take to write: it is sent only if its
 /// socket has room ("if it can be written").
@@ -65,10 +73,11 @@ const NOTICE_TIMEOUT: Duration = Duration::from_millis(100);
 /// After a member leaves, how long its writer may take to flush what is queued for it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bytes gathered for one write to a member's socket (then more lines wait for the next
-/// write). One write per line would make each delivery a system call; the benchmark's
-/// throughput comes mostly from batching here.
+/// Bytes gathered for one write to a member's socket (then the writer comes back for more).
 const BATCH_BYTES: usize = 64 * 1024;
+
+/// The log's unit of allocation: lines are appended to the newest chunk while they fit.
+const CHUNK: usize = 64 * 1024;
 
 /// Why a member was disconnected by the server.
 const KICK_OVERFLOW: u8 = 1;
@@ -77,7 +86,8 @@ const KICK_LOST: u8 = 2;
 /// Asks a member's writer to stop, and says why.
 #[derive(Default)]
 struct Kick {
-    /// Cancelled by whoever drops the member (the fan-out on overflow, the bus on a lost name).
+    /// Cancelled by whoever drops the member (the log when it is too far behind, the bus on a
+    /// lost name).
     token: CancellationToken,
     /// [`KICK_OVERFLOW`] or [`KICK_LOST`]; set before the token is cancelled.
     reason: AtomicU8,
@@ -92,115 +102,271 @@ impl Kick {
     }
 }
 
-/// The queue full: the member is not reading.
-struct Full;
-
-/// A member's outgoing lines: bounded ([`MEMBER_QUEUE`]), filled without ever waiting, drained
-/// by the member's writer.
+/// The room's traffic in this worker, stored once in delivery order: lines from this worker's
+/// members and from the other workers (through the bus). Positions are byte offsets from the
+/// worker's start, so they only grow; each member's writer keeps its own.
 ///
-/// Why not a `tokio::sync::mpsc` channel: every line to every member went through its
-/// semaphore, list and waker, which the benchmark's profile showed as the largest cost of a
-/// delivery. Here a push is an uncontended lock and a `VecDeque` push, and the writer is woken
-/// only when the queue goes from empty to not empty (it drains everything it finds).
+/// Why not a queue per member (the first design): a line for 1,000 members was 1,000 queue
+/// pushes, each a reference count and a lock, and the benchmark's profile was dominated by
+/// them. Here a line is one copy into the newest chunk, and a member's writer copies a run of
+/// lines at once.
 #[derive(Default)]
-struct Outbox {
-    state: Mutex<OutboxState>,
-    /// Wakes the writer: lines arrived in an empty queue, or the queue was closed.
-    ready: Notify,
+struct Log {
+    /// Whole lines (a line never straddles two chunks); `chunks[0]` starts at `base`.
+    chunks: VecDeque<Vec<u8>>,
+    /// Offset of the first byte still kept.
+    base: u64,
+    /// Offset just past the last byte appended.
+    head: u64,
+    /// A chunk every reader has passed, kept for the next one instead of a new allocation.
+    spare: Option<Vec<u8>>,
 }
 
-#[derive(Default)]
-struct OutboxState {
-    lines: VecDeque<Bytes>,
-    /// Closed by the member's task when it is done: the writer sends what is left, then
-    /// shuts the socket's write side.
-    closed: bool,
-}
-
-impl Outbox {
-    fn state(&self) -> MutexGuard<'_, OutboxState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+impl Log {
+    /// Appends `bytes` (whole lines) and returns where they start. True in the second place
+    /// when a new chunk was started: the caller then trims what nobody needs any more.
+    fn append(&mut self, bytes: &[u8]) -> (u64, bool) {
+        let start = self.head;
+        self.head += bytes.len() as u64;
+        if let Some(last) = self.chunks.back_mut()
+            && last.capacity() - last.len() >= bytes.len()
+        {
+            last.extend_from_slice(bytes);
+            return (start, false);
+        }
+        let mut chunk = match self.spare.take() {
+            Some(c) if c.capacity() >= bytes.len() => c,
+            _ => Vec::with_capacity(CHUNK.max(bytes.len())),
+        };
+        chunk.extend_from_slice(bytes);
+        if self.chunks.is_empty() {
+            self.base = start;
+        }
+        self.chunks.push_back(chunk);
+        (start, true)
     }
 
-    /// Queues a line; [`Full`] when [`MEMBER_QUEUE`] lines are already waiting.
-    fn push(&self, line: Bytes) -> Result<(), Full> {
-        let mut st = self.state();
-        if st.closed {
-            return Ok(());
-        }
-        if st.lines.len() >= MEMBER_QUEUE {
-            return Err(Full);
-        }
-        let was_empty = st.lines.is_empty();
-        st.lines.push_back(line);
-        drop(st);
-        if was_empty {
-            // Stores a permit if the writer is not waiting yet, so the wake-up is not lost.
-            self.ready.notify_one();
-        }
-        Ok(())
-    }
-
-    fn close(&self) {
-        self.state().closed = true;
-        self.ready.notify_one();
-    }
-
-    /// Appends waiting lines to `buf` (about [`BATCH_BYTES`] at most), waiting for one if
-    /// there is none. False once the queue is closed and empty.
-    async fn take(&self, buf: &mut BytesMut) -> bool {
-        loop {
-            {
-                let mut st = self.state();
-                while let Some(line) = st.lines.front() {
-                    if !buf.is_empty() && buf.len() + line.len() > BATCH_BYTES {
-                        break;
-                    }
-                    buf.extend_from_slice(line);
-                    st.lines.pop_front();
-                }
-                if !buf.is_empty() {
-                    return true;
-                }
-                if st.closed {
-                    return false;
+    /// Appends the bytes from `from` to `to` to `buf`.
+    fn copy(&self, mut from: u64, to: u64, buf: &mut BytesMut) {
+        let mut at = self.base;
+        for chunk in &self.chunks {
+            let end = at + chunk.len() as u64;
+            if from < end {
+                let lo = (from - at) as usize;
+                let hi = (to.min(end) - at) as usize;
+                buf.extend_from_slice(&chunk[lo..hi]);
+                from = to.min(end);
+                if from == to {
+                    return;
                 }
             }
-            self.ready.notified().await;
+            at = end;
+        }
+        debug_assert!(from == to, "read past the log's head");
+    }
+
+    /// Drops the chunks wholly before `needed` (but never the newest, still being filled).
+    fn trim(&mut self, needed: u64) {
+        while self.chunks.len() > 1 {
+            let first = self.chunks[0].len() as u64;
+            if self.base + first > needed {
+                break;
+            }
+            let mut chunk = self.chunks.pop_front().unwrap_or_default();
+            self.base += first;
+            if chunk.capacity() == CHUNK {
+                chunk.clear();
+                self.spare = Some(chunk);
+            }
         }
     }
 }
 
-/// A joined member of this worker, as the fan-out sees it.
+/// One connection of this worker, as the room sees it.
 struct Member {
-    /// Its queue, shared with its own task (replies) and writer. The room's handle is
-    /// dropped when the member leaves.
-    outbox: Arc<Outbox>,
+    /// Where its writer is in the log; `None` until it joins (before that it gets its replies
+    /// only).
+    cursor: Option<u64>,
+    /// Set when it leaves: the log is sent up to here, and no further.
+    until: Option<u64>,
+    /// Its own lines in the log (start, end), which its writer skips.
+    own: VecDeque<(u64, u64)>,
+    /// Lines for it alone, each due once the log is sent up to the offset beside it, so a
+    /// reply lands after what the room said before it.
+    replies: VecDeque<(u64, Bytes)>,
+    /// Its writer is waiting on `ready` (and is in the room's `waiting` list).
+    waiting: bool,
+    /// No more replies: the writer sends what is due, then shuts the socket's write side.
+    closed: bool,
+    /// Dropped by the server: the log no longer keeps lines for it.
+    kicked: bool,
     kick: Arc<Kick>,
+    /// Wakes its writer: something to send, or closed.
+    ready: Arc<Notify>,
 }
 
-/// This worker's members.
+impl Member {
+    /// Whether the log must keep the bytes at its cursor.
+    fn reading(&self) -> Option<u64> {
+        let c = self.cursor?;
+        (!self.kicked && self.until.is_none_or(|u| c < u)).then_some(c)
+    }
+
+    /// Appends what is due for this member to `buf` (about [`BATCH_BYTES`] at most): the log
+    /// from its cursor, minus its own lines, with its replies in their places.
+    fn gather(&mut self, log: &Log, buf: &mut BytesMut) {
+        while buf.len() < BATCH_BYTES {
+            let end = match self.cursor {
+                Some(c) => self.until.unwrap_or(log.head).min(log.head).max(c),
+                None => 0,
+            };
+            if let Some(&(at, _)) = self.replies.front()
+                && self.cursor.is_none_or(|c| c >= at || c >= end)
+            {
+                if let Some((_, reply)) = self.replies.pop_front() {
+                    buf.extend_from_slice(&reply);
+                }
+                continue;
+            }
+            let Some(c) = self.cursor else {
+                return;
+            };
+            let mut stop = end;
+            if let Some(&(at, _)) = self.replies.front() {
+                stop = stop.min(at);
+            }
+            if let Some(&(s, e)) = self.own.front() {
+                if s <= c {
+                    self.cursor = Some(c.max(e));
+                    self.own.pop_front();
+                    continue;
+                }
+                stop = stop.min(s);
+            }
+            if c >= stop {
+                return;
+            }
+            let to = stop.min(c + (BATCH_BYTES - buf.len()) as u64);
+            log.copy(c, to, buf);
+            self.cursor = Some(to);
+        }
+    }
+
+    fn wake(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.ready.notify_one();
+        }
+    }
+}
+
+/// This worker's room: the log and every connection.
+#[derive(Default)]
+struct RoomState {
+    log: Log,
+    members: HashMap<u64, Member>,
+    /// Members whose writers wait for the log to grow.
+    waiting: Vec<u64>,
+}
+
+/// Behind a `std::sync::Mutex`: held for a few copies, never across an `.await`, and the
+/// worker's runtime has one thread (mini-redis `db.rs` makes the same choice).
 #[derive(Default)]
 struct Room {
-    members: Mutex<HashMap<u64, Member>>,
+    state: Mutex<RoomState>,
 }
 
 impl Room {
-    fn members(&self) -> MutexGuard<'_, HashMap<u64, Member>> {
-        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, RoomState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `line` for every member but `except`; a member whose queue is full is kicked,
-    /// never waited for. Called by the member tasks of this worker and by the bus's receive
-    /// task (the other workers' lines).
-    fn deliver(&self, except: Option<u64>, line: &Bytes) {
-        for (id, m) in self.members().iter() {
-            if Some(*id) == except {
-                continue;
+    /// Appends `lines` for every joined member but `from` (its own lines). Never waits: a
+    /// member that is too far behind is dropped instead. Called by the member tasks of this
+    /// worker and by the bus's receive task (the other workers' lines).
+    fn append(&self, from: Option<u64>, lines: &[u8]) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let (start, new_chunk) = st.log.append(lines);
+        if let Some(m) = from.and_then(|id| st.members.get_mut(&id)) {
+            m.own.push_back((start, st.log.head));
+        }
+        if new_chunk {
+            let head = st.log.head;
+            let mut needed = head;
+            for m in st.members.values_mut() {
+                let Some(c) = m.reading() else { continue };
+                if head - c > MEMBER_BACKLOG {
+                    m.kicked = true;
+                    m.kick.kick(KICK_OVERFLOW);
+                } else {
+                    needed = needed.min(c);
+                }
             }
-            if m.outbox.push(line.clone()).is_err() {
-                m.kick.kick(KICK_OVERFLOW);
+            st.log.trim(needed);
+        }
+        for id in std::mem::take(&mut st.waiting) {
+            if let Some(m) = st.members.get_mut(&id) {
+                m.wake();
             }
+        }
+    }
+
+    /// Queues a line for member `id` alone, after what the room said so far.
+    fn reply(&self, id: u64, line: Bytes) {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let head = st.log.head;
+        let Some(m) = st.members.get_mut(&id) else {
+            return;
+        };
+        if m.closed {
+            return;
+        }
+        if m.replies.len() >= MEMBER_REPLIES {
+            m.kicked = true;
+            m.kick.kick(KICK_OVERFLOW);
+            return;
+        }
+        m.replies.push_back((head, line));
+        m.wake();
+    }
+
+    /// Member `id` starts reading the room from now on.
+    fn join(&self, id: u64) {
+        let mut st = self.state();
+        let head = st.log.head;
+        if let Some(m) = st.members.get_mut(&id) {
+            m.cursor = Some(head);
+        }
+    }
+
+    /// Member `id` reads nothing the room says from now on.
+    fn stop_reading(&self, id: u64) {
+        let mut st = self.state();
+        let head = st.log.head;
+        if let Some(m) = st.members.get_mut(&id)
+            && m.until.is_none()
+        {
+            m.until = Some(head);
+        }
+    }
+
+    /// Member `id` gets no more replies: its writer finishes what is due.
+    fn close(&self, id: u64) {
+        if let Some(m) = self.state().members.get_mut(&id) {
+            m.closed = true;
+            m.ready.notify_one();
+        }
+    }
+
+    fn kick(&self, id: u64, reason: u8) {
+        if let Some(m) = self.state().members.get_mut(&id) {
+            m.kicked = true;
+            m.kick.kick(reason);
         }
     }
 }
@@ -233,13 +399,9 @@ impl Chat {
     pub fn new(bus: Bus, max_line: usize) -> Chat {
         let room = Arc::new(Room::default());
         let r = Arc::clone(&room);
-        bus.subscribe(TOPIC, Arc::new(move |line| r.deliver(None, &line)));
+        bus.subscribe(TOPIC, Arc::new(move |lines| r.append(None, &lines)));
         let r = Arc::clone(&room);
-        bus.on_lost(Arc::new(move |holder| {
-            if let Some(m) = r.members().get(&holder) {
-                m.kick.kick(KICK_LOST);
-            }
-        }));
+        bus.on_lost(Arc::new(move |holder| r.kick(holder, KICK_LOST)));
         Chat {
             bus,
             room,
@@ -256,18 +418,29 @@ impl Chat {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(peer = %ctx.peer, member = id, "chat connection");
         let (rd, wr) = tokio::io::split(stream);
-        // The member's queue: used here for its own replies, shared with the room when it
-        // joins, drained by the writer; closed below when the member is done.
-        let outbox = Arc::new(Outbox::default());
-        let tx = &outbox;
         let kick = Arc::new(Kick::default());
-        let writer = write_loop(wr, Arc::clone(&outbox), Arc::clone(&kick));
+        let ready = Arc::new(Notify::new());
+        self.room.state().members.insert(
+            id,
+            Member {
+                cursor: None,
+                until: None,
+                own: VecDeque::new(),
+                replies: VecDeque::new(),
+                waiting: false,
+                closed: false,
+                kicked: false,
+                kick: Arc::clone(&kick),
+                ready: Arc::clone(&ready),
+            },
+        );
+        let writer = write_loop(wr, Arc::clone(&self.room), id, kick.clone(), ready);
         tokio::pin!(writer);
 
         let mut joined = None;
         let mut writer_done = false;
         let result = {
-            let session = self.session(id, rd, tx, &kick, ctx, &mut joined);
+            let session = self.session(id, rd, ctx, &mut joined);
             tokio::select! {
                 r = session => r,
                 () = &mut writer => {
@@ -279,24 +452,29 @@ impl Chat {
         if let Some(j) = joined {
             self.leave(id, j, kick.reason.load(Ordering::SeqCst)).await;
         }
-        outbox.close();
+        self.room.close(id);
         if !writer_done {
             // Let the writer flush the member's last lines (`* bye`), but not forever.
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
         }
+        self.room.state().members.remove(&id);
         result
     }
 
     /// Queues a reply to this member; a member too far behind to take it is kicked.
-    fn reply(tx: &Outbox, kick: &Kick, line: impl Into<Bytes>) {
-        if tx.push(line.into()).is_err() {
-            kick.kick(KICK_OVERFLOW);
-        }
+    fn reply(&self, id: u64, line: impl Into<Bytes>) {
+        self.room.reply(id, line.into());
+    }
+
+    /// The last line this member gets: nothing the room says after it is sent to it.
+    fn last_word(&self, id: u64, line: &'static str) {
+        self.room.stop_reading(id);
+        self.reply(id, line);
     }
 
     /// Sends `line` to every other member: this worker's directly, the rest through the bus.
     async fn broadcast(&self, from: u64, line: Bytes) {
-        self.room.deliver(Some(from), &line);
+        self.room.append(Some(from), &line);
         self.bus.publish(TOPIC, line).await;
     }
 
@@ -305,16 +483,10 @@ impl Chat {
         &self,
         id: u64,
         rd: tokio::io::ReadHalf<Stream>,
-        tx: &Arc<Outbox>,
-        kick: &Arc<Kick>,
         ctx: &ConnContext,
         joined: &mut Option<Joined>,
     ) -> io::Result<()> {
-        Self::reply(
-            tx,
-            kick,
-            "* welcome to oxicorn chat; what is your name?\r\n",
-        );
+        self.reply(id, "* welcome to oxicorn chat; what is your name?\r\n");
         let mut lines = LineReader::new(rd, self.max_line);
         loop {
             let line = tokio::select! {
@@ -323,10 +495,7 @@ impl Chat {
                 // finishes by itself, so end it now (the others see a leave notice) rather
                 // than hold the worker until the graceful timeout cuts it.
                 () = ctx.stop.cancelled() => {
-                    Self::reply(
-                        tx,
-                        kick,
-                        "* the server is restarting or stopping; please reconnect\r\n",
+                    self.last_word(id, "* the server is restarting or stopping; please reconnect\r\n",
                     );
                     return Ok(());
                 }
@@ -338,14 +507,14 @@ impl Chat {
                         "* line too long (more than {} bytes): discarded\r\n",
                         self.max_line
                     );
-                    Self::reply(tx, kick, msg);
+                    self.reply(id, msg);
                     continue;
                 }
                 Some(Line::Text(bytes)) => bytes,
             };
             match joined {
                 None => {
-                    if let Some(j) = self.choose_name(id, &bytes, tx, kick).await {
+                    if let Some(j) = self.choose_name(id, &bytes).await {
                         tracing::debug!(peer = %ctx.peer, member = id, name = %j.name, "chat member joined");
                         let notice = Bytes::from(format!("* {} joined\r\n", j.name));
                         let welcome = format!(
@@ -361,11 +530,11 @@ impl Chat {
                         // If the bus is away the member joins anyway; the notice follows.
                         self.broadcast(id, notice).await;
                         let _ = self.bus.sync().await;
-                        Self::reply(tx, kick, welcome);
+                        self.reply(id, welcome);
                     }
                 }
                 Some(j) => {
-                    if !self.said(id, j, &bytes, tx, kick).await {
+                    if !self.said(id, j, &bytes).await {
                         return Ok(());
                     }
                 }
@@ -374,22 +543,16 @@ impl Chat {
     }
 
     /// The first lines: a name, until one is valid and free.
-    async fn choose_name(
-        &self,
-        id: u64,
-        line: &[u8],
-        tx: &Arc<Outbox>,
-        kick: &Arc<Kick>,
-    ) -> Option<Joined> {
+    async fn choose_name(&self, id: u64, line: &[u8]) -> Option<Joined> {
         let name = match std::str::from_utf8(line) {
             Ok(s) => s.trim(),
             Err(_) => {
-                Self::reply(tx, kick, "* a name must be valid UTF-8; try again\r\n");
+                self.reply(id, "* a name must be valid UTF-8; try again\r\n");
                 return None;
             }
         };
         if let Err(why) = check_name(name) {
-            Self::reply(tx, kick, format!("* invalid name: {why}; try again\r\n"));
+            self.reply(id, format!("* invalid name: {why}; try again\r\n"));
             return None;
         }
         let key = format!("{KEY_PREFIX}{}", name.to_lowercase());
@@ -399,29 +562,18 @@ impl Chat {
         match self.bus.reserve(&key, id, value, Some(will)).await {
             Ok(true) => {}
             Ok(false) => {
-                Self::reply(
-                    tx,
-                    kick,
-                    format!("* the name {name} is taken; try another\r\n"),
-                );
+                self.reply(id, format!("* the name {name} is taken; try another\r\n"));
                 return None;
             }
             Err(BusError::Unavailable) => {
-                Self::reply(
-                    tx,
-                    kick,
+                self.reply(
+                    id,
                     "* names cannot be checked right now; try again in a moment\r\n",
                 );
                 return None;
             }
         }
-        self.room.members().insert(
-            id,
-            Member {
-                outbox: Arc::clone(tx),
-                kick: Arc::clone(kick),
-            },
-        );
+        self.room.join(id);
         Some(Joined {
             name: name.to_string(),
             key,
@@ -429,19 +581,12 @@ impl Chat {
     }
 
     /// A line from a member: a command or a message. False when the member quits.
-    async fn said(
-        &self,
-        id: u64,
-        j: &Joined,
-        line: &[u8],
-        tx: &Arc<Outbox>,
-        kick: &Arc<Kick>,
-    ) -> bool {
+    async fn said(&self, id: u64, j: &Joined, line: &[u8]) -> bool {
         if line.first() == Some(&b'/') {
             let command = String::from_utf8_lossy(line);
             match command.trim().to_ascii_lowercase().as_str() {
                 "/quit" => {
-                    Self::reply(tx, kick, "* bye\r\n");
+                    self.last_word(id, "* bye\r\n");
                     return false;
                 }
                 "/who" => {
@@ -458,13 +603,12 @@ impl Chat {
                             "* the member list is unavailable right now; try again\r\n".into()
                         }
                     };
-                    Self::reply(tx, kick, reply);
+                    self.reply(id, reply);
                 }
                 _ => {
                     let shown = clean(line);
-                    Self::reply(
-                        tx,
-                        kick,
+                    self.reply(
+                        id,
                         format!("* unknown command {shown}: try /who or /quit\r\n"),
                     );
                 }
@@ -488,7 +632,7 @@ impl Chat {
     /// The member is gone: the others are told, then the name is freed. A member whose name
     /// was lost (see [`KICK_LOST`]) no longer owns it: nothing to announce or free.
     async fn leave(&self, id: u64, j: Joined, reason: u8) {
-        self.room.members().remove(&id);
+        self.room.stop_reading(id);
         if reason == KICK_LOST {
             return;
         }
@@ -526,27 +670,50 @@ pub fn clean(line: &[u8]) -> String {
         .collect()
 }
 
-/// Drains a member's queue into its socket, batching what is waiting, until the queue closes
-/// (the member left: the socket's write side is shut) or the member is kicked (a final notice
-/// if the socket takes it).
-async fn write_loop(mut wr: WriteHalf<Stream>, outbox: Arc<Outbox>, kick: Arc<Kick>) {
-    let mut buf = BytesMut::new();
-    let mut partial = false;
+/// Sends member `id` what is due for it ([`Member::gather`]), one batch per write, until it is
+/// closed and everything due is sent (then the socket's write side is shut) or it is kicked (a
+/// final notice, if the socket takes it).
+async fn write_loop(
+    mut wr: WriteHalf<Stream>,
+    room: Arc<Room>,
+    id: u64,
+    kick: Arc<Kick>,
+    ready: Arc<Notify>,
+) {
+    let mut buf = BytesMut::with_capacity(BATCH_BYTES);
+    // Whether the last byte written ended a line: the final notice must start on its own.
+    let mut at_line_start = true;
     loop {
         buf.clear();
-        let more = tokio::select! {
-            biased;
-            () = kick.token.cancelled() => break,
-            more = outbox.take(&mut buf) => more,
+        let closed = {
+            let mut guard = room.state();
+            let st = &mut *guard;
+            let Some(m) = st.members.get_mut(&id) else {
+                return;
+            };
+            m.gather(&st.log, &mut buf);
+            if buf.is_empty() && !m.closed && !m.waiting {
+                m.waiting = true;
+                st.waiting.push(id);
+            }
+            m.closed
         };
-        if !more {
-            let _ = wr.shutdown().await;
-            return;
+        if buf.is_empty() {
+            if closed {
+                let _ = wr.shutdown().await;
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = kick.token.cancelled() => break,
+                () = ready.notified() => continue,
+            }
         }
         let written = tokio::select! {
             biased;
             () = kick.token.cancelled() => {
-                partial = true;
+                // The batch may have gone out in part: assume it did not end a line.
+                at_line_start = false;
                 break;
             }
             r = wr.write_all(&buf) => r,
@@ -554,13 +721,14 @@ async fn write_loop(mut wr: WriteHalf<Stream>, outbox: Arc<Outbox>, kick: Arc<Ki
         if written.is_err() {
             return;
         }
+        at_line_start = buf.ends_with(b"\n");
     }
     let notice: &[u8] = match kick.reason.load(Ordering::SeqCst) {
         KICK_LOST => b"* your name was taken while the server recovered; please reconnect\r\n",
         _ => b"* you are not reading fast enough: disconnected\r\n",
     };
     let _ = tokio::time::timeout(NOTICE_TIMEOUT, async {
-        if partial {
+        if !at_line_start {
             wr.write_all(b"\r\n").await?;
         }
         wr.write_all(notice).await?;
@@ -595,5 +763,128 @@ mod tests {
         assert_eq!(clean(b"a\tb"), "a\tb");
         assert_eq!(clean(b"a\x07b\x1b[2Jc\x7f"), "ab[2Jc");
         assert_eq!(clean(b"caf\xc3\xa9 \xff!"), "café \u{fffd}!");
+    }
+
+    fn member(cursor: Option<u64>) -> Member {
+        Member {
+            cursor,
+            until: None,
+            own: VecDeque::new(),
+            replies: VecDeque::new(),
+            waiting: false,
+            closed: false,
+            kicked: false,
+            kick: Arc::default(),
+            ready: Arc::default(),
+        }
+    }
+
+    fn gathered(m: &mut Member, log: &Log) -> String {
+        let mut buf = BytesMut::new();
+        m.gather(log, &mut buf);
+        String::from_utf8(buf.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_member_gets_the_log_from_where_it_joined_without_its_own_lines() {
+        let room = Room::default();
+        for id in [1, 2] {
+            room.state().members.insert(id, member(None));
+        }
+        room.append(None, b"before\r\n");
+        room.join(1);
+        room.reply(1, Bytes::from_static(b"* joined\r\n"));
+        room.append(Some(2), b"<two> hi\r\n");
+        room.append(Some(1), b"<one> mine\r\n");
+        room.reply(1, Bytes::from_static(b"* reply\r\n"));
+        room.append(None, b"<far> x\r\n");
+        let mut st = room.state();
+        let st = &mut *st;
+        let m = st.members.get_mut(&1).unwrap();
+        assert_eq!(
+            gathered(m, &st.log),
+            "* joined\r\n<two> hi\r\n* reply\r\n<far> x\r\n"
+        );
+        assert_eq!(gathered(m, &st.log), "");
+        // Member 2 never joined: the room's lines are not for it.
+        let m = st.members.get_mut(&2).unwrap();
+        assert_eq!(gathered(m, &st.log), "");
+    }
+
+    #[test]
+    fn a_member_that_stopped_reading_gets_its_last_word_last() {
+        let room = Room::default();
+        room.state().members.insert(1, member(None));
+        room.join(1);
+        room.append(None, b"a\r\n");
+        room.stop_reading(1);
+        room.reply(1, Bytes::from_static(b"* bye\r\n"));
+        room.append(None, b"b\r\n");
+        let mut st = room.state();
+        let st = &mut *st;
+        let m = st.members.get_mut(&1).unwrap();
+        assert_eq!(gathered(m, &st.log), "a\r\n* bye\r\n");
+    }
+
+    #[test]
+    fn the_log_spans_chunks_and_drops_what_everyone_has_read() {
+        let room = Room::default();
+        for id in [1, 2] {
+            room.state().members.insert(id, member(None));
+            room.join(id);
+        }
+        let line = format!("{}\r\n", "x".repeat(998));
+        for _ in 0..200 {
+            room.append(None, line.as_bytes());
+        }
+        let mut st = room.state();
+        let st = &mut *st;
+        assert!(st.log.chunks.len() > 3);
+        let m = st.members.get_mut(&1).unwrap();
+        let mut all = String::new();
+        loop {
+            let got = gathered(m, &st.log);
+            if got.is_empty() {
+                break;
+            }
+            assert!(got.len() <= BATCH_BYTES);
+            all.push_str(&got);
+        }
+        assert_eq!(all, line.repeat(200));
+        // Member 2 has read nothing: everything is kept for it.
+        st.log.trim(0);
+        assert_eq!(st.log.base, 0);
+        st.members.get_mut(&2).unwrap().cursor = Some(st.log.head);
+        st.log.trim(st.log.head);
+        assert_eq!(st.log.chunks.len(), 1, "the newest chunk stays");
+    }
+
+    #[test]
+    fn a_member_too_far_behind_is_kicked_and_no_longer_holds_the_log() {
+        let room = Room::default();
+        for id in [1, 2] {
+            room.state().members.insert(id, member(None));
+            room.join(id);
+        }
+        let line = format!("{}\r\n", "y".repeat(1022));
+        let mut sent = 0u64;
+        while sent <= MEMBER_BACKLOG + 2 * CHUNK as u64 {
+            room.append(None, line.as_bytes());
+            sent += line.len() as u64;
+            // Member 1 keeps up.
+            let mut st = room.state();
+            let st = &mut *st;
+            let m = st.members.get_mut(&1).unwrap();
+            while !gathered(m, &st.log).is_empty() {}
+        }
+        let st = room.state();
+        let slow = &st.members[&2];
+        assert!(slow.kicked && slow.kick.token.is_cancelled());
+        assert_eq!(slow.kick.reason.load(Ordering::SeqCst), KICK_OVERFLOW);
+        assert!(!st.members[&1].kicked);
+        assert!(
+            st.log.head - st.log.base <= 2 * CHUNK as u64,
+            "the log was trimmed"
+        );
     }
 }
