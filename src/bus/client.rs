@@ -27,6 +27,9 @@ const UP_QUEUE: usize = 16 * 1024;
 /// Frames written to the socket in one batch at most (one `write` for many small frames).
 const BATCH: usize = 256;
 
+/// The largest payload [`coalesce`] makes out of several publications.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 /// Reconnect back-off: from the first value, doubling, to the second.
 /// The cap is low because an attempt costs one refused `connect` on an abstract socket, and a
 /// restarted hub waits for every worker to come back before it grants new names.
@@ -339,7 +342,7 @@ async fn session(
                     }
                 }
             }
-            for m in batch {
+            for m in coalesce(batch) {
                 codec.encode(m.encode(), &mut buf)?;
             }
             wr.write_all(&buf).await?;
@@ -365,6 +368,44 @@ async fn session(
         r = writer => r,
         r = reader => r,
     }
+}
+
+/// Merges runs of publications on one topic into one (payloads concatenated, at most
+/// [`COALESCE_BYTES`]), keeping every other message and the order: the hub then handles one
+/// frame where it had dozens, which is most of its work under a chat burst. A topic is a
+/// stream of payloads, and a subscriber may get several in one call (see [`super::Bus::publish`]).
+fn coalesce(batch: Vec<Up>) -> Vec<Up> {
+    let mut out: Vec<Up> = Vec::with_capacity(batch.len());
+    let mut run: Option<(String, BytesMut)> = None;
+    let flush = |run: &mut Option<(String, BytesMut)>, out: &mut Vec<Up>| {
+        if let Some((topic, payload)) = run.take() {
+            out.push(Up::Publish {
+                topic,
+                payload: payload.freeze(),
+            });
+        }
+    };
+    for m in batch {
+        match m {
+            Up::Publish { topic, payload } => {
+                if let Some((t, p)) = &mut run
+                    && *t == topic
+                    && p.len() + payload.len() <= COALESCE_BYTES
+                {
+                    p.extend_from_slice(&payload);
+                    continue;
+                }
+                flush(&mut run, &mut out);
+                run = Some((topic, BytesMut::from(&payload[..])));
+            }
+            other => {
+                flush(&mut run, &mut out);
+                out.push(other);
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// Acts on one frame from the hub.
@@ -439,5 +480,56 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
                 h(holder);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(topic: &str, payload: &'static [u8]) -> Up {
+        Up::Publish {
+            topic: topic.into(),
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn runs_of_publications_on_one_topic_become_one_in_order() {
+        let batch = vec![
+            publish("chat", b"a\r\n"),
+            publish("chat", b"b\r\n"),
+            Up::Sync { req: 1 },
+            publish("chat", b"c\r\n"),
+            publish("other", b"x"),
+            publish("chat", b"d\r\n"),
+        ];
+        assert_eq!(
+            coalesce(batch),
+            vec![
+                publish("chat", b"a\r\nb\r\n"),
+                Up::Sync { req: 1 },
+                publish("chat", b"c\r\n"),
+                publish("other", b"x"),
+                publish("chat", b"d\r\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_coalesced_payload_stays_under_the_cap() {
+        static LINE: [u8; 1000] = [b'x'; 1000];
+        let batch = (0..200).map(|_| publish("chat", &LINE)).collect();
+        let out = coalesce(batch);
+        assert!(out.len() > 1);
+        let mut total = 0;
+        for m in out {
+            let Up::Publish { payload, .. } = m else {
+                panic!("only publications")
+            };
+            assert!(payload.len() <= COALESCE_BYTES);
+            total += payload.len();
+        }
+        assert_eq!(total, 200 * 1000);
     }
 }

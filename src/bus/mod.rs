@@ -44,9 +44,9 @@ pub const MAX_FRAME: usize = 4 * crate::config::MAX_MAX_LINE;
 /// before the service is told the bus is unavailable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Called with each payload published on a subscribed topic by another worker. Runs on the
-/// bus's receive task: it must not block (chat hands the line to bounded queues with
-/// `try_send`).
+/// Called with what another worker published on a subscribed topic: one payload or several
+/// concatenated (see [`Bus::publish`]). Runs on the bus's receive task: it must not block
+/// (chat appends the lines to its room's log, which never waits).
 pub type Handler = Arc<dyn Fn(Bytes) + Send + Sync>;
 
 /// Called when a name held by `holder` was lost (after a hub restart, another worker's member
@@ -97,6 +97,10 @@ impl Bus {
     /// Sends `payload` to every subscriber of `topic` in the *other* workers, in the order this
     /// worker published. Delivery inside this worker is the caller's job (it is faster, and
     /// goes on while the hub is away). Waits only when the queue to the hub is full.
+    ///
+    /// A topic is a stream: payloads published in quick succession may reach a subscriber
+    /// concatenated, in one call of its handler, but never split or reordered. Chat publishes
+    /// whole lines, so a handler gets whole lines.
     pub async fn publish(&self, topic: &str, payload: Bytes) {
         match self {
             Bus::Embedded(b) => b.publish(topic, payload).await,
