@@ -311,6 +311,162 @@ fn the_hub_killed_mid_conversation_recovers_by_itself() {
     assert!(eventually(SOON, || zombies_of(s.pid).is_empty()));
 }
 
+/// What a member is told when the hub does not answer a reserve within the bus's request
+/// timeout (5 s).
+const CANNOT_CHECK: &str = "* names cannot be checked right now; try again in a moment";
+
+/// Kills the hub and waits until its successor is ready.
+fn restart_hub(s: &Oxicorn) {
+    let hub = hub_pid(s);
+    kill(Pid::from_raw(hub), Signal::SIGKILL).unwrap();
+    assert!(
+        eventually(SOON, || hub_pid(s) != hub),
+        "no new hub; log:\n{}",
+        s.lines().join("\n")
+    );
+}
+
+/// Waits until exactly the workers `pids` have said hello to a hub since `mark` (from the hub's
+/// debug line; a worker may say it twice: a connection accepted by the dying hub is reset).
+fn wait_hellos(s: &Oxicorn, mark: usize, pids: &[i32]) {
+    let want: HashSet<i32> = pids.iter().copied().collect();
+    let back = || -> HashSet<i32> {
+        s.lines()[mark..]
+            .iter()
+            .filter_map(|l| l.split("worker joined the bus worker=").nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    assert!(
+        eventually(SOON, || back() == want),
+        "expected hellos from {want:?}, got {:?}; log:\n{}",
+        back(),
+        s.lines().join("\n")
+    );
+}
+
+/// Whether a "hub recovered" line was logged after `mark`.
+fn recovered_since(s: &Oxicorn, mark: usize) -> bool {
+    s.lines()[mark..]
+        .iter()
+        .any(|l| l.contains("hub recovered"))
+}
+
+/// A worker that needs longer than the old fixed 3 s window to come back (here: stopped, and
+/// the heartbeat timeout is far off) keeps its members' names: the restarted hub waits for that
+/// very process, not for a number of hellos or a clock.
+#[test]
+fn a_restarted_hub_waits_for_a_stopped_worker_before_granting_names() {
+    let (s, addr) = start(3, &["--timeout", "30"]);
+    let (mut alice, pa) = join(&s, addr, "alice");
+    let (mut b, pb) = connect(&s, addr);
+    let (mut c, pc) = connect(&s, addr);
+    distinct(&[pa, pb, pc]);
+
+    kill(Pid::from_raw(pa), Signal::SIGSTOP).unwrap();
+    let mark = s.mark();
+    restart_hub(&s);
+    // The two running workers are back on the bus; alice's is not.
+    wait_hellos(&s, mark, &[pb, pc]);
+
+    b.send(b"alice\n");
+    c.send(b"carol\n");
+    // Past the old 3 s window: alice's name is not given away while her worker is stopped.
+    // The reserve waits in the hub until the bus request times out.
+    assert_eq!(b.try_line(Duration::from_secs(4)), None);
+    b.expect(CANNOT_CHECK);
+    c.expect(CANNOT_CHECK);
+    assert!(
+        !recovered_since(&s, mark),
+        "recovery ended without alice's worker"
+    );
+
+    kill(Pid::from_raw(pa), Signal::SIGCONT).unwrap();
+    let line = &s.wait_for_lines_after(mark, "re-registered 1 name(s)", 1, SOON)[0];
+    assert_eq!(pid_of_line(line), pa, "{line}");
+    let line = &s.wait_for_lines_after(mark, "hub recovered", 1, SOON)[0];
+    assert!(
+        line.contains("every earlier worker is back or gone"),
+        "{line}"
+    );
+
+    // alice kept her name and her connection.
+    b.send(b"alice\n");
+    b.expect("* the name alice is taken; try another");
+    // carol's reserve was granted when recovery ended, after its waiter gave up: the worker
+    // gave the name back instead of holding it for nobody.
+    assert!(
+        eventually(SOON, || {
+            alice.send(b"/who\n");
+            alice.line() == "* members (1): alice"
+        }),
+        "carol's abandoned reservation leaked"
+    );
+    c.send(b"carol\n");
+    c.expect_prefix("* you joined as carol");
+    alice.expect("* carol joined");
+    alice.send(b"still here\n");
+    c.expect("<alice> still here");
+}
+
+/// During a reload there are more live workers than `--workers`: the new generation's hellos
+/// (no names yet) must not end recovery while an old worker holding names is still away.
+#[test]
+fn a_hub_restarted_during_a_reload_waits_for_the_old_generation() {
+    let (s, addr) = start(2, &["--timeout", "30", "--graceful-timeout", "30"]);
+    let (mut alice, pa) = join(&s, addr, "alice");
+    // Stopped, alice's worker cannot act on the reload's SIGTERM: it stays, holding her name.
+    kill(Pid::from_raw(pa), Signal::SIGSTOP).unwrap();
+    let mark = s.mark();
+    s.signal(Signal::SIGHUP);
+    s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+    let fresh: Vec<i32> = s
+        .wait_for_lines_after(mark, " booted", 2, SOON)
+        .iter()
+        .map(|l| {
+            l.split("worker ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+
+    let mark = s.mark();
+    restart_hub(&s);
+    // Both new workers are back on the bus: as many hellos as `--workers`.
+    wait_hellos(&s, mark, &fresh);
+
+    let (mut n, pn) = connect(&s, addr);
+    assert!(fresh.contains(&pn), "the newcomer is on an old worker");
+    n.send(b"alice\n");
+    assert_eq!(n.try_line(Duration::from_secs(4)), None);
+    assert!(
+        !recovered_since(&s, mark),
+        "recovery ended without alice's worker"
+    );
+
+    // Resumed, the old worker finishes its stop: alice is told, and recovery ends (the worker
+    // said hello or is gone).
+    kill(Pid::from_raw(pa), Signal::SIGCONT).unwrap();
+    let rest = String::from_utf8_lossy(&alice.read_to_close()).into_owned();
+    assert!(
+        rest.ends_with("* the server is restarting or stopping; please reconnect\r\n"),
+        "{rest:?}"
+    );
+    s.wait_for_lines_after(mark, "hub recovered", 1, SOON);
+    let answer = n.line();
+    assert!(
+        answer == CANNOT_CHECK
+            || answer == "* the name alice is taken; try another"
+            || answer.starts_with("* you joined as alice"),
+        "{answer}"
+    );
+}
+
 #[test]
 fn a_wedged_hub_misses_its_heartbeat_and_is_replaced() {
     let (s, addr) = start(2, &["-t", "2"]);

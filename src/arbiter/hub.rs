@@ -121,12 +121,23 @@ impl Arbiter {
             .ready_tx
             .try_clone()
             .unwrap_or_else(|_| std::process::exit(hub::HUB_BOOT_ERROR));
+        let restart = self.hub.ever_started;
+        // Every worker alive now may hold names, whatever its generation or state (a stopping
+        // one still serves its members). Workers forked after this start with none, so the
+        // hub does not wait for them. A worker that died but is not reaped yet is listed too:
+        // the hub finds it gone by itself.
+        let workers = if restart {
+            self.workers.keys().map(|&pid| pid as u32).collect()
+        } else {
+            Vec::new()
+        };
         HubBoot {
             arbiter: Pid::parent(),
             config: Arc::clone(&self.config),
             ready_tx,
             log: self.log,
-            restart: self.hub.ever_started,
+            restart,
+            workers,
             slot: self.scoreboard.slot(HUB_SLOT),
         }
     }

@@ -315,9 +315,12 @@ async fn session(
         wr.write_all(&buf).await?;
         loop {
             buf.clear();
+            // Releases first: each was decided before anything still in the queue was asked
+            // for again (see `receive`), so it must reach the hub first.
             let first = tokio::select! {
-                m = up_rx.recv() => m,
+                biased;
                 m = extra_rx.recv() => m,
+                m = up_rx.recv() => m,
             };
             let Some(first) = first else {
                 return Ok(());
@@ -436,13 +439,25 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
                 && ok
                 && let Some(r) = reservation
             {
-                // The waiter gave up (timed out): give the name back rather than hold it for a
-                // member that is not there.
+                // The waiter gave up (timed out, e.g. while a restarted hub waited for the
+                // workers to re-register): give the name back rather than hold it for a member
+                // that is not there.
                 st.reservations.remove(&r.key);
-                let _ = extra.send(Up::Release {
-                    key: r.key,
-                    holder: r.holder,
+                // Unless the same holder asked for it again (it retried after the timeout):
+                // the hub grants that request too, and a release sent now would reach it after
+                // and free the name under a member who was told it is theirs. That request's
+                // own answer settles the name.
+                let asked_again = st.pending.values().any(|p| {
+                    p.reservation
+                        .as_ref()
+                        .is_some_and(|q| q.key == r.key && q.holder == r.holder)
                 });
+                if !asked_again {
+                    let _ = extra.send(Up::Release {
+                        key: r.key,
+                        holder: r.holder,
+                    });
+                }
             }
         }
         Down::Listing { req, .. } | Down::Swapped { req, .. } | Down::Synced { req } => {
@@ -531,5 +546,108 @@ mod tests {
             total += payload.len();
         }
         assert_eq!(total, 200 * 1000);
+    }
+
+    fn shared() -> Shared {
+        let (up, _) = mpsc::channel(1);
+        Shared {
+            up,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// A reserve of `key` for `holder`, as `EmbeddedBus::request` records it.
+    fn ask(shared: &Shared, key: &str, holder: u64) -> (u64, oneshot::Receiver<Down>) {
+        let (reply, rx) = oneshot::channel();
+        let mut st = shared.state.lock().unwrap();
+        st.next_req += 1;
+        let req = st.next_req;
+        let reservation = Reservation {
+            key: key.into(),
+            holder,
+            value: Bytes::new(),
+            will: None,
+        };
+        st.pending.insert(
+            req,
+            Pending {
+                reply,
+                reservation: Some(reservation),
+                sent: true,
+            },
+        );
+        (req, rx)
+    }
+
+    fn held(shared: &Shared) -> Vec<String> {
+        shared
+            .state
+            .lock()
+            .unwrap()
+            .reservations
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_name_granted_after_its_waiter_gave_up_is_given_back() {
+        let s = shared();
+        let (extra, mut sent) = mpsc::unbounded_channel();
+        let (req, rx) = ask(&s, "x", 1);
+        drop(rx); // timed out
+        receive(&s, Down::Reserved { req, ok: true }, &extra);
+        assert!(held(&s).is_empty());
+        assert!(s.state.lock().unwrap().pending.is_empty());
+        assert_eq!(
+            sent.try_recv().unwrap(),
+            Up::Release {
+                key: "x".into(),
+                holder: 1
+            }
+        );
+        // A refusal nobody waits for any more needs nothing.
+        let (req, rx) = ask(&s, "y", 1);
+        drop(rx);
+        receive(&s, Down::Reserved { req, ok: false }, &extra);
+        assert!(sent.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_holder_that_asked_again_keeps_the_name_its_first_request_got() {
+        let s = shared();
+        let (extra, mut sent) = mpsc::unbounded_channel();
+        let (first, rx) = ask(&s, "x", 1);
+        drop(rx); // timed out; the member tries the same name again
+        let (second, mut rx) = ask(&s, "x", 1);
+        receive(
+            &s,
+            Down::Reserved {
+                req: first,
+                ok: true,
+            },
+            &extra,
+        );
+        assert!(
+            sent.try_recv().is_err(),
+            "a release would free the second grant"
+        );
+        receive(
+            &s,
+            Down::Reserved {
+                req: second,
+                ok: true,
+            },
+            &extra,
+        );
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Down::Reserved {
+                req: second,
+                ok: true
+            }
+        );
+        assert_eq!(held(&s), vec!["x".to_string()]);
+        assert!(sent.try_recv().is_err());
     }
 }

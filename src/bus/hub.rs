@@ -13,7 +13,7 @@
 //! so long that its queue fills is disconnected (it reconnects and re-registers) rather than
 //! let it grow the hub's memory or slow the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -44,17 +44,33 @@ const HUB_QUEUE: usize = 64 * 1024;
 /// Frames written to one worker in a single batch at most.
 const BATCH: usize = 256;
 
-/// After a restart, how long new reservations wait for the workers to re-register the names
-/// their members hold (it ends sooner once every expected worker has said hello). Without it,
-/// a new member could take the name of a connected member whose worker had not yet
-/// reconnected.
-pub const RECOVERY_WINDOW: Duration = Duration::from_secs(3);
+/// How often a restarted hub checks whether the workers it still waits for are alive. A worker
+/// that dies is reaped by the arbiter, not by the hub, so nothing wakes the hub when it goes.
+const RECOVERY_POLL: Duration = Duration::from_millis(100);
+
+/// Added to `--timeout` for the recovery cap: the arbiter notices a silent worker on its next
+/// pass (at most 1 s after the timeout), then the kill, the reap and one poll here.
+const RECOVERY_MARGIN: Duration = Duration::from_secs(5);
+
+/// The recovery cap when the heartbeat timeout is off: nothing then kills a worker that is
+/// alive but never comes back, so the hub stops waiting for it after this long.
+const RECOVERY_CAP_NO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a restarted hub waits at most for the workers it was told about (see
+/// [`HubBoot::workers`]) before it grants names again. Tied to the heartbeat timeout: a worker
+/// silent that long is killed by the arbiter, and a dead worker is not waited for anyway; so
+/// the cap only matters with the timeout off, or for a worker that beats but cannot reach the
+/// hub.
+pub fn recovery_cap(timeout: Option<Duration>) -> Duration {
+    timeout.map_or(RECOVERY_CAP_NO_TIMEOUT, |t| t + RECOVERY_MARGIN)
+}
 
 /// Everything the hub is handed at fork.
 pub struct HubBoot {
     /// The arbiter; if `getppid()` stops being this, the hub is an orphan and stops.
     pub arbiter: Pid,
-    /// The configuration at fork time (the initial quote, the expected worker count).
+    /// The configuration at fork time (the initial quote, the heartbeat timeout that caps
+    /// recovery).
     pub config: Arc<Config>,
     /// Write end of the arbiter's notification pipe: the hub writes the same 8-byte "ready"
     /// message a worker does once it listens. Closed after that write.
@@ -63,6 +79,13 @@ pub struct HubBoot {
     pub log: &'static LogHandle,
     /// Whether an earlier hub of this arbiter died: then workers have names to re-register.
     pub restart: bool,
+    /// On a restart, the workers alive when this hub was forked: the only ones that can hold
+    /// names. New reservations wait until each has said hello or is gone, so a newcomer
+    /// cannot take the name of a connected member whose worker has not re-registered yet.
+    /// Waiting for these pids, not for a count: during a reload more workers than `--workers`
+    /// run, and the new generation's (nameless) hellos must not end the wait. Workers forked
+    /// after the hub have no names and are not waited for.
+    pub workers: Vec<u32>,
     /// The hub's scoreboard slot: beaten like a worker's, so the arbiter kills a wedged hub.
     pub slot: &'static Slot,
 }
@@ -85,6 +108,7 @@ async fn serve(boot: HubBoot) -> i32 {
         ready_tx,
         log,
         restart,
+        workers,
         slot,
     } = boot;
     let (mut term, mut int, mut quit, mut usr1, _ignored) = match install_signals() {
@@ -113,23 +137,16 @@ async fn serve(boot: HubBoot) -> i32 {
             (0, Bytes::from(quote.clone())),
         );
     }
-    let hub = Arc::new(Mutex::new(Hub {
-        next_conn: 0,
-        conns: HashMap::new(),
-        names: HashMap::new(),
-        values,
-        recovering: restart,
-        parked: Vec::new(),
-        hellos: 0,
-        expected: config.workers,
-    }));
+    // A first start has nothing to recover: no worker holds a name yet.
+    let awaited = restart.then(|| workers.into_iter().collect());
+    let hub = Arc::new(Mutex::new(Hub::new(values, awaited)));
     if restart {
-        let hub = Arc::clone(&hub);
-        // Ends the recovery window even if some worker never comes back.
-        tokio::spawn(async move {
-            tokio::time::sleep(RECOVERY_WINDOW).await;
-            lock(&hub).end_recovery();
-        });
+        // Ends when recovery does; nothing else to close.
+        tokio::spawn(recovery(
+            Arc::clone(&hub),
+            arbiter,
+            recovery_cap(config.timeout),
+        ));
     }
 
     // The heartbeat runs on the hub's only thread: if anything blocks it, the beat stops and
@@ -189,6 +206,56 @@ async fn serve(boot: HubBoot) -> i32 {
     }
 }
 
+/// Ends the recovery window once every awaited worker has said hello or is gone, or
+/// `cap_after` after the start, whichever comes first. This task notices the gone ones and the
+/// cap; [`Hub::handle`] counts the hellos (and this task then returns at its next poll).
+async fn recovery(hub: Arc<Mutex<Hub>>, arbiter: Pid, cap_after: Duration) {
+    let cap = tokio::time::sleep(cap_after);
+    tokio::pin!(cap);
+    let mut poll = tokio::time::interval(RECOVERY_POLL);
+    loop {
+        tokio::select! {
+            () = &mut cap => {
+                lock(&hub).end_recovery(RecoveryEnd::Cap(cap_after));
+                return;
+            }
+            _ = poll.tick() => {
+                let awaited: Vec<u32> = {
+                    let h = lock(&hub);
+                    if !h.recovering {
+                        return;
+                    }
+                    h.awaited.iter().copied().collect()
+                };
+                // Checked without the lock held: a few small procfs reads.
+                let gone: Vec<u32> = awaited
+                    .into_iter()
+                    .filter(|&pid| !is_worker_alive(pid, arbiter))
+                    .collect();
+                lock(&hub).forget_workers(&gone);
+            }
+        }
+    }
+}
+
+/// Whether `pid` is still a live child of the arbiter. Read from `/proc/PID/stat` rather than
+/// `kill(pid, 0)`: a dead worker stays a zombie until the arbiter reaps it (on its next pass),
+/// and `kill` succeeds on a zombie. The parent check catches a pid reused after the reap.
+/// Procfs reads never wait on a disk, so this may run on the hub's only thread.
+fn is_worker_alive(pid: u32, arbiter: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false; // no such process
+    };
+    // The command name is in parentheses and may contain anything: parse after the last ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or("X");
+    let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
+    !matches!(state, "Z" | "X" | "x") && ppid == Some(arbiter.as_raw())
+}
+
 type Sig = tokio::signal::unix::Signal;
 
 /// TERM, INT, QUIT and USR1, plus the arbiter's other signals registered only so they are
@@ -246,13 +313,60 @@ struct Hub {
     recovering: bool,
     /// Reserves received during recovery: (connection, request, reservation), in order.
     parked: Vec<(u64, u64, Reservation)>,
-    /// Hellos received since this hub started.
+    /// During recovery, the pids of the workers alive at fork that have neither said hello nor
+    /// gone away; recovery ends when it empties (see [`HubBoot::workers`]).
+    awaited: HashSet<u32>,
+    /// Hellos received since this hub started (for the recovery log line).
     hellos: usize,
-    /// Workers the configuration asks for: recovery ends once this many said hello.
-    expected: usize,
+    /// Names re-registered by hellos during recovery (for the recovery log line).
+    recovered: usize,
+}
+
+/// Why the recovery window ended, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecoveryEnd {
+    /// Every worker alive at fork said hello or is gone.
+    AllBack,
+    /// The cap (this long after the start) passed with some still silent.
+    Cap(Duration),
 }
 
 impl Hub {
+    /// A hub with `values`; recovering when `awaited` lists the workers to wait for (on a
+    /// restart), unless that list is empty.
+    fn new(values: HashMap<String, (u64, Bytes)>, awaited: Option<HashSet<u32>>) -> Hub {
+        let mut hub = Hub {
+            next_conn: 0,
+            conns: HashMap::new(),
+            names: HashMap::new(),
+            values,
+            recovering: awaited.is_some(),
+            parked: Vec::new(),
+            awaited: awaited.unwrap_or_default(),
+            hellos: 0,
+            recovered: 0,
+        };
+        hub.end_recovery_if_all_back();
+        hub
+    }
+
+    /// Stops waiting for `gone` (workers that died); ends recovery if nobody is left to wait
+    /// for.
+    fn forget_workers(&mut self, gone: &[u32]) {
+        for pid in gone {
+            if self.awaited.remove(pid) {
+                tracing::debug!(worker = pid, "a worker the hub waited for is gone");
+            }
+        }
+        self.end_recovery_if_all_back();
+    }
+
+    fn end_recovery_if_all_back(&mut self) {
+        if self.recovering && self.awaited.is_empty() {
+            self.end_recovery(RecoveryEnd::AllBack);
+        }
+    }
+
     /// Queues a frame for one worker; disconnects it if its queue is full.
     fn send(&mut self, conn: u64, frame: Bytes) {
         let Some(c) = self.conns.get(&conn) else {
@@ -292,7 +406,9 @@ impl Hub {
                 }
                 let count = reservations.len();
                 for r in reservations {
-                    if !self.take(conn, r.clone()) {
+                    if self.take(conn, r.clone()) {
+                        self.recovered += usize::from(self.recovering);
+                    } else {
                         let lost = Down::Lost {
                             key: r.key,
                             holder: r.holder,
@@ -307,9 +423,10 @@ impl Hub {
                 }
                 self.hellos += 1;
                 tracing::debug!(worker, names = count, "worker joined the bus");
-                if self.recovering && self.hellos >= self.expected {
-                    self.end_recovery();
-                }
+                // Only the listed workers count: a hello from one forked after this hub (a
+                // reload's new generation) says nothing about the names held elsewhere.
+                self.awaited.remove(&worker);
+                self.end_recovery_if_all_back();
             }
             Up::Reserve { req, reservation } => {
                 if self.recovering {
@@ -375,16 +492,25 @@ impl Hub {
     }
 
     /// Answers the reserves parked during recovery, in the order they came.
-    fn end_recovery(&mut self) {
+    fn end_recovery(&mut self, why: RecoveryEnd) {
         if !self.recovering {
             return;
         }
         self.recovering = false;
+        let how = match why {
+            RecoveryEnd::AllBack => "every earlier worker is back or gone".to_string(),
+            RecoveryEnd::Cap(after) => format!(
+                "gave up after {}s on {} silent worker(s) (the cap)",
+                after.as_secs(),
+                self.awaited.len()
+            ),
+        };
         tracing::info!(
-            "hub recovered: {} name(s) re-registered by {} worker(s)",
-            self.names.len(),
+            "hub recovered: {} name(s) re-registered by {} worker(s); {how}",
+            self.recovered,
             self.hellos
         );
+        self.awaited.clear();
         for (conn, req, r) in std::mem::take(&mut self.parked) {
             let ok = self.take(conn, r);
             self.send(conn, Down::Reserved { req, ok }.encode());
@@ -487,16 +613,16 @@ async fn connection(hub: Arc<Mutex<Hub>>, stream: UnixStream) {
 mod tests {
     use super::*;
 
-    fn hub(recovering: bool, expected: usize) -> Hub {
-        Hub {
-            next_conn: 0,
-            conns: HashMap::new(),
-            names: HashMap::new(),
-            values: HashMap::new(),
-            recovering,
-            parked: Vec::new(),
-            hellos: 0,
-            expected,
+    /// A hub; restarted (recovering) when `awaited` lists the workers alive at its fork.
+    fn hub(awaited: Option<&[u32]>) -> Hub {
+        Hub::new(HashMap::new(), awaited.map(|p| p.iter().copied().collect()))
+    }
+
+    fn hello(worker: u32, reservations: Vec<Reservation>) -> Up {
+        Up::Hello {
+            worker,
+            reservations,
+            values: vec![],
         }
     }
 
@@ -546,7 +672,7 @@ mod tests {
 
     #[test]
     fn names_are_exclusive_until_released_or_their_worker_leaves() {
-        let mut h = hub(false, 2);
+        let mut h = hub(None);
         let (a, mut ra, _) = connect(&mut h, 16);
         let (b, mut rb, _) = connect(&mut h, 16);
         reserve(&mut h, a, 1, "x", 1);
@@ -603,7 +729,7 @@ mod tests {
 
     #[test]
     fn publications_reach_every_other_worker_in_order() {
-        let mut h = hub(false, 3);
+        let mut h = hub(None);
         let (a, mut ra, _) = connect(&mut h, 16);
         let (_b, mut rb, _) = connect(&mut h, 16);
         let (_c, mut rc, _) = connect(&mut h, 16);
@@ -630,23 +756,24 @@ mod tests {
 
     #[test]
     fn a_restarted_hub_waits_for_workers_to_re_register_their_names() {
-        let mut h = hub(true, 2);
+        let mut h = hub(Some(&[1, 2]));
         let (a, mut ra, _) = connect(&mut h, 16);
         let (b, mut rb, _) = connect(&mut h, 16);
         // b's new member asks first: parked, not answered, while a has not said hello.
         reserve(&mut h, b, 1, "x", 5);
         assert!(frames(&mut rb).is_empty());
-        let hello = |reservations| Up::Hello {
-            worker: 1,
+        let hello = |worker, reservations| Up::Hello {
+            worker,
             reservations,
             values: vec![("quote".into(), 4, Bytes::from_static(b"q4"))],
         };
-        h.handle(a, hello(vec![name("x", 1)]));
+        h.handle(a, hello(1, vec![name("x", 1)]));
         assert!(h.recovering, "one of two workers is back");
         // b re-registers a name a already holds: b is told it lost it. Both are back: the
         // parked reserve is answered, and refused.
-        h.handle(b, hello(vec![name("x", 2)]));
+        h.handle(b, hello(2, vec![name("x", 2)]));
         assert!(!h.recovering);
+        assert_eq!(h.recovered, 1);
         assert_eq!(
             frames(&mut rb),
             vec![
@@ -703,8 +830,149 @@ mod tests {
     }
 
     #[test]
+    fn recovery_waits_for_each_listed_worker_not_for_a_count() {
+        // A reload was in flight: old workers 11 and 12, new workers 21 and 22 (forked before
+        // the hub, so listed too), and 31, forked after it.
+        let mut h = hub(Some(&[11, 12, 21, 22]));
+        let (old1, mut r11, _) = connect(&mut h, 16);
+        let (new1, mut r21, _) = connect(&mut h, 16);
+        let (new2, _r22, _) = connect(&mut h, 16);
+        let (late, _r31, _) = connect(&mut h, 16);
+        h.handle(new1, hello(21, vec![]));
+        h.handle(new2, hello(22, vec![]));
+        h.handle(late, hello(31, vec![]));
+        h.handle(late, hello(31, vec![])); // a reconnect says hello again
+        assert!(
+            h.recovering,
+            "more hellos than before, but 11 and 12 hold names"
+        );
+        reserve(&mut h, new1, 1, "x", 5);
+        reserve(&mut h, new1, 2, "y", 6);
+        h.handle(old1, hello(11, vec![name("x", 1)]));
+        assert!(h.recovering, "12 has not said hello");
+        assert!(frames(&mut r21).is_empty());
+        // The last listed worker comes back: the parked reserves are answered in order.
+        let (old2, mut r12, _) = connect(&mut h, 16);
+        h.handle(old2, hello(12, vec![name("y", 2)]));
+        assert!(!h.recovering);
+        assert_eq!(
+            frames(&mut r21),
+            vec![
+                Down::Reserved { req: 1, ok: false },
+                Down::Reserved { req: 2, ok: false }
+            ]
+        );
+        assert!(frames(&mut r11).is_empty() && frames(&mut r12).is_empty());
+        assert_eq!(h.recovered, 2);
+        // After recovery, reserves are answered at once.
+        reserve(&mut h, new1, 3, "z", 7);
+        assert_eq!(frames(&mut r21), vec![Down::Reserved { req: 3, ok: true }]);
+    }
+
+    #[test]
+    fn a_listed_worker_that_is_gone_is_not_waited_for() {
+        let mut h = hub(Some(&[11, 12]));
+        let (a, _ra, _) = connect(&mut h, 16);
+        let (n, mut rn, _) = connect(&mut h, 16);
+        h.handle(a, hello(11, vec![name("x", 1)]));
+        reserve(&mut h, n, 1, "w", 5);
+        h.forget_workers(&[99]); // not listed: changes nothing
+        assert!(h.recovering);
+        h.forget_workers(&[12]);
+        assert!(!h.recovering);
+        assert_eq!(frames(&mut rn), vec![Down::Reserved { req: 1, ok: true }]);
+        // A first start, or a restart with no worker alive, has no window at all.
+        assert!(!hub(None).recovering);
+        assert!(!hub(Some(&[])).recovering);
+    }
+
+    #[test]
+    fn only_a_live_child_of_the_arbiter_is_alive() {
+        let arbiter = Pid::this();
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let zombie = dead.id();
+        // Exited but not reaped: a zombie, which `kill(pid, 0)` would call alive.
+        assert!(eventually_true(|| {
+            std::fs::read_to_string(format!("/proc/{zombie}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        }));
+        assert!(is_worker_alive(live.id(), arbiter));
+        assert!(
+            !is_worker_alive(live.id(), Pid::from_raw(1)),
+            "not the arbiter's child"
+        );
+        assert!(!is_worker_alive(zombie, arbiter));
+        dead.wait().unwrap();
+        assert!(!is_worker_alive(zombie, arbiter), "reaped");
+        live.kill().unwrap();
+        live.wait().unwrap();
+    }
+
+    fn eventually_true(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// The recovery task: a dead listed worker ends the wait at the next poll; a live silent
+    /// one is waited for until the cap.
+    #[tokio::test]
+    async fn recovery_ends_when_listed_workers_are_gone_or_at_the_cap() {
+        let arbiter = Pid::this();
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let gone = dead.id();
+        dead.wait().unwrap();
+
+        // Only the dead one listed: recovery ends at the first poll, long before the cap.
+        let h = Arc::new(Mutex::new(hub(Some(&[gone]))));
+        let started = std::time::Instant::now();
+        recovery(Arc::clone(&h), arbiter, Duration::from_secs(30)).await;
+        assert!(!lock(&h).recovering);
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A live one that never says hello: the cap ends it, and the parked reserve is
+        // answered.
+        let h = Arc::new(Mutex::new(hub(Some(&[gone, live.id()]))));
+        let (n, mut rn, _) = connect(&mut lock(&h), 16);
+        reserve(&mut lock(&h), n, 1, "x", 5);
+        let cap = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        recovery(Arc::clone(&h), arbiter, cap).await;
+        assert!(started.elapsed() >= cap);
+        assert!(!lock(&h).recovering);
+        assert!(lock(&h).awaited.is_empty());
+        assert_eq!(frames(&mut rn), vec![Down::Reserved { req: 1, ok: true }]);
+        live.kill().unwrap();
+        live.wait().unwrap();
+    }
+
+    #[test]
+    fn the_recovery_cap_follows_the_heartbeat_timeout() {
+        assert_eq!(recovery_cap(None), RECOVERY_CAP_NO_TIMEOUT);
+        assert_eq!(
+            recovery_cap(Some(Duration::from_secs(30))),
+            Duration::from_secs(30) + RECOVERY_MARGIN
+        );
+    }
+
+    #[test]
     fn a_worker_that_stops_reading_is_disconnected_not_waited_for() {
-        let mut h = hub(false, 2);
+        let mut h = hub(None);
         let (a, _ra, _) = connect(&mut h, 16);
         let (_b, _rb, kicked) = connect(&mut h, 2);
         for _ in 0..2 {
