@@ -213,6 +213,26 @@ fn bad_input_loses_nothing_and_harms_no_one() {
 }
 
 #[test]
+fn a_line_as_long_as_a_large_max_line_reaches_everyone() {
+    // 600,000 bytes of invalid UTF-8 become 1.8 MB of U+FFFD: more than the default backlog a
+    // member may have, which must not make a legal line drop its readers.
+    const N: usize = 600_000;
+    let (s, addr) = start(2, &["--max-line", "700000"]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (mut b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+    let mut line = vec![0xff; N];
+    line.push(b'\n');
+    b.send(&line);
+    let got = a.line();
+    assert_eq!(got.len(), "<b> ".len() + 3 * N);
+    assert!(got.starts_with("<b> \u{fffd}") && got.ends_with('\u{fffd}'));
+    b.send(b"after\n");
+    a.expect("<b> after");
+}
+
+#[test]
 fn a_member_that_stops_reading_is_dropped_and_the_others_get_everything() {
     let (s, addr) = start(3, &[]);
     // The stalled member takes as little as the kernel allows into its socket, so its queue

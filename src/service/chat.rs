@@ -27,8 +27,9 @@
 //! own position in it straight into one write to its socket. A line costs the same whether 3 or
 //! 3,000 members get it; what a member's write costs is one copy of what it has not yet seen.
 //! Lines are appended without ever waiting for anyone, so a member that stops reading never
-//! slows the sender or anybody else; a member more than [`MEMBER_BACKLOG`] bytes behind is
-//! disconnected with a final notice (if the socket takes it) and the others see it leave.
+//! slows the sender or anybody else; a member more than [`MEMBER_BACKLOG`] bytes behind (more
+//! with a very large `--max-line`) is disconnected with a final notice (if the socket takes it)
+//! and the others see it leave.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -148,6 +149,8 @@ impl Log {
 
     /// Appends the bytes from `from` to `to` to `buf`.
     fn copy(&self, mut from: u64, to: u64, buf: &mut BytesMut) {
+        debug_assert!(from >= self.base, "reading what the log dropped");
+        from = from.max(self.base);
         let mut at = self.base;
         for chunk in &self.chunks {
             let end = at + chunk.len() as u64;
@@ -215,6 +218,10 @@ impl Member {
     /// Appends what is due for this member to `buf` (about [`BATCH_BYTES`] at most): the log
     /// from its cursor, minus its own lines, with its replies in their places.
     fn gather(&mut self, log: &Log, buf: &mut BytesMut) {
+        if self.kicked {
+            // Its writer is stopping, and the log no longer keeps its place.
+            return;
+        }
         while buf.len() < BATCH_BYTES {
             let end = match self.cursor {
                 Some(c) => self.until.unwrap_or(log.head).min(log.head).max(c),
@@ -271,12 +278,21 @@ struct RoomState {
 
 /// Behind a `std::sync::Mutex`: held for a few copies, never across an `.await`, and the
 /// worker's runtime has one thread (mini-redis `db.rs` makes the same choice).
-#[derive(Default)]
 struct Room {
     state: Mutex<RoomState>,
+    /// How far behind a member may be: [`MEMBER_BACKLOG`], or more when `--max-line` is so
+    /// large that a few lines would exceed it (a member must always be able to take a line).
+    backlog: u64,
 }
 
 impl Room {
+    fn new(max_line: usize) -> Room {
+        Room {
+            state: Mutex::default(),
+            backlog: MEMBER_BACKLOG.max(16 * max_line as u64),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, RoomState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -299,7 +315,7 @@ impl Room {
             let mut needed = head;
             for m in st.members.values_mut() {
                 let Some(c) = m.reading() else { continue };
-                if head - c > MEMBER_BACKLOG {
+                if head - c > self.backlog {
                     m.kicked = true;
                     m.kick.kick(KICK_OVERFLOW);
                 } else {
@@ -397,7 +413,7 @@ struct Joined {
 impl Chat {
     /// The room of one worker, subscribed to the other workers' lines on `bus`.
     pub fn new(bus: Bus, max_line: usize) -> Chat {
-        let room = Arc::new(Room::default());
+        let room = Arc::new(Room::new(max_line));
         let r = Arc::clone(&room);
         bus.subscribe(TOPIC, Arc::new(move |lines| r.append(None, &lines)));
         let r = Arc::clone(&room);
@@ -787,7 +803,7 @@ mod tests {
 
     #[test]
     fn a_member_gets_the_log_from_where_it_joined_without_its_own_lines() {
-        let room = Room::default();
+        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
         for id in [1, 2] {
             room.state().members.insert(id, member(None));
         }
@@ -813,7 +829,7 @@ mod tests {
 
     #[test]
     fn a_member_that_stopped_reading_gets_its_last_word_last() {
-        let room = Room::default();
+        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
         room.state().members.insert(1, member(None));
         room.join(1);
         room.append(None, b"a\r\n");
@@ -828,7 +844,7 @@ mod tests {
 
     #[test]
     fn the_log_spans_chunks_and_drops_what_everyone_has_read() {
-        let room = Room::default();
+        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
         for id in [1, 2] {
             room.state().members.insert(id, member(None));
             room.join(id);
@@ -861,7 +877,7 @@ mod tests {
 
     #[test]
     fn a_member_too_far_behind_is_kicked_and_no_longer_holds_the_log() {
-        let room = Room::default();
+        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
         for id in [1, 2] {
             room.state().members.insert(id, member(None));
             room.join(id);
