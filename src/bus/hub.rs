@@ -601,10 +601,19 @@ async fn connection(hub: Arc<Mutex<Hub>>, stream: UnixStream) {
         _ = kick.cancelled() => Ok(()),
     };
     let worker = lock(&hub).conns.get(&id).map_or(0, |c| c.worker);
-    if let Err(err) = result {
-        tracing::warn!(worker, cause = %err, "bus connection failed");
-    } else {
-        tracing::debug!(worker, "worker left the bus");
+    match result {
+        // A worker that exits (a reload, TTOU, a crash the arbiter reports) closes its end
+        // while the hub may still be writing to it: that is a departure, not a fault.
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            tracing::debug!(worker, cause = %err, "worker left the bus");
+        }
+        Err(err) => tracing::warn!(worker, cause = %err, "bus connection failed"),
+        Ok(()) => tracing::debug!(worker, "worker left the bus"),
     }
     lock(&hub).disconnect(id);
 }

@@ -653,6 +653,14 @@ impl Chat {
             return;
         }
         tracing::debug!(member = id, name = %j.name, overflow = reason == KICK_OVERFLOW, "chat member left");
+        if reason == KICK_OVERFLOW {
+            // The operator's business: a client too slow for the room (or a stuck one).
+            tracing::info!(
+                "chat member {} disconnected: more than {} bytes behind the room",
+                j.name,
+                self.room.backlog
+            );
+        }
         self.broadcast(id, Bytes::from(format!("* {} left\r\n", j.name)))
             .await;
         self.bus.release(&j.key, id);
