@@ -3,11 +3,17 @@
 # same machine. A benchmark, not a test: .ci/run does not run it.
 #
 #   benches/chat/run.sh                 # 200 clients, 20 senders, 5000 lines each, 3 rounds
-#   ROUNDS=5 WINDOW=40 benches/chat/run.sh
+#   ROUNDS=5 WINDOWS="40 100 200" benches/chat/run.sh
 #
-# Each round runs oxicorn, then Twisted, on a fresh server; the table shows the median of the
+# Each round runs oxicorn, then Twisted, on a fresh server; a table shows the medians of the
 # rounds (this machine is shared and noisy: a round alone says little). Lost and out-of-order
 # lines are summed over every round, and must be 0.
+#
+# The window (lines a sender may have in flight to its slowest receiver) changes the servers
+# differently: Twisted, CPU-bound from a window of 20 up, does best around 40 and loses ground
+# as bursts grow; oxicorn is latency-bound at small windows and CPU-bound from about 100. So
+# the run measures every window in WINDOWS, prints one table each (benches/chat/summary.py),
+# and ends with each server's best median against the other's best.
 #
 # Needs python3 (twisted is installed from pip into a venv, $VENV) and a release build (done
 # here). The load generator is examples/chat_load.rs.
@@ -17,7 +23,7 @@ cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-200}
 SENDERS=${SENDERS:-20}
 LINES=${LINES:-5000}
-WINDOW=${WINDOW:-100}
+WINDOWS=${WINDOWS:-40 100}
 WORKERS=${WORKERS:-2}
 ROUNDS=${ROUNDS:-3}
 QUOTE_CONC=${QUOTE_CONC:-50}
@@ -80,7 +86,7 @@ run_chat() { # name, command...
     "$@" "$port" &
     SERVER=$!
     wait_port "$port"
-    local out; out=$("$LOAD" chat "127.0.0.1:$port" "$CLIENTS" "$SENDERS" "$LINES" "$WINDOW")
+    local out; out=$("$LOAD" chat "127.0.0.1:$port" "$CLIENTS" "$SENDERS" "$LINES" "$window")
     local mem; mem=$(peak_mib "$SERVER")
     local cpu; cpu=$(cpu_s "$SERVER")
     stop_server
@@ -110,11 +116,16 @@ tw_chat() { exec "$PY" benches/chat/twisted_chat.py "$1"; }
 tw_quote() { exec "$PY" benches/chat/twisted_quote.py "$1"; }
 
 RESULTS=$(mktemp)
+trap 'stop_server; rm -f "$RESULTS"' EXIT
 for round in $(seq "$ROUNDS"); do
     echo "# round $round of $ROUNDS" >&2
+    for window in $WINDOWS; do
+        {
+            run_chat "oxicorn.w$window" oxi_chat
+            run_chat "twisted.w$window" tw_chat
+        } | tee -a "$RESULTS" >&2
+    done
     {
-        run_chat oxicorn oxi_chat
-        run_chat twisted tw_chat
         run_quote oxicorn oxi_quote
         run_quote twisted tw_quote
     } | tee -a "$RESULTS" >&2
@@ -122,45 +133,6 @@ done
 
 echo
 echo "$(date -u +%F) $(nproc) CPU(s), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "oxicorn -w $WORKERS; $CLIENTS clients, $SENDERS sending $LINES lines each (window $WINDOW);" \
+echo "oxicorn -w $WORKERS; $CLIENTS chat clients, $SENDERS sending $LINES lines each;" \
     "median of $ROUNDS rounds (lost and out-of-order: summed)"
-python3 - "$RESULTS" "$QUOTE_CONC" <<'EOF'
-import statistics, sys
-vals = {}
-for line in open(sys.argv[1]):
-    if "=" in line and not line.startswith("#"):
-        k, v = line.strip().split("=", 1)
-        try:
-            vals.setdefault(k, []).append(float(v))
-        except ValueError:
-            pass
-def get(server, key, how):
-    xs = vals.get(f"{server}.{key}", [0.0])
-    return sum(xs) if how == "sum" else statistics.median(xs)
-rows = [
-    ("chat delivered lines/s", "chat.lines_per_sec", "median", "{:,.0f}", "x"),
-    ("chat p50 latency ms", "chat.p50_ms", "median", "{:.1f}", ""),
-    ("chat p99 latency ms", "chat.p99_ms", "median", "{:.1f}", ""),
-    ("chat lost lines", "chat.lost", "sum", "{:.0f}", ""),
-    ("chat out-of-order lines", "chat.out_of_order", "sum", "{:.0f}", ""),
-    ("chat peak RSS MiB (all procs)", "chat.peak_mib", "median", "{:.1f}", ""),
-    ("chat server CPU us/delivery", "chat.cpu_us_per_delivery", "median", "{:.3f}", "/"),
-    (f"quote connections/s (c={sys.argv[2]})", "quote.conns_per_sec", "median", "{:,.0f}", "x"),
-    ("quote errors", "quote.errors", "sum", "{:.0f}", ""),
-    ("quote peak RSS MiB", "quote.peak_mib", "median", "{:.1f}", ""),
-]
-print(f"| {'':30} | {'oxicorn':>12} | {'twisted':>12} | {'ratio':>7} |")
-print(f"|{'-'*32}|{'-'*14}|{'-'*14}|{'-'*9}|")
-for label, key, how, fmt, kind in rows:
-    o, t = get("oxicorn", key, how), get("twisted", key, how)
-    ratio = ""
-    if kind == "x" and t:
-        ratio = f"{o / t:.1f}x"
-    elif kind == "/" and o:
-        ratio = f"1/{t / o:.1f}"
-    print(f"| {label:30} | {fmt.format(o):>12} | {fmt.format(t):>12} | {ratio:>7} |")
-rates = [f"{v / 1e6:.1f}M" for v in vals.get("oxicorn.chat.lines_per_sec", [])]
-trates = [f"{v / 1e6:.2f}M" for v in vals.get("twisted.chat.lines_per_sec", [])]
-print(f"\nrounds, chat lines/s: oxicorn {' '.join(rates)}; twisted {' '.join(trates)}")
-EOF
-rm -f "$RESULTS"
+python3 benches/chat/summary.py "$RESULTS" "$QUOTE_CONC" $WINDOWS
