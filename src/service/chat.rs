@@ -387,6 +387,15 @@ impl Room {
     }
 }
 
+/// A connection's place in the room, given up when dropped.
+struct Seat(Arc<Room>, u64);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.state().members.remove(&self.1);
+    }
+}
+
 /// The chat service of one worker.
 pub struct Chat {
     bus: Bus,
@@ -450,6 +459,9 @@ impl Chat {
                 ready: Arc::clone(&ready),
             },
         );
+        // Leaves the room however this task ends: returned, panicked, or dropped by a worker
+        // that stops (a member left behind would hold the log until the backlog dropped it).
+        let _seat = Seat(Arc::clone(&self.room), id);
         let writer = write_loop(wr, Arc::clone(&self.room), id, kick.clone(), ready);
         tokio::pin!(writer);
 
@@ -473,7 +485,6 @@ impl Chat {
             // Let the writer flush the member's last lines (`* bye`), but not forever.
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
         }
-        self.room.state().members.remove(&id);
         result
     }
 
