@@ -814,6 +814,16 @@ mod tests {
         }
     }
 
+    /// A room whose members `ids` have joined.
+    fn room_of(ids: &[u64]) -> Room {
+        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
+        for &id in ids {
+            room.state().members.insert(id, member(None));
+            room.join(id);
+        }
+        room
+    }
+
     fn gathered(m: &mut Member, log: &Log) -> String {
         let mut buf = BytesMut::new();
         m.gather(log, &mut buf);
@@ -863,11 +873,7 @@ mod tests {
 
     #[test]
     fn the_log_spans_chunks_and_drops_what_everyone_has_read() {
-        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
-        for id in [1, 2] {
-            room.state().members.insert(id, member(None));
-            room.join(id);
-        }
+        let room = room_of(&[1, 2]);
         let line = format!("{}\r\n", "x".repeat(998));
         for _ in 0..200 {
             room.append(None, line.as_bytes());
@@ -896,11 +902,7 @@ mod tests {
 
     #[test]
     fn a_member_too_far_behind_is_kicked_and_no_longer_holds_the_log() {
-        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
-        for id in [1, 2] {
-            room.state().members.insert(id, member(None));
-            room.join(id);
-        }
+        let room = room_of(&[1, 2]);
         let line = format!("{}\r\n", "y".repeat(1022));
         let mut sent = 0u64;
         while sent <= MEMBER_BACKLOG + 2 * CHUNK as u64 {
