@@ -77,6 +77,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes gathered for one write to a member's socket (then the writer comes back for more).
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// A writer that goes idle with a larger buffer than this gives it back.
+const IDLE_BUFFER: usize = 4096;
+
 /// The log's unit of allocation: lines are appended to the newest chunk while they fit.
 const CHUNK: usize = 64 * 1024;
 
@@ -715,7 +718,9 @@ async fn write_loop(
     kick: Arc<Kick>,
     ready: Arc<Notify>,
 ) {
-    let mut buf = BytesMut::with_capacity(BATCH_BYTES);
+    // Grows to a batch under load; given back when the member goes quiet (below), so a
+    // thousand idle members do not each keep a batch-sized buffer.
+    let mut buf = BytesMut::new();
     // Whether the last byte written ended a line: the final notice must start on its own.
     let mut at_line_start = true;
     loop {
@@ -737,6 +742,9 @@ async fn write_loop(
             if closed {
                 let _ = wr.shutdown().await;
                 return;
+            }
+            if buf.capacity() > IDLE_BUFFER {
+                buf = BytesMut::new();
             }
             tokio::select! {
                 biased;
