@@ -233,6 +233,26 @@ fn a_line_as_long_as_a_large_max_line_reaches_everyone() {
 }
 
 #[test]
+fn a_telnet_ctrl_c_is_answered_and_not_shown_to_anyone() {
+    let (s, addr) = start(2, &[]);
+    let (mut t, pt) = join(&s, addr, "t");
+    let (mut o, po) = join(&s, addr, "o");
+    distinct(&[pt, po]);
+    t.expect("* o joined");
+    // netkit telnet on Ctrl-C: IAC IP, IAC DO TIMING-MARK; it then discards all output until
+    // the server answers the mark. The user types on.
+    t.send(b"\xff\xf4\xff\xfd\x06");
+    t.send(b"still here\r\n");
+    o.expect("<t> still here");
+    o.send(b"hi t\n");
+    // IAC WILL TIMING-MARK, before what the room says next.
+    assert_eq!(t.try_raw_line(SOON).unwrap(), b"\xff\xfb\x06<o> hi t");
+    // A raw 0xFF from nc is data, shown as U+FFFD, as before.
+    o.send(b"\xff\xfe\n");
+    t.expect("<o> \u{fffd}\u{fffd}");
+}
+
+#[test]
 fn a_member_that_stops_reading_is_dropped_and_the_others_get_everything() {
     let (s, addr) = start(3, &[]);
     // The stalled member takes as little as the kernel allows into its socket, so its queue

@@ -43,7 +43,7 @@ use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::lines::{Line, LineReader};
+use super::lines::{Line, LineReader, TIMING_MARK_REPLY};
 use super::{ConnContext, idle};
 use crate::bus::{Bus, BusError};
 use crate::net::Stream;
@@ -517,7 +517,9 @@ impl Chat {
         joined: &mut Option<Joined>,
     ) -> io::Result<()> {
         self.reply(id, "* welcome to oxicorn chat; what is your name?\r\n");
-        let mut lines = LineReader::new(rd, self.max_line);
+        // telnet is one of the two clients chat is for: its Ctrl-C must not become garbage
+        // in the room, nor silence the member's own screen (see `Line::TimingMark`).
+        let mut lines = LineReader::telnet(rd, self.max_line);
         loop {
             let line = tokio::select! {
                 l = idle(ctx.idle_timeout, lines.next()) => l?,
@@ -538,6 +540,10 @@ impl Chat {
                         self.max_line
                     );
                     self.reply(id, msg);
+                    continue;
+                }
+                Some(Line::TimingMark) => {
+                    self.reply(id, Bytes::from_static(TIMING_MARK_REPLY));
                     continue;
                 }
                 Some(Line::Text(bytes)) => bytes,

@@ -16,6 +16,58 @@ pub enum Line {
     Text(Bytes),
     /// A line longer than the cap, already discarded (reported once, at its end).
     TooLong,
+    /// The client asked `IAC DO TIMING-MARK` (a telnet user pressed Ctrl-C): answer
+    /// [`TIMING_MARK_REPLY`], or the client discards everything it is sent until it gets it.
+    /// Only from a reader made with [`LineReader::telnet`].
+    TimingMark,
+}
+
+/// The answer to `IAC DO TIMING-MARK` (RFC 860): `IAC WILL TIMING-MARK`.
+pub const TIMING_MARK_REPLY: &[u8] = &[IAC, WILL, TM];
+
+const IAC: u8 = 0xff;
+const WILL: u8 = 0xfb;
+const DO: u8 = 0xfd;
+const TM: u8 = 0x06;
+
+/// The telnet commands a client sends in the middle of a line (RFC 854): `IAC` and one byte
+/// (NOP, DM, BRK, IP, AO, AYT, EC, EL, GA), which are dropped, and `IAC DO TIMING-MARK`, which
+/// telnet sends after IP when its user presses Ctrl-C and which must be answered. Any other
+/// byte, 0xFF included, passes through as data: nc users' bytes are theirs, and invalid UTF-8
+/// is the service's business (chat shows it as U+FFFD).
+#[derive(Debug, Default)]
+struct TelnetFilter {
+    /// Bytes of a command begun at the end of the last read: 0, or `IAC`, or `IAC DO`.
+    held: Vec<u8>,
+    /// Timing marks asked for and not yet reported.
+    marks: usize,
+}
+
+impl TelnetFilter {
+    /// Filters `data` (just read) into `out`.
+    fn filter(&mut self, data: &[u8], out: &mut BytesMut) {
+        for &b in data {
+            match (self.held.as_slice(), b) {
+                ([], IAC) | ([IAC], DO) => self.held.push(b),
+                ([], _) => out.extend_from_slice(&[b]),
+                ([IAC], 0xf1..=0xf9) => self.held.clear(),
+                ([IAC, DO], TM) => {
+                    self.held.clear();
+                    self.marks += 1;
+                }
+                _ => {
+                    // Not a command we know: what was held is data, and `b` starts afresh.
+                    out.extend_from_slice(&self.held);
+                    self.held.clear();
+                    if b == IAC {
+                        self.held.push(b);
+                    } else {
+                        out.extend_from_slice(&[b]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The decoder. `decode_eof` also returns a last line that has no newline, which is what `nc`
@@ -109,6 +161,8 @@ pub struct LineReader<R> {
     codec: LineCodec,
     buf: BytesMut,
     eof: bool,
+    /// For services meant for telnet users (chat): see [`TelnetFilter`].
+    telnet: Option<TelnetFilter>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
@@ -119,6 +173,16 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
             codec: LineCodec::new(max),
             buf: BytesMut::new(),
             eof: false,
+            telnet: None,
+        }
+    }
+
+    /// As [`LineReader::new`], and the telnet commands a client sends mid-line are taken out
+    /// of the stream ([`Line::TimingMark`] reports the one that needs an answer).
+    pub fn telnet(io: R, max: usize) -> LineReader<R> {
+        LineReader {
+            telnet: Some(TelnetFilter::default()),
+            ..LineReader::new(io, max)
         }
     }
 
@@ -130,6 +194,12 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
     pub async fn next(&mut self) -> std::io::Result<Option<Line>> {
         use tokio::io::AsyncReadExt;
         loop {
+            if let Some(t) = &mut self.telnet
+                && t.marks > 0
+            {
+                t.marks -= 1;
+                return Ok(Some(Line::TimingMark));
+            }
             if self.eof {
                 return self.codec.decode_eof(&mut self.buf);
             }
@@ -137,8 +207,19 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
                 return Ok(Some(line));
             }
             self.buf.reserve(4096);
+            let start = self.buf.len();
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 self.eof = true;
+                if let Some(t) = &mut self.telnet {
+                    // A command cut off by the end of the stream was data after all.
+                    self.buf.extend_from_slice(&t.held);
+                    t.held.clear();
+                }
+            } else if let Some(t) = &mut self.telnet
+                && (!t.held.is_empty() || self.buf[start..].contains(&IAC))
+            {
+                let read = self.buf.split_off(start);
+                t.filter(&read, &mut self.buf);
             }
         }
     }
@@ -189,6 +270,65 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    /// What a telnet reader makes of `chunks`, read one after another.
+    fn telnet(chunks: &[&[u8]]) -> Vec<Line> {
+        let (mut client, server) = tokio::io::duplex(64);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let chunks: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
+        rt.block_on(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut reader = LineReader::telnet(server, 64);
+            let writer = tokio::spawn(async move {
+                for c in chunks {
+                    client.write_all(&c).await.unwrap();
+                    // One read per chunk, so commands are cut where the test cuts them.
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            });
+            let mut out = Vec::new();
+            while let Some(l) = reader.next().await.unwrap() {
+                out.push(l);
+            }
+            writer.await.unwrap();
+            out
+        })
+    }
+
+    #[test]
+    fn telnet_ctrl_c_is_taken_out_of_the_line_and_its_timing_mark_reported() {
+        // What netkit telnet sends when its user presses Ctrl-C, then types on.
+        assert_eq!(
+            telnet(&[b"\xff\xf4\xff\xfd\x06", b"still here\r\n"]),
+            vec![Line::TimingMark, text(b"still here")]
+        );
+        // Cut inside the command.
+        assert_eq!(
+            telnet(&[b"a\xff", b"\xfd", b"\x06b\xff", b"\xf4c\n"]),
+            vec![Line::TimingMark, text(b"abc")]
+        );
+    }
+
+    #[test]
+    fn telnet_leaves_every_other_byte_alone() {
+        // DONT, a lone IAC, IAC IAC, DO of another option, and one cut off by the end.
+        assert_eq!(
+            telnet(&[
+                b"bad \xff\xfe ok\n",
+                b"\xff\xffx\xff",
+                b"\xfd\x01\n\xff\xfd"
+            ]),
+            vec![
+                text(b"bad \xff\xfe ok"),
+                text(b"\xff\xffx\xff\xfd\x01"),
+                text(b"\xff\xfd")
+            ]
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ impl Quote {
             };
             match line {
                 None => break,
+                // Only telnet readers report it; quote's takes bytes as they come.
+                Some(Line::TimingMark) => continue,
                 Some(Line::TooLong) => {
                     let msg = format!(
                         "* line too long (more than {} bytes): closing\r\n",
