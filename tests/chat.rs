@@ -253,6 +253,42 @@ fn a_telnet_ctrl_c_is_answered_and_not_shown_to_anyone() {
 }
 
 #[test]
+fn a_member_whose_worker_catches_up_on_its_lines_is_not_dropped() {
+    // The member's worker is stopped while it sends ~3 MB of long lines, then resumed: the
+    // worker reads them as fast as it can. Its own lines count as behind until its writer
+    // skips them, so a writer starved by its own session dropped the member that was sending.
+    const N: usize = 48;
+    let (s, addr) = start(2, &["--max-line", "70000"]);
+    for round in 0..3 {
+        let (mut sender, ps) = join(&s, addr, &format!("sender{round}"));
+        let (mut other, po) = join(&s, addr, &format!("other{round}"));
+        distinct(&[ps, po]);
+        sender.expect(&format!("* other{round} joined"));
+        kill(Pid::from_raw(ps), Signal::SIGSTOP).unwrap();
+        let mut stream = sender.stream.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let line = format!("{}\n", "y".repeat(64 * 1024));
+            for _ in 0..N {
+                stream.write_all(line.as_bytes()).unwrap();
+            }
+        });
+        // Let the kernel buffers fill while the worker cannot read.
+        std::thread::sleep(Duration::from_millis(300));
+        kill(Pid::from_raw(ps), Signal::SIGCONT).unwrap();
+        writer.join().unwrap();
+        for _ in 0..N {
+            let l = other.line();
+            assert_eq!(l.len(), format!("<sender{round}> ").len() + 64 * 1024);
+        }
+        sender.send(b"/quit\n");
+        sender.expect("* bye");
+        other.expect(&format!("* sender{round} left"));
+        other.send(b"/quit\n");
+        other.expect("* bye");
+    }
+}
+
+#[test]
 fn a_member_that_stops_reading_is_dropped_and_the_others_get_everything() {
     let (s, addr) = start(3, &[]);
     // The stalled member takes as little as the kernel allows into its socket, so its queue

@@ -197,6 +197,8 @@ struct Member {
     until: Option<u64>,
     /// Its own lines in the log (start, end), which its writer skips.
     own: VecDeque<(u64, u64)>,
+    /// Their bytes: not for this member, so not part of how far behind it is.
+    own_bytes: u64,
     /// Lines for it alone, each due once the log is sent up to the offset beside it, so a
     /// reply lands after what the room said before it.
     replies: VecDeque<(u64, Bytes)>,
@@ -249,6 +251,7 @@ impl Member {
                 if s <= c {
                     self.cursor = Some(c.max(e));
                     self.own.pop_front();
+                    self.own_bytes -= e - s;
                     continue;
                 }
                 stop = stop.min(s);
@@ -312,13 +315,16 @@ impl Room {
         let (start, new_chunk) = st.log.append(lines);
         if let Some(m) = from.and_then(|id| st.members.get_mut(&id)) {
             m.own.push_back((start, st.log.head));
+            m.own_bytes += lines.len() as u64;
         }
         if new_chunk {
             let head = st.log.head;
             let mut needed = head;
             for m in st.members.values_mut() {
                 let Some(c) = m.reading() else { continue };
-                if head - c > self.backlog {
+                // Only what is for this member counts: its own lines ahead of its writer (a
+                // burst it sent, read faster than its writer runs) are skipped, not sent.
+                if (head - c).saturating_sub(m.own_bytes) > self.backlog {
                     m.kicked = true;
                     m.kick.kick(KICK_OVERFLOW);
                 } else {
@@ -454,6 +460,7 @@ impl Chat {
                 cursor: None,
                 until: None,
                 own: VecDeque::new(),
+                own_bytes: 0,
                 replies: VecDeque::new(),
                 waiting: false,
                 closed: false,
@@ -473,11 +480,16 @@ impl Chat {
         let result = {
             let session = self.session(id, rd, ctx, &mut joined);
             tokio::select! {
-                r = session => r,
+                // The writer first, every time this task runs. Both share the task's budget
+                // (tokio's cooperative scheduling): polled in random order, a session with
+                // megabytes of input queued could take it several polls in a row while the
+                // writer, which also lets the log drop the member's own lines, waited.
+                biased;
                 () = &mut writer => {
                     writer_done = true;
                     Ok(())
                 }
+                r = session => r,
             }
         };
         if let Some(j) = joined {
@@ -819,6 +831,7 @@ mod tests {
             cursor,
             until: None,
             own: VecDeque::new(),
+            own_bytes: 0,
             replies: VecDeque::new(),
             waiting: false,
             closed: false,
@@ -912,6 +925,29 @@ mod tests {
         st.members.get_mut(&2).unwrap().cursor = Some(st.log.head);
         st.log.trim(st.log.head);
         assert_eq!(st.log.chunks.len(), 1, "the newest chunk stays");
+    }
+
+    #[test]
+    fn a_member_s_own_lines_are_not_its_backlog() {
+        let room = room_of(&[1, 2]);
+        let line = format!("<two> {}\r\n", "z".repeat(1000));
+        // Member 2 sends twice the backlog before its writer runs; member 1 keeps up.
+        let mut sent = 0;
+        while sent <= 2 * MEMBER_BACKLOG {
+            room.append(Some(2), line.as_bytes());
+            sent += line.len() as u64;
+            let mut st = room.state();
+            let st = &mut *st;
+            let m = st.members.get_mut(&1).unwrap();
+            while !gathered(m, &st.log).is_empty() {}
+        }
+        room.append(None, b"for two\r\n");
+        let mut st = room.state();
+        let st = &mut *st;
+        let two = st.members.get_mut(&2).unwrap();
+        assert!(!two.kicked, "dropped for its own lines");
+        assert_eq!(gathered(two, &st.log), "for two\r\n");
+        assert_eq!(two.own_bytes, 0);
     }
 
     #[test]
