@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ pub const HUB_BOOT_ERROR: i32 = 3;
 
 /// Frames queued for one worker before it is considered stuck and disconnected.
 const HUB_QUEUE: usize = 64 * 1024;
+
+/// Bytes queued for one worker before it is considered stuck and disconnected. Frames are
+/// batches of up to 64 KiB (workers merge runs of publications), so a bound in frames alone
+/// would let one stopped worker make the hub hold gigabytes.
+const HUB_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Frames written to one worker in a single batch at most.
 const BATCH: usize = 256;
@@ -293,6 +299,11 @@ struct Conn {
     kick: CancellationToken,
     /// Its pid, from its hello (for logs).
     worker: u32,
+    /// Bytes in `tx` not yet taken by the writer: added by [`Hub::send`], subtracted by the
+    /// writer.
+    queued: Arc<AtomicUsize>,
+    /// The most `queued` may reach ([`HUB_QUEUE_BYTES`]).
+    limit: usize,
 }
 
 /// A granted reservation.
@@ -372,12 +383,18 @@ impl Hub {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(frame) {
-            tracing::warn!(
-                worker = c.worker,
-                "a worker stopped reading the bus: disconnecting it (it will reconnect)"
-            );
+        let len = frame.len();
+        let over = c.queued.load(Ordering::Relaxed) + len > c.limit;
+        if over || c.tx.try_send(frame).is_err() {
+            if !c.kick.is_cancelled() {
+                tracing::warn!(
+                    worker = c.worker,
+                    "a worker stopped reading the bus: disconnecting it (it will reconnect)"
+                );
+            }
             c.kick.cancel();
+        } else {
+            c.queued.fetch_add(len, Ordering::Relaxed);
         }
     }
 
@@ -548,6 +565,7 @@ fn owned(b: &Bytes) -> Bytes {
 async fn connection(hub: Arc<Mutex<Hub>>, stream: UnixStream) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(HUB_QUEUE);
     let kick = CancellationToken::new();
+    let queued = Arc::new(AtomicUsize::new(0));
     let id = {
         let mut h = lock(&hub);
         h.next_conn += 1;
@@ -558,6 +576,8 @@ async fn connection(hub: Arc<Mutex<Hub>>, stream: UnixStream) {
                 tx,
                 kick: kick.clone(),
                 worker: 0,
+                queued: Arc::clone(&queued),
+                limit: HUB_QUEUE_BYTES,
             },
         );
         id
@@ -583,13 +603,18 @@ async fn connection(hub: Arc<Mutex<Hub>>, stream: UnixStream) {
         let mut buf = BytesMut::new();
         while let Some(first) = rx.recv().await {
             buf.clear();
+            let mut taken = first.len();
             codec.encode(first, &mut buf)?;
             for _ in 1..BATCH {
                 match rx.try_recv() {
-                    Ok(f) => codec.encode(f, &mut buf)?,
+                    Ok(f) => {
+                        taken += f.len();
+                        codec.encode(f, &mut buf)?;
+                    }
                     Err(_) => break,
                 }
             }
+            queued.fetch_sub(taken, Ordering::Relaxed);
             wr.write_all(&buf).await?;
         }
         Ok::<(), std::io::Error>(())
@@ -637,6 +662,15 @@ mod tests {
 
     /// A worker connection with a queue of `cap` frames.
     fn connect(h: &mut Hub, cap: usize) -> (u64, mpsc::Receiver<Bytes>, CancellationToken) {
+        connect_bounded(h, cap, HUB_QUEUE_BYTES)
+    }
+
+    /// A worker connection with a queue of `cap` frames and `limit` bytes.
+    fn connect_bounded(
+        h: &mut Hub,
+        cap: usize,
+        limit: usize,
+    ) -> (u64, mpsc::Receiver<Bytes>, CancellationToken) {
         h.next_conn += 1;
         let id = h.next_conn;
         let (tx, rx) = mpsc::channel(cap);
@@ -647,6 +681,8 @@ mod tests {
                 tx,
                 kick: kick.clone(),
                 worker: 0,
+                queued: Arc::default(),
+                limit,
             },
         );
         (id, rx, kick)
@@ -1001,6 +1037,28 @@ mod tests {
                 payload: Bytes::new(),
             },
         );
+        assert!(kicked.is_cancelled());
+    }
+
+    #[test]
+    fn a_worker_is_disconnected_by_the_bytes_waiting_for_it_not_only_the_frames() {
+        let mut h = hub(None);
+        let (a, _ra, _) = connect(&mut h, 16);
+        // Room for many frames, but 100 KiB at most.
+        let (_b, _rb, kicked) = connect_bounded(&mut h, 1024, 100 * 1024);
+        let batch = |h: &mut Hub| {
+            h.handle(
+                a,
+                Up::Publish {
+                    topic: "chat".into(),
+                    payload: Bytes::from(vec![b'x'; 40 * 1024]),
+                },
+            )
+        };
+        batch(&mut h);
+        batch(&mut h);
+        assert!(!kicked.is_cancelled());
+        batch(&mut h);
         assert!(kicked.is_cancelled());
     }
 }
