@@ -214,6 +214,22 @@ struct Member {
 }
 
 impl Member {
+    /// A connection that has not joined yet: it gets its replies only.
+    fn new(kick: Arc<Kick>, ready: Arc<Notify>) -> Member {
+        Member {
+            cursor: None,
+            until: None,
+            own: VecDeque::new(),
+            own_bytes: 0,
+            replies: VecDeque::new(),
+            waiting: false,
+            closed: false,
+            kicked: false,
+            kick,
+            ready,
+        }
+    }
+
     /// Whether the log must keep the bytes at its cursor.
     fn reading(&self) -> Option<u64> {
         let c = self.cursor?;
@@ -454,21 +470,10 @@ impl Chat {
         let (rd, wr) = tokio::io::split(stream);
         let kick = Arc::new(Kick::default());
         let ready = Arc::new(Notify::new());
-        self.room.state().members.insert(
-            id,
-            Member {
-                cursor: None,
-                until: None,
-                own: VecDeque::new(),
-                own_bytes: 0,
-                replies: VecDeque::new(),
-                waiting: false,
-                closed: false,
-                kicked: false,
-                kick: Arc::clone(&kick),
-                ready: Arc::clone(&ready),
-            },
-        );
+        self.room
+            .state()
+            .members
+            .insert(id, Member::new(Arc::clone(&kick), Arc::clone(&ready)));
         // Leaves the room however this task ends: returned, panicked, or dropped by a worker
         // that stops (a member left behind would hold the log until the backlog dropped it).
         let _seat = Seat(Arc::clone(&self.room), id);
@@ -826,26 +831,13 @@ mod tests {
         assert_eq!(clean(b"caf\xc3\xa9 \xff!"), "café \u{fffd}!");
     }
 
-    fn member(cursor: Option<u64>) -> Member {
-        Member {
-            cursor,
-            until: None,
-            own: VecDeque::new(),
-            own_bytes: 0,
-            replies: VecDeque::new(),
-            waiting: false,
-            closed: false,
-            kicked: false,
-            kick: Arc::default(),
-            ready: Arc::default(),
-        }
-    }
-
     /// A room whose members `ids` have joined.
     fn room_of(ids: &[u64]) -> Room {
         let room = Room::new(crate::config::DEFAULT_MAX_LINE);
         for &id in ids {
-            room.state().members.insert(id, member(None));
+            room.state()
+                .members
+                .insert(id, Member::new(Arc::default(), Arc::default()));
             room.join(id);
         }
         room
@@ -861,7 +853,9 @@ mod tests {
     fn a_member_gets_the_log_from_where_it_joined_without_its_own_lines() {
         let room = Room::new(crate::config::DEFAULT_MAX_LINE);
         for id in [1, 2] {
-            room.state().members.insert(id, member(None));
+            room.state()
+                .members
+                .insert(id, Member::new(Arc::default(), Arc::default()));
         }
         room.append(None, b"before\r\n");
         room.join(1);
@@ -886,7 +880,9 @@ mod tests {
     #[test]
     fn a_member_that_stopped_reading_gets_its_last_word_last() {
         let room = Room::new(crate::config::DEFAULT_MAX_LINE);
-        room.state().members.insert(1, member(None));
+        room.state()
+            .members
+            .insert(1, Member::new(Arc::default(), Arc::default()));
         room.join(1);
         room.append(None, b"a\r\n");
         room.stop_reading(1);
