@@ -98,6 +98,11 @@ struct Kick {
 }
 
 impl Kick {
+    /// Whether the member was dropped (the log then keeps nothing for it).
+    fn is_kicked(&self) -> bool {
+        self.reason.load(Ordering::SeqCst) != 0
+    }
+
     fn kick(&self, reason: u8) {
         let _ = self
             .reason
@@ -206,8 +211,6 @@ struct Member {
     waiting: bool,
     /// No more replies: the writer sends what is due, then shuts the socket's write side.
     closed: bool,
-    /// Dropped by the server: the log no longer keeps lines for it.
-    kicked: bool,
     kick: Arc<Kick>,
     /// Wakes its writer: something to send, or closed.
     ready: Arc<Notify>,
@@ -224,7 +227,6 @@ impl Member {
             replies: VecDeque::new(),
             waiting: false,
             closed: false,
-            kicked: false,
             kick,
             ready,
         }
@@ -233,13 +235,13 @@ impl Member {
     /// Whether the log must keep the bytes at its cursor.
     fn reading(&self) -> Option<u64> {
         let c = self.cursor?;
-        (!self.kicked && self.until.is_none_or(|u| c < u)).then_some(c)
+        (!self.kick.is_kicked() && self.until.is_none_or(|u| c < u)).then_some(c)
     }
 
     /// Appends what is due for this member to `buf` (about [`BATCH_BYTES`] at most): the log
     /// from its cursor, minus its own lines, with its replies in their places.
     fn gather(&mut self, log: &Log, buf: &mut BytesMut) {
-        if self.kicked {
+        if self.kick.is_kicked() {
             // Its writer is stopping, and the log no longer keeps its place.
             return;
         }
@@ -341,7 +343,6 @@ impl Room {
                 // Only what is for this member counts: its own lines ahead of its writer (a
                 // burst it sent, read faster than its writer runs) are skipped, not sent.
                 if (head - c).saturating_sub(m.own_bytes) > self.backlog {
-                    m.kicked = true;
                     m.kick.kick(KICK_OVERFLOW);
                 } else {
                     needed = needed.min(c);
@@ -368,7 +369,6 @@ impl Room {
             return;
         }
         if m.replies.len() >= MEMBER_REPLIES {
-            m.kicked = true;
             m.kick.kick(KICK_OVERFLOW);
             return;
         }
@@ -406,7 +406,6 @@ impl Room {
 
     fn kick(&self, id: u64, reason: u8) {
         if let Some(m) = self.state().members.get_mut(&id) {
-            m.kicked = true;
             m.kick.kick(reason);
         }
     }
@@ -941,7 +940,7 @@ mod tests {
         let mut st = room.state();
         let st = &mut *st;
         let two = st.members.get_mut(&2).unwrap();
-        assert!(!two.kicked, "dropped for its own lines");
+        assert!(!two.kick.is_kicked(), "dropped for its own lines");
         assert_eq!(gathered(two, &st.log), "for two\r\n");
         assert_eq!(two.own_bytes, 0);
     }
@@ -962,9 +961,9 @@ mod tests {
         }
         let st = room.state();
         let slow = &st.members[&2];
-        assert!(slow.kicked && slow.kick.token.is_cancelled());
+        assert!(slow.kick.is_kicked() && slow.kick.token.is_cancelled());
         assert_eq!(slow.kick.reason.load(Ordering::SeqCst), KICK_OVERFLOW);
-        assert!(!st.members[&1].kicked);
+        assert!(!st.members[&1].kick.is_kicked());
         assert!(
             st.log.head - st.log.base <= 2 * CHUNK as u64,
             "the log was trimmed"
