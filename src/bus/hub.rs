@@ -931,14 +931,21 @@ mod tests {
         assert!(!hub(Some(&[])).recovering);
     }
 
-    #[test]
-    fn only_a_live_child_of_the_arbiter_is_alive() {
-        let arbiter = Pid::this();
-        let mut live = std::process::Command::new("sleep")
+    /// Two children of this process: one that lives (30 s at most, if a test fails before
+    /// killing it) and one that exits at once.
+    fn live_and_exiting_children() -> (std::process::Child, std::process::Child) {
+        let live = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let exiting = std::process::Command::new("true").spawn().unwrap();
+        (live, exiting)
+    }
+
+    #[test]
+    fn only_a_live_child_of_the_arbiter_is_alive() {
+        let arbiter = Pid::this();
+        let (mut live, mut dead) = live_and_exiting_children();
         let zombie = dead.id();
         // Exited but not reaped: a zombie, which `kill(pid, 0)` would call alive.
         assert!(eventually_true(|| {
@@ -975,11 +982,7 @@ mod tests {
     #[tokio::test]
     async fn recovery_ends_when_listed_workers_are_gone_or_at_the_cap() {
         let arbiter = Pid::this();
-        let mut live = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let (mut live, mut dead) = live_and_exiting_children();
         let gone = dead.id();
         dead.wait().unwrap();
 
