@@ -350,11 +350,14 @@ impl Room {
             }
             st.log.trim(needed);
         }
-        for id in std::mem::take(&mut st.waiting) {
+        // Taken and put back empty, so the list keeps its allocation from burst to burst.
+        let mut waiting = std::mem::take(&mut st.waiting);
+        for id in waiting.drain(..) {
             if let Some(m) = st.members.get_mut(&id) {
                 m.wake();
             }
         }
+        st.waiting = waiting;
     }
 
     /// Queues a line for member `id` alone, after what the room said so far.
