@@ -37,7 +37,7 @@ const TM: u8 = 0x06;
 /// is the service's business (chat shows it as U+FFFD).
 #[derive(Debug, Default)]
 struct TelnetFilter {
-    /// Bytes of a command begun at the end of the last read: 0, or `IAC`, or `IAC DO`.
+    /// Bytes of a command begun at the end of the last read: none, `IAC`, or `IAC DO`.
     held: Vec<u8>,
     /// Timing marks asked for and not yet reported.
     marks: usize,
