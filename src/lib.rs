@@ -25,10 +25,14 @@
 
 #![warn(missing_docs)]
 
+/// This build's version, as `--version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod arbiter;
 pub mod bus;
 pub mod config;
 pub mod connect;
+pub mod exit;
 pub mod log;
 pub mod net;
 pub mod scoreboard;

@@ -1,43 +1,60 @@
-//! The `oxicorn` command: flags → [`Config`] → the arbiter → exit code.
+//! The `oxicorn` command: the command line → [`Config`] → the arbiter → exit code.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use oxicorn::config::{Cli, Command, Config};
+use oxicorn::config::{Config, Invocation, ServeArgs, cli};
+use oxicorn::exit;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let invocation = match cli::parse_from(std::env::args_os()) {
+        Ok(i) => i,
+        // Usage errors print clap's message and exit 2; --help and --version exit 0.
+        Err(err) => err.exit(),
+    };
+    match run(invocation) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
             eprintln!("oxicorn: {err:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit::CONFIG_ERROR as u8)
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
-    // A client, not a server: no configuration, no arbiter.
-    if let Some(Command::Connect(args)) = &cli.command {
-        return Ok(oxicorn::connect::run(&args.addr, cli.server.timeout));
-    }
-    let config = Config::load(&cli)?;
-    if cli.server.check_config {
+fn run(invocation: Invocation) -> anyhow::Result<i32> {
+    let args: ServeArgs = match invocation {
+        // Client commands: no configuration, no arbiter.
+        Invocation::Connect { addr, timeout } => {
+            return Ok(oxicorn::connect::run(&addr, Some(timeout)));
+        }
+        Invocation::Completions(shell) => {
+            let mut cmd = cli::command();
+            clap_complete::generate(shell, &mut cmd, "oxicorn", &mut std::io::stdout());
+            return Ok(exit::OK);
+        }
+        Invocation::Man => {
+            clap_mangen::Man::new(cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            return Ok(exit::OK);
+        }
+        Invocation::Serve(args) => args,
+    };
+    let config = Config::load(&args)?;
+    if args.check_config {
         println!("configuration ok");
         print!("{}", config.summary());
-        return Ok(0);
+        return Ok(exit::OK);
     }
-    if cli.server.print_config {
-        let text = toml::to_string(&config.to_file_config())
-            .context("cannot render the configuration as TOML")?;
-        print!("{text}");
-        return Ok(0);
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(exit::OK);
     }
     let log = oxicorn::log::init(config.log_level.filter(), config.error_logfile.as_deref())?;
     let log: &'static _ = Box::leak(Box::new(log));
     let to_file = config.error_logfile.is_some();
-    match oxicorn::arbiter::run(cli, config, log) {
+    let source = Box::new(move || Config::load(&args));
+    match oxicorn::arbiter::run(config, source, log) {
         Ok(code) => Ok(code),
         Err(err) => {
             if to_file {

@@ -49,7 +49,7 @@ pub(super) struct HubChild {
 impl Arbiter {
     /// Starts the hub when the service needs one and none is running (after the back-off).
     pub(super) fn manage_hub(&mut self) {
-        if !self.config.service.needs_bus() || self.stopping.is_some() || self.hub.pid.is_some() {
+        if !self.config.needs_bus() || self.stopping.is_some() || self.hub.pid.is_some() {
             return;
         }
         if self.hub.retry_at.is_some_and(|at| Instant::now() < at) {

@@ -24,7 +24,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
-use crate::config::{Cli, Config, show_duration};
+use crate::config::{Config, ConfigSource, show_duration};
 use crate::log::LogHandle;
 use crate::net::BindAddr;
 use crate::scoreboard::Scoreboard;
@@ -106,8 +106,9 @@ struct Boot {
 
 /// The master process's state. Built by [`run`]; lives until the process exits.
 pub struct Arbiter {
-    /// The flags we started with, re-merged with the config file on every HUP.
-    cli: Cli,
+    /// Called on every HUP for the configuration to reload to (the command line re-read with
+    /// its config file, or an embedding program's own).
+    source: ConfigSource,
     config: Arc<Config>,
     log: &'static LogHandle,
     /// `None` only in a forked child, which has given the handlers up.
@@ -138,6 +139,9 @@ pub struct Arbiter {
     pidfile: Option<Pidfile>,
     /// The bus hub, for services that need one (`hub.rs`).
     hub: hub::HubChild,
+    /// Where the hub listens: chosen here, once, and handed to every child (workers never
+    /// derive it from `getppid()`, so an exec'd arbiter can keep it).
+    bus_address: std::path::PathBuf,
 }
 
 /// Starts the server and supervises it until it stops; returns the process exit code.
@@ -145,13 +149,17 @@ pub struct Arbiter {
 /// # Errors
 /// An [`ArbiterError`] if anything fails before the first worker is forked (a bind, the pid
 /// file). Nothing is left behind: sockets bound so far are closed and their files removed.
-pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, ArbiterError> {
+pub fn run(
+    config: Config,
+    source: ConfigSource,
+    log: &'static LogHandle,
+) -> Result<i32, ArbiterError> {
     raise_nofile_limit();
     if let Some(path) = &config.pidfile {
         pidfile::check(path)?;
     }
     let mut bound: Vec<Listener> = Vec::new();
-    for addr in &config.binds {
+    for addr in config.binds() {
         match Listener::bind(addr, config.backlog) {
             Ok(l) => bound.push(l),
             Err(err) => {
@@ -184,19 +192,24 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
         "oxicorn {} arbiter {} starting {} with {} worker(s)",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        config.service.name(),
+        config.service_names(),
         config.workers
     );
     for l in &bound {
         tracing::info!("listening on {}", l.local);
     }
-    if let crate::config::ServiceConfig::Static(s) = &config.service {
-        for l in &bound {
-            tracing::info!("{}", serving_line(s, l, config.workers));
+    for spec in &config.services {
+        if let crate::config::ServiceConfig::Static(s) = &spec.service {
+            for l in bound
+                .iter()
+                .filter(|l| spec.binds.iter().any(|a| l.serves(a)))
+            {
+                tracing::info!("{}", serving_line(s, l, config.workers));
+            }
         }
     }
     let mut arbiter = Arbiter {
-        cli,
+        source,
         target: config.workers,
         config,
         log,
@@ -216,6 +229,7 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
         stopping: None,
         pidfile,
         hub: hub::HubChild::default(),
+        bus_address: crate::bus::hub_address(std::process::id()),
     };
     Ok(arbiter.run_loop())
 }
@@ -359,7 +373,7 @@ impl Arbiter {
             return;
         }
         tracing::info!("HUP: reloading the configuration");
-        let new = match Config::load(&self.cli) {
+        let new = match (self.source)() {
             Ok(c) => c,
             Err(err) => {
                 tracing::error!("reload refused: {err}; still running the previous configuration");
@@ -384,13 +398,12 @@ impl Arbiter {
         let removed: Vec<BindAddr> = self
             .listeners
             .iter()
-            .filter(|l| !new.binds.iter().any(|a| l.serves(a)))
+            .filter(|l| !new.binds().any(|a| l.serves(a)))
             .map(|l| l.addr.clone())
             .collect();
         let mut added: Vec<Listener> = Vec::new();
         let wanted: Vec<BindAddr> = new
-            .binds
-            .iter()
+            .binds()
             .filter(|a| !self.listeners.iter().any(|l| l.serves(a)))
             .cloned()
             .collect();

@@ -150,6 +150,7 @@ impl Arbiter {
             config: Arc::clone(&self.config),
             ready_tx,
             log: self.log,
+            bus_address: self.config.needs_bus().then(|| self.bus_address.clone()),
         }
     }
 

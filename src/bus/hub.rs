@@ -137,7 +137,12 @@ async fn serve(boot: HubBoot) -> i32 {
     tracing::debug!("hub listening on {}", show_address(&addr));
 
     let mut values = HashMap::new();
-    if let crate::config::ServiceConfig::Quote { quote, .. } = &config.service {
+    if let Some(crate::config::ServiceConfig::Quote { quote, .. }) = config
+        .services
+        .iter()
+        .map(|s| &s.service)
+        .find(|s| s.name() == "quote")
+    {
         values.insert(
             crate::service::quote::KEY.to_string(),
             (0, Bytes::from(quote.clone())),

@@ -91,7 +91,13 @@ impl Bus {
     /// Connects (in the background, retrying until the hub is up) to this arbiter's hub.
     /// Call inside the worker's runtime.
     pub fn embedded(arbiter_pid: u32) -> Bus {
-        Bus::Embedded(EmbeddedBus::start(hub_address(arbiter_pid)))
+        Bus::embedded_at(hub_address(arbiter_pid))
+    }
+
+    /// Connects (in the background, retrying until the hub is up) to the hub at `addr`, the
+    /// address the arbiter chose and handed to this worker. Call inside the worker's runtime.
+    pub fn embedded_at(addr: PathBuf) -> Bus {
+        Bus::Embedded(EmbeddedBus::start(addr))
     }
 
     /// Sends `payload` to every subscriber of `topic` in the *other* workers, in the order this

@@ -67,14 +67,18 @@ impl AcceptSocket {
 
 /// Accepts from whichever listener is ready, starting the scan one further each time so a
 /// busy listener cannot starve the others.
-async fn accept_any(listeners: &[AcceptSocket], next: &mut usize) -> io::Result<(Stream, Peer)> {
+/// Returns the connection and the index of the listener that accepted it.
+async fn accept_any(
+    listeners: &[AcceptSocket],
+    next: &mut usize,
+) -> io::Result<(Stream, Peer, usize)> {
     poll_fn(|cx| {
         let n = listeners.len();
         for i in 0..n {
             let idx = (*next + i) % n;
             if let Poll::Ready(r) = listeners[idx].poll_accept(cx) {
                 *next = (idx + 1) % n;
-                return Poll::Ready(r);
+                return Poll::Ready(r.map(|(s, p)| (s, p, idx)));
             }
         }
         Poll::Pending
@@ -108,7 +112,8 @@ pub struct Acceptor<S: Serve> {
     pub service: Arc<S>,
     /// This worker's scoreboard slot (counters).
     pub slot: &'static Slot,
-    /// Passed to every connection.
+    /// Passed to every connection (a service with its own, as in [`crate::service::Services`],
+    /// replaces it).
     pub idle_timeout: Option<Duration>,
 }
 
@@ -127,7 +132,7 @@ impl<S: Serve> Acceptor<S> {
                 _ = self.stop.cancelled() => break,
             };
             match accepted {
-                Ok((stream, peer)) => {
+                Ok((stream, peer, listener)) => {
                     self.slot.accepted.fetch_add(1, Ordering::Relaxed);
                     self.slot.active_conns.fetch_add(1, Ordering::Relaxed);
                     let guard = ActiveGuard(self.slot);
@@ -137,6 +142,7 @@ impl<S: Serve> Acceptor<S> {
                         stop: self.stop.clone(),
                         idle_timeout: self.idle_timeout,
                         slot: self.slot,
+                        listener,
                     };
                     self.conns.spawn(async move {
                         service.serve(stream, ctx).await;

@@ -7,6 +7,7 @@
 pub mod accept;
 
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use crate::arbiter::listeners::Listener;
 use crate::config::Config;
 use crate::log::LogHandle;
 use crate::scoreboard::{Slot, SlotState};
-use crate::service::Service;
+use crate::service::Services;
 use accept::{AcceptSocket, Acceptor};
 
 /// Exit code of a worker that could not start serving. The arbiter backs off before the next
@@ -53,6 +54,9 @@ pub struct WorkerBoot {
     pub ready_tx: OwnedFd,
     /// The logger, to reopen on USR1.
     pub log: &'static LogHandle,
+    /// Where the arbiter runs the bus hub, when a service needs it (the arbiter picks the
+    /// address; services never derive it themselves).
+    pub bus_address: Option<PathBuf>,
 }
 
 /// The message a worker writes to the notification pipe once it accepts connections: its pid
@@ -156,6 +160,7 @@ async fn serve(boot: WorkerBoot) -> i32 {
         config,
         ready_tx,
         log,
+        bus_address,
     } = boot;
 
     let mut signals = match WorkerSignals::install() {
@@ -182,6 +187,21 @@ async fn serve(boot: WorkerBoot) -> i32 {
         return WORKER_BOOT_ERROR;
     }
 
+    // Which service each listener feeds: the one whose binds name its address.
+    let mut routes = Vec::with_capacity(listeners.len());
+    for l in &listeners {
+        match config
+            .services
+            .iter()
+            .position(|s| s.binds.iter().any(|a| l.serves(a)))
+        {
+            Some(i) => routes.push(i),
+            None => {
+                tracing::error!("worker: no service is configured for {}", l.local);
+                return WORKER_BOOT_ERROR;
+            }
+        }
+    }
     let mut sockets = Vec::with_capacity(listeners.len());
     for listener in listeners {
         let local = listener.local.clone();
@@ -194,10 +214,10 @@ async fn serve(boot: WorkerBoot) -> i32 {
         }
     }
 
-    let service = match Service::for_worker(&config) {
+    let service = match Services::for_worker(&config, routes, bus_address.as_deref()) {
         Ok(s) => Arc::new(s),
         Err(err) => {
-            tracing::error!(cause = %err, "worker cannot start the {} service", config.service.name());
+            tracing::error!(cause = %err, "worker cannot start");
             return WORKER_BOOT_ERROR;
         }
     };
@@ -220,7 +240,7 @@ async fn serve(boot: WorkerBoot) -> i32 {
         stop: stop.clone(),
         service: Arc::clone(&service),
         slot,
-        idle_timeout: config.idle_timeout,
+        idle_timeout: None, // each service has its own
     };
     let accept_loop = tokio::spawn(acceptor.run());
 

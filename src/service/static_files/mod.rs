@@ -1103,6 +1103,7 @@ mod memory {
                 stop: Default::default(),
                 idle_timeout: None,
                 slot,
+                listener: 0,
             };
             let dir = tempfile::tempdir().unwrap();
             let cfg = crate::config::StaticConfig {
