@@ -45,8 +45,16 @@ pub enum BindAddrError {
     #[error("`{0}` is not a file descriptor: expected fd://N with N a number such as 3")]
     BadFd(String),
     /// No `:PORT` at the end.
-    #[error("`{0}` has no port: expected HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N")]
+    #[error("`{0}` has no port: write HOST:PORT, such as 127.0.0.1:8000 or [::1]:8000")]
     NoPort(String),
+    /// A port alone, as `8000`: which interface is meant is ambiguous.
+    #[error(
+        "`{0}` is a bare port: write 127.0.0.1:{0} (this machine only) or :{0} (all interfaces)"
+    )]
+    BarePort(String),
+    /// A URL (`http://127.0.0.1:8000`) where an address belongs.
+    #[error("`{0}` is a URL: drop the scheme and write {1}")]
+    Url(String, String),
     /// The port is not a number from 0 to 65535.
     #[error("`{0}` has an invalid port (0-65535)")]
     BadPort(String),
@@ -85,6 +93,22 @@ impl FromStr for BindAddr {
         }
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(BindAddr::Tcp(addr));
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(BindAddrError::BarePort(s.to_string()));
+        }
+        if let Some((scheme, rest)) = s.split_once("://")
+            && !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+        {
+            let rest = rest.split('/').next().unwrap_or(rest);
+            return Err(BindAddrError::Url(s.to_string(), rest.to_string()));
+        }
+        // `[::1]` or `[::1]:`: brackets without a port.
+        if s.starts_with('[') && (s.ends_with(']') || s.ends_with("]:")) {
+            return Err(BindAddrError::NoPort(s.trim_end_matches(':').to_string()));
         }
         // Not a literal address: split HOST:PORT ourselves so the error can say which half is wrong.
         let Some((host, port)) = s.rsplit_once(':') else {
@@ -269,6 +293,22 @@ mod tests {
         assert!(matches!(err("127.0.0.1:"), BindAddrError::NoPort(_)));
         assert!(matches!(err("127.0.0.1:70000"), BindAddrError::BadPort(_)));
         assert!(matches!(err("::1:80"), BindAddrError::Ipv6NeedsBrackets(_)));
+        // What users type first (issue 11): each named for what it is.
+        assert_eq!(err("8000"), BindAddrError::BarePort("8000".into()));
+        assert_eq!(
+            err("http://127.0.0.1:8000"),
+            BindAddrError::Url("http://127.0.0.1:8000".into(), "127.0.0.1:8000".into())
+        );
+        assert_eq!(
+            err("https://[::1]:8000/x"),
+            BindAddrError::Url("https://[::1]:8000/x".into(), "[::1]:8000".into())
+        );
+        assert_eq!(err("[::1]"), BindAddrError::NoPort("[::1]".into()));
+        assert!(err("8000").to_string().contains("127.0.0.1:8000"));
+        assert_eq!(
+            ":8000".parse::<BindAddr>().unwrap().to_string(),
+            "0.0.0.0:8000"
+        );
         let long = format!("unix:/{}", "a".repeat(200));
         assert!(matches!(err(&long), BindAddrError::UnixPathTooLong(..)));
     }

@@ -61,18 +61,17 @@ pub enum ArbiterError {
     #[error(transparent)]
     Pidfile(#[from] PidfileError),
     /// A resource of the arbiter's own (self-pipe, scoreboard) could not be set up.
-    #[error("cannot set up {what}: {source}")]
+    #[error("cannot set up {what}: {cause}")]
     Setup {
         /// Which resource.
         what: &'static str,
         /// What the OS said.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
 fn setup(what: &'static str) -> impl FnOnce(io::Error) -> ArbiterError {
-    move |source| ArbiterError::Setup { what, source }
+    move |cause| ArbiterError::Setup { what, cause }
 }
 
 /// A reload that has started new workers but not yet retired the old ones.

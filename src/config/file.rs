@@ -83,9 +83,9 @@ impl FileConfig {
     /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::File`] listing every
     /// problem (with its line) when it is not valid.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(&text).map_err(|problems| ConfigError::File {
             path: path.to_path_buf(),

@@ -13,13 +13,14 @@ use crate::net::BindAddr;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read config file {}", path.display())]
+    // The OS error is in the message and not a `#[source]`: `main` prints the whole chain,
+    // and a log line prints only the message; either way the cause appears once.
+    #[error("cannot read config file {}: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The config file has problems: every one, each with its line.
     #[error("invalid config file {}: {}", path.display(), problems.join("; "))]

@@ -1,5 +1,5 @@
 //! Configuration: one table of settings ([`settings`]), the command line built from it
-//! ([`cli`]), the TOML file ([`file`]), and the merge that turns them into one immutable
+//! ([`cli`]), the TOML file ([`file`](mod@file)), and the merge that turns them into one immutable
 //! [`Config`] ([`merge`]).
 //!
 //! Precedence is gunicorn's: a flag on the command line wins over the config file, which wins
