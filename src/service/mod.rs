@@ -8,6 +8,7 @@ pub mod chat;
 pub mod echo;
 pub mod lines;
 pub mod quote;
+pub mod reclaim;
 pub mod static_files;
 
 use std::io;
@@ -32,6 +33,9 @@ pub struct ConnContext {
     pub idle_timeout: Option<Duration>,
     /// The worker's scoreboard slot, for counters.
     pub slot: &'static Slot,
+    /// Tells the worker when this connection may be closed to admit a new client at the
+    /// connection cap ([`reclaim`]).
+    pub reclaim: reclaim::Reclaim,
     /// Which of the worker's listeners accepted the connection (an index into the list the
     /// accept loop was given): [`Services`] serves it with that listener's service.
     pub listener: usize,

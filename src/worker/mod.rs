@@ -241,6 +241,7 @@ async fn serve(boot: WorkerBoot) -> i32 {
         service: Arc::clone(&service),
         slot,
         idle_timeout: None, // each service has its own
+        reclaim: Default::default(),
     };
     let accept_loop = tokio::spawn(acceptor.run());
 

@@ -40,6 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use self::files::{OpenError, Opened};
 use self::range::Ranges;
 use self::request::{Head, HeadError, Limits, Method};
+use super::reclaim::IdleClass;
 use super::{ConnContext, idle};
 use crate::config::StaticConfig;
 use crate::net::{Peer, Stream};
@@ -148,11 +149,18 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -
             if stop.is_none() {
                 deadline = deadline.min(tokio::time::Instant::now() + STOP_GRACE);
             }
+            // While it waits, the connection may be closed to admit a new client at the
+            // worker's cap: a served one first, then one that never sent a request.
+            ctx.reclaim.set_idle(if first {
+                IdleClass::NoRequest
+            } else {
+                IdleClass::KeptAlive
+            });
             loop {
-                match wait_for_request(&stream, deadline, stop).await? {
+                match wait_for_request(&stream, deadline, stop, &ctx.reclaim).await? {
                     Wake::Readable => {}
-                    // Nothing sent at all: close quietly, as nginx does.
-                    Wake::Timeout => return Ok(()),
+                    // Nothing sent at all, or closed to make room: close quietly, as nginx does.
+                    Wake::Timeout | Wake::Evicted => return Ok(()),
                     // The worker is stopping and this connection is idle. Closing it this very
                     // moment races a request the client may be sending (it would see a reset
                     // and count a failed request); a short grace lets such a request in, to be
@@ -179,7 +187,10 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -
                 .await;
                 match read {
                     Poll::Ready(Ok(0)) => return Ok(()),
-                    Poll::Ready(Ok(_)) => break,
+                    Poll::Ready(Ok(_)) => {
+                        ctx.reclaim.set_busy();
+                        break;
+                    }
                     // Give the buffer back while waiting on: idle connections hold none.
                     Poll::Pending => buf = BytesMut::new(),
                     Poll::Ready(Err(e)) => return Err(e),
@@ -306,6 +317,8 @@ enum Wake {
     Timeout,
     /// The worker began a graceful stop.
     Stop,
+    /// The worker closes this idle connection to admit a new client at its cap.
+    Evicted,
 }
 
 /// Waits for the first byte of a request, the deadline or the stop, whichever comes first.
@@ -319,6 +332,7 @@ async fn wait_for_request(
     stream: &Stream,
     deadline: tokio::time::Instant,
     stop: Option<&tokio_util::sync::CancellationToken>,
+    reclaim: &crate::service::reclaim::Reclaim,
 ) -> io::Result<Wake> {
     let sleep = tokio::time::sleep_until(deadline);
     let cancelled = async {
@@ -338,6 +352,9 @@ async fn wait_for_request(
         }
         if cancelled.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(Wake::Stop));
+        }
+        if reclaim.poll_evicted(cx).is_ready() {
+            return Poll::Ready(Ok(Wake::Evicted));
         }
         if sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(Wake::Timeout));
@@ -1103,6 +1120,7 @@ mod memory {
                 stop: Default::default(),
                 idle_timeout: None,
                 slot,
+                reclaim: crate::service::reclaim::Reclaim::detached(),
                 listener: 0,
             };
             let dir = tempfile::tempdir().unwrap();
