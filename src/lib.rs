@@ -22,6 +22,7 @@
 //! - [`connect`]: `oxicorn connect`, a line client with clear errors (not part of the server).
 //! - [`net`]: bind addresses and the stream type services read and write.
 //! - [`log`]: the line format and the log file reopened on USR1.
+//! - [`exit`]: every exit code, and who reacts to each.
 
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod arbiter;
 pub mod bus;
 pub mod config;
 pub mod connect;
+pub mod exit;
 pub mod log;
 pub mod net;
 pub mod scoreboard;

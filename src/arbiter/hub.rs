@@ -15,8 +15,8 @@ use nix::unistd::{ForkResult, Pid, fork};
 use super::Arbiter;
 use super::workers::{Exit, boot_backoff, send};
 use crate::bus::hub::{self, HubBoot};
+use crate::exit::CHILD_PANIC;
 use crate::scoreboard::{SLOTS, SlotState};
-use crate::worker::WORKER_PANIC;
 
 /// The hub's scoreboard slot: the last one, which the worker table never hands out.
 const HUB_SLOT: usize = SLOTS - 1;
@@ -95,7 +95,7 @@ impl Arbiter {
                 let boot = self.become_hub();
                 let code =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hub::run(boot)))
-                        .unwrap_or(WORKER_PANIC);
+                        .unwrap_or(CHILD_PANIC);
                 std::process::exit(code);
             }
             Err(err) => {

@@ -25,6 +25,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
 use crate::config::{Cli, Config, show_duration};
+use crate::exit::HALT_BOOT_FAILURE;
 use crate::log::LogHandle;
 use crate::net::BindAddr;
 use crate::scoreboard::Scoreboard;
@@ -32,10 +33,6 @@ use listeners::{ListenError, Listener};
 use pidfile::{Pidfile, PidfileError};
 use signals::Signals;
 use workers::Worker;
-
-/// Exit code of the arbiter when workers kept failing to boot and none ever became ready
-/// (gunicorn's `WORKER_BOOT_ERROR`, passed up to whoever started us).
-pub const HALT_BOOT_FAILURE: i32 = 3;
 
 /// Boot failures in a row, with no worker of the generation ever ready, before giving up.
 pub const MAX_BOOT_FAILURES: u32 = 5;

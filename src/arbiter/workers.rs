@@ -11,8 +11,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::{Arbiter, MAX_BOOT_FAILURES};
+use crate::exit::{CHILD_PANIC, WORKER_BOOT_ERROR};
 use crate::scoreboard::{SLOTS, SlotState};
-use crate::worker::{self, WORKER_BOOT_ERROR, WORKER_PANIC, WorkerBoot};
+use crate::worker::{self, WorkerBoot};
 
 /// Why the arbiter sent SIGKILL, so the exit is reported as ours and not as the OOM killer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +117,7 @@ impl Arbiter {
                 let boot = self.become_worker(slot);
                 let code =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(boot)))
-                        .unwrap_or(WORKER_PANIC);
+                        .unwrap_or(CHILD_PANIC);
                 std::process::exit(code);
             }
             Err(err) => {

@@ -20,17 +20,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::arbiter::listeners::Listener;
 use crate::config::Config;
+use crate::exit::WORKER_BOOT_ERROR;
 use crate::log::LogHandle;
 use crate::scoreboard::{Slot, SlotState};
 use crate::service::Service;
 use accept::{AcceptSocket, Acceptor};
-
-/// Exit code of a worker that could not start serving. The arbiter backs off before the next
-/// spawn and gives up when no worker ever boots (gunicorn's `WORKER_BOOT_ERROR`).
-pub const WORKER_BOOT_ERROR: i32 = 3;
-
-/// Exit code of a worker whose own code panicked outside any connection.
-pub const WORKER_PANIC: i32 = 70;
 
 /// The longest an orphaned worker (its arbiter died) drains: nobody supervises it any more and
 /// the operator expects it gone within seconds, not after a full `--graceful-timeout`.
