@@ -109,8 +109,9 @@ impl Slot {
         self.set_state(SlotState::Booting);
     }
 
-    /// Marks this worker alive. The worker must call this at least every `timeout / 2`; a
-    /// worker that stops calling it is killed by the arbiter (`murder_workers`).
+    /// Marks this child alive. The child layer calls it every `--timeout / 4` (between 50 ms
+    /// and 1 s: `child::beat_interval`); the arbiter kills a child whose last call is older
+    /// than `--timeout` (`murder_workers`), so a beat may be up to three intervals late.
     pub fn notify(&self) {
         self.last_beat_ms.store(monotonic_ms(), Ordering::Relaxed);
     }

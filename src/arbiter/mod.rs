@@ -8,7 +8,6 @@
 //! worker count back to the target, oldest first when there are too many.
 
 mod hub;
-pub mod listeners;
 pub mod pidfile;
 pub mod signals;
 mod workers;
@@ -28,8 +27,8 @@ use crate::config::{Cli, Config, show_duration};
 use crate::exit::HALT_BOOT_FAILURE;
 use crate::log::LogHandle;
 use crate::net::BindAddr;
+use crate::net::listener::{self as listeners, ListenError, Listener};
 use crate::scoreboard::Scoreboard;
-use listeners::{ListenError, Listener};
 use pidfile::{Pidfile, PidfileError};
 use signals::Signals;
 use workers::Worker;

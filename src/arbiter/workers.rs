@@ -11,7 +11,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::{Arbiter, MAX_BOOT_FAILURES};
-use crate::exit::{CHILD_PANIC, WORKER_BOOT_ERROR};
+use crate::child::ChildBoot;
+use crate::exit::WORKER_BOOT_ERROR;
 use crate::scoreboard::{SLOTS, SlotState};
 use crate::worker::{self, WorkerBoot};
 
@@ -115,10 +116,7 @@ impl Arbiter {
             Ok(ForkResult::Child) => {
                 // Signals stay blocked until the worker has its own handlers.
                 let boot = self.become_worker(slot);
-                let code =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(boot)))
-                        .unwrap_or(CHILD_PANIC);
-                std::process::exit(code);
+                std::process::exit(worker::run(boot));
             }
             Err(err) => {
                 blocked.restore();
@@ -144,12 +142,17 @@ impl Arbiter {
             .try_clone()
             .unwrap_or_else(|_| std::process::exit(WORKER_BOOT_ERROR));
         WorkerBoot {
-            slot_number: slot + 1,
-            slot: self.scoreboard.slot(slot),
-            arbiter: Pid::parent(),
+            child: ChildBoot {
+                what: "worker",
+                arbiter: Pid::parent(),
+                slot: self.scoreboard.slot(slot),
+                slot_number: slot + 1,
+                ready_tx,
+                timeout: self.config.timeout,
+                boot_error: WORKER_BOOT_ERROR,
+            },
             listeners: std::mem::take(&mut self.listeners),
             config: Arc::clone(&self.config),
-            ready_tx,
             log: self.log,
         }
     }
