@@ -30,13 +30,13 @@ fn run(invocation: Invocation) -> anyhow::Result<i32> {
         Invocation::Completions(shell) => {
             let mut cmd = cli::command();
             clap_complete::generate(shell, &mut cmd, "oxicorn", &mut std::io::stdout());
-            return Ok(exit::OK);
+            return Ok(exit::SUCCESS);
         }
         Invocation::Man => {
             clap_mangen::Man::new(cli::command())
                 .render(&mut std::io::stdout())
                 .context("cannot write the man page")?;
-            return Ok(exit::OK);
+            return Ok(exit::SUCCESS);
         }
         Invocation::Serve(args) => args,
     };
@@ -44,11 +44,11 @@ fn run(invocation: Invocation) -> anyhow::Result<i32> {
     if args.check_config {
         println!("configuration ok");
         print!("{}", config.summary());
-        return Ok(exit::OK);
+        return Ok(exit::SUCCESS);
     }
     if args.print_config {
         print!("{}", config.to_toml());
-        return Ok(exit::OK);
+        return Ok(exit::SUCCESS);
     }
     let log = oxicorn::log::init(config.log_level.filter(), config.error_logfile.as_deref())?;
     let log: &'static _ = Box::leak(Box::new(log));

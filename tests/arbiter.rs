@@ -267,6 +267,29 @@ fn ttin_and_ttou_change_the_worker_count() {
     assert!(eventually(SOON, || zombies_of(s.pid).is_empty()));
 }
 
+/// Issue 11: "Every TTIN and TTOU counts: three TTINs sent back to back add three workers."
+/// The kernel merges a standard signal sent while the same one is still pending (signal(7)),
+/// so "back to back" here is as fast as distinct signals exist: each is sent once the previous
+/// one is delivered, without waiting for the arbiter to act on it or log it.
+#[test]
+fn every_ttin_and_ttou_counts() {
+    let s = Oxicorn::start(&["echo", "-w", "1", "-b", "127.0.0.1:0"]);
+    s.wait_ready(1, 1);
+    let mark = s.mark();
+    for _ in 0..3 {
+        send_delivered(s.pid, Signal::SIGTTIN);
+    }
+    s.wait_for_lines_after(mark, "TTIN: raising", 3, SOON);
+    s.wait_for_lines(" booted", 4);
+    s.wait_children(4, SOON);
+    let mark = s.mark();
+    for _ in 0..3 {
+        send_delivered(s.pid, Signal::SIGTTOU);
+    }
+    s.wait_for_lines_after(mark, "TTOU: lowering", 3, SOON);
+    s.wait_children(1, SOON);
+}
+
 #[test]
 fn hup_reloads_the_worker_count_without_refusing_a_connection() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::arbiter::listeners::{Listener, ListenerKind};
+use crate::net::listener::{Listener, ListenerKind};
 use crate::net::{Peer, Stream};
 use crate::scoreboard::Slot;
 use crate::service::reclaim::Reclaimer;

@@ -1,4 +1,5 @@
-//! Binding listeners, in the arbiter, before any worker exists.
+//! Binding listeners, in the arbiter, before any worker exists; a worker takes its inherited
+//! copies over (`worker::accept`).
 //!
 //! Every listener is bound once and inherited by each forked worker, so all workers accept from
 //! one kernel queue (gunicorn's and nginx's default): a busy worker simply accepts less, and a

@@ -1,7 +1,12 @@
-//! Addresses and streams shared by the arbiter (which binds) and the workers (which accept).
+//! Addresses, listeners and streams shared by the arbiter (which binds) and the workers (which
+//! accept).
 //!
-//! A [`BindAddr`] is what the user typed after `--bind`; a [`Stream`] is one accepted
-//! connection, TCP or Unix, handed to a service.
+//! A [`BindAddr`] is what the user typed after `--bind`; a [`listener::Listener`] is a bound
+//! socket, made by the arbiter before any fork and inherited by every worker; a [`Stream`] is
+//! one accepted connection, TCP or Unix, handed to a service. This module knows nothing of
+//! processes: it imports neither the arbiter nor the worker.
+
+pub mod listener;
 
 use std::fmt;
 use std::io;
