@@ -6,9 +6,9 @@
 
 pub mod chat;
 pub mod echo;
+pub mod http;
 pub mod lines;
 pub mod quote;
-pub mod static_files;
 
 use std::io;
 use std::time::Duration;
@@ -53,8 +53,8 @@ impl Serve for Service {
 pub enum Service {
     /// [`echo`].
     Echo,
-    /// [`static_files`].
-    Static(Box<static_files::StaticService>),
+    /// [`http::static_files`].
+    Static(Box<http::static_files::StaticService>),
     /// [`chat`]: the room, shared with the other workers through the bus.
     Chat(chat::Chat),
     /// [`quote`]: the quote, held by the bus.
@@ -73,7 +73,7 @@ impl Service {
         Ok(match &config.service {
             ServiceConfig::Echo => Service::Echo,
             ServiceConfig::Static(c) => {
-                Service::Static(Box::new(static_files::StaticService::open(c)?))
+                Service::Static(Box::new(http::static_files::StaticService::open(c)?))
             }
             ServiceConfig::Chat { max_line } => Service::Chat(chat::Chat::new(bus(), *max_line)),
             ServiceConfig::Quote { max_line, .. } => {
@@ -99,7 +99,7 @@ impl Service {
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
         let result = match self {
             Service::Echo => echo::serve(stream, &ctx).await,
-            Service::Static(s) => static_files::serve(stream, &ctx, s).await,
+            Service::Static(s) => http::static_files::serve(stream, &ctx, s).await,
             Service::Chat(chat) => chat.serve(stream, &ctx).await,
             Service::Quote(quote) => quote.serve(stream, &ctx).await,
         };

@@ -130,23 +130,9 @@ fn human_size(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// `2026-11-22 03:04`, from the HTTP date (`Sun, 22 Nov 2026 03:04:05 GMT`).
+/// `2026-11-22 03:04`, UTC.
 fn show_time(t: SystemTime) -> String {
-    let d = httpdate::fmt_http_date(t);
-    let p: Vec<&str> = d.split_whitespace().collect();
-    if p.len() < 5 {
-        return d;
-    }
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| *m == p[2]).map_or(0, |i| i + 1);
-    format!(
-        "{}-{month:02}-{} {}",
-        p[3],
-        p[1],
-        &p[4][..5.min(p[4].len())]
-    )
+    crate::service::http::date::Utc::from_system(t).short()
 }
 
 #[cfg(test)]

@@ -347,7 +347,7 @@ mod tests {
             let _ = parse(&buf[..cut], &LIMITS);
             let noise: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
             let _ = parse(&noise, &LIMITS);
-            let _ = crate::service::static_files::path::clean(&buf[4..cut.max(4)]);
+            let _ = crate::service::http::static_files::path::clean(&buf[4..cut.max(4)]);
         }
     }
 }

@@ -1,0 +1,395 @@
+//! Request → [`Reply`]: routing under the root, the precompressed variant, validators and
+//! conditionals (RFC 9110 §13), ranges and `multipart/byteranges` (§14).
+//!
+//! Pure decisions over an opened file: nothing here writes to the connection. Every problem
+//! becomes a status; the reply carries the open file its body pieces read from.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use rustix::fs::FileType;
+
+use super::StaticService;
+use super::files::{OpenError, Opened};
+use super::listing;
+use super::path;
+use super::range::{self, Ranges};
+use super::request::{Head, Method};
+use super::response::{Piece, Reply};
+use crate::service::http::date;
+
+/// Decides the response to one request. Never fails: every problem is a status.
+pub fn respond(head: &Head, svc: &StaticService) -> Reply {
+    let cfg = &svc.config;
+    match head.method() {
+        Method::Get | Method::Head => {}
+        Method::Other(_) => return Reply::error(405).with("Allow", "GET, HEAD"),
+    }
+    let Some((path, query)) = split_target(&head.target) else {
+        return Reply::error(400);
+    };
+    let clean = match path::clean(path.as_bytes()) {
+        Ok(c) => c,
+        Err(path::BadPath(why)) => {
+            tracing::debug!(target = %head.target, why, "refused path");
+            return Reply::error(400);
+        }
+    };
+    if !cfg.show_hidden && clean.is_hidden() {
+        return Reply::error(404);
+    }
+    let rel = clean.relative();
+    let opened = match svc.open_path(&rel) {
+        Ok(o) => o,
+        Err(e) => return open_error(e, &rel),
+    };
+    match opened.kind {
+        // `/file.txt/` names a directory that does not exist (as open(2) says with ENOTDIR).
+        FileType::RegularFile if clean.trailing_slash => Reply::error(404),
+        FileType::RegularFile => serve_file(head, svc, opened, &rel),
+        FileType::Directory => {
+            if !clean.trailing_slash {
+                let mut to = clean.url(true);
+                if let Some(q) = query {
+                    to.push('?');
+                    to.push_str(q);
+                }
+                return Reply::error(301).with("Location", &to);
+            }
+            let index = if rel == "." {
+                "index.html".to_string()
+            } else {
+                format!("{rel}/index.html")
+            };
+            match svc.open_path(&index) {
+                Ok(o) if o.kind == FileType::RegularFile => {
+                    return serve_file(head, svc, o, &index);
+                }
+                Ok(_) | Err(OpenError::NotFound) => {}
+                Err(e) => return open_error(e, &index),
+            }
+            if !cfg.listing {
+                return Reply::error(404);
+            }
+            match listing::read(&opened.file, cfg.show_hidden) {
+                Ok(entries) => {
+                    let html = listing::render(&clean.url(true), &entries);
+                    Reply::bytes(
+                        200,
+                        "Content-Type: text/html; charset=utf-8\r\n\
+                         X-Content-Type-Options: nosniff\r\n\
+                         Cache-Control: no-cache\r\n"
+                            .to_string(),
+                        html.into_bytes(),
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, dir = %rel, "cannot list directory");
+                    Reply::error(500)
+                }
+            }
+        }
+        // FIFOs, sockets, devices: never ours to stream.
+        _ => Reply::error(403),
+    }
+}
+
+fn open_error(e: OpenError, rel: &str) -> Reply {
+    match e {
+        OpenError::NotFound => Reply::error(404),
+        OpenError::Forbidden => Reply::error(403),
+        OpenError::Other(err) => {
+            tracing::warn!(cause = %err, path = %rel, "cannot open");
+            Reply::error(500)
+        }
+    }
+}
+
+/// Splits a request target into its path and query; absolute-form (`http://host/p`) is reduced
+/// to its path. `None` for anything else (`*`, authority-form).
+pub fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
+    let t = target.split('#').next().unwrap_or("");
+    let t = if t.starts_with('/') {
+        t
+    } else {
+        let lower = t.get(..8).unwrap_or(t).to_ascii_lowercase();
+        let rest = if lower.starts_with("http://") {
+            &t[7..]
+        } else if lower.starts_with("https://") {
+            &t[8..]
+        } else {
+            return None;
+        };
+        rest.find('/').map_or("/", |i| &rest[i..])
+    };
+    Some(match t.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (t, None),
+    })
+}
+
+/// Precompressed siblings, in order of preference: (token, file suffix).
+const ENCODINGS: [(&str, &str); 3] = [("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz")];
+
+/// The answer for a regular file: variant, validators, conditionals, ranges.
+fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &str) -> Reply {
+    let content_type = content_type(rel);
+    // Look for siblings only when the client takes encodings: identity needs no Vary for a
+    // client that accepts nothing else, and this keeps the common path to one open.
+    let mut vary = false;
+    let mut encoding = None;
+    let mut opened = opened;
+    if let Some(ae) = &head.accept_encoding {
+        for (token, suffix) in ENCODINGS {
+            if let Ok(o) = svc.open_path(&format!("{rel}{suffix}"))
+                && o.kind == FileType::RegularFile
+            {
+                vary = true;
+                if encoding.is_none() && accepts(ae, token) {
+                    encoding = Some(token);
+                    opened = o;
+                }
+            }
+        }
+    }
+    let etag = opened.etag();
+    let last_modified = date::http_date(opened.mtime);
+    let mut headers = String::with_capacity(256);
+    let _ = write!(
+        headers,
+        "Last-Modified: {last_modified}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n"
+    );
+    if vary {
+        headers.push_str("Vary: Accept-Encoding\r\n");
+    }
+    let validators = headers.clone();
+    let _ = write!(
+        headers,
+        "Content-Type: {content_type}\r\nX-Content-Type-Options: nosniff\r\n"
+    );
+    if let Some(enc) = encoding {
+        let _ = write!(headers, "Content-Encoding: {enc}\r\n");
+    }
+
+    match preconditions(head, &etag, opened.mtime) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => return Reply::bytes(304, validators, Vec::new()),
+        Precondition::Failed => return Reply::error(412),
+    }
+
+    let len = opened.len;
+    let ranges = match &head.range {
+        Some(r) if if_range_holds(head, &etag, opened.mtime) => range::parse(r, len),
+        _ => Ranges::Full,
+    };
+    let mut reply = match ranges {
+        Ranges::Full => file_reply(200, headers, vec![Piece::File { offset: 0, len }], len),
+        Ranges::Unsatisfiable => {
+            return Reply::error(416).with("Content-Range", &format!("bytes */{len}"));
+        }
+        Ranges::Parts(parts) if parts.len() == 1 => {
+            let (a, b) = parts[0];
+            let _ = write!(headers, "Content-Range: bytes {a}-{b}/{len}\r\n");
+            let piece = Piece::File {
+                offset: a,
+                len: b - a + 1,
+            };
+            file_reply(206, headers, vec![piece], b - a + 1)
+        }
+        Ranges::Parts(parts) => multipart(headers, &content_type, &parts, len),
+    };
+    reply.file = Some(opened.file);
+    reply
+}
+
+fn file_reply(status: u16, headers: String, body: Vec<Piece>, len: u64) -> Reply {
+    let mut reply = Reply::bytes(status, headers, Vec::new());
+    reply.body = body;
+    reply.len = len;
+    reply
+}
+
+/// A `multipart/byteranges` body (RFC 9110 §14.6): each part its own Content-Type and
+/// Content-Range. The headers given lose their Content-Type for the multipart one.
+fn multipart(headers: String, content_type: &str, parts: &[(u64, u64)], len: u64) -> Reply {
+    static BOUNDARIES: AtomicU64 = AtomicU64::new(0);
+    let boundary = format!(
+        "oxicorn{:08x}{:012x}",
+        std::process::id(),
+        BOUNDARIES.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut headers: String = headers
+        .split_inclusive("\r\n")
+        .filter(|l| !l.starts_with("Content-Type:"))
+        .collect();
+    let _ = write!(
+        headers,
+        "Content-Type: multipart/byteranges; boundary={boundary}\r\n"
+    );
+    let mut body = Vec::new();
+    let mut total = 0;
+    for &(a, b) in parts {
+        let part = format!(
+            "\r\n--{boundary}\r\nContent-Type: {content_type}\r\nContent-Range: bytes {a}-{b}/{len}\r\n\r\n"
+        );
+        total += part.len() as u64 + (b - a + 1);
+        body.push(Piece::Bytes(part.into_bytes()));
+        body.push(Piece::File {
+            offset: a,
+            len: b - a + 1,
+        });
+    }
+    let end = format!("\r\n--{boundary}--\r\n");
+    total += end.len() as u64;
+    body.push(Piece::Bytes(end.into_bytes()));
+    file_reply(206, headers, body, total)
+}
+
+/// RFC 9110 §13.2.2's order: If-Match, else If-Unmodified-Since (412); then If-None-Match,
+/// else If-Modified-Since (304).
+#[derive(Debug, PartialEq, Eq)]
+enum Precondition {
+    Proceed,
+    NotModified,
+    Failed,
+}
+
+fn preconditions(head: &Head, etag: &str, mtime: SystemTime) -> Precondition {
+    let secs = date::unix_secs;
+    if let Some(list) = &head.if_match {
+        if !etag_matches(list, etag, false) {
+            return Precondition::Failed;
+        }
+    } else if let Some(date) = head
+        .if_unmodified_since
+        .as_deref()
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        && secs(mtime) > secs(date)
+    {
+        return Precondition::Failed;
+    }
+    if let Some(list) = &head.if_none_match {
+        if etag_matches(list, etag, true) {
+            return Precondition::NotModified;
+        }
+    } else if let Some(date) = head
+        .if_modified_since
+        .as_deref()
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        && secs(mtime) <= secs(date)
+    {
+        return Precondition::NotModified;
+    }
+    Precondition::Proceed
+}
+
+/// `*` or a comma-separated list of entity tags; weak comparison ignores `W/`, strong
+/// comparison never matches a weak tag.
+fn etag_matches(list: &str, etag: &str, weak: bool) -> bool {
+    list.split(',').map(str::trim).any(|t| {
+        if t == "*" {
+            return true;
+        }
+        match t.strip_prefix("W/") {
+            Some(t) => weak && t == etag,
+            None => t == etag,
+        }
+    })
+}
+
+/// `If-Range`: apply the range only if the representation is unchanged, judged by a strong
+/// ETag or the exact Last-Modified date.
+fn if_range_holds(head: &Head, etag: &str, mtime: SystemTime) -> bool {
+    match head.if_range.as_deref() {
+        None => true,
+        Some(v) if v.starts_with('"') => v == etag,
+        Some(v) if v.starts_with("W/") => false,
+        Some(v) => v == date::http_date(mtime),
+    }
+}
+
+/// Whether `Accept-Encoding` takes `token` (q > 0, directly or through `*`).
+fn accepts(accept_encoding: &str, token: &str) -> bool {
+    let mut star = None;
+    for item in accept_encoding.split(',') {
+        let mut params = item.split(';');
+        let name = params.next().unwrap_or("").trim();
+        let q = params
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .filter_map(|q| q.trim().parse::<f32>().ok())
+            .next()
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case(token) {
+            return q > 0.0;
+        }
+        if name == "*" {
+            star = Some(q > 0.0);
+        }
+    }
+    star.unwrap_or(false)
+}
+
+/// The Content-Type for a path, by extension, with `charset=utf-8` for text.
+fn content_type(path: &str) -> String {
+    let mime = mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
+    let texty = mime.starts_with("text/")
+        || matches!(
+            mime,
+            "application/javascript"
+                | "application/json"
+                | "application/xml"
+                | "application/xhtml+xml"
+                | "image/svg+xml"
+                | "application/manifest+json"
+        );
+    if texty {
+        format!("{mime}; charset=utf-8")
+    } else {
+        mime.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_split_into_path_and_query() {
+        assert_eq!(split_target("/a?b=1"), Some(("/a", Some("b=1"))));
+        assert_eq!(split_target("/a#x"), Some(("/a", None)));
+        assert_eq!(split_target("http://h:1/x/y?q"), Some(("/x/y", Some("q"))));
+        assert_eq!(split_target("HTTPS://h"), Some(("/", None)));
+        assert_eq!(split_target("*"), None);
+        assert_eq!(split_target("h:80"), None);
+    }
+
+    #[test]
+    fn accept_encoding_q_values() {
+        assert!(accepts("gzip, br", "br"));
+        assert!(accepts("gzip;q=0.5", "gzip"));
+        assert!(!accepts("gzip;q=0", "gzip"));
+        assert!(!accepts("gzip", "br"));
+        assert!(accepts("*", "zstd"));
+        assert!(!accepts("*, br;q=0", "br"));
+    }
+
+    #[test]
+    fn etag_comparison() {
+        assert!(etag_matches("\"a\", \"b\"", "\"b\"", false));
+        assert!(etag_matches("*", "\"b\"", false));
+        assert!(!etag_matches("W/\"b\"", "\"b\"", false));
+        assert!(etag_matches("W/\"b\"", "\"b\"", true));
+        assert!(!etag_matches("\"c\"", "\"b\"", true));
+    }
+
+    #[test]
+    fn text_types_get_a_charset() {
+        assert_eq!(content_type("a.html"), "text/html; charset=utf-8");
+        assert_eq!(content_type("a.js"), "text/javascript; charset=utf-8");
+        assert_eq!(content_type("a.png"), "image/png");
+        assert_eq!(content_type("a.unknownext"), "application/octet-stream");
+    }
+}
