@@ -8,6 +8,7 @@ pub mod chat;
 pub mod echo;
 pub mod http;
 pub mod lines;
+pub mod metrics;
 pub mod quote;
 
 use std::io;
@@ -17,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ServiceConfig};
 use crate::net::{Peer, Stream};
-use crate::scoreboard::Slot;
 
 /// What one connection is told about its surroundings.
 pub struct ConnContext {
@@ -28,8 +28,8 @@ pub struct ConnContext {
     pub stop: CancellationToken,
     /// Close the connection after this long without progress; `None` = never.
     pub idle_timeout: Option<Duration>,
-    /// The worker's scoreboard slot, for counters.
-    pub slot: &'static Slot,
+    /// Where the connection reports bytes and requests.
+    pub metrics: metrics::Metrics,
 }
 
 /// What the accept loop runs for each connection. Implemented by [`Service`] (the built-in

@@ -136,7 +136,7 @@ impl<S: Serve> Acceptor<S> {
                         peer,
                         stop: self.stop.clone(),
                         idle_timeout: self.idle_timeout,
-                        slot: self.slot,
+                        metrics: crate::service::metrics::Metrics::new(self.slot),
                     };
                     self.conns.spawn(async move {
                         service.serve(stream, ctx).await;

@@ -164,9 +164,6 @@ async fn exchange(
         }
     };
     let started = Instant::now();
-    ctx.slot
-        .requests
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Close after this response when the client asks, when it sent a body we will not read,
     // when keep-alive is off, or when the worker is stopping.
     let close =
@@ -186,6 +183,10 @@ async fn exchange(
             _ => break (reply.status, sent),
         }
     };
+    ctx.metrics.request(
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+        started.elapsed(),
+    );
     log_access(svc, ctx, Some(&head), status, sent.as_ref().ok(), started);
     match sent? {
         // The file shrank under us: cut short, the client sees fewer bytes than promised.

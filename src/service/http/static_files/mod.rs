@@ -218,7 +218,7 @@ mod memory {
                 peer: crate::net::Peer::Unix,
                 stop: Default::default(),
                 idle_timeout: None,
-                slot,
+                metrics: crate::service::metrics::Metrics::new(slot),
             };
             let dir = tempfile::tempdir().unwrap();
             let cfg = crate::config::StaticConfig {

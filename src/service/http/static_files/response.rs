@@ -203,9 +203,7 @@ impl Reply {
             idle(ctx.idle_timeout, stream.write_all(&out)).await?;
             written += out.len() as u64;
         }
-        ctx.slot
-            .bytes_out
-            .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.bytes_out(written);
         if !complete {
             tracing::warn!(peer = %ctx.peer, "file shrank while being sent; connection closed short");
         }
