@@ -17,7 +17,9 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::request::{self, HeadError, Method};
+use http::{Method, StatusCode};
+
+use super::request::{self, HeadError};
 use super::resolve;
 use super::response::{OnShort, Reply};
 use super::{StaticService, log_access};
@@ -154,11 +156,18 @@ async fn exchange(
             Err(_) if buf.is_empty() => return Ok(Next::Abort),
             Err(_) => {
                 let started = Instant::now();
-                let sent = Reply::error(408)
+                let sent = Reply::error(StatusCode::REQUEST_TIMEOUT)
                     .closing(true)
                     .send(stream, ctx, OnShort::SendShort)
                     .await;
-                log_access(svc, ctx, None, 408, sent.as_ref().ok(), started);
+                log_access(
+                    svc,
+                    ctx,
+                    None,
+                    StatusCode::REQUEST_TIMEOUT,
+                    sent.as_ref().ok(),
+                    started,
+                );
                 return Ok(Next::Close);
             }
         }
@@ -168,7 +177,7 @@ async fn exchange(
     // when keep-alive is off, or when the worker is stopping.
     let close =
         !head.keep_alive || head.has_body || cfg.keep_alive.is_zero() || ctx.stop.is_cancelled();
-    let head_only = head.method() == &Method::Head;
+    let head_only = head.method == Method::HEAD;
     // A body that comes up short while still unsent (it is read before anything is written)
     // means the file changed between fstat and read: answer once more from a fresh fstat
     // rather than promise a length we cannot deliver. A second shortfall is sent short.
@@ -183,10 +192,7 @@ async fn exchange(
             _ => break (reply.status, sent),
         }
     };
-    ctx.metrics.request(
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
-        started.elapsed(),
-    );
+    ctx.metrics.request(status, started.elapsed());
     log_access(svc, ctx, Some(&head), status, sent.as_ref().ok(), started);
     match sent? {
         // The file shrank under us: cut short, the client sees fewer bytes than promised.

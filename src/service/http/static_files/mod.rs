@@ -140,7 +140,7 @@ pub(crate) fn log_access(
     svc: &StaticService,
     ctx: &ConnContext,
     head: Option<&Head>,
-    status: u16,
+    status: http::StatusCode,
     sent: Option<&Sent>,
     started: Instant,
 ) {
@@ -153,13 +153,14 @@ pub(crate) fn log_access(
     };
     let when = date::Utc::from_system(std::time::SystemTime::now()).clf();
     let request = head.map_or("-".to_string(), |h| {
-        format!("{} {} HTTP/1.{}", h.method(), h.target, h.minor)
+        format!("{} {} HTTP/1.{}", h.method, h.target, h.minor)
     });
     let field = |v: Option<&String>| v.map_or("-".to_string(), |s| escape_log(s));
     let bytes = sent.map_or("-".to_string(), |s| s.body.to_string());
     let line = format!(
-        "{host} - - {when} \"{}\" {status} {bytes} \"{}\" \"{}\" {}\n",
+        "{host} - - {when} \"{}\" {} {bytes} \"{}\" \"{}\" {}\n",
         escape_log(&request),
+        status.as_str(),
         field(head.and_then(|h| h.referer.as_ref())),
         field(head.and_then(|h| h.user_agent.as_ref())),
         started.elapsed().as_micros()

@@ -4,10 +4,11 @@
 //! Pure decisions over an opened file: nothing here writes to the connection. Every problem
 //! becomes a status; the reply carries the open file its body pieces read from.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use http::header;
+use http::{Method, StatusCode};
 use rustix::fs::FileType;
 
 use super::StaticService;
@@ -15,29 +16,28 @@ use super::files::{OpenError, Opened};
 use super::listing;
 use super::path;
 use super::range::{self, Ranges};
-use super::request::{Head, Method};
-use super::response::{Piece, Reply};
+use super::request::Head;
+use super::response::{Piece, Reply, push_header};
 use crate::service::http::date;
 
 /// Decides the response to one request. Never fails: every problem is a status.
 pub fn respond(head: &Head, svc: &StaticService) -> Reply {
     let cfg = &svc.config;
-    match head.method() {
-        Method::Get | Method::Head => {}
-        Method::Other(_) => return Reply::error(405).with("Allow", "GET, HEAD"),
+    if head.method != Method::GET && head.method != Method::HEAD {
+        return Reply::error(StatusCode::METHOD_NOT_ALLOWED).with(&header::ALLOW, "GET, HEAD");
     }
     let Some((path, query)) = split_target(&head.target) else {
-        return Reply::error(400);
+        return Reply::error(StatusCode::BAD_REQUEST);
     };
     let clean = match path::clean(path.as_bytes()) {
         Ok(c) => c,
         Err(path::BadPath(why)) => {
             tracing::debug!(target = %head.target, why, "refused path");
-            return Reply::error(400);
+            return Reply::error(StatusCode::BAD_REQUEST);
         }
     };
     if !cfg.show_hidden && clean.is_hidden() {
-        return Reply::error(404);
+        return Reply::error(StatusCode::NOT_FOUND);
     }
     let rel = clean.relative();
     let opened = match svc.open_path(&rel) {
@@ -46,7 +46,7 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
     };
     match opened.kind {
         // `/file.txt/` names a directory that does not exist (as open(2) says with ENOTDIR).
-        FileType::RegularFile if clean.trailing_slash => Reply::error(404),
+        FileType::RegularFile if clean.trailing_slash => Reply::error(StatusCode::NOT_FOUND),
         FileType::RegularFile => serve_file(head, svc, opened, &rel),
         FileType::Directory => {
             if !clean.trailing_slash {
@@ -55,7 +55,7 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
                     to.push('?');
                     to.push_str(q);
                 }
-                return Reply::error(301).with("Location", &to);
+                return Reply::error(StatusCode::MOVED_PERMANENTLY).with(&header::LOCATION, &to);
             }
             let index = if rel == "." {
                 "index.html".to_string()
@@ -70,38 +70,39 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
                 Err(e) => return open_error(e, &index),
             }
             if !cfg.listing {
-                return Reply::error(404);
+                return Reply::error(StatusCode::NOT_FOUND);
             }
             match listing::read(&opened.file, cfg.show_hidden) {
                 Ok(entries) => {
                     let html = listing::render(&clean.url(true), &entries);
-                    Reply::bytes(
-                        200,
-                        "Content-Type: text/html; charset=utf-8\r\n\
-                         X-Content-Type-Options: nosniff\r\n\
-                         Cache-Control: no-cache\r\n"
-                            .to_string(),
-                        html.into_bytes(),
-                    )
+                    let mut headers = String::with_capacity(128);
+                    push_header(
+                        &mut headers,
+                        &header::CONTENT_TYPE,
+                        "text/html; charset=utf-8",
+                    );
+                    push_header(&mut headers, &header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+                    push_header(&mut headers, &header::CACHE_CONTROL, "no-cache");
+                    Reply::bytes(StatusCode::OK, headers, html.into_bytes())
                 }
                 Err(e) => {
                     tracing::warn!(cause = %e, dir = %rel, "cannot list directory");
-                    Reply::error(500)
+                    Reply::error(StatusCode::INTERNAL_SERVER_ERROR)
                 }
             }
         }
         // FIFOs, sockets, devices: never ours to stream.
-        _ => Reply::error(403),
+        _ => Reply::error(StatusCode::FORBIDDEN),
     }
 }
 
 fn open_error(e: OpenError, rel: &str) -> Reply {
     match e {
-        OpenError::NotFound => Reply::error(404),
-        OpenError::Forbidden => Reply::error(403),
+        OpenError::NotFound => Reply::error(StatusCode::NOT_FOUND),
+        OpenError::Forbidden => Reply::error(StatusCode::FORBIDDEN),
         OpenError::Other(err) => {
             tracing::warn!(cause = %err, path = %rel, "cannot open");
-            Reply::error(500)
+            Reply::error(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
 }
@@ -156,26 +157,25 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &str) -> Re
     let etag = opened.etag();
     let last_modified = date::http_date(opened.mtime);
     let mut headers = String::with_capacity(256);
-    let _ = write!(
-        headers,
-        "Last-Modified: {last_modified}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n"
-    );
+    push_header(&mut headers, &header::LAST_MODIFIED, &last_modified);
+    push_header(&mut headers, &header::ETAG, &etag);
+    push_header(&mut headers, &header::ACCEPT_RANGES, "bytes");
     if vary {
-        headers.push_str("Vary: Accept-Encoding\r\n");
+        push_header(&mut headers, &header::VARY, "Accept-Encoding");
     }
     let validators = headers.clone();
-    let _ = write!(
-        headers,
-        "Content-Type: {content_type}\r\nX-Content-Type-Options: nosniff\r\n"
-    );
+    push_header(&mut headers, &header::CONTENT_TYPE, &content_type);
+    push_header(&mut headers, &header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     if let Some(enc) = encoding {
-        let _ = write!(headers, "Content-Encoding: {enc}\r\n");
+        push_header(&mut headers, &header::CONTENT_ENCODING, enc);
     }
 
     match preconditions(head, &etag, opened.mtime) {
         Precondition::Proceed => {}
-        Precondition::NotModified => return Reply::bytes(304, validators, Vec::new()),
-        Precondition::Failed => return Reply::error(412),
+        Precondition::NotModified => {
+            return Reply::bytes(StatusCode::NOT_MODIFIED, validators, Vec::new());
+        }
+        Precondition::Failed => return Reply::error(StatusCode::PRECONDITION_FAILED),
     }
 
     let len = opened.len;
@@ -184,18 +184,28 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &str) -> Re
         _ => Ranges::Full,
     };
     let mut reply = match ranges {
-        Ranges::Full => file_reply(200, headers, vec![Piece::File { offset: 0, len }], len),
+        Ranges::Full => file_reply(
+            StatusCode::OK,
+            headers,
+            vec![Piece::File { offset: 0, len }],
+            len,
+        ),
         Ranges::Unsatisfiable => {
-            return Reply::error(416).with("Content-Range", &format!("bytes */{len}"));
+            return Reply::error(StatusCode::RANGE_NOT_SATISFIABLE)
+                .with(&header::CONTENT_RANGE, &format!("bytes */{len}"));
         }
         Ranges::Parts(parts) if parts.len() == 1 => {
             let (a, b) = parts[0];
-            let _ = write!(headers, "Content-Range: bytes {a}-{b}/{len}\r\n");
+            push_header(
+                &mut headers,
+                &header::CONTENT_RANGE,
+                &format!("bytes {a}-{b}/{len}"),
+            );
             let piece = Piece::File {
                 offset: a,
                 len: b - a + 1,
             };
-            file_reply(206, headers, vec![piece], b - a + 1)
+            file_reply(StatusCode::PARTIAL_CONTENT, headers, vec![piece], b - a + 1)
         }
         Ranges::Parts(parts) => multipart(headers, &content_type, &parts, len),
     };
@@ -203,7 +213,7 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &str) -> Re
     reply
 }
 
-fn file_reply(status: u16, headers: String, body: Vec<Piece>, len: u64) -> Reply {
+fn file_reply(status: StatusCode, headers: String, body: Vec<Piece>, len: u64) -> Reply {
     let mut reply = Reply::bytes(status, headers, Vec::new());
     reply.body = body;
     reply.len = len;
@@ -223,9 +233,10 @@ fn multipart(headers: String, content_type: &str, parts: &[(u64, u64)], len: u64
         .split_inclusive("\r\n")
         .filter(|l| !l.starts_with("Content-Type:"))
         .collect();
-    let _ = write!(
-        headers,
-        "Content-Type: multipart/byteranges; boundary={boundary}\r\n"
+    push_header(
+        &mut headers,
+        &header::CONTENT_TYPE,
+        &format!("multipart/byteranges; boundary={boundary}"),
     );
     let mut body = Vec::new();
     let mut total = 0;
@@ -243,7 +254,7 @@ fn multipart(headers: String, content_type: &str, parts: &[(u64, u64)], len: u64
     let end = format!("\r\n--{boundary}--\r\n");
     total += end.len() as u64;
     body.push(Piece::Bytes(end.into_bytes()));
-    file_reply(206, headers, body, total)
+    file_reply(StatusCode::PARTIAL_CONTENT, headers, body, total)
 }
 
 /// RFC 9110 §13.2.2's order: If-Match, else If-Unmodified-Since (412); then If-None-Match,

@@ -5,12 +5,13 @@
 //! [`Stream::sendfile`]. The writer decides nothing about the request: `resolve` builds the
 //! reply, `conn` decides keep-alive, and this module only puts bytes on the wire and counts them.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use http::StatusCode;
+use http::header::{self, HeaderName};
 use tokio::io::AsyncWriteExt;
 
 use crate::net::Stream;
@@ -26,7 +27,7 @@ pub const INLINE_BODY: u64 = 64 * 1024;
 #[derive(Debug)]
 pub struct Reply {
     /// The status code.
-    pub status: u16,
+    pub status: StatusCode,
     /// Extra header lines, each ending in CRLF (`Server`, `Date`, `Content-Length` and
     /// `Connection` are added by [`Reply::send`]).
     pub headers: String,
@@ -80,23 +81,24 @@ pub struct Sent {
 
 impl Reply {
     /// A short plain-text body naming the status.
-    pub fn error(status: u16) -> Reply {
-        Reply::text(status, format!("{status} {}\n", reason(status)))
+    pub fn error(status: StatusCode) -> Reply {
+        Reply::text(status, format!("{status}\n"))
     }
 
     /// A plain-text body.
-    pub fn text(status: u16, body: String) -> Reply {
-        Reply::bytes(
-            status,
-            "Content-Type: text/plain; charset=utf-8\r\n\
-             X-Content-Type-Options: nosniff\r\n"
-                .to_string(),
-            body.into_bytes(),
-        )
+    pub fn text(status: StatusCode, body: String) -> Reply {
+        let mut headers = String::with_capacity(96);
+        push_header(
+            &mut headers,
+            &header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        );
+        push_header(&mut headers, &header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        Reply::bytes(status, headers, body.into_bytes())
     }
 
     /// An in-memory body with the given header lines.
-    pub fn bytes(status: u16, headers: String, body: Vec<u8>) -> Reply {
+    pub fn bytes(status: StatusCode, headers: String, body: Vec<u8>) -> Reply {
         Reply {
             status,
             headers,
@@ -109,8 +111,8 @@ impl Reply {
     }
 
     /// Adds a header line.
-    pub fn with(mut self, name: &str, value: &str) -> Reply {
-        let _ = write!(self.headers, "{name}: {value}\r\n");
+    pub fn with(mut self, name: &HeaderName, value: &str) -> Reply {
+        push_header(&mut self.headers, name, value);
         self
     }
 
@@ -143,13 +145,13 @@ impl Reply {
         let _ = write!(
             out,
             "HTTP/1.1 {} {}\r\nServer: oxicorn\r\nDate: ",
-            self.status,
-            reason(self.status)
+            self.status.as_str(),
+            self.status.canonical_reason().unwrap_or("")
         );
         date::with_now(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(self.headers.as_bytes());
-        if self.status != 304 {
+        if self.status != StatusCode::NOT_MODIFIED {
             let _ = write!(out, "Content-Length: {}\r\n", self.len);
         }
         out.extend_from_slice(if self.close {
@@ -250,22 +252,49 @@ async fn sendfile_all(
     Ok(pos - offset)
 }
 
-/// The reason phrase for the statuses this service sends.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        412 => "Precondition Failed",
-        414 => "URI Too Long",
-        416 => "Range Not Satisfiable",
-        431 => "Request Header Fields Too Large",
-        _ => "Internal Server Error",
+/// Appends `Name: value\r\n` with the name in the usual title case (`Content-Type`, `ETag`):
+/// HTTP/1.1 names are case-insensitive, but this is how nginx, curl and every log reader spell
+/// them, and the `http` crate's constants are lower case (as HTTP/2 requires).
+pub fn push_header(headers: &mut String, name: &HeaderName, value: &str) {
+    let name = name.as_str();
+    if name == "etag" {
+        headers.push_str("ETag");
+    } else {
+        let mut upper = true;
+        for c in name.chars() {
+            headers.push(if upper { c.to_ascii_uppercase() } else { c });
+            upper = c == '-';
+        }
+    }
+    headers.push_str(": ");
+    headers.push_str(value);
+    headers.push_str("\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header;
+
+    #[test]
+    fn header_names_are_title_cased() {
+        let mut h = String::new();
+        push_header(&mut h, &header::CONTENT_TYPE, "a");
+        push_header(&mut h, &header::ETAG, "\"b\"");
+        push_header(&mut h, &header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        assert_eq!(
+            h,
+            "Content-Type: a\r\nETag: \"b\"\r\nX-Content-Type-Options: nosniff\r\n"
+        );
+    }
+
+    #[test]
+    fn every_status_sent_has_its_reason() {
+        for code in [
+            200, 206, 301, 304, 400, 403, 404, 405, 408, 412, 414, 416, 431, 500,
+        ] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(status.canonical_reason().is_some(), "{code}");
+        }
     }
 }
