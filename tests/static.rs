@@ -837,6 +837,60 @@ fn access_log_in_gunicorn_format() {
     );
 }
 
+/// `--access-logformat` takes gunicorn's atoms; an unknown atom is refused before anything
+/// starts, naming the atom.
+#[test]
+fn access_log_in_a_custom_format() {
+    let (dir, _) = site();
+    let (s, addr) = serve(
+        dir,
+        &[
+            "--access-logfile",
+            "access.log",
+            "--access-logformat",
+            "%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(M)s|%(p)s|100%%",
+        ],
+    );
+    let head = "HEAD /hello.txt?a=1 HTTP/1.0\r\n\r\n";
+    let mut c = Conn::open(addr);
+    c.send(head.as_bytes());
+    assert_eq!(c.response(true).status, 200);
+    let log = s.path("access.log");
+    let mut text = String::new();
+    assert!(eventually(SOON, || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() >= 1
+    }));
+    let fields: Vec<&str> = text.lines().next().unwrap().split('|').collect();
+    assert_eq!(
+        fields[..6],
+        ["HEAD", "/hello.txt", "a=1", "HTTP/1.0", "200", "0"]
+    );
+    assert!(fields[6].parse::<u64>().is_ok(), "{text}");
+    let pids: Vec<String> = s.booted_pids().iter().map(|p| format!("<{p}>")).collect();
+    assert!(pids.contains(&fields[7].to_string()), "{text} {pids:?}");
+    assert_eq!(fields[8], "100%");
+
+    let (dir, _) = site();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "static",
+            "www",
+            "--access-logformat",
+            "%(h)s %(x)s",
+            "--check-config",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("access-logformat") && err.contains("%(x)s"),
+        "{err}"
+    );
+}
+
 #[test]
 fn curl_downloads_ranges_and_conditionals() {
     if std::process::Command::new("curl")

@@ -121,6 +121,12 @@ pub struct StaticArgs {
     /// Write one line per request here ('-' = stdout), gunicorn's format plus the response time
     #[arg(long, value_name = "FILE")]
     pub access_logfile: Option<PathBuf>,
+
+    /// The access log line, in gunicorn's syntax: %(h)s %(l)s %(u)s %(t)s %(r)s %(m)s %(U)s
+    /// %(q)s %(H)s %(s)s %(b)s %(B)s %(f)s %(a)s %(T)s %(M)s %(D)s %(L)s %(p)s
+    /// [default: '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s']
+    #[arg(long, value_name = "FORMAT")]
+    pub access_logformat: Option<String>,
 }
 
 /// `oxicorn chat` options.

@@ -81,6 +81,9 @@ pub struct FileConfig {
     /// `--access-logfile` (`"-"` = stdout).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_logfile: Option<PathBuf>,
+    /// `--access-logformat`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_logformat: Option<String>,
     /// `--max-line` (chat, quote; ignored by other services).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_line: Option<usize>,

@@ -98,6 +98,9 @@ pub struct StaticConfig {
     pub listing: bool,
     /// The access log: `None` off, `-` stdout, otherwise a file opened for append.
     pub access_logfile: Option<PathBuf>,
+    /// The access log's line, in gunicorn's `%(atom)s` syntax, checked to parse; `None` is
+    /// [`crate::service::http::access_log::DEFAULT_FORMAT`].
+    pub access_logformat: Option<String>,
 }
 
 /// `--max-line` when not given (chat and quote).

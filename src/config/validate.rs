@@ -264,6 +264,7 @@ impl Config {
                 show_hidden: Some(s.show_hidden),
                 no_listing: Some(!s.listing),
                 access_logfile: s.access_logfile.clone(),
+                access_logformat: s.access_logformat.clone(),
                 ..FileConfig::default()
             },
             ServiceConfig::Chat { max_line } => FileConfig {
@@ -318,6 +319,13 @@ impl Config {
                 ("show_hidden", s.show_hidden.to_string()),
                 ("no_listing", (!s.listing).to_string()),
                 ("access_logfile", show_path(&s.access_logfile, "off")),
+                (
+                    "access_logformat",
+                    s.access_logformat
+                        .as_deref()
+                        .unwrap_or(crate::service::http::access_log::DEFAULT_FORMAT)
+                        .to_string(),
+                ),
             ]);
         }
         match &self.service {
@@ -377,6 +385,15 @@ fn static_config(args: &StaticArgs, file: &FileConfig) -> Result<StaticConfig, C
             format!("`{}` is not a file path", p.display()),
         ));
     }
+    let access_logformat = args
+        .access_logformat
+        .clone()
+        .or(file.access_logformat.clone());
+    if let Some(f) = &access_logformat
+        && let Err(e) = crate::service::http::access_log::LogFormat::parse(f)
+    {
+        return Err(invalid("access-logformat", e.to_string()));
+    }
     Ok(StaticConfig {
         root,
         keep_alive: args
@@ -409,6 +426,7 @@ fn static_config(args: &StaticArgs, file: &FileConfig) -> Result<StaticConfig, C
         show_hidden: args.show_hidden || file.show_hidden.unwrap_or(false),
         listing: !(args.no_listing || file.no_listing.unwrap_or(false)),
         access_logfile,
+        access_logformat,
     })
 }
 

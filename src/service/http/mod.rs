@@ -5,5 +5,6 @@
 //! ([`static_files`]). It may use `net` (streams) and the service context; it must not touch
 //! the arbiter, the worker's accept loop or the bus.
 
+pub mod access_log;
 pub mod date;
 pub mod static_files;

@@ -19,12 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use http::{Method, StatusCode};
 
+use super::StaticService;
+use super::request::Head;
 use super::request::{self, HeadError};
 use super::resolve;
+use super::response::Sent;
 use super::response::{OnShort, Reply};
-use super::{StaticService, log_access};
 use crate::net::Stream;
 use crate::service::ConnContext;
+use crate::service::http::access_log::{Record, RequestLine};
 
 /// Read at least this much room when a head arrives.
 const READ_CHUNK: usize = 4096;
@@ -266,4 +269,35 @@ async fn linger(mut stream: Stream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes the access-log line for one exchange, if the service keeps a log.
+fn log_access(
+    svc: &StaticService,
+    ctx: &ConnContext,
+    head: Option<&Head>,
+    status: StatusCode,
+    sent: Option<&Sent>,
+    started: Instant,
+) {
+    let Some(log) = &svc.access_log else {
+        return;
+    };
+    log.log(&Record {
+        peer: &ctx.peer,
+        request: head.map(|h| RequestLine {
+            method: &h.method,
+            target: &h.target,
+            version: if h.minor == 0 {
+                http::Version::HTTP_10
+            } else {
+                http::Version::HTTP_11
+            },
+        }),
+        status,
+        body_bytes: sent.map(|s| s.body),
+        referer: head.and_then(|h| h.referer.as_deref()),
+        user_agent: head.and_then(|h| h.user_agent.as_deref()),
+        elapsed: started.elapsed(),
+    });
 }

@@ -28,20 +28,13 @@ pub mod response;
 
 pub use conn::serve;
 
-use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, Write as _};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::io;
+use std::os::fd::OwnedFd;
 
 use self::files::{OpenError, Opened};
-use self::request::{Head, Limits};
-use self::response::Sent;
-use super::date;
+use self::request::Limits;
+use super::access_log::{AccessLog, LogFormat};
 use crate::config::StaticConfig;
-use crate::net::Peer;
-use crate::service::ConnContext;
 
 /// The `static` service, as opened in one worker.
 #[derive(Debug)]
@@ -51,10 +44,8 @@ pub struct StaticService {
     /// The root directory (`O_PATH`), the anchor of every `openat2`. Opened after fork, so each
     /// worker has its own; closed with the service.
     root_fd: OwnedFd,
-    /// The access log (`O_APPEND`, one `write` per line, so workers' lines never interleave).
-    /// Behind a lock only so USR1 can swap in a reopened file; the runtime is single-threaded,
-    /// so it is never contended.
-    access_log: Option<Mutex<File>>,
+    /// The access log, if one is configured.
+    access_log: Option<AccessLog>,
     /// Open regular files, revalidated with `fstat` (see [`files::FileCache`]).
     cache: files::FileCache,
 }
@@ -71,14 +62,15 @@ impl StaticService {
                 format!("cannot open {}: {e}", config.root.display()),
             )
         })?;
+        let format = match &config.access_logformat {
+            Some(f) => LogFormat::parse(f)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+            None => LogFormat::default(),
+        };
         let access_log = match &config.access_logfile {
+            Some(path) => Some(AccessLog::open(path, format)?),
             None => None,
-            Some(p) if p.as_os_str() == "-" => {
-                Some(File::from(io::stdout().as_fd().try_clone_to_owned()?))
-            }
-            Some(p) => Some(open_log(p)?),
-        }
-        .map(Mutex::new);
+        };
         Ok(StaticService {
             limits: Limits {
                 request_line: config.limit_request_line,
@@ -99,13 +91,10 @@ impl StaticService {
     /// # Errors
     /// If the file cannot be opened; the old one stays in use.
     pub fn reopen_logs(&self) -> io::Result<()> {
-        if let (Some(log), Some(path)) = (&self.access_log, &self.config.access_logfile)
-            && path.as_os_str() != "-"
-        {
-            let fresh = open_log(path)?;
-            *log.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        match &self.access_log {
+            Some(log) => log.reopen(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Opens `rel` below the root through the open-file cache, with this service's symlink
@@ -123,80 +112,6 @@ impl StaticService {
     }
 }
 
-/// Opens an access log for appending, creating it.
-fn open_log(path: &std::path::Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))
-}
-
-/// One access-log line in gunicorn's default format
-/// (`%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"`) plus the response time in
-/// microseconds (gunicorn's `%(D)s`). Client-supplied text is escaped so a request cannot
-/// forge log lines.
-pub(crate) fn log_access(
-    svc: &StaticService,
-    ctx: &ConnContext,
-    head: Option<&Head>,
-    status: http::StatusCode,
-    sent: Option<&Sent>,
-    started: Instant,
-) {
-    let Some(log) = svc.access_log.as_ref() else {
-        return;
-    };
-    let host = match &ctx.peer {
-        Peer::Tcp(a) => a.ip().to_string(),
-        Peer::Unix => "-".to_string(),
-    };
-    let when = date::Utc::from_system(std::time::SystemTime::now()).clf();
-    let request = head.map_or("-".to_string(), |h| {
-        format!("{} {} HTTP/1.{}", h.method, h.target, h.minor)
-    });
-    let field = |v: Option<&String>| v.map_or("-".to_string(), |s| escape_log(s));
-    let bytes = sent.map_or("-".to_string(), |s| s.body.to_string());
-    let line = format!(
-        "{host} - - {when} \"{}\" {} {bytes} \"{}\" \"{}\" {}\n",
-        escape_log(&request),
-        status.as_str(),
-        field(head.and_then(|h| h.referer.as_ref())),
-        field(head.and_then(|h| h.user_agent.as_ref())),
-        started.elapsed().as_micros()
-    );
-    // A panic elsewhere cannot leave a File half-updated: a poisoned lock is used as it is.
-    let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = file.write_all(line.as_bytes()) {
-        tracing::debug!(cause = %e, "cannot write the access log");
-    }
-}
-
-/// `"`, `\` and control characters as `\xNN`.
-fn escape_log(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c == '"' || c == '\\' || c.is_control() {
-            let mut b = [0u8; 4];
-            for byte in c.encode_utf8(&mut b).bytes() {
-                let _ = write!(out, "\\x{byte:02x}");
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_fields_cannot_forge_lines() {
-        assert_eq!(escape_log("a\"b\nc"), "a\\x22b\\x0ac");
-    }
-}
 #[cfg(test)]
 mod memory {
     /// Every idle kept-alive connection holds one `serve` future; the benchmark counts 10,000
@@ -215,7 +130,7 @@ mod memory {
                 .unwrap();
             let stream = crate::net::Stream::Tcp(c);
             let slot: &'static crate::scoreboard::Slot = Box::leak(Box::default());
-            let ctx = super::ConnContext {
+            let ctx = crate::service::ConnContext {
                 peer: crate::net::Peer::Unix,
                 stop: Default::default(),
                 idle_timeout: None,
@@ -233,6 +148,7 @@ mod memory {
                 show_hidden: false,
                 listing: true,
                 access_logfile: None,
+                access_logformat: None,
             };
             let svc = super::StaticService::open(&cfg).unwrap();
             let f = super::serve(stream, &ctx, &svc);
