@@ -505,6 +505,38 @@ fn symlinks_inside_are_served_outside_refused() {
     assert_eq!(get(addr, "/rel-outside", "").body, b"TOP-SECRET\n");
 }
 
+/// Issue 11: a name that is not UTF-8 (here Latin-1 `café.txt` and a lone 0xFF byte) is listed
+/// with U+FFFD, linked by its percent-encoded bytes, and served when asked by those bytes, as
+/// nginx does. Overlong forms stay refused (see `hostile_paths_never_leave_the_root`).
+#[test]
+fn names_that_are_not_utf8_are_listed_and_served() {
+    use std::os::unix::ffi::OsStrExt;
+    let (dir, www) = site();
+    std::fs::create_dir(www.join("l1")).unwrap();
+    let latin1 = www
+        .join("l1")
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+    write(&latin1, "latin-1");
+    let ff = www.join("l1").join(std::ffi::OsStr::from_bytes(b"\xff"));
+    std::fs::create_dir(&ff).unwrap();
+    write(&ff.join("in.txt"), "inside");
+    let (_s, addr) = serve(dir, &[]);
+    let r = get(addr, "/l1/", "");
+    assert_eq!(r.status, 200);
+    let html = r.text();
+    assert!(
+        html.contains("href=\"caf%E9.txt\">caf\u{FFFD}.txt</a>"),
+        "{html}"
+    );
+    assert!(html.contains("href=\"%FF/\">\u{FFFD}/</a>"), "{html}");
+    assert_eq!(get(addr, "/l1/caf%E9.txt", "").body, b"latin-1");
+    assert_eq!(get(addr, "/l1/caf%e9.txt", "").body, b"latin-1");
+    assert_eq!(get(addr, "/l1/%FF/in.txt", "").body, b"inside");
+    let r = get(addr, "/l1/%FF", "");
+    assert_eq!((r.status, r.header("Location")), (301, Some("/l1/%FF/")));
+    assert_eq!(get(addr, "/l1/caf%C3%A9.txt", "").status, 404);
+}
+
 #[test]
 fn hostile_paths_never_leave_the_root() {
     let (dir, www) = site();

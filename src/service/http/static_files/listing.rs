@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime};
 
-use percent_encoding::utf8_percent_encode;
+use percent_encoding::percent_encode;
 use rustix::fs::{AtFlags, Dir, FileType};
 
 use super::path::SEGMENT;
@@ -19,8 +19,9 @@ use super::path::SEGMENT;
 pub struct Entry {
     /// Directories sort first.
     pub is_dir: bool,
-    /// The name (UTF-8: other names could not be requested back, so they are left out).
-    pub name: String,
+    /// The name's bytes (Linux names need not be UTF-8: such a name is shown with U+FFFD and
+    /// linked by its percent-encoded bytes, which [`super::path::clean`] decodes back).
+    pub name: Vec<u8>,
     /// Bytes, for files.
     pub size: u64,
     /// Last modification.
@@ -35,19 +36,18 @@ pub fn read(dir: &impl AsFd, show_hidden: bool) -> std::io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     for item in Dir::read_from(dir)? {
         let item = item?;
-        let Ok(name) = item.file_name().to_str() else {
-            continue;
-        };
-        if name == "." || name == ".." || (!show_hidden && name.starts_with('.')) {
+        let cname = item.file_name();
+        let name = cname.to_bytes();
+        if name == b"." || name == b".." || (!show_hidden && name.starts_with(b".")) {
             continue;
         }
         // Follow symlinks for what they point at; a dangling one is shown as itself.
-        let st = rustix::fs::statat(dir, name, AtFlags::empty())
-            .or_else(|_| rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW));
+        let st = rustix::fs::statat(dir, cname, AtFlags::empty())
+            .or_else(|_| rustix::fs::statat(dir, cname, AtFlags::SYMLINK_NOFOLLOW));
         let Ok(st) = st else { continue };
         entries.push(Entry {
             is_dir: FileType::from_raw_mode(st.st_mode) == FileType::Directory,
-            name: name.to_string(),
+            name: name.to_vec(),
             size: u64::try_from(st.st_size).unwrap_or(0),
             mtime: SystemTime::UNIX_EPOCH
                 + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0)),
@@ -80,7 +80,7 @@ pub fn render(url: &str, entries: &[Entry]) -> String {
         html.push_str("<tr><td><a href=\"../\">../</a></td><td></td><td class=\"t\"></td></tr>\n");
     }
     for e in entries {
-        let href: String = utf8_percent_encode(&e.name, SEGMENT).collect();
+        let href: String = percent_encode(&e.name, SEGMENT).collect();
         let slash = if e.is_dir { "/" } else { "" };
         let size = if e.is_dir {
             "-".to_string()
@@ -91,7 +91,7 @@ pub fn render(url: &str, entries: &[Entry]) -> String {
             html,
             "<tr><td><a href=\"{href}{slash}\">{}{slash}</a></td><td class=\"n\">{size}</td>\
              <td class=\"t\">{}</td></tr>",
-            escape(&e.name),
+            escape(&String::from_utf8_lossy(&e.name)),
             show_time(e.mtime),
         );
     }
@@ -143,7 +143,7 @@ mod tests {
     fn names_are_escaped_and_encoded() {
         let e = Entry {
             is_dir: false,
-            name: "<b>&\"x'.txt".into(),
+            name: b"<b>&\"x'.txt".to_vec(),
             size: 1536,
             mtime: SystemTime::UNIX_EPOCH,
         };

@@ -30,6 +30,7 @@ pub use conn::serve;
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 
 use self::files::{OpenError, Opened};
 use self::request::Limits;
@@ -102,8 +103,19 @@ impl StaticService {
     ///
     /// # Errors
     /// An [`OpenError`] naming the status to answer.
-    pub fn open_path(&self, rel: &str) -> Result<Opened, OpenError> {
+    pub fn open_path(&self, rel: &Path) -> Result<Opened, OpenError> {
         self.cache.open(
+            &self.root_fd,
+            &self.config.root,
+            rel,
+            self.config.follow_symlinks,
+        )
+    }
+
+    /// A precompressed variant of a file, if there is one (see
+    /// [`files::FileCache::open_variant`]).
+    pub fn open_variant(&self, rel: &Path) -> Option<Opened> {
+        self.cache.open_variant(
             &self.root_fd,
             &self.config.root,
             rel,

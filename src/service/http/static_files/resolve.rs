@@ -4,6 +4,7 @@
 //! Pure decisions over an opened file: nothing here writes to the connection. Every problem
 //! becomes a status; the reply carries the open file its body pieces read from.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -57,11 +58,7 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
                 }
                 return Reply::error(StatusCode::MOVED_PERMANENTLY).with(&header::LOCATION, &to);
             }
-            let index = if rel == "." {
-                "index.html".to_string()
-            } else {
-                format!("{rel}/index.html")
-            };
+            let index = rel.join("index.html");
             match svc.open_path(&index) {
                 Ok(o) if o.kind == FileType::RegularFile => {
                     return serve_file(head, svc, o, &index);
@@ -86,7 +83,7 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
                     Reply::bytes(StatusCode::OK, headers, html.into_bytes())
                 }
                 Err(e) => {
-                    tracing::warn!(cause = %e, dir = %rel, "cannot list directory");
+                    tracing::warn!(cause = %e, dir = %rel.display(), "cannot list directory");
                     Reply::error(StatusCode::INTERNAL_SERVER_ERROR)
                 }
             }
@@ -96,12 +93,12 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
     }
 }
 
-fn open_error(e: OpenError, rel: &str) -> Reply {
+fn open_error(e: OpenError, rel: &Path) -> Reply {
     match e {
         OpenError::NotFound => Reply::error(StatusCode::NOT_FOUND),
         OpenError::Forbidden => Reply::error(StatusCode::FORBIDDEN),
         OpenError::Other(err) => {
-            tracing::warn!(cause = %err, path = %rel, "cannot open");
+            tracing::warn!(cause = %err, path = %rel.display(), "cannot open");
             Reply::error(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }
@@ -134,7 +131,7 @@ pub fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
 const ENCODINGS: [(&str, &str); 3] = [("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz")];
 
 /// The answer for a regular file: variant, validators, conditionals, ranges.
-fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &str) -> Reply {
+fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &Path) -> Reply {
     let content_type = content_type(rel);
     // Look for siblings only when the client takes encodings: identity needs no Vary for a
     // client that accepts nothing else, and this keeps the common path to one open.
@@ -143,9 +140,9 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &str) -> Re
     let mut opened = opened;
     if let Some(ae) = &head.accept_encoding {
         for (token, suffix) in ENCODINGS {
-            if let Ok(o) = svc.open_path(&format!("{rel}{suffix}"))
-                && o.kind == FileType::RegularFile
-            {
+            let mut sibling = rel.as_os_str().to_owned();
+            sibling.push(suffix);
+            if let Some(o) = svc.open_variant(Path::new(&sibling)) {
                 vary = true;
                 if encoding.is_none() && accepts(ae, token) {
                     encoding = Some(token);
@@ -342,7 +339,7 @@ fn accepts(accept_encoding: &str, token: &str) -> bool {
 }
 
 /// The Content-Type for a path, by extension, with `charset=utf-8` for text.
-fn content_type(path: &str) -> String {
+fn content_type(path: &Path) -> String {
     let mime = mime_guess::from_path(path)
         .first_raw()
         .unwrap_or("application/octet-stream");
@@ -398,9 +395,18 @@ mod tests {
 
     #[test]
     fn text_types_get_a_charset() {
-        assert_eq!(content_type("a.html"), "text/html; charset=utf-8");
-        assert_eq!(content_type("a.js"), "text/javascript; charset=utf-8");
-        assert_eq!(content_type("a.png"), "image/png");
-        assert_eq!(content_type("a.unknownext"), "application/octet-stream");
+        assert_eq!(
+            content_type(Path::new("a.html")),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            content_type(Path::new("a.js")),
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(content_type(Path::new("a.png")), "image/png");
+        assert_eq!(
+            content_type(Path::new("a.unknownext")),
+            "application/octet-stream"
+        );
     }
 }
