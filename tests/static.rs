@@ -1138,3 +1138,127 @@ fn keep_alive_clients_see_no_error_across_a_reload() {
         assert!(c.join().expect("a client saw an error") > 0);
     }
 }
+
+/// One request with any method, read as HEAD reads when `method` is HEAD.
+fn request(addr: SocketAddr, method: &str, path: &str, extra: &str) -> Response {
+    let mut c = Conn::open(addr);
+    c.send(format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes());
+    c.response(method == "HEAD")
+}
+
+/// Issue 11: a URL with a precompressed sibling says `Vary: Accept-Encoding` on every response
+/// (200, 206, 304, HEAD), also to a client that sent no Accept-Encoding (RFC 9110 §12.5.5:
+/// the identity response depends on that header too). A file without siblings sends none.
+#[test]
+fn vary_on_every_response_of_a_url_with_variants() {
+    let (dir, www) = site();
+    write(&www.join("app.js"), "identity-body");
+    write(&www.join("app.js.gz"), "gzip-bytes");
+    let (_s, addr) = serve(dir, &[]);
+    let plain = get(addr, "/app.js", "");
+    let etag = plain.header("ETag").unwrap().to_string();
+    let cases = [
+        ("GET", String::new(), 200),
+        ("GET", "Accept-Encoding: gzip\r\n".to_string(), 200),
+        ("HEAD", String::new(), 200),
+        ("GET", "Range: bytes=0-3\r\n".to_string(), 206),
+        ("GET", format!("If-None-Match: {etag}\r\n"), 304),
+    ];
+    for (method, extra, status) in cases {
+        let r = request(addr, method, "/app.js", &extra);
+        assert_eq!(r.status, status, "{method} {extra}");
+        assert_eq!(
+            r.header("Vary"),
+            Some("Accept-Encoding"),
+            "{method} {extra}"
+        );
+    }
+    assert_eq!(plain.text(), "identity-body");
+    assert!(get(addr, "/hello.txt", "").header("Vary").is_none());
+}
+
+/// Issue 11, RFC 9110 §14: every edge of Range. An empty file is sent whole with 200 (nginx,
+/// Apache and werkzeug do; §14.1.3 allows ignoring Range); a suffix longer than the file is
+/// the whole file as 206 (§14.1.3); a range wholly past the end is 416 with `bytes */len`
+/// (§15.5.17); HEAD ignores Range, which only GET defines (§14.2).
+#[test]
+fn range_edges_from_rfc_9110() {
+    let (dir, www) = site();
+    write(&www.join("empty.txt"), "");
+    write(&www.join("ten.bin"), "0123456789");
+    let (_s, addr) = serve(dir, &[]);
+    for range in ["bytes=0-", "bytes=0-0", "bytes=-5", "bytes=3-7"] {
+        let r = get(addr, "/empty.txt", &format!("Range: {range}\r\n"));
+        assert_eq!(r.status, 200, "{range}");
+        assert_eq!(r.header("Content-Length"), Some("0"), "{range}");
+        assert!(r.header("Content-Range").is_none(), "{range}");
+    }
+    let r = get(addr, "/ten.bin", "Range: bytes=-50\r\n");
+    assert_eq!((r.status, r.text().as_str()), (206, "0123456789"));
+    assert_eq!(r.header("Content-Range"), Some("bytes 0-9/10"));
+    let r = get(addr, "/ten.bin", "Range: bytes=9-100\r\n");
+    assert_eq!((r.status, r.text().as_str()), (206, "9"));
+    let r = get(addr, "/ten.bin", "Range: bytes=10-\r\n");
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("Content-Range"), Some("bytes */10"));
+    let r = request(addr, "HEAD", "/ten.bin", "Range: bytes=0-3\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Length"), Some("10"));
+    assert!(r.header("Content-Range").is_none());
+}
+
+/// Issue 11: `.mjs` is JavaScript, and JavaScript is `text/javascript` (RFC 9239 §6).
+#[test]
+fn module_scripts_are_text_javascript() {
+    let (dir, www) = site();
+    write(&www.join("m.mjs"), "export {}");
+    let (_s, addr) = serve(dir, &[]);
+    let r = get(addr, "/m.mjs", "");
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/javascript; charset=utf-8")
+    );
+}
+
+/// Issue 11: `--max-age` (or `max_age` in the file) sends `Cache-Control: max-age=N` with files
+/// (200, 206, and 304, which repeats it per RFC 9110 §15.4.5), never with listings or errors.
+#[test]
+fn max_age_on_files_only() {
+    let (dir, www) = site();
+    std::fs::create_dir(www.join("d")).unwrap();
+    let (s, addr) = serve(dir, &["--max-age", "600"]);
+    let r = get(addr, "/hello.txt", "");
+    assert_eq!(r.header("Cache-Control"), Some("max-age=600"));
+    let etag = r.header("ETag").unwrap().to_string();
+    let r = get(addr, "/hello.txt", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("Cache-Control"), Some("max-age=600"));
+    let r = get(addr, "/hello.txt", "Range: bytes=0-1\r\n");
+    assert_eq!(
+        (r.status, r.header("Cache-Control")),
+        (206, Some("max-age=600"))
+    );
+    let r = get(addr, "/d/", "");
+    assert_eq!(
+        (r.status, r.header("Cache-Control")),
+        (200, Some("no-cache"))
+    );
+    let r = get(addr, "/missing", "");
+    assert_eq!((r.status, r.header("Cache-Control")), (404, None));
+    drop(s);
+
+    // Off by default; the file key works as the flag does.
+    let (dir, _) = site();
+    let (_s, addr) = serve(dir, &[]);
+    assert_eq!(get(addr, "/hello.txt", "").header("Cache-Control"), None);
+    let (dir, _) = site();
+    std::fs::write(dir.path().join("o.toml"), "max_age = 30\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["static", "www", "-c", "o.toml", "--check-config"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("max_age                  30s"), "{text}");
+}

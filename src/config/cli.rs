@@ -127,6 +127,10 @@ pub struct StaticArgs {
     /// [default: '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s']
     #[arg(long, value_name = "FORMAT")]
     pub access_logformat: Option<String>,
+
+    /// Send `Cache-Control: max-age=SECS` with files (not listings or errors) [default: none]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
 }
 
 /// `oxicorn chat` options.

@@ -84,6 +84,9 @@ pub struct FileConfig {
     /// `--access-logformat`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_logformat: Option<String>,
+    /// `--max-age`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "seconds")]
+    pub max_age: Option<Duration>,
     /// `--max-line` (chat, quote; ignored by other services).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_line: Option<usize>,

@@ -265,6 +265,7 @@ impl Config {
                 no_listing: Some(!s.listing),
                 access_logfile: s.access_logfile.clone(),
                 access_logformat: s.access_logformat.clone(),
+                max_age: s.max_age,
                 ..FileConfig::default()
             },
             ServiceConfig::Chat { max_line } => FileConfig {
@@ -319,6 +320,7 @@ impl Config {
                 ("show_hidden", s.show_hidden.to_string()),
                 ("no_listing", (!s.listing).to_string()),
                 ("access_logfile", show_path(&s.access_logfile, "off")),
+                ("max_age", show_duration(s.max_age)),
                 (
                     "access_logformat",
                     s.access_logformat
@@ -427,6 +429,7 @@ fn static_config(args: &StaticArgs, file: &FileConfig) -> Result<StaticConfig, C
         listing: !(args.no_listing || file.no_listing.unwrap_or(false)),
         access_logfile,
         access_logformat,
+        max_age: args.max_age.or(file.max_age),
     })
 }
 

@@ -161,6 +161,7 @@ mod memory {
                 listing: true,
                 access_logfile: None,
                 access_logformat: None,
+                max_age: None,
             };
             let svc = super::StaticService::open(&cfg).unwrap();
             let f = super::serve(stream, &ctx, &svc);

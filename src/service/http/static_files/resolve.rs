@@ -133,21 +133,26 @@ const ENCODINGS: [(&str, &str); 3] = [("br", ".br"), ("zstd", ".zst"), ("gzip", 
 /// The answer for a regular file: variant, validators, conditionals, ranges.
 fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &Path) -> Reply {
     let content_type = content_type(rel);
-    // Look for siblings only when the client takes encodings: identity needs no Vary for a
-    // client that accepts nothing else, and this keeps the common path to one open.
+    // Siblings are looked up for every request, even one without Accept-Encoding: a URL
+    // with variants must say `Vary: Accept-Encoding` on every response (RFC 9110 §12.5.5),
+    // or a shared cache stores the identity body for every client. Misses are cached, so
+    // the usual file without siblings costs three hash lookups, not three path walks.
     let mut vary = false;
     let mut encoding = None;
     let mut opened = opened;
-    if let Some(ae) = &head.accept_encoding {
-        for (token, suffix) in ENCODINGS {
-            let mut sibling = rel.as_os_str().to_owned();
-            sibling.push(suffix);
-            if let Some(o) = svc.open_variant(Path::new(&sibling)) {
-                vary = true;
-                if encoding.is_none() && accepts(ae, token) {
-                    encoding = Some(token);
-                    opened = o;
-                }
+    for (token, suffix) in ENCODINGS {
+        let mut sibling = rel.as_os_str().to_owned();
+        sibling.push(suffix);
+        if let Some(o) = svc.open_variant(Path::new(&sibling)) {
+            vary = true;
+            if encoding.is_none()
+                && head
+                    .accept_encoding
+                    .as_deref()
+                    .is_some_and(|ae| accepts(ae, token))
+            {
+                encoding = Some(token);
+                opened = o;
             }
         }
     }
@@ -159,6 +164,14 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &Path) -> R
     push_header(&mut headers, &header::ACCEPT_RANGES, "bytes");
     if vary {
         push_header(&mut headers, &header::VARY, "Accept-Encoding");
+    }
+    // A 304 repeats Cache-Control as the 200 would (RFC 9110 §15.4.5).
+    if let Some(age) = svc.config.max_age {
+        push_header(
+            &mut headers,
+            &header::CACHE_CONTROL,
+            &format!("max-age={}", age.as_secs()),
+        );
     }
     let validators = headers.clone();
     push_header(&mut headers, &header::CONTENT_TYPE, &content_type);
@@ -176,8 +189,13 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &Path) -> R
     }
 
     let len = opened.len;
+    // Range applies to GET only: "A server MUST ignore a Range header field received with a
+    // request method that is unrecognized or for which range handling is not defined", and
+    // GET is the only such method (RFC 9110 §14.2), so a HEAD gets the 200 head.
     let ranges = match &head.range {
-        Some(r) if if_range_holds(head, &etag, opened.mtime) => range::parse(r, len),
+        Some(r) if head.method == Method::GET && if_range_holds(head, &etag, opened.mtime) => {
+            range::parse(r, len)
+        }
         _ => Ranges::Full,
     };
     let mut reply = match ranges {
@@ -338,16 +356,22 @@ fn accepts(accept_encoding: &str, token: &str) -> bool {
     star.unwrap_or(false)
 }
 
-/// The Content-Type for a path, by extension, with `charset=utf-8` for text.
+/// The Content-Type for a path, by extension, with `charset=utf-8` for text. JavaScript
+/// (`.js`, `.mjs`, ...) is `text/javascript`, its only non-obsolete type (RFC 9239 §6).
 fn content_type(path: &Path) -> String {
-    let mime = mime_guess::from_path(path)
+    let mime = match mime_guess::from_path(path)
         .first_raw()
-        .unwrap_or("application/octet-stream");
+        .unwrap_or("application/octet-stream")
+    {
+        "application/javascript" | "application/x-javascript" | "application/ecmascript" => {
+            "text/javascript"
+        }
+        m => m,
+    };
     let texty = mime.starts_with("text/")
         || matches!(
             mime,
-            "application/javascript"
-                | "application/json"
+            "application/json"
                 | "application/xml"
                 | "application/xhtml+xml"
                 | "image/svg+xml"
@@ -404,6 +428,10 @@ mod tests {
             "text/javascript; charset=utf-8"
         );
         assert_eq!(content_type(Path::new("a.png")), "image/png");
+        assert_eq!(
+            content_type(Path::new("a.mjs")),
+            "text/javascript; charset=utf-8"
+        );
         assert_eq!(
             content_type(Path::new("a.unknownext")),
             "application/octet-stream"
