@@ -1262,3 +1262,59 @@ fn max_age_on_files_only() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("max_age                  30s"), "{text}");
 }
+
+/// Issue 11: a listing carries a strong ETag computed from its content and answers a matching
+/// `If-None-Match` with 304 (RFC 9110 §13.1.2), so `Cache-Control: no-cache` can be honoured;
+/// a new file changes the page and so the tag.
+#[test]
+fn listings_revalidate_with_an_etag() {
+    let (dir, www) = site();
+    std::fs::create_dir(www.join("d")).unwrap();
+    write(&www.join("d/one.txt"), "1");
+    let (_s, addr) = serve(dir, &[]);
+    let r = get(addr, "/d/", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Cache-Control"), Some("no-cache"));
+    let etag = r.header("ETag").unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let again = get(addr, "/d/", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(again.status, 304);
+    assert_eq!(again.header("ETag"), Some(etag.as_str()));
+    assert!(again.body.is_empty());
+    let head = request(addr, "HEAD", "/d/", "");
+    assert_eq!(head.header("ETag"), Some(etag.as_str()));
+    write(&www.join("d/two.txt"), "2");
+    let changed = get(addr, "/d/", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(changed.status, 200);
+    assert_ne!(changed.header("ETag"), Some(etag.as_str()));
+}
+
+/// Issue 11, the listing: natural order (`IMG_2` before `IMG_10`), breadcrumbs, a dark scheme,
+/// a date column that never wraps, 44 px tap targets on phones; and a 404 page that links to
+/// the root.
+#[test]
+fn listing_page_and_404_page() {
+    let (dir, www) = site();
+    std::fs::create_dir_all(www.join("photos/2026")).unwrap();
+    for n in ["IMG_10.jpg", "IMG_2.jpg", "IMG_1.jpg"] {
+        write(&www.join("photos/2026").join(n), "j");
+    }
+    let (_s, addr) = serve(dir, &[]);
+    let html = get(addr, "/photos/2026/", "").text();
+    let at = |n: &str| html.find(n).unwrap_or_else(|| panic!("{n}: {html}"));
+    assert!(at("IMG_1.jpg") < at("IMG_2.jpg") && at("IMG_2.jpg") < at("IMG_10.jpg"));
+    assert!(
+        html.contains(
+            "<a href=\"/\">/</a><a href=\"/photos/\">photos</a>/\
+             <a href=\"/photos/2026/\">2026</a>/"
+        ),
+        "{html}"
+    );
+    assert!(html.contains("prefers-color-scheme:dark"), "{html}");
+    assert!(html.contains(".t{white-space:nowrap}"), "{html}");
+    assert!(html.contains("min-height:44px"), "{html}");
+    let r = get(addr, "/no/such/page", "");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+    assert!(r.text().contains("<a href=\"/\">"), "{}", r.text());
+}

@@ -38,7 +38,7 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
         }
     };
     if !cfg.show_hidden && clean.is_hidden() {
-        return Reply::error(StatusCode::NOT_FOUND);
+        return not_found();
     }
     let rel = clean.relative();
     let opened = match svc.open_path(&rel) {
@@ -47,7 +47,7 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
     };
     match opened.kind {
         // `/file.txt/` names a directory that does not exist (as open(2) says with ENOTDIR).
-        FileType::RegularFile if clean.trailing_slash => Reply::error(StatusCode::NOT_FOUND),
+        FileType::RegularFile if clean.trailing_slash => not_found(),
         FileType::RegularFile => serve_file(head, svc, opened, &rel),
         FileType::Directory => {
             if !clean.trailing_slash {
@@ -67,21 +67,10 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
                 Err(e) => return open_error(e, &index),
             }
             if !cfg.listing {
-                return Reply::error(StatusCode::NOT_FOUND);
+                return not_found();
             }
             match listing::read(&opened.file, cfg.show_hidden) {
-                Ok(entries) => {
-                    let html = listing::render(&clean.url(true), &entries);
-                    let mut headers = String::with_capacity(128);
-                    push_header(
-                        &mut headers,
-                        &header::CONTENT_TYPE,
-                        "text/html; charset=utf-8",
-                    );
-                    push_header(&mut headers, &header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-                    push_header(&mut headers, &header::CACHE_CONTROL, "no-cache");
-                    Reply::bytes(StatusCode::OK, headers, html.into_bytes())
-                }
+                Ok(entries) => listing_reply(head, listing::render(&clean.url(true), &entries)),
                 Err(e) => {
                     tracing::warn!(cause = %e, dir = %rel.display(), "cannot list directory");
                     Reply::error(StatusCode::INTERNAL_SERVER_ERROR)
@@ -93,9 +82,53 @@ pub fn respond(head: &Head, svc: &StaticService) -> Reply {
     }
 }
 
+/// A listing with a strong validator computed from the page itself, so `no-cache` (store, but
+/// revalidate) can be honoured with a 304 instead of the whole page (RFC 9110 §8.8.3: equal
+/// bytes, equal tag). The hash is SipHash with fixed keys: the same page gets the same tag
+/// from every worker of one build.
+fn listing_reply(head: &Head, html: String) -> Reply {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    html.hash(&mut hasher);
+    let etag = format!("\"l{:016x}\"", hasher.finish());
+    let mut headers = String::with_capacity(160);
+    push_header(&mut headers, &header::ETAG, &etag);
+    push_header(&mut headers, &header::CACHE_CONTROL, "no-cache");
+    if head
+        .if_none_match
+        .as_deref()
+        .is_some_and(|list| etag_matches(list, &etag, true))
+    {
+        return Reply::bytes(StatusCode::NOT_MODIFIED, headers, Vec::new());
+    }
+    push_header(
+        &mut headers,
+        &header::CONTENT_TYPE,
+        "text/html; charset=utf-8",
+    );
+    push_header(&mut headers, &header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    Reply::bytes(StatusCode::OK, headers, html.into_bytes())
+}
+
+/// 404, as a page that links to the root.
+fn not_found() -> Reply {
+    let mut headers = String::with_capacity(96);
+    push_header(
+        &mut headers,
+        &header::CONTENT_TYPE,
+        "text/html; charset=utf-8",
+    );
+    push_header(&mut headers, &header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    Reply::bytes(
+        StatusCode::NOT_FOUND,
+        headers,
+        listing::not_found().into_bytes(),
+    )
+}
+
 fn open_error(e: OpenError, rel: &Path) -> Reply {
     match e {
-        OpenError::NotFound => Reply::error(StatusCode::NOT_FOUND),
+        OpenError::NotFound => not_found(),
         OpenError::Forbidden => Reply::error(StatusCode::FORBIDDEN),
         OpenError::Other(err) => {
             tracing::warn!(cause = %err, path = %rel.display(), "cannot open");
