@@ -323,6 +323,15 @@ fn spec(name: String, kind: Kind, layers: &[&Layer]) -> Result<ServiceSpec, Conf
                 Some(Value::Path(p)) => Some(p.clone()),
                 _ => None,
             };
+            let access_logformat = match get("access_logformat") {
+                Some(Value::Text(f)) => Some(f.clone()),
+                _ => None,
+            };
+            if let Some(f) = &access_logformat
+                && let Err(e) = crate::service::http::access_log::LogFormat::parse(f)
+            {
+                return Err(invalid("access_logformat", e.to_string()));
+            }
             if let Some(p) = &access_logfile
                 && p.as_os_str() != "-"
                 && p.is_dir()
@@ -343,6 +352,11 @@ fn spec(name: String, kind: Kind, layers: &[&Layer]) -> Result<ServiceSpec, Conf
                 show_hidden: flag("show_hidden"),
                 listing: !flag("no_listing"),
                 access_logfile,
+                access_logformat,
+                max_age: match get("max_age") {
+                    Some(Value::Duration(d)) => Some(*d),
+                    _ => None,
+                },
             })
         }
     };

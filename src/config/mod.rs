@@ -129,6 +129,12 @@ pub struct StaticConfig {
     pub listing: bool,
     /// The access log: `None` off, `-` stdout, otherwise a file opened for append.
     pub access_logfile: Option<PathBuf>,
+    /// The access log's line, in gunicorn's `%(atom)s` syntax, checked to parse; `None` is
+    /// [`crate::service::http::access_log::DEFAULT_FORMAT`].
+    pub access_logformat: Option<String>,
+    /// `Cache-Control: max-age` sent with files (200, 206, 304), in whole seconds; `None`
+    /// sends none, leaving freshness to the cache's heuristics (RFC 9111 §4.2.2).
+    pub max_age: Option<Duration>,
 }
 
 impl ServiceConfig {

@@ -387,6 +387,29 @@ pub static SETTINGS: &[Setting] = &[
         help: "Write one line per request here ('-' = stdout), gunicorn's format plus the response time",
     },
     Setting {
+        key: "access_logformat",
+        short: None,
+        scope: Scope::Services(STATIC),
+        ty: Type::Text { max: 4096 },
+        default: Default::None,
+        value_name: "FORMAT",
+        help: "The access log line in gunicorn's %(atom)s syntax: %(h)s %(l)s %(u)s %(t)s %(r)s \
+               %(m)s %(U)s %(q)s %(H)s %(s)s %(b)s %(B)s %(f)s %(a)s %(T)s %(M)s %(D)s %(L)s \
+               %(p)s [default: '%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\" %(D)s']",
+    },
+    Setting {
+        key: "max_age",
+        short: None,
+        scope: Scope::Services(STATIC),
+        ty: Type::Duration {
+            zero: Zero::Allowed,
+            min: Duration::ZERO,
+        },
+        default: Default::None,
+        value_name: "SECS",
+        help: "Send Cache-Control: max-age=SECS with files (not listings or errors); none by default",
+    },
+    Setting {
         key: "max_line",
         short: None,
         scope: Scope::Services(LINES),

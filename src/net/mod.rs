@@ -9,6 +9,7 @@
 pub mod listener;
 
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::RawFd;
@@ -17,7 +18,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// Longest path a `sockaddr_un` holds on Linux, without the trailing NUL.
@@ -187,6 +188,50 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Polls for read readiness without reading (data or EOF waiting). Keeps the waker in the
+    /// socket's own slot, so a future built on it stays small: what every idle kept-alive
+    /// connection holds.
+    ///
+    /// Readiness can be stale (set by an earlier read); the caller then reads and gets
+    /// `Pending`, which clears it.
+    ///
+    /// # Errors
+    /// What the socket returns.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    /// Sends up to `len` bytes of `file` from `*offset` with `sendfile(2)` once the socket is
+    /// writable, advancing `*offset` by what was sent. Returns the bytes sent: 0 only when the
+    /// file ends at `*offset`.
+    ///
+    /// A stream that cannot splice from a file (a future TLS stream) would read and write here
+    /// instead; callers do not know the difference.
+    ///
+    /// # Errors
+    /// What `sendfile` returns other than `EAGAIN` (which waits for writability again).
+    pub async fn sendfile(&self, file: &File, offset: &mut u64, len: usize) -> io::Result<usize> {
+        // The closure runs when tokio believes the socket writable; EAGAIN (mapped to
+        // WouldBlock) clears the readiness and waits again.
+        match self {
+            Stream::Tcp(s) => {
+                s.async_io(Interest::WRITABLE, || {
+                    Ok(rustix::fs::sendfile(s, file, Some(&mut *offset), len)?)
+                })
+                .await
+            }
+            Stream::Unix(s) => {
+                s.async_io(Interest::WRITABLE, || {
+                    Ok(rustix::fs::sendfile(s, file, Some(&mut *offset), len)?)
+                })
+                .await
+            }
         }
     }
 

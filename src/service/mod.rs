@@ -6,10 +6,11 @@
 
 pub mod chat;
 pub mod echo;
+pub mod http;
 pub mod lines;
+pub mod metrics;
 pub mod quote;
 pub mod reclaim;
-pub mod static_files;
 
 use std::io;
 use std::path::Path;
@@ -20,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Bus;
 use crate::config::{Config, ServiceConfig};
 use crate::net::{Peer, Stream};
-use crate::scoreboard::Slot;
 
 /// What one connection is told about its surroundings.
 pub struct ConnContext {
@@ -31,8 +31,8 @@ pub struct ConnContext {
     pub stop: CancellationToken,
     /// Close the connection after this long without progress; `None` = never.
     pub idle_timeout: Option<Duration>,
-    /// The worker's scoreboard slot, for counters.
-    pub slot: &'static Slot,
+    /// Where the connection reports bytes and requests.
+    pub metrics: metrics::Metrics,
     /// Tells the worker when this connection may be closed to admit a new client at the
     /// connection cap ([`reclaim`]).
     pub reclaim: reclaim::Reclaim,
@@ -62,8 +62,8 @@ impl Serve for Service {
 pub enum Service {
     /// [`echo`].
     Echo,
-    /// [`static_files`].
-    Static(Box<static_files::StaticService>),
+    /// [`http::static_files`].
+    Static(Box<http::static_files::StaticService>),
     /// [`chat`]: the room, shared with the other workers through the bus.
     Chat(chat::Chat),
     /// [`quote`]: the quote, held by the bus.
@@ -85,7 +85,7 @@ impl Service {
         Ok(match config {
             ServiceConfig::Echo => Service::Echo,
             ServiceConfig::Static(c) => {
-                Service::Static(Box::new(static_files::StaticService::open(c)?))
+                Service::Static(Box::new(http::static_files::StaticService::open(c)?))
             }
             ServiceConfig::Chat { max_line } => Service::Chat(chat::Chat::new(bus()?, *max_line)),
             ServiceConfig::Quote { max_line, .. } => {
@@ -111,7 +111,7 @@ impl Service {
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
         let result = match self {
             Service::Echo => echo::serve(stream, &ctx).await,
-            Service::Static(s) => static_files::serve(stream, &ctx, s).await,
+            Service::Static(s) => http::static_files::serve(stream, &ctx, s).await,
             Service::Chat(chat) => chat.serve(stream, &ctx).await,
             Service::Quote(quote) => quote.serve(stream, &ctx).await,
         };

@@ -184,7 +184,7 @@ impl<S: Serve> Acceptor<S> {
                         peer,
                         stop: self.stop.clone(),
                         idle_timeout: self.idle_timeout,
-                        slot: self.slot,
+                        metrics: crate::service::metrics::Metrics::new(self.slot),
                         reclaim: self.reclaim.register(),
                         listener,
                     };
