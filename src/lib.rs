@@ -22,6 +22,7 @@
 //! - [`connect`]: `oxicorn connect`, a line client with clear errors (not part of the server).
 //! - [`net`]: bind addresses and the stream type services read and write.
 //! - [`log`]: the line format and the log file reopened on USR1.
+//! - [`sync`]: the one way shared state is locked.
 
 #![warn(missing_docs)]
 
@@ -33,4 +34,5 @@ pub mod log;
 pub mod net;
 pub mod scoreboard;
 pub mod service;
+pub mod sync;
 pub mod worker;

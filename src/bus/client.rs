@@ -18,6 +18,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::proto::{self, Down, Reservation, Up};
 use super::{BusError, Handler, LostHandler, REQUEST_TIMEOUT, show_address};
+use crate::sync::lock;
 
 /// Frames queued for the hub. Bounded so a hub that is away for long applies back-pressure
 /// to publishers instead of growing the worker's memory; large enough to ride out a restart
@@ -90,7 +91,7 @@ impl EmbeddedBus {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.shared.state)
     }
 
     /// See [`super::Bus::publish`].
@@ -272,7 +273,7 @@ async fn connection_task(addr: PathBuf, shared: Arc<Shared>, mut up_rx: mpsc::Re
         let result = session(stream, hello, &shared, &mut up_rx).await;
         // Requests already written to the dead connection will never be answered: fail them
         // now (their callers get `Unavailable`). Those still queued go to the next hub.
-        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock(&shared.state);
         st.pending.retain(|_, p| !p.sent);
         drop(st);
         match result {
@@ -284,7 +285,7 @@ async fn connection_task(addr: PathBuf, shared: Arc<Shared>, mut up_rx: mpsc::Re
 
 /// The first frame of a session: everything the hub must know again after a restart.
 fn hello(shared: &Shared) -> Up {
-    let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let st = lock(&shared.state);
     Up::Hello {
         worker: std::process::id(),
         reservations: st.reservations.values().cloned().collect(),
@@ -333,7 +334,7 @@ async fn session(
                 }
             }
             {
-                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = lock(&shared.state);
                 for m in &batch {
                     if let Up::Reserve { req, .. }
                     | Up::List { req, .. }
@@ -416,7 +417,7 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
     match msg {
         Down::Deliver { topic, payload } => {
             let handler = {
-                let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let st = lock(&shared.state);
                 st.subscribers.get(&topic).cloned()
             };
             if let Some(h) = handler {
@@ -427,7 +428,7 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
             }
         }
         Down::Reserved { req, ok } => {
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&shared.state);
             let Some(p) = st.pending.remove(&req) else {
                 return;
             };
@@ -461,13 +462,13 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
             }
         }
         Down::Listing { req, .. } | Down::Swapped { req, .. } | Down::Synced { req } => {
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&shared.state);
             if let Some(p) = st.pending.remove(&req) {
                 let _ = p.reply.send(msg);
             }
         }
         Down::Changed { key, seq, value } => {
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&shared.state);
             let newer = st.values.get(&key).is_none_or(|(s, _)| *s < seq);
             if newer {
                 // Kept until the next change: copied out of the read buffer (see Deliver).
@@ -476,7 +477,7 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
         }
         Down::Lost { key, holder } => {
             let handler = {
-                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = lock(&shared.state);
                 if st
                     .reservations
                     .get(&key)

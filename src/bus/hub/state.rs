@@ -1,309 +1,34 @@
-//! The hub: the embedded bus's process. The arbiter forks it (only for services that need a
-//! bus) and supervises it like a worker: it is reaped, restarted with back-off when it dies,
-//! and stopped after the last worker on shutdown.
-//!
-//! It boots as a worker does, and for the same reasons: the arbiter blocked its signals across
-//! the fork and the child drops the arbiter's handlers first; then the hub sets its
-//! parent-death signal, checks the arbiter is still its parent, builds its own current-thread
-//! runtime (tokio never runs in the arbiter), installs its handlers and only then unblocks.
-//!
-//! Inside, one task per worker connection reads frames and applies them to `Hub`, the only
-//! state, under a mutex held for a few map operations and never across an `.await`. Frames for
-//! a worker go through that worker's bounded queue to its writer; a worker that stops reading
-//! so long that its queue fills is disconnected (it reconnects and re-registers) rather than
-//! let it grow the hub's memory or slow the others.
+//! The hub's state machine: which worker connection holds which name, the shared values,
+//! fan-out of publications, and the recovery window after a restart (reserves parked until
+//! every earlier worker is back). Pure: no I/O here; frames for a worker are queued on its
+//! connection ([`Conn::tx`]) and written by [`super::conn`]. Knows nothing of services: keys,
+//! topics and values are opaque.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::signal::unix::{SignalKind, signal};
+use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
-use super::proto::{self, Down, Reservation, Up};
-use super::{hub_address, show_address};
-use crate::config::Config;
-use crate::log::LogHandle;
-use crate::scoreboard::{Slot, SlotState};
-
-/// Exit code of a hub that could not start (its socket is taken, no runtime). The arbiter
-/// restarts it with back-off, as it does for any hub exit it did not ask for.
-pub const HUB_BOOT_ERROR: i32 = 3;
-
-/// Frames queued for one worker before it is considered stuck and disconnected.
-const HUB_QUEUE: usize = 64 * 1024;
-
-/// Bytes queued for one worker before it is considered stuck and disconnected. Frames are
-/// batches of up to 64 KiB (workers merge runs of publications), so a bound in frames alone
-/// would let one stopped worker make the hub hold gigabytes.
-const HUB_QUEUE_BYTES: usize = 32 * 1024 * 1024;
-
-/// Frames written to one worker in a single batch at most.
-const BATCH: usize = 256;
-
-/// How often a restarted hub checks whether the workers it still waits for are alive. A worker
-/// that dies is reaped by the arbiter, not by the hub, so nothing wakes the hub when it goes.
-const RECOVERY_POLL: Duration = Duration::from_millis(100);
-
-/// Added to `--timeout` for the recovery cap: the arbiter notices a silent worker on its next
-/// pass (at most 1 s after the timeout), then the kill, the reap and one poll here.
-const RECOVERY_MARGIN: Duration = Duration::from_secs(5);
-
-/// The recovery cap when the heartbeat timeout is off: nothing then kills a worker that is
-/// alive but never comes back, so the hub stops waiting for it after this long.
-const RECOVERY_CAP_NO_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a restarted hub waits at most for the workers it was told about (see
-/// [`HubBoot::workers`]) before it grants names again. Tied to the heartbeat timeout: a worker
-/// silent that long is killed by the arbiter, and a dead worker is not waited for anyway; so
-/// the cap only matters with the timeout off, or for a worker that beats but cannot reach the
-/// hub.
-pub fn recovery_cap(timeout: Option<Duration>) -> Duration {
-    timeout.map_or(RECOVERY_CAP_NO_TIMEOUT, |t| t + RECOVERY_MARGIN)
-}
-
-/// Everything the hub is handed at fork.
-pub struct HubBoot {
-    /// The arbiter; if `getppid()` stops being this, the hub is an orphan and stops.
-    pub arbiter: Pid,
-    /// The configuration at fork time (the initial quote, the heartbeat timeout that caps
-    /// recovery).
-    pub config: Arc<Config>,
-    /// Write end of the arbiter's notification pipe: the hub writes the same 8-byte "ready"
-    /// message a worker does once it listens. Closed after that write.
-    pub ready_tx: OwnedFd,
-    /// The logger, to reopen on USR1.
-    pub log: &'static LogHandle,
-    /// Whether an earlier hub of this arbiter died: then workers have names to re-register.
-    pub restart: bool,
-    /// On a restart, the workers alive when this hub was forked: the only ones that can hold
-    /// names. New reservations wait until each has said hello or is gone, so a newcomer
-    /// cannot take the name of a connected member whose worker has not re-registered yet.
-    /// Waiting for these pids, not for a count: during a reload more workers than `--workers`
-    /// run, and the new generation's (nameless) hellos must not end the wait. Workers forked
-    /// after the hub have no names and are not waited for.
-    pub workers: Vec<u32>,
-    /// The hub's scoreboard slot: beaten like a worker's, so the arbiter kills a wedged hub.
-    pub slot: &'static Slot,
-}
-
-/// Runs the hub to completion and returns its exit code. Never returns into the arbiter's
-/// code: the caller exits with the code.
-pub fn run(boot: HubBoot) -> i32 {
-    // As a worker: stop if the arbiter dies, and never run without one.
-    match crate::worker::start_child(boot.arbiter, "hub") {
-        crate::worker::ChildStart::Orphaned => 0,
-        crate::worker::ChildStart::Failed => HUB_BOOT_ERROR,
-        crate::worker::ChildStart::Ready(rt) => rt.block_on(serve(boot)),
-    }
-}
-
-async fn serve(boot: HubBoot) -> i32 {
-    let HubBoot {
-        arbiter,
-        config,
-        ready_tx,
-        log,
-        restart,
-        workers,
-        slot,
-    } = boot;
-    let (mut term, mut int, mut quit, mut usr1, _ignored) = match install_signals() {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(cause = %err, "hub cannot install its signal handlers");
-            return HUB_BOOT_ERROR;
-        }
-    };
-    crate::arbiter::signals::unblock();
-
-    let addr = hub_address(arbiter.as_raw() as u32);
-    let listener = match UnixListener::bind(&addr) {
-        Ok(l) => l,
-        Err(err) => {
-            tracing::error!(cause = %err, "hub cannot listen on {}", show_address(&addr));
-            return HUB_BOOT_ERROR;
-        }
-    };
-    tracing::debug!("hub listening on {}", show_address(&addr));
-
-    let mut values = HashMap::new();
-    if let crate::config::ServiceConfig::Quote { quote, .. } = &config.service {
-        values.insert(
-            crate::service::quote::KEY.to_string(),
-            (0, Bytes::from(quote.clone())),
-        );
-    }
-    // A first start has nothing to recover: no worker holds a name yet.
-    let awaited = restart.then(|| workers.into_iter().collect());
-    let hub = Arc::new(Mutex::new(Hub::new(values, awaited)));
-    if restart {
-        // Ends when recovery does; nothing else to close.
-        tokio::spawn(recovery(
-            Arc::clone(&hub),
-            arbiter,
-            recovery_cap(config.timeout),
-        ));
-    }
-
-    // The heartbeat runs on the hub's only thread: if anything blocks it, the beat stops and
-    // the arbiter kills and restarts the hub. It also notices an arbiter that is gone.
-    let orphaned = CancellationToken::new();
-    tokio::spawn(crate::worker::heartbeat(
-        slot,
-        crate::worker::beat_interval(&config),
-        arbiter,
-        orphaned.clone(),
-    ));
-    slot.set_state(SlotState::Ready);
-
-    let pid = std::process::id();
-    if let Err(err) = nix::unistd::write(&ready_tx, &crate::worker::ready_message(pid, 0)) {
-        tracing::error!(cause = %err, "hub cannot tell the arbiter it is ready");
-        return HUB_BOOT_ERROR;
-    }
-    drop(ready_tx);
-
-    let uid = rustix::process::getuid().as_raw();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Abstract sockets have no file permissions: only our own user may talk
-                    // to the hub.
-                    match stream.peer_cred() {
-                        Ok(cred) if cred.uid() == uid => {
-                            tokio::spawn(connection(Arc::clone(&hub), stream));
-                        }
-                        Ok(cred) => tracing::warn!(
-                            uid = cred.uid(),
-                            "hub refused a connection from another user"
-                        ),
-                        Err(err) => tracing::warn!(cause = %err, "hub cannot check a peer"),
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(cause = %err, "hub failed to accept; retrying in 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = term.recv() => return 0,
-            () = orphaned.cancelled() => {
-                tracing::warn!("the arbiter ({arbiter}) is gone: the hub stops");
-                return 0;
-            }
-            _ = int.recv() => return 0,
-            _ = quit.recv() => return 0,
-            _ = usr1.recv() => {
-                if let Err(err) = log.reopen() {
-                    tracing::error!(cause = %err, "cannot reopen the log file");
-                }
-            }
-        }
-    }
-}
-
-/// Ends the recovery window once every awaited worker has said hello or is gone, or
-/// `cap_after` after the start, whichever comes first. This task notices the gone ones and the
-/// cap; [`Hub::handle`] counts the hellos (and this task then returns at its next poll).
-async fn recovery(hub: Arc<Mutex<Hub>>, arbiter: Pid, cap_after: Duration) {
-    let cap = tokio::time::sleep(cap_after);
-    tokio::pin!(cap);
-    let mut poll = tokio::time::interval(RECOVERY_POLL);
-    loop {
-        tokio::select! {
-            () = &mut cap => {
-                lock(&hub).end_recovery(RecoveryEnd::Cap(cap_after));
-                return;
-            }
-            _ = poll.tick() => {
-                let awaited: Vec<u32> = {
-                    let h = lock(&hub);
-                    if !h.recovering {
-                        return;
-                    }
-                    h.awaited.iter().copied().collect()
-                };
-                // Checked without the lock held: a few small procfs reads.
-                let gone: Vec<u32> = awaited
-                    .into_iter()
-                    .filter(|&pid| !is_worker_alive(pid, arbiter))
-                    .collect();
-                lock(&hub).forget_workers(&gone);
-            }
-        }
-    }
-}
-
-/// Whether `pid` is still a live child of the arbiter. Read from `/proc/PID/stat` rather than
-/// `kill(pid, 0)`: a dead worker stays a zombie until the arbiter reaps it (on its next pass),
-/// and `kill` succeeds on a zombie. The parent check catches a pid reused after the reap.
-/// Procfs reads never wait on a disk, so this may run on the hub's only thread.
-fn is_worker_alive(pid: u32, arbiter: Pid) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false; // no such process
-    };
-    // The command name is in parentheses and may contain anything: parse after the last ')'.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return false;
-    };
-    let mut fields = rest.split_whitespace();
-    let state = fields.next().unwrap_or("X");
-    let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
-    !matches!(state, "Z" | "X" | "x") && ppid == Some(arbiter.as_raw())
-}
-
-type Sig = tokio::signal::unix::Signal;
-
-/// TERM, INT, QUIT and USR1, plus the arbiter's other signals registered only so they are
-/// ignored (TTIN/TTOU would otherwise stop the process by their default action).
-fn install_signals() -> std::io::Result<(Sig, Sig, Sig, Sig, Vec<Sig>)> {
-    let mut ignored = Vec::new();
-    for sig in [
-        Signal::SIGHUP,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
-        ignored.push(signal(SignalKind::from_raw(sig as i32))?);
-    }
-    Ok((
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::quit())?,
-        signal(SignalKind::user_defined1())?,
-        ignored,
-    ))
-}
-
-fn lock(hub: &Mutex<Hub>) -> MutexGuard<'_, Hub> {
-    hub.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::bus::proto::{Down, Reservation, Up};
 
 /// One worker connection, as the hub holds it.
-struct Conn {
+pub(super) struct Conn {
     /// Encoded frames for this worker's writer. The hub drops it (closing the queue) when the
     /// connection ends.
-    tx: mpsc::Sender<Bytes>,
+    pub(super) tx: mpsc::Sender<Bytes>,
     /// Cancelled to disconnect a worker whose queue overflowed.
-    kick: CancellationToken,
+    pub(super) kick: CancellationToken,
     /// Its pid, from its hello (for logs).
-    worker: u32,
+    pub(super) worker: u32,
     /// Bytes in `tx` not yet taken by the writer: added by [`Hub::send`], subtracted by the
     /// writer.
-    queued: Arc<AtomicUsize>,
-    /// The most `queued` may reach ([`HUB_QUEUE_BYTES`]).
-    limit: usize,
+    pub(super) queued: Arc<AtomicUsize>,
+    /// The most `queued` may reach ([`super::conn::HUB_QUEUE_BYTES`]).
+    pub(super) limit: usize,
 }
 
 /// A granted reservation.
@@ -313,20 +38,20 @@ struct Held {
 }
 
 /// The hub's whole state.
-struct Hub {
-    next_conn: u64,
-    conns: HashMap<u64, Conn>,
+pub(super) struct Hub {
+    pub(super) next_conn: u64,
+    pub(super) conns: HashMap<u64, Conn>,
     /// By key (already lowercased by the service when it wants case-insensitivity).
     names: HashMap<String, Held>,
     /// Swappable values, with a sequence number that only grows.
     values: HashMap<String, (u64, Bytes)>,
     /// In the recovery window after a restart: reserves are parked.
-    recovering: bool,
+    pub(super) recovering: bool,
     /// Reserves received during recovery: (connection, request, reservation), in order.
     parked: Vec<(u64, u64, Reservation)>,
     /// During recovery, the pids of the workers alive at fork that have neither said hello nor
     /// gone away; recovery ends when it empties (see [`HubBoot::workers`]).
-    awaited: HashSet<u32>,
+    pub(super) awaited: HashSet<u32>,
     /// Hellos received since this hub started (for the recovery log line).
     hellos: usize,
     /// Names re-registered by hellos during recovery (for the recovery log line).
@@ -335,7 +60,7 @@ struct Hub {
 
 /// Why the recovery window ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RecoveryEnd {
+pub(super) enum RecoveryEnd {
     /// Every worker alive at fork said hello or is gone.
     AllBack,
     /// The cap (this long after the start) passed with some still silent.
@@ -345,7 +70,7 @@ enum RecoveryEnd {
 impl Hub {
     /// A hub with `values`; recovering when `awaited` lists the workers to wait for (on a
     /// restart), unless that list is empty.
-    fn new(values: HashMap<String, (u64, Bytes)>, awaited: Option<HashSet<u32>>) -> Hub {
+    pub(super) fn new(values: HashMap<String, (u64, Bytes)>, awaited: Option<HashSet<u32>>) -> Hub {
         let mut hub = Hub {
             next_conn: 0,
             conns: HashMap::new(),
@@ -363,7 +88,7 @@ impl Hub {
 
     /// Stops waiting for `gone` (workers that died); ends recovery if nobody is left to wait
     /// for.
-    fn forget_workers(&mut self, gone: &[u32]) {
+    pub(super) fn forget_workers(&mut self, gone: &[u32]) {
         for pid in gone {
             if self.awaited.remove(pid) {
                 tracing::debug!(worker = pid, "a worker the hub waited for is gone");
@@ -411,7 +136,7 @@ impl Hub {
         }
     }
 
-    fn handle(&mut self, conn: u64, msg: Up) {
+    pub(super) fn handle(&mut self, conn: u64, msg: Up) {
         match msg {
             Up::Hello {
                 worker,
@@ -509,7 +234,7 @@ impl Hub {
     }
 
     /// Answers the reserves parked during recovery, in the order they came.
-    fn end_recovery(&mut self, why: RecoveryEnd) {
+    pub(super) fn end_recovery(&mut self, why: RecoveryEnd) {
         if !self.recovering {
             return;
         }
@@ -535,7 +260,7 @@ impl Hub {
     }
 
     /// A worker went away: its names are free, and their wills (leave notices) go out.
-    fn disconnect(&mut self, conn: u64) {
+    pub(super) fn disconnect(&mut self, conn: u64) {
         self.conns.remove(&conn);
         self.parked.retain(|(c, _, _)| *c != conn);
         let gone: Vec<String> = self
@@ -561,94 +286,13 @@ fn owned(b: &Bytes) -> Bytes {
     Bytes::copy_from_slice(b)
 }
 
-/// Serves one worker until it disconnects, sends garbage, or is kicked.
-async fn connection(hub: Arc<Mutex<Hub>>, stream: UnixStream) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(HUB_QUEUE);
-    let kick = CancellationToken::new();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let id = {
-        let mut h = lock(&hub);
-        h.next_conn += 1;
-        let id = h.next_conn;
-        h.conns.insert(
-            id,
-            Conn {
-                tx,
-                kick: kick.clone(),
-                worker: 0,
-                queued: Arc::clone(&queued),
-                limit: HUB_QUEUE_BYTES,
-            },
-        );
-        id
-    };
-    let (mut rd, mut wr) = stream.into_split();
-
-    let reader = async {
-        let mut codec = proto::codec();
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            while let Some(frame) = codec.decode(&mut buf)? {
-                let msg = Up::decode(frame.freeze())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                lock(&hub).handle(id, msg);
-            }
-            if rd.read_buf(&mut buf).await? == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
-        }
-    };
-    let writer = async {
-        let mut codec = proto::codec();
-        let mut buf = BytesMut::new();
-        while let Some(first) = rx.recv().await {
-            buf.clear();
-            let mut taken = first.len();
-            codec.encode(first, &mut buf)?;
-            for _ in 1..BATCH {
-                match rx.try_recv() {
-                    Ok(f) => {
-                        taken += f.len();
-                        codec.encode(f, &mut buf)?;
-                    }
-                    Err(_) => break,
-                }
-            }
-            queued.fetch_sub(taken, Ordering::Relaxed);
-            wr.write_all(&buf).await?;
-        }
-        Ok::<(), std::io::Error>(())
-    };
-
-    let result = tokio::select! {
-        r = reader => r,
-        r = writer => r,
-        _ = kick.cancelled() => Ok(()),
-    };
-    let worker = lock(&hub).conns.get(&id).map_or(0, |c| c.worker);
-    match result {
-        // A worker that exits (a reload, TTOU, a crash the arbiter reports) closes its end
-        // while the hub may still be writing to it: that is a departure, not a fault.
-        Err(err)
-            if matches!(
-                err.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ) =>
-        {
-            tracing::debug!(worker, cause = %err, "worker left the bus");
-        }
-        Err(err) => tracing::warn!(worker, cause = %err, "bus connection failed"),
-        Ok(()) => tracing::debug!(worker, "worker left the bus"),
-    }
-    lock(&hub).disconnect(id);
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::bus::hub::conn::HUB_QUEUE_BYTES;
 
     /// A hub; restarted (recovering) when `awaited` lists the workers alive at its fork.
-    fn hub(awaited: Option<&[u32]>) -> Hub {
+    pub(crate) fn hub(awaited: Option<&[u32]>) -> Hub {
         Hub::new(HashMap::new(), awaited.map(|p| p.iter().copied().collect()))
     }
 
@@ -661,7 +305,10 @@ mod tests {
     }
 
     /// A worker connection with a queue of `cap` frames.
-    fn connect(h: &mut Hub, cap: usize) -> (u64, mpsc::Receiver<Bytes>, CancellationToken) {
+    pub(crate) fn connect(
+        h: &mut Hub,
+        cap: usize,
+    ) -> (u64, mpsc::Receiver<Bytes>, CancellationToken) {
         connect_bounded(h, cap, HUB_QUEUE_BYTES)
     }
 
@@ -688,7 +335,7 @@ mod tests {
         (id, rx, kick)
     }
 
-    fn frames(rx: &mut mpsc::Receiver<Bytes>) -> Vec<Down> {
+    pub(crate) fn frames(rx: &mut mpsc::Receiver<Bytes>) -> Vec<Down> {
         let mut out = Vec::new();
         while let Ok(f) = rx.try_recv() {
             out.push(Down::decode(f).unwrap());
@@ -705,7 +352,7 @@ mod tests {
         }
     }
 
-    fn reserve(h: &mut Hub, conn: u64, req: u64, key: &str, holder: u64) {
+    pub(crate) fn reserve(h: &mut Hub, conn: u64, req: u64, key: &str, holder: u64) {
         h.handle(
             conn,
             Up::Reserve {
@@ -929,93 +576,6 @@ mod tests {
         // A first start, or a restart with no worker alive, has no window at all.
         assert!(!hub(None).recovering);
         assert!(!hub(Some(&[])).recovering);
-    }
-
-    /// Two children of this process: one that lives (30 s at most, if a test fails before
-    /// killing it) and one that exits at once.
-    fn live_and_exiting_children() -> (std::process::Child, std::process::Child) {
-        let live = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let exiting = std::process::Command::new("true").spawn().unwrap();
-        (live, exiting)
-    }
-
-    #[test]
-    fn only_a_live_child_of_the_arbiter_is_alive() {
-        let arbiter = Pid::this();
-        let (mut live, mut dead) = live_and_exiting_children();
-        let zombie = dead.id();
-        // Exited but not reaped: a zombie, which `kill(pid, 0)` would call alive.
-        assert!(eventually_true(|| {
-            std::fs::read_to_string(format!("/proc/{zombie}/stat")).is_ok_and(|s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-        }));
-        assert!(is_worker_alive(live.id(), arbiter));
-        assert!(
-            !is_worker_alive(live.id(), Pid::from_raw(1)),
-            "not the arbiter's child"
-        );
-        assert!(!is_worker_alive(zombie, arbiter));
-        dead.wait().unwrap();
-        assert!(!is_worker_alive(zombie, arbiter), "reaped");
-        live.kill().unwrap();
-        live.wait().unwrap();
-    }
-
-    fn eventually_true(mut cond: impl FnMut() -> bool) -> bool {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            if cond() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-
-    /// The recovery task: a dead listed worker ends the wait at the next poll; a live silent
-    /// one is waited for until the cap.
-    #[tokio::test]
-    async fn recovery_ends_when_listed_workers_are_gone_or_at_the_cap() {
-        let arbiter = Pid::this();
-        let (mut live, mut dead) = live_and_exiting_children();
-        let gone = dead.id();
-        dead.wait().unwrap();
-
-        // Only the dead one listed: recovery ends at the first poll, long before the cap.
-        let h = Arc::new(Mutex::new(hub(Some(&[gone]))));
-        let started = std::time::Instant::now();
-        recovery(Arc::clone(&h), arbiter, Duration::from_secs(30)).await;
-        assert!(!lock(&h).recovering);
-        assert!(started.elapsed() < Duration::from_secs(5));
-
-        // A live one that never says hello: the cap ends it, and the parked reserve is
-        // answered.
-        let h = Arc::new(Mutex::new(hub(Some(&[gone, live.id()]))));
-        let (n, mut rn, _) = connect(&mut lock(&h), 16);
-        reserve(&mut lock(&h), n, 1, "x", 5);
-        let cap = Duration::from_millis(300);
-        let started = std::time::Instant::now();
-        recovery(Arc::clone(&h), arbiter, cap).await;
-        assert!(started.elapsed() >= cap);
-        assert!(!lock(&h).recovering);
-        assert!(lock(&h).awaited.is_empty());
-        assert_eq!(frames(&mut rn), vec![Down::Reserved { req: 1, ok: true }]);
-        live.kill().unwrap();
-        live.wait().unwrap();
-    }
-
-    #[test]
-    fn the_recovery_cap_follows_the_heartbeat_timeout() {
-        assert_eq!(recovery_cap(None), RECOVERY_CAP_NO_TIMEOUT);
-        assert_eq!(
-            recovery_cap(Some(Duration::from_secs(30))),
-            Duration::from_secs(30) + RECOVERY_MARGIN
-        );
     }
 
     #[test]

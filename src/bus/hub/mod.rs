@@ -1,0 +1,61 @@
+//! The hub: the embedded bus's process. The arbiter forks it (only for services that need a
+//! bus) and supervises it like a worker: it is reaped, restarted with back-off when it dies,
+//! and stopped after the last worker on shutdown.
+//!
+//! # Layout
+//!
+//! - [`boot`]: the process: signals, runtime, heartbeat, the ready message, the main loop.
+//!   Everything a forked child does is there, so it can move onto a shared child layer.
+//! - `state`: the state machine (names, values, fan-out, the recovery window). No I/O.
+//! - `recovery`: the task that ends the recovery window after a restart (`/proc` checks).
+//! - `conn`: the accept loop and the per-worker connection tasks (frames in, batches out).
+//!
+//! Inside, one task per worker connection reads frames and applies them to the state, the only
+//! one, under a mutex held for a few map operations and never across an `.await`. The hub
+//! knows no service: keys, topics and values are opaque bytes to it.
+
+mod boot;
+mod conn;
+mod recovery;
+mod state;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use nix::unistd::Pid;
+
+pub use boot::run;
+pub use recovery::recovery_cap;
+
+use crate::config::Config;
+use crate::log::LogHandle;
+use crate::scoreboard::Slot;
+
+/// Exit code of a hub that could not start (its socket is taken, no runtime). The arbiter
+/// restarts it with back-off, as it does for any hub exit it did not ask for.
+pub const HUB_BOOT_ERROR: i32 = 3;
+
+/// Everything the hub is handed at fork.
+pub struct HubBoot {
+    /// The arbiter; if `getppid()` stops being this, the hub is an orphan and stops.
+    pub arbiter: Pid,
+    /// The configuration at fork time (the initial quote, the heartbeat timeout that caps
+    /// recovery).
+    pub config: Arc<Config>,
+    /// Write end of the arbiter's notification pipe: the hub writes the same 8-byte "ready"
+    /// message a worker does once it listens. Closed after that write.
+    pub ready_tx: OwnedFd,
+    /// The logger, to reopen on USR1.
+    pub log: &'static LogHandle,
+    /// Whether an earlier hub of this arbiter died: then workers have names to re-register.
+    pub restart: bool,
+    /// On a restart, the workers alive when this hub was forked: the only ones that can hold
+    /// names. New reservations wait until each has said hello or is gone, so a newcomer
+    /// cannot take the name of a connected member whose worker has not re-registered yet.
+    /// Waiting for these pids, not for a count: during a reload more workers than `--workers`
+    /// run, and the new generation's (nameless) hellos must not end the wait. Workers forked
+    /// after the hub have no names and are not waited for.
+    pub workers: Vec<u32>,
+    /// The hub's scoreboard slot: beaten like a worker's, so the arbiter kills a wedged hub.
+    pub slot: &'static Slot,
+}
