@@ -6,7 +6,6 @@
 //! at most twice `MAX_WORKERS` slots), so a hub that is alive but wedged is killed after
 //! `--timeout` and restarted, as a worker would be.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -133,7 +132,8 @@ impl Arbiter {
         };
         HubBoot {
             arbiter: Pid::parent(),
-            config: Arc::clone(&self.config),
+            recovery_cap: hub::recovery_cap(self.config.timeout),
+            beat_interval: crate::worker::beat_interval(&self.config),
             ready_tx,
             log: self.log,
             restart,

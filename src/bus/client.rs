@@ -194,8 +194,28 @@ impl EmbeddedBus {
             key: key.to_string(),
             holder,
         };
-        // If the queue is full the hub is away or swamped: send from a task so the caller (a
-        // connection ending) never waits; order does not matter for a release.
+        // The caller (a connection ending) never waits; order does not matter for a release.
+        self.send_now(msg);
+    }
+
+    /// See [`super::Bus::set_if_absent`].
+    pub fn set_if_absent(&self, key: &str, value: Bytes) {
+        // Remembered as the value of sequence 0 (unless one was seen already), so a hub that
+        // restarts before anybody changed the key gets the seed back in this worker's hello.
+        self.state()
+            .values
+            .entry(key.to_string())
+            .or_insert_with(|| (0, value.clone()));
+        let msg = Up::SetIfAbsent {
+            key: key.to_string(),
+            value,
+        };
+        self.send_now(msg);
+    }
+
+    /// Queues `msg` without waiting: if the queue is full (the hub is away or swamped) it is
+    /// sent from a task, so the caller never waits.
+    fn send_now(&self, msg: Up) {
         if let Err(mpsc::error::TrySendError::Full(msg)) = self.shared.up.try_send(msg) {
             let up = self.shared.up.clone();
             tokio::spawn(async move {

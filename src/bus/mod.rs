@@ -1,7 +1,7 @@
 //! The bus: every message and every piece of state that crosses workers goes through here.
 //! No service opens its own pipe to a sibling.
 //!
-//! What services get is [`Bus`], five operations that a Redis deployment can offer as well:
+//! What services get is [`Bus`], a few operations that a Redis deployment can offer as well:
 //!
 //! | operation | chat / quote use | embedded hub | Redis (later) |
 //! |---|---|---|---|
@@ -9,6 +9,7 @@
 //! | [`Bus::reserve`] / [`Bus::release`] | unique member names | a table in the hub, per connection | `SET NX` with a lease |
 //! | [`Bus::list`] | `/who` | scan of the table | `SCAN` |
 //! | [`Bus::swap`] | the quote | a value in the hub | `GETSET` |
+//! | [`Bus::set_if_absent`] | the initial quote, seeded by each worker | a value in the hub | `SET NX` |
 //!
 //! # The embedded bus
 //!
@@ -165,6 +166,16 @@ impl Bus {
     pub async fn sync(&self) -> Result<(), BusError> {
         match self {
             Bus::Embedded(b) => b.sync().await,
+        }
+    }
+
+    /// Gives `key` the value `value` if it has none yet, for the whole server: a seed, such as
+    /// the initial quote, which every worker may offer and only the first sets. Never waits;
+    /// it takes effect before anything this worker asks the bus after it, and a value set by
+    /// [`Bus::swap`] always wins over a seed (also after a hub restart).
+    pub fn set_if_absent(&self, key: &str, value: Bytes) {
+        match self {
+            Bus::Embedded(b) => b.set_if_absent(key, value),
         }
     }
 

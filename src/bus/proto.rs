@@ -90,6 +90,14 @@ pub enum Up {
         /// The new value.
         value: Bytes,
     },
+    /// Set `key` to `value` only if it has no value yet (a seed: the initial quote). Not
+    /// answered: it is applied in order with this connection's other frames.
+    SetIfAbsent {
+        /// The key (`quote`).
+        key: String,
+        /// The value it gets if it has none.
+        value: Bytes,
+    },
 }
 
 /// Hub → worker.
@@ -298,6 +306,11 @@ impl Up {
                 put_bytes(&mut out, key.as_bytes());
                 put_bytes(&mut out, value);
             }
+            Up::SetIfAbsent { key, value } => {
+                out.put_u8(8);
+                put_bytes(&mut out, key.as_bytes());
+                put_bytes(&mut out, value);
+            }
         }
         out.freeze()
     }
@@ -349,6 +362,10 @@ impl Up {
                 value: r.bytes()?,
             },
             7 => Up::Sync { req: r.u64()? },
+            8 => Up::SetIfAbsent {
+                key: r.text()?,
+                value: r.bytes()?,
+            },
             t => return Err(ProtoError::Tag(t)),
         };
         r.end()?;
@@ -497,6 +514,10 @@ mod tests {
                 value: Bytes::new(),
             },
             Up::Sync { req: 4 },
+            Up::SetIfAbsent {
+                key: "quote".into(),
+                value: Bytes::from_static(b"seed"),
+            },
         ];
         for m in ups {
             assert_eq!(Up::decode(m.encode()), Ok(m.clone()));

@@ -76,8 +76,8 @@ impl Service {
                 Service::Static(Box::new(static_files::StaticService::open(c)?))
             }
             ServiceConfig::Chat { max_line } => Service::Chat(chat::Chat::new(bus(), *max_line)),
-            ServiceConfig::Quote { max_line, .. } => {
-                Service::Quote(quote::Quote::new(bus(), *max_line))
+            ServiceConfig::Quote { max_line, quote } => {
+                Service::Quote(quote::Quote::new(bus(), *max_line, quote))
             }
         })
     }

@@ -35,8 +35,11 @@ impl fmt::Debug for Quote {
 }
 
 impl Quote {
-    /// The service for one worker.
-    pub fn new(bus: Bus, max_line: usize) -> Quote {
+    /// The service for one worker. `initial` is the quote served until a client sends one:
+    /// every worker offers it to the bus, which keeps the first and never lets it replace a
+    /// quote a client sent ([`Bus::set_if_absent`]).
+    pub fn new(bus: Bus, max_line: usize, initial: &str) -> Quote {
+        bus.set_if_absent(KEY, bytes::Bytes::copy_from_slice(initial.as_bytes()));
         Quote { bus, max_line }
     }
 

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use nix::sys::signal::Signal;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -35,7 +34,8 @@ pub fn run(boot: HubBoot) -> i32 {
 async fn serve(boot: HubBoot) -> i32 {
     let HubBoot {
         arbiter,
-        config,
+        recovery_cap,
+        beat_interval,
         ready_tx,
         log,
         restart,
@@ -61,22 +61,15 @@ async fn serve(boot: HubBoot) -> i32 {
     };
     tracing::debug!("hub listening on {}", show_address(&addr));
 
-    let mut values = HashMap::new();
-    if let crate::config::ServiceConfig::Quote { quote, .. } = &config.service {
-        values.insert(
-            crate::service::quote::KEY.to_string(),
-            (0, Bytes::from(quote.clone())),
-        );
-    }
     // A first start has nothing to recover: no worker holds a name yet.
     let awaited = restart.then(|| workers.into_iter().collect());
-    let hub = Arc::new(Mutex::new(Hub::new(values, awaited)));
+    let hub = Arc::new(Mutex::new(Hub::new(HashMap::new(), awaited)));
     if restart {
         // Ends when recovery does; nothing else to close.
         tokio::spawn(recovery::recovery(
             Arc::clone(&hub),
             arbiter,
-            recovery::recovery_cap(config.timeout),
+            recovery_cap,
         ));
     }
 
@@ -85,7 +78,7 @@ async fn serve(boot: HubBoot) -> i32 {
     let orphaned = CancellationToken::new();
     tokio::spawn(crate::worker::heartbeat(
         slot,
-        crate::worker::beat_interval(&config),
+        beat_interval,
         arbiter,
         orphaned.clone(),
     ));

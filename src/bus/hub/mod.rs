@@ -20,14 +20,13 @@ mod recovery;
 mod state;
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::time::Duration;
 
 use nix::unistd::Pid;
 
 pub use boot::run;
 pub use recovery::recovery_cap;
 
-use crate::config::Config;
 use crate::log::LogHandle;
 use crate::scoreboard::Slot;
 
@@ -39,9 +38,11 @@ pub const HUB_BOOT_ERROR: i32 = 3;
 pub struct HubBoot {
     /// The arbiter; if `getppid()` stops being this, the hub is an orphan and stops.
     pub arbiter: Pid,
-    /// The configuration at fork time (the initial quote, the heartbeat timeout that caps
-    /// recovery).
-    pub config: Arc<Config>,
+    /// How long a restarted hub waits at most for the workers it was told about
+    /// ([`recovery_cap`] of the heartbeat timeout).
+    pub recovery_cap: Duration,
+    /// How often the hub beats its scoreboard slot (as a worker does).
+    pub beat_interval: Duration,
     /// Write end of the arbiter's notification pipe: the hub writes the same 8-byte "ready"
     /// message a worker does once it listens. Closed after that write.
     pub ready_tx: OwnedFd,

@@ -209,6 +209,11 @@ impl Hub {
                 let changed = Down::Changed { key, seq, value }.encode();
                 self.broadcast(None, &changed);
             }
+            Up::SetIfAbsent { key, value } => {
+                // Sequence 0: any value a swap made (1 and up) is newer, here and in a
+                // restarted hub that gets values back from the workers' hellos.
+                self.values.entry(key).or_insert_with(|| (0, owned(&value)));
+            }
         }
     }
 
@@ -417,6 +422,44 @@ pub(super) mod tests {
             },
         );
         assert!(h.names.is_empty());
+    }
+
+    #[test]
+    fn a_seed_sets_a_value_only_if_it_has_none() {
+        let mut h = hub(None);
+        let (a, mut ra, _) = connect(&mut h, 16);
+        let seed = |v: &'static [u8]| Up::SetIfAbsent {
+            key: "quote".into(),
+            value: Bytes::from_static(v),
+        };
+        h.handle(a, seed(b"first"));
+        h.handle(a, seed(b"second"));
+        let swap = |req, v: &'static [u8]| Up::Swap {
+            req,
+            key: "quote".into(),
+            value: Bytes::from_static(v),
+        };
+        h.handle(a, swap(1, b"mine"));
+        // A worker that starts later seeds again: the swapped value stays.
+        h.handle(a, seed(b"third"));
+        h.handle(a, swap(2, b"again"));
+        let swapped: Vec<Down> = frames(&mut ra)
+            .into_iter()
+            .filter(|d| matches!(d, Down::Swapped { .. }))
+            .collect();
+        assert_eq!(
+            swapped,
+            vec![
+                Down::Swapped {
+                    req: 1,
+                    old: Bytes::from_static(b"first")
+                },
+                Down::Swapped {
+                    req: 2,
+                    old: Bytes::from_static(b"mine")
+                }
+            ]
+        );
     }
 
     #[test]
