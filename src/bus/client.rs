@@ -11,12 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{Decoder, Encoder};
 
-use super::proto::{self, Down, Reservation, Up};
+use super::proto::{Down, FrameReader, FrameWriter, Reservation, Up};
 use super::{BusError, Handler, LostHandler, REQUEST_TIMEOUT, show_address};
 use crate::sync::lock;
 
@@ -325,33 +323,24 @@ async fn session(
     shared: &Arc<Shared>,
     up_rx: &mut mpsc::Receiver<Up>,
 ) -> std::io::Result<()> {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     // Releases the reader wants sent (a granted name nobody waits for any more).
     let (extra_tx, mut extra_rx) = mpsc::unbounded_channel::<Up>();
 
     let writer = async {
-        let mut codec = proto::codec();
-        let mut buf = BytesMut::new();
-        codec.encode(hello.encode(), &mut buf)?;
-        wr.write_all(&buf).await?;
+        let mut frames = FrameWriter::new(wr);
+        frames.feed(hello.encode())?;
+        frames.flush().await?;
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
-            buf.clear();
             // Releases first: each was decided before anything still in the queue was asked
             // for again (see `receive`), so it must reach the hub first.
-            let first = tokio::select! {
+            tokio::select! {
                 biased;
-                m = extra_rx.recv() => m,
-                m = up_rx.recv() => m,
-            };
-            let Some(first) = first else {
-                return Ok(());
-            };
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match up_rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
+                Some(m) = extra_rx.recv() => batch.push(m),
+                n = up_rx.recv_many(&mut batch, BATCH) => if n == 0 {
+                    return Ok(());
+                },
             }
             {
                 let mut st = lock(&shared.state);
@@ -366,26 +355,21 @@ async fn session(
                     }
                 }
             }
-            for m in coalesce(batch) {
-                codec.encode(m.encode(), &mut buf)?;
+            for m in coalesce(std::mem::take(&mut batch)) {
+                frames.feed(m.encode())?;
             }
-            wr.write_all(&buf).await?;
+            frames.flush().await?;
         }
     };
 
     let reader = async {
-        let mut codec = proto::codec();
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            while let Some(frame) = codec.decode(&mut buf)? {
-                let msg = Down::decode(frame.freeze())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                receive(shared, msg, &extra_tx);
-            }
-            if rd.read_buf(&mut buf).await? == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
+        let mut frames = FrameReader::new(rd);
+        while let Some(frame) = frames.next().await? {
+            let msg = Down::decode(frame)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            receive(shared, msg, &extra_tx);
         }
+        Ok::<(), std::io::Error>(())
     };
 
     tokio::select! {
@@ -441,10 +425,9 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
                 st.subscribers.get(&topic).cloned()
             };
             if let Some(h) = handler {
-                // A copy the size of the message: the frame is a slice of a 64 KiB read
-                // buffer, and a subscriber that keeps it queued (a slow chat member) would
-                // keep that whole buffer alive with it.
-                h(Bytes::copy_from_slice(&payload));
+                // Its own allocation, not a slice of the read buffer (see `proto`): a
+                // subscriber may keep it queued (a slow chat member).
+                h(payload);
             }
         }
         Down::Reserved { req, ok } => {
@@ -491,8 +474,8 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
             let mut st = lock(&shared.state);
             let newer = st.values.get(&key).is_none_or(|(s, _)| *s < seq);
             if newer {
-                // Kept until the next change: copied out of the read buffer (see Deliver).
-                st.values.insert(key, (seq, Bytes::copy_from_slice(&value)));
+                // Kept until the next change: its own allocation (see Deliver).
+                st.values.insert(key, (seq, value));
             }
         }
         Down::Lost { key, holder } => {

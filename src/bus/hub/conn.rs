@@ -7,15 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{Conn, Hub};
-use crate::bus::proto::{self, Up};
+use crate::bus::proto::{FrameReader, FrameWriter, Up};
 use crate::sync::lock;
 
 /// Frames queued for one worker before it is considered stuck and disconnected.
@@ -77,40 +75,27 @@ async fn connection(hub: Arc<Mutex<Hub>>, stream: UnixStream) {
         );
         id
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
 
     let reader = async {
-        let mut codec = proto::codec();
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            while let Some(frame) = codec.decode(&mut buf)? {
-                let msg = Up::decode(frame.freeze())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                lock(&hub).handle(id, msg);
-            }
-            if rd.read_buf(&mut buf).await? == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
+        let mut frames = FrameReader::new(rd);
+        while let Some(frame) = frames.next().await? {
+            let msg = Up::decode(frame)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            lock(&hub).handle(id, msg);
         }
+        Ok::<(), std::io::Error>(())
     };
     let writer = async {
-        let mut codec = proto::codec();
-        let mut buf = BytesMut::new();
-        while let Some(first) = rx.recv().await {
-            buf.clear();
-            let mut taken = first.len();
-            codec.encode(first, &mut buf)?;
-            for _ in 1..BATCH {
-                match rx.try_recv() {
-                    Ok(f) => {
-                        taken += f.len();
-                        codec.encode(f, &mut buf)?;
-                    }
-                    Err(_) => break,
-                }
+        let mut frames = FrameWriter::new(wr);
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let taken: usize = batch.iter().map(Bytes::len).sum();
+            for frame in batch.drain(..) {
+                frames.feed(frame)?;
             }
             queued.fetch_sub(taken, Ordering::Relaxed);
-            wr.write_all(&buf).await?;
+            frames.flush().await?;
         }
         Ok::<(), std::io::Error>(())
     };

@@ -160,7 +160,7 @@ impl Hub {
                 }
                 for (key, seq, value) in values {
                     if self.values.get(&key).is_none_or(|(s, _)| *s < seq) {
-                        self.values.insert(key, (seq, owned(&value)));
+                        self.values.insert(key, (seq, value));
                     }
                 }
                 self.hellos += 1;
@@ -204,7 +204,7 @@ impl Hub {
             Up::Swap { req, key, value } => {
                 let (seq, old) = self.values.remove(&key).unwrap_or((0, Bytes::new()));
                 let seq = seq + 1;
-                self.values.insert(key.clone(), (seq, owned(&value)));
+                self.values.insert(key.clone(), (seq, value.clone()));
                 self.send(conn, Down::Swapped { req, old }.encode());
                 let changed = Down::Changed { key, seq, value }.encode();
                 self.broadcast(None, &changed);
@@ -212,20 +212,16 @@ impl Hub {
             Up::SetIfAbsent { key, value } => {
                 // Sequence 0: any value a swap made (1 and up) is newer, here and in a
                 // restarted hub that gets values back from the workers' hellos.
-                self.values.entry(key).or_insert_with(|| (0, owned(&value)));
+                self.values.entry(key).or_insert_with(|| (0, value));
             }
         }
     }
 
     /// Grants `r` to `conn` if the key is free or already its holder's.
-    fn take(&mut self, conn: u64, mut r: Reservation) -> bool {
+    fn take(&mut self, conn: u64, r: Reservation) -> bool {
         match self.names.get(&r.key) {
             Some(h) if h.conn != conn || h.reservation.holder != r.holder => false,
             _ => {
-                r.value = owned(&r.value);
-                if let Some((_, payload)) = &mut r.will {
-                    *payload = owned(payload);
-                }
                 self.names.insert(
                     r.key.clone(),
                     Held {
@@ -285,11 +281,6 @@ impl Hub {
     }
 }
 
-/// A copy of what the hub keeps: decoded fields are slices of the connection's 64 KiB read
-/// buffer, and a name held for hours would otherwise keep that whole buffer alive.
-fn owned(b: &Bytes) -> Bytes {
-    Bytes::copy_from_slice(b)
-}
 
 #[cfg(test)]
 pub(super) mod tests {
