@@ -66,11 +66,7 @@ async fn serve(boot: HubBoot) -> i32 {
     let hub = Arc::new(Mutex::new(Hub::new(HashMap::new(), awaited)));
     if restart {
         // Ends when recovery does; nothing else to close.
-        tokio::spawn(recovery::recovery(
-            Arc::clone(&hub),
-            arbiter,
-            recovery_cap,
-        ));
+        tokio::spawn(recovery::recovery(Arc::clone(&hub), arbiter, recovery_cap));
     }
 
     // The heartbeat runs on the hub's only thread: if anything blocks it, the beat stops and

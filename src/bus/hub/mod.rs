@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! - [`boot`]: the process: signals, runtime, heartbeat, the ready message, the main loop.
+//! - `boot`: the process: signals, runtime, heartbeat, the ready message, the main loop.
 //!   Everything a forked child does is there, so it can move onto a shared child layer.
 //! - `state`: the state machine (names, values, fan-out, the recovery window). No I/O.
 //! - `recovery`: the task that ends the recovery window after a restart (`/proc` checks).

@@ -23,7 +23,7 @@ const RECOVERY_MARGIN: Duration = Duration::from_secs(5);
 const RECOVERY_CAP_NO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a restarted hub waits at most for the workers it was told about (see
-/// [`HubBoot::workers`]) before it grants names again. Tied to the heartbeat timeout: a worker
+/// [`super::HubBoot::workers`]) before it grants names again. Tied to the heartbeat timeout: a worker
 /// silent that long is killed by the arbiter, and a dead worker is not waited for anyway; so
 /// the cap only matters with the timeout off, or for a worker that beats but cannot reach the
 /// hub.

@@ -281,7 +281,6 @@ impl Hub {
     }
 }
 
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
