@@ -13,10 +13,17 @@
 //!
 //! # The embedded bus
 //!
-//! One machine, zero setup (FACTS §3, option B): the arbiter forks a *hub* child ([`hub`]),
-//! supervised like a worker but only when the service needs it. Workers connect to it over an
-//! abstract Unix socket named after the arbiter's pid ([`hub_address`]) and exchange
-//! `LengthDelimitedCodec` frames ([`proto`]). The worker side is [`client::EmbeddedBus`].
+//! One machine, zero setup: the arbiter forks a *hub* child ([`hub`]), supervised like a
+//! worker but only when the service needs it. Workers connect to it over an abstract Unix
+//! socket named after the arbiter's pid ([`hub_address`]) and exchange length-prefixed frames
+//! ([`proto`]). The worker side is [`client::EmbeddedBus`].
+//!
+//! Why a child of its own rather than the arbiter relaying between workers (as uWSGI's master
+//! and Node's cluster primary do): fan-out is N writes per message, and in the arbiter a chat
+//! burst would delay its signal handling and heartbeat checks; the arbiter also never runs
+//! tokio (fork safety). In a separate process a burst costs the hub alone, and a hub that dies
+//! is restarted like a worker, losing only the frames in flight. A Redis bus would join as
+//! another [`Bus`] variant, with the hub or each worker holding the subscription.
 //!
 //! Recovery, when the hub dies (even by SIGKILL): the arbiter restarts it; each worker's client
 //! reconnects by itself and re-sends, in its first frame, every name its members hold and the

@@ -2,7 +2,8 @@
 //!
 //! Why not tokio-util's `LinesCodec`: it refuses lines that are not UTF-8 (chat must show
 //! them with replacement characters instead), and after a too-long line `FramedRead` yields
-//! the error and then ends the stream once (FACTS §2.7). Here a too-long line is an ordinary
+//! the error and then `None` once (tokio-util's `codec/framed_impl.rs`), so the usual
+//! `while let Some(line) = lines.next().await` loop ends on the first oversize line. Here a too-long line is an ordinary
 //! item, [`Line::TooLong`], so the reader never leaves its loop, and the rest of that line is
 //! discarded up to its newline without ever being buffered: memory stays bounded by the cap.
 

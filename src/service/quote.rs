@@ -5,7 +5,8 @@
 //!
 //! Lines end in LF or CRLF; an unterminated last line before the client half-closes counts.
 //! Replies end in CRLF. A line longer than `--max-line` gets an error line and the connection
-//! is closed (FACTS §2.7: for quote and echo, close rather than resynchronise).
+//! is closed rather than resynchronised: a client that sends such a line is not speaking the
+//! protocol, and skipping to the next newline would answer whatever half-line follows.
 
 use std::fmt;
 use std::io;
