@@ -681,3 +681,19 @@ fn nc_drives_the_chat() {
         .unwrap();
     distinct(&[pw, nc_worker]);
 }
+
+/// Issue 11: a terminal's Ctrl-C sends SIGINT to the whole foreground process group (the
+/// arbiter, the workers and the hub at once). The arbiter stops everything in order; nobody
+/// warns first (before: the hub exited at once, and the workers warned it was gone).
+#[test]
+fn ctrl_c_in_a_terminal_stops_the_chat_without_warnings() {
+    let (mut s, addr) = start(2, &[]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (_b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+    ctrl_c(&s);
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success(), "{status:?}");
+    assert_no_warnings(&s);
+}

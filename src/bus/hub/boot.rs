@@ -42,7 +42,7 @@ async fn serve(boot: HubBoot) -> i32 {
         workers,
         slot,
     } = boot;
-    let (mut term, mut int, mut quit, mut usr1, _ignored) = match install_signals() {
+    let (mut term, mut quit, mut usr1, _ignored) = match install_signals() {
         Ok(s) => s,
         Err(err) => {
             tracing::error!(cause = %err, "hub cannot install its signal handlers");
@@ -97,7 +97,6 @@ async fn serve(boot: HubBoot) -> i32 {
                 tracing::warn!("the arbiter ({arbiter}) is gone: the hub stops");
                 return 0;
             }
-            _ = int.recv() => return 0,
             _ = quit.recv() => return 0,
             _ = usr1.recv() => {
                 if let Err(err) = log.reopen() {
@@ -110,11 +109,17 @@ async fn serve(boot: HubBoot) -> i32 {
 
 type Sig = tokio::signal::unix::Signal;
 
-/// TERM, INT, QUIT and USR1, plus the arbiter's other signals registered only so they are
-/// ignored (TTIN/TTOU would otherwise stop the process by their default action).
-fn install_signals() -> std::io::Result<(Sig, Sig, Sig, Sig, Vec<Sig>)> {
+/// TERM, QUIT and USR1, plus the arbiter's other signals registered only so they are ignored
+/// (TTIN/TTOU would otherwise stop the process by their default action).
+///
+/// INT is ignored too: it comes from a terminal's Ctrl-C, which the kernel sends to the whole
+/// foreground process group, hub included. The arbiter gets it as well and stops the workers
+/// first, then the hub (draining workers may still use the bus); a hub that quit on its own
+/// INT would leave the workers warning that it is gone. The arbiter stops the hub with TERM.
+fn install_signals() -> std::io::Result<(Sig, Sig, Sig, Vec<Sig>)> {
     let mut ignored = Vec::new();
     for sig in [
+        Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGTTIN,
         Signal::SIGTTOU,
@@ -125,7 +130,6 @@ fn install_signals() -> std::io::Result<(Sig, Sig, Sig, Sig, Vec<Sig>)> {
     }
     Ok((
         signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
         signal(SignalKind::quit())?,
         signal(SignalKind::user_defined1())?,
         ignored,
