@@ -697,3 +697,31 @@ fn ctrl_c_in_a_terminal_stops_the_chat_without_warnings() {
     assert!(status.success(), "{status:?}");
     assert_no_warnings(&s);
 }
+
+/// Issue 11: PuTTY (and telnet on port 23) opens with option negotiation. It used to get "a
+/// name must be valid UTF-8" for its first line; now every option is refused as a line-mode
+/// server does, and the name that follows is taken.
+#[test]
+fn a_client_opening_with_telnet_negotiation_gets_the_prompt_and_its_name() {
+    let (s, addr) = start(2, &[]);
+    let mut c = LineClient::connect(addr);
+    // WILL NAWS, WILL TSPEED, WILL TTYPE, WILL NEW-ENVIRON, DO ECHO, WILL SGA, DO SGA, and an
+    // unsolicited subnegotiation (terminal type "xterm").
+    c.send(b"\xff\xfb\x1f\xff\xfb\x20\xff\xfb\x18\xff\xfb\x27\xff\xfd\x01\xff\xfb\x03\xff\xfd\x03");
+    c.send(b"\xff\xfa\x18\x00xterm\xff\xf0");
+    c.send(b"putty\r\n");
+    assert_eq!(c.try_raw_line(SOON).unwrap(), WELCOME.as_bytes());
+    let mut want =
+        b"\xff\xfe\x1f\xff\xfe\x20\xff\xfe\x18\xff\xfe\x27\xff\xfc\x01\xff\xfe\x03\xff\xfc\x03"
+            .to_vec();
+    want.extend_from_slice(b"* you joined as putty; /who lists the members, /quit leaves");
+    assert_eq!(
+        String::from_utf8_lossy(&c.try_raw_line(SOON).unwrap()),
+        String::from_utf8_lossy(&want)
+    );
+    // IAC IAC is one 0xFF byte of data (shown as U+FFFD); the others see no command bytes.
+    let (mut o, _) = join(&s, addr, "other");
+    c.expect("* other joined");
+    c.send(b"a\xff\xffb\xff\xf1c\r\n");
+    o.expect("<putty> a\u{fffd}bc");
+}

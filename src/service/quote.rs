@@ -59,8 +59,8 @@ impl Quote {
             };
             match line {
                 None => break,
-                // Only telnet readers report it; quote's takes bytes as they come.
-                Some(Line::TimingMark) => continue,
+                // Only telnet readers report these; quote's takes bytes as they come.
+                Some(Line::TimingMark | Line::Negotiation(_)) => continue,
                 Some(Line::TooLong) => {
                     let msg = format!(
                         "* line too long (more than {} bytes): closing\r\n",

@@ -29,7 +29,8 @@ impl Chat {
     ) -> io::Result<()> {
         self.reply(id, "* welcome to oxicorn chat; what is your name?\r\n");
         // telnet is one of the two clients chat is for: its Ctrl-C must not become garbage
-        // in the room, nor silence the member's own screen (see `Line::TimingMark`).
+        // in the room, nor silence the member's own screen (see `Line::TimingMark`), and the
+        // options PuTTY negotiates when it connects are answered, not taken for a name.
         let mut lines = LineReader::telnet(rd, self.max_line);
         loop {
             let line = tokio::select! {
@@ -55,6 +56,10 @@ impl Chat {
                 }
                 Some(Line::TimingMark) => {
                     self.reply(id, Bytes::from_static(TIMING_MARK_REPLY));
+                    continue;
+                }
+                Some(Line::Negotiation(answer)) => {
+                    self.reply(id, answer);
                     continue;
                 }
                 Some(Line::Text(bytes)) => bytes,
