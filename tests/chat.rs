@@ -725,3 +725,45 @@ fn a_client_opening_with_telnet_negotiation_gets_the_prompt_and_its_name() {
     c.send(b"a\xff\xffb\xff\xf1c\r\n");
     o.expect("<putty> a\u{fffd}bc");
 }
+
+/// Issue 11: names that impersonate. While `alice` is present (on another worker), a name
+/// that looks the same is refused with a clear line: `alice` + U+200B, a name of invisible
+/// characters only, a right-to-left override, a Cyrillic look-alike. Names in other scripts
+/// are welcome.
+#[test]
+fn names_that_impersonate_a_member_are_refused_across_workers() {
+    let (s, addr) = start(3, &[]);
+    let (mut alice, pa) = join(&s, addr, "alice");
+    let (mut b, pb) = connect(&s, addr);
+    distinct(&[pa, pb]);
+    for (name, why) in [
+        (
+            "alice\u{200b}",
+            "* invalid name: no invisible characters (U+200B); try again",
+        ),
+        (
+            "\u{200b}\u{2060}",
+            "* invalid name: no invisible characters (U+200B); try again",
+        ),
+        (
+            "\u{202e}ecila",
+            "* invalid name: no invisible characters (U+202E); try again",
+        ),
+        (
+            "\u{430}lice",
+            "* the name \u{430}lice looks too much like a present member's name; try another",
+        ),
+        ("ALICE", "* the name ALICE is taken; try another"),
+    ] {
+        b.send(format!("{name}\r\n").as_bytes());
+        b.expect(why);
+    }
+    alice.expect_quiet(Duration::from_millis(200));
+    b.send("Дмитрий\r\n".as_bytes());
+    b.expect("* you joined as Дмитрий; /who lists the members, /quit leaves");
+    alice.expect("* Дмитрий joined");
+    // The Latin look-alike of the Cyrillic name is refused the other way round too.
+    let (mut c, _) = connect(&s, addr);
+    c.send("Дмитрий\r\n".as_bytes());
+    c.expect("* the name Дмитрий is taken; try another");
+}

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! * welcome to oxicorn chat; what is your name?
-//! alice                                   ← 1–32 characters, no whitespace or control
+//! alice                                   ← 1–32 characters: letters, digits, ASCII
 //! * you joined as alice; /who lists the members, /quit leaves
 //! * bob joined
 //! <bob> hi
@@ -17,8 +17,9 @@
 //! * bye
 //! ```
 //!
-//! Names are unique case-insensitively across all workers: a member reserves
-//! `chat:<lowercased name>` on the [`Bus`]. Lines go to the members of this worker directly,
+//! Names follow RFC 8265's username profile and must not be, or look like, a present member's
+//! name, across all workers ([`text::check_name`]): a member reserves `chat:<key>` on the
+//! [`Bus`], where the key folds case, width, normalisation and confusable look-alikes. Lines go to the members of this worker directly,
 //! and through the bus to the other workers, which hand them to their own members. Both paths
 //! keep each sender's order.
 //!

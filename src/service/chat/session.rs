@@ -103,18 +103,28 @@ impl Chat {
                 return None;
             }
         };
-        if let Err(why) = check_name(name) {
-            self.reply(id, format!("* invalid name: {why}; try again\r\n"));
-            return None;
-        }
-        let key = format!("{KEY_PREFIX}{}", name.to_lowercase());
+        let checked = match check_name(name) {
+            Ok(n) => n,
+            Err(why) => {
+                self.reply(id, format!("* invalid name: {why}; try again\r\n"));
+                return None;
+            }
+        };
+        let name = checked.shown.as_str();
+        // Reserved by its skeleton: look-alikes share one key, in every worker.
+        let key = format!("{KEY_PREFIX}{}", checked.key);
         // If this worker dies, the hub tells the others this member left.
         let will = (TOPIC.to_string(), Bytes::from(format!("* {name} left\r\n")));
         let value = Bytes::copy_from_slice(name.as_bytes());
         match self.bus.reserve(&key, id, value, Some(will)).await {
             Ok(true) => {}
             Ok(false) => {
-                self.reply(id, format!("* the name {name} is taken; try another\r\n"));
+                let why = if self.is_present(&checked.folded).await {
+                    "is taken"
+                } else {
+                    "looks too much like a present member's name"
+                };
+                self.reply(id, format!("* the name {name} {why}; try another\r\n"));
                 return None;
             }
             Err(BusError::Unavailable) => {
@@ -129,6 +139,20 @@ impl Chat {
         Some(Joined {
             name: name.to_string(),
             key,
+        })
+    }
+
+    /// Whether a present member has the name whose folded form is `folded` (rather than a
+    /// name that only looks like it). If the list cannot be had, the name counts as taken.
+    async fn is_present(&self, folded: &str) -> bool {
+        let Ok(names) = self.bus.list(KEY_PREFIX).await else {
+            return true;
+        };
+        names.iter().any(|n| {
+            std::str::from_utf8(n)
+                .ok()
+                .and_then(|n| check_name(n).ok())
+                .is_some_and(|n| n.folded == folded)
         })
     }
 
