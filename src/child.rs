@@ -192,19 +192,23 @@ impl Child {
     }
 }
 
-/// The signals every child handles: TERM (graceful stop), INT and QUIT (fast stop), USR1
-/// (reopen logs), plus the arbiter's other signals registered only so they are ignored (TTIN
-/// and TTOU would otherwise stop the process by their default action; HUP would kill it).
+/// The signals every child handles: TERM (graceful stop), QUIT (fast stop), USR1 (reopen
+/// logs), plus the arbiter's other signals registered only so they are ignored (TTIN and TTOU
+/// would otherwise stop the process by their default action; HUP would kill it).
+///
+/// INT is ignored too: it comes from a terminal's Ctrl-C, which the kernel sends to the whole
+/// foreground process group. The arbiter gets it as well and stops its children in order
+/// (workers with QUIT, then the hub, which draining workers may still use); a child that
+/// quit on its own INT would race that order (the hub first, and the workers warn that the
+/// bus is gone).
 pub struct ChildSignals {
     /// SIGTERM: graceful stop (also the parent-death signal).
     pub term: tokio::signal::unix::Signal,
-    /// SIGINT: fast stop.
-    pub int: tokio::signal::unix::Signal,
     /// SIGQUIT: fast stop.
     pub quit: tokio::signal::unix::Signal,
     /// SIGUSR1: reopen log files.
     pub usr1: tokio::signal::unix::Signal,
-    /// HUP, TTIN, TTOU, USR2, WINCH: kept registered so they stay ignored.
+    /// INT, HUP, TTIN, TTOU, USR2, WINCH: kept registered so they stay ignored.
     _ignored: Vec<tokio::signal::unix::Signal>,
 }
 
@@ -216,6 +220,7 @@ impl ChildSignals {
     pub fn install() -> io::Result<ChildSignals> {
         let mut ignored = Vec::new();
         for sig in [
+            Signal::SIGINT,
             Signal::SIGHUP,
             Signal::SIGTTIN,
             Signal::SIGTTOU,
@@ -226,7 +231,6 @@ impl ChildSignals {
         }
         Ok(ChildSignals {
             term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
             quit: signal(SignalKind::quit())?,
             usr1: signal(SignalKind::user_defined1())?,
             _ignored: ignored,

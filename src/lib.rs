@@ -25,6 +25,7 @@
 //! - [`net`]: bind addresses, listeners, and the stream type services read and write.
 //! - [`log`]: the line format and the log file reopened on USR1.
 //! - [`exit`]: every exit code, and who reacts to each.
+//! - [`sync`]: the one way shared state is locked.
 
 #![warn(missing_docs)]
 
@@ -41,4 +42,5 @@ pub mod log;
 pub mod net;
 pub mod scoreboard;
 pub mod service;
+pub mod sync;
 pub mod worker;

@@ -5,7 +5,6 @@
 //! (`children.rs`), the same as for a worker; the hub's scoreboard slot is reserved by the
 //! scoreboard itself ([`crate::scoreboard::HUB_SLOT`]).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -81,15 +80,16 @@ impl Arbiter {
         } else {
             Vec::new()
         };
-        hub::run(HubBoot {
-            arbiter: child.arbiter,
-            config: Arc::clone(&self.config),
-            ready_tx: child.ready_tx,
-            log: self.log,
-            restart,
-            workers,
-            slot: child.slot,
-        })
+        hub::run(
+            HubBoot {
+                address: self.bus_address.clone(),
+                recovery_cap: hub::recovery_cap(self.config.timeout),
+                log: self.log,
+                restart,
+                workers,
+            },
+            child,
+        )
     }
 
     /// The hub was reaped: restart it with back-off unless we are stopping.

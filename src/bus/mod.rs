@@ -1,7 +1,7 @@
 //! The bus: every message and every piece of state that crosses workers goes through here.
 //! No service opens its own pipe to a sibling.
 //!
-//! What services get is [`Bus`], five operations that a Redis deployment can offer as well:
+//! What services get is [`Bus`], a few operations that a Redis deployment can offer as well:
 //!
 //! | operation | chat / quote use | embedded hub | Redis (later) |
 //! |---|---|---|---|
@@ -9,13 +9,21 @@
 //! | [`Bus::reserve`] / [`Bus::release`] | unique member names | a table in the hub, per connection | `SET NX` with a lease |
 //! | [`Bus::list`] | `/who` | scan of the table | `SCAN` |
 //! | [`Bus::swap`] | the quote | a value in the hub | `GETSET` |
+//! | [`Bus::set_if_absent`] | the initial quote, seeded by each worker | a value in the hub | `SET NX` |
 //!
 //! # The embedded bus
 //!
-//! One machine, zero setup (FACTS §3, option B): the arbiter forks a *hub* child ([`hub`]),
-//! supervised like a worker but only when the service needs it. Workers connect to it over an
-//! abstract Unix socket named after the arbiter's pid ([`hub_address`]) and exchange
-//! `LengthDelimitedCodec` frames ([`proto`]). The worker side is [`client::EmbeddedBus`].
+//! One machine, zero setup: the arbiter forks a *hub* child ([`hub`]), supervised like a
+//! worker but only when the service needs it. Workers connect to it over an abstract Unix
+//! socket named after the arbiter's pid ([`hub_address`]) and exchange length-prefixed frames
+//! ([`proto`]). The worker side is [`client::EmbeddedBus`].
+//!
+//! Why a child of its own rather than the arbiter relaying between workers (as uWSGI's master
+//! and Node's cluster primary do): fan-out is N writes per message, and in the arbiter a chat
+//! burst would delay its signal handling and heartbeat checks; the arbiter also never runs
+//! tokio (fork safety). In a separate process a burst costs the hub alone, and a hub that dies
+//! is restarted like a worker, losing only the frames in flight. A Redis bus would join as
+//! another [`Bus`] variant, with the hub or each worker holding the subscription.
 //!
 //! Recovery, when the hub dies (even by SIGKILL): the arbiter restarts it; each worker's client
 //! reconnects by itself and re-sends, in its first frame, every name its members hold and the
@@ -171,6 +179,16 @@ impl Bus {
     pub async fn sync(&self) -> Result<(), BusError> {
         match self {
             Bus::Embedded(b) => b.sync().await,
+        }
+    }
+
+    /// Gives `key` the value `value` if it has none yet, for the whole server: a seed, such as
+    /// the initial quote, which every worker may offer and only the first sets. Never waits;
+    /// it takes effect before anything this worker asks the bus after it, and a value set by
+    /// [`Bus::swap`] always wins over a seed (also after a hub restart).
+    pub fn set_if_absent(&self, key: &str, value: Bytes) {
+        match self {
+            Bus::Embedded(b) => b.set_if_absent(key, value),
         }
     }
 

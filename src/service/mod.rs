@@ -88,8 +88,8 @@ impl Service {
                 Service::Static(Box::new(http::static_files::StaticService::open(c)?))
             }
             ServiceConfig::Chat { max_line } => Service::Chat(chat::Chat::new(bus()?, *max_line)),
-            ServiceConfig::Quote { max_line, .. } => {
-                Service::Quote(quote::Quote::new(bus()?, *max_line))
+            ServiceConfig::Quote { max_line, quote } => {
+                Service::Quote(quote::Quote::new(bus()?, *max_line, quote))
             }
         })
     }
