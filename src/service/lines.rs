@@ -25,7 +25,7 @@ pub enum Line {
     TimingMark,
     /// Telnet option negotiation to send back to the client as it is, in order with what
     /// else it is sent (refusals of the options it offered or asked for). Only from a reader
-    /// made with [`LineReader::telnet`], on a telnet connection (see [`Telnet`]).
+    /// made with [`LineReader::telnet`], on a telnet connection (see `Telnet`).
     Negotiation(Bytes),
 }
 
@@ -327,7 +327,7 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
         }
     }
 
-    /// As [`LineReader::new`], and telnet commands are taken out of the stream, as [`Telnet`]
+    /// As [`LineReader::new`], and telnet commands are taken out of the stream, as `Telnet`
     /// describes; [`Line::TimingMark`] and [`Line::Negotiation`] report what needs an answer.
     pub fn telnet(io: R, max: usize) -> LineReader<R> {
         LineReader {
