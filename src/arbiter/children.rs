@@ -285,6 +285,12 @@ impl Arbiter {
                 ChildKind::Worker { .. } => "worker",
                 ChildKind::Hub => "hub",
             },
+            title: match kind {
+                ChildKind::Worker { generation, .. } => {
+                    format!("oxicorn: worker {} [gen {generation}]", slot + 1)
+                }
+                ChildKind::Hub => "oxicorn: hub".to_string(),
+            },
             arbiter: Pid::parent(),
             slot: self.scoreboard.slot(slot),
             slot_number: match kind {

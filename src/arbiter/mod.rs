@@ -232,6 +232,7 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
         pidfile,
         hub: hub::HubPolicy::default(),
     };
+    arbiter.set_title();
     Ok(arbiter.run_loop())
 }
 
@@ -252,6 +253,18 @@ fn binds(config: &Config) -> &[BindAddr] {
 /// The service's name, for the start line.
 fn service_name(config: &Config) -> &'static str {
     config.service.name()
+}
+
+/// `oxicorn: arbiter [echo 127.0.0.1:4000 unix:/run/e.sock]`: the service and where it
+/// listens, for `ps`.
+fn arbiter_title(config: &Config, listeners: &[Listener]) -> String {
+    let mut title = format!("oxicorn: arbiter [{}", service_name(config));
+    for l in listeners {
+        title.push(' ');
+        title.push_str(&l.local);
+    }
+    title.push(']');
+    title
 }
 
 /// Whether the service needs the bus hub.
@@ -493,6 +506,14 @@ impl Arbiter {
             self.boot.failures
         );
         self.begin_stop(false, HALT_BOOT_FAILURE);
+    }
+
+    /// Shows the service and the listeners in `ps` (at start, and when a reload changed them).
+    fn set_title(&self) {
+        crate::proctitle::set(
+            "oxicorn-arbiter",
+            &arbiter_title(&self.config, &self.listeners),
+        );
     }
 
     fn describe(&self) -> String {

@@ -172,6 +172,7 @@ impl Arbiter {
             ready,
             retired
         );
+        self.set_title();
         if reload.hup_pending {
             self.handle_hup();
         }
@@ -209,6 +210,7 @@ impl Arbiter {
             ever_ready: true,
             ..Boot::default()
         };
+        self.set_title();
         if reload.hup_pending {
             self.handle_hup();
         }
