@@ -4,13 +4,27 @@
 //! forked child of a process that used one: tokio-rs/tokio#4301).
 //!
 //! Its loop is gunicorn's: signals are counted by their handlers and wake a `poll(2)`; each
-//! turn then reaps dead children, kills workers whose heartbeat is too old, and brings the
+//! turn then reaps dead children, kills those whose heartbeat is too old, and brings the
 //! worker count back to the target, oldest first when there are too many.
+//!
+//! - `mod.rs`: the state ([`Arbiter`], its `Phase`), the loop and its event sources, the
+//!   signal handlers, `scale`, the stop.
+//! - `children.rs`: the child table (workers and the hub), the one fork path, reap, murder,
+//!   escalate.
+//! - `workers.rs`: the worker table's decisions as plain functions (`plan`), and worker exits.
+//! - `hub.rs`: the hub's policy (start, restart, stop last).
+//! - `reload.rs`: HUP, with [`ReloadError`]; completion and rollback.
+//! - `services.rs`: what the arbiter reads of the configuration's shape.
+//! - [`signals`], [`pidfile`].
+//!
+//! It must not be imported by `worker`, `service` or `bus`: what children share with it lives
+//! in [`crate::child`], [`crate::scoreboard`], [`crate::net`] and [`crate::exit`].
 
 mod children;
 mod hub;
 pub mod pidfile;
 mod reload;
+mod services;
 pub mod signals;
 mod workers;
 
@@ -27,13 +41,13 @@ use nix::sys::signal::Signal;
 use crate::config::{Cli, Config, ConfigError, show_duration};
 use crate::exit::HALT_BOOT_FAILURE;
 use crate::log::LogHandle;
-use crate::net::BindAddr;
 use crate::net::listener::{self as listeners, ListenError, Listener};
 use crate::scoreboard::Scoreboard;
 use children::{ChildKind, Children};
 use pidfile::{Pidfile, PidfileError};
 use reload::Reload;
 pub use reload::ReloadError;
+use services::{arbiter_title, binds, load, service_name, serving_lines};
 use signals::Signals;
 pub use workers::MAX_BOOT_FAILURES;
 use workers::{Boot, PhaseKind};
@@ -236,67 +250,6 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
     Ok(arbiter.run_loop())
 }
 
-// Where the arbiter reads the configuration's shape: one helper each, so a config source and
-// a list of services can replace them without touching the loop.
-
-/// The configuration as it is now (at start and on every HUP): the flags re-merged with the
-/// config file.
-fn load(cli: &Cli) -> Result<Config, ConfigError> {
-    Config::load(cli)
-}
-
-/// Every address to listen on.
-fn binds(config: &Config) -> &[BindAddr] {
-    &config.binds
-}
-
-/// The service's name, for the start line.
-fn service_name(config: &Config) -> &'static str {
-    config.service.name()
-}
-
-/// `oxicorn: arbiter [echo 127.0.0.1:4000 unix:/run/e.sock]`: the service and where it
-/// listens, for `ps`.
-fn arbiter_title(config: &Config, listeners: &[Listener]) -> String {
-    let mut title = format!("oxicorn: arbiter [{}", service_name(config));
-    for l in listeners {
-        title.push(' ');
-        title.push_str(&l.local);
-    }
-    title.push(']');
-    title
-}
-
-/// Whether the service needs the bus hub.
-fn needs_bus(config: &Config) -> bool {
-    config.service.needs_bus()
-}
-
-/// `serving /abs/path on http://127.0.0.1:8000 (4 workers)` for the static service: where to
-/// point a browser, as `python3 -m http.server` prints it.
-fn serving_lines(config: &Config, bound: &[Listener]) -> Vec<String> {
-    let crate::config::ServiceConfig::Static(s) = &config.service else {
-        return Vec::new();
-    };
-    let workers = config.workers;
-    let plural = if workers == 1 { "" } else { "s" };
-    bound
-        .iter()
-        .map(|l| {
-            let url = match l.kind {
-                listeners::ListenerKind::Tcp => format!("http://{}", l.local),
-                listeners::ListenerKind::Unix => {
-                    format!("{} (HTTP over a Unix socket)", l.local)
-                }
-            };
-            format!(
-                "serving {} on {url} ({workers} worker{plural})",
-                s.root.display()
-            )
-        })
-        .collect()
-}
-
 impl Arbiter {
     /// The main loop; reads like gunicorn's `Arbiter.run()`: reap, check heartbeats, bring the
     /// children to what they should be, then sleep until an event or the next deadline.
@@ -418,17 +371,8 @@ impl Arbiter {
     /// [`ScaleRefused`] when `to` is outside `1..=MAX_WORKERS` or the server is stopping; the
     /// count is then unchanged.
     fn scale(&mut self, to: usize) -> Result<usize, ScaleRefused> {
-        if matches!(self.phase, Phase::Stopping(_)) {
-            return Err(ScaleRefused::Stopping);
-        }
-        if to > crate::config::MAX_WORKERS {
-            return Err(ScaleRefused::AtMaximum);
-        }
-        if to < 1 {
-            return Err(ScaleRefused::AtMinimum);
-        }
-        self.target = to;
-        Ok(to)
+        self.target = scaled(to, &self.phase)?;
+        Ok(self.target)
     }
 
     /// USR1: reopen our log file, and have every child reopen its own.
@@ -525,6 +469,21 @@ impl Arbiter {
     }
 }
 
+/// The worker count `to` is allowed to be set to in `phase`: `1..=MAX_WORKERS`, not while
+/// stopping.
+fn scaled(to: usize, phase: &Phase) -> Result<usize, ScaleRefused> {
+    if matches!(phase, Phase::Stopping(_)) {
+        return Err(ScaleRefused::Stopping);
+    }
+    if to > crate::config::MAX_WORKERS {
+        return Err(ScaleRefused::AtMaximum);
+    }
+    if to < 1 {
+        return Err(ScaleRefused::AtMinimum);
+    }
+    Ok(to)
+}
+
 /// Raises the soft open-files limit to the hard one: each connection is a descriptor, and
 /// systemd's default soft limit (1024) is below a realistic `--worker-connections`.
 fn raise_nofile_limit() {
@@ -533,5 +492,25 @@ fn raise_nofile_limit() {
         && soft < hard
     {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_stays_within_one_and_the_maximum_and_not_while_stopping() {
+        let running = Phase::Running;
+        assert_eq!(scaled(3, &running), Ok(3));
+        assert_eq!(scaled(0, &running), Err(ScaleRefused::AtMinimum));
+        let max = crate::config::MAX_WORKERS;
+        assert_eq!(scaled(max, &running), Ok(max));
+        assert_eq!(scaled(max + 1, &running), Err(ScaleRefused::AtMaximum));
+        let stopping = Phase::Stopping(Stopping {
+            graceful: true,
+            code: 0,
+        });
+        assert_eq!(scaled(3, &stopping), Err(ScaleRefused::Stopping));
     }
 }

@@ -77,7 +77,7 @@ impl Arbiter {
         {
             pidfile::check(path)?;
         }
-        let binds = super::binds(&new);
+        let binds = super::services::binds(&new);
         // Listeners are matched by the address as configured or as bound, so a config that
         // names the port a `:0` bind got keeps that listener instead of binding it twice.
         let removed: Vec<BindAddr> = self
