@@ -327,6 +327,22 @@ fn ps_and_top_tell_the_arbiter_and_its_workers_apart() {
     }));
 }
 
+/// The hub, forked for services that need a bus, says what it is too.
+#[test]
+fn ps_and_top_tell_the_hub_apart() {
+    let s = Oxicorn::start(&["chat", "-w", "1", "-b", "127.0.0.1:0"]);
+    s.wait_ready(1, 1);
+    let line = s.wait_for_line(" ready");
+    let hub: i32 = line
+        .split("hub ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no hub pid in {line:?}"));
+    assert_eq!(process_title(hub), "oxicorn: hub");
+    assert_eq!(process_comm(hub), "oxicorn-hub");
+}
+
 #[test]
 fn hup_reloads_the_worker_count_without_refusing_a_connection() {
     let dir = tempfile::tempdir().unwrap();

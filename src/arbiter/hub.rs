@@ -82,13 +82,11 @@ impl Arbiter {
             Vec::new()
         };
         hub::run(HubBoot {
-            arbiter: child.arbiter,
+            child,
             config: Arc::clone(&self.config),
-            ready_tx: child.ready_tx,
             log: self.log,
             restart,
             workers,
-            slot: child.slot,
         })
     }
 

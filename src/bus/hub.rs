@@ -2,10 +2,9 @@
 //! bus) and supervises it like a worker: it is reaped, restarted with back-off when it dies,
 //! and stopped after the last worker on shutdown.
 //!
-//! It boots as a worker does, and for the same reasons: the arbiter blocked its signals across
-//! the fork and the child drops the arbiter's handlers first; then the hub sets its
-//! parent-death signal, checks the arbiter is still its parent, builds its own current-thread
-//! runtime (tokio never runs in the arbiter), installs its handlers and only then unblocks.
+//! It boots on the child layer ([`crate::child`]), as a worker does: parent-death signal,
+//! orphan check, its own current-thread runtime (tokio never runs in the arbiter), its signal
+//! set before the mask is cleared, the heartbeat and the ready message.
 //!
 //! Inside, one task per worker connection reads frames and applies them to `Hub`, the only
 //! state, under a mutex held for a few map operations and never across an `.await`. Frames for
@@ -14,30 +13,24 @@
 //! let it grow the hub's memory or slow the others.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use super::proto::{self, Down, Reservation, Up};
 use super::{hub_address, show_address};
+use crate::child::{Child, ChildBoot};
 use crate::config::Config;
+pub use crate::exit::HUB_BOOT_ERROR;
 use crate::log::LogHandle;
-use crate::scoreboard::{Slot, SlotState};
-
-/// Exit code of a hub that could not start (its socket is taken, no runtime). The arbiter
-/// restarts it with back-off, as it does for any hub exit it did not ask for.
-pub const HUB_BOOT_ERROR: i32 = 3;
 
 /// Frames queued for one worker before it is considered stuck and disconnected.
 const HUB_QUEUE: usize = 64 * 1024;
@@ -73,14 +66,12 @@ pub fn recovery_cap(timeout: Option<Duration>) -> Duration {
 
 /// Everything the hub is handed at fork.
 pub struct HubBoot {
-    /// The arbiter; if `getppid()` stops being this, the hub is an orphan and stops.
-    pub arbiter: Pid,
+    /// What every child gets: the arbiter's pid, the hub's scoreboard slot (beaten like a
+    /// worker's, so the arbiter kills a wedged hub), the ready pipe, the timeout.
+    pub child: ChildBoot,
     /// The configuration at fork time (the initial quote, the heartbeat timeout that caps
     /// recovery).
     pub config: Arc<Config>,
-    /// Write end of the arbiter's notification pipe: the hub writes the same 8-byte "ready"
-    /// message a worker does once it listens. Closed after that write.
-    pub ready_tx: OwnedFd,
     /// The logger, to reopen on USR1.
     pub log: &'static LogHandle,
     /// Whether an earlier hub of this arbiter died: then workers have names to re-register.
@@ -92,39 +83,31 @@ pub struct HubBoot {
     /// run, and the new generation's (nameless) hellos must not end the wait. Workers forked
     /// after the hub have no names and are not waited for.
     pub workers: Vec<u32>,
-    /// The hub's scoreboard slot: beaten like a worker's, so the arbiter kills a wedged hub.
-    pub slot: &'static Slot,
 }
 
 /// Runs the hub to completion and returns its exit code. Never returns into the arbiter's
 /// code: the caller exits with the code.
 pub fn run(boot: HubBoot) -> i32 {
-    // As a worker: stop if the arbiter dies, and never run without one.
-    match crate::worker::start_child(boot.arbiter, "hub") {
-        crate::worker::ChildStart::Orphaned => 0,
-        crate::worker::ChildStart::Failed => HUB_BOOT_ERROR,
-        crate::worker::ChildStart::Ready(rt) => rt.block_on(serve(boot)),
-    }
-}
-
-async fn serve(boot: HubBoot) -> i32 {
     let HubBoot {
-        arbiter,
+        child,
         config,
-        ready_tx,
         log,
         restart,
         workers,
-        slot,
     } = boot;
-    let (mut term, mut int, mut quit, mut usr1, _ignored) = match install_signals() {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(cause = %err, "hub cannot install its signal handlers");
-            return HUB_BOOT_ERROR;
-        }
-    };
-    crate::arbiter::signals::unblock();
+    crate::child::run(child, move |child| {
+        serve(child, config, log, restart, workers)
+    })
+}
+
+async fn serve(
+    mut child: Child,
+    config: Arc<Config>,
+    log: &'static LogHandle,
+    restart: bool,
+    workers: Vec<u32>,
+) -> i32 {
+    let arbiter = child.arbiter;
 
     let addr = hub_address(arbiter.as_raw() as u32);
     let listener = match UnixListener::bind(&addr) {
@@ -157,21 +140,12 @@ async fn serve(boot: HubBoot) -> i32 {
 
     // The heartbeat runs on the hub's only thread: if anything blocks it, the beat stops and
     // the arbiter kills and restarts the hub. It also notices an arbiter that is gone.
-    let orphaned = CancellationToken::new();
-    tokio::spawn(crate::worker::heartbeat(
-        slot,
-        crate::worker::beat_interval(&config),
-        arbiter,
-        orphaned.clone(),
-    ));
-    slot.set_state(SlotState::Ready);
-
-    let pid = std::process::id();
-    if let Err(err) = nix::unistd::write(&ready_tx, &crate::worker::ready_message(pid, 0)) {
+    let orphaned = child.start_heartbeat();
+    if let Err(err) = child.ready() {
         tracing::error!(cause = %err, "hub cannot tell the arbiter it is ready");
         return HUB_BOOT_ERROR;
     }
-    drop(ready_tx);
+    let signals = &mut child.signals;
 
     let uid = rustix::process::getuid().as_raw();
     loop {
@@ -196,14 +170,14 @@ async fn serve(boot: HubBoot) -> i32 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = term.recv() => return 0,
+            _ = signals.term.recv() => return 0,
             () = orphaned.cancelled() => {
                 tracing::warn!("the arbiter ({arbiter}) is gone: the hub stops");
                 return 0;
             }
-            _ = int.recv() => return 0,
-            _ = quit.recv() => return 0,
-            _ = usr1.recv() => {
+            _ = signals.int.recv() => return 0,
+            _ = signals.quit.recv() => return 0,
+            _ = signals.usr1.recv() => {
                 if let Err(err) = log.reopen() {
                     tracing::error!(cause = %err, "cannot reopen the log file");
                 }
@@ -260,30 +234,6 @@ fn is_worker_alive(pid: u32, arbiter: Pid) -> bool {
     let state = fields.next().unwrap_or("X");
     let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
     !matches!(state, "Z" | "X" | "x") && ppid == Some(arbiter.as_raw())
-}
-
-type Sig = tokio::signal::unix::Signal;
-
-/// TERM, INT, QUIT and USR1, plus the arbiter's other signals registered only so they are
-/// ignored (TTIN/TTOU would otherwise stop the process by their default action).
-fn install_signals() -> std::io::Result<(Sig, Sig, Sig, Sig, Vec<Sig>)> {
-    let mut ignored = Vec::new();
-    for sig in [
-        Signal::SIGHUP,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
-        ignored.push(signal(SignalKind::from_raw(sig as i32))?);
-    }
-    Ok((
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::quit())?,
-        signal(SignalKind::user_defined1())?,
-        ignored,
-    ))
 }
 
 fn lock(hub: &Mutex<Hub>) -> MutexGuard<'_, Hub> {

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use nix::unistd::{Pid, getppid};
+use nix::unistd::getppid;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +20,7 @@ use crate::config::Config;
 use crate::exit::WORKER_BOOT_ERROR;
 use crate::log::LogHandle;
 use crate::net::listener::Listener;
-use crate::scoreboard::{Slot, SlotState};
+use crate::scoreboard::SlotState;
 use crate::service::Service;
 use accept::{AcceptSocket, Acceptor};
 
@@ -56,65 +55,6 @@ pub fn run(boot: WorkerBoot) -> i32 {
         serve(child, slot_number, listeners, config, log)
     })
 }
-
-// --- Kept for `bus::hub` only, until its boot moves onto `crate::child` (the last commit of
-// this branch removes them). Workers use `crate::child`.
-
-/// The message a child writes once ready; see [`crate::child::ready_message`].
-pub fn ready_message(pid: u32, slot_number: usize) -> [u8; 8] {
-    crate::child::ready_message(pid, slot_number)
-}
-
-/// How the start common to every child went (see [`start_child`]).
-pub enum ChildStart {
-    /// The arbiter died before the child got going: exit 0, serve nothing.
-    Orphaned,
-    /// The runtime could not be built (logged): a boot error.
-    Failed,
-    /// Ready to run on this runtime.
-    Ready(tokio::runtime::Runtime),
-}
-
-/// The hub's start; see [`crate::child::run`], which replaces it.
-pub fn start_child(arbiter: Pid, what: &'static str) -> ChildStart {
-    if let Err(err) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
-        tracing::warn!(cause = %err, "cannot set the parent-death signal");
-    }
-    if getppid() != arbiter {
-        return ChildStart::Orphaned;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            tracing::error!(cause = %err, "{what} cannot build its runtime");
-            return ChildStart::Failed;
-        }
-    };
-    std::panic::set_hook(Box::new(move |info| {
-        tracing::error!("panic in the {what}: {info}");
-    }));
-    ChildStart::Ready(rt)
-}
-
-/// See [`crate::child::beat_interval`].
-pub(crate) fn beat_interval(config: &Config) -> Duration {
-    crate::child::beat_interval(config.timeout)
-}
-
-/// See [`crate::child::heartbeat`].
-pub(crate) async fn heartbeat(
-    slot: &'static Slot,
-    every: Duration,
-    arbiter: Pid,
-    orphaned: CancellationToken,
-) {
-    crate::child::heartbeat(slot, every, arbiter, orphaned).await
-}
-
-// --- End of the hub's shims.
 
 async fn serve(
     mut child: Child,
