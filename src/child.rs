@@ -7,15 +7,16 @@
 //! written, on the arbiter's behalf), the read end of the notification pipe, and the
 //! listeners this child must not hold. Then [`run`] does, in this order:
 //!
-//! 1. the parent-death signal (SIGTERM), then the orphan check (`getppid()` is still the
+//! 1. the process title (`oxicorn: worker 2 [gen 3]`, see [`crate::proctitle`]);
+//! 2. the parent-death signal (SIGTERM), then the orphan check (`getppid()` is still the
 //!    arbiter), which closes the race with an arbiter that died before the `prctl`;
-//! 2. the child's own current-thread tokio runtime, built here, after the fork (tokio must
+//! 3. the child's own current-thread tokio runtime, built here, after the fork (tokio must
 //!    never run in the arbiter: tokio-rs/tokio#4301);
-//! 3. a panic hook that logs where the operator looks, and a `catch_unwind` that turns a
+//! 4. a panic hook that logs where the operator looks, and a `catch_unwind` that turns a
 //!    panic of the child's own code into [`crate::exit::CHILD_PANIC`];
-//! 4. on the runtime: the child's signal set ([`ChildSignals`]), and only then the signal mask
+//! 5. on the runtime: the child's signal set ([`ChildSignals`]), and only then the signal mask
 //!    is cleared, so a signal that arrived since the fork is delivered to those handlers;
-//! 5. the body (the worker's or the hub's), handed a [`Child`] with which it starts the
+//! 6. the body (the worker's or the hub's), handed a [`Child`] with which it starts the
 //!    heartbeat ([`Child::start_heartbeat`]) and says it is ready ([`Child::ready`]).
 //!
 //! This module owns nothing of the arbiter's and must not import it (nor `worker`, `bus` or
@@ -48,6 +49,8 @@ pub const BEATS_PER_TIMEOUT: u32 = 4;
 pub struct ChildBoot {
     /// What the child is, in messages: "worker", "hub".
     pub what: &'static str,
+    /// The process title `ps` shows, such as `oxicorn: worker 2 [gen 3]`.
+    pub title: String,
     /// The arbiter; if `getppid()` stops being this, the child is an orphan and stops.
     pub arbiter: Pid,
     /// This child's scoreboard slot, claimed for it by the arbiter before the fork.
@@ -100,6 +103,7 @@ where
 {
     let ChildBoot {
         what,
+        title,
         arbiter,
         slot,
         slot_number,
@@ -107,6 +111,8 @@ where
         timeout,
         boot_error,
     } = boot;
+    // Still single-threaded: the runtime is built below.
+    crate::proctitle::set(&format!("oxicorn-{what}"), &title);
     // If the arbiter dies (even by SIGKILL) the kernel sends us TERM: drain and exit, never
     // linger as an orphan. Then close the race where it died before this call.
     if let Err(err) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {

@@ -23,6 +23,7 @@
 //!   arbiter supervises, and the client each worker keeps connected to it.
 //! - [`connect`]: `oxicorn connect`, a line client with clear errors (not part of the server).
 //! - [`net`]: bind addresses, listeners, and the stream type services read and write.
+//! - [`proctitle`]: the process titles `ps` and `top` show.
 //! - [`log`]: the line format and the log file reopened on USR1.
 //! - [`exit`]: every exit code, and who reacts to each.
 //! - [`sync`]: the one way shared state is locked.
@@ -40,6 +41,7 @@ pub mod connect;
 pub mod exit;
 pub mod log;
 pub mod net;
+pub mod proctitle;
 pub mod scoreboard;
 pub mod service;
 pub mod sync;

@@ -86,7 +86,8 @@ impl Scoreboard {
     }
 
     /// Claims a free worker slot (any but [`HUB_SLOT`]) for a child about to be forked and
-    /// resets it (`Slot::reset`); `None` when every worker slot is taken. The slot stays
+    /// resets it (fresh heartbeat, zeroed counters); `None` when every worker slot is
+    /// taken. The slot stays
     /// taken until [`Scoreboard::release`]: a slot whose child died but is not reaped yet is
     /// not free. Only the arbiter claims and releases, so "free" cannot change under it.
     pub fn claim_worker(&'static self, generation: u64) -> Option<usize> {

@@ -290,6 +290,59 @@ fn every_ttin_and_ttou_counts() {
     s.wait_children(1, SOON);
 }
 
+/// Issue 11: "Processes are told apart in `ps` and `top`."
+#[test]
+fn ps_and_top_tell_the_arbiter_and_its_workers_apart() {
+    let s = Oxicorn::start(&["echo", "-w", "2", "-b", "127.0.0.1:0"]);
+    s.wait_ready(1, 2);
+    let addr = s.tcp_addr();
+    assert_eq!(
+        process_title(s.pid),
+        format!("oxicorn: arbiter [echo {addr}]")
+    );
+    assert_eq!(process_comm(s.pid), "oxicorn-arbiter");
+    let mut titles: Vec<String> = s
+        .wait_children(2, SOON)
+        .into_iter()
+        .map(process_title)
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        ["oxicorn: worker 1 [gen 1]", "oxicorn: worker 2 [gen 1]"]
+    );
+    for pid in s.children() {
+        assert_eq!(process_comm(pid), "oxicorn-worker");
+    }
+    // A reload's workers say their generation.
+    let mark = s.mark();
+    s.signal(Signal::SIGHUP);
+    s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+    assert!(eventually(SOON, || {
+        let titles: Vec<String> = s.children().into_iter().map(process_title).collect();
+        titles.len() == 2
+            && titles
+                .iter()
+                .all(|t| t.starts_with("oxicorn: worker ") && t.ends_with(" [gen 2]"))
+    }));
+}
+
+/// The hub, forked for services that need a bus, says what it is too.
+#[test]
+fn ps_and_top_tell_the_hub_apart() {
+    let s = Oxicorn::start(&["chat", "-w", "1", "-b", "127.0.0.1:0"]);
+    s.wait_ready(1, 1);
+    let line = s.wait_for_line(" ready");
+    let hub: i32 = line
+        .split("hub ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no hub pid in {line:?}"));
+    assert_eq!(process_title(hub), "oxicorn: hub");
+    assert_eq!(process_comm(hub), "oxicorn-hub");
+}
+
 #[test]
 fn hup_reloads_the_worker_count_without_refusing_a_connection() {
     let dir = tempfile::tempdir().unwrap();

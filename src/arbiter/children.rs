@@ -285,6 +285,12 @@ impl Arbiter {
                 ChildKind::Worker { .. } => "worker",
                 ChildKind::Hub => "hub",
             },
+            title: match kind {
+                ChildKind::Worker { generation, .. } => {
+                    format!("oxicorn: worker {} [gen {generation}]", slot + 1)
+                }
+                ChildKind::Hub => "oxicorn: hub".to_string(),
+            },
             arbiter: Pid::parent(),
             slot: self.scoreboard.slot(slot),
             slot_number: match kind {
@@ -301,7 +307,8 @@ impl Arbiter {
                 listeners: std::mem::take(&mut self.listeners),
                 config: Arc::clone(&self.config),
                 log: self.log,
-                bus_address: super::needs_bus(&self.config).then(|| self.bus_address.clone()),
+                bus_address: super::services::needs_bus(&self.config)
+                    .then(|| self.bus_address.clone()),
             }),
             ChildKind::Hub => {
                 // Unlike a worker, the hub keeps no listener: it must not hold client sockets.

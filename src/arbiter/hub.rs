@@ -41,7 +41,7 @@ impl Arbiter {
 
     /// Starts the hub when the service needs one and none is running (after the back-off).
     pub(super) fn manage_hub(&mut self) {
-        if !super::needs_bus(&self.config)
+        if !super::services::needs_bus(&self.config)
             || matches!(self.phase, Phase::Stopping(_))
             || self.hub().is_some()
         {

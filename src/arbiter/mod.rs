@@ -4,13 +4,27 @@
 //! forked child of a process that used one: tokio-rs/tokio#4301).
 //!
 //! Its loop is gunicorn's: signals are counted by their handlers and wake a `poll(2)`; each
-//! turn then reaps dead children, kills workers whose heartbeat is too old, and brings the
+//! turn then reaps dead children, kills those whose heartbeat is too old, and brings the
 //! worker count back to the target, oldest first when there are too many.
+//!
+//! - `mod.rs`: the state ([`Arbiter`], its `Phase`), the loop and its event sources, the
+//!   signal handlers, `scale`, the stop.
+//! - `children.rs`: the child table (workers and the hub), the one fork path, reap, murder,
+//!   escalate.
+//! - `workers.rs`: the worker table's decisions as plain functions (`plan`), and worker exits.
+//! - `hub.rs`: the hub's policy (start, restart, stop last).
+//! - `reload.rs`: HUP, with [`ReloadError`]; completion and rollback.
+//! - `services.rs`: what the arbiter reads of the configuration's shape.
+//! - [`signals`], [`pidfile`].
+//!
+//! It must not be imported by `worker`, `service` or `bus`: what children share with it lives
+//! in [`crate::child`], [`crate::scoreboard`], [`crate::net`] and [`crate::exit`].
 
 mod children;
 mod hub;
 pub mod pidfile;
 mod reload;
+mod services;
 pub mod signals;
 mod workers;
 
@@ -27,13 +41,13 @@ use nix::sys::signal::Signal;
 use crate::config::{Config, ConfigError, ConfigSource, show_duration};
 use crate::exit::HALT_BOOT_FAILURE;
 use crate::log::LogHandle;
-use crate::net::BindAddr;
 use crate::net::listener::{self as listeners, ListenError, Listener};
 use crate::scoreboard::Scoreboard;
 use children::{ChildKind, Children};
 use pidfile::{Pidfile, PidfileError};
 use reload::Reload;
 pub use reload::ReloadError;
+use services::{arbiter_title, binds, service_name, serving_lines};
 use signals::Signals;
 pub use workers::MAX_BOOT_FAILURES;
 use workers::{Boot, PhaseKind};
@@ -240,58 +254,8 @@ pub fn run(
         hub: hub::HubPolicy::default(),
         bus_address: crate::bus::hub_address(std::process::id()),
     };
+    arbiter.set_title();
     Ok(arbiter.run_loop())
-}
-
-// Where the arbiter reads the configuration's shape: one helper each, so a config source and
-// a list of services can replace them without touching the loop.
-
-/// Every address to listen on, over all services.
-fn binds(config: &Config) -> impl Iterator<Item = &BindAddr> {
-    config.binds()
-}
-
-/// The services' names, for the start line.
-fn service_name(config: &Config) -> String {
-    config.service_names()
-}
-
-/// Whether a service needs the bus hub.
-fn needs_bus(config: &Config) -> bool {
-    config.needs_bus()
-}
-
-/// `serving /abs/path on http://127.0.0.1:8000 (4 workers)` for each static service's
-/// listener: where to point a browser, as `python3 -m http.server` prints it.
-fn serving_lines(config: &Config, bound: &[Listener]) -> Vec<String> {
-    let workers = config.workers;
-    let plural = if workers == 1 { "" } else { "s" };
-    config
-        .services
-        .iter()
-        .filter_map(|spec| match &spec.service {
-            crate::config::ServiceConfig::Static(s) => Some((spec, s)),
-            _ => None,
-        })
-        .flat_map(|(spec, s)| {
-            bound
-                .iter()
-                .filter(|l| spec.binds.iter().any(|a| l.serves(a)))
-                .map(move |l| (s, l))
-        })
-        .map(|(s, l)| {
-            let url = match l.kind {
-                listeners::ListenerKind::Tcp => format!("http://{}", l.local),
-                listeners::ListenerKind::Unix => {
-                    format!("{} (HTTP over a Unix socket)", l.local)
-                }
-            };
-            format!(
-                "serving {} on {url} ({workers} worker{plural})",
-                s.root.display()
-            )
-        })
-        .collect()
 }
 
 impl Arbiter {
@@ -415,17 +379,8 @@ impl Arbiter {
     /// [`ScaleRefused`] when `to` is outside `1..=MAX_WORKERS` or the server is stopping; the
     /// count is then unchanged.
     fn scale(&mut self, to: usize) -> Result<usize, ScaleRefused> {
-        if matches!(self.phase, Phase::Stopping(_)) {
-            return Err(ScaleRefused::Stopping);
-        }
-        if to > crate::config::MAX_WORKERS {
-            return Err(ScaleRefused::AtMaximum);
-        }
-        if to < 1 {
-            return Err(ScaleRefused::AtMinimum);
-        }
-        self.target = to;
-        Ok(to)
+        self.target = scaled(to, &self.phase)?;
+        Ok(self.target)
     }
 
     /// USR1: reopen our log file, and have every child reopen its own.
@@ -505,6 +460,14 @@ impl Arbiter {
         self.begin_stop(false, HALT_BOOT_FAILURE);
     }
 
+    /// Shows the service and the listeners in `ps` (at start, and when a reload changed them).
+    fn set_title(&self) {
+        crate::proctitle::set(
+            "oxicorn-arbiter",
+            &arbiter_title(&self.config, &self.listeners),
+        );
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} worker(s), timeout {}",
@@ -512,6 +475,21 @@ impl Arbiter {
             show_duration(self.config.timeout)
         )
     }
+}
+
+/// The worker count `to` is allowed to be set to in `phase`: `1..=MAX_WORKERS`, not while
+/// stopping.
+fn scaled(to: usize, phase: &Phase) -> Result<usize, ScaleRefused> {
+    if matches!(phase, Phase::Stopping(_)) {
+        return Err(ScaleRefused::Stopping);
+    }
+    if to > crate::config::MAX_WORKERS {
+        return Err(ScaleRefused::AtMaximum);
+    }
+    if to < 1 {
+        return Err(ScaleRefused::AtMinimum);
+    }
+    Ok(to)
 }
 
 /// Raises the soft open-files limit to the hard one: each connection is a descriptor, and
@@ -522,5 +500,25 @@ fn raise_nofile_limit() {
         && soft < hard
     {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_stays_within_one_and_the_maximum_and_not_while_stopping() {
+        let running = Phase::Running;
+        assert_eq!(scaled(3, &running), Ok(3));
+        assert_eq!(scaled(0, &running), Err(ScaleRefused::AtMinimum));
+        let max = crate::config::MAX_WORKERS;
+        assert_eq!(scaled(max, &running), Ok(max));
+        assert_eq!(scaled(max + 1, &running), Err(ScaleRefused::AtMaximum));
+        let stopping = Phase::Stopping(Stopping {
+            graceful: true,
+            code: 0,
+        });
+        assert_eq!(scaled(3, &stopping), Err(ScaleRefused::Stopping));
     }
 }

@@ -77,7 +77,7 @@ impl Arbiter {
         {
             pidfile::check(path)?;
         }
-        let binds: Vec<&BindAddr> = super::binds(&new).collect();
+        let binds: Vec<&BindAddr> = super::services::binds(&new).collect();
         // Listeners are matched by the address as configured or as bound, so a config that
         // names the port a `:0` bind got keeps that listener instead of binding it twice.
         let removed: Vec<BindAddr> = self
@@ -172,6 +172,7 @@ impl Arbiter {
             ready,
             retired
         );
+        self.set_title();
         if reload.hup_pending {
             self.handle_hup();
         }
@@ -209,6 +210,7 @@ impl Arbiter {
             ever_ready: true,
             ..Boot::default()
         };
+        self.set_title();
         if reload.hup_pending {
             self.handle_hup();
         }

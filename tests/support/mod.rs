@@ -439,3 +439,18 @@ pub fn send_delivered(pid: i32, sig: Signal) {
         std::thread::sleep(Duration::from_micros(100));
     }
 }
+
+/// The process title `ps` shows for `pid`: its command line up to the first NUL.
+pub fn process_title(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let first = raw.split(|&b| b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(first).into_owned()
+}
+
+/// What `top` shows for `pid` (`/proc/PID/comm`).
+pub fn process_comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
