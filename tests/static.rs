@@ -1318,3 +1318,159 @@ fn listing_page_and_404_page() {
     assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
     assert!(r.text().contains("<a href=\"/\">"), "{}", r.text());
 }
+
+/// The first Chromium-like browser on PATH.
+fn find_chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|p| p.is_file())
+}
+
+/// A page on the same origin that loads `/photos/` in a `width`×`height` frame (the frame is
+/// the listing's viewport, so its media queries see exactly that width) and writes layout
+/// facts measured through the DOM into `#out`, for `--dump-dom`.
+fn layout_harness(width: u32, height: u32) -> String {
+    format!(
+        r#"<!DOCTYPE html><html><head><style>html,body{{margin:0}}
+iframe{{border:0;display:block;width:{width}px;height:{height}px}}</style></head><body>
+<pre id="out">PENDING</pre><iframe id="f" src="/photos/" onload="measure()"></iframe>
+<script>
+function measure() {{
+  var d = document.getElementById('f').contentDocument, w = d.defaultView;
+  var all = function (q) {{ return [].slice.call(d.querySelectorAll(q)); }};
+  var h = function (e) {{ return e.getBoundingClientRect().height; }};
+  var lines = function (e) {{
+    var r = d.createRange(); r.selectNodeContents(e); var tops = {{}};
+    [].forEach.call(r.getClientRects(), function (x) {{ tops[Math.round(x.top)] = 1; }});
+    return Object.keys(tops).length;
+  }};
+  var rows = all('tr').map(h), links = all('td a').map(h);
+  var dates = all('td.t').filter(function (e) {{ return e.textContent; }});
+  var shown = dates.filter(function (e) {{ return w.getComputedStyle(e).display != 'none'; }});
+  document.getElementById('out').textContent = 'RESULT' +
+    ' width=' + w.innerWidth +
+    ' line=' + parseFloat(w.getComputedStyle(d.body).lineHeight) +
+    ' maxrow=' + Math.max.apply(null, rows) +
+    ' minlink=' + Math.min.apply(null, links) +
+    ' dates=' + shown.length +
+    ' datelines=' + Math.max.apply(null, shown.map(lines).concat([0])) +
+    ' overflow=' + (d.documentElement.scrollWidth - w.innerWidth) +
+    ' dark=' + (w.matchMedia('(prefers-color-scheme: dark)').matches ? 1 : 0) +
+    ' bg=' + w.getComputedStyle(d.body).backgroundColor.replace(/ /g, '');
+}}
+</script></body></html>"#
+    )
+}
+
+/// Issue 11, the listing checked in a real browser at a desktop (1280×800) and a phone
+/// (390×844) size, light and dark: the date column never wraps even beside a very long name,
+/// no row is taller than two lines of text on the desktop, nothing overflows sideways, every
+/// link is at least 44 px tall on the phone, and the dark scheme changes the page. Skipped,
+/// saying so, when no Chromium is installed. Screenshots go to the test's temp dir.
+#[test]
+fn listing_layout_in_headless_chromium() {
+    let Some(chromium) = find_chromium() else {
+        eprintln!(
+            "skipped listing_layout_in_headless_chromium: no chromium on PATH \
+             (apt-get install -y chromium)"
+        );
+        return;
+    };
+    let (dir, www) = site();
+    std::fs::create_dir(www.join("photos")).unwrap();
+    for n in ["IMG_1.jpg", "IMG_2.jpg", "IMG_10.jpg", "notes.txt"] {
+        write(&www.join("photos").join(n), "x");
+    }
+    let long = format!(
+        "{}.tar.gz",
+        "a-very-long-file-name-without-spaces-".repeat(4)
+    );
+    write(&www.join("photos").join(&long), "x");
+    std::fs::create_dir(www.join("photos/albums")).unwrap();
+    write(&www.join("h1280.html"), layout_harness(1280, 800));
+    write(&www.join("h390.html"), layout_harness(390, 844));
+    let (s, addr) = serve(dir, &[]);
+    let profile = s.path("chromium-profile");
+    let browse = |args: &[&str]| {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let measure = |harness: &str, extra: &[&str]| -> std::collections::HashMap<String, String> {
+        let mut args = vec!["--window-size=1280,1000", "--dump-dom"];
+        args.extend_from_slice(extra);
+        let url = format!("http://{addr}/{harness}");
+        args.push(&url);
+        let dom = browse(&args);
+        let line = dom
+            .lines()
+            .find_map(|l| l.split("RESULT ").nth(1))
+            .unwrap_or_else(|| panic!("no measurement in the DOM: {dom}"));
+        line.trim_end_matches("</pre>")
+            .split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let num = |m: &std::collections::HashMap<String, String>, k: &str| -> f64 {
+        m[k].parse().unwrap_or_else(|_| panic!("{k} in {m:?}"))
+    };
+
+    let desktop = measure("h1280.html", &[]);
+    assert_eq!(num(&desktop, "width"), 1280.0, "{desktop:?}");
+    assert_eq!(num(&desktop, "dates"), 6.0, "dates shown: {desktop:?}");
+    assert_eq!(
+        num(&desktop, "datelines"),
+        1.0,
+        "a date wrapped: {desktop:?}"
+    );
+    let line = num(&desktop, "line");
+    // Two lines of text plus the cell padding (.3rem above and below).
+    assert!(
+        num(&desktop, "maxrow") <= 2.0 * line + 10.0,
+        "a row taller than two lines: {desktop:?}"
+    );
+    assert!(num(&desktop, "overflow") <= 0.0, "{desktop:?}");
+    assert_eq!(desktop["dark"], "0");
+
+    let phone = measure("h390.html", &[]);
+    assert_eq!(num(&phone, "width"), 390.0, "{phone:?}");
+    assert!(
+        num(&phone, "minlink") >= 44.0,
+        "tap target < 44px: {phone:?}"
+    );
+    assert!(num(&phone, "overflow") <= 0.0, "{phone:?}");
+
+    let dark = measure("h390.html", &["--force-dark-mode"]);
+    assert_eq!(dark["dark"], "1", "{dark:?}");
+    assert_ne!(dark["bg"], phone["bg"], "the dark scheme changed nothing");
+
+    for (size, name) in [
+        ("1280,800", "listing-1280x800.png"),
+        ("390,844", "listing-390x844.png"),
+    ] {
+        let shot = s.path(name);
+        let url = format!("http://{addr}/photos/");
+        browse(&[
+            &format!("--window-size={size}"),
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ]);
+        assert!(shot.is_file(), "no screenshot {}", shot.display());
+    }
+}

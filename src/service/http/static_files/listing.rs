@@ -84,8 +84,8 @@ td:first-child{width:100%;overflow-wrap:anywhere;word-break:break-word}\
 .t{white-space:nowrap}\
 tr:nth-child(even){background:var(--alt)}\
 @media(max-width:40rem){td,th{padding:0 .4rem}\
-td a{display:block;min-height:44px;line-height:44px}\
-td.n{line-height:44px}}\
+td a{display:block;box-sizing:border-box;min-height:44px;padding:11px 0;line-height:22px}\
+td.n,td.t{padding-top:11px;line-height:22px}}\
 @media(max-width:30rem){.t{display:none}}";
 
 /// The head of every page: charset, viewport, colour schemes, title, style.
