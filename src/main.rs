@@ -50,10 +50,11 @@ fn run(invocation: Invocation) -> anyhow::Result<i32> {
         print!("{}", config.to_toml());
         return Ok(exit::SUCCESS);
     }
+    let config = terminal_defaults(config);
     let log = oxicorn::log::init(config.log_level.filter(), config.error_logfile.as_deref())?;
     let log: &'static _ = Box::leak(Box::new(log));
     let to_file = config.error_logfile.is_some();
-    let source = Box::new(move || Config::load(&args));
+    let source = Box::new(move || Config::load(&args).map(terminal_defaults));
     match oxicorn::arbiter::run(config, source, log) {
         Ok(code) => Ok(code),
         Err(err) => {
@@ -63,4 +64,21 @@ fn run(invocation: Invocation) -> anyhow::Result<i32> {
             Err(err.into())
         }
     }
+}
+
+/// In a terminal, a static service with no access log shows each request on stdout, as
+/// `python3 -m http.server` does; `--access-logfile` (or the file's key) still decides when
+/// given, and nothing changes when stdout is not a terminal (a service manager, a pipe).
+fn terminal_defaults(mut config: Config) -> Config {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        for spec in &mut config.services {
+            if let oxicorn::config::ServiceConfig::Static(s) = &mut spec.service
+                && s.access_logfile.is_none()
+            {
+                s.access_logfile = Some("-".into());
+            }
+        }
+    }
+    config
 }

@@ -230,8 +230,13 @@ pub fn run(
     for l in &bound {
         tracing::info!("listening on {}", l.local);
     }
-    for line in serving_lines(&config, &bound) {
+    let serving = serving_lines(&config, &bound);
+    for line in &serving {
         tracing::info!("{line}");
+    }
+    // A person at a terminal is told how to stop it, once (as `python3 -m http.server` does).
+    if !serving.is_empty() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        tracing::info!("press Ctrl-C to stop");
     }
     let mut arbiter = Arbiter {
         source,

@@ -58,10 +58,49 @@ pub(super) fn serving_lines(config: &Config, bound: &[Listener]) -> Vec<String> 
                     format!("{} (HTTP over a Unix socket)", l.local)
                 }
             };
-            format!(
+            let mut line = format!(
                 "serving {} on {url} ({workers} worker{plural})",
                 s.root.display()
-            )
+            );
+            // Bound to every interface: say where a browser on another machine can reach it.
+            if let Ok(addr) = l.local.parse::<std::net::SocketAddr>()
+                && addr.ip().is_unspecified()
+            {
+                let urls: Vec<String> = interface_addresses(addr.is_ipv6())
+                    .into_iter()
+                    .map(|ip| format!("http://{}", std::net::SocketAddr::new(ip, addr.port())))
+                    .collect();
+                if !urls.is_empty() {
+                    line.push_str(&format!(", reachable at {}", urls.join(", ")));
+                }
+            }
+            line
         })
         .collect()
+}
+
+/// This machine's addresses of one family (`v6`: IPv6, else IPv4), loopback first, without
+/// IPv6 link-local ones (a browser needs a zone for those). Empty when they cannot be read.
+fn interface_addresses(v6: bool) -> Vec<std::net::IpAddr> {
+    let Ok(list) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<std::net::IpAddr> = Vec::new();
+    for ifa in list {
+        let Some(addr) = ifa.address else { continue };
+        let ip: std::net::IpAddr = if let Some(a) = addr.as_sockaddr_in() {
+            std::net::IpAddr::V4(a.ip())
+        } else if let Some(a) = addr.as_sockaddr_in6() {
+            std::net::IpAddr::V6(a.ip())
+        } else {
+            continue;
+        };
+        let link_local =
+            matches!(ip, std::net::IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80);
+        if ip.is_ipv6() == v6 && !link_local && !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out.sort_by_key(|ip| !ip.is_loopback());
+    out
 }
