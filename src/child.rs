@@ -321,6 +321,78 @@ pub fn test_boot_failure_injected() -> bool {
 mod tests {
     use super::*;
 
+    /// Set in the copy of the test binary that runs [`forked_child`], so the fork happens in a
+    /// process running that one test: libtest's main thread waits on a channel, and no other
+    /// test thread can hold the allocator's lock across the fork.
+    const ALONE: &str = "OXICORN_CHILD_TEST_ALONE";
+
+    #[test]
+    fn a_child_says_ready_and_its_panic_exits_child_panic() {
+        if std::env::var_os(ALONE).is_some() {
+            forked_child();
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child::tests::a_child_says_ready_and_its_panic_exits_child_panic",
+                "--test-threads=1",
+            ])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // "1 passed": the copy found this test (a renamed test would otherwise run nothing).
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn forked_child() {
+        use nix::sys::wait::{WaitStatus, waitpid};
+        use nix::unistd::{ForkResult, fork};
+
+        let board = crate::scoreboard::Scoreboard::create().unwrap();
+        let index = board.claim_worker(1).unwrap();
+        let (rx, tx) = nix::unistd::pipe().unwrap();
+        // SAFETY: this process runs one test on one thread (see ALONE); the child builds its
+        // own runtime and ends with _exit, never returning into the harness.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let code = run(
+                    ChildBoot {
+                        what: "worker",
+                        title: "oxicorn: test child".into(),
+                        arbiter: Pid::parent(),
+                        slot: board.slot(index),
+                        slot_number: index + 1,
+                        ready_tx: tx,
+                        timeout: None,
+                        boot_error: crate::exit::WORKER_BOOT_ERROR,
+                    },
+                    |mut child| async move {
+                        child.ready().unwrap();
+                        panic!("a bug in the child's own code");
+                    },
+                );
+                // SAFETY: ends the forked child without running the harness's exit path.
+                unsafe { nix::libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                drop(tx);
+                let status = waitpid(child, None).unwrap();
+                assert_eq!(status, WaitStatus::Exited(child, CHILD_PANIC));
+                let mut msg = [0u8; READY_MESSAGE_LEN];
+                nix::unistd::read(&rx, &mut msg).unwrap();
+                assert_eq!(ready_pid(&msg), child.as_raw());
+                assert_eq!(board.slot(index).state(), SlotState::Ready);
+            }
+        }
+    }
+
     #[test]
     fn the_ready_message_carries_the_pid() {
         let msg = ready_message(4_000_123, 7);

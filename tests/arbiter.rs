@@ -327,20 +327,70 @@ fn ps_and_top_tell_the_arbiter_and_its_workers_apart() {
     }));
 }
 
+/// The pid of the last hub the arbiter logged as ready after `mark`.
+fn ready_hub_after(s: &Oxicorn, mark: usize) -> i32 {
+    let ready = |l: &String| l.contains("] INFO hub ") && l.ends_with(" ready");
+    assert!(
+        eventually(SOON, || s.lines()[mark..].iter().any(ready)),
+        "no hub ready line; log:\n{}",
+        s.lines().join("\n")
+    );
+    let lines = s.lines();
+    let line = lines[mark..].iter().rev().find(|l| ready(l)).unwrap();
+    line.split("INFO hub ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no hub pid in {line:?}"))
+}
+
 /// The hub, forked for services that need a bus, says what it is too.
 #[test]
 fn ps_and_top_tell_the_hub_apart() {
     let s = Oxicorn::start(&["chat", "-w", "1", "-b", "127.0.0.1:0"]);
     s.wait_ready(1, 1);
-    let line = s.wait_for_line(" ready");
-    let hub: i32 = line
-        .split("hub ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no hub pid in {line:?}"));
+    let hub = ready_hub_after(&s, 0);
     assert_eq!(process_title(hub), "oxicorn: hub");
     assert_eq!(process_comm(hub), "oxicorn-hub");
+}
+
+/// A hub that cannot start exits with its own code (not a worker's), and the arbiter restarts
+/// it after the back-off.
+#[test]
+fn a_hub_that_cannot_listen_exits_with_its_own_code_and_is_restarted() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+
+    let s = Oxicorn::start(&["chat", "-w", "1", "-b", "127.0.0.1:0"]);
+    s.wait_ready(1, 1);
+    let hub = ready_hub_after(&s, 0);
+    let address = oxicorn::bus::hub_address(s.pid as u32);
+    // The abstract name without its leading NUL.
+    let name = SocketAddr::from_abstract_name(&address.as_os_str().as_bytes()[1..]).unwrap();
+    let mark = s.mark();
+    signal_pid(hub, Signal::SIGKILL);
+    // Take the name as soon as the dead hub frees it: well before the restart, which waits
+    // for the back-off (100 ms).
+    let deadline = Instant::now() + SOON;
+    let squatter = loop {
+        match UnixListener::bind_addr(&name) {
+            Ok(l) => break l,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Err(err) => panic!("the hub's name stayed taken: {err}"),
+        }
+    };
+    let code = oxicorn::exit::HUB_BOOT_ERROR;
+    assert_ne!(code, oxicorn::exit::WORKER_BOOT_ERROR);
+    let line = &s.wait_for_lines_after(mark, &format!("exited with code {code}"), 1, SOON)[0];
+    assert!(
+        line.contains("hub ") && line.contains("restarting"),
+        "{line}"
+    );
+    let mark = s.mark();
+    drop(squatter);
+    let next = ready_hub_after(&s, mark);
+    assert!(next != hub && alive(next));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The child table: every process the arbiter forked (workers and the hub), one fork path
 //! (`spawn_child`), one reaper, one heartbeat check (`murder_children`) and one stop escalation
-//! over all of them, with gunicorn's verbs.
+//! over all of them, with gunicorn's verbs. Which children are wedged or overdue is decided by
+//! plain functions of the table (`wedged`, `overdue`), unit-tested without a fork.
 //!
 //! What to do with a child (how many workers, when to restart the hub) is decided elsewhere:
 //! `workers.rs` (pure decisions) and `hub.rs` (the hub's policy). This file only forks, signals,
@@ -195,6 +196,44 @@ pub(super) enum SpawnError {
     NoSlot,
     /// `fork` failed (out of memory, process limit).
     Fork(Errno),
+}
+
+/// Children (workers and the hub) whose heartbeat is older than `timeout`, with its age in
+/// milliseconds; `beat_age_ms` reads a slot's age. A child already killed is not listed again.
+pub(super) fn wedged(
+    children: &Children,
+    timeout: Duration,
+    beat_age_ms: impl Fn(usize) -> u64,
+) -> Vec<(i32, u64)> {
+    let limit = timeout.as_millis() as u64;
+    children
+        .values()
+        .filter(|c| !matches!(c.state, ChildState::Killed { .. }))
+        .filter_map(|c| {
+            let age = beat_age_ms(c.slot);
+            (age > limit).then_some((c.pid, age))
+        })
+        .collect()
+}
+
+/// Children that outlived their stop signal's grace period (`grace` gives it for a kind and a
+/// signal), with the signal.
+pub(super) fn overdue(
+    children: &Children,
+    now: Instant,
+    grace: impl Fn(ChildKind, Signal) -> Duration,
+) -> Vec<(i32, Signal)> {
+    children
+        .values()
+        .filter_map(|c| match c.state {
+            ChildState::Stopping { signal, since }
+                if now.duration_since(since) > grace(c.kind, signal) =>
+            {
+                Some((c.pid, signal))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 impl Arbiter {
@@ -419,7 +458,7 @@ impl Arbiter {
         let Some(timeout) = self.config.timeout else {
             return;
         };
-        let wedged = super::workers::wedged(&self.children, timeout, |slot| {
+        let wedged = wedged(&self.children, timeout, |slot| {
             self.scoreboard.slot(slot).beat_age_ms()
         });
         for (pid, age) in wedged {
@@ -436,7 +475,7 @@ impl Arbiter {
 
     /// SIGKILL for children that outlived their stop signal's grace period.
     pub(super) fn escalate_stops(&mut self) {
-        let late = super::workers::overdue(&self.children, Instant::now(), |kind, sig| {
+        let late = overdue(&self.children, Instant::now(), |kind, sig| {
             self.stop_grace(kind, sig)
         });
         for (pid, sig) in late {
@@ -447,7 +486,7 @@ impl Arbiter {
         }
     }
 
-    /// Pids of children of a kind.
+    /// The pids of the children `keep` selects.
     pub(super) fn pids(&self, mut keep: impl FnMut(&Child) -> bool) -> Vec<i32> {
         self.children
             .values()
@@ -465,5 +504,110 @@ impl Arbiter {
             }
             ChildKind::Worker { .. } => super::FAST_STOP_GRACE,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use ChildState::Ready;
+
+    fn table(rows: &[(i32, ChildState)]) -> Children {
+        rows.iter()
+            .map(|&(pid, state)| {
+                let kind = if pid == 0 {
+                    ChildKind::Hub
+                } else {
+                    ChildKind::Worker {
+                        generation: 1,
+                        age: pid as u64,
+                    }
+                };
+                let c = Child {
+                    pid,
+                    slot: pid as usize,
+                    kind,
+                    state,
+                    started: Instant::now(),
+                };
+                (pid, c)
+            })
+            .collect()
+    }
+
+    fn stopping(since: Instant) -> ChildState {
+        ChildState::Stopping {
+            signal: Signal::SIGTERM,
+            since,
+        }
+    }
+
+    #[test]
+    fn a_child_whose_beat_is_older_than_the_timeout_is_wedged_once() {
+        let t = table(&[
+            (0, Ready),
+            (1, Ready),
+            (2, Ready),
+            (
+                3,
+                ChildState::Killed {
+                    reason: KillReason::Heartbeat,
+                    before: Before::Ready,
+                },
+            ),
+        ]);
+        let ages = |slot: usize| if slot == 1 { 100 } else { 5_000 };
+        assert_eq!(
+            wedged(&t, Duration::from_secs(2), ages),
+            [(0, 5_000), (2, 5_000)],
+            "the hub (pid 0 here) is checked like a worker"
+        );
+    }
+
+    #[test]
+    fn a_stop_is_escalated_after_its_kind_s_grace_period() {
+        let now = Instant::now();
+        let t = table(&[
+            (0, stopping(now - Duration::from_secs(3))),
+            (1, stopping(now - Duration::from_secs(5))),
+            (2, stopping(now - Duration::from_secs(3))),
+            (3, Ready),
+        ]);
+        let grace = |kind: ChildKind, _: Signal| match kind {
+            ChildKind::Hub => Duration::from_secs(2),
+            ChildKind::Worker { .. } => Duration::from_secs(4),
+        };
+        assert_eq!(
+            overdue(&t, now, grace),
+            [(0, Signal::SIGTERM), (1, Signal::SIGTERM)]
+        );
+    }
+
+    #[test]
+    fn what_an_exit_means_depends_on_the_state_it_was_in() {
+        assert!(ChildState::Booting.boot_failure());
+        assert!(!ChildState::Booting.asked());
+        let stopped_booting = ChildState::Stopping {
+            signal: Signal::SIGTERM,
+            since: Instant::now(),
+        };
+        assert!(stopped_booting.asked() && !stopped_booting.boot_failure());
+        let wedged_booting = ChildState::Killed {
+            reason: KillReason::Heartbeat,
+            before: Before::Booting,
+        };
+        assert!(wedged_booting.boot_failure() && !wedged_booting.asked());
+        let wedged_stopping = ChildState::Killed {
+            reason: KillReason::Heartbeat,
+            before: Before::Stopping(Signal::SIGQUIT),
+        };
+        assert!(wedged_stopping.asked());
+        assert_eq!(wedged_stopping.stop_signal(), Some(Signal::SIGQUIT));
+        let rolled_back = ChildState::Killed {
+            reason: KillReason::Rollback,
+            before: Before::Booting,
+        };
+        assert!(rolled_back.asked() && !rolled_back.boot_failure());
     }
 }

@@ -1,8 +1,8 @@
 //! The worker table's decisions, as plain functions of the table: how many workers to start,
 //! which to stop (oldest first), when a reload has succeeded (every new worker ready: retire
 //! the old generation) or must be rolled back (the new one never boots), the boot back-off and
-//! the halt; which children missed their heartbeat or outlived their stop signal. They read
-//! no clock and make no syscall, so each is unit-tested below without a fork.
+//! the halt. They read no clock and make no syscall, so each is unit-tested below without a
+//! fork.
 //!
 //! The arbiter applies them (`manage_workers`), and reports worker exits and ready messages
 //! (`on_worker_exit`, `on_worker_ready`), which update the boot bookkeeping the decisions read.
@@ -157,44 +157,6 @@ fn workers(children: &Children) -> impl Iterator<Item = (&Child, u64, u64)> {
         ChildKind::Worker { generation, age } => Some((c, generation, age)),
         ChildKind::Hub => None,
     })
-}
-
-/// Children (workers and the hub) whose heartbeat is older than `timeout`, with its age in
-/// milliseconds; `beat_age_ms` reads a slot's age. A child already killed is not listed again.
-pub(super) fn wedged(
-    children: &Children,
-    timeout: Duration,
-    beat_age_ms: impl Fn(usize) -> u64,
-) -> Vec<(i32, u64)> {
-    let limit = timeout.as_millis() as u64;
-    children
-        .values()
-        .filter(|c| !matches!(c.state, ChildState::Killed { .. }))
-        .filter_map(|c| {
-            let age = beat_age_ms(c.slot);
-            (age > limit).then_some((c.pid, age))
-        })
-        .collect()
-}
-
-/// Children that outlived their stop signal's grace period (`grace` gives it for a kind and a
-/// signal), with the signal.
-pub(super) fn overdue(
-    children: &Children,
-    now: Instant,
-    grace: impl Fn(ChildKind, Signal) -> Duration,
-) -> Vec<(i32, Signal)> {
-    children
-        .values()
-        .filter_map(|c| match c.state {
-            ChildState::Stopping { signal, since }
-                if now.duration_since(since) > grace(c.kind, signal) =>
-            {
-                Some((c.pid, signal))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 impl Arbiter {
@@ -491,35 +453,5 @@ mod tests {
             ),
             []
         );
-    }
-
-    #[test]
-    fn a_child_whose_beat_is_older_than_the_timeout_is_wedged_once() {
-        let t = table(&[
-            (1, 2, Ready),
-            (2, 2, Ready),
-            (
-                3,
-                2,
-                ChildState::Killed {
-                    reason: KillReason::Heartbeat,
-                    before: super::super::children::Before::Ready,
-                },
-            ),
-        ]);
-        let ages = |slot: usize| if slot == 1 { 100 } else { 5_000 };
-        assert_eq!(wedged(&t, Duration::from_secs(2), ages), [(2, 5_000)]);
-    }
-
-    #[test]
-    fn a_stop_is_escalated_after_its_grace_period() {
-        let now = Instant::now();
-        let t = table(&[
-            (1, 2, stopping(now - Duration::from_secs(5))),
-            (2, 2, stopping(now - Duration::from_secs(1))),
-            (3, 2, Ready),
-        ]);
-        let grace = |_: ChildKind, _: Signal| Duration::from_secs(2);
-        assert_eq!(overdue(&t, now, grace), [(1, Signal::SIGTERM)]);
     }
 }
