@@ -64,6 +64,31 @@ pub struct ChildBoot {
     pub timeout: Option<Duration>,
     /// The exit code when the common start fails (no runtime, no signal handlers).
     pub boot_error: i32,
+    /// Who to run as (`--user`, `--group`), switched to first thing.
+    pub run_as: Option<crate::config::RunAs>,
+}
+
+/// Switches to `--user` / `--group` for good: supplementary groups first (the user's, as
+/// `initgroups(3)`; none but the group for a bare `--group`), then the group, then the user, so
+/// that no step runs without the privilege it needs.
+///
+/// # Errors
+/// What the OS said (not started as root, or the ids are refused).
+fn drop_privileges(run_as: &crate::config::RunAs) -> nix::Result<()> {
+    use nix::unistd::{Gid, Uid, initgroups, setgid, setgroups, setuid};
+    let gid = Gid::from_raw(run_as.gid);
+    match &run_as.user {
+        Some((_, name)) => {
+            let name = std::ffi::CString::new(name.as_str()).map_err(|_| nix::Error::EINVAL)?;
+            initgroups(&name, gid)?;
+        }
+        None => setgroups(&[gid])?,
+    }
+    setgid(gid)?;
+    if let Some((uid, _)) = &run_as.user {
+        setuid(Uid::from_raw(*uid))?;
+    }
+    Ok(())
 }
 
 /// A started child, handed to its body.
@@ -110,9 +135,17 @@ where
         ready_tx,
         timeout,
         boot_error,
+        run_as,
     } = boot;
     // Still single-threaded: the runtime is built below.
     crate::proctitle::set(&format!("oxicorn-{what}"), &title);
+    // Before the parent-death signal: the kernel clears that setting when credentials change.
+    if let Some(run_as) = &run_as
+        && let Err(err) = drop_privileges(run_as)
+    {
+        tracing::error!(cause = %err, "{what} cannot switch user");
+        return boot_error;
+    }
     // If the arbiter dies (even by SIGKILL) the kernel sends us TERM: drain and exit, never
     // linger as an orphan. Then close the race where it died before this call.
     if let Err(err) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
@@ -366,6 +399,7 @@ mod tests {
                     ChildBoot {
                         what: "worker",
                         title: "oxicorn: test child".into(),
+                        run_as: None,
                         arbiter: Pid::parent(),
                         slot: board.slot(index),
                         slot_number: index + 1,

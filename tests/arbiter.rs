@@ -792,6 +792,7 @@ fn an_inherited_fd_is_served() {
     let raw = listener.as_raw_fd();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(BIN);
+    cmd.env("OXICORN_ALLOW_ROOT", "true");
     cmd.args(["echo", "-w", "1", "-b", "fd://3"])
         .current_dir(dir.path())
         .stderr(std::process::Stdio::null())

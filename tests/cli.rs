@@ -10,6 +10,8 @@ use support::*;
 fn oxicorn(args: &[&str], cwd: &std::path::Path) -> Output {
     Command::new(BIN)
         .args(args)
+        // CI runs as root; the --user policy has its own tests (tests/identity.rs).
+        .env("OXICORN_ALLOW_ROOT", "true")
         .current_dir(cwd)
         .output()
         .expect("run oxicorn")

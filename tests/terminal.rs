@@ -27,7 +27,10 @@ impl Terminal {
         let socket = format!("oxicorn-test-{name}-{}", std::process::id());
         let ok = Command::new("tmux")
             .args(["-L", &socket, "new-session", "-d", "-x", "200", "-y", "50"])
-            .arg(format!("{command}; echo EXIT=$?; sleep 30"))
+            // CI runs as root; the --user policy has its own tests (tests/identity.rs).
+            .arg(format!(
+                "export OXICORN_ALLOW_ROOT=true; {command}; echo EXIT=$?; sleep 30"
+            ))
             .status()
             .unwrap()
             .success();

@@ -331,6 +331,7 @@ impl Arbiter {
                 ChildKind::Hub => "oxicorn: hub".to_string(),
             },
             arbiter: Pid::parent(),
+            run_as: self.config.run_as.clone(),
             slot: self.scoreboard.slot(slot),
             slot_number: match kind {
                 ChildKind::Worker { .. } => slot + 1,

@@ -216,9 +216,11 @@ fn service_args(mut cmd: Command, kind: Kind) -> Command {
 
 /// One setting as a flag.
 fn arg(s: &'static Setting) -> Arg {
-    let mut a = Arg::new(s.key)
-        .long(s.flag())
-        .help(format!("{}{}", s.help, s.default_help()));
+    let mut a =
+        Arg::new(s.key)
+            .long(s.flag())
+            .env(s.env())
+            .help(format!("{}{}", s.help, s.default_help()));
     if let Some(c) = s.short {
         a = a.short(c);
     }
@@ -287,13 +289,13 @@ where
                 kind: Some(kind),
                 ..ServeArgs::default()
             };
-            collect(&m, &mut args, kind);
-            collect(sub, &mut args, kind);
+            collect(&m, &mut args, kind, false);
+            collect(sub, &mut args, kind, true);
             Ok(Invocation::Serve(args))
         }
         None => {
             let mut args = ServeArgs::default();
-            collect(&m, &mut args, Kind::Static);
+            collect(&m, &mut args, Kind::Static, true);
             Ok(Invocation::Serve(args))
         }
     }
@@ -323,9 +325,18 @@ fn explicit(m: &ArgMatches, id: &str) -> bool {
     )
 }
 
-/// Moves what `m` holds into `args`: the server's flags, and those of service `kind`.
-fn collect(m: &ArgMatches, args: &mut ServeArgs, kind: Kind) {
-    let here = |id: &str| m.ids().any(|i| i.as_str() == id) && explicit(m, id);
+/// Moves what `m` holds into `args`: the server's flags, and those of service `kind`; with
+/// `env`, also the settings given as `OXICORN_*` environment variables (read at one level
+/// only: clap reads them for every command that has the flag).
+fn collect(m: &ArgMatches, args: &mut ServeArgs, kind: Kind, env: bool) {
+    let here = |id: &str| {
+        m.ids().any(|i| i.as_str() == id)
+            && match m.value_source(id) {
+                Some(clap::parser::ValueSource::CommandLine) => true,
+                Some(clap::parser::ValueSource::EnvVariable) => env,
+                _ => false,
+            }
+    };
     for s in SETTINGS {
         if !here(s.key) || !(s.scope == Scope::Server || s.scope.has(kind)) {
             continue;

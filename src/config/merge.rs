@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::file::{FileConfig, Layer, render};
 use super::settings::{Kind, SETTINGS, Scope, Value, setting};
-use super::{Config, LogLevel, ServeArgs, ServiceConfig, ServiceSpec, StaticConfig};
+use super::{Config, LogLevel, RunAs, ServeArgs, ServiceConfig, ServiceSpec, StaticConfig};
 use crate::net::BindAddr;
 
 /// Why a configuration was refused. Each names the file or the setting at fault.
@@ -160,6 +160,22 @@ impl Config {
             check_pid_path(p)?;
         }
         let error_logfile = path("error_logfile").filter(|p| p.as_os_str() != "-");
+        let text = |key| match server(key) {
+            Some(Value::Text(t)) => Some(t),
+            _ => None,
+        };
+        let run_as = run_as(text("user"), text("group"))?;
+        let umask = match text("umask") {
+            Some(m) => Some(
+                u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        invalid("umask", format!("`{m}` is not an octal mode such as 022"))
+                    })?,
+            ),
+            None => None,
+        };
         let timeout = duration("timeout");
         let values = SETTINGS
             .iter()
@@ -177,6 +193,9 @@ impl Config {
             log_level,
             error_logfile,
             config_file: args.config.clone(),
+            run_as,
+            umask,
+            allow_root: matches!(server("allow_root"), Some(Value::Flag(true))),
             service_tables: !file.services.is_empty(),
             values,
         })
@@ -375,6 +394,49 @@ fn spec(name: String, kind: Kind, layers: &[&Layer]) -> Result<ServiceSpec, Conf
         binds,
         idle_timeout: (!idle.is_zero()).then_some(idle),
         values,
+    })
+}
+
+/// `--user` and `--group`, by name or number, looked up in this machine's user database.
+fn run_as(user: Option<String>, group: Option<String>) -> Result<Option<RunAs>, ConfigError> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let user = match user {
+        None => None,
+        Some(u) => {
+            let found = match u.parse::<u32>() {
+                Ok(id) => User::from_uid(Uid::from_raw(id)),
+                Err(_) => User::from_name(&u),
+            };
+            match found {
+                Ok(Some(found)) => Some(found),
+                Ok(None) => return Err(invalid("user", format!("no user `{u}` on this machine"))),
+                Err(e) => return Err(invalid("user", format!("cannot look up `{u}`: {e}"))),
+            }
+        }
+    };
+    let gid = match group {
+        None => None,
+        Some(g) => {
+            let found = match g.parse::<u32>() {
+                Ok(id) => Group::from_gid(Gid::from_raw(id)),
+                Err(_) => Group::from_name(&g),
+            };
+            match found {
+                Ok(Some(found)) => Some(found.gid.as_raw()),
+                Ok(None) => {
+                    return Err(invalid("group", format!("no group `{g}` on this machine")));
+                }
+                Err(e) => return Err(invalid("group", format!("cannot look up `{g}`: {e}"))),
+            }
+        }
+    };
+    Ok(match (user, gid) {
+        (None, None) => None,
+        (Some(u), gid) => Some(RunAs {
+            gid: gid.unwrap_or(u.gid.as_raw()),
+            user: Some((u.uid.as_raw(), u.name)),
+        }),
+        (None, Some(gid)) => Some(RunAs { user: None, gid }),
     })
 }
 

@@ -62,12 +62,29 @@ pub struct Config {
     pub error_logfile: Option<PathBuf>,
     /// The file these settings were read from, re-read on HUP.
     pub config_file: Option<PathBuf>,
+    /// Who workers and the hub run as (`--user`, `--group`); `None` keeps the arbiter's.
+    pub run_as: Option<RunAs>,
+    /// The file mode mask of every process (`--umask`), applied at start.
+    pub umask: Option<u32>,
+    /// Started as root without `--user`, run workers as root anyway (`--allow-root`).
+    pub allow_root: bool,
     /// Whether the services came from `[[service]]` tables (so `--print-config` writes them
     /// back that way) rather than from the command line's one service.
     pub service_tables: bool,
     /// Every server setting's effective value, in table order (`--print-config`,
     /// `--check-config`).
     pub values: Vec<(&'static str, Value)>,
+}
+
+/// The identity children switch to after the fork (gunicorn's `--user` and `--group`): the
+/// arbiter keeps its own, to bind privileged ports and re-bind on HUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user, if `--user` was given: its uid and name (the name picks its supplementary
+    /// groups, as `initgroups(3)` does).
+    pub user: Option<(u32, String)>,
+    /// The group: `--group`, else the user's primary group.
+    pub gid: u32,
 }
 
 /// One service: what it is, where it listens, and its own settings.

@@ -269,6 +269,42 @@ pub static SETTINGS: &[Setting] = &[
         help: "Write logs to this file ('-' = stderr); reopened on USR1",
     },
     Setting {
+        key: "user",
+        short: Some('u'),
+        scope: Scope::Server,
+        ty: Type::Text { max: 256 },
+        default: Default::None,
+        value_name: "USER",
+        help: "Run workers and the hub as this user (name or uid); the arbiter binds first, as the user that started it",
+    },
+    Setting {
+        key: "group",
+        short: Some('g'),
+        scope: Scope::Server,
+        ty: Type::Text { max: 256 },
+        default: Default::None,
+        value_name: "GROUP",
+        help: "Run workers and the hub with this group (name or gid) [default: the user's group]",
+    },
+    Setting {
+        key: "umask",
+        short: Some('m'),
+        scope: Scope::Server,
+        ty: Type::Text { max: 8 },
+        default: Default::None,
+        value_name: "MODE",
+        help: "The file mode mask of every process (octal, as 0o22 or 022), for unix sockets and log files",
+    },
+    Setting {
+        key: "allow_root",
+        short: None,
+        scope: Scope::Server,
+        ty: Type::Flag,
+        default: Default::Text("false"),
+        value_name: "",
+        help: "Started as root without --user, run workers as root anyway (refused otherwise)",
+    },
+    Setting {
         key: "idle_timeout",
         short: None,
         scope: Scope::AnyService,
@@ -447,6 +483,12 @@ impl Setting {
     /// The long flag: the key with dashes.
     pub fn flag(&self) -> String {
         self.key.replace('_', "-")
+    }
+
+    /// The environment variable that sets it when no flag does: `OXICORN_` and the key in
+    /// capitals (`OXICORN_WORKERS=4`), as gunicorn reads `GUNICORN_CMD_ARGS`.
+    pub fn env(&self) -> String {
+        format!("OXICORN_{}", self.key.to_ascii_uppercase())
     }
 
     /// Parses one value as typed by a user (a flag's argument, or a file value rendered to

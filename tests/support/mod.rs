@@ -55,6 +55,9 @@ impl Oxicorn {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_remove("OXICORN_TEST_BOOT_FAILURE")
+            // CI runs as root; the tests are about everything but the --user policy
+            // (tests/identity.rs tests that).
+            .env("OXICORN_ALLOW_ROOT", "true")
             .process_group(0);
         for (k, v) in env {
             cmd.env(k, v);
