@@ -7,9 +7,13 @@
 //! item, [`Line::TooLong`], so the reader never leaves its loop, and the rest of that line is
 //! discarded up to its newline without ever being buffered: memory stays bounded by the cap.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
 
 /// One item from the stream.
@@ -315,7 +319,7 @@ pub struct LineReader<R> {
     telnet: Option<Telnet>,
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
+impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Lines of at most `max` bytes from `io`.
     pub fn new(io: R, max: usize) -> LineReader<R> {
         LineReader {
@@ -339,10 +343,14 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
     /// The next line; `None` at the end of the stream (after the unterminated last line, if
     /// any). Cancel-safe: bytes read are kept in the buffer.
     ///
+    /// While it waits for the client, the reader holds no buffer, only what a partial line
+    /// needs (nothing, most of the time): a read goes into this thread's scratch buffer
+    /// ([`SCRATCH_BYTES`]) and what it brought is copied out at once (issue 13: an idle chat
+    /// member, or quote client, costs no read buffer).
+    ///
     /// # Errors
     /// What the stream returns.
     pub async fn next(&mut self) -> std::io::Result<Option<Line>> {
-        use tokio::io::AsyncReadExt;
         loop {
             if let Some(answer) = self.telnet.as_mut().and_then(|t| t.answers.pop_front()) {
                 return Ok(Some(answer));
@@ -353,24 +361,51 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
             if let Some(line) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(line));
             }
-            self.buf.reserve(4096);
-            let start = self.buf.len();
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                // Lines already returned may share this allocation: let them own it alone.
+                self.buf = BytesMut::new();
+            }
+            if self.read().await? == 0 {
                 self.eof = true;
                 if let Some(t) = &mut self.telnet {
                     t.end(&mut self.buf);
                 }
-            } else if let Some(t) = &mut self.telnet
-                && (t.state != State::Data
-                    || !t.held.is_empty()
-                    || t.mode == Mode::Undecided
-                    || self.buf[start..].contains(&IAC))
-            {
-                let read = self.buf.split_off(start);
-                t.filter(&read, &mut self.buf);
             }
         }
     }
+
+    /// Waits for the stream to be readable, reads into the scratch buffer and appends what
+    /// came (through the telnet filter, if any) to `buf`. Returns how many bytes were read.
+    async fn read(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut read = ReadBuf::new(scratch);
+                std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+                let data = read.filled();
+                match &mut self.telnet {
+                    Some(t)
+                        if t.state != State::Data
+                            || !t.held.is_empty()
+                            || t.mode == Mode::Undecided
+                            || data.contains(&IAC) =>
+                    {
+                        t.filter(data, &mut self.buf)
+                    }
+                    _ => self.buf.extend_from_slice(data),
+                }
+                Poll::Ready(Ok(data.len()))
+            })
+        })
+        .await
+    }
+}
+
+/// The size of each thread's read buffer for line services: one per worker, shared by all
+/// its connections (each read is copied out before the next one starts).
+pub const SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
 #[cfg(test)]
@@ -555,6 +590,35 @@ mod tests {
         );
         // And one opening with a lone 0xFF then data.
         assert_eq!(telnet(&[b"\xff", b"a\n"]), vec![text(b"\xffa")]);
+    }
+
+    /// Issue 13: a reader waiting for its client's next bytes holds no buffer, only what a
+    /// partial line needs.
+    #[test]
+    fn a_waiting_reader_holds_no_buffer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let mut reader = LineReader::telnet(server, 64 * 1024);
+            let wait = std::time::Duration::from_millis(20);
+            client.write_all(&[b'x'; 20_000]).await.unwrap();
+            client.write_all(b"\nsecond\n").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Some(text(&[b'x'; 20_000])));
+            assert_eq!(reader.next().await.unwrap(), Some(text(b"second")));
+            assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+            assert_eq!(reader.buf.capacity(), 0, "an idle reader keeps a buffer");
+            // A partial line is kept, and only that.
+            client.write_all(b"par").await.unwrap();
+            assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+            assert_eq!(&reader.buf[..], b"par");
+            assert!(reader.buf.capacity() < 64, "{}", reader.buf.capacity());
+            client.write_all(b"tial\n").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Some(text(b"partial")));
+        });
     }
 
     #[test]
