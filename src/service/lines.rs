@@ -3,9 +3,36 @@
 //! Why not tokio-util's `LinesCodec`: it refuses lines that are not UTF-8 (chat must show
 //! them with replacement characters instead), and after a too-long line `FramedRead` yields
 //! the error and then `None` once (tokio-util's `codec/framed_impl.rs`), so the usual
-//! `while let Some(line) = lines.next().await` loop ends on the first oversize line. Here a too-long line is an ordinary
-//! item, [`Line::TooLong`], so the reader never leaves its loop, and the rest of that line is
-//! discarded up to its newline without ever being buffered: memory stays bounded by the cap.
+//! `while let Some(line) = lines.next().await` loop ends on the first oversize line. Here a
+//! too-long line is an ordinary item, [`Line::TooLong`], so the reader never leaves its loop,
+//! and the rest of that line is discarded up to its newline without ever being buffered:
+//! memory stays bounded by the cap, and a reader waiting for its client holds no buffer at all
+//! ([`LineReader::next`]).
+//!
+//! # Telnet
+//!
+//! [`LineReader::telnet`] takes telnet commands out of a line service's input (RFC 854, 855),
+//! for services meant for telnet users (chat) that nc users share.
+//!
+//! **Which connections speak telnet.** A client that negotiates options (PuTTY, telnet
+//! clients on port 23) opens the connection with `IAC WILL/WONT/DO/DONT option` or
+//! `IAC SB`. Such a connection is a telnet connection for good: the whole command grammar is
+//! taken out of the stream — two-byte commands (`IAC NOP`, `IAC IP`, `IAC AYT`…) are dropped,
+//! `IAC IAC` is one 0xFF data byte, subnegotiations (`IAC SB … IAC SE`, of any length) are
+//! skipped without being buffered, and options are answered as a line-mode server that does
+//! none: `WILL x` gets `DONT x` and `DO x` gets `WONT x` ([`Line::Negotiation`]), except
+//! `DO TIMING-MARK`, which gets `WILL TIMING-MARK` ([`Line::TimingMark`]). `WONT` and `DONT`
+//! ask for what is already the case (every option is off) and get no answer (RFC 854: a
+//! request to enter a mode already in is not acknowledged, which also rules out loops). An
+//! `IAC` followed by a byte that is not a command (below 240) is no command RFC 854 defines:
+//! both bytes are kept as data rather than guessed at.
+//!
+//! **Every other connection** (nc, or netkit telnet on a non-telnet port, which negotiates
+//! nothing) is raw: its bytes are its user's, 0xFF included (text never contains 0xFF, as it
+//! is not valid UTF-8, so the service shows it as U+FFFD). Only what telnet sends mid-line
+//! without negotiating is taken out: `IAC` and one byte of NOP, DM, BRK, IP, AO, AYT, EC, EL
+//! or GA, dropped, and `IAC DO TIMING-MARK`, which telnet sends after IP when its user presses
+//! Ctrl-C and which is answered.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -29,7 +56,7 @@ pub enum Line {
     TimingMark,
     /// Telnet option negotiation to send back to the client as it is, in order with what
     /// else it is sent (refusals of the options it offered or asked for). Only from a reader
-    /// made with [`LineReader::telnet`], on a telnet connection (see [`Telnet`]).
+    /// made with [`LineReader::telnet`], on a telnet connection (see the module header).
     Negotiation(Bytes),
 }
 
@@ -77,28 +104,7 @@ enum Mode {
     Raw,
 }
 
-/// Takes telnet commands out of a line service's input (RFC 854, 855), for services meant for
-/// telnet users (chat) that nc users share.
-///
-/// **Which connections speak telnet.** A client that negotiates options (PuTTY, telnet
-/// clients on port 23) opens the connection with `IAC WILL/WONT/DO/DONT option` or
-/// `IAC SB`. Such a connection is a telnet connection for good: the whole command grammar is
-/// taken out of the stream — two-byte commands (`IAC NOP`, `IAC IP`, `IAC AYT`…) are dropped,
-/// `IAC IAC` is one 0xFF data byte, subnegotiations (`IAC SB … IAC SE`, of any length) are
-/// skipped without being buffered, and options are answered as a line-mode server that does
-/// none: `WILL x` gets `DONT x` and `DO x` gets `WONT x` ([`Line::Negotiation`]), except
-/// `DO TIMING-MARK`, which gets `WILL TIMING-MARK` ([`Line::TimingMark`]). `WONT` and `DONT`
-/// ask for what is already the case (every option is off) and get no answer (RFC 854: a
-/// request to enter a mode already in is not acknowledged, which also rules out loops). An
-/// `IAC` followed by a byte that is not a command (below 240) is no command RFC 854 defines:
-/// both bytes are kept as data rather than guessed at.
-///
-/// **Every other connection** (nc, or netkit telnet on a non-telnet port, which negotiates
-/// nothing) is raw: its bytes are its user's, 0xFF included (text never contains 0xFF, as it
-/// is not valid UTF-8, so the service shows it as U+FFFD). Only what telnet sends mid-line
-/// without negotiating is taken out: `IAC` and one byte of NOP, DM, BRK, IP, AO, AYT, EC, EL
-/// or GA, dropped, and `IAC DO TIMING-MARK`, which telnet sends after IP when its user presses
-/// Ctrl-C and which is answered.
+/// Takes telnet commands out of a line service's input: see the module header, # Telnet.
 #[derive(Debug, Default)]
 struct Telnet {
     mode: Mode,
@@ -331,8 +337,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
-    /// As [`LineReader::new`], and telnet commands are taken out of the stream, as [`Telnet`]
-    /// describes; [`Line::TimingMark`] and [`Line::Negotiation`] report what needs an answer.
+    /// As [`LineReader::new`], and telnet commands are taken out of the stream, as the module
+    /// header describes; [`Line::TimingMark`] and [`Line::Negotiation`] report what needs an answer.
     pub fn telnet(io: R, max: usize) -> LineReader<R> {
         LineReader {
             telnet: Some(Telnet::default()),
