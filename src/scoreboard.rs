@@ -61,6 +61,24 @@ pub struct Slot {
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
+impl Slot {
+    /// A zeroed slot outside the shared mapping, for a service run outside a worker (see
+    /// [`crate::service::ConnContext::detached`]); the arbiter never reads it.
+    pub const fn new() -> Slot {
+        Slot {
+            pid: AtomicU32::new(0),
+            state: AtomicU32::new(0),
+            last_beat_ms: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            active_conns: AtomicU32::new(0),
+            _pad: 0,
+            accepted: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+}
+
 /// The shared mapping. Created once by the arbiter and leaked, so `&'static Slot` references
 /// stay valid in the arbiter and in every forked worker for the life of the process.
 pub struct Scoreboard {

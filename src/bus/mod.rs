@@ -1,6 +1,11 @@
 //! The bus: every message and every piece of state that crosses workers goes through here.
 //! No service opens its own pipe to a sibling.
 //!
+//! It knows no service: keys, topics and values are opaque (chat and quote choose theirs),
+//! and nothing here imports `service`, `worker` or `arbiter`, except the hub's process boot
+//! (`hub/boot.rs`: child start, signals, heartbeat, ready message), which is shared with the
+//! workers and kept in that one file.
+//!
 //! What services get is [`Bus`], a few operations that a Redis deployment can offer as well:
 //!
 //! | operation | chat / quote use | embedded hub | Redis (later) |
@@ -87,7 +92,7 @@ pub fn show_address(addr: &std::path::Path) -> String {
     addr.to_string_lossy().replacen('\0', "@", 1)
 }
 
-/// The bus as services see it. An enum that delegates (like [`crate::service::Service`]), so a
+/// The bus as services see it. An enum that delegates (like the services' `Service`), so a
 /// `Redis` variant can join `Embedded` without touching the services.
 #[derive(Clone)]
 pub enum Bus {

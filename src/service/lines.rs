@@ -3,13 +3,44 @@
 //! Why not tokio-util's `LinesCodec`: it refuses lines that are not UTF-8 (chat must show
 //! them with replacement characters instead), and after a too-long line `FramedRead` yields
 //! the error and then `None` once (tokio-util's `codec/framed_impl.rs`), so the usual
-//! `while let Some(line) = lines.next().await` loop ends on the first oversize line. Here a too-long line is an ordinary
-//! item, [`Line::TooLong`], so the reader never leaves its loop, and the rest of that line is
-//! discarded up to its newline without ever being buffered: memory stays bounded by the cap.
+//! `while let Some(line) = lines.next().await` loop ends on the first oversize line. Here a
+//! too-long line is an ordinary item, [`Line::TooLong`], so the reader never leaves its loop,
+//! and the rest of that line is discarded up to its newline without ever being buffered:
+//! memory stays bounded by the cap, and a reader waiting for its client holds no buffer at all
+//! ([`LineReader::next`]).
+//!
+//! # Telnet
+//!
+//! [`LineReader::telnet`] takes telnet commands out of a line service's input (RFC 854, 855),
+//! for services meant for telnet users (chat) that nc users share.
+//!
+//! **Which connections speak telnet.** A client that negotiates options (PuTTY, telnet
+//! clients on port 23) opens the connection with `IAC WILL/WONT/DO/DONT option` or
+//! `IAC SB`. Such a connection is a telnet connection for good: the whole command grammar is
+//! taken out of the stream — two-byte commands (`IAC NOP`, `IAC IP`, `IAC AYT`…) are dropped,
+//! `IAC IAC` is one 0xFF data byte, subnegotiations (`IAC SB … IAC SE`, of any length) are
+//! skipped without being buffered, and options are answered as a line-mode server that does
+//! none: `WILL x` gets `DONT x` and `DO x` gets `WONT x` ([`Line::Negotiation`]), except
+//! `DO TIMING-MARK`, which gets `WILL TIMING-MARK` ([`Line::TimingMark`]). `WONT` and `DONT`
+//! ask for what is already the case (every option is off) and get no answer (RFC 854: a
+//! request to enter a mode already in is not acknowledged, which also rules out loops). An
+//! `IAC` followed by a byte that is not a command (below 240) is no command RFC 854 defines:
+//! both bytes are kept as data rather than guessed at.
+//!
+//! **Every other connection** (nc, or netkit telnet on a non-telnet port, which negotiates
+//! nothing) is raw: its bytes are its user's, 0xFF included (text never contains 0xFF, as it
+//! is not valid UTF-8, so the service shows it as U+FFFD). Only what telnet sends mid-line
+//! without negotiating is taken out: `IAC` and one byte of NOP, DM, BRK, IP, AO, AYT, EC, EL
+//! or GA, dropped, and `IAC DO TIMING-MARK`, which telnet sends after IP when its user presses
+//! Ctrl-C and which is answered.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
 
 /// One item from the stream.
@@ -25,7 +56,7 @@ pub enum Line {
     TimingMark,
     /// Telnet option negotiation to send back to the client as it is, in order with what
     /// else it is sent (refusals of the options it offered or asked for). Only from a reader
-    /// made with [`LineReader::telnet`], on a telnet connection (see `Telnet`).
+    /// made with [`LineReader::telnet`], on a telnet connection (see the module header).
     Negotiation(Bytes),
 }
 
@@ -73,28 +104,7 @@ enum Mode {
     Raw,
 }
 
-/// Takes telnet commands out of a line service's input (RFC 854, 855), for services meant for
-/// telnet users (chat) that nc users share.
-///
-/// **Which connections speak telnet.** A client that negotiates options (PuTTY, telnet
-/// clients on port 23) opens the connection with `IAC WILL/WONT/DO/DONT option` or
-/// `IAC SB`. Such a connection is a telnet connection for good: the whole command grammar is
-/// taken out of the stream — two-byte commands (`IAC NOP`, `IAC IP`, `IAC AYT`…) are dropped,
-/// `IAC IAC` is one 0xFF data byte, subnegotiations (`IAC SB … IAC SE`, of any length) are
-/// skipped without being buffered, and options are answered as a line-mode server that does
-/// none: `WILL x` gets `DONT x` and `DO x` gets `WONT x` ([`Line::Negotiation`]), except
-/// `DO TIMING-MARK`, which gets `WILL TIMING-MARK` ([`Line::TimingMark`]). `WONT` and `DONT`
-/// ask for what is already the case (every option is off) and get no answer (RFC 854: a
-/// request to enter a mode already in is not acknowledged, which also rules out loops). An
-/// `IAC` followed by a byte that is not a command (below 240) is no command RFC 854 defines:
-/// both bytes are kept as data rather than guessed at.
-///
-/// **Every other connection** (nc, or netkit telnet on a non-telnet port, which negotiates
-/// nothing) is raw: its bytes are its user's, 0xFF included (text never contains 0xFF, as it
-/// is not valid UTF-8, so the service shows it as U+FFFD). Only what telnet sends mid-line
-/// without negotiating is taken out: `IAC` and one byte of NOP, DM, BRK, IP, AO, AYT, EC, EL
-/// or GA, dropped, and `IAC DO TIMING-MARK`, which telnet sends after IP when its user presses
-/// Ctrl-C and which is answered.
+/// Takes telnet commands out of a line service's input: see the module header, # Telnet.
 #[derive(Debug, Default)]
 struct Telnet {
     mode: Mode,
@@ -315,7 +325,7 @@ pub struct LineReader<R> {
     telnet: Option<Telnet>,
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
+impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Lines of at most `max` bytes from `io`.
     pub fn new(io: R, max: usize) -> LineReader<R> {
         LineReader {
@@ -327,8 +337,8 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
         }
     }
 
-    /// As [`LineReader::new`], and telnet commands are taken out of the stream, as `Telnet`
-    /// describes; [`Line::TimingMark`] and [`Line::Negotiation`] report what needs an answer.
+    /// As [`LineReader::new`], and telnet commands are taken out of the stream, as the module
+    /// header describes; [`Line::TimingMark`] and [`Line::Negotiation`] report what needs an answer.
     pub fn telnet(io: R, max: usize) -> LineReader<R> {
         LineReader {
             telnet: Some(Telnet::default()),
@@ -339,10 +349,14 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
     /// The next line; `None` at the end of the stream (after the unterminated last line, if
     /// any). Cancel-safe: bytes read are kept in the buffer.
     ///
+    /// While it waits for the client, the reader holds no buffer, only what a partial line
+    /// needs (nothing, most of the time): a read goes into this thread's scratch buffer
+    /// ([`SCRATCH_BYTES`]) and what it brought is copied out at once (issue 13: an idle chat
+    /// member, or quote client, costs no read buffer).
+    ///
     /// # Errors
     /// What the stream returns.
     pub async fn next(&mut self) -> std::io::Result<Option<Line>> {
-        use tokio::io::AsyncReadExt;
         loop {
             if let Some(answer) = self.telnet.as_mut().and_then(|t| t.answers.pop_front()) {
                 return Ok(Some(answer));
@@ -353,24 +367,51 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
             if let Some(line) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(line));
             }
-            self.buf.reserve(4096);
-            let start = self.buf.len();
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                // Lines already returned may share this allocation: let them own it alone.
+                self.buf = BytesMut::new();
+            }
+            if self.read().await? == 0 {
                 self.eof = true;
                 if let Some(t) = &mut self.telnet {
                     t.end(&mut self.buf);
                 }
-            } else if let Some(t) = &mut self.telnet
-                && (t.state != State::Data
-                    || !t.held.is_empty()
-                    || t.mode == Mode::Undecided
-                    || self.buf[start..].contains(&IAC))
-            {
-                let read = self.buf.split_off(start);
-                t.filter(&read, &mut self.buf);
             }
         }
     }
+
+    /// Waits for the stream to be readable, reads into the scratch buffer and appends what
+    /// came (through the telnet filter, if any) to `buf`. Returns how many bytes were read.
+    async fn read(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut read = ReadBuf::new(scratch);
+                std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+                let data = read.filled();
+                match &mut self.telnet {
+                    Some(t)
+                        if t.state != State::Data
+                            || !t.held.is_empty()
+                            || t.mode == Mode::Undecided
+                            || data.contains(&IAC) =>
+                    {
+                        t.filter(data, &mut self.buf)
+                    }
+                    _ => self.buf.extend_from_slice(data),
+                }
+                Poll::Ready(Ok(data.len()))
+            })
+        })
+        .await
+    }
+}
+
+/// The size of each thread's read buffer for line services: one per worker, shared by all
+/// its connections (each read is copied out before the next one starts).
+pub const SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
 #[cfg(test)]
@@ -555,6 +596,35 @@ mod tests {
         );
         // And one opening with a lone 0xFF then data.
         assert_eq!(telnet(&[b"\xff", b"a\n"]), vec![text(b"\xffa")]);
+    }
+
+    /// Issue 13: a reader waiting for its client's next bytes holds no buffer, only what a
+    /// partial line needs.
+    #[test]
+    fn a_waiting_reader_holds_no_buffer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let mut reader = LineReader::telnet(server, 64 * 1024);
+            let wait = std::time::Duration::from_millis(20);
+            client.write_all(&[b'x'; 20_000]).await.unwrap();
+            client.write_all(b"\nsecond\n").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Some(text(&[b'x'; 20_000])));
+            assert_eq!(reader.next().await.unwrap(), Some(text(b"second")));
+            assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+            assert_eq!(reader.buf.capacity(), 0, "an idle reader keeps a buffer");
+            // A partial line is kept, and only that.
+            client.write_all(b"par").await.unwrap();
+            assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+            assert_eq!(&reader.buf[..], b"par");
+            assert!(reader.buf.capacity() < 64, "{}", reader.buf.capacity());
+            client.write_all(b"tial\n").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Some(text(b"partial")));
+        });
     }
 
     #[test]

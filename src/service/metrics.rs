@@ -19,6 +19,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Reports nowhere anyone reads: for a service run outside a worker (tests, a program
+    /// that drives a service itself).
+    pub fn detached() -> Metrics {
+        static NOWHERE: Slot = Slot::new();
+        Metrics { slot: &NOWHERE }
+    }
+
     /// Reports into `slot`, the worker's own scoreboard slot.
     pub fn new(slot: &'static Slot) -> Metrics {
         Metrics { slot }

@@ -41,6 +41,21 @@ pub struct ConnContext {
     pub listener: usize,
 }
 
+impl ConnContext {
+    /// A context for a connection served outside a worker (a test, or a program driving a
+    /// service itself): no idle timeout, metrics that go nowhere, never closed to make room.
+    pub fn detached(peer: Peer, stop: CancellationToken) -> ConnContext {
+        ConnContext {
+            peer,
+            stop,
+            idle_timeout: None,
+            metrics: metrics::Metrics::detached(),
+            reclaim: reclaim::Reclaim::detached(),
+            listener: 0,
+        }
+    }
+}
+
 /// What the accept loop runs for each connection. Implemented by [`Service`] (the built-in
 /// protocols); the accept loop is generic over it so it can be exercised with any handler.
 ///

@@ -10,13 +10,21 @@ use super::text::{check_name, clean};
 use super::{Chat, KEY_PREFIX, TOPIC};
 use crate::bus::BusError;
 use crate::net::Stream;
+use crate::service::ConnContext;
 use crate::service::lines::{Line, LineReader, TIMING_MARK_REPLY};
-use crate::service::{ConnContext, idle};
 
 /// A member that has a name.
 pub(super) struct Joined {
     name: String,
     key: String,
+}
+
+/// Ends after `limit`, or never.
+async fn idle_deadline(limit: Option<std::time::Duration>) {
+    match limit {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Chat {
@@ -34,7 +42,12 @@ impl Chat {
         let mut lines = LineReader::telnet(rd, self.max_line);
         loop {
             let line = tokio::select! {
-                l = idle(ctx.idle_timeout, lines.next()) => l?,
+                l = lines.next() => l?,
+                // As `service::idle`, without the copy of the read future an async wrapper
+                // keeps: this select is what every idle member holds.
+                () = idle_deadline(ctx.idle_timeout) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
                 // A graceful stop or a reload retires this worker: a chat connection never
                 // finishes by itself, so end it now (the others see a leave notice) rather
                 // than hold the worker until the graceful timeout cuts it.
@@ -66,7 +79,7 @@ impl Chat {
             };
             match joined {
                 None => {
-                    if let Some(j) = self.choose_name(id, &bytes).await {
+                    if let Some(j) = Box::pin(self.choose_name(id, &bytes)).await {
                         tracing::debug!(peer = %ctx.peer, member = id, name = %j.name, "chat member joined");
                         let notice = Bytes::from(format!("* {} joined\r\n", j.name));
                         let welcome = format!(
@@ -80,13 +93,18 @@ impl Chat {
                         // before this member learns it joined: whoever joins after that is
                         // not told about this member twice (by the notice and by being late).
                         // If the bus is away the member joins anyway; the notice follows.
-                        self.broadcast(id, notice).await;
-                        let _ = self.bus.sync().await;
+                        Box::pin(async {
+                            self.broadcast(id, notice).await;
+                            let _ = self.bus.sync().await;
+                        })
+                        .await;
                         self.reply(id, welcome);
                     }
                 }
                 Some(j) => {
-                    if !self.said(id, j, &bytes).await {
+                    // Boxed: the bus requests a line may make are large futures, and inline they
+                    // would make every idle member's future as large (issue 13).
+                    if !Box::pin(self.said(id, j, &bytes)).await {
                         return Ok(());
                     }
                 }

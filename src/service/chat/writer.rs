@@ -14,9 +14,6 @@ use crate::net::Stream;
 /// socket has room ("if it can be written").
 const NOTICE_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// A writer that goes idle with a larger buffer than this gives it back.
-const IDLE_BUFFER: usize = 4096;
-
 /// Sends the seat's member what is due for it ([`Room::gather`]), one batch per write, until it is
 /// closed and everything due is sent (then the socket's write side is shut) or it is kicked (a
 /// final notice, if the socket takes it).
@@ -25,8 +22,9 @@ pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
     let id = seat.id();
     let kick = &seat.kick;
     let ready = &seat.ready;
-    // Grows to a batch under load; given back when the member goes quiet (below), so a
-    // thousand idle members do not each keep a batch-sized buffer.
+    // Grows to a batch under load; given back whenever the member is up to date (below), so
+    // a member waiting for the room costs no buffer (issue 13). Under load the writer rarely
+    // finds nothing due, and an allocation is cheap beside the write it goes with.
     let mut buf = BytesMut::new();
     // Whether the last byte written ended a line: the final notice must start on its own.
     let mut at_line_start = true;
@@ -40,7 +38,7 @@ pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
                 let _ = wr.shutdown().await;
                 return;
             }
-            if buf.capacity() > IDLE_BUFFER {
+            if buf.capacity() > 0 {
                 buf = BytesMut::new();
             }
             tokio::select! {

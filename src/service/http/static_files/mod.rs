@@ -141,15 +141,8 @@ mod memory {
                 .await
                 .unwrap();
             let stream = crate::net::Stream::Tcp(c);
-            let slot: &'static crate::scoreboard::Slot = Box::leak(Box::default());
-            let ctx = crate::service::ConnContext {
-                reclaim: crate::service::reclaim::Reclaim::detached(),
-                listener: 0,
-                peer: crate::net::Peer::Unix,
-                stop: Default::default(),
-                idle_timeout: None,
-                metrics: crate::service::metrics::Metrics::new(slot),
-            };
+            let ctx =
+                crate::service::ConnContext::detached(crate::net::Peer::Unix, Default::default());
             let dir = tempfile::tempdir().unwrap();
             let cfg = crate::config::StaticConfig {
                 root: dir.path().into(),
