@@ -7,7 +7,6 @@
 //! Kept in this one file (signals, child start, heartbeat, ready message) so the process boot
 //! can move onto a layer shared with the workers without touching the rest of the hub.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
@@ -63,7 +62,7 @@ async fn serve(boot: HubBoot) -> i32 {
 
     // A first start has nothing to recover: no worker holds a name yet.
     let awaited = restart.then(|| workers.into_iter().collect());
-    let hub = Arc::new(Mutex::new(Hub::new(HashMap::new(), awaited)));
+    let hub = Arc::new(Mutex::new(Hub::new(awaited)));
     if restart {
         // Ends when recovery does; nothing else to close.
         tokio::spawn(recovery::recovery(Arc::clone(&hub), arbiter, recovery_cap));
@@ -87,11 +86,10 @@ async fn serve(boot: HubBoot) -> i32 {
     }
     drop(ready_tx);
 
-    let serving = conn::accept_loop(listener, Arc::clone(&hub));
-    tokio::pin!(serving);
+    // Accepts for as long as the hub runs; it ends with the runtime.
+    tokio::spawn(conn::accept_loop(listener, hub));
     loop {
         tokio::select! {
-            () = &mut serving => {}
             _ = term.recv() => return 0,
             () = orphaned.cancelled() => {
                 tracing::warn!("the arbiter ({arbiter}) is gone: the hub stops");
