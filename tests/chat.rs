@@ -698,6 +698,29 @@ fn ctrl_c_in_a_terminal_stops_the_chat_without_warnings() {
     assert_no_warnings(&s);
 }
 
+/// A service manager stopping the whole process group (systemd's default `KillMode` sends
+/// TERM to every process): the workers drain while the hub, which ignores a TERM while the
+/// arbiter lives, keeps the bus up for them; the arbiter stops it last. Nobody warns.
+#[test]
+fn term_to_the_whole_group_stops_the_chat_in_order_without_warnings() {
+    let (mut s, addr) = start(2, &[]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (_b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+    nix::sys::signal::killpg(Pid::from_raw(s.pid), Signal::SIGTERM).unwrap();
+    drop(a);
+    drop(_b);
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success(), "{status:?}");
+    assert_no_warnings(&s);
+    assert!(
+        s.lines()
+            .iter()
+            .any(|l| l.contains("hub") && l.contains("exited"))
+    );
+}
+
 /// Issue 11: PuTTY (and telnet on port 23) opens with option negotiation. It used to get "a
 /// name must be valid UTF-8" for its first line; now every option is refused as a line-mode
 /// server does, and the name that follows is taken.

@@ -123,13 +123,16 @@ impl Arbiter {
         );
     }
 
-    /// During a stop, once every worker is gone: stops the hub (TERM; the child table sends
+    /// During a stop, once every worker is gone: stops the hub (QUIT; the child table sends
     /// SIGKILL after [`HUB_STOP_GRACE`]). True when no hub is left.
     pub(super) fn hub_stopped(&mut self) -> bool {
         let Some(pid) = self.hub().map(|c| c.pid) else {
             return true;
         };
-        self.stop_child(pid, Signal::SIGTERM);
+        // QUIT, not TERM: the hub ignores a TERM while we are alive, since a service manager
+        // that stops the whole group (systemd's default) sends TERM to it too, and the hub
+        // must outlive the draining workers (bus/hub/boot.rs).
+        self.stop_child(pid, Signal::SIGQUIT);
         false
     }
 }

@@ -6,7 +6,6 @@
 //! process group) to the arbiter, which stops the workers first and the hub last: draining
 //! workers may still use the bus.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::net::UnixListener;
@@ -43,7 +42,7 @@ async fn serve(boot: HubBoot, mut child: Child) -> i32 {
 
     // A first start has nothing to recover: no worker holds a name yet.
     let awaited = restart.then(|| workers.into_iter().collect());
-    let hub = Arc::new(Mutex::new(Hub::new(HashMap::new(), awaited)));
+    let hub = Arc::new(Mutex::new(Hub::new(awaited)));
     if restart {
         // Ends when recovery does; nothing else to close.
         tokio::spawn(recovery::recovery(Arc::clone(&hub), arbiter, recovery_cap));
@@ -58,12 +57,20 @@ async fn serve(boot: HubBoot, mut child: Child) -> i32 {
     }
 
     let signals = &mut child.signals;
-    let serving = conn::accept_loop(listener, Arc::clone(&hub));
-    tokio::pin!(serving);
+    // Accepts for as long as the hub runs; it ends with the runtime.
+    tokio::spawn(conn::accept_loop(listener, hub));
     loop {
         tokio::select! {
-            () = &mut serving => {}
-            _ = signals.term.recv() => return 0,
+            // The arbiter stops the hub with QUIT, after the last worker. A TERM comes from
+            // elsewhere: a service manager stopping the whole process group (systemd's default
+            // KillMode) while the workers still drain and use the bus, or the parent-death
+            // signal when the arbiter died. Only the latter ends the hub.
+            _ = signals.term.recv() => {
+                if nix::unistd::getppid() != arbiter {
+                    return 0;
+                }
+                tracing::debug!("hub: TERM ignored; the arbiter stops the hub after the workers");
+            }
             () = orphaned.cancelled() => {
                 tracing::warn!("the arbiter ({arbiter}) is gone: the hub stops");
                 return 0;

@@ -68,14 +68,15 @@ pub(super) enum RecoveryEnd {
 }
 
 impl Hub {
-    /// A hub with `values`; recovering when `awaited` lists the workers to wait for (on a
-    /// restart), unless that list is empty.
-    pub(super) fn new(values: HashMap<String, (u64, Bytes)>, awaited: Option<HashSet<u32>>) -> Hub {
+    /// An empty hub (values come from the workers: seeds, swaps, and their hellos after a
+    /// restart); recovering when `awaited` lists the workers to wait for (on a restart),
+    /// unless that list is empty.
+    pub(super) fn new(awaited: Option<HashSet<u32>>) -> Hub {
         let mut hub = Hub {
             next_conn: 0,
             conns: HashMap::new(),
             names: HashMap::new(),
-            values,
+            values: HashMap::new(),
             recovering: awaited.is_some(),
             parked: Vec::new(),
             awaited: awaited.unwrap_or_default(),
@@ -288,7 +289,7 @@ pub(super) mod tests {
 
     /// A hub; restarted (recovering) when `awaited` lists the workers alive at its fork.
     pub(crate) fn hub(awaited: Option<&[u32]>) -> Hub {
-        Hub::new(HashMap::new(), awaited.map(|p| p.iter().copied().collect()))
+        Hub::new(awaited.map(|p| p.iter().copied().collect()))
     }
 
     fn hello(worker: u32, reservations: Vec<Reservation>) -> Up {

@@ -154,6 +154,17 @@ impl Member {
         }
     }
 
+    /// Up to date: gives back the queues' allocations, so a member that waits for the room
+    /// costs only this struct (issue 13).
+    fn release_idle(&mut self) {
+        if self.replies.is_empty() && self.replies.capacity() > 0 {
+            self.replies = VecDeque::new();
+        }
+        if self.own.is_empty() && self.own.capacity() > 0 {
+            self.own = VecDeque::new();
+        }
+    }
+
     fn wake(&mut self) {
         if self.waiting {
             self.waiting = false;
@@ -218,9 +229,12 @@ impl Room {
         let st = &mut *guard;
         let m = st.members.get_mut(&id)?;
         m.gather(&st.log, buf);
-        if buf.is_empty() && !m.closed && !m.waiting {
-            m.waiting = true;
-            st.waiting.push(id);
+        if buf.is_empty() {
+            m.release_idle();
+            if !m.closed && !m.waiting {
+                m.waiting = true;
+                st.waiting.push(id);
+            }
         }
         Some(m.closed)
     }

@@ -28,6 +28,7 @@ async fn idle_deadline(limit: Option<std::time::Duration>) {
 }
 
 impl Chat {
+    /// Reads the member's lines until it quits, disconnects or the worker stops.
     pub(super) async fn session(
         &self,
         id: u64,
