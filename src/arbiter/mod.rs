@@ -56,6 +56,10 @@ use workers::{Boot, PhaseKind};
 /// is killed within `--timeout` plus this.
 const TICK: Duration = Duration::from_secs(1);
 
+/// With `--max-requests` or `--max-worker-memory`, the loop looks at the workers' counts and
+/// memory at least this often (a few reads of shared memory and `/proc` per worker).
+const RECYCLE_TICK: Duration = Duration::from_millis(200);
+
 /// After a fast stop (INT/QUIT), how long workers get before SIGKILL.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -103,7 +107,7 @@ impl Phase {
     fn kind(&self) -> PhaseKind {
         match self {
             Phase::Running => PhaseKind::Running,
-            Phase::Reloading(_) => PhaseKind::Reloading,
+            Phase::Reloading(_) => PhaseKind::Rolling,
             Phase::Stopping(_) => PhaseKind::Stopping,
         }
     }
@@ -162,8 +166,14 @@ pub struct Arbiter {
     children: Children,
     /// How many workers of the current generation to keep.
     target: usize,
-    /// Bumped by every reload; workers of older generations are retired.
+    /// The generation new workers are started in; workers of other generations are
+    /// replaced. A rollback goes back to the previous one.
     generation: u64,
+    /// The highest generation ever started: a new roll takes the next one, so it never shares
+    /// a number with a rolled-back generation's workers still draining.
+    generations: u64,
+    /// Draws each worker's `--max-requests-jitter`.
+    jitter: workers::Jitter,
     /// Spawn counter: lower is older (for "oldest first").
     spawned: u64,
     boot: Boot,
@@ -252,6 +262,8 @@ pub fn run(
         scoreboard,
         children: Children::new(),
         generation: 1,
+        generations: 1,
+        jitter: workers::Jitter::seeded(),
         spawned: 0,
         boot: Boot::default(),
         phase: Phase::Running,
@@ -300,7 +312,12 @@ impl Arbiter {
     /// Waits for an event source to be readable, or the next deadline (at most [`TICK`]);
     /// returns the readable ones.
     fn wait(&mut self) -> Vec<Event> {
-        let mut timeout = TICK;
+        let mut timeout =
+            if self.config.max_requests.is_some() || self.config.max_worker_memory.is_some() {
+                RECYCLE_TICK
+            } else {
+                TICK
+            };
         for at in [self.boot.retry_at, self.hub.retry_at]
             .into_iter()
             .flatten()

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::pidfile::{self, Pidfile, PidfileError};
-use super::workers::Boot;
+use super::workers::{Boot, RollbackWhy};
 use super::{Arbiter, Phase};
 use crate::config::{Config, ConfigError};
 use crate::net::BindAddr;
@@ -144,7 +144,8 @@ impl Arbiter {
         });
         self.target = new.workers;
         self.config = Arc::new(new);
-        self.generation += 1;
+        self.generations += 1;
+        self.generation = self.generations;
         self.boot = Boot::default();
         tracing::info!(
             "reload: starting generation {} with {} worker(s)",
@@ -154,9 +155,9 @@ impl Arbiter {
         Ok(())
     }
 
-    /// Every new worker is ready and the old ones were told to stop: close the listeners the
+    /// Every new worker is ready and the old ones were retired: close the listeners the
     /// reload dropped and go back to running.
-    pub(super) fn complete_reload(&mut self, ready: usize, retired: usize) {
+    pub(super) fn complete_roll(&mut self, ready: usize) {
         let Phase::Reloading(reload) = std::mem::replace(&mut self.phase, Phase::Running) else {
             return;
         };
@@ -167,10 +168,9 @@ impl Arbiter {
             l.remove_socket_file();
         }
         tracing::info!(
-            "reload complete: generation {} serving with {} worker(s); {} old worker(s) draining",
+            "reload complete: generation {} serving with {} worker(s)",
             self.generation,
-            ready,
-            retired
+            ready
         );
         self.set_title();
         if reload.hup_pending {
@@ -178,17 +178,14 @@ impl Arbiter {
         }
     }
 
-    /// The new generation never booted (its workers were just killed): keep the old one, as
-    /// if the HUP had not happened.
-    pub(super) fn rollback_reload(&mut self) {
+    /// The new generation did not boot (its booting workers were just killed): go back to the
+    /// previous configuration. Old workers still serving stay; any the roll retired already
+    /// are replaced, and new ones that got ready are retired, by the same rolling plan.
+    pub(super) fn rollback_roll(&mut self, why: RollbackWhy) {
         let Phase::Reloading(reload) = std::mem::replace(&mut self.phase, Phase::Running) else {
             return;
         };
-        tracing::error!(
-            "reload failed: the new workers did not boot ({} attempts); keeping the previous \
-             configuration and workers",
-            self.boot.failures
-        );
+        tracing::error!("reload failed: {why}; keeping the previous configuration and workers");
         let (keep, drop_new): (Vec<Listener>, Vec<Listener>) = std::mem::take(&mut self.listeners)
             .into_iter()
             .partition(|l| !reload.added.contains(&l.addr));
