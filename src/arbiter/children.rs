@@ -469,7 +469,9 @@ impl Arbiter {
                 }
             };
             let Some(c) = self.children.remove(&pid) else {
-                tracing::debug!(pid, "reaped a child that is not ours");
+                if !self.on_check_exit(pid, exit) {
+                    tracing::debug!(pid, "reaped a child that is not ours");
+                }
                 continue;
             };
             self.scoreboard.release(c.slot);

@@ -57,6 +57,11 @@ impl Arbiter {
                 reload.hup_pending = true;
                 return;
             }
+            Phase::Upgrading(up) => {
+                tracing::info!("HUP: an upgrade is in progress; this reload runs when it ends");
+                up.hup_pending = true;
+                return;
+            }
             Phase::Running => {}
         }
         tracing::info!("HUP: reloading the configuration");
@@ -66,6 +71,8 @@ impl Arbiter {
             .and_then(|new| self.apply_reload(new));
         if let Err(err) = result {
             tracing::error!("reload refused: {err}; still running the previous configuration");
+        } else {
+            self.notify_reloading();
         }
     }
 
@@ -158,6 +165,9 @@ impl Arbiter {
     /// Every new worker is ready and the old ones were retired: close the listeners the
     /// reload dropped and go back to running.
     pub(super) fn complete_roll(&mut self, ready: usize) {
+        if matches!(self.phase, Phase::Upgrading(_)) {
+            return self.complete_upgrade(ready);
+        }
         let Phase::Reloading(reload) = std::mem::replace(&mut self.phase, Phase::Running) else {
             return;
         };
@@ -173,6 +183,7 @@ impl Arbiter {
             ready
         );
         self.set_title();
+        self.notify_ready();
         if reload.hup_pending {
             self.handle_hup();
         }
@@ -182,6 +193,9 @@ impl Arbiter {
     /// previous configuration. Old workers still serving stay; any the roll retired already
     /// are replaced, and new ones that got ready are retired, by the same rolling plan.
     pub(super) fn rollback_roll(&mut self, why: RollbackWhy) {
+        if matches!(self.phase, Phase::Upgrading(_)) {
+            return self.rollback_upgrade(why.to_string());
+        }
         let Phase::Reloading(reload) = std::mem::replace(&mut self.phase, Phase::Running) else {
             return;
         };
@@ -208,6 +222,7 @@ impl Arbiter {
             ..Boot::default()
         };
         self.set_title();
+        self.notify_ready();
         if reload.hup_pending {
             self.handle_hup();
         }

@@ -164,6 +164,32 @@ impl Listener {
         &self.addr == addr || &self.bound == addr
     }
 
+    /// The Unix socket file this listener created, as (path, device, inode): what a binary
+    /// upgrade hands over with the descriptor so the new image still removes it on exit.
+    pub fn created_file(&self) -> Option<&(PathBuf, u64, u64)> {
+        self.created_file.as_ref()
+    }
+
+    /// Rebuilds a listener handed over across `execve` by a binary upgrade: the descriptor is
+    /// already bound and listening, the rest is what [`Listener`]'s fields said before.
+    pub fn from_parts(
+        addr: BindAddr,
+        bound: BindAddr,
+        local: String,
+        kind: ListenerKind,
+        fd: OwnedFd,
+        created_file: Option<(PathBuf, u64, u64)>,
+    ) -> Listener {
+        Listener {
+            addr,
+            bound,
+            local,
+            kind,
+            fd,
+            created_file,
+        }
+    }
+
     /// Removes the socket file this listener created, if it is still the one we created.
     pub fn remove_socket_file(&self) {
         if let Some((path, dev, ino)) = &self.created_file
