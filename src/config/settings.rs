@@ -182,7 +182,7 @@ pub static SETTINGS: &[Setting] = &[
         ty: Type::Binds,
         default: Default::Text("127.0.0.1:8000"),
         value_name: "ADDR",
-        help: "Listen here: HOST:PORT, [IPV6]:PORT, :PORT (all interfaces), unix:PATH or fd://N; repeatable",
+        help: "Listen here: HOST:PORT, [IPV6]:PORT, :PORT (all interfaces), unix:PATH, fd://N or systemd:NAME (socket activation); repeatable",
     },
     Setting {
         key: "workers",
