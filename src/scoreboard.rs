@@ -16,6 +16,9 @@ use memmap2::MmapMut;
 /// overlap of a reload, plus room for helper processes.
 pub const SLOTS: usize = 2 * crate::config::MAX_WORKERS + 16;
 
+/// The scoreboard's size in bytes: a binary upgrade adopts only a memfd of this size.
+pub const BYTES: u64 = (SLOTS * std::mem::size_of::<Slot>()) as u64;
+
 /// The bus hub's slot: the last one. [`Scoreboard::claim_worker`] never hands it out, so a
 /// hub and a worker can never share a heartbeat.
 pub const HUB_SLOT: usize = SLOTS - 1;

@@ -332,6 +332,13 @@ pub fn resume(
             source: io::Error::other(err),
         }
     };
+    if !handover.scoreboard_fits() {
+        return Err(give_up(
+            &handover,
+            "the scoreboard",
+            "its layout differs from this build's".into(),
+        ));
+    }
     let Some((board, ready_rx, ready_tx)) = handover.take_fds() else {
         return Err(give_up(
             &handover,

@@ -240,6 +240,17 @@ impl Handover {
             .collect()
     }
 
+    /// Whether the handed-over scoreboard has this build's layout (its size), checked before
+    /// anything is adopted so a mismatch can still roll back with every descriptor intact.
+    pub(super) fn scoreboard_fits(&self) -> bool {
+        if self.scoreboard < 0 {
+            return false;
+        }
+        // SAFETY: fstat on a number reads metadata only; an unopened number fails.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.scoreboard) };
+        rustix::fs::fstat(fd).is_ok_and(|st| st.st_size as u64 == crate::scoreboard::BYTES)
+    }
+
     /// The scoreboard memfd and the notification pipe's ends, close-on-exec again.
     pub(super) fn take_fds(&self) -> Option<(OwnedFd, OwnedFd, OwnedFd)> {
         Some((
