@@ -120,6 +120,49 @@ fn term_in_the_middle_of_a_roll_finishes_cleanly() {
     assert!(s.lines().iter().any(|l| l.contains("shutdown complete")));
 }
 
+/// Issue 10: "A new worker that does not become ready within `--boot-timeout` stops the roll
+/// and the old generation stays."
+#[test]
+fn a_new_worker_not_ready_within_the_boot_timeout_stops_the_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let hang = dir.path().join("hang-boot");
+    let s = Oxicorn::start_with(
+        dir,
+        &[
+            "echo",
+            "-w",
+            "2",
+            "--boot-timeout",
+            "1",
+            "-b",
+            "127.0.0.1:0",
+        ],
+        &[("OXICORN_TEST_BOOT_HANG", hang.to_str().unwrap())],
+    );
+    s.wait_ready(1, 2);
+    let before = s.wait_children(2, SOON);
+    std::fs::write(&hang, "").unwrap();
+    let mark = s.mark();
+    s.signal(Signal::SIGHUP);
+    let line = &s.wait_for_lines_after(mark, "reload failed", 1, SOON)[0];
+    assert!(
+        line.contains("not ready within --boot-timeout (1s)"),
+        "{line}"
+    );
+    assert!(
+        s.lines()[mark..]
+            .iter()
+            .any(|l| l.contains("was not ready within --boot-timeout (1s): killing"))
+    );
+    std::fs::remove_file(&hang).unwrap();
+    assert_eq!(
+        s.wait_children(2, SOON),
+        before,
+        "the old generation stayed"
+    );
+    echo_once(&s.tcp_addr().to_string(), b"old generation").unwrap();
+}
+
 /// Issue 10: "max-requests with jitter retires workers one surge at a time with the
 /// replacement ready first (check the order in the log)."
 #[test]

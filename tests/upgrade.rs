@@ -234,6 +234,44 @@ fn usr2_whose_new_workers_never_get_ready_rolls_back_to_the_old_image() {
 }
 
 #[test]
+fn usr2_whose_new_worker_hangs_at_boot_rolls_back_after_the_boot_timeout() {
+    let (dir, bin) = copied_binary();
+    let hang = dir.path().join("hang-boot");
+    let s = Oxicorn::start_program(
+        &bin,
+        dir,
+        &[
+            "echo",
+            "-w",
+            "2",
+            "--boot-timeout",
+            "1",
+            "-b",
+            "127.0.0.1:0",
+            "--pid",
+            "oxicorn.pid",
+        ],
+        &[("OXICORN_TEST_BOOT_HANG", hang.to_str().unwrap())],
+    );
+    s.wait_ready(1, 2);
+    let before = s.wait_children(2, SOON);
+    let clients = Clients::start(s.tcp_addr().to_string());
+    std::fs::write(&hang, "").unwrap();
+    let mark = s.mark();
+    s.signal(Signal::SIGUSR2);
+    let line = &s.wait_for_lines_after(mark, "upgrade rolled back", 1, SOON)[0];
+    assert!(line.contains("--boot-timeout (1s)"), "{line}");
+    std::fs::remove_file(&hang).unwrap();
+    let failures = clients.finish();
+    assert!(
+        failures.is_empty(),
+        "failed during the rollback: {failures:?}"
+    );
+    assert_eq!(s.children(), before, "the old generation stayed");
+    assert_eq!(pidfile_pid(&s), s.pid);
+}
+
+#[test]
 fn version_names_the_commit() {
     let out = std::process::Command::new(BIN)
         .arg("--version")

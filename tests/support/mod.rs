@@ -65,6 +65,7 @@ impl Oxicorn {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_remove("OXICORN_TEST_BOOT_FAILURE")
+            .env_remove("OXICORN_TEST_BOOT_HANG")
             .process_group(0);
         for (k, v) in env {
             cmd.env(k, v);
