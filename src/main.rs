@@ -74,12 +74,13 @@ fn run(invocation: Invocation, handover: Option<Handover>) -> anyhow::Result<i32
         }
         Invocation::Serve(args) => args,
     };
-    let config = match (Config::load(&args), handover) {
-        (Ok(config), handover) => (config, handover),
-        (Err(err), Some(h)) => give_up(h, format!("it refused the configuration: {err}")),
-        (Err(err), None) => return Err(err.into()),
+    let config = match Config::load(&args) {
+        Ok(config) => config,
+        Err(err) => match handover {
+            Some(h) => give_up(h, format!("it refused the configuration: {err}")),
+            None => return Err(err.into()),
+        },
     };
-    let (config, handover) = config;
     if args.check_config {
         println!("configuration ok");
         print!("{}", config.summary());

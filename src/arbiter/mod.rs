@@ -5,7 +5,8 @@
 //!
 //! Its loop is gunicorn's: signals are counted by their handlers and wake a `poll(2)`; each
 //! turn then reaps dead children, kills those whose heartbeat is too old, and brings the
-//! worker count back to the target, oldest first when there are too many.
+//! workers to the target: missing ones started, extra ones retired oldest first, and workers
+//! of an old generation or marked for recycling replaced one `--max-surge` at a time.
 //!
 //! - `mod.rs`: the state ([`Arbiter`], its `Phase`), the loop and its event sources, the
 //!   signal handlers, `scale`, the stop.

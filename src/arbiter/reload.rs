@@ -2,9 +2,11 @@
 //!
 //! Everything that can fail (reading the config, the new pid file, new binds, the new log
 //! file) is done before anything running is replaced; a failure is a [`ReloadError`] and
-//! changes nothing. Then a new generation of workers starts; the worker table's decisions
-//! (`workers::plan`) complete the reload once all of them are ready (the old generation is
-//! stopped, dropped listeners closed) or roll it back if they never boot.
+//! changes nothing. Then the workers roll to a new generation, one `--max-surge` at a time
+//! (`workers::plan`); the reload completes once the last old worker is retired (dropped
+//! listeners closed) or is rolled back if the new workers do not boot (within
+//! `--boot-timeout`). The same completion and rollback serve a USR2 upgrade's roll
+//! (`upgrade.rs`), which differs only in what a rollback executes.
 
 use std::io;
 use std::sync::Arc;

@@ -1,11 +1,14 @@
-//! The worker table's decisions, as plain functions of the table: how many workers to start,
-//! which to stop (oldest first), when a reload has succeeded (every new worker ready: retire
-//! the old generation) or must be rolled back (the new one never boots), the boot back-off and
-//! the halt. They read no clock and make no syscall, so each is unit-tested below without a
-//! fork.
+//! The worker table's decisions, as plain functions of the table: how many workers to start
+//! and which to retire in a rolling replacement (one `--max-surge` at a time, each old worker
+//! retired only once a new one is ready: `plan`), when a roll is complete or must be rolled
+//! back (new workers that never boot, or not within `--boot-timeout`), which workers to
+//! recycle (`--max-requests`, `--max-worker-memory`: `to_recycle`), the boot back-off and the
+//! halt. They read no clock (`now` is passed in) and make no syscall, so each is unit-tested
+//! below without a fork.
 //!
-//! The arbiter applies them (`manage_workers`), and reports worker exits and ready messages
-//! (`on_worker_exit`, `on_worker_ready`), which update the boot bookkeeping the decisions read.
+//! The arbiter applies them (`manage_workers`; every retirement goes through
+//! `retire_worker`), and reports worker exits and ready messages (`on_worker_exit`,
+//! `on_worker_ready`), which update the boot bookkeeping the decisions read.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,13 @@ use super::children::{
 };
 use super::{Arbiter, Phase};
 use crate::exit::WORKER_BOOT_ERROR;
+
+/// How long a retired worker still draining counts towards `--max-surge`. Idle workers exit
+/// within milliseconds, so a roll keeps its surge exactly; a worker holding long-lived
+/// connections (chat members, a slow download) may drain for `--graceful-timeout`, and the
+/// roll does not wait that long for each step (Kubernetes does not count terminating pods in
+/// `maxSurge` at all).
+pub const SURGE_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// Boot failures in a row, with no worker of the generation ever ready, before giving up.
 pub const MAX_BOOT_FAILURES: u32 = 5;
@@ -123,7 +133,8 @@ pub(super) struct Pool {
 /// Decides what to do with the workers this turn. Every replacement, whatever started it
 /// (HUP, USR2, recycling, a rollback), goes the same way: start one, wait until it is ready,
 /// then retire one it replaces; at most `max_surge` worker processes above the target exist
-/// at any time (draining ones count: an app's database pool lives until the process exits).
+/// at any time (draining ones count, an app's database pool living until the process exits,
+/// but only for [`SURGE_DRAIN_WAIT`]: a roll does not stall on a worker's long connections).
 ///
 /// - Stopping: nothing (the stop itself signals every worker; `overdue` escalates).
 /// - A worker of the current generation booting for longer than `boot_timeout` is killed;
@@ -158,7 +169,16 @@ pub(super) fn plan(
     let mut draining = 0usize;
     for (c, generation, age) in workers(children) {
         if !c.state.live() {
-            draining += 1;
+            // A retired worker holds the surge while it drains, but not forever: one still
+            // draining after `SURGE_DRAIN_WAIT` holds long-lived connections (or is wedged),
+            // and the roll goes on without waiting for it.
+            let holds = match c.state {
+                ChildState::Stopping { since, .. } => {
+                    now.saturating_duration_since(since) <= SURGE_DRAIN_WAIT
+                }
+                _ => true,
+            };
+            draining += usize::from(holds);
             continue;
         }
         let ready = c.state == ChildState::Ready;
@@ -364,6 +384,12 @@ impl Arbiter {
     /// The one way a worker leaves the pool while the server runs (a roll, recycling, scaling
     /// down): it is told to drain (SIGTERM: it stops accepting, finishes its connections within
     /// `--graceful-timeout`, exits). A stop of the whole server does not come here.
+    ///
+    /// SIGUSR2 goes first: it tells the worker this is a retirement, not a stop, so a worker
+    /// that can hand its long-lived connections to a ready one (the connection handoff, issue
+    /// 10) does so before it drains; a worker that cannot ignores USR2 (`ChildSignals`). The
+    /// plan only retires a worker once a replacement is ready (or, scaling down, while others
+    /// serve), so there is always someone to hand over to.
     pub(super) fn retire_worker(&mut self, pid: i32, why: RetireWhy) {
         if let Some(c) = self.children.get(&pid) {
             let name = c.name();
@@ -373,6 +399,9 @@ impl Arbiter {
                     tracing::info!("retiring {name}: recycled, its replacement is ready")
                 }
                 RetireWhy::ScaledDown => tracing::info!("retiring {name}: scaling down"),
+            }
+            if c.state.live() {
+                super::children::send(pid, Signal::SIGUSR2);
             }
         }
         self.stop_child(pid, Signal::SIGTERM);
@@ -661,6 +690,18 @@ mod tests {
         );
         let draining = table(&[(1, 1, stopping(now)), (2, 1, Ready), (3, 2, Ready)]);
         assert_eq!(plan(&draining, POOL, Rolling, &boot, now), []);
+        // Still draining after SURGE_DRAIN_WAIT (long connections, or wedged): the roll goes
+        // on without it.
+        let long = table(&[
+            (
+                1,
+                1,
+                stopping(now - SURGE_DRAIN_WAIT - Duration::from_millis(1)),
+            ),
+            (2, 1, Ready),
+            (3, 2, Ready),
+        ]);
+        assert_eq!(plan(&long, POOL, Rolling, &boot, now), [Action::Spawn(1)]);
         let gone = table(&[(2, 1, Ready), (3, 2, Ready)]);
         assert_eq!(plan(&gone, POOL, Rolling, &boot, now), [Action::Spawn(1)]);
         let last = table(&[(2, 1, Ready), (3, 2, Ready), (4, 2, Ready)]);
