@@ -4,6 +4,7 @@
 //! saying why, and the service never stops. Each test copies the test binary to a temp path,
 //! starts it from there and replaces the file, as a deploy would.
 
+mod lineclient;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -269,6 +270,42 @@ fn usr2_whose_new_worker_hangs_at_boot_rolls_back_after_the_boot_timeout() {
     );
     assert_eq!(s.children(), before, "the old generation stayed");
     assert_eq!(pidfile_pid(&s), s.pid);
+}
+
+/// Issue 10: "State that must survive: ... the bus (old and new workers reach the same hub, or
+/// the hub is handed over)". The hub is a child like the workers: the new image adopts it, and
+/// its workers join the same room.
+#[test]
+fn the_chat_hub_is_kept_across_an_upgrade() {
+    let (s, addr) = lineclient::start_line_service("chat", 2, &[]);
+    let hub = lineclient::hub_pid(&s);
+    let mark = s.mark();
+    s.signal(Signal::SIGUSR2);
+    s.wait_for_lines_after(mark, "upgrade complete", 1, SOON);
+    s.wait_children(3, SOON); // two new workers and the same hub
+    assert!(alive(hub));
+    assert!(
+        !s.lines()[mark..]
+            .iter()
+            .any(|l| l.contains("INFO hub ") && l.contains(" starting")),
+        "no new hub"
+    );
+    // Two members on the new image's two workers share the room through the kept hub.
+    let mut alice = lineclient::LineClient::connect(addr);
+    alice.expect("* welcome to oxicorn chat; what is your name?");
+    alice.send(b"alice\r\n");
+    alice.expect_prefix("* you joined as alice");
+    let mut bob = lineclient::LineClient::connect(addr);
+    bob.expect("* welcome to oxicorn chat; what is your name?");
+    bob.send(b"bob\r\n");
+    bob.expect_prefix("* you joined as bob");
+    assert_ne!(
+        lineclient::worker_of(&s, &alice),
+        lineclient::worker_of(&s, &bob)
+    );
+    alice.expect("* bob joined");
+    alice.send(b"hello across the upgrade\r\n");
+    bob.expect("<alice> hello across the upgrade");
 }
 
 #[test]
