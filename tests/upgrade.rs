@@ -272,6 +272,39 @@ fn usr2_whose_new_worker_hangs_at_boot_rolls_back_after_the_boot_timeout() {
     assert_eq!(pidfile_pid(&s), s.pid);
 }
 
+/// The arbiter stays responsive during an upgrade: TERM while the new image's worker hangs
+/// at boot stops everything cleanly (old workers, the hung one), exit 0, pid file removed.
+#[test]
+fn term_in_the_middle_of_an_upgrade_stops_cleanly() {
+    let (dir, bin) = copied_binary();
+    let hang = dir.path().join("hang-boot");
+    let mut s = Oxicorn::start_program(
+        &bin,
+        dir,
+        &[
+            "echo",
+            "-w",
+            "2",
+            "-b",
+            "127.0.0.1:0",
+            "--pid",
+            "oxicorn.pid",
+        ],
+        &[("OXICORN_TEST_BOOT_HANG", hang.to_str().unwrap())],
+    );
+    s.wait_ready(1, 2);
+    std::fs::write(&hang, "").unwrap();
+    let mark = s.mark();
+    s.signal(Signal::SIGUSR2);
+    s.wait_for_lines_after(mark, "upgrade: oxicorn ", 1, SOON);
+    s.wait_children(3, SOON);
+    s.signal(Signal::SIGTERM);
+    let status = s.wait_exit(SOON).expect("stops");
+    assert_eq!(status.code(), Some(0), "{}", s.lines().join("\n"));
+    assert!(s.lines().iter().any(|l| l.contains("shutdown complete")));
+    assert!(!s.path("oxicorn.pid").exists());
+}
+
 /// Issue 10: "State that must survive: ... the bus (old and new workers reach the same hub, or
 /// the hub is handed over)". The hub is a child like the workers: the new image adopts it, and
 /// its workers join the same room.

@@ -667,7 +667,13 @@ impl Arbiter {
             Signal::SIGQUIT
         };
         for pid in self.pids(|c| matches!(c.kind, ChildKind::Worker { .. })) {
-            self.stop_child(pid, sig);
+            // A worker that never said ready has no connection to drain: QUIT, and SIGKILL
+            // after the fast grace if its boot hangs, rather than a full graceful timeout.
+            let booting = self
+                .children
+                .get(&pid)
+                .is_some_and(|c| c.state == children::ChildState::Booting);
+            self.stop_child(pid, if booting { Signal::SIGQUIT } else { sig });
         }
     }
 

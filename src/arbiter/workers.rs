@@ -400,6 +400,11 @@ impl Arbiter {
                 }
                 RetireWhy::ScaledDown => tracing::info!("retiring {name}: scaling down"),
             }
+            if c.state == ChildState::Booting {
+                // Nothing to drain or hand over yet (an outgoing worker that never got ready).
+                self.stop_child(pid, Signal::SIGQUIT);
+                return;
+            }
             if c.state.live() {
                 super::children::send(pid, Signal::SIGUSR2);
             }
