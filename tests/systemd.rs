@@ -50,14 +50,11 @@ fn notify_socket_gets_mainpid_ready_reloading_ready_upgrade_and_stopping_in_orde
         start[0].contains(&format!("MAINPID={}", s.pid)),
         "MAINPID first: {start:?}"
     );
+    // READY only once both workers are ready: the status sent with it counts them (the log
+    // reader may not have the "booted" lines yet when the datagram arrives).
     assert!(
         all.contains("STATUS=2 workers ready, generation 1"),
         "{all}"
-    );
-    // READY only once both workers booted.
-    assert_eq!(
-        s.lines().iter().filter(|l| l.contains(" booted")).count(),
-        2
     );
 
     s.signal(Signal::SIGHUP);
