@@ -174,7 +174,11 @@ fn refused_upgrade(script: &str) -> String {
         failures.is_empty(),
         "failed during the upgrade: {failures:?}"
     );
-    assert_eq!(s.children(), before, "the workers were not touched");
+    assert_eq!(
+        s.wait_children(2, SOON),
+        before,
+        "the workers were not touched"
+    );
     assert_eq!(pidfile_pid(&s), s.pid);
     assert!(
         !s.lines()[mark..]
@@ -222,7 +226,11 @@ fn usr2_whose_new_workers_never_get_ready_rolls_back_to_the_old_image() {
         failures.is_empty(),
         "failed during the rollback: {failures:?}"
     );
-    assert_eq!(s.children(), before, "the old generation stayed");
+    assert_eq!(
+        s.wait_children(2, SOON),
+        before,
+        "the old generation stayed"
+    );
     assert_eq!(pidfile_pid(&s), s.pid);
     // The old code runs again, from the file the deploy replaced.
     let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid)).unwrap();
@@ -268,7 +276,11 @@ fn usr2_whose_new_worker_hangs_at_boot_rolls_back_after_the_boot_timeout() {
         failures.is_empty(),
         "failed during the rollback: {failures:?}"
     );
-    assert_eq!(s.children(), before, "the old generation stayed");
+    assert_eq!(
+        s.wait_children(2, SOON),
+        before,
+        "the old generation stayed"
+    );
     assert_eq!(pidfile_pid(&s), s.pid);
 }
 
