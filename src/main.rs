@@ -84,6 +84,7 @@ fn run(invocation: Invocation, handover: Option<Handover>) -> anyhow::Result<i32
     if args.check_config {
         println!("configuration ok");
         print!("{}", config.summary());
+        upgrade::announce_handover();
         return Ok(exit::SUCCESS);
     }
     if args.print_config {

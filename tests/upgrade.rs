@@ -202,6 +202,15 @@ fn usr2_to_a_binary_that_refuses_the_config_is_refused_and_serving_goes_on() {
     assert!(line.contains("--no-such-flag"), "the log says why: {line}");
 }
 
+/// A program that exits 0 on anything (or an oxicorn from before binary upgrades) passes a
+/// bare `--check-config`, but executed in place it would not take the handover and the server
+/// would be gone: it must not answer the handover probe, and is refused.
+#[test]
+fn usr2_to_a_binary_that_cannot_take_over_in_place_is_refused() {
+    let line = refused_upgrade("#!/bin/sh\nexit 0\n");
+    assert!(line.contains("cannot take over in place"), "{line}");
+}
+
 #[test]
 fn usr2_whose_new_workers_never_get_ready_rolls_back_to_the_old_image() {
     let (dir, bin) = copied_binary();

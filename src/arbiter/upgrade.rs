@@ -50,6 +50,25 @@ use crate::net::listener::{Listener, ListenerKind};
 /// encoding). Read and removed by [`take_handover`] before anything else runs.
 pub const HANDOVER_ENV: &str = "OXICORN_UPGRADE";
 
+/// Set for the pre-exec check: a binary that can take over in place answers its
+/// `--check-config` with [`HANDOVER_MARKER`] on stderr ([`announce_handover`]).
+pub const HANDOVER_PROBE_ENV: &str = "OXICORN_HANDOVER_PROBE";
+
+/// What a binary able to receive this build's [`Handover`] prints on stderr when probed. The
+/// format number changes with the handover's layout, so an old image never executes a binary
+/// that would misread it, nor one that would not read it at all (a release from before binary
+/// upgrades, a wrapper script that exits 0): either would bind the ports anew, fail, and take
+/// the server down with it.
+pub const HANDOVER_MARKER: &str = "oxicorn handover format 1";
+
+/// For `main`: after a successful `--check-config`, tells a probing arbiter (the environment
+/// has [`HANDOVER_PROBE_ENV`]) that this binary can take over from it.
+pub fn announce_handover() {
+    if std::env::var_os(HANDOVER_PROBE_ENV).is_some() {
+        eprintln!("{HANDOVER_MARKER}");
+    }
+}
+
 /// Environment variables dropped before an exec: socket activation's (systemd's `LISTEN_PID`
 /// names this very process, so the new image would adopt descriptors 3.. again; the
 /// listeners travel in the handover instead).
@@ -492,6 +511,7 @@ impl Check {
         for var in DROPPED_ENV.iter().chain(&["NOTIFY_SOCKET"]) {
             cmd.env_remove(var);
         }
+        cmd.env(HANDOVER_PROBE_ENV, "1");
         let mut child = cmd.spawn()?;
         let stderr = child.stderr.take().expect("piped");
         rustix::io::ioctl_fionbio(&stderr, true)?;
@@ -502,10 +522,8 @@ impl Check {
         })
     }
 
-    /// The line of the check's stderr that says what failed: the first one naming an error
-    /// (clap's `error: unexpected argument ...`, oxicorn's `oxicorn: invalid ...`), else the
-    /// last non-empty one; without the `oxicorn: ` prefix.
-    pub(super) fn last_line(&mut self) -> String {
+    /// What the check wrote on stderr (at most 64 KiB; read once it has exited).
+    pub(super) fn stderr(&mut self) -> String {
         use std::io::Read;
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
@@ -515,7 +533,15 @@ impl Check {
             }
             out.extend_from_slice(&buf[..n]);
         }
-        let text = String::from_utf8_lossy(&out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// The line of a check's stderr that says what failed: the first one naming an error (clap's
+/// `error: unexpected argument ...`, oxicorn's `oxicorn: invalid ...`), else the last
+/// non-empty one; without the `oxicorn: ` prefix.
+fn reason_line(text: &str) -> String {
+    {
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
         let error = lines
             .clone()
@@ -525,7 +551,9 @@ impl Check {
             .map(|l| l.strip_prefix("oxicorn: ").unwrap_or(l).to_string())
             .unwrap_or_default()
     }
+}
 
+impl Check {
     /// Whether it has run longer than `limit`.
     pub(super) fn overdue(&self, limit: Duration) -> bool {
         self.started.elapsed() > limit
@@ -598,7 +626,8 @@ impl super::Arbiter {
             return false;
         }
         let mut check = self.check.take().expect("checked above");
-        let said = check.last_line();
+        let stderr = check.stderr();
+        let said = reason_line(&stderr);
         let said = if said.is_empty() {
             String::new()
         } else {
@@ -609,7 +638,16 @@ impl super::Arbiter {
             .as_ref()
             .map_or_else(String::new, |e| e.path.display().to_string());
         match exit {
-            Exit::Code(0) => self.exec_upgrade(),
+            Exit::Code(0) if stderr.lines().any(|l| l.trim() == HANDOVER_MARKER) => {
+                self.exec_upgrade()
+            }
+            Exit::Code(0) => tracing::error!(
+                "upgrade refused: the new binary {path} passed its configuration check but \
+                 cannot take over in place (it did not answer \"{HANDOVER_MARKER}\": an \
+                 oxicorn without binary upgrades, another handover format, or not oxicorn); \
+                 restart the service to switch; still running oxicorn {}",
+                crate::VERSION
+            ),
             Exit::Code(code) => tracing::error!(
                 "upgrade refused: the new binary {path} failed its configuration check (exit \
                  code {code}){said}; still running oxicorn {}",
