@@ -11,9 +11,10 @@
 //! The steps, and where each failure leads:
 //!
 //! 1. **Check** (old image, not replacing anything): the binary now at the path the server
-//!    was started from runs as a child with the same command line plus `--check-config`. A
-//!    binary that cannot run, exits non-zero, or refuses the configuration is never executed;
-//!    one log line says why. The arbiter keeps serving while the check runs (it is reaped
+//!    was started from runs as a child with the same command line plus `--check-config`, and
+//!    must answer the probe ([`HANDOVER_MARKER`]) that says it can read this [`Handover`]. A
+//!    binary that cannot run, exits non-zero, refuses the configuration, or cannot take the
+//!    handover is never executed; one log line says why. The arbiter keeps serving while the check runs (it is reaped
 //!    like any child).
 //! 2. **Exec** (old image): handled signals are blocked first (their dispositions reset at
 //!    `execve`, and HUP's default kills; a signal sent in the window stays pending for the new
