@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Benchmark: does operating the server cost its clients anything? (issue 10)
 #
-#   cargo build --release && benches/churn.sh          # DURATION=40 WORKERS=4 CONNS=32
+#   cargo build --release && benches/churn.sh   # ROUNDS=3 DURATION=20 WORKERS=4 CONNS=32
 #
-# Two runs of the same length against `oxicorn static` serving a 1 KiB file, with wrk at full
-# load throughout:
-#   1. undisturbed: no signal, no recycling;
-#   2. churn: --max-requests (workers recycle every few thousand requests) while the script
-#      sends 20 HUPs, 3 USR2 upgrades (to a copy of the binary; to a script that exits at once;
-#      to a wrapper that passes a bad flag, i.e. refuses the config) and TTIN/TTOU pairs.
-# Reports non-2xx responses, socket errors, req/s of both runs and the dip, and whether the
-# arbiter's PID and the pid file stayed the same throughout. The binary is copied into a temp
+# Runs of the same length against `oxicorn static` serving a 1 KiB file, with wrk at full
+# load throughout, alternating for ROUNDS rounds (so a noisy neighbour hurts both kinds alike):
+#   - undisturbed: no signal, no recycling;
+#   - churn: --max-requests (workers recycle every few thousand requests) while the script
+#     sends 20 HUPs, 3 USR2 upgrades (to a copy of the binary; to a script that exits at once;
+#     to a wrapper that passes a bad flag, i.e. refuses the config) and TTIN/TTOU pairs.
+# Reports non-2xx responses, socket errors, req/s of each run and the dip of the medians, and
+# whether the arbiter's PID and the pid file stayed the same throughout. The binary is copied into a temp
 # dir and started from there, so the USR2 deploys never touch target/. Needs wrk, python3.
 # Not run by CI: timings are not tests.
 set -euo pipefail
 
-DURATION=${DURATION:-40}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-20}
 WORKERS=${WORKERS:-4}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
@@ -89,32 +90,15 @@ sockerr() { # connect+read+write+timeout
     awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$WORK/$1.wrk" | grep . || echo 0
 }
 
-# --- 1. undisturbed ------------------------------------------------------------------------
-echo "undisturbed run: ${DURATION}s, $WORKERS workers, $CONNS connections ..." >&2
-start calm
-load calm
-stop
-
-# --- 2. churn ------------------------------------------------------------------------------
-echo "churn run: ${DURATION}s with $HUPS HUPs, 3 USR2, TTIN/TTOU, --max-requests $MAX_REQUESTS ..." >&2
-start churn --max-requests "$MAX_REQUESTS" --max-requests-jitter $((MAX_REQUESTS / 10))
-PID=$SERVER
-LOG=$WORK/churn.log
-load churn &
-LOAD=$!
 PID_OK=yes
 check_pid() {
-    [ "$(cat "$WORK/churn.pid" 2>/dev/null)" = "$PID" ] || PID_OK="no (pid file: $(cat "$WORK/churn.pid" 2>/dev/null))"
+    [ "$(cat "$PIDFILE" 2>/dev/null)" = "$PID" ] || PID_OK="no (pid file: $(cat "$PIDFILE" 2>/dev/null))"
     kill -0 "$PID" 2>/dev/null || PID_OK="no (arbiter $PID gone)"
 }
 # Each event waits for the previous roll to end: a USR2 during a reload is ignored by design.
-rolls=0
 settle() {
     wait_line "$LOG" "reload complete\|reload failed\|upgrade complete\|upgrade refused\|upgrade rolled back" "$rolls"
 }
-events=$((HUPS + 3 + 4))
-gap=$(python3 -c "print(max(0.2, ($DURATION - 4) / $events))")
-sleep 1
 usr2() { # binary to deploy
     deploy "$1"
     kill -USR2 "$PID"
@@ -123,44 +107,79 @@ usr2() { # binary to deploy
     deploy "$WORK/real"
     check_pid
 }
-for i in $(seq 1 "$HUPS"); do
-    kill -HUP "$PID"
-    rolls=$((rolls + 1))
-    settle
-    check_pid
-    sleep "$gap"
-    case $i in
-        5) usr2 "$WORK/real"; sleep "$gap" ;;
-        10) usr2 "$WORK/exits"; sleep "$gap" ;;
-        15) usr2 "$WORK/refuses"; sleep "$gap" ;;
-    esac
-    if [ $((i % 5)) -eq 0 ]; then
-        kill -TTIN "$PID"
-        sleep "$gap"
-        kill -TTOU "$PID"
-        check_pid
-    fi
-done
-wait "$LOAD"
-check_pid
-stop
+events=$((HUPS + 3 + 4))
+gap=$(python3 -c "print(max(0.1, ($DURATION - 4) / $events))")
 
-count() { grep -c -- "$1" "$LOG" || true; }
-CALM=$(rps calm)
-CHURN=$(rps churn)
-DIP=$(python3 -c "print(f'{(1 - $CHURN / $CALM) * 100:.1f}%')")
+calm_run() { # name
+    start "$1"
+    load "$1"
+    stop
+}
+
+churn_run() { # name
+    local name=$1
+    start "$name" --max-requests "$MAX_REQUESTS" --max-requests-jitter $((MAX_REQUESTS / 10))
+    PID=$SERVER
+    LOG=$WORK/$name.log
+    PIDFILE=$WORK/$name.pid
+    load "$name" &
+    local loader=$!
+    rolls=0
+    sleep 1
+    for i in $(seq 1 "$HUPS"); do
+        kill -HUP "$PID"
+        rolls=$((rolls + 1))
+        settle
+        check_pid
+        sleep "$gap"
+        case $i in
+            5) usr2 "$WORK/real"; sleep "$gap" ;;
+            10) usr2 "$WORK/exits"; sleep "$gap" ;;
+            15) usr2 "$WORK/refuses"; sleep "$gap" ;;
+        esac
+        if [ $((i % 5)) -eq 0 ]; then
+            kill -TTIN "$PID"
+            sleep "$gap"
+            kill -TTOU "$PID"
+            check_pid
+        fi
+    done
+    wait "$loader"
+    check_pid
+    stop
+    cat "$LOG" >>"$WORK/all-churn.log"
+}
+
+: >"$WORK/all-churn.log"
+for r in $(seq 1 "$ROUNDS"); do
+    echo "round $r/$ROUNDS: undisturbed ${DURATION}s, then churn ${DURATION}s ($WORKERS workers, $CONNS connections) ..." >&2
+    calm_run "calm$r"
+    churn_run "churn$r"
+done
+
+count() { grep -c -- "$1" "$WORK/all-churn.log" || true; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+calms=()
+churns=()
+echo
+echo "| run | req/s | non-2xx | socket errors |"
+echo "|---|---|---|---|"
+for r in $(seq 1 "$ROUNDS"); do
+    calms+=("$(rps "calm$r")")
+    churns+=("$(rps "churn$r")")
+    echo "| $r: undisturbed | $(rps "calm$r") | $(non2xx "calm$r") | $(sockerr "calm$r") |"
+    echo "| $r: churn | $(rps "churn$r") | $(non2xx "churn$r") | $(sockerr "churn$r") |"
+done
+CALM=$(median "${calms[@]}")
+CHURN=$(median "${churns[@]}")
+REFUSED=$(grep -o 'configuration check (exit code [0-9]*)' "$WORK/all-churn.log" | grep -o 'code [0-9]*' | sort | uniq -c | awk '{print $1 "x exit " $3}' | paste -sd, - || true)
 cat <<EOF
 
-| run | req/s | non-2xx | socket errors |
-|---|---|---|---|
-| undisturbed | $CALM | $(non2xx calm) | $(sockerr calm) |
-| churn | $CHURN | $(non2xx churn) | $(sockerr churn) |
-
-- req/s dip: $DIP
+- median req/s: undisturbed $CALM, churn $CHURN; dip $(python3 -c "print(f'{(1 - $CHURN / $CALM) * 100:.1f}%')")
 - arbiter PID and pid file unchanged throughout: $PID_OK
-- reloads completed: $(count "reload complete") of $HUPS
-- upgrades: $(count "upgrade complete") completed, $(count "upgrade refused") refused ($(grep -o 'upgrade refused: .*(exit code [0-9]*)' "$LOG" | sed 's/.*(//; s/)//' | paste -sd, -)), $(count "upgrade rolled back") rolled back
+- reloads completed: $(count "reload complete") of $((HUPS * ROUNDS))
+- upgrades: $(count "upgrade complete") completed, $(count "upgrade refused") refused ($REFUSED), $(count "upgrade rolled back") rolled back
 - workers recycled by --max-requests: $(count "recycled, its replacement is ready")
 - TTIN/TTOU: $(count "TTIN: raising") / $(count "TTOU: lowering")
-- machine: $(nproc) cores, $(uname -sr); ${DURATION}s per run, $WORKERS workers, wrk -t$THREADS -c$CONNS, 1 KiB file
+- machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DURATION}s per run, $WORKERS workers, wrk -t$THREADS -c$CONNS, 1 KiB file
 EOF
