@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: does operating the server cost its clients anything? (issue 10)
 #
-#   cargo build --release && benches/churn.sh   # ROUNDS=3 DURATION=20 WORKERS=4 CONNS=32
+#   cargo build --release && benches/churn.sh   # ROUNDS=3 DURATION=40 WORKERS=4 CONNS=32
 #
 # Runs of the same length against `oxicorn static` serving a 1 KiB file, with wrk at full
 # load throughout, alternating for ROUNDS rounds (so a noisy neighbour hurts both kinds alike):
@@ -16,7 +16,7 @@
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-20}
+DURATION=${DURATION:-40}
 WORKERS=${WORKERS:-4}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
