@@ -107,6 +107,8 @@ fn activated(
         .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(BIN)
         .args(args)
+        // CI runs as root (main's --user policy refuses root without this; see tests/support).
+        .env("OXICORN_ALLOW_ROOT", "true")
         .env("LISTEN_FDS", "1")
         .env("LISTEN_FDNAMES", name)
         .current_dir(dir)
