@@ -10,10 +10,11 @@
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
 use tokio_util::codec::Decoder;
 
 /// One item from the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Line {
     /// A line, without its LF or CRLF.
     Text(Bytes),
@@ -46,7 +47,7 @@ const SE: u8 = 0xf0;
 const TM: u8 = 0x06;
 
 /// Where the telnet parser is in the command grammar of RFC 854/855.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum State {
     /// Data bytes.
     #[default]
@@ -62,7 +63,7 @@ enum State {
 }
 
 /// Whether a connection speaks telnet, decided by its first bytes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Mode {
     /// Nothing read yet, or only a first `IAC`.
     #[default]
@@ -95,8 +96,8 @@ enum Mode {
 /// without negotiating is taken out: `IAC` and one byte of NOP, DM, BRK, IP, AO, AYT, EC, EL
 /// or GA, dropped, and `IAC DO TIMING-MARK`, which telnet sends after IP when its user presses
 /// Ctrl-C and which is answered.
-#[derive(Debug, Default)]
-struct Telnet {
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Telnet {
     mode: Mode,
     state: State,
     /// Raw mode: bytes of a command begun at the end of the last read: none, `IAC`, or
@@ -305,6 +306,19 @@ impl Decoder for LineCodec {
     }
 }
 
+/// What a [`LineReader`] holds that its stream no longer does: the bytes read and not yet
+/// taken as lines, and the parser's place. A connection handed to another worker carries it,
+/// so the other worker reads on where this one stopped ([`LineReader::resume`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReaderState {
+    /// Read from the stream (after telnet filtering), not yet a line.
+    buf: Bytes,
+    /// Inside a too-long line.
+    discarding: bool,
+    /// The telnet parser, for a reader made with [`LineReader::telnet`].
+    telnet: Option<Telnet>,
+}
+
 /// Reads [`Line`]s from a byte stream, with the buffer bounded by the cap.
 pub struct LineReader<R> {
     io: R,
@@ -333,6 +347,30 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
         LineReader {
             telnet: Some(Telnet::default()),
             ..LineReader::new(io, max)
+        }
+    }
+
+    /// A reader of `io` that carries on from `state`, which another reader of the same
+    /// connection left ([`LineReader::state`]), with the cap `max`.
+    pub fn resume(io: R, max: usize, state: ReaderState) -> LineReader<R> {
+        let mut codec = LineCodec::new(max);
+        codec.discarding = state.discarding;
+        LineReader {
+            io,
+            codec,
+            buf: BytesMut::from(&state.buf[..]),
+            eof: false,
+            telnet: state.telnet,
+        }
+    }
+
+    /// What this reader holds beyond its stream (see [`ReaderState`]); call it between
+    /// lines, when [`LineReader::next`] is not running.
+    pub fn state(&self) -> ReaderState {
+        ReaderState {
+            buf: Bytes::copy_from_slice(&self.buf),
+            discarding: self.codec.discarding,
+            telnet: self.telnet.clone(),
         }
     }
 

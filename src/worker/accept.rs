@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::net::listener::{Listener, ListenerKind};
 use crate::net::{Peer, Stream};
 use crate::scoreboard::Slot;
+use crate::service::handoff::Targets;
 use crate::service::reclaim::Reclaimer;
 use crate::service::{ConnContext, Serve};
 
@@ -88,7 +89,7 @@ async fn accept_any(
 }
 
 /// Decrements the slot's live-connection gauge when a connection task ends, even by panic.
-struct ActiveGuard(&'static Slot);
+pub(crate) struct ActiveGuard(pub(crate) &'static Slot);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -118,6 +119,8 @@ pub struct Acceptor<S: Serve> {
     pub idle_timeout: Option<Duration>,
     /// The connections a newcomer may displace at the cap (idle kept-alive, silent ones).
     pub reclaim: Reclaimer,
+    /// The worker's retirement with hand-over, which every connection watches.
+    pub targets: Targets,
 }
 
 /// How often, at most, the "connection limit reached" warning is logged.
@@ -187,6 +190,7 @@ impl<S: Serve> Acceptor<S> {
                         metrics: crate::service::metrics::Metrics::new(self.slot),
                         reclaim: self.reclaim.register(),
                         listener,
+                        retire: self.targets.retire(),
                     };
                     self.conns.spawn(async move {
                         service.serve(stream, ctx).await;

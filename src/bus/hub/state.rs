@@ -56,6 +56,9 @@ pub(super) struct Hub {
     hellos: usize,
     /// Names re-registered by hellos during recovery (for the recovery log line).
     recovered: usize,
+    /// Bytes published on each topic by each connection since it connected: where a
+    /// [`Up::HandOver`] cuts that worker's stream ([`Down::Cut`]).
+    published: HashMap<u64, HashMap<String, u64>>,
 }
 
 /// Why the recovery window ended, for its log line.
@@ -81,6 +84,7 @@ impl Hub {
             awaited: awaited.unwrap_or_default(),
             hellos: 0,
             recovered: 0,
+            published: HashMap::new(),
         };
         hub.end_recovery_if_all_back();
         hub
@@ -188,6 +192,14 @@ impl Hub {
                 }
             }
             Up::Publish { topic, payload } => {
+                let counts = self.published.entry(conn).or_default();
+                let len = payload.len() as u64;
+                match counts.get_mut(&topic) {
+                    Some(n) => *n += len,
+                    None => {
+                        counts.insert(topic.clone(), len);
+                    }
+                }
                 let frame = Down::Deliver { topic, payload }.encode();
                 self.broadcast(Some(conn), &frame);
             }
@@ -214,7 +226,57 @@ impl Hub {
                 // restarted hub that gets values back from the workers' hellos.
                 self.values.entry(key).or_insert_with(|| (0, value));
             }
+            Up::HandOver {
+                req,
+                topic,
+                from_worker,
+                from_holder,
+                reservation,
+            } => {
+                let ok = self.hand_over(conn, topic, from_worker, from_holder, reservation);
+                self.send(conn, Down::HandedOver { req, ok }.encode());
+            }
         }
+    }
+
+    /// Moves a name from the worker that held it to `conn` and sends the old holder its cut
+    /// (see [`Up::HandOver`]). False, changing nothing, when the old worker does not hold it.
+    fn hand_over(
+        &mut self,
+        conn: u64,
+        topic: String,
+        from_worker: u32,
+        from_holder: u64,
+        reservation: Reservation,
+    ) -> bool {
+        if self.recovering {
+            return false;
+        }
+        let Some(old) = self
+            .names
+            .get(&reservation.key)
+            .filter(|h| h.reservation.holder == from_holder)
+            .map(|h| h.conn)
+            .filter(|c| self.conns.get(c).is_some_and(|c| c.worker == from_worker))
+        else {
+            return false;
+        };
+        let published = self
+            .published
+            .get(&old)
+            .and_then(|m| m.get(&topic))
+            .copied()
+            .unwrap_or(0);
+        let key = reservation.key.clone();
+        self.names.insert(key.clone(), Held { conn, reservation });
+        let cut = Down::Cut {
+            key,
+            holder: from_holder,
+            topic,
+            published,
+        };
+        self.send(old, cut.encode());
+        true
     }
 
     /// Grants `r` to `conn` if the key is free or already its holder's.
@@ -263,6 +325,7 @@ impl Hub {
     /// A worker went away: its names are free, and their wills (leave notices) go out.
     pub(super) fn disconnect(&mut self, conn: u64) {
         self.conns.remove(&conn);
+        self.published.remove(&conn);
         self.parked.retain(|(c, _, _)| *c != conn);
         let gone: Vec<String> = self
             .names

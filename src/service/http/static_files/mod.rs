@@ -149,6 +149,7 @@ mod memory {
                 stop: Default::default(),
                 idle_timeout: None,
                 metrics: crate::service::metrics::Metrics::new(slot),
+                retire: Default::default(),
             };
             let dir = tempfile::tempdir().unwrap();
             let cfg = crate::config::StaticConfig {
