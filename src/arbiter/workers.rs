@@ -177,7 +177,11 @@ impl Arbiter {
         for action in actions {
             match action {
                 Action::Spawn(n) => self.spawn_workers(n),
-                Action::Stop(pid) => self.stop_child(pid, Signal::SIGTERM),
+                Action::Stop(pid) => {
+                    // Retire, not stop: the worker hands its line connections to a ready one.
+                    super::children::send(pid, Signal::SIGUSR2);
+                    self.stop_child(pid, Signal::SIGTERM)
+                }
                 Action::Kill(pid, reason) => self.kill_child(pid, reason),
                 Action::CompleteReload { ready, retired } => self.complete_reload(ready, retired),
                 Action::Rollback => self.rollback_reload(),
