@@ -121,6 +121,11 @@ pub struct Acceptor<S: Serve> {
     pub reclaim: Reclaimer,
     /// The worker's retirement with hand-over, which every connection watches.
     pub targets: Targets,
+    /// Notified by the hand-over intake when it needs the permit this loop holds while it
+    /// waits for a client ([`crate::worker::handoff`]): the loop gives it back and takes
+    /// another when one is free, so a connection handed over counts against the cap like an
+    /// accepted one. Never closed.
+    pub yield_permit: Arc<tokio::sync::Notify>,
 }
 
 /// How often, at most, the "connection limit reached" warning is logged.
@@ -175,6 +180,11 @@ impl<S: Serve> Acceptor<S> {
                 None => tokio::select! {
                     r = accept_any(&self.listeners, &mut next) => r,
                     _ = self.stop.cancelled() => break,
+                    // A handed-over connection waits for this permit (it is queued first).
+                    () = self.yield_permit.notified() => {
+                        drop(permit);
+                        continue;
+                    }
                 },
             };
             match accepted {

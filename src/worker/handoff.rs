@@ -169,6 +169,11 @@ pub struct Intake<S: Serve> {
     pub slot: &'static Slot,
     /// The accept loop's table of closable connections.
     pub reclaim: Reclaimer,
+    /// `--worker-connections`.
+    pub cap: usize,
+    /// Asks the accept loop for the permit it holds while waiting for a client
+    /// ([`super::accept::Acceptor::yield_permit`]).
+    pub yield_permit: Arc<tokio::sync::Notify>,
 }
 
 impl<S: Serve> Intake<S> {
@@ -204,6 +209,8 @@ impl<S: Serve> Intake<S> {
         let service = Arc::clone(&self.service);
         let slot = self.slot;
         let reclaim = self.reclaim.clone();
+        let cap = self.cap;
+        let yield_permit = Arc::clone(&self.yield_permit);
         self.conns.spawn(async move {
             let offer =
                 match tokio::time::timeout(handoff::ANSWER_TIMEOUT, handoff::receive(stream)).await
@@ -219,7 +226,7 @@ impl<S: Serve> Intake<S> {
                 offer.receipt.refuse("this worker is stopping").await;
                 return;
             }
-            let Ok(permit) = limit.try_acquire_owned() else {
+            let Some(permit) = permit(&limit, slot, cap, &yield_permit).await else {
                 offer.receipt.refuse("this worker is full").await;
                 return;
             };
@@ -247,6 +254,35 @@ impl<S: Serve> Intake<S> {
             drop(permit);
         });
     }
+}
+
+/// A connection permit for a handed-over connection, if the worker serves fewer than `cap`.
+/// The accept loop holds one permit while it waits for a client (it takes it before
+/// `accept`); when that is the last one, the loop is asked to give it back, and this waiter,
+/// queued first (tokio's semaphore is fair), gets it.
+async fn permit(
+    limit: &Arc<Semaphore>,
+    slot: &'static Slot,
+    cap: usize,
+    yield_permit: &tokio::sync::Notify,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(p) = Arc::clone(limit).try_acquire_owned() {
+        return Some(p);
+    }
+    if slot.active_conns.load(Ordering::Relaxed) as usize >= cap {
+        return None;
+    }
+    let mut acquire = Box::pin(Arc::clone(limit).acquire_owned());
+    // Queued now, before the accept loop is asked to let go.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(acquire.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(p) = first {
+        return p.ok();
+    }
+    yield_permit.notify_one();
+    tokio::time::timeout(Duration::from_secs(1), acquire)
+        .await
+        .ok()?
+        .ok()
 }
 
 #[cfg(test)]

@@ -122,6 +122,7 @@ async fn serve(
     let targets = Targets::default();
     let limit = Arc::new(Semaphore::new(config.worker_connections));
     let reclaim = crate::service::reclaim::Reclaimer::default();
+    let yield_permit = Arc::new(tokio::sync::Notify::new());
     // SIGUSR2 (retire with hand-over): registered here, as only workers give it a meaning;
     // before this, the child's common set ignores it.
     let mut usr2 =
@@ -143,6 +144,7 @@ async fn serve(
         idle_timeout: None, // each service has its own
         reclaim: reclaim.clone(),
         targets: targets.clone(),
+        yield_permit: Arc::clone(&yield_permit),
     };
     let accept_loop = tokio::spawn(acceptor.run());
 
@@ -162,6 +164,8 @@ async fn serve(
                 service: Arc::clone(&service),
                 slot,
                 reclaim,
+                cap: config.worker_connections,
+                yield_permit,
             };
             tokio::spawn(intake.run());
         }
@@ -235,7 +239,11 @@ async fn serve(
         }
         _ = signals.quit.recv() => {}
     }
-    if hand_over {
+    if hand_over
+        && targets.stats().handed.load(Ordering::Relaxed)
+            + targets.stats().kept.load(Ordering::Relaxed)
+            > 0
+    {
         let handed = targets.stats().handed.load(Ordering::Relaxed);
         let kept = targets.stats().kept.load(Ordering::Relaxed);
         if kept > 0 {
