@@ -421,6 +421,68 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_hand_over_moves_the_name_in_one_step_and_cuts_the_old_worker_s_stream() {
+        let mut h = hub(None);
+        let (a, mut ra, _) = connect(&mut h, 16);
+        let (b, mut rb, _) = connect(&mut h, 16);
+        h.handle(a, hello(11, vec![]));
+        h.handle(b, hello(22, vec![]));
+        reserve(&mut h, a, 1, "x", 1);
+        let publish = |h: &mut Hub, conn, text: &'static [u8]| {
+            h.handle(
+                conn,
+                Up::Publish {
+                    topic: "chat".into(),
+                    payload: Bytes::from_static(text),
+                },
+            )
+        };
+        publish(&mut h, a, b"<x> one\r\n");
+        publish(&mut h, a, b"<y> two\r\n");
+        frames(&mut ra);
+        frames(&mut rb);
+        let hand_over = |from_holder, req| Up::HandOver {
+            req,
+            topic: "chat".into(),
+            from_worker: 11,
+            from_holder,
+            reservation: name("x", 7),
+        };
+        // Not the holder: nothing moves.
+        h.handle(b, hand_over(2, 1));
+        assert_eq!(
+            frames(&mut rb),
+            vec![Down::HandedOver { req: 1, ok: false }]
+        );
+        assert!(frames(&mut ra).is_empty());
+        h.handle(b, hand_over(1, 2));
+        assert_eq!(frames(&mut rb), vec![Down::HandedOver { req: 2, ok: true }]);
+        assert_eq!(
+            frames(&mut ra),
+            vec![Down::Cut {
+                key: "x".into(),
+                holder: 1,
+                topic: "chat".into(),
+                published: 18,
+            }]
+        );
+        // The old holder can no longer free it; the new one holds it, will included.
+        h.handle(
+            a,
+            Up::Release {
+                key: "x".into(),
+                holder: 1,
+            },
+        );
+        reserve(&mut h, a, 3, "x", 1);
+        assert_eq!(frames(&mut ra), vec![Down::Reserved { req: 3, ok: false }]);
+        h.disconnect(a);
+        assert!(frames(&mut rb).is_empty(), "no will for a name that moved");
+        h.disconnect(b);
+        assert!(h.names.is_empty());
+    }
+
+    #[test]
     fn names_are_exclusive_until_released_or_their_worker_leaves() {
         let mut h = hub(None);
         let (a, mut ra, _) = connect(&mut h, 16);

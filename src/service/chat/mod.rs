@@ -287,6 +287,12 @@ impl Chat {
             }
         };
         if let Ok(End::HandOver) = result {
+            if joined.is_some() {
+                // The member's last lines must reach the hub before the new worker asks it to
+                // move the name: published after the cut, the new worker would send them back
+                // to the member as if someone else had said them.
+                let _ = self.bus.sync().await;
+            }
             let parcel = Parcel::Chat {
                 reader: lines.state(),
                 member: joined.as_ref().map(|j| handoff::Member {

@@ -530,6 +530,61 @@ mod tests {
         assert_eq!(gathered(m, &st.log), "");
     }
 
+    /// Everything due for member `id` now, and how its writer is to finish.
+    fn drain(room: &Room, id: u64) -> (String, Closed) {
+        let mut out = BytesMut::new();
+        loop {
+            let mut buf = BytesMut::new();
+            let closed = room.gather(id, &mut buf).unwrap();
+            if buf.is_empty() {
+                return (String::from_utf8(out.to_vec()).unwrap(), closed);
+            }
+            out.extend_from_slice(&buf);
+        }
+    }
+
+    #[test]
+    fn a_cut_gives_the_old_worker_s_member_what_the_hub_ordered_before_it() {
+        // Member 1 is handed over; member 2 stays and talks.
+        let room = room_of(&[1, 2]);
+        room.append(None, b"hub 1\r\n");
+        room.append(Some(2), b"<two> a\r\n"); // published bytes 0..9: the hub had them
+        room.append(Some(1), b"<one> mine\r\n"); // 9..23: not yet
+        room.append(Some(2), b"<two> b\r\n"); // 23..32: not yet
+        room.append(None, b"hub 2\r\n");
+        assert!(room.cut(1, 9));
+        room.append(None, b"hub 3\r\n");
+        room.append(Some(2), b"<two> c\r\n");
+        // The new worker delivers `<two> b` (after the cut in the hub's order) and the rest.
+        assert_eq!(
+            drain(&room, 1),
+            (
+                "hub 1\r\n<two> a\r\nhub 2\r\n".to_string(),
+                Closed::HandedOff
+            )
+        );
+        assert_eq!(room.state().members[&1].own_bytes, 0);
+        assert!(!room.cut(9, 0));
+    }
+
+    #[test]
+    fn a_member_taken_over_skips_the_bus_until_the_hub_answers() {
+        let room = room_of(&[2]);
+        room.state()
+            .members
+            .insert(5, Member::new(Arc::default(), Arc::default()));
+        room.append(None, b"before\r\n");
+        room.adopt(5);
+        room.append(None, b"<far> old\r\n"); // ordered before the cut: the old worker's
+        room.append(Some(2), b"<two> here\r\n"); // published after the hand-over was asked
+        room.cut_answered(5);
+        room.append(None, b"<far> new\r\n");
+        assert_eq!(
+            drain(&room, 5),
+            ("<two> here\r\n<far> new\r\n".to_string(), Closed::No)
+        );
+    }
+
     #[test]
     fn a_member_that_stopped_reading_gets_its_last_word_last() {
         let room = Room::new(crate::config::DEFAULT_MAX_LINE);
