@@ -50,8 +50,10 @@ use crate::net::Stream;
 /// bounded by `--max-line` ([`crate::config::MAX_MAX_LINE`]), plus a name.
 pub const MAX_MESSAGE: usize = 2 * crate::config::MAX_MAX_LINE + 4096;
 
-/// How long an old worker waits for one answer from a new worker before trying the next.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an old worker waits for one answer from a new worker before trying the next:
+/// longer than the new worker may wait for the bus ([`crate::bus::REQUEST_TIMEOUT`]), so a
+/// new worker that moved a name always answers before the old one gives up on it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// What a session was doing, for the worker that carries it on.
 #[derive(Debug, Clone, Serialize, Deserialize)]

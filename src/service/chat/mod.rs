@@ -228,8 +228,18 @@ impl Chat {
             }
         };
         tracing::debug!(peer = %ctx.peer, member = id, "chat member taken over");
-        // If the old worker is gone, it writes nothing more: this one may write at once.
-        let flushed = receipt.take().await.ok();
+        let flushed = match receipt.take().await {
+            Ok(f) => Some(f),
+            Err(err) => {
+                // The old worker did not hear that it was taken, so it keeps the member: let
+                // go of the socket and of the name (its holder here never existed for it).
+                tracing::debug!(member = id, cause = %err, "hand-over: the old worker is gone");
+                if let Some(j) = &joined {
+                    self.bus.release(&j.key, id);
+                }
+                return Ok(());
+            }
+        };
         let lines = LineReader::resume(rd, self.max_line, reader);
         self.run(Connection {
             id,
