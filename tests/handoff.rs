@@ -344,3 +344,20 @@ fn a_quote_client_carries_on_across_a_hup() {
     c.expect("second");
     assert!(!initial.is_empty());
 }
+
+#[test]
+fn a_connection_still_choosing_its_name_carries_on_across_a_hup() {
+    let (s, addr) = start_line_service("chat", 1, &["--graceful-timeout", "30"]);
+    let (mut c, p) = connect(&s, addr);
+    // Half a name before the reload: the old worker read it, the new one finishes it.
+    c.send(b"zo");
+    std::thread::sleep(Duration::from_millis(100));
+    let mark = s.mark();
+    s.signal(Signal::SIGHUP);
+    s.wait_for_lines_after(mark, "handed 1 connection(s) to a newer worker", 1, SOON);
+    assert_ne!(taker_of(&s, &c), p);
+    c.send(b"e\r\n");
+    c.expect("* you joined as zoe; /who lists the members, /quit leaves");
+    c.send(b"/quit\r\n");
+    c.expect("* bye");
+}
