@@ -179,14 +179,14 @@ async fn serve(
     }
     let signals = &mut child.signals;
 
-    // Serve until told to stop.
-    let reason = loop {
+    // Serve until told to stop (or retire: hand the line connections over first).
+    let (reason, retire) = loop {
         tokio::select! {
             // USR2 before TERM: the arbiter sends both to a worker it retires.
             biased;
-            _ = usr2.recv() => break "SIGUSR2",
-            _ = signals.term.recv() => break "SIGTERM",
-            _ = orphaned.cancelled() => break "the arbiter is gone",
+            _ = usr2.recv() => break ("SIGUSR2", true),
+            _ = signals.term.recv() => break ("SIGTERM", false),
+            _ = orphaned.cancelled() => break ("the arbiter is gone", false),
             _ = signals.quit.recv() => return 0,
             _ = signals.usr1.recv() => {
                 if let Err(err) = log.reopen() {
@@ -214,7 +214,8 @@ async fn serve(
     };
     slot.set_state(SlotState::Stopping);
     intake_closed.cancel();
-    let hand_over = reason == "SIGUSR2" && !orphan;
+    // An orphan has nobody to hand to: the generation that would take over has no arbiter.
+    let hand_over = retire && !orphan;
     if hand_over {
         // Before `stop`: line services look at this first, and offer themselves.
         targets.request();
