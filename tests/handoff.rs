@@ -215,10 +215,21 @@ fn chat_members_carry_on_across_a_ttou() {
     name(&mut alice, "alice");
     name(&mut bob, "bob");
     alice.expect("* bob joined");
+    let ports = (alice.local_port(), bob.local_port());
 
+    // Both talk all through the TTOU.
+    const N: usize = 300;
+    let senders = [talk(&alice, "alice", N), talk(&bob, "bob", N)];
+    std::thread::sleep(Duration::from_millis(200));
     let mark = s.mark();
     s.signal(Signal::SIGTTOU);
     let handed = s.wait_for_lines_after(mark, "handed 1 connection(s) to a newer worker", 1, SOON);
+    for t in senders {
+        t.join().unwrap();
+    }
+    hear_all(&mut alice, &["bob"], N);
+    hear_all(&mut bob, &["alice"], N);
+    assert_eq!((alice.local_port(), bob.local_port()), ports);
     let retired = pid_of_line(&handed[0]);
     assert!([pa, pb].contains(&retired));
     let (moved, stayed) = if retired == pa {
