@@ -29,6 +29,12 @@
 //!
 //! Frames are a 4-byte big-endian length and a postcard body (as the bus's); the descriptor
 //! travels with the first byte of the offer's length.
+//!
+//! **Across a binary upgrade** the two workers may be different builds. postcard has no field
+//! tags, so the layout of [`Parcel`] and of the messages is the compatibility contract: a new
+//! worker that cannot decode an offer drops the conversation, and the old worker keeps the
+//! connection (the old behaviour), which is safe but not seamless. Add variants at the end;
+//! change a variant's fields only knowing that the first upgrade across the change falls back.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
