@@ -193,6 +193,9 @@ struct RoomState {
     /// at the start), oldest first, for the runs the log still holds: a hand-over cut
     /// ([`Room::cut`]) finds by them the lines the hub had not yet ordered.
     local: VecDeque<(u64, u64, u64)>,
+    /// Members taken over whose hand-over the hub has not answered ([`Room::adopt`]): almost
+    /// always empty, so a line from the bus costs nothing extra per member.
+    awaiting_cut: Vec<u64>,
     members: HashMap<u64, Member>,
     /// Members whose writers wait for the log to grow.
     waiting: Vec<u64>,
@@ -325,12 +328,15 @@ impl Room {
         if let Some(m) = st.members.get_mut(&id) {
             m.cursor = Some(head);
             m.awaiting_cut = true;
+            st.awaiting_cut.push(id);
         }
     }
 
     /// The hub answered the hand-over of member `id`: from here on it gets every line.
     pub(super) fn cut_answered(&self, id: u64) {
-        if let Some(m) = self.state().members.get_mut(&id) {
+        let mut st = self.state();
+        st.awaiting_cut.retain(|&a| a != id);
+        if let Some(m) = st.members.get_mut(&id) {
             m.awaiting_cut = false;
         }
     }
@@ -359,8 +365,11 @@ impl Room {
             st.published += len;
         } else {
             // Lines from the bus that a member just taken over must not get twice.
-            for m in st.members.values_mut() {
-                if m.awaiting_cut && m.cursor.is_some() {
+            for id in &st.awaiting_cut {
+                if let Some(m) = st.members.get_mut(id)
+                    && m.awaiting_cut
+                    && m.cursor.is_some()
+                {
                     m.own.push_back((start, head));
                     m.own_bytes += len;
                 }
@@ -475,7 +484,12 @@ impl Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.room.state().members.remove(&self.id);
+        let mut st = self.room.state();
+        st.members.remove(&self.id);
+        if !st.awaiting_cut.is_empty() {
+            let id = self.id;
+            st.awaiting_cut.retain(|&a| a != id);
+        }
     }
 }
 
