@@ -103,6 +103,7 @@ struct Connection<'a> {
     joined: Option<Joined>,
     /// For a member taken over: resolves when the old worker is done writing.
     flushed: Option<Flushed>,
+    /// What the worker told the connection (stop, retire, timeouts).
     ctx: &'a ConnContext,
 }
 
