@@ -12,9 +12,13 @@ use crate::bus::BusError;
 use crate::net::Stream;
 use crate::service::ConnContext;
 use crate::service::lines::{Line, LineReader, TIMING_MARK_REPLY};
+use crate::service::reclaim::IdleClass;
 
 /// What a member of a stopping worker is told when it cannot be carried on elsewhere.
 pub(super) const RECONNECT: &str = "* the server is restarting or stopping; please reconnect\r\n";
+
+/// The last line of a connection without a name closed to admit a newcomer at the cap.
+const FULL: &str = "* the server is full; please try again in a moment\r\n";
 
 /// A member that has a name.
 pub(super) struct Joined {
@@ -49,9 +53,20 @@ impl Chat {
         ctx: &ConnContext,
         joined: &mut Option<Joined>,
     ) -> io::Result<End> {
+        // Until it has a name, a connection may be closed to admit a newcomer when the worker
+        // is full (issue 11): a silent client at the prompt must not hold a slot a real one
+        // waits for. A member never is: an idle member still reads the room.
+        if joined.is_none() {
+            ctx.reclaim.set_idle(IdleClass::NoRequest);
+        }
         loop {
             let line = tokio::select! {
                 l = lines.next() => l?,
+                () = std::future::poll_fn(|cx| ctx.reclaim.poll_evicted(cx)) => {
+                    tracing::debug!(peer = %ctx.peer, "chat connection without a name closed to make room");
+                    self.last_word(id, FULL);
+                    return Ok(End::Closed);
+                }
                 // As `service::idle`, without the copy of the read future an async wrapper
                 // keeps: this select is what every idle member holds.
                 () = idle_deadline(ctx.idle_timeout) => {
@@ -103,6 +118,7 @@ impl Chat {
                         // Recorded before the next await: if this task is dropped there, the
                         // caller still sees a joined member to clean up.
                         *joined = Some(j);
+                        ctx.reclaim.set_busy();
                         // The others are told first, and the bus has fanned the notice out
                         // before this member learns it joined: whoever joins after that is
                         // not told about this member twice (by the notice and by being late).
