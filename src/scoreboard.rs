@@ -61,6 +61,8 @@ pub struct Slot {
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
+static INSTALLED: std::sync::OnceLock<&'static Scoreboard> = std::sync::OnceLock::new();
+
 /// The shared mapping. Created once by the arbiter and leaked, so `&'static Slot` references
 /// stay valid in the arbiter and in every forked worker for the life of the process.
 pub struct Scoreboard {
@@ -82,7 +84,26 @@ impl Scoreboard {
         // `map_mut` maps MAP_SHARED, so writes in a forked child are seen by the parent
         // (`MmapMut::map_anon` would be MAP_PRIVATE and silently not shared).
         let map = unsafe { MmapMut::map_mut(&file)? };
-        Ok(Box::leak(Box::new(Scoreboard { map })))
+        let board: &'static Scoreboard = Box::leak(Box::new(Scoreboard { map }));
+        // The first board of the process is the arbiter's; forked workers inherit this too.
+        let _ = INSTALLED.set(board);
+        Ok(board)
+    }
+
+    /// The process's scoreboard: the first one [`Scoreboard::create`] made (the arbiter's,
+    /// inherited by every worker through fork). `None` before any was created.
+    pub fn installed() -> Option<&'static Scoreboard> {
+        INSTALLED.get().copied()
+    }
+
+    /// The worker slots (never the hub's) that are [`SlotState::Ready`] now, but `me`: the
+    /// peers a worker compares its load with. Scans every slot (about 1,000 cache lines), so
+    /// callers cache the answer for a while rather than call it per connection.
+    pub fn ready_peers(&'static self, me: &Slot) -> Vec<&'static Slot> {
+        (0..HUB_SLOT)
+            .map(|i| self.slot(i))
+            .filter(|s| !std::ptr::eq(*s, me) && s.state() == SlotState::Ready)
+            .collect()
     }
 
     /// Claims a free worker slot (any but [`HUB_SLOT`]) for a child about to be forked and
