@@ -157,8 +157,25 @@ fn classify(e: Errno) -> OpenError {
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Most cached descriptors per worker, and at most a quarter of the descriptor limit, so the
-/// cache never starves connections of descriptors ([`FileCache::for_fd_limit`]).
-pub const CACHE_ENTRIES: usize = 4096;
+/// cache never starves connections of descriptors ([`FileCache::for_fd_limit`]). As the tuned
+/// nginx of issue 12 (`open_file_cache max=20000`): a working set of 10,000 files fits, where
+/// 4,096 made most requests of that benchmark a path walk.
+pub const CACHE_ENTRIES: usize = 20_000;
+
+/// Variant-miss entries kept per cached file: each file has up to three precompressed
+/// siblings, usually all absent.
+const MISSES_PER_ENTRY: usize = 3;
+
+/// One cached descriptor.
+#[derive(Debug)]
+struct Entry {
+    file: Arc<File>,
+    /// When the path was looked up (the entry stands for it until [`CACHE_TTL`] later).
+    at: Instant,
+    /// Which precompressed siblings exist (bit `i` for suffix `i` of the caller's list), found
+    /// once per entry by [`FileCache::siblings`]; `None` until asked.
+    siblings: Option<u8>,
+}
 
 /// A per-worker cache of open regular files, like nginx's `open_file_cache`, so a hot file costs
 /// one `fstat` instead of a path walk, an open and a close.
@@ -173,7 +190,7 @@ pub const CACHE_ENTRIES: usize = 4096;
 pub struct FileCache {
     /// The worker's runtime is single-threaded, so the lock is never contended; it is a Mutex
     /// (not a RefCell) only because spawned connection futures must be `Send`.
-    map: Mutex<HashMap<PathBuf, (Arc<File>, Instant)>>,
+    map: Mutex<HashMap<PathBuf, Entry>>,
     /// Variant paths found missing, and when: every request for a file asks for its three
     /// precompressed siblings, which are usually absent, and three failed path walks per
     /// request would cost more than the request. Same lock reasoning as `map`.
@@ -212,7 +229,7 @@ impl FileCache {
         follow_symlinks: bool,
     ) -> Result<Opened, OpenError> {
         let now = Instant::now();
-        let cached = self.lock().get(rel).cloned();
+        let cached = self.lock().get(rel).map(|e| (Arc::clone(&e.file), e.at));
         if let Some((file, at)) = cached {
             if now.duration_since(at) < CACHE_TTL
                 && let Ok(o) = stat(file)
@@ -234,9 +251,58 @@ impl FileCache {
                     map.remove(&k);
                 }
             }
-            map.insert(rel.to_path_buf(), (Arc::clone(&opened.file), now));
+            map.insert(
+                rel.to_path_buf(),
+                Entry {
+                    file: Arc::clone(&opened.file),
+                    at: now,
+                    siblings: None,
+                },
+            );
         }
         Ok(opened)
+    }
+
+    /// Which of `rel`'s precompressed siblings (`rel` + each of `suffixes`, at most 8) exist:
+    /// bit `i` set for `suffixes[i]`. Found with [`FileCache::open_variant`] once per cached
+    /// entry of `rel` (so at most once per [`CACHE_TTL`] while `rel` stays cached) and then
+    /// answered from the entry: the usual file without siblings costs one hash lookup per
+    /// request instead of building and looking up three sibling paths. A sibling that appears
+    /// is seen when the entry is next looked up (within the TTL, as a remembered miss was);
+    /// one that disappears is still checked by the caller's `open_variant`. Uncached files
+    /// (the cache off or full of newer entries) are probed every time.
+    pub fn siblings(
+        &self,
+        root_fd: &OwnedFd,
+        root: &Path,
+        rel: &Path,
+        follow_symlinks: bool,
+        suffixes: &[&str],
+    ) -> u8 {
+        if let Some(mask) = self.lock().get(rel).and_then(|e| e.siblings) {
+            return mask;
+        }
+        let mut mask = 0u8;
+        let mut sibling = rel.as_os_str().to_owned();
+        let base = sibling.len();
+        for (i, suffix) in suffixes.iter().enumerate().take(8) {
+            // Back to `rel`, then this suffix (one allocation for all of them).
+            let mut bytes = std::mem::take(&mut sibling).into_encoded_bytes();
+            bytes.truncate(base);
+            bytes.extend_from_slice(suffix.as_bytes());
+            // SAFETY: `rel`'s bytes (from `into_encoded_bytes`) followed by UTF-8.
+            sibling = unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(bytes) };
+            if self
+                .open_variant(root_fd, root, Path::new(&sibling), follow_symlinks)
+                .is_some()
+            {
+                mask |= 1 << i;
+            }
+        }
+        if let Some(e) = self.lock().get_mut(rel) {
+            e.siblings = Some(mask);
+        }
+        mask
     }
 
     /// A precompressed variant (`app.js.gz`): the regular file at `rel`, or `None` when there
@@ -263,7 +329,7 @@ impl FileCache {
             }
             _ => {
                 if self.capacity > 0 {
-                    if misses.len() >= self.capacity {
+                    if misses.len() >= self.capacity * MISSES_PER_ENTRY {
                         // As for `map`: one arbitrary entry goes.
                         if let Some(k) = misses.keys().next().cloned() {
                             misses.remove(&k);
@@ -276,7 +342,7 @@ impl FileCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Arc<File>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
         // A panic while holding the lock cannot leave the map inconsistent (each operation is
         // one HashMap call), so a poisoned lock is used as it is.
         self.map.lock().unwrap_or_else(|e| e.into_inner())

@@ -112,6 +112,18 @@ impl StaticService {
         )
     }
 
+    /// Which precompressed siblings of `rel` exist, as a bit mask over `suffixes` (see
+    /// [`files::FileCache::siblings`]).
+    pub fn siblings(&self, rel: &Path, suffixes: &[&str]) -> u8 {
+        self.cache.siblings(
+            &self.root_fd,
+            &self.config.root,
+            rel,
+            self.config.follow_symlinks,
+            suffixes,
+        )
+    }
+
     /// A precompressed variant of a file, if there is one (see
     /// [`files::FileCache::open_variant`]).
     pub fn open_variant(&self, rel: &Path) -> Option<Opened> {
