@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -166,6 +166,26 @@ pub const CACHE_ENTRIES: usize = 20_000;
 /// siblings, usually all absent.
 const MISSES_PER_ENTRY: usize = 3;
 
+/// Names read from a directory at most, for [`FileCache::siblings`]' filter; a larger
+/// directory is not read (its files are probed one by one).
+const DIR_NAMES_MOST: usize = 100_000;
+
+/// A directory's answer for [`FileCache::siblings`]: does any name end in a sibling suffix.
+#[derive(Debug)]
+struct DirNames {
+    dir: Arc<File>,
+    /// When its path was looked up.
+    at: Instant,
+    /// Inode and mtime when the names were read.
+    version: (u64, SystemTime),
+    any: bool,
+}
+
+/// A cache key: the relative path's bytes.
+fn key(rel: &Path) -> &[u8] {
+    rel.as_os_str().as_encoded_bytes()
+}
+
 /// One cached descriptor.
 #[derive(Debug)]
 struct Entry {
@@ -190,11 +210,17 @@ struct Entry {
 pub struct FileCache {
     /// The worker's runtime is single-threaded, so the lock is never contended; it is a Mutex
     /// (not a RefCell) only because spawned connection futures must be `Send`.
-    map: Mutex<HashMap<PathBuf, Entry>>,
+    /// Keyed by the relative path's bytes: paths arrive normalized, and hashing a `Path`
+    /// walks its components (a visible cost in the many-files profile).
+    map: Mutex<HashMap<Box<[u8]>, Entry>>,
     /// Variant paths found missing, and when: every request for a file asks for its three
     /// precompressed siblings, which are usually absent, and three failed path walks per
     /// request would cost more than the request. Same lock reasoning as `map`.
-    misses: Mutex<HashMap<PathBuf, Instant>>,
+    misses: Mutex<HashMap<Box<[u8]>, Instant>>,
+    /// Directories of cached files: whether any name in them ends in a sibling suffix, so
+    /// that a file whose directory has none needs no sibling probes (see
+    /// [`FileCache::siblings`]). Same lock reasoning as `map`.
+    dirs: Mutex<HashMap<Box<[u8]>, DirNames>>,
     /// Entries kept at most; 0 turns the cache off.
     capacity: usize,
 }
@@ -205,6 +231,7 @@ impl FileCache {
         FileCache {
             map: Mutex::default(),
             misses: Mutex::default(),
+            dirs: Mutex::default(),
             capacity,
         }
     }
@@ -229,7 +256,10 @@ impl FileCache {
         follow_symlinks: bool,
     ) -> Result<Opened, OpenError> {
         let now = Instant::now();
-        let cached = self.lock().get(rel).map(|e| (Arc::clone(&e.file), e.at));
+        let cached = self
+            .lock()
+            .get(key(rel))
+            .map(|e| (Arc::clone(&e.file), e.at));
         if let Some((file, at)) = cached {
             if now.duration_since(at) < CACHE_TTL
                 && let Ok(o) = stat(file)
@@ -238,7 +268,7 @@ impl FileCache {
             {
                 return Ok(o);
             }
-            self.lock().remove(rel);
+            self.lock().remove(key(rel));
         }
         let opened = open(root_fd, root, rel, follow_symlinks)?;
         if opened.kind == FileType::RegularFile && self.capacity > 0 {
@@ -252,7 +282,7 @@ impl FileCache {
                 }
             }
             map.insert(
-                rel.to_path_buf(),
+                key(rel).into(),
                 Entry {
                     file: Arc::clone(&opened.file),
                     at: now,
@@ -279,10 +309,16 @@ impl FileCache {
         follow_symlinks: bool,
         suffixes: &[&str],
     ) -> u8 {
-        if let Some(mask) = self.lock().get(rel).and_then(|e| e.siblings) {
+        if let Some(mask) = self.lock().get(key(rel)).and_then(|e| e.siblings) {
             return mask;
         }
         let mut mask = 0u8;
+        if !self.dir_may_have(root_fd, root, rel, follow_symlinks, suffixes) {
+            if let Some(e) = self.lock().get_mut(key(rel)) {
+                e.siblings = Some(0);
+            }
+            return 0;
+        }
         let mut sibling = rel.as_os_str().to_owned();
         let base = sibling.len();
         for (i, suffix) in suffixes.iter().enumerate().take(8) {
@@ -299,10 +335,83 @@ impl FileCache {
                 mask |= 1 << i;
             }
         }
-        if let Some(e) = self.lock().get_mut(rel) {
+        if let Some(e) = self.lock().get_mut(key(rel)) {
             e.siblings = Some(mask);
         }
         mask
+    }
+
+    /// False only when `rel`'s directory, as it is now, holds no name ending in one of
+    /// `suffixes`: then no sibling can exist and none is probed. The directory's names are
+    /// read once and kept with its descriptor; each later question costs one `fstat` of it
+    /// (any entry added, removed or renamed changes the directory's mtime, which rereads
+    /// them), and its path is looked up again after [`CACHE_TTL`] like a file's. True (probe
+    /// as usual) whenever this cannot be known: the directory cannot be opened or read, or
+    /// holds more than [`DIR_NAMES_MOST`] names.
+    fn dir_may_have(
+        &self,
+        root_fd: &OwnedFd,
+        root: &Path,
+        rel: &Path,
+        follow_symlinks: bool,
+        suffixes: &[&str],
+    ) -> bool {
+        if self.capacity == 0 {
+            return true;
+        }
+        let parent = match rel.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let now = Instant::now();
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = dirs.get(key(parent))
+            && now.duration_since(d.at) < CACHE_TTL
+            && let Ok(now_is) = stat(Arc::clone(&d.dir))
+            && (now_is.ino, now_is.mtime) == d.version
+        {
+            return d.any;
+        }
+        dirs.remove(key(parent));
+        let Ok(opened) = open(root_fd, root, parent, follow_symlinks) else {
+            return true;
+        };
+        if opened.kind != FileType::Directory {
+            return true;
+        }
+        // The version is the one `open` took before reading: a change during the read shows
+        // next time.
+        let version = (opened.ino, opened.mtime);
+        let Ok(names) = rustix::fs::Dir::read_from(opened.file.as_fd()) else {
+            return true;
+        };
+        let mut any = false;
+        for (n, item) in names.enumerate() {
+            let Ok(item) = item else { return true };
+            if n >= DIR_NAMES_MOST {
+                return true;
+            }
+            let name = item.file_name().to_bytes();
+            if suffixes.iter().any(|s| name.ends_with(s.as_bytes())) {
+                any = true;
+                break;
+            }
+        }
+        if dirs.len() >= self.capacity
+            && let Some(k) = dirs.keys().next().cloned()
+        {
+            dirs.remove(&k);
+        }
+        dirs.insert(
+            key(parent).into(),
+            DirNames {
+                dir: opened.file,
+                at: now,
+                version,
+                any,
+            },
+        );
+        any
     }
 
     /// A precompressed variant (`app.js.gz`): the regular file at `rel`, or `None` when there
@@ -317,14 +426,14 @@ impl FileCache {
         let now = Instant::now();
         let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
         if misses
-            .get(rel)
+            .get(key(rel))
             .is_some_and(|at| now.duration_since(*at) < CACHE_TTL)
         {
             return None;
         }
         match self.open(root_fd, root, rel, follow_symlinks) {
             Ok(o) if o.kind == FileType::RegularFile => {
-                misses.remove(rel);
+                misses.remove(key(rel));
                 Some(o)
             }
             _ => {
@@ -335,14 +444,14 @@ impl FileCache {
                             misses.remove(&k);
                         }
                     }
-                    misses.insert(rel.to_path_buf(), now);
+                    misses.insert(key(rel).into(), now);
                 }
                 None
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Entry>> {
         // A panic while holding the lock cannot leave the map inconsistent (each operation is
         // one HashMap call), so a poisoned lock is used as it is.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
@@ -379,6 +488,25 @@ mod tests {
             cache.open(&root_fd, &root, Path::new("f"), false),
             Err(OpenError::NotFound)
         ));
+    }
+
+    #[test]
+    fn a_directory_without_sibling_names_needs_no_probes_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let root_fd = open_root(&root).unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/a.js"), "js").unwrap();
+        let cache = FileCache::new(8);
+        let sfx = [".br", ".zst", ".gz"];
+        let rel = Path::new("d/a.js");
+        assert!(!cache.dir_may_have(&root_fd, &root, rel, false, &sfx));
+        assert!(!cache.dir_may_have(&root_fd, &root, Path::new("top.js"), false, &sfx));
+        // A new name changes the directory's mtime: seen at the next question.
+        std::fs::write(root.join("d/a.js.gz"), "z").unwrap();
+        assert!(cache.dir_may_have(&root_fd, &root, rel, false, &sfx));
+        cache.open(&root_fd, &root, rel, false).unwrap();
+        assert_eq!(cache.siblings(&root_fd, &root, rel, false, &sfx), 0b100);
     }
 
     #[test]
