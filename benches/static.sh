@@ -14,13 +14,13 @@
 # are printed with [min-max] spread and the oxicorn/nginx ratios. Per case:
 #   1 KiB keep-alive: req/s, req per server CPU-second (utime+stime of the whole process tree
 #     from /proc, before/after the wrk run), and the per-worker connection split (min/max share
-#     of the established connections, from `ss -tnp` in the middle of the run);
+#     of the established connections, from /proc in the middle of the run);
 #   10,000 x 4 KiB at random: req/s and req per CPU-second;
 #   64 MiB: MB/s and MB per CPU-second;
 #   short connections (Connection: close, one request each): req/s;
 #   idle memory per kept-alive connection: PSS of the process tree, after minus before.
 # Everything generated (files, nginx prefix, logs) lives in a temp dir that is removed on exit.
-# Needs: wrk, nginx, python3, ss. Not run by CI: timings are not tests.
+# Needs: wrk, nginx, python3. Not run by CI: timings are not tests.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -34,7 +34,7 @@ NGINX_EXTRA=${NGINX_EXTRA:-}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OXICORN=${OXICORN:-$REPO/target/release/oxicorn}
 
-for tool in wrk nginx python3 ss; do
+for tool in wrk nginx python3; do
     command -v "$tool" >/dev/null || { echo "static.sh: $tool is not installed" >&2; exit 1; }
 done
 [ -x "$OXICORN" ] || { echo "static.sh: build first: cargo build --release" >&2; exit 1; }
@@ -193,15 +193,42 @@ pss_kib() { local t=0; for p in $*; do t=$((t + $(awk '/^Pss:/ { print $2 }' "/p
 cpu_ticks() { local t=0; for p in $*; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo $t; }
 TICKS=$(getconf CLK_TCK)
 # Share of the established connections on `port` held by each process: "min max" in percent.
+# Counted from /proc (each process's socket fds against /proc/net/tcp), as tests/balance.rs
+# does; "- -" when none are seen.
 conn_split() { # port pids...
-    local port=$1; shift
-    ss -tnpH state established "( sport = :$port )" | grep -o 'pid=[0-9]*' | sort | uniq -c |
-        awk -v want="$*" '
-            BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) c["pid=" w[i]] = 0 }
-            ($2 in c) { c[$2] = $1; t += $1 }
-            END { mn = 100; mx = 0
-                  for (k in c) { s = t ? 100 * c[k] / t : 0; if (s < mn) mn = s; if (s > mx) mx = s }
-                  printf "%.0f %.0f\n", mn, mx }'
+    python3 - "$@" <<'PY'
+import os, sys
+port, pids = int(sys.argv[1]), sys.argv[2:]
+inodes = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        lines = open(table).read().splitlines()[1:]
+    except OSError:
+        continue
+    for line in lines:
+        f = line.split()
+        if len(f) > 9 and int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+            inodes.add(f[9])
+counts = []
+for pid in pids:
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                n += 1
+    except OSError:
+        pass
+    counts.append(n)
+total = sum(counts)
+if total == 0:
+    print("- -")
+else:
+    print("%.0f %.0f" % (100 * min(counts) / total, 100 * max(counts) / total))
+PY
 }
 # Runs wrk and reports "req/s MB/s cpu-seconds [split]" for the server tree rooted at `master`.
 measure() { # master port path conns [script] [header] [split]
