@@ -263,18 +263,22 @@ async fn exchange(
     }
 }
 
-/// True when the client has sent nothing that is still unread (a non-blocking read finds
-/// nothing, or the client's FIN). A byte found is consumed: the caller lingers then anyway.
+/// True when the client has sent nothing that is still unread: a non-blocking peek finds
+/// nothing, or the client's FIN. A real `recv` (not tokio's `try_read`, which answers from
+/// readiness the runtime may not have updated yet), so bytes that arrived a moment ago are
+/// seen and the connection lingers for them.
 fn nothing_pending(stream: &Stream) -> bool {
-    let mut probe = [0u8; 1];
-    let r = match stream {
-        Stream::Tcp(s) => s.try_read(&mut probe),
-        Stream::Unix(s) => s.try_read(&mut probe),
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let fd = match stream {
+        Stream::Tcp(s) => s.as_raw_fd(),
+        Stream::Unix(s) => s.as_raw_fd(),
     };
-    match r {
+    let mut probe = [0u8; 1];
+    match recv(fd, &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
         Ok(0) => true,
         Ok(_) => false,
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        Err(e) => e == nix::errno::Errno::EAGAIN,
     }
 }
 
