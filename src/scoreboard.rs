@@ -84,14 +84,13 @@ impl Scoreboard {
         // `map_mut` maps MAP_SHARED, so writes in a forked child are seen by the parent
         // (`MmapMut::map_anon` would be MAP_PRIVATE and silently not shared).
         let map = unsafe { MmapMut::map_mut(&file)? };
-        let board: &'static Scoreboard = Box::leak(Box::new(Scoreboard { map }));
-        // The first board of the process is the arbiter's; forked workers inherit this too.
-        let _ = INSTALLED.set(board);
-        Ok(board)
+        Ok(Box::leak(Box::new(Scoreboard { map })))
     }
 
-    /// The process's scoreboard: the first one [`Scoreboard::create`] made (the arbiter's,
-    /// inherited by every worker through fork). `None` before any was created.
+    /// The scoreboard this process's workers were given: the first one a worker slot was
+    /// claimed from ([`Scoreboard::claim_worker`], which the arbiter calls before every fork,
+    /// however it got its board), so every worker inherits it. `None` in a process that never
+    /// claimed one (then a worker does not balance).
     pub fn installed() -> Option<&'static Scoreboard> {
         INSTALLED.get().copied()
     }
@@ -112,6 +111,7 @@ impl Scoreboard {
     /// taken until [`Scoreboard::release`]: a slot whose child died but is not reaped yet is
     /// not free. Only the arbiter claims and releases, so "free" cannot change under it.
     pub fn claim_worker(&'static self, generation: u64) -> Option<usize> {
+        let _ = INSTALLED.set(self);
         (0..HUB_SLOT).find(|&i| self.claim(i, generation))
     }
 
