@@ -219,7 +219,8 @@ pub struct FileCache {
     misses: Mutex<HashMap<Box<[u8]>, Instant>>,
     /// Directories of cached files: whether any name in them ends in a sibling suffix, so
     /// that a file whose directory has none needs no sibling probes (see
-    /// [`FileCache::siblings`]). Same lock reasoning as `map`.
+    /// [`FileCache::siblings`]). At most a quarter of `capacity` entries, each holding a
+    /// directory descriptor. Same lock reasoning as `map`.
     dirs: Mutex<HashMap<Box<[u8]>, DirNames>>,
     /// Entries kept at most; 0 turns the cache off.
     capacity: usize,
@@ -397,7 +398,9 @@ impl FileCache {
                 break;
             }
         }
-        if dirs.len() >= self.capacity
+        // A quarter of the file entries: directories are few next to files, and their
+        // descriptors come out of the same share of the descriptor limit.
+        if dirs.len() >= self.capacity.div_ceil(4)
             && let Some(k) = dirs.keys().next().cloned()
         {
             dirs.remove(&k);
