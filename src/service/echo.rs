@@ -1,18 +1,26 @@
 //! `echo`: bytes in, the same bytes out.
 //!
-//! Memory is bounded by one buffer per connection: the next read waits until the previous chunk
+//! An idle connection holds no buffer (issue 13): the task waits for the socket to be
+//! readable, reads into the worker's scratch buffer ([`lines::with_scratch`]) and writes what
+//! came straight back from there. Only what the socket would not take at once is copied into a
+//! buffer of the connection's own, written out before the next read and then dropped.
+//!
+//! Memory is bounded by one read per connection: the next read waits until the previous chunk
 //! is written, so a client that sends but never reads fills its own socket buffers and is then
 //! simply not read from (TCP back-pressure) until the idle timeout closes it.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{ConnContext, idle};
+use super::{ConnContext, idle, lines};
 use crate::net::Stream;
 
-/// Bytes read (and then written) at a time, per connection.
-pub const ECHO_BUFFER: usize = 16 * 1024;
+/// The most bytes read (and then written) at a time, per connection: the worker's scratch
+/// buffer, shared by all its connections ([`lines::SCRATCH_BYTES`]).
+pub const ECHO_BUFFER: usize = lines::SCRATCH_BYTES;
 
 /// Echoes until the client half-closes or goes silent for the idle timeout. The client's
 /// half-close is passed on (our write side is shut after the last byte), as `nc -N` expects.
@@ -20,18 +28,155 @@ pub const ECHO_BUFFER: usize = 16 * 1024;
 /// # Errors
 /// I/O errors and the idle timeout; both end this connection only.
 pub async fn serve(mut stream: Stream, ctx: &ConnContext) -> io::Result<()> {
-    // Allocated once the client first sends: a connection that only sits there costs no buffer.
-    let mut buf = Vec::new();
     loop {
-        if buf.is_empty() {
-            idle(ctx.idle_timeout, stream.readable()).await?;
-            buf = vec![0u8; ECHO_BUFFER];
+        let step = idle(
+            ctx.idle_timeout,
+            std::future::poll_fn(|cx| poll_echo(&mut stream, cx)),
+        )
+        .await?;
+        let (n, rest) = match step {
+            Echoed::Eof => return stream.shutdown().await,
+            Echoed::All(n) => (n, Vec::new()),
+            Echoed::Partly(n, rest) => (n, rest),
+        };
+        if !rest.is_empty() {
+            // Back-pressure: nothing more is read until the client has taken this.
+            idle(ctx.idle_timeout, stream.write_all(&rest)).await?;
         }
-        let n = idle(ctx.idle_timeout, stream.read(&mut buf)).await?;
-        if n == 0 {
-            return stream.shutdown().await;
-        }
-        idle(ctx.idle_timeout, stream.write_all(&buf[..n])).await?;
         ctx.metrics.bytes_out(n as u64);
+    }
+}
+
+/// What one read brought and what became of it.
+#[derive(Debug)]
+enum Echoed {
+    /// The client half-closed.
+    Eof,
+    /// This many bytes were read and written back.
+    All(usize),
+    /// This many were read; the socket did not take the tail, copied here to write next.
+    Partly(usize, Vec<u8>),
+}
+
+/// Waits for readability, reads into the scratch buffer and writes back as much as the socket
+/// takes at once, copying out only what it does not.
+fn poll_echo(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<Echoed>> {
+    lines::with_scratch(|scratch| {
+        let mut read = ReadBuf::new(scratch);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        let data = read.filled();
+        if data.is_empty() {
+            return Poll::Ready(Ok(Echoed::Eof));
+        }
+        let mut written = 0;
+        while written < data.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &data[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // The waker registered here may fire later for nothing: harmless.
+                Poll::Pending => {
+                    return Poll::Ready(Ok(Echoed::Partly(data.len(), data[written..].to_vec())));
+                }
+            }
+        }
+        Poll::Ready(Ok(Echoed::All(data.len())))
+    })
+}
+
+#[cfg(test)]
+mod memory {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::service::ConnContext;
+    use crate::service::lines::heap;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A connected pair: (the server's end as a service gets it, the client's end).
+    async fn pair() -> (crate::net::Stream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (crate::net::Stream::Tcp(s), c)
+    }
+
+    /// Every idle echo connection holds one `serve` future (issue 13: 100,000 of them on 2
+    /// workers under 150 MB): no buffer in it, the read goes to the worker's scratch buffer.
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        runtime().block_on(async {
+            let (stream, _client) = pair().await;
+            let ctx = ConnContext::detached(crate::net::Peer::Unix, Default::default());
+            let f = super::serve(stream, &ctx);
+            let size = std::mem::size_of_val(&f);
+            // 336 bytes on rustc 1.95: the stream, the idle deadline (a tokio `Timeout` around
+            // the read), the tail a slow client has not taken yet. It was 176 plus a 16 KiB
+            // buffer on the heap from the first byte on.
+            assert!(size <= 384, "serve future is {size} bytes");
+        });
+    }
+
+    /// After traffic, including writes the client is too slow to take at once, a connection
+    /// that goes quiet again holds no more heap than before its first byte.
+    #[test]
+    fn buffers_are_released_when_the_connection_goes_idle() {
+        runtime().block_on(async {
+            let (stream, client) = pair().await;
+            let ctx = ConnContext::detached(crate::net::Peer::Unix, Default::default());
+            // The scratch buffer is the worker's, allocated once: not this connection's.
+            super::lines::with_scratch(|_| ());
+            let (mut rd, mut wr) = client.into_split();
+            // The client's reader and its buffer exist before the first count and live on
+            // after the last, so only the server's allocations move the count.
+            const TOTAL: usize = 8 << 20;
+            let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+            let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0;
+                while total < TOTAL {
+                    // Slow at first: the server's writes back find the socket full.
+                    if total < TOTAL / 2 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    let n = rd.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "echo closed early");
+                    total += n;
+                }
+                got_tx.send(total).unwrap();
+                let _ = end_rx.await;
+                drop(buf);
+            });
+            let chunk = vec![b'e'; 64 * 1024];
+            let server = tokio::spawn(async move { super::serve(stream, &ctx).await });
+            // Let the server task reach its first wait.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let before = heap::live();
+            for _ in 0..TOTAL / chunk.len() {
+                wr.write_all(&chunk).await.unwrap();
+            }
+            assert_eq!(got_rx.await.unwrap(), TOTAL);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let after = heap::live();
+            assert!(
+                after - before <= 256,
+                "an idle echo connection kept {} bytes of heap",
+                after - before
+            );
+            drop(wr);
+            server.await.unwrap().unwrap();
+            end_tx.send(()).unwrap();
+            reader.await.unwrap();
+        });
     }
 }
