@@ -497,6 +497,11 @@ impl Arbiter {
     /// children to what they should be, then sleep until an event or the next deadline.
     fn run_loop(&mut self) -> i32 {
         loop {
+            // Signals first, also here: a TERM sent to the whole process group (systemd's
+            // default) reaches the workers and us by one kill(2); a worker may exit of its own
+            // TERM before our loop got to ours, and reaped first its exit would look
+            // unexpected.
+            self.handle_signals();
             self.reap_children();
             if let Some(code) = self.stopped() {
                 return code;

@@ -1,23 +1,30 @@
 //! `echo`: bytes in, the same bytes out.
 //!
-//! Memory is bounded by one buffer per connection: the next read waits until the previous chunk
+//! An idle connection holds no buffer (issue 13): the task waits for the socket to be
+//! readable, reads into the worker's scratch buffer ([`lines::with_scratch`]) and writes what
+//! came straight back from there. Only what the socket would not take at once is copied into a
+//! buffer of the connection's own, written out before the next read and then dropped.
+//!
+//! Memory is bounded by one read per connection: the next read waits until the previous chunk
 //! is written, so a client that sends but never reads fills its own socket buffers and is then
 //! simply not read from (TCP back-pressure) until the idle timeout closes it.
-//!
-//! When its worker retires with hand-over, an echo connection is offered to a newer worker
-//! between a write and the next read (nothing of the stream is then held here), and carries
-//! on there; if no worker takes it, it echoes on here until the worker's graceful timeout.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use super::handoff::{Parcel, stream_fd};
-use super::{ConnContext, idle};
+use super::{ConnContext, lines};
 use crate::net::Stream;
 
-/// Bytes read (and then written) at a time, per connection.
-pub const ECHO_BUFFER: usize = 16 * 1024;
+/// The most bytes read (and then written) at a time, per connection: the worker's scratch
+/// buffer, shared by all its connections ([`lines::SCRATCH_BYTES`]).
+pub const ECHO_BUFFER: usize = lines::SCRATCH_BYTES;
 
 /// Echoes until the client half-closes or goes silent for the idle timeout. The client's
 /// half-close is passed on (our write side is shut after the last byte), as `nc -N` expects.
@@ -25,42 +32,106 @@ pub const ECHO_BUFFER: usize = 16 * 1024;
 /// # Errors
 /// I/O errors and the idle timeout; both end this connection only.
 pub async fn serve(mut stream: Stream, ctx: &ConnContext) -> io::Result<()> {
-    // Allocated once the client first sends: a connection that only sits there costs no buffer.
-    let mut buf = Vec::new();
+    // One timer for the connection's whole life, reset before each wait: `service::idle`
+    // around each wait would hold a timer and a copy of the wait (issue 13: every idle
+    // connection holds this future).
+    let mut deadline = std::pin::pin!(ctx.idle_timeout.map(tokio::time::sleep));
     // Set once the connection was offered to a newer worker and stayed here.
     let mut kept = false;
     loop {
-        if buf.is_empty() {
-            tokio::select! {
-                biased;
-                () = ctx.retire.requested(), if !kept => {
-                    if hand_over(&stream, ctx).await {
-                        return Ok(());
-                    }
-                    kept = true;
-                    continue;
-                }
-                r = idle(ctx.idle_timeout, stream.readable()) => r?,
-            }
-            buf = vec![0u8; ECHO_BUFFER];
-        }
-        let n = tokio::select! {
+        restart(deadline.as_mut(), ctx.idle_timeout);
+        // A step either echoes what it read or consumes nothing: dropping it for a hand-over
+        // (between a write and the next read) loses no byte.
+        let step = tokio::select! {
             biased;
             () = ctx.retire.requested(), if !kept => {
-                if hand_over(&stream, ctx).await {
+                if Box::pin(hand_over(&stream, ctx)).await {
                     return Ok(());
                 }
                 kept = true;
                 continue;
             }
-            r = idle(ctx.idle_timeout, stream.read(&mut buf)) => r?,
+            r = std::future::poll_fn(|cx| match poll_echo(&mut stream, cx) {
+                Poll::Pending => expired(deadline.as_mut(), cx).map(Err),
+                done => done,
+            }) => r?,
         };
-        if n == 0 {
-            return stream.shutdown().await;
-        }
-        idle(ctx.idle_timeout, stream.write_all(&buf[..n])).await?;
+        let (n, rest) = match step {
+            Echoed::Eof => return stream.shutdown().await,
+            Echoed::All(n) => (n, Vec::new()),
+            Echoed::Partly(n, rest) => (n, rest),
+        };
+        // Back-pressure: nothing more is read until the client has taken the tail.
+        restart(deadline.as_mut(), ctx.idle_timeout);
+        let mut written = 0;
+        std::future::poll_fn(|cx| {
+            while written < rest.len() {
+                match Pin::new(&mut stream).poll_write(cx, &rest[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(k)) => written += k,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return expired(deadline.as_mut(), cx).map(Err),
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await?;
         ctx.metrics.bytes_out(n as u64);
     }
+}
+
+/// Sets the idle deadline `limit` from now (none: never).
+fn restart(deadline: Pin<&mut Option<Sleep>>, limit: Option<Duration>) {
+    if let (Some(sleep), Some(limit)) = (deadline.as_pin_mut(), limit) {
+        sleep.reset(Instant::now() + limit);
+    }
+}
+
+/// Ready with the idle-timeout error once the deadline has passed.
+fn expired(deadline: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> Poll<io::Error> {
+    match deadline.as_pin_mut() {
+        Some(sleep) => sleep
+            .poll(cx)
+            .map(|()| io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+        None => Poll::Pending,
+    }
+}
+
+/// What one read brought and what became of it.
+#[derive(Debug)]
+enum Echoed {
+    /// The client half-closed.
+    Eof,
+    /// This many bytes were read and written back.
+    All(usize),
+    /// This many were read; the socket did not take the tail, copied here to write next.
+    Partly(usize, Vec<u8>),
+}
+
+/// Waits for readability, reads into the scratch buffer and writes back as much as the socket
+/// takes at once, copying out only what it does not.
+fn poll_echo(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<Echoed>> {
+    lines::with_scratch(|scratch| {
+        let mut read = ReadBuf::new(scratch);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        let data = read.filled();
+        if data.is_empty() {
+            return Poll::Ready(Ok(Echoed::Eof));
+        }
+        let mut written = 0;
+        while written < data.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &data[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // The waker registered here may fire later for nothing: harmless.
+                Poll::Pending => {
+                    return Poll::Ready(Ok(Echoed::Partly(data.len(), data[written..].to_vec())));
+                }
+            }
+        }
+        Poll::Ready(Ok(Echoed::All(data.len())))
+    })
 }
 
 /// Offers the connection to a newer worker; true if one took it (this worker must then drop
@@ -72,5 +143,103 @@ async fn hand_over(stream: &Stream, ctx: &ConnContext) -> bool {
             tracing::debug!(peer = %ctx.peer, cause = %err, "echo connection stays");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod memory {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::service::ConnContext;
+    use crate::service::lines::heap;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A connected pair: (the server's end as a service gets it, the client's end).
+    async fn pair() -> (crate::net::Stream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (crate::net::Stream::Tcp(s), c)
+    }
+
+    /// Every idle echo connection holds one `serve` future (issue 13: 100,000 of them on 2
+    /// workers under 150 MB): no buffer in it, the read goes to the worker's scratch buffer.
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        runtime().block_on(async {
+            let (stream, _client) = pair().await;
+            let ctx = ConnContext::detached(crate::net::Peer::Unix, Default::default());
+            let f = super::serve(stream, &ctx);
+            let size = std::mem::size_of_val(&f);
+            // 392 bytes on rustc 1.95: the stream, the idle deadline (one tokio Sleep, reset
+            // before each wait), the tail a slow client has not taken yet, and the wait for a
+            // hand-over to a newer worker (issue 10; 312 without it). It was 176 plus a 16 KiB
+            // buffer on the heap from the first byte on.
+            assert!(size <= 400, "serve future is {size} bytes");
+        });
+    }
+
+    /// After traffic, including writes the client is too slow to take at once, a connection
+    /// that goes quiet again holds no more heap than before its first byte.
+    #[test]
+    fn buffers_are_released_when_the_connection_goes_idle() {
+        runtime().block_on(async {
+            let (stream, client) = pair().await;
+            let ctx = ConnContext::detached(crate::net::Peer::Unix, Default::default());
+            // The scratch buffer is the worker's, allocated once: not this connection's.
+            super::lines::with_scratch(|_| ());
+            let (mut rd, mut wr) = client.into_split();
+            // The client's reader and its buffer exist before the first count and live on
+            // after the last, so only the server's allocations move the count.
+            const TOTAL: usize = 8 << 20;
+            let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+            let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0;
+                while total < TOTAL {
+                    // Slow at first: the server's writes back find the socket full.
+                    if total < TOTAL / 2 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    let n = rd.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "echo closed early");
+                    total += n;
+                }
+                got_tx.send(total).unwrap();
+                let _ = end_rx.await;
+                drop(buf);
+            });
+            let chunk = vec![b'e'; 64 * 1024];
+            let server = tokio::spawn(async move { super::serve(stream, &ctx).await });
+            // Let the server task reach its first wait.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let before = heap::live();
+            for _ in 0..TOTAL / chunk.len() {
+                wr.write_all(&chunk).await.unwrap();
+            }
+            assert_eq!(got_rx.await.unwrap(), TOTAL);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let after = heap::live();
+            assert!(
+                after - before <= 256,
+                "an idle echo connection kept {} bytes of heap",
+                after - before
+            );
+            drop(wr);
+            server.await.unwrap().unwrap();
+            end_tx.send(()).unwrap();
+            reader.await.unwrap();
+        });
     }
 }

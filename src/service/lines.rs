@@ -443,7 +443,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// came (through the telnet filter, if any) to `buf`. Returns how many bytes were read.
     async fn read(&mut self) -> std::io::Result<usize> {
         std::future::poll_fn(|cx| {
-            SCRATCH.with_borrow_mut(|scratch| {
+            with_scratch(|scratch| {
                 let mut read = ReadBuf::new(scratch);
                 std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
                 let data = read.filled();
@@ -465,12 +465,23 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
-/// The size of each thread's read buffer for line services: one per worker, shared by all
-/// its connections (each read is copied out before the next one starts).
+/// The size of each thread's read buffer for the stream services (echo, quote, chat): one per
+/// worker, shared by all its connections (each read is copied out, or written back, before the
+/// next one starts).
 pub const SCRATCH_BYTES: usize = 16 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+}
+
+/// Runs `f` with this thread's scratch buffer ([`SCRATCH_BYTES`]), for a read that is dealt
+/// with before `f` returns: the way a connection reads without holding a buffer of its own
+/// while it waits (issue 13). Allocated on a thread's first use and kept for its life.
+///
+/// # Panics
+/// If `f` itself calls `with_scratch` (the buffer is borrowed for the whole call).
+pub fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    SCRATCH.with_borrow_mut(|scratch| f(scratch))
 }
 
 #[cfg(test)]
@@ -712,5 +723,72 @@ mod tests {
         // A too-long unterminated last line.
         assert_eq!(all(3, &[b"abcdefgh"]), vec![Line::TooLong]);
         assert_eq!(all(3, &[b"abcd"]), vec![Line::TooLong]);
+    }
+}
+
+/// Test support for issue 13's "count allocations": the heap bytes the current thread holds,
+/// counted by a global allocator around the system's (for the whole unit-test binary). A
+/// connection served on a current-thread runtime allocates on the test's own thread, so
+/// other tests running in parallel do not disturb the count.
+#[cfg(test)]
+pub(crate) mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Allocated minus freed on this thread, in bytes. Const-initialised and without a
+        /// destructor, so the allocator may touch it at any time.
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(bytes: isize) {
+        let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
+    }
+
+    /// The system allocator, counting.
+    struct Counting;
+
+    // SAFETY: every call is passed to `System` as it came; the counter only adds.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract, passed on.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract, passed on.
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.dealloc(ptr, layout) };
+            add(-(layout.size() as isize));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: the caller's contract, passed on.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                add(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Heap bytes allocated and not yet freed by this thread since it started.
+    pub(crate) fn live() -> isize {
+        LIVE.with(Cell::get)
     }
 }

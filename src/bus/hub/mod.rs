@@ -47,3 +47,18 @@ pub struct HubBoot {
     /// after the hub have no names and are not waited for.
     pub workers: Vec<u32>,
 }
+
+/// Test support: a hub serving at `address` inside the current runtime (no process, no
+/// heartbeat, no recovery window), for unit tests of the services that use the bus. It runs
+/// until the runtime ends.
+///
+/// # Errors
+/// If `address` cannot be bound.
+#[cfg(test)]
+pub(crate) fn serve_in_process(address: &std::path::Path) -> std::io::Result<()> {
+    use std::sync::{Arc, Mutex};
+    let listener = tokio::net::UnixListener::bind(address)?;
+    let hub = Arc::new(Mutex::new(state::Hub::new(None)));
+    tokio::spawn(conn::accept_loop(listener, hub));
+    Ok(())
+}

@@ -132,6 +132,19 @@ impl Member {
     /// Appends what is due for this member to `buf` (about [`BATCH_BYTES`] at most): the log
     /// from its cursor, minus its own lines, with its replies in their places.
     fn gather(&mut self, log: &Log, buf: &mut BytesMut) {
+        self.gather_due(log, buf);
+        // Emptied queues give their memory back: a member that is up to date holds none
+        // (issue 13).
+        if self.replies.is_empty() && self.replies.capacity() > 0 {
+            self.replies = VecDeque::new();
+        }
+        if self.own.is_empty() && self.own.capacity() > 0 {
+            self.own = VecDeque::new();
+        }
+    }
+
+    /// [`Member::gather`], leaving the queues as they are.
+    fn gather_due(&mut self, log: &Log, buf: &mut BytesMut) {
         if self.kick.is_kicked() {
             // Its writer is stopping, and the log no longer keeps its place.
             return;

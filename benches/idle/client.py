@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Opens N connections to a server, takes each through one protocol step, then holds them idle.
+
+    client.py MODE HOST PORT N READY_FILE
+
+MODE is what each connection does before it goes idle:
+  echo   sends one line, waits for it back
+  quote  sends one line, waits for the reply line
+  chat   sends a name, waits for MARKER (env CHAT_MARKER, default "you joined as"), then
+         reads and discards whatever the room sends (join notices of later members)
+  http   sends one keep-alive GET for PATH (env HTTP_PATH, default "/"), reads the response
+  none   connects only
+
+Source addresses rotate over 127.0.0.2, 127.0.0.3, … (20,000 connections each), so the client
+side does not run out of ephemeral ports. Connections are numbered from FIRST (env, default 0):
+several clients run side by side with disjoint numbers (chat names, source addresses) when
+one process may not hold them all (RLIMIT_NOFILE). At most CONCURRENCY (env, default 256) connections
+are in their step at once. When all N are idle (and, for chat, the room has been quiet for a
+second), the client writes "opened=N seconds=S failed=F" to READY_FILE and holds every
+connection until SIGTERM. A benchmark tool for benches/idle.sh, not a test.
+"""
+import errno
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+
+IP_BIND_ADDRESS_NO_PORT = 24
+PER_SOURCE = 20_000
+
+
+def main():
+    mode, host, port, n, ready_file = sys.argv[1:6]
+    port, n = int(port), int(n)
+    first = int(os.environ.get("FIRST", "0"))
+    conc = int(os.environ.get("CONCURRENCY", "256"))
+    marker = os.environ.get("CHAT_MARKER", "you joined as").encode()
+    path = os.environ.get("HTTP_PATH", "/")
+    want = n + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+
+    ep = select.epoll()
+    conns = {}  # fd -> [sock, index, received bytes (only while in the step)]
+    held = []
+    started = done = failed = 0
+    t0 = time.monotonic()
+
+    def request(i):
+        if mode in ("echo", "quote"):
+            return b"line %d\n" % i
+        if mode == "chat":
+            return b"u%d\r\n" % i
+        if mode == "http":
+            return ("GET %s HTTP/1.1\r\nHost: bench\r\n\r\n" % path).encode()
+        return b""
+
+    def finished(buf, i):
+        if mode == "echo":
+            return buf == b"line %d\n" % i
+        if mode == "quote":
+            return buf.endswith(b"\n")
+        if mode == "chat":
+            return marker in buf
+        if mode == "http":
+            head, sep, body = buf.partition(b"\r\n\r\n")
+            if not sep:
+                return False
+            length = 0
+            for h in head.split(b"\r\n")[1:]:
+                k, _, v = h.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            return len(body) >= length
+        return True
+
+    def open_one(i):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.bind(("127.0.0.%d" % (2 + i // PER_SOURCE), 0))
+        err = s.connect_ex((host, port))
+        if err not in (0, errno.EINPROGRESS):
+            raise OSError(err, os.strerror(err))
+        conns[s.fileno()] = [s, i, None]
+        ep.register(s.fileno(), select.EPOLLOUT)
+
+    def idle(fd):
+        nonlocal done
+        s = conns[fd][0]
+        done += 1
+        held.append(s)
+        if mode == "chat":
+            conns[fd][2] = None  # keeps draining, without a buffer
+        else:
+            ep.unregister(fd)
+            del conns[fd]
+
+    last_data = time.monotonic()
+    while done + failed < n or (mode == "chat" and time.monotonic() - last_data < 1.0):
+        while started < n and started - done - failed < conc:
+            open_one(first + started)
+            started += 1
+        for fd, ev in ep.poll(0.2):
+            c = conns.get(fd)
+            if c is None:
+                continue
+            s, i, buf = c
+            if ev & select.EPOLLOUT:
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    failed += 1
+                    ep.unregister(fd)
+                    del conns[fd]
+                    s.close()
+                    continue
+                s.send(request(i))
+                c[2] = b""
+                if mode == "none":
+                    idle(fd)
+                else:
+                    ep.modify(fd, select.EPOLLIN)
+                continue
+            try:
+                data = s.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                ep.unregister(fd)
+                del conns[fd]
+                if buf is not None:
+                    failed += 1
+                continue
+            last_data = time.monotonic()
+            if buf is None:
+                continue  # chat: a notice for an idle member
+            buf += data[-4096:] if mode == "chat" else data
+            c[2] = buf
+            if finished(buf, i):
+                idle(fd)
+    seconds = time.monotonic() - t0
+    with open(ready_file + ".tmp", "w") as f:
+        f.write("opened=%d seconds=%.2f failed=%d\n" % (done, seconds, failed))
+    os.rename(ready_file + ".tmp", ready_file)
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        for fd, _ in ep.poll(0.5):
+            c = conns.get(fd)
+            if c is None:
+                continue
+            try:
+                if not c[0].recv(65536):
+                    ep.unregister(fd)
+                    del conns[fd]
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    main()
