@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod echo;
+pub mod http;
 pub mod lines;
 pub mod quote;
 pub mod static_files;

@@ -1,0 +1,468 @@
+//! The application hook: a program's own `tower::Service` (an axum `Router`, say) served on
+//! hyper, one connection at a time, inside a worker.
+//!
+//! hyper-util's `auto` builder speaks HTTP/1.1 (keep-alive, pipelining), HTTP/1.0 and HTTP/2
+//! with prior knowledge (h2c) on the same listener, and hands upgraded connections
+//! (WebSocket) to the app. Around it this module adds what an operator expects of a gunicorn
+//! worker and hyper does not do:
+//!
+//! - deadlines for silent and slow clients, with a 408 ([`io`]);
+//! - gunicorn's head limits, 414 / 431 ([`settings`]), a body limit, 413 ([`body`]), and a
+//!   per-request deadline, 503 with the handler future dropped;
+//! - a handler that panics costs its request a 500 and a log line naming the request; the
+//!   connection, its worker and the other connections go on;
+//! - the socket peer ([`Peer`]) and the client as trusted proxies report it ([`Client`]) as
+//!   request extensions;
+//! - an access log ([`access`]);
+//! - a graceful stop: when the worker's stop token is cancelled, in-flight requests finish, a
+//!   kept-alive HTTP/1 connection answers its current request with `connection: close` or is
+//!   closed when idle, and HTTP/2 gets GOAWAY (hyper's `graceful_shutdown`). Streams that never
+//!   end (server-sent events, WebSockets) run on until the worker's graceful deadline cuts them.
+//!
+//! This module serves connections it is given; it knows no listener, signal or config format.
+//! The static file service's hand-written HTTP/1.1 parser is deliberately not used here: apps
+//! get a complete HTTP stack, static keeps its fast path.
+
+pub mod access;
+pub mod body;
+pub mod forwarded;
+pub mod io;
+pub mod settings;
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, REFERER, USER_AGENT};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+pub use access::AccessLog;
+pub use body::{BoxError, RequestBody, ResponseBody};
+pub use forwarded::{Client, ForwardedAllowIps};
+pub use settings::HttpSettings;
+
+use crate::net::Peer;
+use crate::scoreboard::Slot;
+use crate::service::ConnContext;
+use access::AccessRecord;
+use body::OnBodyEnd;
+use io::{ConnState, DeadlineIo, Deadlines};
+
+/// The request type an application receives.
+pub type AppRequest = Request<RequestBody>;
+
+/// The application, type-erased: cloned once per request (an axum `Router` clone is an `Arc`
+/// bump), its body boxed.
+type BoxApp = BoxCloneSyncService<AppRequest, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
+
+/// One application, ready to serve connections in this worker: the app, its settings, the
+/// hyper builder and the access log.
+pub struct AppService {
+    app: BoxApp,
+    settings: Arc<HttpSettings>,
+    /// Built once; `serve_connection_with_upgrades` borrows it per connection.
+    builder: auto::Builder<TokioExecutor>,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+impl fmt::Debug for AppService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppService")
+            .field("settings", &self.settings)
+            .field("access_log", &self.access_log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppService {
+    /// Wraps an application.
+    ///
+    /// `app` is any cloneable `tower::Service` taking [`AppRequest`]s, axum's `Router`
+    /// included (`Router<()>` implements it for every body type). Its errors become 500s (an
+    /// axum `Router`'s error type is `Infallible`).
+    pub fn new<S, B>(app: S, settings: HttpSettings) -> AppService
+    where
+        S: tower::Service<AppRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let app = app
+            .map_response(|r: Response<B>| r.map(|b| b.map_err(Into::into).boxed_unsync()))
+            .map_err(Into::into);
+        AppService {
+            app: BoxCloneSyncService::new(app),
+            builder: builder(&settings),
+            settings: Arc::new(settings),
+            access_log: None,
+        }
+    }
+
+    /// Logs every request to `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> AppService {
+        self.access_log = Some(Arc::new(log));
+        self
+    }
+
+    /// The settings this app is served with.
+    pub fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    /// Reopens the access log (USR1).
+    ///
+    /// # Errors
+    /// If the file cannot be reopened; the old one stays in use.
+    pub fn reopen_logs(&self) -> std::io::Result<()> {
+        self.access_log.as_ref().map_or(Ok(()), |l| l.reopen())
+    }
+
+    /// Serves one connection to its end (module docs). Errors end this connection only and
+    /// are logged at debug level.
+    ///
+    /// When the connection was upgraded, this returns only once the app has dropped the
+    /// upgraded stream, so the worker's drain waits for WebSockets as for any connection.
+    pub async fn serve<S>(&self, stream: S, ctx: &ConnContext)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let state = Arc::new(ConnState::default());
+        let deadlines = Deadlines {
+            header: self.settings.header_timeout,
+            keep_alive: self.settings.keep_alive,
+        };
+        let (io, released) = DeadlineIo::new(stream, Arc::clone(&state), deadlines);
+        let conn_ctx = Arc::new(ConnShared {
+            app: self.app.clone(),
+            settings: Arc::clone(&self.settings),
+            access_log: self.access_log.clone(),
+            peer: ctx.peer.clone(),
+            slot: ctx.slot,
+            state: Arc::clone(&state),
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), ConnService(conn_ctx));
+        tokio::pin!(conn);
+        let mut stopping = false;
+        let result = loop {
+            tokio::select! {
+                res = conn.as_mut() => break res,
+                // Finish the request in flight (with `connection: close`), or close now if
+                // idle; HTTP/2 sends GOAWAY and lets open streams end.
+                () = ctx.stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");
+        }
+        if state.head_timed_out.load(Ordering::Relaxed)
+            && let Some(log) = &self.access_log
+        {
+            log.record(&AccessRecord {
+                client: peer_ip(&ctx.peer),
+                request_line: "-",
+                status: StatusCode::REQUEST_TIMEOUT.as_u16(),
+                bytes: None,
+                referer: None,
+                user_agent: None,
+                duration: self.settings.header_timeout,
+            });
+        }
+        if state.upgraded.load(Ordering::Acquire) {
+            // Err(RecvError) is the only outcome: the sender lives in the stream and is dropped
+            // with it.
+            let _ = released.await;
+        }
+    }
+}
+
+/// The hyper builder for these settings.
+fn builder(s: &HttpSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        // The timer hyper needs for its own HTTP/1 timeouts; its header read timeout is
+        // turned off because `io::DeadlineIo` keeps that clock (and answers 408).
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(!s.keep_alive.is_zero())
+        .max_headers(s.limit_request_fields.max(1))
+        // Not `pipeline_flush(true)`: with it, hyper 1.12 drops its own 400/414/431 answers
+        // to heads it cannot parse (the connection closes before the flush; measured).
+        .max_buf_size(s.head_buffer());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.head_buffer()).unwrap_or(u32::MAX));
+    b
+}
+
+/// What every request of one connection shares (moved into each request's future: HTTP/2
+/// runs those in tasks of their own).
+struct ConnShared {
+    app: BoxApp,
+    settings: Arc<HttpSettings>,
+    access_log: Option<Arc<AccessLog>>,
+    peer: Peer,
+    /// The worker's scoreboard slot: requests and bytes out.
+    slot: &'static Slot,
+    state: Arc<ConnState>,
+}
+
+/// The hyper service of one connection.
+struct ConnService(Arc<ConnShared>);
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(handle(Arc::clone(&self.0), req))
+    }
+}
+
+/// `METHOD TARGET VERSION` of a request, kept for the logs after the app took the request.
+struct RequestLine {
+    method: Method,
+    uri: Uri,
+    version: Version,
+}
+
+impl fmt::Display for RequestLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {:?}", self.method, self.uri, self.version)
+    }
+}
+
+/// Decrements the in-flight count when the request ends, however it ends (its future dropped
+/// by a closing connection, or its response body dropped by hyper).
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn start(state: Arc<ConnState>) -> InFlight {
+        state.request_started();
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// One request: the checks, the app under its deadline and panic guard, the response wrapped
+/// for counting and logging.
+async fn handle(
+    c: Arc<ConnShared>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let in_flight = InFlight::start(Arc::clone(&c.state));
+    let started = Instant::now();
+    c.slot
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let settings = &*c.settings;
+    let (mut parts, body) = req.into_parts();
+    let line = RequestLine {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+    };
+    let client = Client::resolve(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
+    let logged = c.access_log.as_ref().map(|_| LoggedHeaders {
+        referer: parts.headers.get(REFERER).cloned(),
+        user_agent: parts.headers.get(USER_AGENT).cloned(),
+    });
+    let limit = (settings.limit_request_body > 0).then_some(settings.limit_request_body);
+    let declared_too_big = limit.is_some_and(|limit| {
+        parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|len| len > limit)
+    });
+    let early = settings
+        .check_head(&parts)
+        .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
+    let response = match early {
+        // The head alone is refused: the app is not called, and an HTTP/1 connection closes
+        // rather than read a body nobody wants.
+        Some(status) => status_response(status, line.version),
+        None => {
+            parts.extensions.insert(c.peer.clone());
+            parts.extensions.insert(client.clone());
+            let exceeded = Arc::new(AtomicBool::new(false));
+            let body = RequestBody::new(body, limit, Arc::clone(&exceeded));
+            let req = Request::from_parts(parts, body);
+            let run = CatchUnwind(Box::pin(c.app.clone().oneshot(req)));
+            let outcome = match settings.request_timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                None => Some(run.await),
+            };
+            match outcome {
+                None => {
+                    tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
+                    status_response(StatusCode::SERVICE_UNAVAILABLE, line.version)
+                }
+                Some(Err(panic)) => {
+                    tracing::error!(
+                        request = %line,
+                        peer = %c.peer,
+                        cause = panic_message(&*panic),
+                        "handler panicked: 500"
+                    );
+                    status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
+                }
+                Some(Ok(Err(err))) => {
+                    tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
+                    status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
+                }
+                // The body went over the limit: whatever the app made of the error, the client
+                // is told 413.
+                Some(Ok(Ok(_))) if exceeded.load(Ordering::Relaxed) => {
+                    status_response(StatusCode::PAYLOAD_TOO_LARGE, line.version)
+                }
+                Some(Ok(Ok(response))) => response,
+            }
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        c.state.upgraded.store(true, Ordering::Release);
+    }
+    let end = RequestEnd {
+        status: response.status().as_u16(),
+        started,
+        line,
+        client: client.ip,
+        logged,
+        conn: Arc::clone(&c),
+        _in_flight: in_flight,
+    };
+    Ok(response.map(|b| ResponseBody::new(b, Box::new(end))))
+}
+
+/// The request headers the access log shows, kept only when it is on.
+struct LoggedHeaders {
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+/// What happens when a response body is dropped: counters, the access-log line, and (by
+/// dropping `_in_flight`) the connection's clock learns the request is over.
+struct RequestEnd {
+    status: u16,
+    started: Instant,
+    line: RequestLine,
+    client: Option<std::net::IpAddr>,
+    logged: Option<LoggedHeaders>,
+    conn: Arc<ConnShared>,
+    _in_flight: InFlight,
+}
+
+impl OnBodyEnd for RequestEnd {
+    fn end(self: Box<Self>, bytes: u64, _complete: bool) {
+        self.conn
+            .slot
+            .bytes_out
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        if let (Some(log), Some(h)) = (&self.conn.access_log, &self.logged) {
+            let line = self.line.to_string();
+            log.record(&AccessRecord {
+                client: self.client,
+                request_line: &line,
+                status: self.status,
+                bytes: Some(bytes),
+                referer: h.referer.as_ref().and_then(|v| v.to_str().ok()),
+                user_agent: h.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                duration: self.started.elapsed(),
+            });
+        }
+    }
+}
+
+/// A short plain-text answer the server makes itself: `413 Payload Too Large`. Statuses that
+/// leave a request body unread (413, 414, 431) close an HTTP/1 connection.
+fn status_response(
+    status: StatusCode,
+    version: Version,
+) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let closes = matches!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::URI_TOO_LONG
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    if closes && version < Version::HTTP_2 {
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
+    match peer {
+        Peer::Tcp(a) => Some(a.ip()),
+        Peer::Unix => None,
+    }
+}
+
+/// A future whose panic is caught and returned (the app's handler: a panic costs one request).
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // AssertUnwindSafe: after a panic the future is never polled again (it is dropped with
+        // this one), so no broken invariant inside it can be observed.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic with a non-string payload")
+}

@@ -1,0 +1,3 @@
+//! HTTP services: the embedded application hook ([`app`]).
+
+pub mod app;
