@@ -397,7 +397,7 @@ async fn forwarded_headers_are_believed_only_from_allowed_peers() {
 }
 
 #[tokio::test]
-async fn websocket_echo_through_axum() {
+async fn websocket_echo_through_axum_outlives_the_http_deadlines_and_a_stop() {
     let server = Server::start(HttpSettings {
         // The upgraded stream has no HTTP deadlines: it must outlive these.
         keep_alive: Duration::from_millis(100),
@@ -417,17 +417,35 @@ async fn websocket_echo_through_axum() {
     // RFC 6455 §1.3's example key and accept value.
     assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for text in ["hello", "again"] {
-        s.write_all(&ws_text_frame(text)).await.unwrap();
-        let mut frame = vec![0u8; 2 + text.len()];
-        tokio::time::timeout(SOON, s.read_exact(&mut frame))
+    ws_echo(&mut s, "hello").await;
+    // A graceful stop leaves the WebSocket to the worker's deadline, and the connection's
+    // task waits for it, so the worker's drain does too.
+    server.stop.cancel();
+    server.conns.close();
+    ws_echo(&mut s, "still here").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), server.conns.wait())
             .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(frame[0], 0x81, "FIN + text");
-        assert_eq!(frame[1] as usize, text.len(), "unmasked, short length");
-        assert_eq!(&frame[2..], text.as_bytes());
-    }
+            .is_err(),
+        "the connection task lives as long as the WebSocket"
+    );
+    drop(s);
+    tokio::time::timeout(SOON, server.conns.wait())
+        .await
+        .expect("the task ends once the app drops the socket");
+}
+
+/// Sends `text` in a WebSocket frame and expects it back.
+async fn ws_echo(s: &mut TcpStream, text: &str) {
+    s.write_all(&ws_text_frame(text)).await.unwrap();
+    let mut got = vec![0u8; 2 + text.len()];
+    tokio::time::timeout(SOON, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got[0], 0x81, "FIN + text");
+    assert_eq!(got[1] as usize, text.len(), "unmasked, short length");
+    assert_eq!(&got[2..], text.as_bytes());
 }
 
 /// A masked client text frame (RFC 6455 §5.2), payload under 126 bytes.
@@ -526,4 +544,61 @@ async fn the_access_log_has_one_line_per_request() {
         "{text}"
     );
     assert!(lines[1].contains("\"GET /nope HTTP/1.1\" 404 0 "), "{text}");
+}
+
+#[tokio::test]
+async fn http2_gets_goaway_and_its_stream_in_flight_finishes() {
+    let server = Server::start(HttpSettings::default()).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let slow = tokio::spawn(h2.get(server.url("/sleep/300")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stop.cancel();
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "slept");
+    server.conns.close();
+    tokio::time::timeout(SOON, server.conns.wait())
+        .await
+        .expect("the HTTP/2 connection ends after its last stream");
+}
+
+#[tokio::test]
+async fn a_unix_socket_peer_is_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let app = Arc::new(AppService::new(
+        router(),
+        HttpSettings {
+            forwarded_allow_ips: "10.0.0.1".parse().unwrap(),
+            ..HttpSettings::default()
+        },
+    ));
+    let slot = Scoreboard::create().unwrap().slot(0);
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let ctx = ConnContext {
+            peer: Peer::Unix,
+            stop: CancellationToken::new(),
+            idle_timeout: None,
+            slot,
+        };
+        app.serve(Stream::Unix(s), &ctx).await;
+    });
+    let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    s.write_all(
+        b"GET /client HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 198.51.100.4\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(SOON, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.ends_with("198.51.100.4 http unix"), "{out}");
 }

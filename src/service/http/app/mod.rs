@@ -25,6 +25,7 @@
 
 pub mod access;
 pub mod body;
+pub mod factory;
 pub mod forwarded;
 pub mod io;
 pub mod settings;
@@ -53,6 +54,7 @@ use tower::util::BoxCloneSyncService;
 
 pub use access::AccessLog;
 pub use body::{BoxError, RequestBody, ResponseBody};
+pub use factory::{App, AppFactory, error_chain};
 pub use forwarded::{Client, ForwardedAllowIps};
 pub use settings::HttpSettings;
 
@@ -103,11 +105,13 @@ impl AppService {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let app = app
-            .map_response(|r: Response<B>| r.map(|b| b.map_err(Into::into).boxed_unsync()))
-            .map_err(Into::into);
+        AppService::from_app(App::new(app), settings)
+    }
+
+    /// Serves an app a factory built.
+    pub fn from_app(app: App, settings: HttpSettings) -> AppService {
         AppService {
-            app: BoxCloneSyncService::new(app),
+            app: app.0,
             builder: builder(&settings),
             settings: Arc::new(settings),
             access_log: None,
