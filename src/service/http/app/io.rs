@@ -12,6 +12,7 @@
 //! | HTTP/1, bytes of a head received, no request in flight | `header_timeout` after the head's first byte (or the accept) | `408 Request Timeout`, then EOF |
 //! | no request in flight since the last one ended (kept alive) | `keep_alive` after that | EOF |
 //! | a request in flight, or the connection upgraded | none (`request_timeout` and the worker's graceful deadline bound these) | – |
+//! | any write blocked (the client stopped reading) | the service's idle timeout after the write first blocked | the write fails with `TimedOut`: the connection ends |
 //!
 //! The 408 is written here, straight to the socket, because hyper has no way to be asked to.
 //! It is only written when hyper has nothing half-written (its last write did not stall), so
@@ -85,6 +86,10 @@ pub struct Deadlines {
     pub header: Duration,
     /// Silence allowed between requests.
     pub keep_alive: Duration,
+    /// How long a write may stay blocked (a client that stops reading its response, or its
+    /// WebSocket) before the connection fails with `TimedOut`; `None` = as long as it likes.
+    /// This is the service's idle timeout.
+    pub write_stall: Option<Duration>,
 }
 
 /// What the connection is, as far as the bytes tell.
@@ -119,6 +124,9 @@ pub struct DeadlineIo<S> {
     wait: Wait,
     /// Whether hyper's last write stalled (it may hold half a response): no 408 then.
     write_stalled: bool,
+    /// Armed at the first write that stalls, cleared by any write that makes progress:
+    /// the [`Deadlines::write_stall`] deadline. Allocated on the first stall only.
+    stall: Option<Pin<Box<Sleep>>>,
     /// The 408 bytes still to write, once the head deadline passed.
     sending_408: Option<usize>,
     /// Dropped with the stream: tells [`super::serve`] an upgraded stream was let go.
@@ -158,6 +166,7 @@ impl<S> DeadlineIo<S> {
             armed: Some(now + deadlines.header),
             wait: Wait::Fresh(now),
             write_stalled: false,
+            stall: None,
             sending_408: None,
             _dropped: tx,
         };
@@ -311,6 +320,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
     }
 }
 
+impl<S> DeadlineIo<S> {
+    /// Notes how a write went: progress clears the stall clock, a stall starts it (once), and
+    /// a stall past [`Deadlines::write_stall`] fails the write.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        self.write_stalled = r.is_pending();
+        if r.is_ready() {
+            if let Some(stall) = self.stall.as_mut() {
+                // Disarmed by pushing it far out; reset again at the next stall.
+                stall.as_mut().reset(Instant::now() + FAR);
+            }
+            return r;
+        }
+        let Some(limit) = self.deadlines.write_stall else {
+            return r;
+        };
+        let now = Instant::now();
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(now + limit)));
+        if stall.deadline() > now + limit {
+            stall.as_mut().reset(now + limit);
+        }
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// "Not armed" for the write-stall timer.
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -319,8 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.write_stalled = r.is_pending();
-        r
+        this.after_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -330,8 +377,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.write_stalled = r.is_pending();
-        r
+        this.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -341,8 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_flush(cx);
-        this.write_stalled = r.is_pending();
-        r
+        this.after_write(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -358,6 +403,7 @@ mod tests {
     const D: Deadlines = Deadlines {
         header: Duration::from_secs(10),
         keep_alive: Duration::from_secs(5),
+        write_stall: Some(Duration::from_secs(60)),
     };
 
     #[tokio::test(start_paused = true)]
@@ -405,6 +451,18 @@ mod tests {
         state.upgraded.store(true, Ordering::Release);
         let read = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut buf)).await;
         assert!(read.is_err(), "an upgraded stream has no deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_fails_the_write_after_the_stall_limit() {
+        let (client, server) = duplex(64);
+        let (mut io, _gone) = DeadlineIo::new(server, Arc::default(), D);
+        let start = Instant::now();
+        let big = vec![b'x'; 1024];
+        let err = io.write_all(&big).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        drop(client);
     }
 
     #[tokio::test(start_paused = true)]

@@ -150,6 +150,7 @@ impl AppService {
         let deadlines = Deadlines {
             header: self.settings.header_timeout,
             keep_alive: self.settings.keep_alive,
+            write_stall: ctx.idle_timeout,
         };
         let (io, released) = DeadlineIo::new(stream, Arc::clone(&state), deadlines);
         let conn_ctx = Arc::new(ConnShared {
