@@ -9,10 +9,12 @@
 //!
 //! - [`config`]: flags, the TOML file, defaults and validation, merged into one immutable
 //!   [`config::Config`]. Opens no socket.
-//! - [`arbiter`]: the master process: binds ([`arbiter::listeners`]), signals
+//! - [`arbiter`]: the master process: binds (through [`net::listener`]), signals
 //!   ([`arbiter::signals`]), the worker table, the pid file. Never starts a thread or runtime.
 //! - [`scoreboard`]: shared memory with one slot per worker (heartbeat and counters), the only
 //!   memory both sides touch.
+//! - [`child`]: what every forked child does first (parent-death signal, orphan check,
+//!   runtime, signals, heartbeat, ready message); workers and the hub build on it.
 //! - [`worker`]: the code that runs after fork: runtime, accept loop, connection cap,
 //!   heartbeat, graceful drain.
 //! - [`service`]: the protocols (`static`, the default HTTP file server; `echo`, `chat`,
@@ -20,17 +22,27 @@
 //! - [`bus`]: every message and shared value that crosses workers: the hub process the
 //!   arbiter supervises, and the client each worker keeps connected to it.
 //! - [`connect`]: `oxicorn connect`, a line client with clear errors (not part of the server).
-//! - [`net`]: bind addresses and the stream type services read and write.
+//! - [`net`]: bind addresses, listeners, and the stream type services read and write.
+//! - [`proctitle`]: the process titles `ps` and `top` show.
 //! - [`log`]: the line format and the log file reopened on USR1.
+//! - [`exit`]: every exit code, and who reacts to each.
+//! - [`sync`]: the one way shared state is locked.
 
 #![warn(missing_docs)]
 
+/// This build's version, as `--version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod arbiter;
 pub mod bus;
+pub mod child;
 pub mod config;
 pub mod connect;
+pub mod exit;
 pub mod log;
 pub mod net;
+pub mod proctitle;
 pub mod scoreboard;
 pub mod service;
+pub mod sync;
 pub mod worker;

@@ -8,7 +8,7 @@
 //! intact. The arbiter never forks while logging, so the mutex is never inherited locked.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -64,8 +64,11 @@ pub fn init(level: LevelFilter, path: Option<&Path>) -> io::Result<LogHandle> {
         }),
     }));
     let (filter, handle) = reload::Layer::new(level);
+    // Colour only for a person at a terminal (and never when NO_COLOR is set, no-color.org);
+    // checked again per line, as a reload may move the log to a file.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let fmt = tracing_subscriber::fmt::layer()
-        .event_format(LineFormat)
+        .event_format(LineFormat { output, colour })
         .with_writer(OutputRef(output))
         .with_ansi(false);
     // A second init (the library used twice in one process) keeps the first logger.
@@ -149,8 +152,12 @@ impl<'a> MakeWriter<'a> for OutputRef {
 }
 
 /// `2026-11-22T02:45:27.123456Z [1234] INFO listening on 127.0.0.1:9000`: the pid tells the
-/// arbiter's lines from each worker's.
-struct LineFormat;
+/// arbiter's lines from each worker's. The level is coloured when the line goes to a terminal.
+struct LineFormat {
+    output: &'static LogOutput,
+    /// Stderr is a terminal and NO_COLOR is unset.
+    colour: bool,
+}
 
 impl<S, N> FormatEvent<S, N> for LineFormat
 where
@@ -164,13 +171,29 @@ where
         event: &Event<'_>,
     ) -> std::fmt::Result {
         SystemTime.format_time(&mut writer)?;
-        let level = match *event.metadata().level() {
-            tracing::Level::ERROR => "ERROR",
-            tracing::Level::WARN => "WARN",
-            tracing::Level::INFO => "INFO",
-            _ => "DEBUG",
+        let (level, ansi) = match *event.metadata().level() {
+            tracing::Level::ERROR => ("ERROR", "31"),
+            tracing::Level::WARN => ("WARN", "33"),
+            tracing::Level::INFO => ("INFO", "32"),
+            _ => ("DEBUG", "2"),
         };
-        write!(writer, " [{}] {level} ", std::process::id())?;
+        let to_terminal = self.colour
+            && self
+                .output
+                .target
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .file
+                .is_none();
+        if to_terminal {
+            write!(
+                writer,
+                " [{}] \x1b[{ansi}m{level}\x1b[0m ",
+                std::process::id()
+            )?;
+        } else {
+            write!(writer, " [{}] {level} ", std::process::id())?;
+        }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }

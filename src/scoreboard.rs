@@ -16,6 +16,10 @@ use memmap2::MmapMut;
 /// overlap of a reload, plus room for helper processes.
 pub const SLOTS: usize = 2 * crate::config::MAX_WORKERS + 16;
 
+/// The bus hub's slot: the last one. [`Scoreboard::claim_worker`] never hands it out, so a
+/// hub and a worker can never share a heartbeat.
+pub const HUB_SLOT: usize = SLOTS - 1;
+
 /// What a slot's worker is doing, as stored in [`Slot::state`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -57,6 +61,24 @@ pub struct Slot {
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
+impl Slot {
+    /// A zeroed slot outside the shared mapping, for a service run outside a worker (see
+    /// [`crate::service::ConnContext::detached`]); the arbiter never reads it.
+    pub const fn new() -> Slot {
+        Slot {
+            pid: AtomicU32::new(0),
+            state: AtomicU32::new(0),
+            last_beat_ms: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            active_conns: AtomicU32::new(0),
+            _pad: 0,
+            accepted: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+}
+
 /// The shared mapping. Created once by the arbiter and leaked, so `&'static Slot` references
 /// stay valid in the arbiter and in every forked worker for the life of the process.
 pub struct Scoreboard {
@@ -81,6 +103,42 @@ impl Scoreboard {
         Ok(Box::leak(Box::new(Scoreboard { map })))
     }
 
+    /// Claims a free worker slot (any but [`HUB_SLOT`]) for a child about to be forked and
+    /// resets it (fresh heartbeat, zeroed counters); `None` when every worker slot is
+    /// taken. The slot stays
+    /// taken until [`Scoreboard::release`]: a slot whose child died but is not reaped yet is
+    /// not free. Only the arbiter claims and releases, so "free" cannot change under it.
+    pub fn claim_worker(&'static self, generation: u64) -> Option<usize> {
+        (0..HUB_SLOT).find(|&i| self.claim(i, generation))
+    }
+
+    /// Claims [`HUB_SLOT`] for the hub about to be forked; false if a hub still holds it.
+    pub fn claim_hub(&'static self, generation: u64) -> bool {
+        self.claim(HUB_SLOT, generation)
+    }
+
+    fn claim(&'static self, index: usize, generation: u64) -> bool {
+        let slot = self.slot(index);
+        let taken = slot.state.compare_exchange(
+            SlotState::Free as u32,
+            SlotState::Booting as u32,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if taken.is_err() {
+            return false;
+        }
+        slot.reset(generation);
+        true
+    }
+
+    /// Gives a slot back once its child is reaped (or its fork failed).
+    pub fn release(&'static self, index: usize) {
+        let slot = self.slot(index);
+        slot.pid.store(0, Ordering::Relaxed);
+        slot.set_state(SlotState::Free);
+    }
+
     /// The slot at `index` (0-based).
     ///
     /// # Panics
@@ -97,8 +155,8 @@ impl Scoreboard {
 
 impl Slot {
     /// Prepares a free slot for a worker about to be forked: a fresh heartbeat (so a slow boot
-    /// is timed from now), zeroed counters.
-    pub fn reset(&self, generation: u64) {
+    /// is timed from now), zeroed counters. Called by the claims, which hand out slots.
+    fn reset(&self, generation: u64) {
         self.pid.store(0, Ordering::Relaxed);
         self.generation.store(generation, Ordering::Relaxed);
         self.active_conns.store(0, Ordering::Relaxed);
@@ -109,8 +167,9 @@ impl Slot {
         self.set_state(SlotState::Booting);
     }
 
-    /// Marks this worker alive. The worker must call this at least every `timeout / 2`; a
-    /// worker that stops calling it is killed by the arbiter (`murder_workers`).
+    /// Marks this child alive. The child layer calls it every `--timeout / 4` (between 50 ms
+    /// and 1 s: `child::beat_interval`); the arbiter kills a child whose last call is older
+    /// than `--timeout` (`murder_workers`), so a beat may be up to three intervals late.
     pub fn notify(&self) {
         self.last_beat_ms.store(monotonic_ms(), Ordering::Relaxed);
     }
@@ -148,10 +207,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_slot_is_never_handed_out_twice_and_the_hub_s_is_reserved() {
+        let board = Scoreboard::create().unwrap();
+        let mut claimed = Vec::new();
+        while let Some(i) = board.claim_worker(1) {
+            claimed.push(i);
+        }
+        assert_eq!(claimed, (0..HUB_SLOT).collect::<Vec<_>>());
+        assert!(board.claim_hub(1));
+        assert!(!board.claim_hub(1), "the hub's slot is taken");
+        board.release(5);
+        assert_eq!(board.claim_worker(2), Some(5));
+        assert_eq!(board.slot(5).generation.load(Ordering::Relaxed), 2);
+        board.release(HUB_SLOT);
+        assert!(board.claim_hub(3));
+    }
+
+    #[test]
     fn a_forked_child_writes_what_the_parent_reads() {
         let board = Scoreboard::create().unwrap();
-        let slot = board.slot(3);
-        slot.reset(7);
+        let slot = board.slot(board.claim_worker(7).unwrap());
         assert_eq!(slot.state(), SlotState::Booting);
         // SAFETY: the child only stores to atomics and calls _exit; it touches no lock.
         match unsafe { nix::unistd::fork() }.unwrap() {

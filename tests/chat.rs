@@ -681,3 +681,112 @@ fn nc_drives_the_chat() {
         .unwrap();
     distinct(&[pw, nc_worker]);
 }
+
+/// Issue 11: a terminal's Ctrl-C sends SIGINT to the whole foreground process group (the
+/// arbiter, the workers and the hub at once). The arbiter stops everything in order; nobody
+/// warns first (before: the hub exited at once, and the workers warned it was gone).
+#[test]
+fn ctrl_c_in_a_terminal_stops_the_chat_without_warnings() {
+    let (mut s, addr) = start(2, &[]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (_b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+    ctrl_c(&s);
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success(), "{status:?}");
+    assert_no_warnings(&s);
+}
+
+/// A service manager stopping the whole process group (systemd's default `KillMode` sends
+/// TERM to every process): the workers drain while the hub, which ignores a TERM while the
+/// arbiter lives, keeps the bus up for them; the arbiter stops it last. Nobody warns.
+#[test]
+fn term_to_the_whole_group_stops_the_chat_in_order_without_warnings() {
+    let (mut s, addr) = start(2, &[]);
+    let (mut a, pa) = join(&s, addr, "a");
+    let (_b, pb) = join(&s, addr, "b");
+    distinct(&[pa, pb]);
+    a.expect("* b joined");
+    nix::sys::signal::killpg(Pid::from_raw(s.pid), Signal::SIGTERM).unwrap();
+    drop(a);
+    drop(_b);
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success(), "{status:?}");
+    assert_no_warnings(&s);
+    assert!(
+        s.lines()
+            .iter()
+            .any(|l| l.contains("hub") && l.contains("exited"))
+    );
+}
+
+/// Issue 11: PuTTY (and telnet on port 23) opens with option negotiation. It used to get "a
+/// name must be valid UTF-8" for its first line; now every option is refused as a line-mode
+/// server does, and the name that follows is taken.
+#[test]
+fn a_client_opening_with_telnet_negotiation_gets_the_prompt_and_its_name() {
+    let (s, addr) = start(2, &[]);
+    let mut c = LineClient::connect(addr);
+    // WILL NAWS, WILL TSPEED, WILL TTYPE, WILL NEW-ENVIRON, DO ECHO, WILL SGA, DO SGA, and an
+    // unsolicited subnegotiation (terminal type "xterm").
+    c.send(b"\xff\xfb\x1f\xff\xfb\x20\xff\xfb\x18\xff\xfb\x27\xff\xfd\x01\xff\xfb\x03\xff\xfd\x03");
+    c.send(b"\xff\xfa\x18\x00xterm\xff\xf0");
+    c.send(b"putty\r\n");
+    assert_eq!(c.try_raw_line(SOON).unwrap(), WELCOME.as_bytes());
+    let mut want =
+        b"\xff\xfe\x1f\xff\xfe\x20\xff\xfe\x18\xff\xfe\x27\xff\xfc\x01\xff\xfe\x03\xff\xfc\x03"
+            .to_vec();
+    want.extend_from_slice(b"* you joined as putty; /who lists the members, /quit leaves");
+    assert_eq!(
+        String::from_utf8_lossy(&c.try_raw_line(SOON).unwrap()),
+        String::from_utf8_lossy(&want)
+    );
+    // IAC IAC is one 0xFF byte of data (shown as U+FFFD); the others see no command bytes.
+    let (mut o, _) = join(&s, addr, "other");
+    c.expect("* other joined");
+    c.send(b"a\xff\xffb\xff\xf1c\r\n");
+    o.expect("<putty> a\u{fffd}bc");
+}
+
+/// Issue 11: names that impersonate. While `alice` is present (on another worker), a name
+/// that looks the same is refused with a clear line: `alice` + U+200B, a name of invisible
+/// characters only, a right-to-left override, a Cyrillic look-alike. Names in other scripts
+/// are welcome.
+#[test]
+fn names_that_impersonate_a_member_are_refused_across_workers() {
+    let (s, addr) = start(3, &[]);
+    let (mut alice, pa) = join(&s, addr, "alice");
+    let (mut b, pb) = connect(&s, addr);
+    distinct(&[pa, pb]);
+    for (name, why) in [
+        (
+            "alice\u{200b}",
+            "* invalid name: no invisible characters (U+200B); try again",
+        ),
+        (
+            "\u{200b}\u{2060}",
+            "* invalid name: no invisible characters (U+200B); try again",
+        ),
+        (
+            "\u{202e}ecila",
+            "* invalid name: no invisible characters (U+202E); try again",
+        ),
+        (
+            "\u{430}lice",
+            "* the name \u{430}lice looks too much like a present member's name; try another",
+        ),
+        ("ALICE", "* the name ALICE is taken; try another"),
+    ] {
+        b.send(format!("{name}\r\n").as_bytes());
+        b.expect(why);
+    }
+    alice.expect_quiet(Duration::from_millis(200));
+    b.send("Дмитрий\r\n".as_bytes());
+    b.expect("* you joined as Дмитрий; /who lists the members, /quit leaves");
+    alice.expect("* Дмитрий joined");
+    // The Latin look-alike of the Cyrillic name is refused the other way round too.
+    let (mut c, _) = connect(&s, addr);
+    c.send("Дмитрий\r\n".as_bytes());
+    c.expect("* the name Дмитрий is taken; try another");
+}

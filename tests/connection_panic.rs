@@ -48,6 +48,7 @@ fn a_panic_ends_only_its_connection() {
             service: Arc::new(Touchy),
             slot,
             idle_timeout: None,
+            reclaim: Default::default(),
         };
         let accept_loop = tokio::spawn(acceptor.run());
         let deadline = Duration::from_secs(5);

@@ -134,3 +134,15 @@ fn the_quote_survives_the_hub_being_killed() {
     a.send(b"last\n");
     a.expect("next");
 }
+
+/// Issue 11: Ctrl-C in a terminal (SIGINT to the whole process group) stops quote, hub
+/// included, without a warning first.
+#[test]
+fn ctrl_c_in_a_terminal_stops_the_quote_without_warnings() {
+    let (mut s, addr) = start(2, &[]);
+    let (_a, _b) = two_clients(&s, addr);
+    ctrl_c(&s);
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success(), "{status:?}");
+    assert_no_warnings(&s);
+}

@@ -4,18 +4,32 @@
 //! forked child of a process that used one: tokio-rs/tokio#4301).
 //!
 //! Its loop is gunicorn's: signals are counted by their handlers and wake a `poll(2)`; each
-//! turn then reaps dead children, kills workers whose heartbeat is too old, and brings the
+//! turn then reaps dead children, kills those whose heartbeat is too old, and brings the
 //! worker count back to the target, oldest first when there are too many.
+//!
+//! - `mod.rs`: the state ([`Arbiter`], its `Phase`), the loop and its event sources, the
+//!   signal handlers, `scale`, the stop.
+//! - `children.rs`: the child table (workers and the hub), the one fork path, reap, murder,
+//!   escalate.
+//! - `workers.rs`: the worker table's decisions as plain functions (`plan`), and worker exits.
+//! - `hub.rs`: the hub's policy (start, restart, stop last).
+//! - `reload.rs`: HUP, with [`ReloadError`]; completion and rollback.
+//! - `services.rs`: what the arbiter reads of the configuration's shape.
+//! - [`signals`], [`pidfile`].
+//!
+//! It must not be imported by `worker`, `service` or `bus`: what children share with it lives
+//! in [`crate::child`], [`crate::scoreboard`], [`crate::net`] and [`crate::exit`].
 
+mod children;
 mod hub;
-pub mod listeners;
 pub mod pidfile;
+mod reload;
+mod services;
 pub mod signals;
 mod workers;
 
-use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,21 +38,19 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
-use crate::config::{Cli, Config, show_duration};
+use crate::config::{Config, ConfigError, ConfigSource, show_duration};
+use crate::exit::HALT_BOOT_FAILURE;
 use crate::log::LogHandle;
-use crate::net::BindAddr;
+use crate::net::listener::{self as listeners, ListenError, Listener};
 use crate::scoreboard::Scoreboard;
-use listeners::{ListenError, Listener};
+use children::{ChildKind, Children};
 use pidfile::{Pidfile, PidfileError};
+use reload::Reload;
+pub use reload::ReloadError;
+use services::{arbiter_title, binds, service_name, serving_lines};
 use signals::Signals;
-use workers::Worker;
-
-/// Exit code of the arbiter when workers kept failing to boot and none ever became ready
-/// (gunicorn's `WORKER_BOOT_ERROR`, passed up to whoever started us).
-pub const HALT_BOOT_FAILURE: i32 = 3;
-
-/// Boot failures in a row, with no worker of the generation ever ready, before giving up.
-pub const MAX_BOOT_FAILURES: u32 = 5;
+pub use workers::MAX_BOOT_FAILURES;
+use workers::{Boot, PhaseKind};
 
 /// The longest the loop sleeps: heartbeats are checked at least this often, so a wedged worker
 /// is killed within `--timeout` plus this.
@@ -75,46 +87,69 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> ArbiterError {
     move |source| ArbiterError::Setup { what, source }
 }
 
-/// A reload that has started new workers but not yet retired the old ones.
-struct Reload {
-    /// The configuration to go back to if the new workers never boot.
-    previous: Arc<Config>,
-    previous_target: usize,
-    previous_generation: u64,
-    /// Listeners this reload bound (closed again on rollback).
-    added: Vec<BindAddr>,
+/// What the arbiter is doing, beyond keeping its children alive. Room for `Upgrading` (a
+/// binary upgrade in progress) next to these.
+#[derive(Debug)]
+enum Phase {
+    /// Serving; the worker table follows the target.
+    Running,
+    /// A HUP started a new generation that is not all ready yet.
+    Reloading(Reload),
+    /// A stop is in progress: no child is started any more.
+    Stopping(Stopping),
+}
+
+impl Phase {
+    fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::Running => PhaseKind::Running,
+            Phase::Reloading(_) => PhaseKind::Reloading,
+            Phase::Stopping(_) => PhaseKind::Stopping,
+        }
+    }
 }
 
 /// A stop in progress.
+#[derive(Debug)]
 struct Stopping {
+    /// TERM (drain) rather than INT/QUIT; a fast stop can overtake a graceful one.
     graceful: bool,
-    /// The arbiter's exit code once every worker is gone.
+    /// The arbiter's exit code once every child is gone.
     code: i32,
 }
 
-/// Boot-failure bookkeeping for the current generation.
-#[derive(Default)]
-struct Boot {
-    /// Workers that died before reporting ready, in a row.
-    failures: u32,
-    /// Whether any worker of this generation has been ready: after that, failures only slow
-    /// the respawns down, they never stop the server.
-    ever_ready: bool,
-    /// No spawn before this instant (exponential back-off).
-    retry_at: Option<Instant>,
+/// Why TTIN/TTOU (or, later, a control command) did not change the worker count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScaleRefused {
+    /// The count would go above [`crate::config::MAX_WORKERS`].
+    AtMaximum,
+    /// The count would go below one.
+    AtMinimum,
+    /// The server is stopping.
+    Stopping,
+}
+
+/// What wakes the loop: the poll set is built from these (a control socket joins later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// The signal self-pipe: signals were counted.
+    Signals,
+    /// The notification pipe: children said ready.
+    Notifications,
 }
 
 /// The master process's state. Built by [`run`]; lives until the process exits.
 pub struct Arbiter {
-    /// The flags we started with, re-merged with the config file on every HUP.
-    cli: Cli,
+    /// Called on every HUP for the configuration to reload to (the command line re-read with
+    /// its config file, or an embedding program's own).
+    source: ConfigSource,
     config: Arc<Config>,
     log: &'static LogHandle,
     /// `None` only in a forked child, which has given the handlers up.
     signals: Option<Signals>,
-    /// Read end of the notification pipe (workers say "ready" on it). `None` in a child.
+    /// Read end of the notification pipe (children say "ready" on it). `None` in a child.
     ready_rx: Option<OwnedFd>,
-    /// Write end, duplicated into every worker.
+    /// Write end, duplicated into every child.
     ready_tx: OwnedFd,
     ready_buf: Vec<u8>,
     /// What current workers accept on.
@@ -123,7 +158,8 @@ pub struct Arbiter {
     /// generation is ready (and a rollback restores them); closed when the reload completes.
     retired: Vec<Listener>,
     scoreboard: &'static Scoreboard,
-    workers: BTreeMap<i32, Worker>,
+    /// Every child: workers and the hub.
+    children: Children,
     /// How many workers of the current generation to keep.
     target: usize,
     /// Bumped by every reload; workers of older generations are retired.
@@ -131,13 +167,13 @@ pub struct Arbiter {
     /// Spawn counter: lower is older (for "oldest first").
     spawned: u64,
     boot: Boot,
-    reload: Option<Reload>,
-    /// A HUP that arrived during a reload, to run when that one ends.
-    hup_pending: bool,
-    stopping: Option<Stopping>,
+    phase: Phase,
     pidfile: Option<Pidfile>,
-    /// The bus hub, for services that need one (`hub.rs`).
-    hub: hub::HubChild,
+    /// What is remembered about the bus hub across its lives (`hub.rs`).
+    hub: hub::HubPolicy,
+    /// Where the hub listens: chosen here, once, and handed to every child (workers never
+    /// derive it from `getppid()`, so an exec'd arbiter can keep it).
+    bus_address: std::path::PathBuf,
 }
 
 /// Starts the server and supervises it until it stops; returns the process exit code.
@@ -145,13 +181,17 @@ pub struct Arbiter {
 /// # Errors
 /// An [`ArbiterError`] if anything fails before the first worker is forked (a bind, the pid
 /// file). Nothing is left behind: sockets bound so far are closed and their files removed.
-pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, ArbiterError> {
+pub fn run(
+    config: Config,
+    source: ConfigSource,
+    log: &'static LogHandle,
+) -> Result<i32, ArbiterError> {
     raise_nofile_limit();
     if let Some(path) = &config.pidfile {
         pidfile::check(path)?;
     }
     let mut bound: Vec<Listener> = Vec::new();
-    for addr in &config.binds {
+    for addr in binds(&config) {
         match Listener::bind(addr, config.backlog) {
             Ok(l) => bound.push(l),
             Err(err) => {
@@ -184,19 +224,22 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
         "oxicorn {} arbiter {} starting {} with {} worker(s)",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        config.service.name(),
+        service_name(&config),
         config.workers
     );
     for l in &bound {
         tracing::info!("listening on {}", l.local);
     }
-    if let crate::config::ServiceConfig::Static(s) = &config.service {
-        for l in &bound {
-            tracing::info!("{}", serving_line(s, l, config.workers));
-        }
+    let serving = serving_lines(&config, &bound);
+    for line in &serving {
+        tracing::info!("{line}");
+    }
+    // A person at a terminal is told how to stop it, once (as `python3 -m http.server` does).
+    if !serving.is_empty() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        tracing::info!("press Ctrl-C to stop");
     }
     let mut arbiter = Arbiter {
-        cli,
+        source,
         target: config.workers,
         config,
         log,
@@ -207,69 +250,68 @@ pub fn run(cli: Cli, config: Config, log: &'static LogHandle) -> Result<i32, Arb
         listeners: bound,
         retired: Vec::new(),
         scoreboard,
-        workers: BTreeMap::new(),
+        children: Children::new(),
         generation: 1,
         spawned: 0,
         boot: Boot::default(),
-        reload: None,
-        hup_pending: false,
-        stopping: None,
+        phase: Phase::Running,
         pidfile,
-        hub: hub::HubChild::default(),
+        hub: hub::HubPolicy::default(),
+        bus_address: crate::bus::hub_address(std::process::id()),
     };
+    arbiter.set_title();
     Ok(arbiter.run_loop())
 }
 
-/// `serving /abs/path on http://127.0.0.1:8000 (4 workers)`: where to point a browser, as
-/// `python3 -m http.server` prints it.
-fn serving_line(s: &crate::config::StaticConfig, l: &Listener, workers: usize) -> String {
-    let url = match l.kind {
-        listeners::ListenerKind::Tcp => format!("http://{}", l.local),
-        listeners::ListenerKind::Unix => format!("{} (HTTP over a Unix socket)", l.local),
-    };
-    let plural = if workers == 1 { "" } else { "s" };
-    format!(
-        "serving {} on {url} ({workers} worker{plural})",
-        s.root.display()
-    )
-}
-
 impl Arbiter {
-    /// The main loop; reads like a table of contents.
+    /// The main loop; reads like gunicorn's `Arbiter.run()`: reap, check heartbeats, bring the
+    /// children to what they should be, then sleep until an event or the next deadline.
     fn run_loop(&mut self) -> i32 {
         loop {
-            self.handle_signals();
-            self.read_notifications();
-            self.reap_workers();
+            self.reap_children();
             if let Some(code) = self.stopped() {
                 return code;
             }
-            self.murder_workers();
-            self.murder_hub();
+            self.murder_children();
             self.escalate_stops();
             self.manage_hub();
             self.manage_workers();
-            self.advance_reload();
-            self.sleep();
+            for event in self.wait() {
+                match event {
+                    Event::Signals => self.handle_signals(),
+                    Event::Notifications => self.read_notifications(),
+                }
+            }
         }
     }
 
-    /// Waits for a signal, a worker notification, or the next deadline (at most [`TICK`]).
-    fn sleep(&mut self) {
+    /// The loop's event sources, each with the descriptor that wakes it.
+    fn sources(&self) -> Vec<(Event, BorrowedFd<'_>)> {
+        let mut sources = Vec::new();
+        if let Some(signals) = &self.signals {
+            sources.push((Event::Signals, signals.as_fd()));
+        }
+        if let Some(rx) = &self.ready_rx {
+            sources.push((Event::Notifications, rx.as_fd()));
+        }
+        sources
+    }
+
+    /// Waits for an event source to be readable, or the next deadline (at most [`TICK`]);
+    /// returns the readable ones.
+    fn wait(&mut self) -> Vec<Event> {
         let mut timeout = TICK;
-        for at in [self.boot.retry_at, self.hub_retry_at()]
+        for at in [self.boot.retry_at, self.hub.retry_at]
             .into_iter()
             .flatten()
         {
             timeout = timeout.min(at.saturating_duration_since(Instant::now()));
         }
-        let (Some(signals), Some(ready_rx)) = (&self.signals, &self.ready_rx) else {
-            return;
-        };
-        let mut fds = [
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-            PollFd::new(ready_rx.as_fd(), PollFlags::POLLIN),
-        ];
+        let sources = self.sources();
+        let mut fds: Vec<PollFd<'_>> = sources
+            .iter()
+            .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
         let ms = PollTimeout::try_from(timeout.as_millis() as u64).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, ms) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -278,6 +320,12 @@ impl Arbiter {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        sources
+            .iter()
+            .zip(&fds)
+            .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|((event, _), _)| *event)
+            .collect()
     }
 
     /// Drains the self-pipe first, then acts on every signal counted since the last turn.
@@ -309,252 +357,67 @@ impl Arbiter {
         self.begin_stop(false, 0);
     }
 
-    /// TTIN: one worker more.
+    /// TTIN: one worker more. Every TTIN the kernel delivers counts (`signals.rs`).
     fn handle_ttin(&mut self) {
-        if self.stopping.is_some() {
-            return;
+        match self.scale(self.target + 1) {
+            Ok(n) => tracing::info!("TTIN: raising the worker count to {n}"),
+            Err(ScaleRefused::AtMaximum) => {
+                tracing::warn!("TTIN: already at the maximum of {} workers", self.target)
+            }
+            Err(_) => {}
         }
-        if self.target >= crate::config::MAX_WORKERS {
-            tracing::warn!("TTIN: already at the maximum of {} workers", self.target);
-            return;
-        }
-        self.target += 1;
-        tracing::info!("TTIN: raising the worker count to {}", self.target);
     }
 
-    /// TTOU: one worker fewer, never below one.
+    /// TTOU: one worker fewer (the oldest is stopped), never below one.
     fn handle_ttou(&mut self) {
-        if self.stopping.is_some() {
-            return;
+        match self.scale(self.target.saturating_sub(1)) {
+            Ok(n) => tracing::info!("TTOU: lowering the worker count to {n}"),
+            Err(ScaleRefused::AtMinimum) => tracing::info!("TTOU: already at one worker"),
+            Err(_) => {}
         }
-        if self.target <= 1 {
-            tracing::info!("TTOU: already at one worker");
-            return;
-        }
-        self.target -= 1;
-        tracing::info!("TTOU: lowering the worker count to {}", self.target);
     }
 
-    /// USR1: reopen our log file, and have every worker reopen its own.
+    /// Sets the number of workers of the current generation to keep; the worker table's plan
+    /// then spawns the missing ones or stops the oldest extra ones. Returns the new count.
+    ///
+    /// # Errors
+    /// [`ScaleRefused`] when `to` is outside `1..=MAX_WORKERS` or the server is stopping; the
+    /// count is then unchanged.
+    fn scale(&mut self, to: usize) -> Result<usize, ScaleRefused> {
+        self.target = scaled(to, &self.phase)?;
+        Ok(self.target)
+    }
+
+    /// USR1: reopen our log file, and have every child reopen its own.
     fn handle_usr1(&mut self) {
         tracing::info!("USR1: reopening log files");
         if let Err(err) = self.log.reopen() {
             tracing::error!(cause = %err, "cannot reopen the log file");
         }
-        let pids: Vec<i32> = self.workers.keys().copied().collect();
-        for pid in pids.into_iter().chain(self.hub_pid()) {
-            workers::send(pid, Signal::SIGUSR1);
+        for pid in self.pids(|_| true) {
+            children::send(pid, Signal::SIGUSR1);
         }
     }
 
-    /// HUP: re-read the configuration; if it is valid, start a new generation of workers and
-    /// retire the old one once the new one is ready. An invalid configuration changes nothing.
-    fn handle_hup(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        if self.reload.is_some() {
-            tracing::info!("HUP: a reload is in progress; this one runs when it ends");
-            self.hup_pending = true;
-            return;
-        }
-        tracing::info!("HUP: reloading the configuration");
-        let new = match Config::load(&self.cli) {
-            Ok(c) => c,
-            Err(err) => {
-                tracing::error!("reload refused: {err}; still running the previous configuration");
-                return;
-            }
-        };
-        if let Err(err) = self.apply_reload(new) {
-            tracing::error!("reload refused: {err}; still running the previous configuration");
-        }
-    }
-
-    /// Everything that can fail is done before anything is replaced.
-    fn apply_reload(&mut self, new: Config) -> Result<(), String> {
-        let new_pidfile = new.pidfile.clone();
-        if new_pidfile != self.config.pidfile
-            && let Some(path) = &new_pidfile
-        {
-            pidfile::check(path).map_err(|e| e.to_string())?;
-        }
-        // Listeners are matched by the address as configured or as bound, so a config that
-        // names the port a `:0` bind got keeps that listener instead of binding it twice.
-        let removed: Vec<BindAddr> = self
-            .listeners
-            .iter()
-            .filter(|l| !new.binds.iter().any(|a| l.serves(a)))
-            .map(|l| l.addr.clone())
-            .collect();
-        let mut added: Vec<Listener> = Vec::new();
-        let wanted: Vec<BindAddr> = new
-            .binds
-            .iter()
-            .filter(|a| !self.listeners.iter().any(|l| l.serves(a)))
-            .cloned()
-            .collect();
-        for addr in &wanted {
-            match Listener::bind(addr, new.backlog) {
-                Ok(l) => added.push(l),
-                Err(err) => {
-                    added.iter().for_each(Listener::remove_socket_file);
-                    return Err(err.to_string());
-                }
-            }
-        }
-        if new.error_logfile != self.config.error_logfile
-            && let Err(err) = self.log.set_path(new.error_logfile.as_deref())
-        {
-            added.iter().for_each(Listener::remove_socket_file);
-            return Err(err.to_string());
-        }
-
-        // Committed from here on.
-        self.log.set_level(new.log_level.filter());
-        if new_pidfile != self.config.pidfile {
-            if let Some(old) = self.pidfile.take() {
-                old.remove();
-            }
-            if let Some(path) = &new_pidfile {
-                match Pidfile::write(path) {
-                    Ok(p) => self.pidfile = Some(p),
-                    Err(err) => tracing::error!("{err}"),
-                }
-            }
-        }
-        let old_generation = self.generation;
-        let mut kept = Vec::new();
-        for l in std::mem::take(&mut self.listeners) {
-            if removed.contains(&l.addr) {
-                self.retired.push(l);
-            } else {
-                kept.push(l);
-            }
-        }
-        for l in &added {
-            tracing::info!("listening on {}", l.local);
-        }
-        let added_addrs = added.iter().map(|l| l.addr.clone()).collect();
-        kept.extend(added);
-        self.listeners = kept;
-        self.reload = Some(Reload {
-            previous: Arc::clone(&self.config),
-            previous_target: self.target,
-            previous_generation: old_generation,
-            added: added_addrs,
-        });
-        self.target = new.workers;
-        self.config = Arc::new(new);
-        self.generation += 1;
-        self.boot = Boot::default();
-        tracing::info!(
-            "reload: starting generation {} with {} worker(s)",
-            self.generation,
-            self.target
-        );
-        Ok(())
-    }
-
-    /// Once the new generation is all ready, retires the old one.
-    fn advance_reload(&mut self) {
-        if self.reload.is_none() || self.stopping.is_some() {
-            return;
-        }
-        let ready = self
-            .workers
-            .values()
-            .filter(|w| w.generation == self.generation && w.ready && w.stop.is_none())
-            .count();
-        if ready < self.target {
-            return;
-        }
-        let old: Vec<i32> = self
-            .workers
-            .values()
-            .filter(|w| w.generation < self.generation && w.stop.is_none())
-            .map(|w| w.pid)
-            .collect();
-        for pid in &old {
-            self.stop_worker(*pid, Signal::SIGTERM);
-        }
-        // The old workers close their copies as they stop accepting; with ours gone too, a
-        // dropped address refuses connections at once instead of queueing them for nobody.
-        for l in self.retired.drain(..) {
-            tracing::info!("no longer listening on {}", l.local);
-            l.remove_socket_file();
-        }
-        self.reload = None;
-        tracing::info!(
-            "reload complete: generation {} serving with {} worker(s); {} old worker(s) draining",
-            self.generation,
-            ready,
-            old.len()
-        );
-        self.run_pending_hup();
-    }
-
-    /// The new generation never booted: keep the old one, as if the HUP had not happened.
-    fn rollback_reload(&mut self) {
-        let Some(reload) = self.reload.take() else {
-            return;
-        };
-        tracing::error!(
-            "reload failed: the new workers did not boot ({} attempts); keeping the previous \
-             configuration and workers",
-            self.boot.failures
-        );
-        let failed: Vec<i32> = self
-            .workers
-            .values()
-            .filter(|w| w.generation == self.generation && w.stop.is_none())
-            .map(|w| w.pid)
-            .collect();
-        for pid in failed {
-            self.stop_worker(pid, Signal::SIGKILL);
-        }
-        let (keep, drop_new): (Vec<Listener>, Vec<Listener>) = std::mem::take(&mut self.listeners)
-            .into_iter()
-            .partition(|l| !reload.added.contains(&l.addr));
-        for l in drop_new {
-            l.remove_socket_file();
-        }
-        self.listeners = keep;
-        self.listeners.append(&mut self.retired);
-        self.log.set_level(reload.previous.log_level.filter());
-        if reload.previous.error_logfile != self.config.error_logfile
-            && let Err(err) = self.log.set_path(reload.previous.error_logfile.as_deref())
-        {
-            tracing::error!(cause = %err, "cannot go back to the previous log file");
-        }
-        self.config = reload.previous;
-        self.target = reload.previous_target;
-        self.generation = reload.previous_generation;
-        self.boot = Boot {
-            ever_ready: true,
-            ..Boot::default()
-        };
-        self.run_pending_hup();
-    }
-
-    fn run_pending_hup(&mut self) {
-        if std::mem::take(&mut self.hup_pending) {
-            self.handle_hup();
-        }
+    /// The configuration as it is now, for a HUP.
+    fn load_config(&mut self) -> Result<Config, ConfigError> {
+        (self.source)()
     }
 
     /// Begins a stop: closes the listeners at once (new clients are refused), then asks every
-    /// worker to stop: TERM (drain within `--graceful-timeout`) or QUIT (now).
+    /// worker to stop: TERM (drain within `--graceful-timeout`) or QUIT (now). The hub is
+    /// stopped after the last worker (`stopped`).
     fn begin_stop(&mut self, graceful: bool, code: i32) {
-        match &mut self.stopping {
-            Some(s) if s.graceful && !graceful => s.graceful = false,
-            Some(_) => return,
-            None => {
+        match &mut self.phase {
+            Phase::Stopping(s) if s.graceful && !graceful => s.graceful = false,
+            Phase::Stopping(_) => return,
+            _ => {
                 tracing::info!(
                     "shutting down ({})",
                     if graceful { "graceful" } else { "fast" }
                 );
-                self.stopping = Some(Stopping { graceful, code });
+                // A reload in progress is abandoned with the rest.
+                self.phase = Phase::Stopping(Stopping { graceful, code });
                 for l in self.listeners.drain(..).chain(self.retired.drain(..)) {
                     l.remove_socket_file();
                 }
@@ -565,16 +428,21 @@ impl Arbiter {
         } else {
             Signal::SIGQUIT
         };
-        let pids: Vec<i32> = self.workers.keys().copied().collect();
-        for pid in pids {
-            self.stop_worker(pid, sig);
+        for pid in self.pids(|c| matches!(c.kind, ChildKind::Worker { .. })) {
+            self.stop_child(pid, sig);
         }
     }
 
-    /// When stopping and every worker is gone: clean up and return the exit code.
+    /// When stopping and every child is gone: clean up and return the exit code.
     fn stopped(&mut self) -> Option<i32> {
-        let code = self.stopping.as_ref()?.code;
-        if !self.workers.is_empty() {
+        let Phase::Stopping(Stopping { code, .. }) = self.phase else {
+            return None;
+        };
+        if self
+            .children
+            .values()
+            .any(|c| matches!(c.kind, ChildKind::Worker { .. }))
+        {
             return None;
         }
         // The hub goes last: draining workers may still use the bus.
@@ -597,13 +465,12 @@ impl Arbiter {
         self.begin_stop(false, HALT_BOOT_FAILURE);
     }
 
-    /// Grace period of a stop signal, after which SIGKILL follows.
-    fn stop_grace(&self, sig: Signal) -> Duration {
-        if sig == Signal::SIGTERM {
-            self.config.graceful_timeout + GRACE_MARGIN
-        } else {
-            FAST_STOP_GRACE
-        }
+    /// Shows the service and the listeners in `ps` (at start, and when a reload changed them).
+    fn set_title(&self) {
+        crate::proctitle::set(
+            "oxicorn-arbiter",
+            &arbiter_title(&self.config, &self.listeners),
+        );
     }
 
     fn describe(&self) -> String {
@@ -615,6 +482,21 @@ impl Arbiter {
     }
 }
 
+/// The worker count `to` is allowed to be set to in `phase`: `1..=MAX_WORKERS`, not while
+/// stopping.
+fn scaled(to: usize, phase: &Phase) -> Result<usize, ScaleRefused> {
+    if matches!(phase, Phase::Stopping(_)) {
+        return Err(ScaleRefused::Stopping);
+    }
+    if to > crate::config::MAX_WORKERS {
+        return Err(ScaleRefused::AtMaximum);
+    }
+    if to < 1 {
+        return Err(ScaleRefused::AtMinimum);
+    }
+    Ok(to)
+}
+
 /// Raises the soft open-files limit to the hard one: each connection is a descriptor, and
 /// systemd's default soft limit (1024) is below a realistic `--worker-connections`.
 fn raise_nofile_limit() {
@@ -623,5 +505,25 @@ fn raise_nofile_limit() {
         && soft < hard
     {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_stays_within_one_and_the_maximum_and_not_while_stopping() {
+        let running = Phase::Running;
+        assert_eq!(scaled(3, &running), Ok(3));
+        assert_eq!(scaled(0, &running), Err(ScaleRefused::AtMinimum));
+        let max = crate::config::MAX_WORKERS;
+        assert_eq!(scaled(max, &running), Ok(max));
+        assert_eq!(scaled(max + 1, &running), Err(ScaleRefused::AtMaximum));
+        let stopping = Phase::Stopping(Stopping {
+            graceful: true,
+            code: 0,
+        });
+        assert_eq!(scaled(3, &stopping), Err(ScaleRefused::Stopping));
     }
 }

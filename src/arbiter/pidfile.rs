@@ -24,13 +24,12 @@ pub enum PidfileError {
         pid: i32,
     },
     /// The file could not be written.
-    #[error("cannot write pid file {}: {source}", path.display())]
+    #[error("cannot write pid file {}: {cause}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -73,9 +72,9 @@ impl Pidfile {
     /// [`PidfileError::Write`].
     pub fn write(path: &Path) -> Result<Pidfile, PidfileError> {
         let pid = std::process::id();
-        let err = |source| PidfileError::Write {
+        let err = |cause| PidfileError::Write {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(format!(".{pid}.tmp"));

@@ -109,7 +109,8 @@ impl AsFd for Signals {
 
 /// Blocks the handled signals for the duration of a fork, so none is delivered to the child
 /// before it has replaced the arbiter's handlers with its own. The child unblocks them once
-/// its own handlers are in place (`unblock`); pending signals are then delivered to those.
+/// its own handlers are in place (`child::unblock_all`); pending signals are then delivered
+/// to those.
 pub struct Blocked {
     old: SigSet,
 }
@@ -131,13 +132,4 @@ impl Blocked {
     pub fn restore(self) {
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old), None);
     }
-}
-
-/// Unblocks every handled signal (in a worker, once its handlers are installed).
-pub fn unblock() {
-    let mut set = SigSet::empty();
-    for sig in HANDLED {
-        set.add(sig);
-    }
-    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
 }

@@ -1,65 +1,33 @@
-//! The worker table: spawn, stop, reap, murder (heartbeat timeouts) and manage (restore the
-//! count), with gunicorn's names for each.
+//! The worker table's decisions, as plain functions of the table: how many workers to start,
+//! which to stop (oldest first), when a reload has succeeded (every new worker ready: retire
+//! the old generation) or must be rolled back (the new one never boots), the boot back-off and
+//! the halt. They read no clock and make no syscall, so each is unit-tested below without a
+//! fork.
+//!
+//! The arbiter applies them (`manage_workers`), and reports worker exits and ready messages
+//! (`on_worker_exit`, `on_worker_ready`), which update the boot bookkeeping the decisions read.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::sys::signal::Signal;
 
-use super::{Arbiter, MAX_BOOT_FAILURES};
-use crate::scoreboard::{SLOTS, SlotState};
-use crate::worker::{self, WORKER_BOOT_ERROR, WORKER_PANIC, WorkerBoot};
+use super::children::{Child, ChildKind, ChildState, Children, Exit, KillReason, SpawnError};
+use super::{Arbiter, Phase};
+use crate::exit::WORKER_BOOT_ERROR;
 
-/// Why the arbiter sent SIGKILL, so the exit is reported as ours and not as the OOM killer's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum KillReason {
-    /// Missed heartbeat.
-    Heartbeat,
-    /// Did not stop within its grace period.
-    StopTimeout,
-    /// A failed reload's worker.
-    Rollback,
-}
+/// Boot failures in a row, with no worker of the generation ever ready, before giving up.
+pub const MAX_BOOT_FAILURES: u32 = 5;
 
-/// One worker as the arbiter tracks it.
-#[derive(Debug)]
-pub(super) struct Worker {
-    pub pid: i32,
-    /// 0-based scoreboard index; shown 1-based.
-    pub slot: usize,
-    /// Spawn order: lower is older.
-    pub age: u64,
-    pub generation: u64,
-    /// Reported ready on the notification pipe.
-    pub ready: bool,
-    /// The stop signal sent, and when.
-    pub stop: Option<(Signal, Instant)>,
-    /// Set when we sent SIGKILL ourselves.
-    pub killed: Option<KillReason>,
-}
-
-impl Worker {
-    fn name(&self) -> String {
-        format!("worker {} (slot {})", self.pid, self.slot + 1)
-    }
-}
-
-/// How a child ended.
-pub(super) enum Exit {
-    Code(i32),
-    Signal(Signal),
-}
-
-/// Sends `sig`, ignoring a process that is already gone (it will be reaped).
-pub(super) fn send(pid: i32, sig: Signal) {
-    match kill(Pid::from_raw(pid), sig) {
-        Ok(()) | Err(Errno::ESRCH) => {}
-        Err(err) => tracing::error!(cause = %err, "cannot send {sig} to {pid}"),
-    }
+/// Boot-failure bookkeeping for the current generation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Boot {
+    /// Workers that died before reporting ready, in a row.
+    pub failures: u32,
+    /// Whether any worker of this generation has been ready: after that, failures only slow
+    /// the respawns down, they never stop the server.
+    pub ever_ready: bool,
+    /// No spawn before this instant (exponential back-off).
+    pub retry_at: Option<Instant>,
 }
 
 /// Back-off before the next spawn after `failures` boot failures in a row: 100 ms, doubling,
@@ -69,176 +37,194 @@ pub(super) fn boot_backoff(failures: u32) -> Duration {
     Duration::from_millis(ms.min(10_000))
 }
 
+/// The phase as the decisions see it (the arbiter's [`Phase`] without its data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PhaseKind {
+    /// Serving, nothing in progress.
+    Running,
+    /// A reload started a new generation and has not retired the old one yet.
+    Reloading,
+    /// Stopping: no worker is started or retired any more.
+    Stopping,
+}
+
+/// What the arbiter should do to the worker table, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Action {
+    /// Fork this many workers of the current generation.
+    Spawn(usize),
+    /// Stop this worker gracefully (SIGTERM): an extra one, or one of a retired generation.
+    Stop(i32),
+    /// SIGKILL this worker.
+    Kill(i32, KillReason),
+    /// The reload succeeded: close the listeners it dropped, go back to running. `ready` new
+    /// workers serve, `retired` old ones were told to stop just before.
+    CompleteReload {
+        /// Ready workers of the new generation.
+        ready: usize,
+        /// Old workers told to stop.
+        retired: usize,
+    },
+    /// The reload's workers never booted: go back to the previous configuration.
+    Rollback,
+    /// No worker ever boots: stop everything and exit [`crate::exit::HALT_BOOT_FAILURE`].
+    Halt,
+}
+
+/// The worker table's pool: what the decisions compare the table with.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pool {
+    /// Workers of the current generation to keep.
+    pub target: usize,
+    /// The current generation.
+    pub generation: u64,
+}
+
+/// Decides what to do with the workers this turn.
+///
+/// - Stopping: nothing (the stop itself signals every worker; `overdue` escalates).
+/// - More live workers of the current generation than the target: stop the oldest extra ones.
+/// - Fewer: if workers kept failing to boot and none of this generation was ever ready, roll
+///   the reload back (killing its workers) or, with nothing to go back to, halt; else, once the
+///   boot back-off has passed, spawn the missing ones.
+/// - Reloading, and as many current workers ready as the target: stop every older worker and
+///   complete the reload.
+pub(super) fn plan(
+    children: &Children,
+    pool: Pool,
+    phase: PhaseKind,
+    boot: &Boot,
+    now: Instant,
+) -> Vec<Action> {
+    if phase == PhaseKind::Stopping {
+        return Vec::new();
+    }
+    let mut actions = Vec::new();
+    let mut current: Vec<(u64, i32)> = workers(children)
+        .filter(|(c, generation, _)| *generation == pool.generation && c.state.live())
+        .map(|(c, _, age)| (age, c.pid))
+        .collect();
+    current.sort_unstable();
+    let mut stopped = Vec::new();
+    if current.len() > pool.target {
+        let extra = current.len() - pool.target;
+        for &(_, pid) in &current[..extra] {
+            actions.push(Action::Stop(pid));
+            stopped.push(pid);
+        }
+    } else if current.len() < pool.target {
+        if !boot.ever_ready && boot.failures >= MAX_BOOT_FAILURES {
+            if phase == PhaseKind::Reloading {
+                for (c, generation, _) in workers(children) {
+                    if generation == pool.generation && !c.state.asked() {
+                        actions.push(Action::Kill(c.pid, KillReason::Rollback));
+                    }
+                }
+                actions.push(Action::Rollback);
+            } else {
+                actions.push(Action::Halt);
+            }
+            return actions;
+        }
+        if boot.retry_at.is_none_or(|at| now >= at) {
+            actions.push(Action::Spawn(pool.target - current.len()));
+        }
+    }
+    if phase == PhaseKind::Reloading {
+        let ready = workers(children)
+            .filter(|(c, generation, _)| {
+                *generation == pool.generation
+                    && c.state == ChildState::Ready
+                    && !stopped.contains(&c.pid)
+            })
+            .count();
+        if ready >= pool.target {
+            let old: Vec<i32> = workers(children)
+                .filter(|(c, generation, _)| *generation < pool.generation && c.state.live())
+                .map(|(c, _, _)| c.pid)
+                .collect();
+            let retired = old.len();
+            actions.extend(old.into_iter().map(Action::Stop));
+            actions.push(Action::CompleteReload { ready, retired });
+        }
+    }
+    actions
+}
+
+/// The workers of the table, with their generation and age.
+fn workers(children: &Children) -> impl Iterator<Item = (&Child, u64, u64)> {
+    children.values().filter_map(|c| match c.kind {
+        ChildKind::Worker { generation, age } => Some((c, generation, age)),
+        ChildKind::Hub => None,
+    })
+}
+
 impl Arbiter {
-    /// Forks one worker of the current generation.
-    pub(super) fn spawn_worker(&mut self) {
-        let Some(slot) = self.free_slot() else {
-            tracing::error!("no free scoreboard slot: cannot start another worker");
-            return;
+    /// Brings the worker table to the plan: spawns, stops, kills, completes or rolls back a
+    /// reload, or halts.
+    pub(super) fn manage_workers(&mut self) {
+        let pool = Pool {
+            target: self.target,
+            generation: self.generation,
         };
-        self.scoreboard.slot(slot).reset(self.generation);
-        // The arbiter must be single-threaded here: fork copies only this thread, and a lock
-        // held by any other would stay locked forever in the child.
-        debug_assert_eq!(
-            std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count()),
-            1,
-            "the arbiter must not have threads when it forks"
+        let actions = plan(
+            &self.children,
+            pool,
+            self.phase.kind(),
+            &self.boot,
+            Instant::now(),
         );
-        let blocked = super::signals::Blocked::all();
-        // SAFETY: the arbiter has no other threads (asserted above in debug builds; it never
-        // starts any), so no lock is held across the fork. The child never returns into the
-        // arbiter's code: it runs the worker and exits.
-        match unsafe { fork() } {
-            Ok(ForkResult::Parent { child }) => {
-                blocked.restore();
-                let pid = child.as_raw();
-                self.scoreboard
-                    .slot(slot)
-                    .pid
-                    .store(pid as u32, Ordering::Relaxed);
-                self.spawned += 1;
-                self.workers.insert(
-                    pid,
-                    Worker {
-                        pid,
-                        slot,
-                        age: self.spawned,
-                        generation: self.generation,
-                        ready: false,
-                        stop: None,
-                        killed: None,
-                    },
-                );
-                tracing::debug!(pid, slot = slot + 1, "spawned worker");
-            }
-            Ok(ForkResult::Child) => {
-                // Signals stay blocked until the worker has its own handlers.
-                let boot = self.become_worker(slot);
-                let code =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(boot)))
-                        .unwrap_or(WORKER_PANIC);
-                std::process::exit(code);
-            }
-            Err(err) => {
-                blocked.restore();
-                self.scoreboard.slot(slot).set_state(SlotState::Free);
-                tracing::error!(cause = %err, "fork failed; retrying in 1s");
-                self.boot.retry_at = Some(Instant::now() + Duration::from_secs(1));
+        for action in actions {
+            match action {
+                Action::Spawn(n) => self.spawn_workers(n),
+                Action::Stop(pid) => self.stop_child(pid, Signal::SIGTERM),
+                Action::Kill(pid, reason) => self.kill_child(pid, reason),
+                Action::CompleteReload { ready, retired } => self.complete_reload(ready, retired),
+                Action::Rollback => self.rollback_reload(),
+                Action::Halt => self.halt_boot_failure(),
             }
         }
     }
 
-    /// In the child, right after fork: give up everything that is the arbiter's, keep what the
-    /// worker needs.
-    fn become_worker(&mut self, slot: usize) -> WorkerBoot {
-        if let Some(signals) = self.signals.take() {
-            signals.forget_in_child();
-        }
-        drop(self.ready_rx.take());
-        // Listeners only old generations use must close here, or this worker would keep them
-        // open (and queueing connections nobody accepts) after the old workers are gone.
-        drop(std::mem::take(&mut self.retired));
-        let ready_tx = self
-            .ready_tx
-            .try_clone()
-            .unwrap_or_else(|_| std::process::exit(WORKER_BOOT_ERROR));
-        WorkerBoot {
-            slot_number: slot + 1,
-            slot: self.scoreboard.slot(slot),
-            arbiter: Pid::parent(),
-            listeners: std::mem::take(&mut self.listeners),
-            config: Arc::clone(&self.config),
-            ready_tx,
-            log: self.log,
-        }
-    }
-
-    fn free_slot(&self) -> Option<usize> {
-        (0..SLOTS).find(|i| !self.workers.values().any(|w| w.slot == *i))
-    }
-
-    /// Sends a stop signal (TERM, QUIT or KILL) to a worker and remembers it.
-    pub(super) fn stop_worker(&mut self, pid: i32, sig: Signal) {
-        let Some(w) = self.workers.get_mut(&pid) else {
-            return;
-        };
-        if sig == Signal::SIGKILL {
-            w.killed.get_or_insert(KillReason::Rollback);
-        } else {
-            // A fast stop overrides a graceful one; never the other way round.
-            if matches!(w.stop, Some((s, _)) if s != Signal::SIGTERM || sig == Signal::SIGTERM) {
-                return;
-            }
-            w.stop = Some((sig, Instant::now()));
-        }
-        send(pid, sig);
-    }
-
-    /// Reads "ready" messages from workers.
-    pub(super) fn read_notifications(&mut self) {
-        let Some(rx) = &self.ready_rx else { return };
-        let mut chunk = [0u8; 512];
-        loop {
-            match nix::unistd::read(rx, &mut chunk) {
-                Ok(0) => break,
-                Ok(n) => self.ready_buf.extend_from_slice(&chunk[..n]),
-                Err(Errno::EINTR) => continue,
-                Err(_) => break, // EAGAIN: drained
-            }
-        }
-        let buf = std::mem::take(&mut self.ready_buf);
-        let mut msgs = buf.chunks_exact(8);
-        for msg in &mut msgs {
-            let pid = u32::from_le_bytes(msg[..4].try_into().expect("4 bytes")) as i32;
-            let generation = self.generation;
-            let Some(w) = self.workers.get_mut(&pid) else {
-                self.hub_ready(pid);
-                continue;
-            };
-            w.ready = true;
-            let name = w.name();
-            if w.generation == generation {
-                self.boot.failures = 0;
-                self.boot.ever_ready = true;
-                self.boot.retry_at = None;
-            }
-            tracing::info!("{name} booted");
-        }
-        self.ready_buf = msgs.remainder().to_vec();
-    }
-
-    /// Collects every child that has exited (SIGCHLD coalesces, so loop until none is left).
-    pub(super) fn reap_workers(&mut self) {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid.as_raw(), Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    self.on_exit(pid.as_raw(), Exit::Signal(sig))
+    fn spawn_workers(&mut self, n: usize) {
+        self.boot.retry_at = None;
+        for _ in 0..n {
+            match self.spawn_child(super::children::Spawn::Worker) {
+                Ok(pid) => tracing::debug!(pid, "spawned worker"),
+                Err(SpawnError::NoSlot) => {
+                    tracing::error!("no free scoreboard slot: cannot start another worker");
                 }
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(_) | Err(Errno::EINTR) => continue,
-                Err(err) => {
-                    tracing::error!(cause = %err, "waitpid failed");
-                    return;
+                Err(SpawnError::Fork(err)) => {
+                    tracing::error!(cause = %err, "fork failed; retrying in 1s");
+                    self.boot.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    break;
                 }
             }
         }
+        tracing::debug!("{}", self.describe());
     }
 
-    fn on_exit(&mut self, pid: i32, exit: Exit) {
-        let Some(w) = self.workers.remove(&pid) else {
-            if !self.on_hub_exit(pid, &exit) {
-                tracing::debug!(pid, "reaped a child that is not a worker");
-            }
-            return;
-        };
-        let slot = self.scoreboard.slot(w.slot);
-        slot.pid.store(0, Ordering::Relaxed);
-        slot.set_state(SlotState::Free);
+    /// A worker said ready: a generation that boots resets its failure count.
+    pub(super) fn on_worker_ready(&mut self, c: &Child, generation: u64) {
+        if generation == self.generation {
+            self.boot.failures = 0;
+            self.boot.ever_ready = true;
+            self.boot.retry_at = None;
+        }
+        tracing::info!("{} booted", c.name());
+    }
 
-        let name = w.name();
-        let asked = w.stop.is_some() || self.stopping.is_some();
-        match (exit, w.killed) {
+    /// A worker was reaped: log why it ended, at the level the operator must act on, and
+    /// count a boot failure if it died unasked before it was ever ready.
+    pub(super) fn on_worker_exit(&mut self, c: &Child, exit: Exit) {
+        let name = c.name();
+        let stopping = matches!(self.phase, Phase::Stopping(_));
+        let asked = c.state.asked() || stopping;
+        let killed = match c.state {
+            ChildState::Killed { reason, .. } => Some(reason),
+            _ => None,
+        };
+        match (exit, killed) {
             (Exit::Code(0), _) if asked => tracing::info!("{name} exited"),
             (Exit::Code(0), _) => tracing::warn!("{name} exited unexpectedly (code 0)"),
             (Exit::Code(WORKER_BOOT_ERROR), _) => {
@@ -257,13 +243,13 @@ impl Arbiter {
             (Exit::Signal(Signal::SIGKILL), None) => {
                 tracing::error!("{name} was killed by SIGKILL — out of memory?")
             }
-            (Exit::Signal(sig), _) if w.stop.is_some_and(|(s, _)| s == sig) => {
+            (Exit::Signal(sig), _) if c.state.stop_signal() == Some(sig) => {
                 tracing::info!("{name} stopped by {sig}")
             }
             (Exit::Signal(sig), _) => tracing::error!("{name} was killed by {sig}"),
         }
 
-        if !w.ready && !asked && w.generation == self.generation {
+        if c.state.boot_failure() && !stopping && c.generation() == Some(self.generation) {
             self.boot.failures += 1;
             let wait = boot_backoff(self.boot.failures);
             self.boot.retry_at = Some(Instant::now() + wait);
@@ -276,105 +262,43 @@ impl Arbiter {
             }
         }
     }
-
-    /// Kills workers whose heartbeat is older than `--timeout`: alive, but not serving.
-    /// SIGKILL at once: a wedged worker will not run a graceful path, and a stopped one
-    /// (SIGSTOP) cannot act on anything else.
-    pub(super) fn murder_workers(&mut self) {
-        let Some(timeout) = self.config.timeout else {
-            return;
-        };
-        let limit = timeout.as_millis() as u64;
-        let mut wedged = Vec::new();
-        for w in self.workers.values() {
-            if w.killed.is_some() {
-                continue;
-            }
-            let age = self.scoreboard.slot(w.slot).beat_age_ms();
-            if age > limit {
-                wedged.push((w.pid, w.name(), age));
-            }
-        }
-        for (pid, name, age) in wedged {
-            tracing::error!(
-                "{name} missed its heartbeat for {}s: killing",
-                (age as f64 / 1000.0).round()
-            );
-            if let Some(w) = self.workers.get_mut(&pid) {
-                w.killed = Some(KillReason::Heartbeat);
-            }
-            send(pid, Signal::SIGKILL);
-        }
-    }
-
-    /// SIGKILL for workers that outlived their stop signal's grace period.
-    pub(super) fn escalate_stops(&mut self) {
-        let now = Instant::now();
-        let mut late = Vec::new();
-        for w in self.workers.values() {
-            if let (Some((sig, at)), None) = (w.stop, w.killed)
-                && now.duration_since(at) > self.stop_grace(sig)
-            {
-                late.push((w.pid, w.name(), sig));
-            }
-        }
-        for (pid, name, sig) in late {
-            tracing::warn!("{name} did not exit after {sig}: killing");
-            if let Some(w) = self.workers.get_mut(&pid) {
-                w.killed = Some(KillReason::StopTimeout);
-            }
-            send(pid, Signal::SIGKILL);
-        }
-    }
-
-    /// Brings the current generation to the target count: spawns the missing workers (after
-    /// the boot back-off), or gracefully stops the oldest extra ones.
-    pub(super) fn manage_workers(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        let mut current: Vec<(u64, i32)> = self
-            .workers
-            .values()
-            .filter(|w| w.generation == self.generation && w.stop.is_none() && w.killed.is_none())
-            .map(|w| (w.age, w.pid))
-            .collect();
-        if current.len() > self.target {
-            current.sort_unstable();
-            let extra = current.len() - self.target;
-            for (_, pid) in current.into_iter().take(extra) {
-                self.stop_worker(pid, Signal::SIGTERM);
-            }
-            return;
-        }
-        if current.len() == self.target {
-            return;
-        }
-        if !self.boot.ever_ready && self.boot.failures >= MAX_BOOT_FAILURES {
-            if self.reload.is_some() {
-                self.rollback_reload();
-            } else {
-                self.halt_boot_failure();
-            }
-            return;
-        }
-        if self.boot.retry_at.is_some_and(|at| Instant::now() < at) {
-            return;
-        }
-        self.boot.retry_at = None;
-        for _ in current.len()..self.target {
-            self.spawn_worker();
-            if self.boot.retry_at.is_some() {
-                break; // fork failed; try again later
-            }
-        }
-        tracing::debug!("{}", self.describe());
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const POOL: Pool = Pool {
+        target: 2,
+        generation: 2,
+    };
+
+    fn table(rows: &[(i32, u64, ChildState)]) -> Children {
+        rows.iter()
+            .map(|&(pid, generation, state)| {
+                let c = Child {
+                    pid,
+                    slot: pid as usize,
+                    kind: ChildKind::Worker {
+                        generation,
+                        age: pid as u64,
+                    },
+                    state,
+                    started: Instant::now(),
+                };
+                (pid, c)
+            })
+            .collect()
+    }
+
+    fn stopping(since: Instant) -> ChildState {
+        ChildState::Stopping {
+            signal: Signal::SIGTERM,
+            since,
+        }
+    }
+
+    use ChildState::{Booting, Ready};
 
     #[test]
     fn boot_backoff_doubles_and_caps() {
@@ -382,5 +306,152 @@ mod tests {
         assert_eq!(boot_backoff(2), Duration::from_millis(200));
         assert_eq!(boot_backoff(4), Duration::from_millis(800));
         assert_eq!(boot_backoff(40), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn missing_workers_are_spawned_after_the_back_off() {
+        let now = Instant::now();
+        let t = table(&[(10, 2, Ready)]);
+        let boot = Boot::default();
+        assert_eq!(
+            plan(&t, POOL, PhaseKind::Running, &boot, now),
+            [Action::Spawn(1)]
+        );
+        let later = Boot {
+            failures: 1,
+            retry_at: Some(now + Duration::from_millis(100)),
+            ..Boot::default()
+        };
+        assert_eq!(plan(&t, POOL, PhaseKind::Running, &later, now), []);
+        assert_eq!(
+            plan(
+                &t,
+                POOL,
+                PhaseKind::Running,
+                &later,
+                now + Duration::from_millis(100)
+            ),
+            [Action::Spawn(1)]
+        );
+    }
+
+    #[test]
+    fn stopping_or_killed_workers_do_not_count_towards_the_target() {
+        let now = Instant::now();
+        let t = table(&[
+            (10, 2, Ready),
+            (11, 2, stopping(now)),
+            (
+                12,
+                2,
+                ChildState::Killed {
+                    reason: KillReason::Heartbeat,
+                    before: super::super::children::Before::Ready,
+                },
+            ),
+        ]);
+        let boot = Boot::default();
+        assert_eq!(
+            plan(&t, POOL, PhaseKind::Running, &boot, now),
+            [Action::Spawn(1)]
+        );
+    }
+
+    #[test]
+    fn extra_workers_are_stopped_oldest_first() {
+        let t = table(&[
+            (30, 2, Ready),
+            (10, 2, Ready),
+            (20, 2, Booting),
+            (40, 2, Ready),
+        ]);
+        let boot = Boot::default();
+        assert_eq!(
+            plan(&t, POOL, PhaseKind::Running, &boot, Instant::now()),
+            [Action::Stop(10), Action::Stop(20)]
+        );
+    }
+
+    #[test]
+    fn workers_that_never_boot_halt_the_server() {
+        let boot = Boot {
+            failures: MAX_BOOT_FAILURES,
+            ..Boot::default()
+        };
+        assert_eq!(
+            plan(&table(&[]), POOL, PhaseKind::Running, &boot, Instant::now()),
+            [Action::Halt]
+        );
+        // Once a worker of the generation was ready, failures only slow the respawns.
+        let booted_once = Boot {
+            ever_ready: true,
+            ..boot
+        };
+        assert_eq!(
+            plan(
+                &table(&[]),
+                POOL,
+                PhaseKind::Running,
+                &booted_once,
+                Instant::now()
+            ),
+            [Action::Spawn(2)]
+        );
+    }
+
+    #[test]
+    fn a_reload_completes_once_every_new_worker_is_ready() {
+        let now = Instant::now();
+        let boot = Boot::default();
+        let half = table(&[(1, 1, Ready), (2, 1, Ready), (3, 2, Ready), (4, 2, Booting)]);
+        assert_eq!(plan(&half, POOL, PhaseKind::Reloading, &boot, now), []);
+        let all = table(&[
+            (1, 1, Ready),
+            (2, 1, Ready),
+            (5, 1, stopping(now)),
+            (3, 2, Ready),
+            (4, 2, Ready),
+        ]);
+        assert_eq!(
+            plan(&all, POOL, PhaseKind::Reloading, &boot, now),
+            [
+                Action::Stop(1),
+                Action::Stop(2),
+                Action::CompleteReload {
+                    ready: 2,
+                    retired: 2
+                }
+            ]
+        );
+        // Running: the same table retires nothing (there is no reload to complete).
+        assert_eq!(plan(&all, POOL, PhaseKind::Running, &boot, now), []);
+    }
+
+    #[test]
+    fn a_reload_whose_workers_never_boot_is_rolled_back() {
+        let boot = Boot {
+            failures: MAX_BOOT_FAILURES,
+            ..Boot::default()
+        };
+        let t = table(&[(1, 1, Ready), (2, 1, Ready), (3, 2, Booting)]);
+        assert_eq!(
+            plan(&t, POOL, PhaseKind::Reloading, &boot, Instant::now()),
+            [Action::Kill(3, KillReason::Rollback), Action::Rollback]
+        );
+    }
+
+    #[test]
+    fn nothing_is_planned_while_stopping() {
+        let t = table(&[(1, 2, Ready)]);
+        assert_eq!(
+            plan(
+                &t,
+                POOL,
+                PhaseKind::Stopping,
+                &Boot::default(),
+                Instant::now()
+            ),
+            []
+        );
     }
 }

@@ -11,13 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{Decoder, Encoder};
 
-use super::proto::{self, Down, Reservation, Up};
+use super::proto::{Down, FrameReader, FrameWriter, Reservation, Up};
 use super::{BusError, Handler, LostHandler, REQUEST_TIMEOUT, show_address};
+use crate::sync::lock;
 
 /// Frames queued for the hub. Bounded so a hub that is away for long applies back-pressure
 /// to publishers instead of growing the worker's memory; large enough to ride out a restart
@@ -90,7 +89,7 @@ impl EmbeddedBus {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.shared.state)
     }
 
     /// See [`super::Bus::publish`].
@@ -193,8 +192,28 @@ impl EmbeddedBus {
             key: key.to_string(),
             holder,
         };
-        // If the queue is full the hub is away or swamped: send from a task so the caller (a
-        // connection ending) never waits; order does not matter for a release.
+        // The caller (a connection ending) never waits; order does not matter for a release.
+        self.send_now(msg);
+    }
+
+    /// See [`super::Bus::set_if_absent`].
+    pub fn set_if_absent(&self, key: &str, value: Bytes) {
+        // Remembered as the value of sequence 0 (unless one was seen already), so a hub that
+        // restarts before anybody changed the key gets the seed back in this worker's hello.
+        self.state()
+            .values
+            .entry(key.to_string())
+            .or_insert_with(|| (0, value.clone()));
+        let msg = Up::SetIfAbsent {
+            key: key.to_string(),
+            value,
+        };
+        self.send_now(msg);
+    }
+
+    /// Queues `msg` without waiting: if the queue is full (the hub is away or swamped) it is
+    /// sent from a task, so the caller never waits.
+    fn send_now(&self, msg: Up) {
         if let Err(mpsc::error::TrySendError::Full(msg)) = self.shared.up.try_send(msg) {
             let up = self.shared.up.clone();
             tokio::spawn(async move {
@@ -272,7 +291,7 @@ async fn connection_task(addr: PathBuf, shared: Arc<Shared>, mut up_rx: mpsc::Re
         let result = session(stream, hello, &shared, &mut up_rx).await;
         // Requests already written to the dead connection will never be answered: fail them
         // now (their callers get `Unavailable`). Those still queued go to the next hub.
-        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock(&shared.state);
         st.pending.retain(|_, p| !p.sent);
         drop(st);
         match result {
@@ -284,7 +303,7 @@ async fn connection_task(addr: PathBuf, shared: Arc<Shared>, mut up_rx: mpsc::Re
 
 /// The first frame of a session: everything the hub must know again after a restart.
 fn hello(shared: &Shared) -> Up {
-    let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let st = lock(&shared.state);
     Up::Hello {
         worker: std::process::id(),
         reservations: st.reservations.values().cloned().collect(),
@@ -304,36 +323,27 @@ async fn session(
     shared: &Arc<Shared>,
     up_rx: &mut mpsc::Receiver<Up>,
 ) -> std::io::Result<()> {
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     // Releases the reader wants sent (a granted name nobody waits for any more).
     let (extra_tx, mut extra_rx) = mpsc::unbounded_channel::<Up>();
 
     let writer = async {
-        let mut codec = proto::codec();
-        let mut buf = BytesMut::new();
-        codec.encode(hello.encode(), &mut buf)?;
-        wr.write_all(&buf).await?;
+        let mut frames = FrameWriter::new(wr);
+        frames.feed(hello.encode())?;
+        frames.flush().await?;
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
-            buf.clear();
             // Releases first: each was decided before anything still in the queue was asked
             // for again (see `receive`), so it must reach the hub first.
-            let first = tokio::select! {
+            tokio::select! {
                 biased;
-                m = extra_rx.recv() => m,
-                m = up_rx.recv() => m,
-            };
-            let Some(first) = first else {
-                return Ok(());
-            };
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match up_rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
+                Some(m) = extra_rx.recv() => batch.push(m),
+                n = up_rx.recv_many(&mut batch, BATCH) => if n == 0 {
+                    return Ok(());
+                },
             }
             {
-                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = lock(&shared.state);
                 for m in &batch {
                     if let Up::Reserve { req, .. }
                     | Up::List { req, .. }
@@ -345,26 +355,21 @@ async fn session(
                     }
                 }
             }
-            for m in coalesce(batch) {
-                codec.encode(m.encode(), &mut buf)?;
+            for m in coalesce(std::mem::take(&mut batch)) {
+                frames.feed(m.encode())?;
             }
-            wr.write_all(&buf).await?;
+            frames.flush().await?;
         }
     };
 
     let reader = async {
-        let mut codec = proto::codec();
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            while let Some(frame) = codec.decode(&mut buf)? {
-                let msg = Down::decode(frame.freeze())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                receive(shared, msg, &extra_tx);
-            }
-            if rd.read_buf(&mut buf).await? == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
+        let mut frames = FrameReader::new(rd);
+        while let Some(frame) = frames.next().await? {
+            let msg = Down::decode(frame)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            receive(shared, msg, &extra_tx);
         }
+        Ok::<(), std::io::Error>(())
     };
 
     tokio::select! {
@@ -416,18 +421,17 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
     match msg {
         Down::Deliver { topic, payload } => {
             let handler = {
-                let st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let st = lock(&shared.state);
                 st.subscribers.get(&topic).cloned()
             };
             if let Some(h) = handler {
-                // A copy the size of the message: the frame is a slice of a 64 KiB read
-                // buffer, and a subscriber that keeps it queued (a slow chat member) would
-                // keep that whole buffer alive with it.
-                h(Bytes::copy_from_slice(&payload));
+                // Its own allocation, not a slice of the read buffer (see `proto`): a
+                // subscriber may keep it queued (a slow chat member).
+                h(payload);
             }
         }
         Down::Reserved { req, ok } => {
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&shared.state);
             let Some(p) = st.pending.remove(&req) else {
                 return;
             };
@@ -461,22 +465,22 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
             }
         }
         Down::Listing { req, .. } | Down::Swapped { req, .. } | Down::Synced { req } => {
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&shared.state);
             if let Some(p) = st.pending.remove(&req) {
                 let _ = p.reply.send(msg);
             }
         }
         Down::Changed { key, seq, value } => {
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&shared.state);
             let newer = st.values.get(&key).is_none_or(|(s, _)| *s < seq);
             if newer {
-                // Kept until the next change: copied out of the read buffer (see Deliver).
-                st.values.insert(key, (seq, Bytes::copy_from_slice(&value)));
+                // Kept until the next change: its own allocation (see Deliver).
+                st.values.insert(key, (seq, value));
             }
         }
         Down::Lost { key, holder } => {
             let handler = {
-                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = lock(&shared.state);
                 if st
                     .reservations
                     .get(&key)

@@ -1,7 +1,12 @@
 //! The bus: every message and every piece of state that crosses workers goes through here.
 //! No service opens its own pipe to a sibling.
 //!
-//! What services get is [`Bus`], five operations that a Redis deployment can offer as well:
+//! It knows no service: keys, topics and values are opaque (chat and quote choose theirs),
+//! and nothing here imports `service`, `worker` or `arbiter`, except the hub's process boot
+//! (`hub/boot.rs`: child start, signals, heartbeat, ready message), which is shared with the
+//! workers and kept in that one file.
+//!
+//! What services get is [`Bus`], a few operations that a Redis deployment can offer as well:
 //!
 //! | operation | chat / quote use | embedded hub | Redis (later) |
 //! |---|---|---|---|
@@ -9,13 +14,21 @@
 //! | [`Bus::reserve`] / [`Bus::release`] | unique member names | a table in the hub, per connection | `SET NX` with a lease |
 //! | [`Bus::list`] | `/who` | scan of the table | `SCAN` |
 //! | [`Bus::swap`] | the quote | a value in the hub | `GETSET` |
+//! | [`Bus::set_if_absent`] | the initial quote, seeded by each worker | a value in the hub | `SET NX` |
 //!
 //! # The embedded bus
 //!
-//! One machine, zero setup (FACTS §3, option B): the arbiter forks a *hub* child ([`hub`]),
-//! supervised like a worker but only when the service needs it. Workers connect to it over an
-//! abstract Unix socket named after the arbiter's pid ([`hub_address`]) and exchange
-//! `LengthDelimitedCodec` frames ([`proto`]). The worker side is [`client::EmbeddedBus`].
+//! One machine, zero setup: the arbiter forks a *hub* child ([`hub`]), supervised like a
+//! worker but only when the service needs it. Workers connect to it over an abstract Unix
+//! socket named after the arbiter's pid ([`hub_address`]) and exchange length-prefixed frames
+//! ([`proto`]). The worker side is [`client::EmbeddedBus`].
+//!
+//! Why a child of its own rather than the arbiter relaying between workers (as uWSGI's master
+//! and Node's cluster primary do): fan-out is N writes per message, and in the arbiter a chat
+//! burst would delay its signal handling and heartbeat checks; the arbiter also never runs
+//! tokio (fork safety). In a separate process a burst costs the hub alone, and a hub that dies
+//! is restarted like a worker, losing only the frames in flight. A Redis bus would join as
+//! another [`Bus`] variant, with the hub or each worker holding the subscription.
 //!
 //! Recovery, when the hub dies (even by SIGKILL): the arbiter restarts it; each worker's client
 //! reconnects by itself and re-sends, in its first frame, every name its members hold and the
@@ -79,7 +92,7 @@ pub fn show_address(addr: &std::path::Path) -> String {
     addr.to_string_lossy().replacen('\0', "@", 1)
 }
 
-/// The bus as services see it. An enum that delegates (like [`crate::service::Service`]), so a
+/// The bus as services see it. An enum that delegates (like the services' `Service`), so a
 /// `Redis` variant can join `Embedded` without touching the services.
 #[derive(Clone)]
 pub enum Bus {
@@ -91,7 +104,13 @@ impl Bus {
     /// Connects (in the background, retrying until the hub is up) to this arbiter's hub.
     /// Call inside the worker's runtime.
     pub fn embedded(arbiter_pid: u32) -> Bus {
-        Bus::Embedded(EmbeddedBus::start(hub_address(arbiter_pid)))
+        Bus::embedded_at(hub_address(arbiter_pid))
+    }
+
+    /// Connects (in the background, retrying until the hub is up) to the hub at `addr`, the
+    /// address the arbiter chose and handed to this worker. Call inside the worker's runtime.
+    pub fn embedded_at(addr: PathBuf) -> Bus {
+        Bus::Embedded(EmbeddedBus::start(addr))
     }
 
     /// Sends `payload` to every subscriber of `topic` in the *other* workers, in the order this
@@ -165,6 +184,16 @@ impl Bus {
     pub async fn sync(&self) -> Result<(), BusError> {
         match self {
             Bus::Embedded(b) => b.sync().await,
+        }
+    }
+
+    /// Gives `key` the value `value` if it has none yet, for the whole server: a seed, such as
+    /// the initial quote, which every worker may offer and only the first sets. Never waits;
+    /// it takes effect before anything this worker asks the bus after it, and a value set by
+    /// [`Bus::swap`] always wins over a seed (also after a hub restart).
+    pub fn set_if_absent(&self, key: &str, value: Bytes) {
+        match self {
+            Bus::Embedded(b) => b.set_if_absent(key, value),
         }
     }
 

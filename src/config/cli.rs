@@ -1,13 +1,23 @@
-//! Command-line flags. Names follow gunicorn where the concept is the same, so an operator's
-//! muscle memory carries over (`-b`, `-w`, `-t`, `--graceful-timeout`, `-p`, `-c`).
+//! The command line, built from the settings table ([`super::settings::SETTINGS`]): every
+//! setting is a flag (its key with dashes, gunicorn's short letter where it has one), on the
+//! service commands it belongs to, with its help and default from the table.
+//!
+//! Two groups of commands: services (`static`, `echo`, `chat`, `quote`: run a server) and
+//! client commands (`connect`, `completions`, `man`: run once and exit), which take no server
+//! option. `oxicorn` alone runs `static`, and `static`'s options and its `DIR` work without
+//! the word `static` (`oxicorn ./public --keep-alive 2`).
+//!
+//! This module turns `argv` into an [`Invocation`]; it reads no file (the merge does).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Arg, ArgAction, ArgMatches, Command};
 
-use super::{LogLevel, parse_duration};
-use crate::net::BindAddr;
+use super::parse_duration;
+use super::settings::{Kind, SETTINGS, Scope, Setting, Type};
 
 const ABOUT: &str = "A pre-fork network server: one arbiter, a pool of worker processes";
 
@@ -16,15 +26,21 @@ A pre-fork network server: one small arbiter process binds the sockets and keeps
 worker processes alive; each worker serves many connections on its own event loop.
 
 The arbiter respawns workers that die, kills workers that stop answering (--timeout), and \
-reloads or scales the pool without dropping a connection (signals below).";
+reloads or scales the pool without dropping a connection (signals below).
+
+With no command, oxicorn serves DIR (default: the current directory) over HTTP, as \
+`oxicorn static DIR` does; the static options below apply.";
 
 const AFTER_HELP: &str = "\
+Each service has options of its own: see `oxicorn SERVICE --help` (static, echo, chat, quote).
+
 Examples:
   oxicorn                          serve the current directory on http://127.0.0.1:8000
+  oxicorn ./public --port 8080     serve ./public on http://127.0.0.1:8080
   oxicorn static ./public -w 4 --access-logfile -
   oxicorn echo --bind 127.0.0.1:9000 --workers 4
   oxicorn echo -b 127.0.0.1:9000 -b unix:/tmp/echo.sock --pid /tmp/oxi.pid
-  oxicorn echo -c oxicorn.toml --check-config
+  oxicorn -c oxicorn.toml --check-config
   oxicorn chat -b 127.0.0.1:7000 -w 4         (then: telnet 127.0.0.1 7000)
   oxicorn connect 127.0.0.1:7000 --timeout 3
 
@@ -38,245 +54,425 @@ Signals to the arbiter (kill -SIG $(cat PIDFILE)):
 The config file (-c) is TOML with the flags' names, dashes as underscores:
   bind = [\"127.0.0.1:9000\", \"unix:/tmp/echo.sock\"]
   workers = 4
-  graceful_timeout = 10";
+  graceful_timeout = 10
+and may declare several services served by one pool, each in a [[service]] table:
+  [[service]]
+  kind = \"static\"
+  bind = \"127.0.0.1:8000\"
+  [[service]]
+  kind = \"chat\"
+  bind = \"127.0.0.1:7000\"";
 
-/// `oxicorn [SERVICE] [OPTIONS]`.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "oxicorn",
-    version,
-    about = ABOUT,
-    long_about = LONG_ABOUT,
-    after_help = AFTER_HELP,
-    subcommand_value_name = "SERVICE",
-    subcommand_help_heading = "Services"
-)]
-pub struct Cli {
-    /// The service to run.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    /// Options shared by every service.
-    #[command(flatten)]
-    pub server: ServerArgs,
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    /// Run a server.
+    Serve(ServeArgs),
+    /// `oxicorn connect ADDR`: a line client.
+    Connect {
+        /// Where to connect, as typed (`HOST:PORT`, `[IPV6]:PORT`, `unix:PATH`).
+        addr: String,
+        /// Bound on each wait for readiness.
+        timeout: Duration,
+    },
+    /// `oxicorn completions SHELL`: print a completion script.
+    Completions(clap_complete::Shell),
+    /// `oxicorn man`: print the man page (roff).
+    Man,
 }
 
-/// The services.
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Echo every byte back to its sender.
-    Echo,
-    /// Serve the files under DIR over HTTP/1.1 (the default, for the current directory).
-    Static(StaticArgs),
-    /// A line-based chat room across all workers (telnet and nc welcome).
-    Chat(ChatArgs),
-    /// Reply with the current quote, then keep what the client sent as the new one.
-    Quote(QuoteArgs),
-    /// A line client (like nc, with clear errors): send stdin, print what arrives.
-    Connect(ConnectArgs),
-}
-
-/// `oxicorn static [DIR] [OPTIONS]`. `None` means "not given": the config file or the default
-/// decides. Names follow gunicorn where it has the concept (`--keep-alive`, `--limit-*`,
-/// `--access-logfile`).
-#[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "Static options")]
-pub struct StaticArgs {
-    /// The directory to serve [default: the current directory]
-    #[arg(value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-
-    /// Seconds an idle kept-alive connection waits for its next request; 0 = one request per connection [default: 5]
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    pub keep_alive: Option<Duration>,
-
-    /// How long a client may take to send a request head; slower ones get 408 [default: 10]
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    pub header_timeout: Option<Duration>,
-
-    /// Longest request line in bytes; longer ones get 414 [default: 4094]
-    #[arg(long, value_name = "BYTES")]
-    pub limit_request_line: Option<usize>,
-
-    /// Most header fields in one request; more get 431 [default: 100]
-    #[arg(long, value_name = "N")]
-    pub limit_request_fields: Option<usize>,
-
-    /// Longest header field (name and value) in bytes; longer ones get 431 [default: 8190]
-    #[arg(long, value_name = "BYTES")]
-    pub limit_request_field_size: Option<usize>,
-
-    /// Serve symlinks that point outside DIR (refused with 403 otherwise)
-    #[arg(long)]
-    pub follow_symlinks: bool,
-
-    /// Serve and list dotfiles and dot-directories (404 otherwise)
-    #[arg(long)]
-    pub show_hidden: bool,
-
-    /// Answer 404 for directories without index.html instead of listing them
-    #[arg(long)]
-    pub no_listing: bool,
-
-    /// Write one line per request here ('-' = stdout), gunicorn's format plus the response time
-    #[arg(long, value_name = "FILE")]
-    pub access_logfile: Option<PathBuf>,
-}
-
-/// `oxicorn chat` options.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ChatArgs {
-    /// Longest line accepted, in bytes; longer lines get an error and are discarded [default: 4096]
-    #[arg(long, value_name = "BYTES")]
-    pub max_line: Option<usize>,
-}
-
-/// `oxicorn quote` options.
-#[derive(Debug, Clone, Default, Args)]
-pub struct QuoteArgs {
-    /// The quote served until a client sends another [default: An apple a day keeps the doctor away]
-    #[arg(long, value_name = "TEXT")]
-    pub quote: Option<String>,
-
-    /// Longest line accepted, in bytes [default: 4096]
-    #[arg(long, value_name = "BYTES")]
-    pub max_line: Option<usize>,
-}
-
-/// `oxicorn connect` arguments: a client, not a service. Of the server options only
-/// `--timeout` applies (it is global, so it is read from [`ServerArgs::timeout`]): it bounds
-/// each wait for readiness (connecting, a server that stops reading), 10s when not given.
-#[derive(Debug, Clone, Args)]
-pub struct ConnectArgs {
-    /// Where to connect: HOST:PORT, [IPV6]:PORT or unix:PATH (--timeout bounds each wait for readiness)
-    #[arg(value_name = "ADDR")]
-    pub addr: String,
-}
-
-/// Options for the arbiter and its workers. `None` means "not given": the config file or the
-/// default decides.
-#[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "Server options")]
-pub struct ServerArgs {
-    /// Listen here: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (repeatable) [default: 127.0.0.1:8000]
-    #[arg(short = 'b', long = "bind", value_name = "ADDR", global = true)]
-    pub bind: Vec<BindAddr>,
-
-    /// Worker processes [default: the number of CPUs]
-    #[arg(short = 'w', long, value_name = "N", global = true)]
-    pub workers: Option<usize>,
-
-    /// Kill a worker whose heartbeat is older than this; 0 turns the check off [default: 30]
-    #[arg(short = 't', long, value_name = "SECS", value_parser = parse_duration, global = true)]
-    pub timeout: Option<Duration>,
-
-    /// On a stop or reload, how long connections may run on before they are cut [default: 30]
-    #[arg(long, value_name = "SECS", value_parser = parse_duration, global = true)]
-    pub graceful_timeout: Option<Duration>,
-
-    /// Connections one worker serves at once; more wait in the backlog [default: 1000]
-    #[arg(long, value_name = "N", global = true)]
-    pub worker_connections: Option<usize>,
-
-    /// Pending connections the kernel queues per listener [default: 2048]
-    #[arg(long, value_name = "N", global = true)]
-    pub backlog: Option<u32>,
-
-    /// Close a connection silent for this long; 0 = never [default: 300 for echo, 60 for static, 30 for quote, 0 for chat]
-    #[arg(long, value_name = "SECS", value_parser = parse_duration, global = true)]
-    pub idle_timeout: Option<Duration>,
-
-    /// Write the arbiter's pid here once listening; removed on exit
-    #[arg(short = 'p', long = "pid", value_name = "FILE", global = true)]
-    pub pid: Option<PathBuf>,
-
-    /// debug, info, warning, error or critical [default: info]
-    #[arg(long, value_name = "LEVEL", global = true)]
-    pub log_level: Option<LogLevel>,
-
-    /// Write logs to this file ('-' = stderr); reopened on USR1
-    #[arg(long, value_name = "FILE", global = true)]
-    pub error_logfile: Option<PathBuf>,
-
-    /// Read settings from this TOML file; flags win over it
-    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+/// A server's command line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServeArgs {
+    /// The service named on the command line; `None` runs the file's services, or `static`.
+    pub kind: Option<Kind>,
+    /// Settings given as flags, by key, as typed (checked by the merge, so a bad value is a
+    /// configuration error naming the flag, exactly like a bad value in the file). A
+    /// repeatable flag (`--bind`) appears once per occurrence; `--port N` appears as a `bind`.
+    pub flags: Vec<(&'static str, String)>,
+    /// `-c FILE`.
     pub config: Option<PathBuf>,
-
-    /// Check the configuration, print a summary and exit (0 = valid) without binding
-    #[arg(long, global = true)]
+    /// `--check-config`.
     pub check_config: bool,
-
-    /// Print the effective configuration as TOML and exit
-    #[arg(long, global = true)]
+    /// `--print-config`.
     pub print_config: bool,
+}
+
+/// The `connect` timeout when not given.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The whole command line, for `--help`, completions and the man page.
+pub fn command() -> Command {
+    let mut root = Command::new("oxicorn")
+        .version(crate::VERSION)
+        .about(ABOUT)
+        .long_about(LONG_ABOUT)
+        .after_help(AFTER_HELP)
+        .subcommand_value_name("COMMAND")
+        .subcommand_help_heading("Services (run a server) and client commands");
+    root = server_args(root);
+    root = service_args(root, Kind::Static);
+    for kind in Kind::ALL {
+        let about = match kind {
+            Kind::Static => {
+                "Serve the files under DIR over HTTP/1.1 (the default, for the current directory)"
+            }
+            Kind::Echo => "Echo every byte back to its sender",
+            Kind::Chat => "A line-based chat room across all workers (telnet and nc welcome)",
+            Kind::Quote => {
+                "Reply with the current quote, then keep what the client sent as the new one"
+            }
+        };
+        let sub = Command::new(kind.name()).about(about);
+        root = root.subcommand(service_args(server_args(sub), kind));
+    }
+    root.subcommand(
+        Command::new("connect")
+            .about("Client: a line client (like nc, with clear errors): send stdin, print what arrives")
+            .arg(
+                Arg::new("addr")
+                    .value_name("ADDR")
+                    .required(true)
+                    .help("Where to connect: HOST:PORT, [IPV6]:PORT or unix:PATH"),
+            )
+            .arg(
+                Arg::new("timeout")
+                    .short('t')
+                    .long("timeout")
+                    .value_name("SECS")
+                    .value_parser(parse_duration)
+                    .help("Bound on each wait for readiness (connecting, a server that stops reading) [default: 10]"),
+            ),
+    )
+    .subcommand(
+        Command::new("completions")
+            .about("Client: print a shell completion script (bash, zsh, fish, elvish, powershell)")
+            .arg(
+                Arg::new("shell")
+                    .value_name("SHELL")
+                    .required(true)
+                    .value_parser(clap::value_parser!(clap_complete::Shell)),
+            ),
+    )
+    .subcommand(Command::new("man").about("Client: print the man page (roff; pipe into `man -l -`)"))
+}
+
+/// Adds the server settings, `-c`, `--check-config` and `--print-config`.
+fn server_args(mut cmd: Command) -> Command {
+    cmd = cmd.next_help_heading("Server options");
+    for s in SETTINGS.iter().filter(|s| s.scope == Scope::Server) {
+        cmd = cmd.arg(arg(s));
+    }
+    cmd.arg(
+        Arg::new("config")
+            .short('c')
+            .long("config")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("Read settings from this TOML file; flags win over it"),
+    )
+    .arg(
+        Arg::new("check_config")
+            .long("check-config")
+            .action(ArgAction::SetTrue)
+            .help("Check the configuration, print a summary and exit (0 = valid) without binding"),
+    )
+    .arg(
+        Arg::new("print_config")
+            .long("print-config")
+            .action(ArgAction::SetTrue)
+            .help("Print the effective configuration as TOML (a valid config file) and exit"),
+    )
+}
+
+/// Adds the settings a `kind` service has, `--port`, and for static the `DIR` argument.
+fn service_args(mut cmd: Command, kind: Kind) -> Command {
+    cmd = cmd.next_help_heading(match kind {
+        Kind::Static => "Static options",
+        Kind::Echo => "Echo options",
+        Kind::Chat => "Chat options",
+        Kind::Quote => "Quote options",
+    });
+    for s in SETTINGS.iter().filter(|s| s.scope.has(kind)) {
+        if s.key == "root" {
+            cmd = cmd.arg(
+                Arg::new("root")
+                    .value_name("DIR")
+                    .help("The directory to serve [default: the current directory]"),
+            );
+        } else {
+            cmd = cmd.arg(arg(s));
+        }
+    }
+    cmd.arg(
+        Arg::new("port")
+            .long("port")
+            .value_name("PORT")
+            .value_parser(clap::value_parser!(u16))
+            .action(ArgAction::Append)
+            .help("Shorthand for --bind 127.0.0.1:PORT"),
+    )
+}
+
+/// One setting as a flag.
+fn arg(s: &'static Setting) -> Arg {
+    let mut a =
+        Arg::new(s.key)
+            .long(s.flag())
+            .env(s.env())
+            .help(format!("{}{}", s.help, s.default_help()));
+    if let Some(c) = s.short {
+        a = a.short(c);
+    }
+    match s.ty {
+        Type::Flag => a.action(ArgAction::SetTrue),
+        Type::Binds => a.value_name(s.value_name).action(ArgAction::Append),
+        _ => a.value_name(s.value_name),
+    }
+}
+
+/// Parses `argv` (with the program name first).
+///
+/// # Errors
+/// clap's error for a malformed command line (print it with [`clap::Error::exit`]: usage
+/// errors exit 2), or one of ours for options that do not belong together.
+pub fn parse_from<I, T>(argv: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut cmd = command();
+    let m = cmd.try_get_matches_from_mut(argv)?;
+    let usage = |cmd: &mut Command, msg: String| Err(cmd.error(ErrorKind::ArgumentConflict, msg));
+    match m.subcommand() {
+        Some(("connect", sub)) => {
+            if let Some(id) = given(&m).first() {
+                return usage(
+                    &mut cmd,
+                    format!(
+                        "`{}` is a server option: `connect` is a client and takes only ADDR and --timeout",
+                        shown(id)
+                    ),
+                );
+            }
+            Ok(Invocation::Connect {
+                addr: sub.get_one::<String>("addr").cloned().unwrap_or_default(),
+                timeout: sub
+                    .get_one::<Duration>("timeout")
+                    .copied()
+                    .unwrap_or(CONNECT_TIMEOUT),
+            })
+        }
+        Some(("completions", sub)) => Ok(Invocation::Completions(
+            *sub.get_one::<clap_complete::Shell>("shell")
+                .expect("required by clap"),
+        )),
+        Some(("man", _)) => Ok(Invocation::Man),
+        Some((name, sub)) => {
+            let kind = Kind::from_name(name).expect("every other subcommand is a service");
+            let stray = given(&m).into_iter().find(|id| {
+                SETTINGS
+                    .iter()
+                    .any(|s| s.key == *id && s.scope != Scope::Server && !s.scope.has(kind))
+            });
+            if let Some(id) = stray {
+                return usage(
+                    &mut cmd,
+                    format!(
+                        "`{}` is a static option, and the service is {name}: \
+                         give it after `static`, or leave it out",
+                        shown(id)
+                    ),
+                );
+            }
+            let mut args = ServeArgs {
+                kind: Some(kind),
+                ..ServeArgs::default()
+            };
+            collect(&m, &mut args, kind, false);
+            collect(sub, &mut args, kind, true);
+            Ok(Invocation::Serve(args))
+        }
+        None => {
+            let mut args = ServeArgs::default();
+            collect(&m, &mut args, Kind::Static, true);
+            Ok(Invocation::Serve(args))
+        }
+    }
+}
+
+/// The options given on the command line at this level, as the user would name them.
+fn given(m: &ArgMatches) -> Vec<&str> {
+    m.ids()
+        .map(|id| id.as_str())
+        .filter(|id| explicit(m, id))
+        .collect()
+}
+
+/// How `--help` names the option with this id.
+fn shown(id: &str) -> String {
+    if id == "root" {
+        "DIR".to_string()
+    } else {
+        format!("--{}", id.replace('_', "-"))
+    }
+}
+
+fn explicit(m: &ArgMatches, id: &str) -> bool {
+    matches!(
+        m.value_source(id),
+        Some(clap::parser::ValueSource::CommandLine)
+    )
+}
+
+/// Moves what `m` holds into `args`: the server's flags, and those of service `kind`; with
+/// `env`, also the settings given as `OXICORN_*` environment variables (read at one level
+/// only: clap reads them for every command that has the flag).
+fn collect(m: &ArgMatches, args: &mut ServeArgs, kind: Kind, env: bool) {
+    let here = |id: &str| {
+        m.ids().any(|i| i.as_str() == id)
+            && match m.value_source(id) {
+                Some(clap::parser::ValueSource::CommandLine) => true,
+                Some(clap::parser::ValueSource::EnvVariable) => env,
+                _ => false,
+            }
+    };
+    for s in SETTINGS {
+        if !here(s.key) || !(s.scope == Scope::Server || s.scope.has(kind)) {
+            continue;
+        }
+        match s.ty {
+            Type::Flag => {
+                if m.get_flag(s.key) {
+                    args.flags.push((s.key, "true".into()));
+                }
+            }
+            _ => {
+                for v in m.get_many::<String>(s.key).into_iter().flatten() {
+                    args.flags.push((s.key, v.clone()));
+                }
+            }
+        }
+    }
+    if here("port") {
+        for port in m.get_many::<u16>("port").into_iter().flatten() {
+            args.flags.push(("bind", format!("127.0.0.1:{port}")));
+        }
+    }
+    if here("config") {
+        args.config = m.get_one::<PathBuf>("config").cloned();
+    }
+    args.check_config |= here("check_config");
+    args.print_config |= here("print_config");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+
+    fn flag<'a>(a: &'a ServeArgs, key: &str) -> Vec<&'a str> {
+        a.flags
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        match parse_from(std::iter::once("oxicorn").chain(args.iter().copied())) {
+            Ok(Invocation::Serve(a)) => a,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match parse_from(std::iter::once("oxicorn").chain(args.iter().copied())) {
+            Err(e) => e.to_string(),
+            Ok(other) => panic!("{args:?} accepted: {other:?}"),
+        }
+    }
 
     #[test]
     fn cli_is_well_formed() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
     fn options_go_before_or_after_the_service() {
-        let cli = Cli::try_parse_from(["oxicorn", "-w", "3", "echo", "-b", "127.0.0.1:1"]).unwrap();
-        assert_eq!(cli.server.workers, Some(3));
-        assert_eq!(cli.server.bind.len(), 1);
-        assert!(matches!(cli.command, Some(Command::Echo)));
+        let a = serve(&["-w", "3", "echo", "-b", "127.0.0.1:1"]);
+        assert_eq!(a.kind, Some(Kind::Echo));
+        assert_eq!(flag(&a, "workers"), ["3"]);
+        assert_eq!(flag(&a, "bind"), ["127.0.0.1:1"]);
     }
 
     #[test]
     fn service_options_parse() {
-        let cli = Cli::try_parse_from(["oxicorn", "chat", "--max-line", "10"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Some(Command::Chat(ChatArgs { max_line: Some(10) }))
-        ));
-        let cli = Cli::try_parse_from(["oxicorn", "quote", "--quote", "hi"]).unwrap();
-        assert!(
-            matches!(cli.command, Some(Command::Quote(QuoteArgs { quote: Some(ref q), .. })) if q == "hi")
+        let a = serve(&["chat", "--max-line", "10"]);
+        assert_eq!(flag(&a, "max_line"), ["10"]);
+        let a = serve(&["quote", "--quote", "hi"]);
+        assert_eq!(flag(&a, "quote"), ["hi"]);
+    }
+
+    #[test]
+    fn connect_has_its_own_options_only() {
+        let c = parse_from(["oxicorn", "connect", "127.0.0.1:1", "--timeout", "3"]).unwrap();
+        assert_eq!(
+            c,
+            Invocation::Connect {
+                addr: "127.0.0.1:1".into(),
+                timeout: Duration::from_secs(3)
+            }
         );
-        let cli =
-            Cli::try_parse_from(["oxicorn", "connect", "127.0.0.1:1", "--timeout", "3"]).unwrap();
-        match cli.command {
-            Some(Command::Connect(c)) => assert_eq!(c.addr, "127.0.0.1:1"),
-            other => panic!("{other:?}"),
+        let c = parse_from(["oxicorn", "connect", "127.0.0.1:1"]).unwrap();
+        assert!(matches!(c, Invocation::Connect { timeout, .. } if timeout == CONNECT_TIMEOUT));
+        assert!(refused(&["connect", "127.0.0.1:1", "-w", "2"]).contains("-w"));
+        assert!(refused(&["-w", "2", "connect", "127.0.0.1:1"]).contains("server option"));
+    }
+
+    #[test]
+    fn options_of_another_service_are_usage_errors() {
+        for bad in [
+            &["echo", "--keep-alive", "2"][..],
+            &["chat", "--quote", "x"],
+            &["static", "--max-line", "3"],
+            &["echo", "--no-such-flag"],
+        ] {
+            refused(bad);
         }
-        assert_eq!(cli.server.timeout, Some(Duration::from_secs(3)));
     }
 
     #[test]
-    fn bad_values_are_refused_at_parse_time() {
-        assert!(Cli::try_parse_from(["oxicorn", "echo", "-b", "nowhere"]).is_err());
-        assert!(Cli::try_parse_from(["oxicorn", "echo", "-t", "soon"]).is_err());
-        assert!(Cli::try_parse_from(["oxicorn", "echo", "--log-level", "loud"]).is_err());
-        assert!(Cli::try_parse_from(["oxicorn", "static", "--keep-alive", "x"]).is_err());
+    fn static_takes_a_dir_and_its_options_with_or_without_its_name() {
+        for args in [
+            &[
+                "static",
+                "/srv",
+                "--no-listing",
+                "--keep-alive",
+                "2",
+                "-w",
+                "2",
+            ][..],
+            &["/srv", "--no-listing", "--keep-alive", "2", "-w", "2"],
+        ] {
+            let a = serve(args);
+            assert_eq!(flag(&a, "root"), ["/srv"]);
+            assert_eq!(flag(&a, "no_listing"), ["true"]);
+            assert!(flag(&a, "show_hidden").is_empty());
+            assert_eq!(flag(&a, "keep_alive"), ["2"]);
+            assert_eq!(flag(&a, "workers"), ["2"]);
+        }
+        assert_eq!(serve(&[]), ServeArgs::default());
     }
 
     #[test]
-    fn static_takes_a_dir_and_its_options() {
-        let cli = Cli::try_parse_from([
-            "oxicorn",
-            "static",
-            "/srv",
-            "--no-listing",
-            "--keep-alive",
-            "2",
-            "-w",
-            "2",
-        ])
-        .unwrap();
-        let Some(Command::Static(args)) = cli.command else {
-            panic!("not static: {cli:?}");
-        };
-        assert_eq!(args.dir, Some(PathBuf::from("/srv")));
-        assert!(args.no_listing && !args.show_hidden);
-        assert_eq!(args.keep_alive, Some(Duration::from_secs(2)));
-        assert_eq!(cli.server.workers, Some(2));
-        assert!(Cli::try_parse_from(["oxicorn"]).unwrap().command.is_none());
+    fn a_static_option_before_another_service_is_refused() {
+        assert!(refused(&["--keep-alive", "2", "echo"]).contains("static option"));
+    }
+
+    #[test]
+    fn port_is_shorthand_for_a_loopback_bind() {
+        let a = serve(&["--port", "8080", "-b", "[::1]:1"]);
+        assert_eq!(flag(&a, "bind"), ["[::1]:1", "127.0.0.1:8080"]);
     }
 }

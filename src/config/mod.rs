@@ -1,49 +1,59 @@
-//! Configuration: flags ([`cli`]), the TOML file ([`file`]) and the checks that turn both
-//! into one immutable [`Config`] ([`validate`]).
+//! Configuration: one table of settings ([`settings`]), the command line built from it
+//! ([`cli`]), the TOML file ([`file`](mod@file)), and the merge that turns them into one immutable
+//! [`Config`] ([`merge`]).
 //!
 //! Precedence is gunicorn's: a flag on the command line wins over the config file, which wins
-//! over the defaults. This module never opens a socket: a bad configuration is refused before
-//! anything running is touched, which is what makes `kill -HUP` safe to try.
+//! over the defaults. A [`Config`] is a list of services, each with its own kind, binds and
+//! settings, plus the server-wide settings; one pool of workers serves them all.
+//!
+//! This module never opens a socket: a bad configuration is refused before anything running
+//! is touched, which is what makes `kill -HUP` safe to try.
 
 pub mod cli;
 pub mod file;
-pub mod validate;
+pub mod merge;
+pub mod settings;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use cli::{Cli, Command, ServerArgs, StaticArgs};
+pub use cli::{Invocation, ServeArgs};
 pub use file::FileConfig;
-pub use validate::ConfigError;
+pub use merge::ConfigError;
+pub use settings::{Kind, MAX_MAX_LINE, MAX_WORKERS, Value};
 
 use crate::net::BindAddr;
 
-/// The most workers one arbiter runs; a reload briefly runs twice this many.
-pub const MAX_WORKERS: usize = 512;
+/// `--max-line` when not given (chat and quote); the settings table's default, checked by a
+/// test.
+pub const DEFAULT_MAX_LINE: usize = 4096;
 
 /// Where the server listens when no `--bind` is given (gunicorn's default too).
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 
+/// What the arbiter calls at start and on every HUP to get the configuration to run: the
+/// command line re-read with its config file for the `oxicorn` binary, or whatever a program
+/// embedding oxicorn builds. It must not start threads or touch the runtime (it runs in the
+/// arbiter).
+pub type ConfigSource = Box<dyn FnMut() -> Result<Config, ConfigError>>;
+
 /// The whole, checked configuration of one server. Built once per start or reload; never mutated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// What every connection is served with.
-    pub service: ServiceConfig,
-    /// Every listener, in the order given.
-    pub binds: Vec<BindAddr>,
+    /// The services, each on its own listeners; every worker serves them all.
+    pub services: Vec<ServiceSpec>,
     /// How many workers to keep running.
     pub workers: usize,
     /// Heartbeat age after which a worker is killed; `None` turns the check off.
     pub timeout: Option<Duration>,
     /// How long in-flight connections may run on after a graceful stop or reload.
     pub graceful_timeout: Duration,
-    /// Connections one worker serves at once; more wait in the kernel's backlog.
+    /// Connections one worker serves at once, over all its services; more wait in the
+    /// kernel's backlog.
     pub worker_connections: usize,
     /// The `listen(2)` backlog.
     pub backlog: u32,
-    /// How long a connection may sit silent before it is closed; `None` never closes it.
-    pub idle_timeout: Option<Duration>,
     /// The pid file, written once listening.
     pub pidfile: Option<PathBuf>,
     /// The least severe log level printed.
@@ -52,6 +62,44 @@ pub struct Config {
     pub error_logfile: Option<PathBuf>,
     /// The file these settings were read from, re-read on HUP.
     pub config_file: Option<PathBuf>,
+    /// Who workers and the hub run as (`--user`, `--group`); `None` keeps the arbiter's.
+    pub run_as: Option<RunAs>,
+    /// The file mode mask of every process (`--umask`), applied at start.
+    pub umask: Option<u32>,
+    /// Started as root without `--user`, run workers as root anyway (`--allow-root`).
+    pub allow_root: bool,
+    /// Whether the services came from `[[service]]` tables (so `--print-config` writes them
+    /// back that way) rather than from the command line's one service.
+    pub service_tables: bool,
+    /// Every server setting's effective value, in table order (`--print-config`,
+    /// `--check-config`).
+    pub values: Vec<(&'static str, Value)>,
+}
+
+/// The identity children switch to after the fork (gunicorn's `--user` and `--group`): the
+/// arbiter keeps its own, to bind privileged ports and re-bind on HUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user, if `--user` was given: its uid and name (the name picks its supplementary
+    /// groups, as `initgroups(3)` does).
+    pub user: Option<(u32, String)>,
+    /// The group: `--group`, else the user's primary group.
+    pub gid: u32,
+}
+
+/// One service: what it is, where it listens, and its own settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    /// Its name in logs (`name = ...` in its `[[service]]` table, or its kind's name).
+    pub name: String,
+    /// The protocol and its settings.
+    pub service: ServiceConfig,
+    /// Its listeners, in the order given; no address belongs to two services.
+    pub binds: Vec<BindAddr>,
+    /// How long a connection may sit silent before it is closed; `None` never closes it.
+    pub idle_timeout: Option<Duration>,
+    /// Every setting of this service's effective value, in table order.
+    pub values: Vec<(&'static str, Value)>,
 }
 
 /// The service and its own settings.
@@ -98,39 +146,28 @@ pub struct StaticConfig {
     pub listing: bool,
     /// The access log: `None` off, `-` stdout, otherwise a file opened for append.
     pub access_logfile: Option<PathBuf>,
+    /// The access log's line, in gunicorn's `%(atom)s` syntax, checked to parse; `None` is
+    /// [`crate::service::http::access_log::DEFAULT_FORMAT`].
+    pub access_logformat: Option<String>,
+    /// `Cache-Control: max-age` sent with files (200, 206, 304), in whole seconds; `None`
+    /// sends none, leaving freshness to the cache's heuristics (RFC 9111 §4.2.2).
+    pub max_age: Option<Duration>,
 }
 
-/// `--max-line` when not given (chat and quote).
-pub const DEFAULT_MAX_LINE: usize = 4096;
-
-/// The largest `--max-line`: one line must fit in one bus frame ([`crate::bus::MAX_FRAME`]).
-pub const MAX_MAX_LINE: usize = 1 << 20;
-
-/// `--quote` when not given (the quote of Twisted's classic QOTD example).
-pub const DEFAULT_QUOTE: &str = "An apple a day keeps the doctor away";
-
 impl ServiceConfig {
-    /// The name used on the command line and in logs.
-    pub fn name(&self) -> &'static str {
+    /// The kind of service.
+    pub fn kind(&self) -> Kind {
         match self {
-            ServiceConfig::Echo => "echo",
-            ServiceConfig::Static(_) => "static",
-            ServiceConfig::Chat { .. } => "chat",
-            ServiceConfig::Quote { .. } => "quote",
+            ServiceConfig::Echo => Kind::Echo,
+            ServiceConfig::Static(_) => Kind::Static,
+            ServiceConfig::Chat { .. } => Kind::Chat,
+            ServiceConfig::Quote { .. } => Kind::Quote,
         }
     }
 
-    /// The idle timeout when neither the flags nor the file set one. Zero means never: a chat
-    /// member may lurk, reading only, for as long as it likes.
-    pub fn default_idle_timeout(&self) -> Duration {
-        match self {
-            ServiceConfig::Echo => Duration::from_secs(300),
-            // For static this bounds a stalled write (a client that stops reading); waiting
-            // for requests is bounded by keep_alive and header_timeout instead.
-            ServiceConfig::Static(_) => Duration::from_secs(60),
-            ServiceConfig::Chat { .. } => Duration::ZERO,
-            ServiceConfig::Quote { .. } => Duration::from_secs(30),
-        }
+    /// The name used on the command line and in logs.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 
     /// Whether the service shares state across workers, so the arbiter must run the bus hub.
@@ -139,6 +176,24 @@ impl ServiceConfig {
             self,
             ServiceConfig::Chat { .. } | ServiceConfig::Quote { .. }
         )
+    }
+}
+
+impl Config {
+    /// Every listen address of every service, in order.
+    pub fn binds(&self) -> impl Iterator<Item = &BindAddr> {
+        self.services.iter().flat_map(|s| s.binds.iter())
+    }
+
+    /// Whether any service needs the bus hub.
+    pub fn needs_bus(&self) -> bool {
+        self.services.iter().any(|s| s.service.needs_bus())
+    }
+
+    /// The services' names, for log lines (`static`, `static, chat`).
+    pub fn service_names(&self) -> String {
+        let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        names.join(", ")
     }
 }
 

@@ -5,7 +5,6 @@
 //! simply not read from (TCP back-pressure) until the idle timeout closes it.
 
 use std::io;
-use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -33,6 +32,6 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext) -> io::Result<()> {
             return stream.shutdown().await;
         }
         idle(ctx.idle_timeout, stream.write_all(&buf[..n])).await?;
-        ctx.slot.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        ctx.metrics.bytes_out(n as u64);
     }
 }

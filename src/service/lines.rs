@@ -2,11 +2,45 @@
 //!
 //! Why not tokio-util's `LinesCodec`: it refuses lines that are not UTF-8 (chat must show
 //! them with replacement characters instead), and after a too-long line `FramedRead` yields
-//! the error and then ends the stream once (FACTS §2.7). Here a too-long line is an ordinary
-//! item, [`Line::TooLong`], so the reader never leaves its loop, and the rest of that line is
-//! discarded up to its newline without ever being buffered: memory stays bounded by the cap.
+//! the error and then `None` once (tokio-util's `codec/framed_impl.rs`), so the usual
+//! `while let Some(line) = lines.next().await` loop ends on the first oversize line. Here a
+//! too-long line is an ordinary item, [`Line::TooLong`], so the reader never leaves its loop,
+//! and the rest of that line is discarded up to its newline without ever being buffered:
+//! memory stays bounded by the cap, and a reader waiting for its client holds no buffer at all
+//! ([`LineReader::next`]).
+//!
+//! # Telnet
+//!
+//! [`LineReader::telnet`] takes telnet commands out of a line service's input (RFC 854, 855),
+//! for services meant for telnet users (chat) that nc users share.
+//!
+//! **Which connections speak telnet.** A client that negotiates options (PuTTY, telnet
+//! clients on port 23) opens the connection with `IAC WILL/WONT/DO/DONT option` or
+//! `IAC SB`. Such a connection is a telnet connection for good: the whole command grammar is
+//! taken out of the stream — two-byte commands (`IAC NOP`, `IAC IP`, `IAC AYT`…) are dropped,
+//! `IAC IAC` is one 0xFF data byte, subnegotiations (`IAC SB … IAC SE`, of any length) are
+//! skipped without being buffered, and options are answered as a line-mode server that does
+//! none: `WILL x` gets `DONT x` and `DO x` gets `WONT x` ([`Line::Negotiation`]), except
+//! `DO TIMING-MARK`, which gets `WILL TIMING-MARK` ([`Line::TimingMark`]). `WONT` and `DONT`
+//! ask for what is already the case (every option is off) and get no answer (RFC 854: a
+//! request to enter a mode already in is not acknowledged, which also rules out loops). An
+//! `IAC` followed by a byte that is not a command (below 240) is no command RFC 854 defines:
+//! both bytes are kept as data rather than guessed at.
+//!
+//! **Every other connection** (nc, or netkit telnet on a non-telnet port, which negotiates
+//! nothing) is raw: its bytes are its user's, 0xFF included (text never contains 0xFF, as it
+//! is not valid UTF-8, so the service shows it as U+FFFD). Only what telnet sends mid-line
+//! without negotiating is taken out: `IAC` and one byte of NOP, DM, BRK, IP, AO, AYT, EC, EL
+//! or GA, dropped, and `IAC DO TIMING-MARK`, which telnet sends after IP when its user presses
+//! Ctrl-C and which is answered.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
 
 /// One item from the stream.
@@ -20,32 +54,149 @@ pub enum Line {
     /// [`TIMING_MARK_REPLY`], or the client discards everything it is sent until it gets it.
     /// Only from a reader made with [`LineReader::telnet`].
     TimingMark,
+    /// Telnet option negotiation to send back to the client as it is, in order with what
+    /// else it is sent (refusals of the options it offered or asked for). Only from a reader
+    /// made with [`LineReader::telnet`], on a telnet connection (see the module header).
+    Negotiation(Bytes),
 }
 
 /// The answer to `IAC DO TIMING-MARK` (RFC 860): `IAC WILL TIMING-MARK`.
 pub const TIMING_MARK_REPLY: &[u8] = &[IAC, WILL, TM];
 
+/// Interpret As Command (RFC 854): starts every telnet command.
 const IAC: u8 = 0xff;
-const WILL: u8 = 0xfb;
+const DONT: u8 = 0xfe;
 const DO: u8 = 0xfd;
+const WONT: u8 = 0xfc;
+const WILL: u8 = 0xfb;
+/// Subnegotiation begins (RFC 855).
+const SB: u8 = 0xfa;
+/// Subnegotiation ends (RFC 855).
+const SE: u8 = 0xf0;
+/// TIMING-MARK (RFC 860).
 const TM: u8 = 0x06;
 
-/// The telnet commands a client sends in the middle of a line (RFC 854): `IAC` and one byte
-/// (NOP, DM, BRK, IP, AO, AYT, EC, EL, GA), which are dropped, and `IAC DO TIMING-MARK`, which
-/// telnet sends after IP when its user presses Ctrl-C and which must be answered. Any other
-/// byte, 0xFF included, passes through as data: nc users' bytes are theirs, and invalid UTF-8
-/// is the service's business (chat shows it as U+FFFD).
-#[derive(Debug, Default)]
-struct TelnetFilter {
-    /// Bytes of a command begun at the end of the last read: none, `IAC`, or `IAC DO`.
-    held: Vec<u8>,
-    /// Timing marks asked for and not yet reported.
-    marks: usize,
+/// Where the telnet parser is in the command grammar of RFC 854/855.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Data bytes.
+    #[default]
+    Data,
+    /// After an `IAC`.
+    Iac,
+    /// After `IAC WILL`, `WONT`, `DO` or `DONT`: the option byte comes next.
+    Verb(u8),
+    /// Inside `IAC SB … IAC SE`: skipped.
+    Sub,
+    /// After an `IAC` inside a subnegotiation.
+    SubIac,
 }
 
-impl TelnetFilter {
+/// Whether a connection speaks telnet, decided by its first bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Nothing read yet, or only a first `IAC`.
+    #[default]
+    Undecided,
+    /// It opened with negotiation: the whole grammar applies.
+    Telnet,
+    /// Anything else (nc, or a telnet client that does not negotiate): bytes are data.
+    Raw,
+}
+
+/// Takes telnet commands out of a line service's input: see the module header, # Telnet.
+#[derive(Debug, Default)]
+struct Telnet {
+    mode: Mode,
+    state: State,
+    /// Raw mode: bytes of a command begun at the end of the last read: none, `IAC`, or
+    /// `IAC DO`.
+    held: Vec<u8>,
+    /// Answers and timing marks not yet reported, in order.
+    answers: VecDeque<Line>,
+}
+
+impl Telnet {
     /// Filters `data` (just read) into `out`.
     fn filter(&mut self, data: &[u8], out: &mut BytesMut) {
+        if self.mode == Mode::Undecided {
+            match (self.held.as_slice(), data) {
+                (_, []) => return,
+                ([], [IAC]) => {
+                    // Decided by the next byte.
+                    self.held.push(IAC);
+                    return;
+                }
+                ([], [IAC, b, ..]) | ([IAC], [b, ..]) if matches!(*b, WILL..=DONT | SB) => {
+                    self.mode = Mode::Telnet;
+                    if !self.held.is_empty() {
+                        self.held.clear();
+                        self.state = State::Iac;
+                    }
+                }
+                _ => self.mode = Mode::Raw,
+            }
+        }
+        if self.mode == Mode::Raw {
+            return self.filter_raw(data, out);
+        }
+        for &b in data {
+            self.state = match (self.state, b) {
+                (State::Data, IAC) => State::Iac,
+                (State::Data, _) => {
+                    out.extend_from_slice(&[b]);
+                    State::Data
+                }
+                (State::Iac, IAC) => {
+                    out.extend_from_slice(&[IAC]);
+                    State::Data
+                }
+                (State::Iac, WILL..=DONT) => State::Verb(b),
+                (State::Iac, SB) => State::Sub,
+                // SE outside a subnegotiation, NOP, DM, BRK, IP, AO, AYT, EC, EL, GA.
+                (State::Iac, SE..=0xf9) => State::Data,
+                (State::Iac, _) => {
+                    out.extend_from_slice(&[IAC, b]);
+                    State::Data
+                }
+                (State::Verb(verb), option) => {
+                    self.answer(verb, option);
+                    State::Data
+                }
+                (State::Sub, IAC) => State::SubIac,
+                (State::Sub, _) => State::Sub,
+                (State::SubIac, SE) => State::Data,
+                // `IAC IAC` is a 0xFF of the subnegotiation's data; anything else is not
+                // allowed there and is skipped with it.
+                (State::SubIac, _) => State::Sub,
+            };
+        }
+    }
+
+    /// Answers `IAC verb option` as a server that does no option but TIMING-MARK.
+    fn answer(&mut self, verb: u8, option: u8) {
+        let refusal = match (verb, option) {
+            (DO, TM) => return self.answers.push_back(Line::TimingMark),
+            (DO, _) => WONT,
+            (WILL, _) => DONT,
+            _ => return, // WONT, DONT: already so.
+        };
+        // Consecutive refusals (PuTTY offers and asks for several options at once) go out
+        // together.
+        if let Some(Line::Negotiation(last)) = self.answers.back_mut() {
+            let mut more = BytesMut::from(&last[..]);
+            more.extend_from_slice(&[IAC, refusal, option]);
+            *last = more.freeze();
+        } else {
+            self.answers
+                .push_back(Line::Negotiation(Bytes::copy_from_slice(&[
+                    IAC, refusal, option,
+                ])));
+        }
+    }
+
+    /// The raw-mode filter (see [`Telnet`]).
+    fn filter_raw(&mut self, data: &[u8], out: &mut BytesMut) {
         for &b in data {
             match (self.held.as_slice(), b) {
                 ([], IAC) | ([IAC], DO) => self.held.push(b),
@@ -53,7 +204,7 @@ impl TelnetFilter {
                 ([IAC], 0xf1..=0xf9) => self.held.clear(),
                 ([IAC, DO], TM) => {
                     self.held.clear();
-                    self.marks += 1;
+                    self.answers.push_back(Line::TimingMark);
                 }
                 _ => {
                     // Not a command we know: what was held is data, and `b` starts afresh.
@@ -67,6 +218,15 @@ impl TelnetFilter {
                 }
             }
         }
+    }
+
+    /// The stream ended: a raw command cut off there was data after all (a telnet
+    /// connection's is dropped, as the command it began).
+    fn end(&mut self, out: &mut BytesMut) {
+        if self.mode != Mode::Telnet {
+            out.extend_from_slice(&self.held);
+        }
+        self.held.clear();
     }
 }
 
@@ -161,11 +321,11 @@ pub struct LineReader<R> {
     codec: LineCodec,
     buf: BytesMut,
     eof: bool,
-    /// For services meant for telnet users (chat): see [`TelnetFilter`].
-    telnet: Option<TelnetFilter>,
+    /// For services meant for telnet users (chat): see [`Telnet`].
+    telnet: Option<Telnet>,
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
+impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Lines of at most `max` bytes from `io`.
     pub fn new(io: R, max: usize) -> LineReader<R> {
         LineReader {
@@ -177,11 +337,11 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
         }
     }
 
-    /// As [`LineReader::new`], and the telnet commands a client sends mid-line are taken out
-    /// of the stream ([`Line::TimingMark`] reports the one that needs an answer).
+    /// As [`LineReader::new`], and telnet commands are taken out of the stream, as the module
+    /// header describes; [`Line::TimingMark`] and [`Line::Negotiation`] report what needs an answer.
     pub fn telnet(io: R, max: usize) -> LineReader<R> {
         LineReader {
-            telnet: Some(TelnetFilter::default()),
+            telnet: Some(Telnet::default()),
             ..LineReader::new(io, max)
         }
     }
@@ -189,16 +349,17 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
     /// The next line; `None` at the end of the stream (after the unterminated last line, if
     /// any). Cancel-safe: bytes read are kept in the buffer.
     ///
+    /// While it waits for the client, the reader holds no buffer, only what a partial line
+    /// needs (nothing, most of the time): a read goes into this thread's scratch buffer
+    /// ([`SCRATCH_BYTES`]) and what it brought is copied out at once (issue 13: an idle chat
+    /// member, or quote client, costs no read buffer).
+    ///
     /// # Errors
     /// What the stream returns.
     pub async fn next(&mut self) -> std::io::Result<Option<Line>> {
-        use tokio::io::AsyncReadExt;
         loop {
-            if let Some(t) = &mut self.telnet
-                && t.marks > 0
-            {
-                t.marks -= 1;
-                return Ok(Some(Line::TimingMark));
+            if let Some(answer) = self.telnet.as_mut().and_then(|t| t.answers.pop_front()) {
+                return Ok(Some(answer));
             }
             if self.eof {
                 return self.codec.decode_eof(&mut self.buf);
@@ -206,23 +367,51 @@ impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
             if let Some(line) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(line));
             }
-            self.buf.reserve(4096);
-            let start = self.buf.len();
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                // Lines already returned may share this allocation: let them own it alone.
+                self.buf = BytesMut::new();
+            }
+            if self.read().await? == 0 {
                 self.eof = true;
                 if let Some(t) = &mut self.telnet {
-                    // A command cut off by the end of the stream was data after all.
-                    self.buf.extend_from_slice(&t.held);
-                    t.held.clear();
+                    t.end(&mut self.buf);
                 }
-            } else if let Some(t) = &mut self.telnet
-                && (!t.held.is_empty() || self.buf[start..].contains(&IAC))
-            {
-                let read = self.buf.split_off(start);
-                t.filter(&read, &mut self.buf);
             }
         }
     }
+
+    /// Waits for the stream to be readable, reads into the scratch buffer and appends what
+    /// came (through the telnet filter, if any) to `buf`. Returns how many bytes were read.
+    async fn read(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut read = ReadBuf::new(scratch);
+                std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+                let data = read.filled();
+                match &mut self.telnet {
+                    Some(t)
+                        if t.state != State::Data
+                            || !t.held.is_empty()
+                            || t.mode == Mode::Undecided
+                            || data.contains(&IAC) =>
+                    {
+                        t.filter(data, &mut self.buf)
+                    }
+                    _ => self.buf.extend_from_slice(data),
+                }
+                Poll::Ready(Ok(data.len()))
+            })
+        })
+        .await
+    }
+}
+
+/// The size of each thread's read buffer for line services: one per worker, shared by all
+/// its connections (each read is copied out before the next one starts).
+pub const SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
 #[cfg(test)]
@@ -329,6 +518,113 @@ mod tests {
                 text(b"\xff\xfd")
             ]
         );
+    }
+
+    fn negotiation(bytes: &[u8]) -> Line {
+        Line::Negotiation(Bytes::copy_from_slice(bytes))
+    }
+
+    /// What PuTTY sends first on a telnet connection: WILL NAWS, WILL TSPEED, WILL TTYPE,
+    /// WILL NEW-ENVIRON, DO ECHO, WILL SGA, DO SGA.
+    const PUTTY_OPENING: &[u8] =
+        b"\xff\xfb\x1f\xff\xfb\x20\xff\xfb\x18\xff\xfb\x27\xff\xfd\x01\xff\xfb\x03\xff\xfd\x03";
+
+    #[test]
+    fn a_client_opening_with_negotiation_is_refused_every_option_and_its_lines_are_kept() {
+        let mut first = PUTTY_OPENING.to_vec();
+        first.extend_from_slice(b"alice\r\n");
+        assert_eq!(
+            telnet(&[&first]),
+            vec![
+                // DONT NAWS, DONT TSPEED, DONT TTYPE, DONT NEW-ENVIRON, WONT ECHO, DONT SGA,
+                // WONT SGA: a line-mode server with no options.
+                negotiation(
+                    b"\xff\xfe\x1f\xff\xfe\x20\xff\xfe\x18\xff\xfe\x27\xff\xfc\x01\xff\xfe\x03\xff\xfc\x03"
+                ),
+                text(b"alice"),
+            ]
+        );
+        // Cut anywhere, the same.
+        for cut in 1..first.len() {
+            let got = telnet(&[&first[..cut], &first[cut..]]);
+            let answers: Vec<u8> = got
+                .iter()
+                .filter_map(|l| match l {
+                    Line::Negotiation(b) => Some(b.to_vec()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(answers.len(), 21, "cut at {cut}: {got:?}");
+            assert_eq!(got.last(), Some(&text(b"alice")), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn on_a_telnet_connection_the_whole_command_grammar_is_taken_out() {
+        assert_eq!(
+            telnet(&[
+                // Opens with WONT ECHO (no answer), then: a subnegotiation with an escaped
+                // 0xFF inside, IAC IAC as a data byte, NOP and AYT, WONT/DONT (no answer),
+                // DO TIMING-MARK (answered as before), and an IAC before a non-command byte
+                // (kept as data).
+                b"\xff\xfc\x01a\xff\xfa\x18\x00x\xff\xffy\xff\xf0b",
+                b"\xff\xffc\xff\xf1\xff\xf6d\xff\xfc\x05\xff\xfe\x05",
+                b"\xff\xfd\x06e\xff",
+                b"\x41\r\n",
+            ]),
+            vec![Line::TimingMark, text(b"ab\xffcde\xffA")]
+        );
+        // A command cut off by the end of a telnet stream is dropped with it.
+        assert_eq!(
+            telnet(&[b"\xff\xfd\x01x\n", b"y\xff"]),
+            vec![negotiation(b"\xff\xfc\x01"), text(b"x"), text(b"y")]
+        );
+    }
+
+    #[test]
+    fn nc_bytes_stay_data_even_when_they_look_like_commands() {
+        // A connection that opened with text is raw for good: IAC DONT and IAC IAC are bytes.
+        assert_eq!(
+            telnet(&[b"hi\n", b"\xff\xfe\n\xff\xff\xfb\x01\n"]),
+            vec![text(b"hi"), text(b"\xff\xfe"), text(b"\xff\xff\xfb\x01")]
+        );
+        // So is one opening with a command that is no negotiation (telnet's Ctrl-C).
+        assert_eq!(
+            telnet(&[b"\xff\xf4\xff\xfd\x06", b"\xff\xfb\x01\n"]),
+            vec![Line::TimingMark, text(b"\xff\xfb\x01")]
+        );
+        // And one opening with a lone 0xFF then data.
+        assert_eq!(telnet(&[b"\xff", b"a\n"]), vec![text(b"\xffa")]);
+    }
+
+    /// Issue 13: a reader waiting for its client's next bytes holds no buffer, only what a
+    /// partial line needs.
+    #[test]
+    fn a_waiting_reader_holds_no_buffer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let mut reader = LineReader::telnet(server, 64 * 1024);
+            let wait = std::time::Duration::from_millis(20);
+            client.write_all(&[b'x'; 20_000]).await.unwrap();
+            client.write_all(b"\nsecond\n").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Some(text(&[b'x'; 20_000])));
+            assert_eq!(reader.next().await.unwrap(), Some(text(b"second")));
+            assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+            assert_eq!(reader.buf.capacity(), 0, "an idle reader keeps a buffer");
+            // A partial line is kept, and only that.
+            client.write_all(b"par").await.unwrap();
+            assert!(tokio::time::timeout(wait, reader.next()).await.is_err());
+            assert_eq!(&reader.buf[..], b"par");
+            assert!(reader.buf.capacity() < 64, "{}", reader.buf.capacity());
+            client.write_all(b"tial\n").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Some(text(b"partial")));
+        });
     }
 
     #[test]

@@ -8,17 +8,19 @@ pub mod chat;
 pub mod echo;
 pub mod http;
 pub mod lines;
+pub mod metrics;
 pub mod quote;
-pub mod static_files;
+pub mod reclaim;
 
 use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::Bus;
 use crate::config::{Config, ServiceConfig};
 use crate::net::{Peer, Stream};
-use crate::scoreboard::Slot;
 
 /// What one connection is told about its surroundings.
 pub struct ConnContext {
@@ -29,8 +31,29 @@ pub struct ConnContext {
     pub stop: CancellationToken,
     /// Close the connection after this long without progress; `None` = never.
     pub idle_timeout: Option<Duration>,
-    /// The worker's scoreboard slot, for counters.
-    pub slot: &'static Slot,
+    /// Where the connection reports bytes and requests.
+    pub metrics: metrics::Metrics,
+    /// Tells the worker when this connection may be closed to admit a new client at the
+    /// connection cap ([`reclaim`]).
+    pub reclaim: reclaim::Reclaim,
+    /// Which of the worker's listeners accepted the connection (an index into the list the
+    /// accept loop was given): [`Services`] serves it with that listener's service.
+    pub listener: usize,
+}
+
+impl ConnContext {
+    /// A context for a connection served outside a worker (a test, or a program driving a
+    /// service itself): no idle timeout, metrics that go nowhere, never closed to make room.
+    pub fn detached(peer: Peer, stop: CancellationToken) -> ConnContext {
+        ConnContext {
+            peer,
+            stop,
+            idle_timeout: None,
+            metrics: metrics::Metrics::detached(),
+            reclaim: reclaim::Reclaim::detached(),
+            listener: 0,
+        }
+    }
 }
 
 /// What the accept loop runs for each connection. Implemented by [`Service`] (the built-in
@@ -54,8 +77,8 @@ impl Serve for Service {
 pub enum Service {
     /// [`echo`].
     Echo,
-    /// [`static_files`].
-    Static(Box<static_files::StaticService>),
+    /// [`http::static_files`].
+    Static(Box<http::static_files::StaticService>),
     /// [`chat`]: the room, shared with the other workers through the bus.
     Chat(chat::Chat),
     /// [`quote`]: the quote, held by the bus.
@@ -63,22 +86,25 @@ pub enum Service {
 }
 
 impl Service {
-    /// Prepares the service in a freshly booted worker.
+    /// Prepares a service in a freshly booted worker; `bus` is the worker's bus client,
+    /// present when any service of the configuration needs one.
     ///
     /// # Errors
     /// If the service cannot start (a worker boot error).
-    pub fn for_worker(config: &Config) -> io::Result<Service> {
-        // Workers are the arbiter's children, and the hub's address is named after the
-        // arbiter's pid (`worker::run` checked `getppid()` is still the arbiter).
-        let bus = || crate::bus::Bus::embedded(nix::unistd::getppid().as_raw() as u32);
-        Ok(match &config.service {
+    pub fn for_worker(config: &ServiceConfig, bus: Option<&Bus>) -> io::Result<Service> {
+        let bus = || {
+            bus.cloned().ok_or_else(|| {
+                io::Error::other(format!("the {} service needs the bus", config.name()))
+            })
+        };
+        Ok(match config {
             ServiceConfig::Echo => Service::Echo,
             ServiceConfig::Static(c) => {
-                Service::Static(Box::new(static_files::StaticService::open(c)?))
+                Service::Static(Box::new(http::static_files::StaticService::open(c)?))
             }
-            ServiceConfig::Chat { max_line } => Service::Chat(chat::Chat::new(bus(), *max_line)),
-            ServiceConfig::Quote { max_line, .. } => {
-                Service::Quote(quote::Quote::new(bus(), *max_line))
+            ServiceConfig::Chat { max_line } => Service::Chat(chat::Chat::new(bus()?, *max_line)),
+            ServiceConfig::Quote { max_line, quote } => {
+                Service::Quote(quote::Quote::new(bus()?, *max_line, quote))
             }
         })
     }
@@ -100,13 +126,78 @@ impl Service {
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
         let result = match self {
             Service::Echo => echo::serve(stream, &ctx).await,
-            Service::Static(s) => static_files::serve(stream, &ctx, s).await,
+            Service::Static(s) => http::static_files::serve(stream, &ctx, s).await,
             Service::Chat(chat) => chat.serve(stream, &ctx).await,
             Service::Quote(quote) => quote.serve(stream, &ctx).await,
         };
         if let Err(err) = result {
             tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");
         }
+    }
+}
+
+/// Every service of one worker, and which listener feeds which: the accept loop hands each
+/// connection to the service of the listener that accepted it, with that service's idle
+/// timeout. One pool serves every service of the configuration this way.
+#[derive(Debug)]
+pub struct Services {
+    /// One per service of the configuration, in its order.
+    services: Vec<(Service, Option<Duration>)>,
+    /// For each listener (in the order the accept loop was given them), its service's index.
+    routes: Vec<usize>,
+}
+
+impl Services {
+    /// Builds every service of `config` in a freshly booted worker. `routes` gives, for each
+    /// listener the worker accepts on, the index of its service in `config.services`;
+    /// `bus_address` is where the arbiter runs the bus hub (it picked the address), needed
+    /// when any service shares state.
+    ///
+    /// # Errors
+    /// If a service cannot start, or needs a bus and none was given (a worker boot error).
+    pub fn for_worker(
+        config: &Config,
+        routes: Vec<usize>,
+        bus_address: Option<&Path>,
+    ) -> io::Result<Services> {
+        // One bus client per worker, shared by every service that needs it.
+        let bus = match bus_address {
+            Some(addr) if config.needs_bus() => Some(Bus::embedded_at(addr.to_path_buf())),
+            _ => None,
+        };
+        let mut services = Vec::with_capacity(config.services.len());
+        for spec in &config.services {
+            let service = Service::for_worker(&spec.service, bus.as_ref()).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start the {} service: {e}", spec.name),
+                )
+            })?;
+            services.push((service, spec.idle_timeout));
+        }
+        Ok(Services { services, routes })
+    }
+
+    /// Reopens every service's own log files (USR1).
+    ///
+    /// # Errors
+    /// The first file that cannot be reopened; the others are still tried.
+    pub fn reopen_logs(&self) -> io::Result<()> {
+        let mut result = Ok(());
+        for (s, _) in &self.services {
+            if let Err(e) = s.reopen_logs() {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+impl Serve for Services {
+    fn serve(&self, stream: Stream, mut ctx: ConnContext) -> impl Future<Output = ()> + Send {
+        let (service, idle) = &self.services[self.routes[ctx.listener]];
+        ctx.idle_timeout = *idle;
+        service.serve(stream, ctx)
     }
 }
 

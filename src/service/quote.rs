@@ -5,7 +5,8 @@
 //!
 //! Lines end in LF or CRLF; an unterminated last line before the client half-closes counts.
 //! Replies end in CRLF. A line longer than `--max-line` gets an error line and the connection
-//! is closed (FACTS §2.7: for quote and echo, close rather than resynchronise).
+//! is closed rather than resynchronised: a client that sends such a line is not speaking the
+//! protocol, and skipping to the next newline would answer whatever half-line follows.
 
 use std::fmt;
 use std::io;
@@ -35,8 +36,11 @@ impl fmt::Debug for Quote {
 }
 
 impl Quote {
-    /// The service for one worker.
-    pub fn new(bus: Bus, max_line: usize) -> Quote {
+    /// The service for one worker. `initial` is the quote served until a client sends one:
+    /// every worker offers it to the bus, which keeps the first and never lets it replace a
+    /// quote a client sent ([`Bus::set_if_absent`]).
+    pub fn new(bus: Bus, max_line: usize, initial: &str) -> Quote {
+        bus.set_if_absent(KEY, bytes::Bytes::copy_from_slice(initial.as_bytes()));
         Quote { bus, max_line }
     }
 
@@ -55,8 +59,8 @@ impl Quote {
             };
             match line {
                 None => break,
-                // Only telnet readers report it; quote's takes bytes as they come.
-                Some(Line::TimingMark) => continue,
+                // Only telnet readers report these; quote's takes bytes as they come.
+                Some(Line::TimingMark | Line::Negotiation(_)) => continue,
                 Some(Line::TooLong) => {
                     let msg = format!(
                         "* line too long (more than {} bytes): closing\r\n",

@@ -13,9 +13,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::arbiter::listeners::{Listener, ListenerKind};
+use crate::net::listener::{Listener, ListenerKind};
 use crate::net::{Peer, Stream};
 use crate::scoreboard::Slot;
+use crate::service::reclaim::Reclaimer;
 use crate::service::{ConnContext, Serve};
 
 /// A listener registered with this worker's runtime.
@@ -67,14 +68,18 @@ impl AcceptSocket {
 
 /// Accepts from whichever listener is ready, starting the scan one further each time so a
 /// busy listener cannot starve the others.
-async fn accept_any(listeners: &[AcceptSocket], next: &mut usize) -> io::Result<(Stream, Peer)> {
+/// Returns the connection and the index of the listener that accepted it.
+async fn accept_any(
+    listeners: &[AcceptSocket],
+    next: &mut usize,
+) -> io::Result<(Stream, Peer, usize)> {
     poll_fn(|cx| {
         let n = listeners.len();
         for i in 0..n {
             let idx = (*next + i) % n;
             if let Poll::Ready(r) = listeners[idx].poll_accept(cx) {
                 *next = (idx + 1) % n;
-                return Poll::Ready(r);
+                return Poll::Ready(r.map(|(s, p)| (s, p, idx)));
             }
         }
         Poll::Pending
@@ -108,26 +113,69 @@ pub struct Acceptor<S: Serve> {
     pub service: Arc<S>,
     /// This worker's scoreboard slot (counters).
     pub slot: &'static Slot,
-    /// Passed to every connection.
+    /// Passed to every connection (a service with its own, as in [`crate::service::Services`],
+    /// replaces it).
     pub idle_timeout: Option<Duration>,
+    /// The connections a newcomer may displace at the cap (idle kept-alive, silent ones).
+    pub reclaim: Reclaimer,
 }
+
+/// How often, at most, the "connection limit reached" warning is logged.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 impl<S: Serve> Acceptor<S> {
     /// Runs until `stop` is cancelled, then drops the listeners.
     pub async fn run(self) {
         let mut next = 0;
+        let mut warned: Option<tokio::time::Instant> = None;
         loop {
-            let permit = tokio::select! {
-                // `expect`: the semaphore is never closed.
-                p = self.limit.clone().acquire_owned() => p.expect("connection semaphore closed"),
-                _ = self.stop.cancelled() => break,
+            // A permit first: a full worker leaves newcomers in the kernel's queue for another
+            // worker, unless one of its own connections is idle and can make room.
+            let (permit, accepted) = match self.limit.clone().try_acquire_owned() {
+                Ok(p) => (p, None),
+                Err(_) if self.reclaim.has_idle() => {
+                    // At the cap with an idle connection: take the waiting client, then close
+                    // the idle one for it (its task ending frees the permit).
+                    let accepted = tokio::select! {
+                        r = accept_any(&self.listeners, &mut next) => r,
+                        _ = self.stop.cancelled() => break,
+                    };
+                    if accepted.is_ok() && self.reclaim.evict_one() {
+                        let now = tokio::time::Instant::now();
+                        if warned.is_none_or(|at| now >= at + FULL_WARNING_EVERY) {
+                            warned = Some(now);
+                            tracing::warn!(
+                                "worker_connections are not enough: closing idle connections \
+                                 to admit new ones (raise --worker-connections)"
+                            );
+                        }
+                    }
+                    let p = tokio::select! {
+                        // `expect`: the semaphore is never closed.
+                        p = self.limit.clone().acquire_owned() => p.expect("connection semaphore closed"),
+                        _ = self.stop.cancelled() => break,
+                    };
+                    (p, Some(accepted))
+                }
+                Err(_) => {
+                    let p = tokio::select! {
+                        p = self.limit.clone().acquire_owned() => p.expect("connection semaphore closed"),
+                        // Look again: an idle connection can now make room.
+                        _ = self.reclaim.became_idle() => continue,
+                        _ = self.stop.cancelled() => break,
+                    };
+                    (p, None)
+                }
             };
-            let accepted = tokio::select! {
-                r = accept_any(&self.listeners, &mut next) => r,
-                _ = self.stop.cancelled() => break,
+            let accepted = match accepted {
+                Some(a) => a,
+                None => tokio::select! {
+                    r = accept_any(&self.listeners, &mut next) => r,
+                    _ = self.stop.cancelled() => break,
+                },
             };
             match accepted {
-                Ok((stream, peer)) => {
+                Ok((stream, peer, listener)) => {
                     self.slot.accepted.fetch_add(1, Ordering::Relaxed);
                     self.slot.active_conns.fetch_add(1, Ordering::Relaxed);
                     let guard = ActiveGuard(self.slot);
@@ -136,7 +184,9 @@ impl<S: Serve> Acceptor<S> {
                         peer,
                         stop: self.stop.clone(),
                         idle_timeout: self.idle_timeout,
-                        slot: self.slot,
+                        metrics: crate::service::metrics::Metrics::new(self.slot),
+                        reclaim: self.reclaim.register(),
+                        listener,
                     };
                     self.conns.spawn(async move {
                         service.serve(stream, ctx).await;

@@ -6,31 +6,23 @@
 
 pub mod accept;
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use nix::unistd::{Pid, getppid};
-use tokio::signal::unix::{SignalKind, signal};
+use nix::unistd::getppid;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::arbiter::listeners::Listener;
+use crate::child::{Child, ChildBoot};
 use crate::config::Config;
+use crate::exit::WORKER_BOOT_ERROR;
 use crate::log::LogHandle;
-use crate::scoreboard::{Slot, SlotState};
-use crate::service::Service;
+use crate::net::listener::Listener;
+use crate::scoreboard::SlotState;
+use crate::service::Services;
 use accept::{AcceptSocket, Acceptor};
-
-/// Exit code of a worker that could not start serving. The arbiter backs off before the next
-/// spawn and gives up when no worker ever boots (gunicorn's `WORKER_BOOT_ERROR`).
-pub const WORKER_BOOT_ERROR: i32 = 3;
-
-/// Exit code of a worker whose own code panicked outside any connection.
-pub const WORKER_PANIC: i32 = 70;
 
 /// The longest an orphaned worker (its arbiter died) drains: nobody supervises it any more and
 /// the operator expects it gone within seconds, not after a full `--graceful-timeout`.
@@ -39,149 +31,62 @@ pub const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 /// Everything a worker is handed at fork. Built by the arbiter in the child, so nothing here is
 /// shared with the parent except what the kernel shares (sockets, the scoreboard pages).
 pub struct WorkerBoot {
-    /// 1-based slot number, for logs.
-    pub slot_number: usize,
-    /// This worker's scoreboard slot.
-    pub slot: &'static Slot,
-    /// The arbiter; if `getppid()` stops being this, the worker is an orphan and stops.
-    pub arbiter: Pid,
+    /// What every child gets: the arbiter's pid, the slot, the ready pipe, the timeout.
+    pub child: ChildBoot,
     /// The listeners to accept on, owned by this process now.
     pub listeners: Vec<Listener>,
     /// The configuration of this worker's generation.
     pub config: Arc<Config>,
-    /// Write end of the arbiter's notification pipe: one 8-byte message says "ready".
-    pub ready_tx: OwnedFd,
     /// The logger, to reopen on USR1.
     pub log: &'static LogHandle,
-}
-
-/// The message a worker writes to the notification pipe once it accepts connections: its pid
-/// and slot number, 8 bytes, below `PIPE_BUF` so the write is atomic.
-pub fn ready_message(pid: u32, slot_number: usize) -> [u8; 8] {
-    let mut msg = [0u8; 8];
-    msg[..4].copy_from_slice(&pid.to_le_bytes());
-    msg[4..].copy_from_slice(&(slot_number as u32).to_le_bytes());
-    msg
-}
-
-/// How the start common to every child the arbiter forks (workers, the hub) went.
-pub enum ChildStart {
-    /// The arbiter died before the child got going: exit 0, serve nothing.
-    Orphaned,
-    /// The runtime could not be built (logged): a boot error.
-    Failed,
-    /// Ready to run on this runtime.
-    Ready(tokio::runtime::Runtime),
-}
-
-/// The start every forked child of the arbiter shares: the parent-death signal, the check
-/// that the arbiter is still there, its own runtime (built here, after the fork), and a panic
-/// hook that logs. `what` names the child in messages ("worker", "hub").
-pub fn start_child(arbiter: Pid, what: &'static str) -> ChildStart {
-    // If the arbiter dies (even by SIGKILL) the kernel sends us TERM: drain and exit, never
-    // linger as an orphan. Then close the race where it died before this call.
-    if let Err(err) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
-        tracing::warn!(cause = %err, "cannot set the parent-death signal");
-    }
-    if getppid() != arbiter {
-        return ChildStart::Orphaned;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            tracing::error!(cause = %err, "{what} cannot build its runtime");
-            return ChildStart::Failed;
-        }
-    };
-    // A panic in a connection task is caught by tokio and ends that connection only; log it
-    // where the operator looks rather than on a bare stderr.
-    std::panic::set_hook(Box::new(move |info| {
-        tracing::error!("panic in the {what}: {info}");
-    }));
-    ChildStart::Ready(rt)
+    /// Where the arbiter runs the bus hub, when a service needs it (the arbiter picks the
+    /// address; services never derive it themselves).
+    pub bus_address: Option<std::path::PathBuf>,
 }
 
 /// Runs a worker to completion and returns its exit code. Never returns into the arbiter's
 /// code: the caller exits with the code.
 pub fn run(boot: WorkerBoot) -> i32 {
-    match start_child(boot.arbiter, "worker") {
-        ChildStart::Orphaned => 0,
-        ChildStart::Failed => WORKER_BOOT_ERROR,
-        ChildStart::Ready(rt) => rt.block_on(serve(boot)),
-    }
-}
-
-/// The worker's signals, installed before the arbiter's mask is lifted so nothing is lost.
-struct WorkerSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-    usr1: tokio::signal::unix::Signal,
-    // Registered only so they are ignored: they are the arbiter's signals, and TTIN/TTOU
-    // would otherwise stop the process by their default action.
-    _ignored: Vec<tokio::signal::unix::Signal>,
-}
-
-impl WorkerSignals {
-    fn install() -> std::io::Result<WorkerSignals> {
-        let mut ignored = Vec::new();
-        for sig in [
-            Signal::SIGHUP,
-            Signal::SIGTTIN,
-            Signal::SIGTTOU,
-            Signal::SIGUSR2,
-            Signal::SIGWINCH,
-        ] {
-            ignored.push(signal(SignalKind::from_raw(sig as i32))?);
-        }
-        Ok(WorkerSignals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            quit: signal(SignalKind::quit())?,
-            usr1: signal(SignalKind::user_defined1())?,
-            _ignored: ignored,
-        })
-    }
-}
-
-async fn serve(boot: WorkerBoot) -> i32 {
     let WorkerBoot {
-        slot_number,
-        slot,
-        arbiter,
+        child,
         listeners,
         config,
-        ready_tx,
         log,
+        bus_address,
     } = boot;
+    let slot_number = child.slot_number;
+    crate::child::run(child, move |child| {
+        serve(child, slot_number, listeners, config, log, bus_address)
+    })
+}
 
-    let mut signals = match WorkerSignals::install() {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(cause = %err, "worker cannot install its signal handlers");
-            return WORKER_BOOT_ERROR;
-        }
-    };
-    // The arbiter blocked its signals across the fork; ours are installed now, so anything
-    // that arrived meanwhile is delivered to them.
-    crate::arbiter::signals::unblock();
-
-    // Fault injection for the arbiter's tests: while the file named by this variable exists,
-    // workers die before they are ready, as one that cannot open its resources would. A file
-    // rather than a flag, so a test can break only the generation started by a reload.
-    if let Some(path) = std::env::var_os("OXICORN_TEST_BOOT_FAILURE")
-        && std::path::Path::new(&path).exists()
-    {
-        tracing::error!(
-            "worker failing at boot: {} exists",
-            std::path::Path::new(&path).display()
-        );
+async fn serve(
+    mut child: Child,
+    slot_number: usize,
+    listeners: Vec<Listener>,
+    config: Arc<Config>,
+    log: &'static LogHandle,
+    bus_address: Option<std::path::PathBuf>,
+) -> i32 {
+    if crate::child::test_boot_failure_injected() {
         return WORKER_BOOT_ERROR;
     }
 
+    // Which service each listener feeds: the one whose binds name its address.
+    let mut routes = Vec::with_capacity(listeners.len());
+    for l in &listeners {
+        match config
+            .services
+            .iter()
+            .position(|s| s.binds.iter().any(|a| l.serves(a)))
+        {
+            Some(i) => routes.push(i),
+            None => {
+                tracing::error!("worker: no service is configured for {}", l.local);
+                return WORKER_BOOT_ERROR;
+            }
+        }
+    }
     let mut sockets = Vec::with_capacity(listeners.len());
     for listener in listeners {
         let local = listener.local.clone();
@@ -194,24 +99,20 @@ async fn serve(boot: WorkerBoot) -> i32 {
         }
     }
 
-    let service = match Service::for_worker(&config) {
+    let service = match Services::for_worker(&config, routes, bus_address.as_deref()) {
         Ok(s) => Arc::new(s),
         Err(err) => {
-            tracing::error!(cause = %err, "worker cannot start the {} service", config.service.name());
+            tracing::error!(cause = %err, "worker cannot start");
             return WORKER_BOOT_ERROR;
         }
     };
 
+    let slot = child.slot;
+    let arbiter = child.arbiter;
     let stop = CancellationToken::new();
     let conns = TaskTracker::new();
     // Cancelled by the heartbeat task when the arbiter is gone.
-    let orphaned = CancellationToken::new();
-    tokio::spawn(heartbeat(
-        slot,
-        beat_interval(&config),
-        arbiter,
-        orphaned.clone(),
-    ));
+    let orphaned = child.start_heartbeat();
 
     let acceptor = Acceptor {
         listeners: sockets,
@@ -220,24 +121,22 @@ async fn serve(boot: WorkerBoot) -> i32 {
         stop: stop.clone(),
         service: Arc::clone(&service),
         slot,
-        idle_timeout: config.idle_timeout,
+        idle_timeout: None, // each service has its own
+        reclaim: Default::default(),
     };
     let accept_loop = tokio::spawn(acceptor.run());
 
-    slot.set_state(SlotState::Ready);
-    let pid = std::process::id();
-    if let Err(err) = nix::unistd::write(&ready_tx, &ready_message(pid, slot_number)) {
+    if let Err(err) = child.ready() {
         tracing::error!(cause = %err, "worker cannot tell the arbiter it is ready");
         return WORKER_BOOT_ERROR;
     }
-    drop(ready_tx);
+    let signals = &mut child.signals;
 
     // Serve until told to stop.
     let reason = loop {
         tokio::select! {
             _ = signals.term.recv() => break "SIGTERM",
             _ = orphaned.cancelled() => break "the arbiter is gone",
-            _ = signals.int.recv() => return 0,
             _ = signals.quit.recv() => return 0,
             _ = signals.usr1.recv() => {
                 if let Err(err) = log.reopen() {
@@ -281,37 +180,7 @@ async fn serve(boot: WorkerBoot) -> i32 {
             let left = slot.active_conns.load(Ordering::Relaxed);
             tracing::info!(slot = slot_number, "graceful timeout: closing {left} connection(s)");
         }
-        _ = signals.int.recv() => {}
         _ = signals.quit.recv() => {}
     }
     0
-}
-
-/// Beat often enough that a healthy worker is never near the timeout (gunicorn asks for
-/// `timeout / 2`), and at least once a second so the orphan check stays prompt.
-pub(crate) fn beat_interval(config: &Config) -> Duration {
-    let cap = Duration::from_secs(1);
-    config
-        .timeout
-        .map_or(cap, |t| (t / 4).clamp(Duration::from_millis(50), cap))
-}
-
-/// Marks the slot alive every `every` (workers and the hub), and cancels `orphaned` once the
-/// arbiter is gone. It runs on the child's only thread, so a connection
-/// that blocks the runtime stops the beat too, and the arbiter kills the wedged worker.
-pub(crate) async fn heartbeat(
-    slot: &'static Slot,
-    every: Duration,
-    arbiter: Pid,
-    orphaned: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        slot.notify();
-        if getppid() != arbiter {
-            orphaned.cancel();
-        }
-    }
 }

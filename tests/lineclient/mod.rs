@@ -202,3 +202,27 @@ pub fn start_line_service(service: &str, workers: usize, extra: &[&str]) -> (Oxi
     let addr = s.tcp_addr();
     (s, addr)
 }
+
+/// What a terminal does on Ctrl-C: SIGINT to the foreground process group (the tests start
+/// the arbiter as the leader of its own group).
+pub fn ctrl_c(s: &Oxicorn) {
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(s.pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("killpg");
+}
+
+/// No line of the log is a warning or an error.
+pub fn assert_no_warnings(s: &Oxicorn) {
+    let lines = s.lines();
+    let bad: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("] WARN ") || l.contains("] ERROR "))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "warnings: {bad:#?}\nlog:\n{}",
+        lines.join("\n")
+    );
+}

@@ -55,6 +55,9 @@ impl Oxicorn {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_remove("OXICORN_TEST_BOOT_FAILURE")
+            // CI runs as root; the tests are about everything but the --user policy
+            // (tests/identity.rs tests that).
+            .env("OXICORN_ALLOW_ROOT", "true")
             .process_group(0);
         for (k, v) in env {
             cmd.env(k, v);
@@ -411,4 +414,46 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// Whether `sig` is pending (sent, not yet delivered) for `pid`, from the `SigPnd` (thread)
+/// and `ShdPnd` (process) masks of /proc/PID/status.
+pub fn signal_pending(pid: i32, sig: Signal) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (sig as i32 - 1);
+    status
+        .lines()
+        .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .any(|mask| mask & bit != 0)
+}
+
+/// Sends `sig` to `pid` and returns once the kernel has delivered it (it is no longer
+/// pending), without waiting for the process to act on it. Standard signals do not queue: one
+/// sent while the same signal is still pending is merged into it (signal(7)), so this is as
+/// fast as distinct signals can be sent.
+pub fn send_delivered(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).expect("send the signal");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while signal_pending(pid, sig) {
+        assert!(Instant::now() < deadline, "{sig} stayed pending for {pid}");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// The process title `ps` shows for `pid`: its command line up to the first NUL.
+pub fn process_title(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let first = raw.split(|&b| b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(first).into_owned()
+}
+
+/// What `top` shows for `pid` (`/proc/PID/comm`).
+pub fn process_comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
 }

@@ -22,19 +22,21 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::service::reclaim::{IdleClass, Reclaim};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 /// What the request path tells the connection's clock. One per connection, shared by the
 /// [`DeadlineIo`] and every request (HTTP/2 requests run in their own tasks, hence atomics;
 /// on the worker's single thread they are never contended).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnState {
     /// Requests whose handler was called and whose response body has not been dropped yet.
     pub in_flight: AtomicUsize,
@@ -51,13 +53,71 @@ pub struct ConnState {
     /// until that read's waker fires, and the deadline chosen then (the head's, or none while
     /// a request was in flight) is stale once the request has ended.
     reader: Mutex<Option<Waker>>,
+    /// Tells the worker when this connection may be closed to admit a newcomer at the
+    /// connection cap: between requests (kept alive), or before a complete head; never with
+    /// a request in flight or once upgraded. Here rather than in the stream because a request
+    /// starting must say "busy" at once, before hyper next reads.
+    reclaim: Reclaim,
+    /// What `reclaim` was last told ([`TOLD_BUSY`] and so on), so it is told only of changes.
+    told: AtomicU8,
+}
+
+const TOLD_BUSY: u8 = 0;
+const TOLD_NO_REQUEST: u8 = 1;
+const TOLD_KEPT_ALIVE: u8 = 2;
+
+impl Default for ConnState {
+    /// A connection no worker knows ([`Reclaim::detached`]).
+    fn default() -> Self {
+        ConnState::new(Reclaim::detached())
+    }
 }
 
 impl ConnState {
+    /// A fresh connection, reclaimable as one without a request yet.
+    pub fn new(reclaim: Reclaim) -> ConnState {
+        let state = ConnState {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+            head_timed_out: AtomicBool::new(false),
+            reader: Mutex::new(None),
+            reclaim,
+            told: AtomicU8::new(TOLD_BUSY),
+        };
+        state.tell(Some(IdleClass::NoRequest));
+        state
+    }
+
     /// Counts a request in: it is in flight until [`ConnState::request_ended`].
     pub fn request_started(&self) {
         self.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.tell(None);
+    }
+
+    /// Tells the worker's reclaim table what this connection is now (`None`: busy), if that
+    /// changed.
+    fn tell(&self, class: Option<IdleClass>) {
+        let code = match class {
+            None => TOLD_BUSY,
+            Some(IdleClass::NoRequest) => TOLD_NO_REQUEST,
+            Some(IdleClass::KeptAlive) => TOLD_KEPT_ALIVE,
+        };
+        if self.told.swap(code, Ordering::AcqRel) != code {
+            match class {
+                Some(c) => self.reclaim.set_idle(c),
+                None => self.reclaim.set_busy(),
+            }
+        }
+    }
+
+    /// Whether the connection was chosen to close for a newcomer (only while it is idle).
+    fn poll_evicted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.told.load(Ordering::Acquire) == TOLD_BUSY {
+            return Poll::Pending;
+        }
+        self.reclaim.poll_evicted(cx)
     }
 
     /// Counts a request out; the last one wakes the reader.
@@ -129,7 +189,8 @@ pub struct DeadlineIo<S> {
     stall: Option<Pin<Box<Sleep>>>,
     /// The 408 bytes still to write, once the head deadline passed.
     sending_408: Option<usize>,
-    /// Dropped with the stream: tells [`super::serve`] an upgraded stream was let go.
+    /// Dropped with the stream: tells [`super::AppService::serve`] an upgraded stream was let
+    /// go.
     _dropped: oneshot::Sender<()>,
 }
 
@@ -176,11 +237,13 @@ impl<S> DeadlineIo<S> {
     /// Brings `wait` up to date with the request path, and returns the deadline for it.
     fn deadline(&mut self, now: Instant) -> Option<Instant> {
         if self.state.upgraded.load(Ordering::Acquire) {
+            self.state.tell(None);
             return None;
         }
         let started = self.state.started.load(Ordering::Acquire);
         if self.state.in_flight.load(Ordering::Acquire) > 0 {
             self.wait = Wait::Busy;
+            self.state.tell(None);
             return None;
         }
         match self.wait {
@@ -191,8 +254,14 @@ impl<S> DeadlineIo<S> {
             _ => {}
         }
         Some(match self.wait {
-            Wait::Fresh(t) | Wait::Head { since: t, .. } => t + self.deadlines.header,
-            Wait::Idle(t) => t + self.idle_limit(),
+            Wait::Fresh(t) | Wait::Head { since: t, .. } => {
+                self.state.tell(Some(IdleClass::NoRequest));
+                t + self.deadlines.header
+            }
+            Wait::Idle(t) => {
+                self.state.tell(Some(IdleClass::KeptAlive));
+                t + self.idle_limit()
+            }
             Wait::Busy => unreachable!("handled above"),
         })
     }
@@ -302,6 +371,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
         if this.armed != Some(deadline) {
             this.sleep.as_mut().reset(deadline);
             this.armed = Some(deadline);
+        }
+        // Chosen to make room for a newcomer: close as if the client had (only ever chosen
+        // while idle or before a complete head, so no request is cut).
+        if this.state.poll_evicted(cx).is_ready() {
+            return Poll::Ready(Ok(()));
         }
         if this.sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;

@@ -13,7 +13,8 @@
 //!   connection, its worker and the other connections go on;
 //! - the socket peer ([`Peer`]) and the client as trusted proxies report it ([`Client`]) as
 //!   request extensions;
-//! - an access log ([`access`]);
+//! - the access log shared with `static` ([`super::access_log`], gunicorn's
+//!   `--access-logformat` atoms);
 //! - a graceful stop: when the worker's stop token is cancelled, in-flight requests finish, a
 //!   kept-alive HTTP/1 connection answers its current request with `connection: close` or is
 //!   closed when idle, and HTTP/2 gets GOAWAY (hyper's `graceful_shutdown`). Streams that never
@@ -23,12 +24,12 @@
 //! The static file service's hand-written HTTP/1.1 parser is deliberately not used here: apps
 //! get a complete HTTP stack, static keeps its fast path.
 
-pub mod access;
 pub mod body;
 pub mod factory;
 pub mod forwarded;
 pub mod io;
 pub mod settings;
+pub mod static_files;
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -52,16 +53,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
-pub use access::AccessLog;
 pub use body::{BoxError, RequestBody, ResponseBody};
 pub use factory::{App, AppFactory, error_chain};
 pub use forwarded::{Client, ForwardedAllowIps};
 pub use settings::HttpSettings;
+pub use static_files::StaticFiles;
 
+use super::access_log::{AccessLog, Record, RequestLine as LogLine};
 use crate::net::Peer;
-use crate::scoreboard::Slot;
 use crate::service::ConnContext;
-use access::AccessRecord;
+use crate::service::metrics::Metrics;
 use body::OnBodyEnd;
 use io::{ConnState, DeadlineIo, Deadlines};
 
@@ -142,23 +143,31 @@ impl AppService {
     ///
     /// When the connection was upgraded, this returns only once the app has dropped the
     /// upgraded stream, so the worker's drain waits for WebSockets as for any connection.
-    pub async fn serve<S>(&self, stream: S, ctx: &ConnContext)
+    pub async fn serve<S>(&self, stream: S, ctx: ConnContext)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let state = Arc::new(ConnState::default());
+        let ConnContext {
+            peer,
+            stop,
+            idle_timeout,
+            metrics,
+            reclaim,
+            listener: _,
+        } = ctx;
+        let state = Arc::new(ConnState::new(reclaim));
         let deadlines = Deadlines {
             header: self.settings.header_timeout,
             keep_alive: self.settings.keep_alive,
-            write_stall: ctx.idle_timeout,
+            write_stall: idle_timeout,
         };
         let (io, released) = DeadlineIo::new(stream, Arc::clone(&state), deadlines);
         let conn_ctx = Arc::new(ConnShared {
             app: self.app.clone(),
             settings: Arc::clone(&self.settings),
             access_log: self.access_log.clone(),
-            peer: ctx.peer.clone(),
-            slot: ctx.slot,
+            peer: peer.clone(),
+            metrics,
             state: Arc::clone(&state),
         });
         let conn = self
@@ -171,26 +180,26 @@ impl AppService {
                 res = conn.as_mut() => break res,
                 // Finish the request in flight (with `connection: close`), or close now if
                 // idle; HTTP/2 sends GOAWAY and lets open streams end.
-                () = ctx.stop.cancelled(), if !stopping => {
+                () = stop.cancelled(), if !stopping => {
                     stopping = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
         };
         if let Err(err) = result {
-            tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");
+            tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
         }
         if state.head_timed_out.load(Ordering::Relaxed)
             && let Some(log) = &self.access_log
         {
-            log.record(&AccessRecord {
-                client: peer_ip(&ctx.peer),
-                request_line: "-",
-                status: StatusCode::REQUEST_TIMEOUT.as_u16(),
-                bytes: None,
+            log.log(&Record {
+                peer: &peer,
+                request: None,
+                status: StatusCode::REQUEST_TIMEOUT,
+                body_bytes: Some(0),
                 referer: None,
                 user_agent: None,
-                duration: self.settings.header_timeout,
+                elapsed: self.settings.header_timeout,
             });
         }
         if state.upgraded.load(Ordering::Acquire) {
@@ -227,8 +236,8 @@ struct ConnShared {
     settings: Arc<HttpSettings>,
     access_log: Option<Arc<AccessLog>>,
     peer: Peer,
-    /// The worker's scoreboard slot: requests and bytes out.
-    slot: &'static Slot,
+    /// Where requests and bytes out are counted (the worker's scoreboard).
+    metrics: Metrics,
     state: Arc<ConnState>,
 }
 
@@ -283,9 +292,6 @@ async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let in_flight = InFlight::start(Arc::clone(&c.state));
     let started = Instant::now();
-    c.slot
-        .requests
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
     let line = RequestLine {
@@ -355,10 +361,10 @@ async fn handle(
         c.state.upgraded.store(true, Ordering::Release);
     }
     let end = RequestEnd {
-        status: response.status().as_u16(),
+        status: response.status(),
         started,
         line,
-        client: client.ip,
+        client: client_peer(&c.peer, &client),
         logged,
         conn: Arc::clone(&c),
         _in_flight: in_flight,
@@ -375,10 +381,11 @@ struct LoggedHeaders {
 /// What happens when a response body is dropped: counters, the access-log line, and (by
 /// dropping `_in_flight`) the connection's clock learns the request is over.
 struct RequestEnd {
-    status: u16,
+    status: StatusCode,
     started: Instant,
     line: RequestLine,
-    client: Option<std::net::IpAddr>,
+    /// The client as the log shows it (`%(h)s`): forwarded by a trusted proxy, or the peer.
+    client: Peer,
     logged: Option<LoggedHeaders>,
     conn: Arc<ConnShared>,
     _in_flight: InFlight,
@@ -386,22 +393,35 @@ struct RequestEnd {
 
 impl OnBodyEnd for RequestEnd {
     fn end(self: Box<Self>, bytes: u64, _complete: bool) {
-        self.conn
-            .slot
-            .bytes_out
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        let metrics = &self.conn.metrics;
+        metrics.bytes_out(bytes);
+        metrics.request(self.status, elapsed);
         if let (Some(log), Some(h)) = (&self.conn.access_log, &self.logged) {
-            let line = self.line.to_string();
-            log.record(&AccessRecord {
-                client: self.client,
-                request_line: &line,
+            let target = self.line.uri.to_string();
+            log.log(&Record {
+                peer: &self.client,
+                request: Some(LogLine {
+                    method: &self.line.method,
+                    target: &target,
+                    version: self.line.version,
+                }),
                 status: self.status,
-                bytes: Some(bytes),
+                body_bytes: Some(bytes),
                 referer: h.referer.as_ref().and_then(|v| v.to_str().ok()),
                 user_agent: h.user_agent.as_ref().and_then(|v| v.to_str().ok()),
-                duration: self.started.elapsed(),
+                elapsed,
             });
         }
+    }
+}
+
+/// The peer the access log names: the forwarded client when a trusted proxy gave one (port
+/// 0: proxies do not always say), else the socket's.
+fn client_peer(peer: &Peer, client: &Client) -> Peer {
+    match (client.forwarded, client.ip) {
+        (true, Some(ip)) => Peer::Tcp(std::net::SocketAddr::new(ip, 0)),
+        _ => peer.clone(),
     }
 }
 
@@ -437,13 +457,6 @@ fn status_response(
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     r
-}
-
-fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
-    match peer {
-        Peer::Tcp(a) => Some(a.ip()),
-        Peer::Unix => None,
-    }
 }
 
 /// A future whose panic is caught and returned (the app's handler: a panic costs one request).

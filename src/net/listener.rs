@@ -1,4 +1,5 @@
-//! Binding listeners, in the arbiter, before any worker exists.
+//! Binding listeners, in the arbiter, before any worker exists; a worker takes its inherited
+//! copies over (`worker::accept`).
 //!
 //! Every listener is bound once and inherited by each forked worker, so all workers accept from
 //! one kernel queue (gunicorn's and nginx's default): a busy worker simply accepts less, and a
@@ -70,13 +71,12 @@ pub enum ListenError {
         addr: BindAddr,
     },
     /// Anything else from `socket`/`bind`/`listen`.
-    #[error("failed to bind {addr}: {source}")]
+    #[error("failed to bind {addr}: {cause}")]
     Other {
         /// The address.
         addr: BindAddr,
         /// What the OS said.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A live server answers on this Unix socket.
     #[error("failed to bind unix:{}: a server is already listening there", path.display())]
@@ -109,7 +109,10 @@ fn bind_error(addr: &BindAddr, source: io::Error) -> ListenError {
         Some(nix::libc::EADDRINUSE) => ListenError::InUse { addr },
         Some(nix::libc::EACCES) | Some(nix::libc::EPERM) => ListenError::Denied { addr },
         Some(nix::libc::EADDRNOTAVAIL) => ListenError::NotAvailable { addr },
-        _ => ListenError::Other { addr, source },
+        _ => ListenError::Other {
+            addr,
+            cause: source,
+        },
     }
 }
 

@@ -4,11 +4,17 @@
 //! [`super::files`], which stops symlinks. Here every segment is percent-decoded on its own,
 //! so an encoded slash (`%2F`) or backslash (`%5C`) can never become a separator, and anything
 //! that a filesystem or a later decoder could read as structure is refused rather than
-//! repaired: NUL, invalid UTF-8, malformed escapes, drive prefixes (`C:`), and `..` that would
-//! climb above the root. `.` segments and empty segments (`//`) are dropped; `..` inside the
+//! repaired: NUL, overlong UTF-8 forms (`%c0%ae` is how a lenient decoder is made to read a
+//! `.`), malformed escapes, drive prefixes (`C:`), and `..` that would climb above the root.
+//! Other bytes that are not UTF-8 are kept: Linux names are bytes, and a file called `caf\xe9`
+//! (Latin-1) is served when asked for as `caf%E9`, as nginx does. `.` segments and empty segments (`//`) are dropped; `..` inside the
 //! root is resolved lexically, as browsers do before sending.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode, utf8_percent_encode};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode, percent_encode};
 
 /// Everything but `A-Z a-z 0-9 - . _ ~` is encoded in the links and redirects we write: safe
 /// both inside a URL path segment and inside an HTML attribute.
@@ -21,8 +27,9 @@ pub const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// A request path that is safe to open below the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CleanPath {
-    /// Decoded segments, none empty, `.`, `..`, or holding `/`, `\` or NUL.
-    pub segments: Vec<String>,
+    /// Decoded segments (bytes: a name need not be UTF-8), none empty, `.`, `..`, or holding
+    /// `/`, `\`, NUL or an overlong UTF-8 form.
+    pub segments: Vec<Vec<u8>>,
     /// The request asked for a directory (`/a/`); `/a` for a directory is redirected.
     pub trailing_slash: bool,
 }
@@ -33,11 +40,11 @@ pub struct BadPath(pub &'static str);
 
 impl CleanPath {
     /// The path relative to the root, for `openat2`: `"."` for the root itself.
-    pub fn relative(&self) -> String {
+    pub fn relative(&self) -> PathBuf {
         if self.segments.is_empty() {
-            ".".to_string()
+            PathBuf::from(".")
         } else {
-            self.segments.join("/")
+            PathBuf::from(OsStr::from_bytes(&self.segments.join(&b'/')))
         }
     }
 
@@ -48,7 +55,7 @@ impl CleanPath {
             if i > 0 {
                 url.push('/');
             }
-            url.extend(utf8_percent_encode(s, SEGMENT));
+            url.extend(percent_encode(s, SEGMENT));
         }
         if dir && !self.segments.is_empty() {
             url.push('/');
@@ -58,7 +65,7 @@ impl CleanPath {
 
     /// A segment starts with `.` (`.git`, `.env`): hidden unless `--show-hidden`.
     pub fn is_hidden(&self) -> bool {
-        self.segments.iter().any(|s| s.starts_with('.'))
+        self.segments.iter().any(|s| s.starts_with(b"."))
     }
 }
 
@@ -70,19 +77,21 @@ pub fn clean(path: &[u8]) -> Result<CleanPath, BadPath> {
     let Some(rest) = path.strip_prefix(b"/") else {
         return Err(BadPath("path does not start with /"));
     };
-    let mut segments: Vec<String> = Vec::new();
+    let mut segments: Vec<Vec<u8>> = Vec::new();
     let mut trailing_slash = rest.is_empty();
     for raw in rest.split(|&b| b == b'/') {
         check_escapes(raw)?;
-        let decoded: Vec<u8> = percent_decode(raw).collect();
-        let seg = String::from_utf8(decoded).map_err(|_| BadPath("invalid UTF-8"))?;
-        if seg.contains(['\0', '/', '\\']) {
+        let seg: Vec<u8> = percent_decode(raw).collect();
+        if seg.iter().any(|b| matches!(b, b'\0' | b'/' | b'\\')) {
             return Err(BadPath("NUL, slash or backslash inside a segment"));
         }
-        trailing_slash = matches!(seg.as_str(), "" | "." | "..");
-        match seg.as_str() {
-            "" | "." => {}
-            ".." => {
+        if has_overlong(&seg) {
+            return Err(BadPath("overlong UTF-8"));
+        }
+        trailing_slash = matches!(seg.as_slice(), b"" | b"." | b"..");
+        match seg.as_slice() {
+            b"" | b"." => {}
+            b".." => {
                 if segments.pop().is_none() {
                     return Err(BadPath(".. above the root"));
                 }
@@ -120,9 +129,20 @@ fn check_escapes(raw: &[u8]) -> Result<(), BadPath> {
     Ok(())
 }
 
+/// A lead byte that can only start an overlong encoding (RFC 3629 §3 forbids them): `C0`/`C1`,
+/// `E0` before `80..9F`, `F0` before `80..8F`. Such bytes spell `.`, `/` or `\` to a decoder
+/// that does not check, so they are refused, not kept as a name.
+fn has_overlong(seg: &[u8]) -> bool {
+    seg.iter().enumerate().any(|(i, &b)| {
+        let next = seg.get(i + 1).copied().unwrap_or(0);
+        matches!(b, 0xC0 | 0xC1)
+            || (b == 0xE0 && (0x80..0xA0).contains(&next))
+            || (b == 0xF0 && (0x80..0x90).contains(&next))
+    })
+}
+
 /// `C:` or `c:anything`: meaningless on Linux, hostile if the files are ever copied elsewhere.
-fn is_drive(seg: &str) -> bool {
-    let b = seg.as_bytes();
+fn is_drive(b: &[u8]) -> bool {
     b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':'
 }
 
@@ -131,7 +151,12 @@ mod tests {
     use super::*;
 
     fn segs(p: &str) -> Vec<String> {
-        clean(p.as_bytes()).unwrap().segments
+        clean(p.as_bytes())
+            .unwrap()
+            .segments
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
     }
 
     #[test]
@@ -160,7 +185,9 @@ mod tests {
             "/..%5c..%5cetc",
             "/a%5cb",
             "/a%00b",
-            "/%ff",
+            "/%c1%9c",
+            "/%e0%80%af",
+            "/%f0%80%80%ae",
             "/%c0%ae%c0%ae/",
             "/%",
             "/%2",
@@ -180,13 +207,25 @@ mod tests {
         }
     }
 
+    /// nginx serves names that are not UTF-8 by their bytes; so do we, re-encoding them the
+    /// same way, while overlong forms stay refused above.
+    #[test]
+    fn names_that_are_not_utf8_are_kept_as_bytes() {
+        let c = clean(b"/caf%E9/%ff%fe").unwrap();
+        assert_eq!(c.segments, [b"caf\xe9".to_vec(), b"\xff\xfe".to_vec()]);
+        assert_eq!(c.url(false), "/caf%E9/%FF%FE");
+        assert_eq!(c.relative().as_os_str().as_bytes(), b"caf\xe9/\xff\xfe");
+        // Valid multi-byte UTF-8 that merely starts with E0 or F0 is fine.
+        assert_eq!(segs("/%e0%a4%85"), ["\u{905}"]);
+    }
+
     #[test]
     fn urls_are_re_encoded() {
         let c = clean(b"/a%20b/%3Cx%3E%22").unwrap();
         assert_eq!(c.url(false), "/a%20b/%3Cx%3E%22");
         assert_eq!(c.url(true), "/a%20b/%3Cx%3E%22/");
-        assert_eq!(c.relative(), "a b/<x>\"");
-        assert_eq!(clean(b"/").unwrap().relative(), ".");
+        assert_eq!(c.relative(), PathBuf::from("a b/<x>\""));
+        assert_eq!(clean(b"/").unwrap().relative(), PathBuf::from("."));
         assert!(clean(b"/a/.git/config").unwrap().is_hidden());
     }
 }

@@ -19,7 +19,15 @@ pub enum Ranges {
 }
 
 /// Reads `header` against a file of `len` bytes.
+///
+/// An empty file is sent whole (200, empty body) whatever the header says: every range of it
+/// is unsatisfiable, but RFC 9110 §14.1.3 lets a server ignore Range, and nginx, Apache and
+/// werkzeug answer 200 there, which no client mistakes; a 416 breaks downloaders that resume
+/// with `bytes=0-`.
 pub fn parse(header: &str, len: u64) -> Ranges {
+    if len == 0 {
+        return Ranges::Full;
+    }
     let Some((unit, specs)) = header.split_once('=') else {
         return Ranges::Full;
     };
@@ -119,7 +127,15 @@ mod tests {
     fn unsatisfiable_and_ignored() {
         assert_eq!(p("bytes=100-"), Ranges::Unsatisfiable);
         assert_eq!(p("bytes=-0"), Ranges::Unsatisfiable);
-        assert_eq!(parse("bytes=0-", 0), Ranges::Unsatisfiable);
+        for empty in [
+            "bytes=0-",
+            "bytes=0-0",
+            "bytes=-5",
+            "bytes=5-",
+            "bytes=0-1,3-4",
+        ] {
+            assert_eq!(parse(empty, 0), Ranges::Full, "{empty}");
+        }
         for bad in [
             "",
             "bytes",

@@ -4,7 +4,8 @@
 //! `limit_request_field_size` → 431) and are enforced on partial heads too, so a client cannot
 //! make us buffer more than one legal head before it is refused.
 
-use std::fmt;
+use http::header::{self, HeaderName};
+use http::{Method, StatusCode};
 
 /// The limits a head is checked against.
 #[derive(Debug, Clone, Copy)]
@@ -37,41 +38,20 @@ pub enum HeadError {
 
 impl HeadError {
     /// The HTTP status that answers it.
-    pub fn status(self) -> u16 {
+    pub fn status(self) -> StatusCode {
         match self {
-            HeadError::Bad(_) => 400,
-            HeadError::LineTooLong => 414,
-            HeadError::FieldsTooLarge => 431,
+            HeadError::Bad(_) => StatusCode::BAD_REQUEST,
+            HeadError::LineTooLong => StatusCode::URI_TOO_LONG,
+            HeadError::FieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
-    }
-}
-
-/// The method: only GET and HEAD are served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Method {
-    /// GET.
-    Get,
-    /// HEAD: GET's headers, no body.
-    Head,
-    /// Anything else, answered 405.
-    Other(String),
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Other(m) => m,
-        })
     }
 }
 
 /// One parsed request head, owned, with the headers we act on.
 #[derive(Debug, Clone, Default)]
 pub struct Head {
-    /// The method.
-    pub method: Option<Method>,
+    /// The method; only GET and HEAD are served, anything else is answered 405.
+    pub method: Method,
     /// The request target as sent (origin-form or absolute-form).
     pub target: String,
     /// `1` for HTTP/1.1, `0` for HTTP/1.0.
@@ -99,13 +79,6 @@ pub struct Head {
     pub referer: Option<String>,
     /// `User-Agent`, for the access log.
     pub user_agent: Option<String>,
-}
-
-impl Head {
-    /// The method, GET when unset (only in tests).
-    pub fn method(&self) -> &Method {
-        self.method.as_ref().unwrap_or(&Method::Get)
-    }
 }
 
 /// Parses the head at the start of `buf`.
@@ -163,11 +136,8 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadE
     };
     let minor = req.version.unwrap_or(1);
     let mut head = Head {
-        method: Some(match req.method.unwrap_or("") {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            other => Method::Other(other.to_string()),
-        }),
+        // httparse has checked the token, so this cannot fail; GET is a placeholder only.
+        method: Method::from_bytes(req.method.unwrap_or("GET").as_bytes()).unwrap_or_default(),
         target: req.path.unwrap_or("").to_string(),
         minor,
         keep_alive: minor == 1,
@@ -184,10 +154,10 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadE
                 .ok()
                 .map(|s| s.trim().to_string())
         };
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
+        let is = |known: &HeaderName| h.name.eq_ignore_ascii_case(known.as_str());
+        if is(&header::HOST) {
             hosts += 1;
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if is(&header::CONNECTION) {
             let v = String::from_utf8_lossy(h.value);
             for token in v.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -196,33 +166,33 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadE
                     head.keep_alive = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case("content-length") {
+        } else if is(&header::CONTENT_LENGTH) {
             if content_length.is_some_and(|v| v != h.value) {
                 return Err(HeadError::Bad("conflicting Content-Length"));
             }
             content_length = Some(h.value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is(&header::TRANSFER_ENCODING) {
             head.has_body = true;
-        } else if name.eq_ignore_ascii_case("if-match") {
+        } else if is(&header::IF_MATCH) {
             head.if_match = join(head.if_match.take(), text());
-        } else if name.eq_ignore_ascii_case("if-none-match") {
+        } else if is(&header::IF_NONE_MATCH) {
             head.if_none_match = join(head.if_none_match.take(), text());
-        } else if name.eq_ignore_ascii_case("if-modified-since") {
+        } else if is(&header::IF_MODIFIED_SINCE) {
             head.if_modified_since = text();
-        } else if name.eq_ignore_ascii_case("if-unmodified-since") {
+        } else if is(&header::IF_UNMODIFIED_SINCE) {
             head.if_unmodified_since = text();
-        } else if name.eq_ignore_ascii_case("if-range") {
+        } else if is(&header::IF_RANGE) {
             head.if_range = text();
-        } else if name.eq_ignore_ascii_case("range") {
+        } else if is(&header::RANGE) {
             if head.range.is_some() {
                 return Err(HeadError::Bad("more than one Range"));
             }
             head.range = text();
-        } else if name.eq_ignore_ascii_case("accept-encoding") {
+        } else if is(&header::ACCEPT_ENCODING) {
             head.accept_encoding = join(head.accept_encoding.take(), text());
-        } else if name.eq_ignore_ascii_case("referer") {
+        } else if is(&header::REFERER) {
             head.referer = Some(String::from_utf8_lossy(h.value).into_owned());
-        } else if name.eq_ignore_ascii_case("user-agent") {
+        } else if is(&header::USER_AGENT) {
             head.user_agent = Some(String::from_utf8_lossy(h.value).into_owned());
         }
     }
@@ -277,7 +247,7 @@ mod tests {
         assert!(parse_str(&two[n..]).unwrap().is_none());
         assert!(parse_str("GET / HT").unwrap().is_none());
         let (head, _) = parse_str("\r\nHEAD / HTTP/1.0\n\n").unwrap().unwrap();
-        assert_eq!(head.method(), &Method::Head);
+        assert_eq!(head.method, Method::HEAD);
         assert!(!head.keep_alive);
     }
 
@@ -347,7 +317,7 @@ mod tests {
             let _ = parse(&buf[..cut], &LIMITS);
             let noise: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
             let _ = parse(&noise, &LIMITS);
-            let _ = crate::service::static_files::path::clean(&buf[4..cut.max(4)]);
+            let _ = crate::service::http::static_files::path::clean(&buf[4..cut.max(4)]);
         }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,7 +82,7 @@ pub fn open_root(root: &Path) -> io::Result<OwnedFd> {
 pub fn open(
     root_fd: &OwnedFd,
     root: &Path,
-    rel: &str,
+    rel: &Path,
     follow_symlinks: bool,
 ) -> Result<Opened, OpenError> {
     // NONBLOCK: opening a FIFO for reading would otherwise block the worker until a writer
@@ -106,7 +106,7 @@ pub fn open(
 fn open_checked(
     root_fd: &OwnedFd,
     root: &Path,
-    rel: &str,
+    rel: &Path,
     flags: OFlags,
 ) -> Result<OwnedFd, OpenError> {
     let fd = rustix::fs::openat2(
@@ -167,12 +167,17 @@ pub const CACHE_ENTRIES: usize = 4096;
 /// size or mtime (new ETag, new length) at once, and an unlink or rename-over shows as zero
 /// links, which drops the entry and looks the path up again. What only a path lookup would
 /// notice (the file renamed away while still linked, a symlink retargeted, permissions
-/// changed) is seen within [`CACHE_TTL`]. Directories and misses are never cached.
+/// changed) is seen within [`CACHE_TTL`]. Directories are never cached, and misses only for
+/// [`FileCache::open_variant`] (a precompressed sibling that appears is seen within the TTL).
 #[derive(Debug, Default)]
 pub struct FileCache {
     /// The worker's runtime is single-threaded, so the lock is never contended; it is a Mutex
     /// (not a RefCell) only because spawned connection futures must be `Send`.
-    map: Mutex<HashMap<String, (Arc<File>, Instant)>>,
+    map: Mutex<HashMap<PathBuf, (Arc<File>, Instant)>>,
+    /// Variant paths found missing, and when: every request for a file asks for its three
+    /// precompressed siblings, which are usually absent, and three failed path walks per
+    /// request would cost more than the request. Same lock reasoning as `map`.
+    misses: Mutex<HashMap<PathBuf, Instant>>,
     /// Entries kept at most; 0 turns the cache off.
     capacity: usize,
 }
@@ -182,6 +187,7 @@ impl FileCache {
     pub fn new(capacity: usize) -> FileCache {
         FileCache {
             map: Mutex::default(),
+            misses: Mutex::default(),
             capacity,
         }
     }
@@ -202,7 +208,7 @@ impl FileCache {
         &self,
         root_fd: &OwnedFd,
         root: &Path,
-        rel: &str,
+        rel: &Path,
         follow_symlinks: bool,
     ) -> Result<Opened, OpenError> {
         let now = Instant::now();
@@ -228,12 +234,49 @@ impl FileCache {
                     map.remove(&k);
                 }
             }
-            map.insert(rel.to_string(), (Arc::clone(&opened.file), now));
+            map.insert(rel.to_path_buf(), (Arc::clone(&opened.file), now));
         }
         Ok(opened)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<File>, Instant)>> {
+    /// A precompressed variant (`app.js.gz`): the regular file at `rel`, or `None` when there
+    /// is none (or it cannot be opened). A miss is remembered for [`CACHE_TTL`].
+    pub fn open_variant(
+        &self,
+        root_fd: &OwnedFd,
+        root: &Path,
+        rel: &Path,
+        follow_symlinks: bool,
+    ) -> Option<Opened> {
+        let now = Instant::now();
+        let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+        if misses
+            .get(rel)
+            .is_some_and(|at| now.duration_since(*at) < CACHE_TTL)
+        {
+            return None;
+        }
+        match self.open(root_fd, root, rel, follow_symlinks) {
+            Ok(o) if o.kind == FileType::RegularFile => {
+                misses.remove(rel);
+                Some(o)
+            }
+            _ => {
+                if self.capacity > 0 {
+                    if misses.len() >= self.capacity {
+                        // As for `map`: one arbitrary entry goes.
+                        if let Some(k) = misses.keys().next().cloned() {
+                            misses.remove(&k);
+                        }
+                    }
+                    misses.insert(rel.to_path_buf(), now);
+                }
+                None
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Arc<File>, Instant)>> {
         // A panic while holding the lock cannot leave the map inconsistent (each operation is
         // one HashMap call), so a poisoned lock is used as it is.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
@@ -251,24 +294,42 @@ mod tests {
         let root_fd = open_root(&root).unwrap();
         std::fs::write(root.join("f"), "one").unwrap();
         let cache = FileCache::new(8);
-        let a = cache.open(&root_fd, &root, "f", false).unwrap();
+        let a = cache.open(&root_fd, &root, Path::new("f"), false).unwrap();
         assert_eq!(a.len, 3);
         // Written in place: same descriptor, fresh size.
         std::fs::write(root.join("f"), "three").unwrap();
-        let b = cache.open(&root_fd, &root, "f", false).unwrap();
+        let b = cache.open(&root_fd, &root, Path::new("f"), false).unwrap();
         assert_eq!((b.ino, b.len), (a.ino, 5));
         assert!(Arc::ptr_eq(&a.file, &b.file));
         // Renamed over: the old inode has no links left, so the path is looked up again.
         std::fs::write(root.join("g"), "replacement").unwrap();
         std::fs::rename(root.join("g"), root.join("f")).unwrap();
-        let c = cache.open(&root_fd, &root, "f", false).unwrap();
+        let c = cache.open(&root_fd, &root, Path::new("f"), false).unwrap();
         assert_eq!(c.len, 11);
         assert_ne!(c.ino, a.ino);
         // Deleted: not found, nothing stale served.
         std::fs::remove_file(root.join("f")).unwrap();
         assert!(matches!(
-            cache.open(&root_fd, &root, "f", false),
+            cache.open(&root_fd, &root, Path::new("f"), false),
             Err(OpenError::NotFound)
         ));
+    }
+
+    #[test]
+    fn variant_misses_are_remembered_for_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let root_fd = open_root(&root).unwrap();
+        let cache = FileCache::new(8);
+        let gz = Path::new("a.gz");
+        assert!(cache.open_variant(&root_fd, &root, gz, false).is_none());
+        std::fs::write(root.join("a.gz"), "z").unwrap();
+        // Within the TTL the miss stands; after it the new file is found.
+        assert!(cache.open_variant(&root_fd, &root, gz, false).is_none());
+        cache.misses.lock().unwrap().clear();
+        assert_eq!(
+            cache.open_variant(&root_fd, &root, gz, false).unwrap().len,
+            1
+        );
     }
 }

@@ -1,9 +1,15 @@
-//! Addresses and streams shared by the arbiter (which binds) and the workers (which accept).
+//! Addresses, listeners and streams shared by the arbiter (which binds) and the workers (which
+//! accept).
 //!
-//! A [`BindAddr`] is what the user typed after `--bind`; a [`Stream`] is one accepted
-//! connection, TCP or Unix, handed to a service.
+//! A [`BindAddr`] is what the user typed after `--bind`; a [`listener::Listener`] is a bound
+//! socket, made by the arbiter before any fork and inherited by every worker; a [`Stream`] is
+//! one accepted connection, TCP or Unix, handed to a service. This module knows nothing of
+//! processes: it imports neither the arbiter nor the worker.
+
+pub mod listener;
 
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::RawFd;
@@ -12,7 +18,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// Longest path a `sockaddr_un` holds on Linux, without the trailing NUL.
@@ -45,8 +51,16 @@ pub enum BindAddrError {
     #[error("`{0}` is not a file descriptor: expected fd://N with N a number such as 3")]
     BadFd(String),
     /// No `:PORT` at the end.
-    #[error("`{0}` has no port: expected HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N")]
+    #[error("`{0}` has no port: write HOST:PORT, such as 127.0.0.1:8000 or [::1]:8000")]
     NoPort(String),
+    /// A port alone, as `8000`: which interface is meant is ambiguous.
+    #[error(
+        "`{0}` is a bare port: write 127.0.0.1:{0} (this machine only) or :{0} (all interfaces)"
+    )]
+    BarePort(String),
+    /// A URL (`http://127.0.0.1:8000`) where an address belongs.
+    #[error("`{0}` is a URL: drop the scheme and write {1}")]
+    Url(String, String),
     /// The port is not a number from 0 to 65535.
     #[error("`{0}` has an invalid port (0-65535)")]
     BadPort(String),
@@ -85,6 +99,22 @@ impl FromStr for BindAddr {
         }
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(BindAddr::Tcp(addr));
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(BindAddrError::BarePort(s.to_string()));
+        }
+        if let Some((scheme, rest)) = s.split_once("://")
+            && !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+        {
+            let rest = rest.split('/').next().unwrap_or(rest);
+            return Err(BindAddrError::Url(s.to_string(), rest.to_string()));
+        }
+        // `[::1]` or `[::1]:`: brackets without a port.
+        if s.starts_with('[') && (s.ends_with(']') || s.ends_with("]:")) {
+            return Err(BindAddrError::NoPort(s.trim_end_matches(':').to_string()));
         }
         // Not a literal address: split HOST:PORT ourselves so the error can say which half is wrong.
         let Some((host, port)) = s.rsplit_once(':') else {
@@ -158,6 +188,50 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Polls for read readiness without reading (data or EOF waiting). Keeps the waker in the
+    /// socket's own slot, so a future built on it stays small: what every idle kept-alive
+    /// connection holds.
+    ///
+    /// Readiness can be stale (set by an earlier read); the caller then reads and gets
+    /// `Pending`, which clears it.
+    ///
+    /// # Errors
+    /// What the socket returns.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    /// Sends up to `len` bytes of `file` from `*offset` with `sendfile(2)` once the socket is
+    /// writable, advancing `*offset` by what was sent. Returns the bytes sent: 0 only when the
+    /// file ends at `*offset`.
+    ///
+    /// A stream that cannot splice from a file (a future TLS stream) would read and write here
+    /// instead; callers do not know the difference.
+    ///
+    /// # Errors
+    /// What `sendfile` returns other than `EAGAIN` (which waits for writability again).
+    pub async fn sendfile(&self, file: &File, offset: &mut u64, len: usize) -> io::Result<usize> {
+        // The closure runs when tokio believes the socket writable; EAGAIN (mapped to
+        // WouldBlock) clears the readiness and waits again.
+        match self {
+            Stream::Tcp(s) => {
+                s.async_io(Interest::WRITABLE, || {
+                    Ok(rustix::fs::sendfile(s, file, Some(&mut *offset), len)?)
+                })
+                .await
+            }
+            Stream::Unix(s) => {
+                s.async_io(Interest::WRITABLE, || {
+                    Ok(rustix::fs::sendfile(s, file, Some(&mut *offset), len)?)
+                })
+                .await
+            }
         }
     }
 
@@ -269,6 +343,22 @@ mod tests {
         assert!(matches!(err("127.0.0.1:"), BindAddrError::NoPort(_)));
         assert!(matches!(err("127.0.0.1:70000"), BindAddrError::BadPort(_)));
         assert!(matches!(err("::1:80"), BindAddrError::Ipv6NeedsBrackets(_)));
+        // What users type first (issue 11): each named for what it is.
+        assert_eq!(err("8000"), BindAddrError::BarePort("8000".into()));
+        assert_eq!(
+            err("http://127.0.0.1:8000"),
+            BindAddrError::Url("http://127.0.0.1:8000".into(), "127.0.0.1:8000".into())
+        );
+        assert_eq!(
+            err("https://[::1]:8000/x"),
+            BindAddrError::Url("https://[::1]:8000/x".into(), "[::1]:8000".into())
+        );
+        assert_eq!(err("[::1]"), BindAddrError::NoPort("[::1]".into()));
+        assert!(err("8000").to_string().contains("127.0.0.1:8000"));
+        assert_eq!(
+            ":8000".parse::<BindAddr>().unwrap().to_string(),
+            "0.0.0.0:8000"
+        );
         let long = format!("unix:/{}", "a".repeat(200));
         assert!(matches!(err(&long), BindAddrError::UnixPathTooLong(..)));
     }

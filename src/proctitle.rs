@@ -1,0 +1,116 @@
+//! Process titles, so `ps` and `top` tell the arbiter, its workers and the hub apart:
+//! `oxicorn: arbiter [static 127.0.0.1:8000]`, `oxicorn: worker 2 [gen 3]`, `oxicorn: hub`.
+//!
+//! Linux shows two names for a process, and this sets both:
+//!
+//! - `comm` (`/proc/PID/comm`, what `top` and `ps -e` show): at most 15 bytes, set with
+//!   `prctl(PR_SET_NAME)`. We give it a short fixed name per kind (`oxicorn-worker`).
+//! - the command line (`/proc/PID/cmdline`, what `ps -ef`, `ps aux` and `top -c` show): the
+//!   kernel reads it from the memory that held `argv` at exec. Overwriting that memory changes
+//!   it, which is what BSD's and gunicorn's `setproctitle` do on Linux. When the byte at the end
+//!   of the original arguments is no longer a NUL, the kernel reads the title from the start of
+//!   that area up to the first NUL, and may run on into the environment strings that follow
+//!   (`get_mm_cmdline` in the kernel's `fs/proc/base.c`). So the first call copies every
+//!   environment string that lives there to the heap and repoints `environ` at the copies;
+//!   after that, the arguments and environment area together hold the title.
+//!
+//! Why by hand: the `proctitle` crate (0.1.1) only sets `comm` on Linux, and a bare `oxicorn`
+//! command line is 8 bytes, too short for any useful title without the environment area.
+//!
+//! Limits: call it only while the process has a single thread (the arbiter always; a child
+//! before it builds its runtime), and only after the command line has been parsed:
+//! `std::env::args()` reads the same memory and returns the title afterwards. As with every
+//! `setproctitle`, `/proc/PID/environ` (which the kernel reads from the original area) shows
+//! the title's padding afterwards; the process's own environment is intact. The area is
+//! found through `/proc/self/stat` (fields 48 to 51, Linux ≥ 3.5); if that fails, only `comm`
+//! is set.
+
+use std::ffi::{CStr, CString, c_char};
+use std::sync::OnceLock;
+
+/// The memory the kernel reads `/proc/PID/cmdline` from: `[start, start + len)`.
+#[derive(Debug, Clone, Copy)]
+struct Area {
+    start: usize,
+    len: usize,
+}
+
+/// Found (and the environment moved out of it) on the first call; inherited by forked
+/// children, whose memory layout is the parent's.
+static AREA: OnceLock<Option<Area>> = OnceLock::new();
+
+unsafe extern "C" {
+    /// glibc's (and musl's) environment array, read and written by `getenv`/`setenv`.
+    static mut environ: *mut *mut c_char;
+}
+
+/// Sets the process title shown by `ps` (the command line, up to the room the arguments and
+/// the environment had at exec) and `comm` (the first 15 bytes of `comm`, shown by `top`).
+/// Failures are silent: a title is a convenience, never a reason to stop.
+pub fn set(comm: &str, title: &str) {
+    let comm: Vec<u8> = comm.bytes().filter(|&b| b != 0).take(15).collect();
+    if let Ok(name) = CString::new(comm) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+    let Some(area) = *AREA.get_or_init(prepare) else {
+        return;
+    };
+    let title: Vec<u8> = title.bytes().filter(|&b| b != 0).collect();
+    // Leave one byte for the terminating NUL.
+    let n = title.len().min(area.len - 1);
+    // SAFETY: `area` is the argument (and environment) strings the kernel put on this
+    // process's initial stack: mapped, writable, and owned by no Rust value. Nothing else reads
+    // it any more: the environment strings were copied out by `prepare` and `environ` points
+    // at the copies, and the caller parsed the command line already. The process is single-
+    // threaded (the caller's contract), so no one reads it while we write. Every write stays
+    // inside `[start, start + len)`.
+    unsafe {
+        let dst = area.start as *mut u8;
+        std::ptr::copy_nonoverlapping(title.as_ptr(), dst, n);
+        // NULs after the title: a title shorter than the original arguments then reads as
+        // the title followed by empty arguments, which `ps` shows as the title.
+        std::ptr::write_bytes(dst.add(n), 0, area.len - n);
+    }
+}
+
+/// Finds the area, and moves the environment strings that live in it to the heap.
+fn prepare() -> Option<Area> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name is in parentheses and may contain anything: parse after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<usize> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // `rest` starts at field 3 (state); arg_start..env_end are fields 48 to 51.
+    let field = |n: usize| fields.get(n - 3).copied();
+    let (arg_start, arg_end, env_start, env_end) = (field(48)?, field(49)?, field(50)?, field(51)?);
+    if arg_start == 0 || arg_end <= arg_start {
+        return None;
+    }
+    // Only an environment right after the arguments extends the room (the kernel reads on into
+    // it only then).
+    let end = if env_start == arg_end && env_end > env_start {
+        // SAFETY: single-threaded (the caller's contract), so nobody reads or writes `environ`
+        // meanwhile. Each entry is a NUL-terminated string (the C runtime's invariant); those
+        // inside the area are replaced by leaked heap copies with the same contents, which
+        // live as long as the process, as the originals did.
+        unsafe {
+            let mut entry = environ;
+            while !entry.is_null() && !(*entry).is_null() {
+                let at = *entry as usize;
+                if (env_start..env_end).contains(&at) {
+                    *entry = CString::from(CStr::from_ptr(*entry)).into_raw();
+                }
+                entry = entry.add(1);
+            }
+        }
+        env_end
+    } else {
+        arg_end
+    };
+    Some(Area {
+        start: arg_start,
+        len: end - arg_start,
+    })
+}

@@ -1,0 +1,509 @@
+//! The room of one worker: its log and every connection's seat in it (where its writer is, its
+//! own lines, its replies, whether it was dropped). Appending never waits for anyone: a member
+//! too far behind is kicked instead ([`KickReason::Overflow`]). Owns no socket: the writer
+//! ([`super::writer`]) takes what [`Room::gather`] hands it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::log::Log;
+use crate::sync::lock;
+
+/// How far (in bytes of room traffic) a member may fall behind the room before it counts as not
+/// reading and is disconnected; on top of what its socket buffers hold. This is also about the
+/// most the log of one worker holds, however many members are slow: the log is shared.
+pub const MEMBER_BACKLOG: u64 = 1024 * 1024;
+
+/// Replies to one member alone (answers to its commands) that may wait for it; a member that
+/// sends `/who` again and again without reading is disconnected past this.
+const MEMBER_REPLIES: usize = 256;
+
+/// Bytes gathered for one write to a member's socket (then the writer comes back for more).
+pub(super) const BATCH_BYTES: usize = 64 * 1024;
+
+/// Why the server disconnected a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KickReason {
+    /// It fell more than the room's backlog behind, or let too many replies pile up: it is
+    /// not reading.
+    Overflow,
+    /// Its name was lost: after a hub restart, a member of another worker re-registered it
+    /// first. The member no longer owns the name, so nothing is announced or freed for it.
+    Lost,
+}
+
+/// Asks a member's writer to stop, and says why.
+#[derive(Default)]
+pub(super) struct Kick {
+    /// Cancelled by whoever drops the member (the log when it is too far behind, the bus on a
+    /// lost name).
+    pub(super) token: CancellationToken,
+    /// The first reason given; set before the token is cancelled.
+    reason: OnceLock<KickReason>,
+}
+
+impl Kick {
+    /// Whether the member was dropped (the log then keeps nothing for it).
+    fn is_kicked(&self) -> bool {
+        self.reason.get().is_some()
+    }
+
+    /// Why the member was dropped, if it was.
+    pub(super) fn reason(&self) -> Option<KickReason> {
+        self.reason.get().copied()
+    }
+
+    fn kick(&self, reason: KickReason) {
+        // The first reason stays.
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+}
+
+/// One connection of this worker, as the room sees it.
+struct Member {
+    /// Where its writer is in the log; `None` until it joins (before that it gets its replies
+    /// only).
+    cursor: Option<u64>,
+    /// Set when it leaves: the log is sent up to here, and no further.
+    until: Option<u64>,
+    /// Its own lines in the log (start, end), which its writer skips.
+    own: VecDeque<(u64, u64)>,
+    /// Their bytes: not for this member, so not part of how far behind it is.
+    own_bytes: u64,
+    /// Lines for it alone, each due once the log is sent up to the offset beside it, so a
+    /// reply lands after what the room said before it.
+    replies: VecDeque<(u64, Bytes)>,
+    /// Its writer is waiting on `ready` (and is in the room's `waiting` list).
+    waiting: bool,
+    /// No more replies: the writer sends what is due, then shuts the socket's write side.
+    closed: bool,
+    kick: Arc<Kick>,
+    /// Wakes its writer: something to send, or closed.
+    ready: Arc<Notify>,
+}
+
+impl Member {
+    /// A connection that has not joined yet: it gets its replies only.
+    fn new(kick: Arc<Kick>, ready: Arc<Notify>) -> Member {
+        Member {
+            cursor: None,
+            until: None,
+            own: VecDeque::new(),
+            own_bytes: 0,
+            replies: VecDeque::new(),
+            waiting: false,
+            closed: false,
+            kick,
+            ready,
+        }
+    }
+
+    /// Whether the log must keep the bytes at its cursor.
+    fn reading(&self) -> Option<u64> {
+        let c = self.cursor?;
+        (!self.kick.is_kicked() && self.until.is_none_or(|u| c < u)).then_some(c)
+    }
+
+    /// Appends what is due for this member to `buf` (about [`BATCH_BYTES`] at most): the log
+    /// from its cursor, minus its own lines, with its replies in their places.
+    fn gather(&mut self, log: &Log, buf: &mut BytesMut) {
+        if self.kick.is_kicked() {
+            // Its writer is stopping, and the log no longer keeps its place.
+            return;
+        }
+        while buf.len() < BATCH_BYTES {
+            let end = match self.cursor {
+                Some(c) => self.until.unwrap_or(log.head).min(log.head).max(c),
+                None => 0,
+            };
+            if let Some(&(at, _)) = self.replies.front()
+                && self.cursor.is_none_or(|c| c >= at || c >= end)
+            {
+                if let Some((_, reply)) = self.replies.pop_front() {
+                    buf.extend_from_slice(&reply);
+                }
+                continue;
+            }
+            let Some(c) = self.cursor else {
+                return;
+            };
+            let mut stop = end;
+            if let Some(&(at, _)) = self.replies.front() {
+                stop = stop.min(at);
+            }
+            if let Some(&(s, e)) = self.own.front() {
+                if s <= c {
+                    self.cursor = Some(c.max(e));
+                    self.own.pop_front();
+                    self.own_bytes -= e - s;
+                    continue;
+                }
+                stop = stop.min(s);
+            }
+            if c >= stop {
+                return;
+            }
+            let to = stop.min(c + (BATCH_BYTES - buf.len()) as u64);
+            log.copy(c, to, buf);
+            self.cursor = Some(to);
+        }
+    }
+
+    /// Up to date: gives back the queues' allocations, so a member that waits for the room
+    /// costs only this struct (issue 13).
+    fn release_idle(&mut self) {
+        if self.replies.is_empty() && self.replies.capacity() > 0 {
+            self.replies = VecDeque::new();
+        }
+        if self.own.is_empty() && self.own.capacity() > 0 {
+            self.own = VecDeque::new();
+        }
+    }
+
+    fn wake(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.ready.notify_one();
+        }
+    }
+}
+
+/// This worker's room: the log and every connection.
+#[derive(Default)]
+struct RoomState {
+    log: Log,
+    members: HashMap<u64, Member>,
+    /// Members whose writers wait for the log to grow.
+    waiting: Vec<u64>,
+}
+
+/// Behind a `std::sync::Mutex`: held for a few copies, never across an `.await`, and the
+/// worker's runtime has one thread (mini-redis `db.rs` makes the same choice).
+pub(super) struct Room {
+    state: Mutex<RoomState>,
+    /// How far behind a member may be: [`MEMBER_BACKLOG`], or more when `--max-line` is so
+    /// large that a few lines would exceed it (a member must always be able to take a line).
+    pub(super) backlog: u64,
+}
+
+impl Room {
+    pub(super) fn new(max_line: usize) -> Room {
+        Room {
+            state: Mutex::default(),
+            backlog: MEMBER_BACKLOG.max(16 * max_line as u64),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, RoomState> {
+        lock(&self.state)
+    }
+
+    /// Seats connection `id` (unique in this worker): it gets its replies, and the room's
+    /// lines once it [`Room::join`]s. It leaves the room when the seat is dropped.
+    pub(super) fn enter(self: &Arc<Self>, id: u64) -> Seat {
+        let kick = Arc::new(Kick::default());
+        let ready = Arc::new(Notify::new());
+        self.state()
+            .members
+            .insert(id, Member::new(Arc::clone(&kick), Arc::clone(&ready)));
+        Seat {
+            room: Arc::clone(self),
+            id,
+            kick,
+            ready,
+        }
+    }
+
+    /// Appends what is due for member `id` to `buf` (about [`BATCH_BYTES`] at most): the log
+    /// from its cursor, minus its own lines, with its replies in their places. When nothing is
+    /// due, the member is listed as waiting, so the next append or reply wakes its writer.
+    /// `None` once the member has left the room; otherwise whether it is closed (no more
+    /// replies will come: the writer finishes).
+    pub(super) fn gather(&self, id: u64, buf: &mut BytesMut) -> Option<bool> {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let m = st.members.get_mut(&id)?;
+        m.gather(&st.log, buf);
+        if buf.is_empty() {
+            m.release_idle();
+            if !m.closed && !m.waiting {
+                m.waiting = true;
+                st.waiting.push(id);
+            }
+        }
+        Some(m.closed)
+    }
+
+    /// Appends `lines` for every joined member but `from` (its own lines). Never waits: a
+    /// member that is too far behind is dropped instead. Called by the member tasks of this
+    /// worker and by the bus's receive task (the other workers' lines).
+    pub(super) fn append(&self, from: Option<u64>, lines: &[u8]) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let (start, new_chunk) = st.log.append(lines);
+        if let Some(m) = from.and_then(|id| st.members.get_mut(&id)) {
+            m.own.push_back((start, st.log.head));
+            m.own_bytes += lines.len() as u64;
+        }
+        if new_chunk {
+            let head = st.log.head;
+            let mut needed = head;
+            for m in st.members.values_mut() {
+                let Some(c) = m.reading() else { continue };
+                // Only what is for this member counts: its own lines ahead of its writer (a
+                // burst it sent, read faster than its writer runs) are skipped, not sent.
+                if (head - c).saturating_sub(m.own_bytes) > self.backlog {
+                    m.kick.kick(KickReason::Overflow);
+                } else {
+                    needed = needed.min(c);
+                }
+            }
+            st.log.trim(needed);
+        }
+        // Taken and put back empty, so the list keeps its allocation from burst to burst.
+        let mut waiting = std::mem::take(&mut st.waiting);
+        for id in waiting.drain(..) {
+            if let Some(m) = st.members.get_mut(&id) {
+                m.wake();
+            }
+        }
+        st.waiting = waiting;
+    }
+
+    /// Queues a line for member `id` alone, after what the room said so far.
+    pub(super) fn reply(&self, id: u64, line: Bytes) {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let head = st.log.head;
+        let Some(m) = st.members.get_mut(&id) else {
+            return;
+        };
+        if m.closed {
+            return;
+        }
+        if m.replies.len() >= MEMBER_REPLIES {
+            m.kick.kick(KickReason::Overflow);
+            return;
+        }
+        m.replies.push_back((head, line));
+        m.wake();
+    }
+
+    /// Member `id` starts reading the room from now on.
+    pub(super) fn join(&self, id: u64) {
+        let mut st = self.state();
+        let head = st.log.head;
+        if let Some(m) = st.members.get_mut(&id) {
+            m.cursor = Some(head);
+        }
+    }
+
+    /// Member `id` reads nothing the room says from now on.
+    pub(super) fn stop_reading(&self, id: u64) {
+        let mut st = self.state();
+        let head = st.log.head;
+        if let Some(m) = st.members.get_mut(&id)
+            && m.until.is_none()
+        {
+            m.until = Some(head);
+        }
+    }
+
+    /// Member `id` gets no more replies: its writer finishes what is due.
+    pub(super) fn close(&self, id: u64) {
+        if let Some(m) = self.state().members.get_mut(&id) {
+            m.closed = true;
+            m.ready.notify_one();
+        }
+    }
+
+    pub(super) fn kick(&self, id: u64, reason: KickReason) {
+        if let Some(m) = self.state().members.get_mut(&id) {
+            m.kick.kick(reason);
+        }
+    }
+}
+
+/// A connection's place in the room, given up when dropped (however its task ends: returned,
+/// panicked, or dropped by a worker that stops; a member left behind would hold the log until
+/// the backlog dropped it).
+pub(super) struct Seat {
+    room: Arc<Room>,
+    id: u64,
+    /// Shared with the room's entry: the writer stops when it is cancelled.
+    pub(super) kick: Arc<Kick>,
+    /// Shared with the room's entry: wakes the writer.
+    pub(super) ready: Arc<Notify>,
+}
+
+impl Seat {
+    /// The member's id in this worker.
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The room it sits in.
+    pub(super) fn room(&self) -> &Room {
+        &self.room
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.room.state().members.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::chat::log::CHUNK;
+
+    /// A room whose members `ids` have joined.
+    fn room_of(ids: &[u64]) -> Room {
+        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
+        for &id in ids {
+            room.state()
+                .members
+                .insert(id, Member::new(Arc::default(), Arc::default()));
+            room.join(id);
+        }
+        room
+    }
+
+    fn gathered(m: &mut Member, log: &Log) -> String {
+        let mut buf = BytesMut::new();
+        m.gather(log, &mut buf);
+        String::from_utf8(buf.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_member_gets_the_log_from_where_it_joined_without_its_own_lines() {
+        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
+        for id in [1, 2] {
+            room.state()
+                .members
+                .insert(id, Member::new(Arc::default(), Arc::default()));
+        }
+        room.append(None, b"before\r\n");
+        room.join(1);
+        room.reply(1, Bytes::from_static(b"* joined\r\n"));
+        room.append(Some(2), b"<two> hi\r\n");
+        room.append(Some(1), b"<one> mine\r\n");
+        room.reply(1, Bytes::from_static(b"* reply\r\n"));
+        room.append(None, b"<far> x\r\n");
+        let mut st = room.state();
+        let st = &mut *st;
+        let m = st.members.get_mut(&1).unwrap();
+        assert_eq!(
+            gathered(m, &st.log),
+            "* joined\r\n<two> hi\r\n* reply\r\n<far> x\r\n"
+        );
+        assert_eq!(gathered(m, &st.log), "");
+        // Member 2 never joined: the room's lines are not for it.
+        let m = st.members.get_mut(&2).unwrap();
+        assert_eq!(gathered(m, &st.log), "");
+    }
+
+    #[test]
+    fn a_member_that_stopped_reading_gets_its_last_word_last() {
+        let room = Room::new(crate::config::DEFAULT_MAX_LINE);
+        room.state()
+            .members
+            .insert(1, Member::new(Arc::default(), Arc::default()));
+        room.join(1);
+        room.append(None, b"a\r\n");
+        room.stop_reading(1);
+        room.reply(1, Bytes::from_static(b"* bye\r\n"));
+        room.append(None, b"b\r\n");
+        let mut st = room.state();
+        let st = &mut *st;
+        let m = st.members.get_mut(&1).unwrap();
+        assert_eq!(gathered(m, &st.log), "a\r\n* bye\r\n");
+    }
+
+    #[test]
+    fn the_log_spans_chunks_and_drops_what_everyone_has_read() {
+        let room = room_of(&[1, 2]);
+        let line = format!("{}\r\n", "x".repeat(998));
+        for _ in 0..200 {
+            room.append(None, line.as_bytes());
+        }
+        let mut st = room.state();
+        let st = &mut *st;
+        assert!(st.log.chunks.len() > 3);
+        let m = st.members.get_mut(&1).unwrap();
+        let mut all = String::new();
+        loop {
+            let got = gathered(m, &st.log);
+            if got.is_empty() {
+                break;
+            }
+            assert!(got.len() <= BATCH_BYTES);
+            all.push_str(&got);
+        }
+        assert_eq!(all, line.repeat(200));
+        // Member 2 has read nothing: everything is kept for it.
+        st.log.trim(0);
+        assert_eq!(st.log.base, 0);
+        st.members.get_mut(&2).unwrap().cursor = Some(st.log.head);
+        st.log.trim(st.log.head);
+        assert_eq!(st.log.chunks.len(), 1, "the newest chunk stays");
+    }
+
+    #[test]
+    fn a_member_s_own_lines_are_not_its_backlog() {
+        let room = room_of(&[1, 2]);
+        let line = format!("<two> {}\r\n", "z".repeat(1000));
+        // Member 2 sends twice the backlog before its writer runs; member 1 keeps up.
+        let mut sent = 0;
+        while sent <= 2 * MEMBER_BACKLOG {
+            room.append(Some(2), line.as_bytes());
+            sent += line.len() as u64;
+            let mut st = room.state();
+            let st = &mut *st;
+            let m = st.members.get_mut(&1).unwrap();
+            while !gathered(m, &st.log).is_empty() {}
+        }
+        room.append(None, b"for two\r\n");
+        let mut st = room.state();
+        let st = &mut *st;
+        let two = st.members.get_mut(&2).unwrap();
+        assert!(!two.kick.is_kicked(), "dropped for its own lines");
+        assert_eq!(gathered(two, &st.log), "for two\r\n");
+        assert_eq!(two.own_bytes, 0);
+    }
+
+    #[test]
+    fn a_member_too_far_behind_is_kicked_and_no_longer_holds_the_log() {
+        let room = room_of(&[1, 2]);
+        let line = format!("{}\r\n", "y".repeat(1022));
+        let mut sent = 0u64;
+        while sent <= MEMBER_BACKLOG + 2 * CHUNK as u64 {
+            room.append(None, line.as_bytes());
+            sent += line.len() as u64;
+            // Member 1 keeps up.
+            let mut st = room.state();
+            let st = &mut *st;
+            let m = st.members.get_mut(&1).unwrap();
+            while !gathered(m, &st.log).is_empty() {}
+        }
+        let st = room.state();
+        let slow = &st.members[&2];
+        assert!(slow.kick.is_kicked() && slow.kick.token.is_cancelled());
+        assert_eq!(slow.kick.reason(), Some(KickReason::Overflow));
+        assert!(!st.members[&1].kick.is_kicked());
+        assert!(
+            st.log.head - st.log.base <= 2 * CHUNK as u64,
+            "the log was trimmed"
+        );
+    }
+}

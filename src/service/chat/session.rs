@@ -1,0 +1,247 @@
+//! The session protocol of one member: the name prompt, commands (`/who`, `/quit`), messages,
+//! and leaving. Reads the member's lines; everything it sends goes through the room.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+
+use super::room::KickReason;
+use super::text::{check_name, clean};
+use super::{Chat, KEY_PREFIX, TOPIC};
+use crate::bus::BusError;
+use crate::net::Stream;
+use crate::service::ConnContext;
+use crate::service::lines::{Line, LineReader, TIMING_MARK_REPLY};
+
+/// A member that has a name.
+pub(super) struct Joined {
+    name: String,
+    key: String,
+}
+
+/// Ends after `limit`, or never.
+async fn idle_deadline(limit: Option<std::time::Duration>) {
+    match limit {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Chat {
+    /// Reads the member's lines until it quits, disconnects or the worker stops.
+    pub(super) async fn session(
+        &self,
+        id: u64,
+        rd: tokio::io::ReadHalf<Stream>,
+        ctx: &ConnContext,
+        joined: &mut Option<Joined>,
+    ) -> io::Result<()> {
+        self.reply(id, "* welcome to oxicorn chat; what is your name?\r\n");
+        // telnet is one of the two clients chat is for: its Ctrl-C must not become garbage
+        // in the room, nor silence the member's own screen (see `Line::TimingMark`), and the
+        // options PuTTY negotiates when it connects are answered, not taken for a name.
+        let mut lines = LineReader::telnet(rd, self.max_line);
+        loop {
+            let line = tokio::select! {
+                l = lines.next() => l?,
+                // As `service::idle`, without the copy of the read future an async wrapper
+                // keeps: this select is what every idle member holds.
+                () = idle_deadline(ctx.idle_timeout) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
+                // A graceful stop or a reload retires this worker: a chat connection never
+                // finishes by itself, so end it now (the others see a leave notice) rather
+                // than hold the worker until the graceful timeout cuts it.
+                () = ctx.stop.cancelled() => {
+                    self.last_word(id, "* the server is restarting or stopping; please reconnect\r\n",
+                    );
+                    return Ok(());
+                }
+            };
+            let bytes = match line {
+                None => return Ok(()),
+                Some(Line::TooLong) => {
+                    let msg = format!(
+                        "* line too long (more than {} bytes): discarded\r\n",
+                        self.max_line
+                    );
+                    self.reply(id, msg);
+                    continue;
+                }
+                Some(Line::TimingMark) => {
+                    self.reply(id, Bytes::from_static(TIMING_MARK_REPLY));
+                    continue;
+                }
+                Some(Line::Negotiation(answer)) => {
+                    self.reply(id, answer);
+                    continue;
+                }
+                Some(Line::Text(bytes)) => bytes,
+            };
+            match joined {
+                None => {
+                    if let Some(j) = Box::pin(self.choose_name(id, &bytes)).await {
+                        tracing::debug!(peer = %ctx.peer, member = id, name = %j.name, "chat member joined");
+                        let notice = Bytes::from(format!("* {} joined\r\n", j.name));
+                        let welcome = format!(
+                            "* you joined as {}; /who lists the members, /quit leaves\r\n",
+                            j.name
+                        );
+                        // Recorded before the next await: if this task is dropped there, the
+                        // caller still sees a joined member to clean up.
+                        *joined = Some(j);
+                        // The others are told first, and the bus has fanned the notice out
+                        // before this member learns it joined: whoever joins after that is
+                        // not told about this member twice (by the notice and by being late).
+                        // If the bus is away the member joins anyway; the notice follows.
+                        Box::pin(async {
+                            self.broadcast(id, notice).await;
+                            let _ = self.bus.sync().await;
+                        })
+                        .await;
+                        self.reply(id, welcome);
+                    }
+                }
+                Some(j) => {
+                    // Boxed: the bus requests a line may make are large futures, and inline they
+                    // would make every idle member's future as large (issue 13).
+                    if !Box::pin(self.said(id, j, &bytes)).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first lines: a name, until one is valid and free.
+    async fn choose_name(&self, id: u64, line: &[u8]) -> Option<Joined> {
+        let name = match std::str::from_utf8(line) {
+            Ok(s) => s.trim(),
+            Err(_) => {
+                self.reply(id, "* a name must be valid UTF-8; try again\r\n");
+                return None;
+            }
+        };
+        let checked = match check_name(name) {
+            Ok(n) => n,
+            Err(why) => {
+                self.reply(id, format!("* invalid name: {why}; try again\r\n"));
+                return None;
+            }
+        };
+        let name = checked.shown.as_str();
+        // Reserved by its skeleton: look-alikes share one key, in every worker.
+        let key = format!("{KEY_PREFIX}{}", checked.key);
+        // If this worker dies, the hub tells the others this member left.
+        let will = (TOPIC.to_string(), Bytes::from(format!("* {name} left\r\n")));
+        let value = Bytes::copy_from_slice(name.as_bytes());
+        match self.bus.reserve(&key, id, value, Some(will)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let why = if self.is_present(&checked.folded).await {
+                    "is taken"
+                } else {
+                    "looks too much like a present member's name"
+                };
+                self.reply(id, format!("* the name {name} {why}; try another\r\n"));
+                return None;
+            }
+            Err(BusError::Unavailable) => {
+                self.reply(
+                    id,
+                    "* names cannot be checked right now; try again in a moment\r\n",
+                );
+                return None;
+            }
+        }
+        self.room.join(id);
+        Some(Joined {
+            name: name.to_string(),
+            key,
+        })
+    }
+
+    /// Whether a present member has the name whose folded form is `folded` (rather than a
+    /// name that only looks like it). If the list cannot be had, the name counts as taken.
+    async fn is_present(&self, folded: &str) -> bool {
+        let Ok(names) = self.bus.list(KEY_PREFIX).await else {
+            return true;
+        };
+        names.iter().any(|n| {
+            std::str::from_utf8(n)
+                .ok()
+                .and_then(|n| check_name(n).ok())
+                .is_some_and(|n| n.folded == folded)
+        })
+    }
+
+    /// A line from a member: a command or a message. False when the member quits.
+    async fn said(&self, id: u64, j: &Joined, line: &[u8]) -> bool {
+        if line.first() == Some(&b'/') {
+            let command = String::from_utf8_lossy(line);
+            match command.trim().to_ascii_lowercase().as_str() {
+                "/quit" => {
+                    self.last_word(id, "* bye\r\n");
+                    return false;
+                }
+                "/who" => {
+                    let reply = match self.bus.list(KEY_PREFIX).await {
+                        Ok(names) => {
+                            let mut names: Vec<String> = names
+                                .iter()
+                                .map(|n| String::from_utf8_lossy(n).into_owned())
+                                .collect();
+                            names.sort_by_key(|n| n.to_lowercase());
+                            format!("* members ({}): {}\r\n", names.len(), names.join(", "))
+                        }
+                        Err(BusError::Unavailable) => {
+                            "* the member list is unavailable right now; try again\r\n".into()
+                        }
+                    };
+                    self.reply(id, reply);
+                }
+                _ => {
+                    let shown = clean(line);
+                    self.reply(
+                        id,
+                        format!("* unknown command {shown}: try /who or /quit\r\n"),
+                    );
+                }
+            }
+            return true;
+        }
+        let text = clean(line);
+        if text.is_empty() {
+            return true;
+        }
+        let mut out = BytesMut::with_capacity(j.name.len() + text.len() + 5);
+        out.extend_from_slice(b"<");
+        out.extend_from_slice(j.name.as_bytes());
+        out.extend_from_slice(b"> ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.broadcast(id, out.freeze()).await;
+        true
+    }
+
+    /// The member is gone: the others are told, then the name is freed. A member whose name
+    /// was lost (see [`KickReason::Lost`]) no longer owns it: nothing to announce or free.
+    pub(super) async fn leave(&self, id: u64, j: Joined, reason: Option<KickReason>) {
+        self.room.stop_reading(id);
+        if reason == Some(KickReason::Lost) {
+            return;
+        }
+        tracing::debug!(member = id, name = %j.name, overflow = reason == Some(KickReason::Overflow), "chat member left");
+        if reason == Some(KickReason::Overflow) {
+            // The operator's business: a client too slow for the room (or a stuck one).
+            tracing::info!(
+                "chat member {} disconnected: more than {} bytes behind the room",
+                j.name,
+                self.room.backlog
+            );
+        }
+        self.broadcast(id, Bytes::from(format!("* {} left\r\n", j.name)))
+            .await;
+        self.bus.release(&j.key, id);
+    }
+}

@@ -1,0 +1,320 @@
+//! The connection loop: wait for a request, read its head within the limits, answer it,
+//! keep the connection alive or close it gracefully.
+//!
+//! Per connection ([`serve`]): wait for the first byte of a request (`header_timeout` for the
+//! first, `keep_alive` between requests; an idle connection closes at once when the worker
+//! begins a graceful stop), then read the head within `header_timeout` (408 otherwise), answer,
+//! and loop. Responses are written in request order, so pipelined requests are answered as they
+//! come. An idle connection holds no buffer: memory is taken when bytes arrive.
+//!
+//! What to answer is [`super::resolve`]'s business, how bytes go out [`super::response`]'s.
+
+use std::future::Future;
+use std::io;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use http::{Method, StatusCode};
+
+use super::StaticService;
+use super::request::Head;
+use super::request::{self, HeadError};
+use super::resolve;
+use super::response::Sent;
+use super::response::{OnShort, Reply};
+use crate::net::Stream;
+use crate::service::ConnContext;
+use crate::service::http::access_log::{Record, RequestLine};
+use crate::service::reclaim::{IdleClass, Reclaim};
+
+/// Read at least this much room when a head arrives.
+const READ_CHUNK: usize = 4096;
+
+/// Serves HTTP on one connection until the client closes, a timeout, an error, or a graceful
+/// stop finds it idle.
+///
+/// # Errors
+/// I/O errors; they end this connection only.
+pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -> io::Result<()> {
+    let cfg = &svc.config;
+    let mut buf = BytesMut::new();
+    let mut first = true;
+    loop {
+        // Wait for the next request's first byte without holding a buffer.
+        if buf.is_empty() {
+            let wait = if first {
+                cfg.header_timeout
+            } else {
+                cfg.keep_alive
+            };
+            let mut deadline = tokio::time::Instant::now() + wait;
+            let mut stop = (!ctx.stop.is_cancelled()).then_some(&ctx.stop);
+            if stop.is_none() {
+                deadline = deadline.min(tokio::time::Instant::now() + STOP_GRACE);
+            }
+            // While it waits, the connection may be closed to admit a new client at the
+            // worker's cap: a served one first, then one that never sent a request.
+            ctx.reclaim.set_idle(if first {
+                IdleClass::NoRequest
+            } else {
+                IdleClass::KeptAlive
+            });
+            loop {
+                match wait_for_request(&stream, deadline, stop, &ctx.reclaim).await? {
+                    Wake::Readable => {}
+                    // Nothing sent at all, or closed to make room: close quietly, as nginx does.
+                    Wake::Timeout | Wake::Evicted => return Ok(()),
+                    // The worker is stopping and this connection is idle. Closing it this very
+                    // moment races a request the client may be sending (it would see a reset
+                    // and count a failed request); a short grace lets such a request in, to be
+                    // answered with `Connection: close`, while a truly idle client is closed
+                    // within the grace.
+                    Wake::Stop => {
+                        stop = None;
+                        deadline = deadline.min(tokio::time::Instant::now() + STOP_GRACE);
+                    }
+                }
+                // Take what is there now. Readiness can be stale (set by an earlier read); then
+                // this is Pending, and the wait goes on to the same deadline, so the head's own
+                // timeout only starts with a real first byte. (One poll of `poll_read`, not
+                // `try_read`: a short read through `poll_read` also clears stale readiness, so
+                // the next idle wait does not begin with a wasted `read`.)
+                buf.reserve(READ_CHUNK);
+                let read = std::future::poll_fn(|cx| {
+                    Poll::Ready(tokio_util::io::poll_read_buf(
+                        std::pin::Pin::new(&mut stream),
+                        cx,
+                        &mut buf,
+                    ))
+                })
+                .await;
+                match read {
+                    Poll::Ready(Ok(0)) => return Ok(()),
+                    Poll::Ready(Ok(_)) => {
+                        ctx.reclaim.set_busy();
+                        break;
+                    }
+                    // Give the buffer back while waiting on: idle connections hold none.
+                    Poll::Pending => buf = BytesMut::new(),
+                    Poll::Ready(Err(e)) => return Err(e),
+                }
+            }
+        }
+        // Boxed: a request's state (head, reply, timers) lives on the heap only while a request
+        // is in progress, so an idle kept-alive connection costs a small future, not the
+        // largest state of the whole exchange.
+        match Box::pin(exchange(&mut stream, &mut buf, ctx, svc)).await? {
+            Next::KeepAlive => {}
+            Next::Close => return Box::pin(linger(stream)).await,
+            Next::Abort => return Ok(()),
+        }
+        first = false;
+        // Drop the buffer between requests unless a pipelined request is already in it.
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// What to do with a connection after one exchange.
+enum Next {
+    /// Wait for the next request.
+    KeepAlive,
+    /// Close gracefully (after a final response).
+    Close,
+    /// Close at once: the peer is gone or the response was cut short.
+    Abort,
+}
+
+/// Reads one request head (the first bytes may already be in `buf`) and answers it.
+async fn exchange(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    ctx: &ConnContext,
+    svc: &StaticService,
+) -> io::Result<Next> {
+    let cfg = &svc.config;
+    let deadline = tokio::time::Instant::now() + cfg.header_timeout;
+    let head = loop {
+        match request::parse(buf, &svc.limits) {
+            Ok(Some((head, n))) => {
+                buf.advance(n);
+                break head;
+            }
+            Ok(None) => {}
+            Err(err) => {
+                if let HeadError::Bad(why) = err {
+                    tracing::debug!(peer = %ctx.peer, why, "bad request");
+                }
+                let started = Instant::now();
+                let sent = Reply::error(err.status())
+                    .closing(true)
+                    .send(stream, ctx, OnShort::SendShort)
+                    .await;
+                log_access(svc, ctx, None, err.status(), sent.as_ref().ok(), started);
+                return Ok(Next::Close);
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(0)) => return Ok(Next::Abort),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            // The deadline passed with nothing buffered (a pipelined exchange ended exactly at
+            // a request boundary and the client went quiet): no head begun, no 408.
+            Err(_) if buf.is_empty() => return Ok(Next::Abort),
+            Err(_) => {
+                let started = Instant::now();
+                let sent = Reply::error(StatusCode::REQUEST_TIMEOUT)
+                    .closing(true)
+                    .send(stream, ctx, OnShort::SendShort)
+                    .await;
+                log_access(
+                    svc,
+                    ctx,
+                    None,
+                    StatusCode::REQUEST_TIMEOUT,
+                    sent.as_ref().ok(),
+                    started,
+                );
+                return Ok(Next::Close);
+            }
+        }
+    };
+    let started = Instant::now();
+    // Close after this response when the client asks, when it sent a body we will not read,
+    // when keep-alive is off, or when the worker is stopping.
+    let close =
+        !head.keep_alive || head.has_body || cfg.keep_alive.is_zero() || ctx.stop.is_cancelled();
+    let head_only = head.method == Method::HEAD;
+    // A body that comes up short while still unsent (it is read before anything is written)
+    // means the file changed between fstat and read: answer once more from a fresh fstat
+    // rather than promise a length we cannot deliver. A second shortfall is sent short.
+    let mut on_short = OnShort::Retry;
+    let (status, sent) = loop {
+        let reply = resolve::respond(&head, svc)
+            .closing(close)
+            .head_only(head_only);
+        let sent = reply.send(stream, ctx, on_short).await;
+        match sent {
+            Ok(s) if s.unsent => on_short = OnShort::SendShort,
+            _ => break (reply.status, sent),
+        }
+    };
+    ctx.metrics.request(status, started.elapsed());
+    log_access(svc, ctx, Some(&head), status, sent.as_ref().ok(), started);
+    match sent? {
+        // The file shrank under us: cut short, the client sees fewer bytes than promised.
+        s if !s.complete => Ok(Next::Abort),
+        _ if close => Ok(Next::Close),
+        _ => Ok(Next::KeepAlive),
+    }
+}
+
+/// How long an idle kept-alive connection stays open once a graceful stop begins: long enough
+/// for a request already on its way to arrive (and be answered with `Connection: close`).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why an idle connection woke up.
+enum Wake {
+    /// Bytes (or EOF) to read.
+    Readable,
+    /// The deadline passed in silence.
+    Timeout,
+    /// The worker began a graceful stop.
+    Stop,
+    /// The worker closes this idle connection to admit a new client at its cap.
+    Evicted,
+}
+
+/// Waits for the first byte of a request, the deadline or the stop, whichever comes first.
+///
+/// Hand-polled rather than `select!` over `timeout(stream.readable())`: `poll_read_ready` keeps
+/// its waker in the socket's own slot, where `readable()` needs a waiter node stored in the
+/// future. This future is what every idle kept-alive connection holds, so its size is the
+/// per-connection memory figure. Readiness is checked first: bytes that arrived before a stop
+/// are a request begun, and are served (with `Connection: close`) rather than cut.
+async fn wait_for_request(
+    stream: &Stream,
+    deadline: tokio::time::Instant,
+    stop: Option<&tokio_util::sync::CancellationToken>,
+    reclaim: &Reclaim,
+) -> io::Result<Wake> {
+    let sleep = tokio::time::sleep_until(deadline);
+    let cancelled = async {
+        match stop {
+            Some(stop) => stop.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep, cancelled);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+            return Poll::Ready(r.map(|()| Wake::Readable));
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(Wake::Stop));
+        }
+        if reclaim.poll_evicted(cx).is_ready() {
+            return Poll::Ready(Ok(Wake::Evicted));
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(Wake::Timeout));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Closes after a final response the way nginx's lingering close does: shut our side, then read
+/// and discard for a moment. Closing with unread bytes (a body we did not want, a pipelined
+/// request) would send RST, which can destroy the response still in flight to the client.
+async fn linger(mut stream: Stream) -> io::Result<()> {
+    let _ = stream.shutdown().await;
+    // On the heap: an array here would sit in every connection's future, idle or not.
+    let mut sink = vec![0u8; 4096];
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    for _ in 0..64 {
+        match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// Writes the access-log line for one exchange, if the service keeps a log.
+fn log_access(
+    svc: &StaticService,
+    ctx: &ConnContext,
+    head: Option<&Head>,
+    status: StatusCode,
+    sent: Option<&Sent>,
+    started: Instant,
+) {
+    let Some(log) = &svc.access_log else {
+        return;
+    };
+    log.log(&Record {
+        peer: &ctx.peer,
+        request: head.map(|h| RequestLine {
+            method: &h.method,
+            target: &h.target,
+            version: if h.minor == 0 {
+                http::Version::HTTP_10
+            } else {
+                http::Version::HTTP_11
+            },
+        }),
+        status,
+        body_bytes: sent.map(|s| s.body),
+        referer: head.and_then(|h| h.referer.as_deref()),
+        user_agent: head.and_then(|h| h.user_agent.as_deref()),
+        elapsed: started.elapsed(),
+    });
+}

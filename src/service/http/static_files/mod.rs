@@ -1,0 +1,167 @@
+//! `static`: files under a directory over HTTP/1.1 (and 1.0), keep-alive and pipelining.
+//!
+//! A small hand-written HTTP path rather than hyper: a file server reads one head, answers from
+//! the filesystem and never reads a body, so the whole protocol surface is the head parser
+//! ([`request`], on `httparse`), the path rules ([`path`], [`files`]) and a response writer
+//! that sends headers and small files in one `write` and large files with `sendfile(2)`.
+//!
+//! Layers, each in its own file: [`conn`] (the connection loop: waits, timeouts, keep-alive),
+//! [`request`] (the head), [`resolve`] (routing, variants, conditionals, ranges, multipart, on
+//! top of [`path`], [`files`], [`range`] and [`listing`]) and [`response`] (the writer). This
+//! module holds what one worker opened for the service. It may use `net`, the service context
+//! and the shared HTTP pieces; it never touches the arbiter, the worker's accept loop or the
+//! bus.
+//!
+//! A response's length is fixed from `fstat` on the descriptor we keep open; `sendfile` sends
+//! at most that, and if the file shrank under us the connection is closed short, which every
+//! client detects against Content-Length. A renamed-over or deleted file is still sent whole
+//! from the open descriptor.
+
+pub mod conn;
+pub mod files;
+pub mod listing;
+pub mod path;
+pub mod range;
+pub mod request;
+pub mod resolve;
+pub mod response;
+
+pub use conn::serve;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use self::files::{OpenError, Opened};
+use self::request::Limits;
+use super::access_log::{AccessLog, LogFormat};
+use crate::config::StaticConfig;
+
+/// The `static` service, as opened in one worker.
+#[derive(Debug)]
+pub struct StaticService {
+    config: StaticConfig,
+    limits: Limits,
+    /// The root directory (`O_PATH`), the anchor of every `openat2`. Opened after fork, so each
+    /// worker has its own; closed with the service.
+    root_fd: OwnedFd,
+    /// The access log, if one is configured.
+    access_log: Option<AccessLog>,
+    /// Open regular files, revalidated with `fstat` (see [`files::FileCache`]).
+    cache: files::FileCache,
+}
+
+impl StaticService {
+    /// Opens the root and the access log in a freshly booted worker.
+    ///
+    /// # Errors
+    /// If either cannot be opened; the worker then fails to boot with the reason logged.
+    pub fn open(config: &StaticConfig) -> io::Result<StaticService> {
+        let root_fd = files::open_root(&config.root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {}: {e}", config.root.display()),
+            )
+        })?;
+        let format = match &config.access_logformat {
+            Some(f) => LogFormat::parse(f)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+            None => LogFormat::default(),
+        };
+        let access_log = match &config.access_logfile {
+            Some(path) => Some(AccessLog::open(path, format)?),
+            None => None,
+        };
+        Ok(StaticService {
+            limits: Limits {
+                request_line: config.limit_request_line,
+                fields: config.limit_request_fields,
+                field_size: config.limit_request_field_size,
+            },
+            config: config.clone(),
+            root_fd,
+            access_log,
+            cache: files::FileCache::for_fd_limit(),
+        })
+    }
+}
+
+impl StaticService {
+    /// Reopens the access log file (USR1, after logrotate moved it); stdout is left alone.
+    ///
+    /// # Errors
+    /// If the file cannot be opened; the old one stays in use.
+    pub fn reopen_logs(&self) -> io::Result<()> {
+        match &self.access_log {
+            Some(log) => log.reopen(),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens `rel` below the root through the open-file cache, with this service's symlink
+    /// rule (see [`files::FileCache::open`]).
+    ///
+    /// # Errors
+    /// An [`OpenError`] naming the status to answer.
+    pub fn open_path(&self, rel: &Path) -> Result<Opened, OpenError> {
+        self.cache.open(
+            &self.root_fd,
+            &self.config.root,
+            rel,
+            self.config.follow_symlinks,
+        )
+    }
+
+    /// A precompressed variant of a file, if there is one (see
+    /// [`files::FileCache::open_variant`]).
+    pub fn open_variant(&self, rel: &Path) -> Option<Opened> {
+        self.cache.open_variant(
+            &self.root_fd,
+            &self.config.root,
+            rel,
+            self.config.follow_symlinks,
+        )
+    }
+}
+
+#[cfg(test)]
+mod memory {
+    /// Every idle kept-alive connection holds one `serve` future; the benchmark counts 10,000
+    /// of them. Request state is boxed inside, so this stays small; a stack buffer or a timer
+    /// added to the wrong place shows here.
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let stream = crate::net::Stream::Tcp(c);
+            let ctx =
+                crate::service::ConnContext::detached(crate::net::Peer::Unix, Default::default());
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = crate::config::StaticConfig {
+                root: dir.path().into(),
+                keep_alive: std::time::Duration::from_secs(1),
+                header_timeout: std::time::Duration::from_secs(1),
+                limit_request_line: 10,
+                limit_request_fields: 10,
+                limit_request_field_size: 10,
+                follow_symlinks: false,
+                show_hidden: false,
+                listing: true,
+                access_logfile: None,
+                access_logformat: None,
+                max_age: None,
+            };
+            let svc = super::StaticService::open(&cfg).unwrap();
+            let f = super::serve(stream, &ctx, &svc);
+            let size = std::mem::size_of_val(&f);
+            assert!(size <= 512, "serve future is {size} bytes");
+        });
+    }
+}

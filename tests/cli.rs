@@ -1,0 +1,232 @@
+//! The command line as a new user meets it: what they type first, and what they are told.
+//! Issue 11, "The CLI's first five minutes"; issue 8, "one table of settings".
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::*;
+
+fn oxicorn(args: &[&str], cwd: &std::path::Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        // CI runs as root; the --user policy has its own tests (tests/identity.rs).
+        .env("OXICORN_ALLOW_ROOT", "true")
+        .current_dir(cwd)
+        .output()
+        .expect("run oxicorn")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_directory_alone_is_served_and_static_options_need_no_service_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("www")).unwrap();
+    std::fs::write(dir.path().join("www/a.txt"), "A").unwrap();
+    let s = Oxicorn::start_with(
+        dir,
+        &["www", "-b", "127.0.0.1:0", "-w", "1", "--no-listing"],
+        &[],
+    );
+    s.wait_ready(1, 1);
+    let serving = s.wait_for_line("serving ");
+    assert!(serving.contains("/www on http://127.0.0.1:"), "{serving}");
+    let addr = s.tcp_addr();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    c.write_all(b"GET /a.txt HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\nA"),
+        "{out}"
+    );
+    // --no-listing took effect without the word `static`.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+}
+
+#[test]
+fn help_says_how_to_see_each_services_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = oxicorn(&["--help"], dir.path());
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("oxicorn SERVICE --help"), "{text}");
+    assert!(
+        text.contains("--keep-alive"),
+        "static options at the top: {text}"
+    );
+    let out = oxicorn(&["chat", "--help"], dir.path());
+    let text = stdout(&out);
+    assert!(
+        text.contains("--max-line") && !text.contains("--keep-alive"),
+        "{text}"
+    );
+}
+
+#[test]
+fn connect_shows_and_takes_only_its_own_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = oxicorn(&["connect", "--help"], dir.path());
+    let text = stdout(&out);
+    assert!(
+        text.contains("--timeout") && text.contains("[default: 10]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("--workers") && !text.contains("--bind"),
+        "{text}"
+    );
+    for args in [
+        &["connect", "127.0.0.1:1", "--workers", "2"][..],
+        &["-w", "2", "connect", "127.0.0.1:1"],
+    ] {
+        let out = oxicorn(args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_pid_path_of_digits_is_refused_with_a_hint_and_port_is_shorthand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = oxicorn(&["-p", "8080"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("did you mean --bind 127.0.0.1:8080"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("8080").exists());
+    let out = oxicorn(&["--port", "8080", "--check-config"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("bind                     127.0.0.1:8080"));
+}
+
+#[test]
+fn address_mistakes_are_named_for_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bind, says) in [
+        (
+            "8000",
+            "is a bare port: write 127.0.0.1:8000 (this machine only) or :8000",
+        ),
+        (
+            "http://127.0.0.1:8000",
+            "is a URL: drop the scheme and write 127.0.0.1:8000",
+        ),
+        ("[::1]", "`[::1]` has no port"),
+    ] {
+        let out = oxicorn(&["echo", "-b", bind, "--check-config"], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{bind}");
+        assert!(stderr(&out).contains(says), "{bind}: {}", stderr(&out));
+        let out = oxicorn(&["connect", bind], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{bind}");
+        assert!(
+            stderr(&out).contains(says),
+            "connect {bind}: {}",
+            stderr(&out)
+        );
+    }
+    // `:PORT` means every interface.
+    let out = oxicorn(&["echo", "-b", ":8000", "--check-config"], dir.path());
+    assert!(stdout(&out).contains("0.0.0.0:8000"), "{}", stdout(&out));
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = oxicorn(&["-c", "missing.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    let out = oxicorn(
+        &["echo", "-b", "127.0.0.1:0", "-p", "no/such/dir/pid"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+#[test]
+fn every_problem_in_a_config_file_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "bad.toml",
+        "worker = 4\nkeepalive = 2\n[[service]]\nkind = \"chat\"\nroot = \"/srv\"\n",
+    );
+    let out = oxicorn(&["-c", "bad.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 1: unknown key `worker` (did you mean `workers`?)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 2: unknown key `keepalive` (did you mean `keep_alive`?)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 5: `root` is not a setting of the chat service"),
+        "{err}"
+    );
+    // The one-service shape: a key of another service is refused, not ignored.
+    write_file(dir.path(), "echo.toml", "keep_alive = 2\n");
+    let out = oxicorn(&["echo", "-c", "echo.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a setting of the echo service"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_configuration_errors_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["--no-such-flag"][..],
+        &["echo", "--keep-alive", "2"],
+        &["echo", "-w"],
+    ] {
+        let out = oxicorn(args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    for args in [
+        &["echo", "-w", "0"][..],
+        &["nowhere"],
+        &["echo", "-t", "soon"],
+    ] {
+        let out = oxicorn(args, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn completions_and_a_man_page_come_from_the_same_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = oxicorn(&["completions", shell], dir.path());
+        assert!(out.status.success(), "{shell}");
+        assert!(stdout(&out).contains("graceful-timeout"), "{shell}");
+    }
+    let out = oxicorn(&["man"], dir.path());
+    assert!(out.status.success());
+    let page = stdout(&out);
+    assert!(
+        page.contains(".TH oxicorn") && page.contains("graceful\\-timeout"),
+        "{page}"
+    );
+}
