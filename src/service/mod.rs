@@ -83,6 +83,8 @@ pub enum Service {
     Chat(chat::Chat),
     /// [`quote`]: the quote, held by the bus.
     Quote(quote::Quote),
+    /// [`http::app`]: the program's own application, built by its factory in this worker.
+    App(Box<http::app::AppService>),
 }
 
 impl Service {
@@ -91,7 +93,7 @@ impl Service {
     ///
     /// # Errors
     /// If the service cannot start (a worker boot error).
-    pub fn for_worker(config: &ServiceConfig, bus: Option<&Bus>) -> io::Result<Service> {
+    pub async fn for_worker(config: &ServiceConfig, bus: Option<&Bus>) -> io::Result<Service> {
         let bus = || {
             bus.cloned().ok_or_else(|| {
                 io::Error::other(format!("the {} service needs the bus", config.name()))
@@ -106,6 +108,7 @@ impl Service {
             ServiceConfig::Quote { max_line, quote } => {
                 Service::Quote(quote::Quote::new(bus()?, *max_line, quote))
             }
+            ServiceConfig::App(c) => Service::App(Box::new(http::app::AppService::start(c).await?)),
         })
     }
 
@@ -118,6 +121,7 @@ impl Service {
             Service::Echo => Ok(()),
             Service::Static(s) => s.reopen_logs(),
             Service::Chat(_) | Service::Quote(_) => Ok(()),
+            Service::App(a) => a.reopen_logs(),
         }
     }
 
@@ -125,6 +129,11 @@ impl Service {
     /// debug level: a client that vanishes is routine, not an incident.
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
         let result = match self {
+            // Logs its own errors: a connection carries many requests.
+            Service::App(app) => {
+                app.serve(stream, ctx).await;
+                return;
+            }
             Service::Echo => echo::serve(stream, &ctx).await,
             Service::Static(s) => http::static_files::serve(stream, &ctx, s).await,
             Service::Chat(chat) => chat.serve(stream, &ctx).await,
@@ -155,7 +164,7 @@ impl Services {
     ///
     /// # Errors
     /// If a service cannot start, or needs a bus and none was given (a worker boot error).
-    pub fn for_worker(
+    pub async fn for_worker(
         config: &Config,
         routes: Vec<usize>,
         bus_address: Option<&Path>,
@@ -167,12 +176,14 @@ impl Services {
         };
         let mut services = Vec::with_capacity(config.services.len());
         for spec in &config.services {
-            let service = Service::for_worker(&spec.service, bus.as_ref()).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot start the {} service: {e}", spec.name),
-                )
-            })?;
+            let service = Service::for_worker(&spec.service, bus.as_ref())
+                .await
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot start the {} service: {e}", spec.name),
+                    )
+                })?;
             services.push((service, spec.idle_timeout));
         }
         Ok(Services { services, routes })

@@ -9,7 +9,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::Response;
@@ -97,6 +97,25 @@ impl fmt::Debug for AppFactory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AppFactory")
     }
+}
+
+/// The factory of this program, registered once by [`crate::server::Server::run`] in the
+/// arbiter before any fork, so every worker inherits it (fork copies the memory; the arbiter
+/// never calls it). A process-wide slot rather than a value threaded through the arbiter:
+/// the arbiter stays free of application types.
+static REGISTERED: OnceLock<AppFactory> = OnceLock::new();
+
+/// Registers the program's factory; a second call is refused (one app per program).
+///
+/// # Errors
+/// The factory given, when one was registered already.
+pub fn register(factory: AppFactory) -> Result<(), AppFactory> {
+    REGISTERED.set(factory)
+}
+
+/// The registered factory, if any.
+pub fn registered() -> Option<&'static AppFactory> {
+    REGISTERED.get()
 }
 
 /// `err` and its sources, joined with `: ` (as anyhow's `{:#}`), for a log line.

@@ -119,6 +119,38 @@ impl AppService {
         }
     }
 
+    /// Builds the registered app ([`factory::register`]) in this worker and serves it with
+    /// `config`: the `app` service's boot. The worker is ready only once this returns.
+    ///
+    /// # Errors
+    /// No factory registered (the `oxicorn` binary has no app), the factory's own error with
+    /// its cause chain, or an access log that cannot be opened: a worker boot error.
+    pub async fn start(config: &crate::config::AppConfig) -> std::io::Result<AppService> {
+        let factory = factory::registered().ok_or_else(|| {
+            std::io::Error::other(
+                "no application: the `app` service needs a program that embeds oxicorn \
+                 (oxicorn::Server::app)",
+            )
+        })?;
+        let app = factory.build().await.map_err(|e| {
+            std::io::Error::other(format!(
+                "the application failed to start: {}",
+                error_chain(&*e)
+            ))
+        })?;
+        let mut service = AppService::from_app(app, config.http.clone());
+        if let Some(path) = &config.access_logfile {
+            let format = match &config.access_logformat {
+                Some(f) => super::access_log::LogFormat::parse(f).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?,
+                None => super::access_log::LogFormat::default(),
+            };
+            service = service.with_access_log(AccessLog::open(path, format)?);
+        }
+        Ok(service)
+    }
+
     /// Logs every request to `log`.
     pub fn with_access_log(mut self, log: AccessLog) -> AppService {
         self.access_log = Some(Arc::new(log));

@@ -14,7 +14,7 @@ use super::forwarded::ForwardedAllowIps;
 
 /// How one application is served over HTTP. Built by the config layer; `Default` gives
 /// gunicorn's limits and the static service's timeouts.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Idle time allowed between requests on a kept-alive HTTP/1 connection, and on an HTTP/2
     /// connection with no stream open; zero = one request per HTTP/1 connection. Default 5 s.
