@@ -48,7 +48,17 @@ impl Oxicorn {
 
     /// Starts `oxicorn ARGS` in `dir`, with extra environment variables.
     pub fn start_with(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Oxicorn {
-        let mut cmd = Command::new(BIN);
+        Self::start_program(BIN, dir, args, env)
+    }
+
+    /// Starts another program built on oxicorn (an example embedding it) the same way.
+    pub fn start_program(
+        bin: &str,
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Oxicorn {
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
