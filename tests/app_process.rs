@@ -347,3 +347,50 @@ fn the_access_log_follows_access_logformat() {
         format!("127.0.0.1 GET /echo-nope x=1 404 0 <{pid}>\n")
     );
 }
+
+#[test]
+fn websocket_echo_and_curl_h2c() {
+    let (_server, addr) = start(&["--workers", "2"], 2, &[]);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(SOON)).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    // A masked text frame (RFC 6455 §5.2), echoed back unmasked.
+    let mask = [7u8, 1, 2, 3];
+    let text = b"over the pool";
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).unwrap();
+    let mut got = vec![0u8; 2 + text.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got[..2], &[0x81, text.len() as u8]);
+    assert_eq!(&got[2..], text);
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--noproxy", "*", "--http2-prior-knowledge"])
+            .args(["-w", " %{http_version}"])
+            .arg(format!("http://{addr}/worker"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("{\"pid\":") && text.ends_with(" 2"),
+            "{text}"
+        );
+    }
+}
