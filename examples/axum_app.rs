@@ -32,8 +32,10 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 
-/// The app's own flags, beside oxicorn's.
+// The app's own flags, beside oxicorn's (a `//` comment: a doc comment would become the
+// program's `--help` description).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "App options")]
 struct AppArgs {
     /// The first word of `GET /`
     #[arg(long, default_value = "hello")]

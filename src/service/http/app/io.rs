@@ -60,6 +60,12 @@ pub struct ConnState {
     reclaim: Reclaim,
     /// What `reclaim` was last told ([`TOLD_BUSY`] and so on), so it is told only of changes.
     told: AtomicU8,
+    /// Notified (one stored permit) when a request starts: a connection waiting out its stop
+    /// grace shuts down as that request begins, so its answer says `connection: close`.
+    pub request_began: tokio::sync::Notify,
+    /// Set when a graceful stop begins: every HTTP/1 response from now on says
+    /// `connection: close`, so the client learns it before it sends another request.
+    pub closing: AtomicBool,
 }
 
 const TOLD_BUSY: u8 = 0;
@@ -84,6 +90,8 @@ impl ConnState {
             reader: Mutex::new(None),
             reclaim,
             told: AtomicU8::new(TOLD_BUSY),
+            request_began: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
         };
         state.tell(Some(IdleClass::NoRequest));
         state
@@ -94,6 +102,7 @@ impl ConnState {
         self.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.tell(None);
+        self.request_began.notify_one();
     }
 
     /// Tells the worker's reclaim table what this connection is now (`None`: busy), if that

@@ -206,15 +206,39 @@ impl AppService {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), ConnService(conn_ctx));
         tokio::pin!(conn);
-        let mut stopping = false;
+        // A graceful stop. hyper's `graceful_shutdown` closes an idle kept-alive connection
+        // at once, which races a request the client is sending at that moment (the client
+        // sees the connection reset, not an answer). So from the stop on, every HTTP/1
+        // response says `connection: close` (`ConnState::closing`), and an idle connection
+        // gets STOP_GRACE for one more request to arrive before it is shut; one with a
+        // request in flight, or HTTP/2 when a request begins, is shut at once (HTTP/2: GOAWAY,
+        // open streams end).
+        let mut phase = Stop::Serving;
+        let grace = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(grace);
         let result = loop {
             tokio::select! {
                 res = conn.as_mut() => break res,
-                // Finish the request in flight (with `connection: close`), or close now if
-                // idle; HTTP/2 sends GOAWAY and lets open streams end.
-                () = stop.cancelled(), if !stopping => {
-                    stopping = true;
+                () = stop.cancelled(), if phase == Stop::Serving => {
+                    state.closing.store(true, Ordering::Release);
+                    if state.in_flight.load(Ordering::Acquire) > 0 {
+                        conn.as_mut().graceful_shutdown();
+                        phase = Stop::Shut;
+                    } else {
+                        grace.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                        phase = Stop::Grace;
+                    }
+                }
+                () = state.request_began.notified(), if phase == Stop::Grace => {
+                    // A permit left from before the stop says nothing: check.
+                    if state.in_flight.load(Ordering::Acquire) > 0 {
+                        conn.as_mut().graceful_shutdown();
+                        phase = Stop::Shut;
+                    }
+                }
+                () = &mut grace, if phase == Stop::Grace => {
                     conn.as_mut().graceful_shutdown();
+                    phase = Stop::Shut;
                 }
             }
         };
@@ -240,6 +264,22 @@ impl AppService {
             let _ = released.await;
         }
     }
+}
+
+/// How long an idle kept-alive connection stays open once a graceful stop begins: long enough
+/// for a request already on its way to arrive and be answered with `connection: close` (the
+/// static service's rule too).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where a connection is in a graceful stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// No stop yet.
+    Serving,
+    /// Stop begun on an idle connection: waiting up to [`STOP_GRACE`] for one more request.
+    Grace,
+    /// hyper's graceful shutdown is under way.
+    Shut,
 }
 
 /// The hyper builder for these settings.
@@ -347,7 +387,7 @@ async fn handle(
     let early = settings
         .check_head(&parts)
         .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
-    let response = match early {
+    let mut response = match early {
         // The head alone is refused: the app is not called, and an HTTP/1 connection closes
         // rather than read a body nobody wants.
         Some(status) => status_response(status, line.version),
@@ -391,6 +431,10 @@ async fn handle(
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         c.state.upgraded.store(true, Ordering::Release);
+    } else if c.state.closing.load(Ordering::Acquire) && line.version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     let end = RequestEnd {
         status: response.status(),
