@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark (issue 9): the same hello-world axum Router
 #   (a) under oxicorn, 2 workers           (examples/axum_app.rs)
-#   (b) under axum::serve, tokio multi-thread runtime with 2 worker threads (the same binary,
-#       AXUM_STANDALONE=ADDR)
+#   (b) under axum::serve, tokio multi-thread runtime with 2 worker threads
+#       (benches/axum_standalone, its own crate)
 #   (c) a WSGI hello world under gunicorn, 2 sync workers, and 2 gthread workers x 4 threads
 # on loopback, in the same run, rounds alternating, medians printed. HTTP/1.1 keep-alive with
 # wrk (64 connections), HTTP/2 (h2c prior knowledge) with h2load for (a) and (b). Then one run
@@ -28,6 +28,8 @@ for tool in wrk h2load python3; do
 done
 (cd "$REPO" && cargo build --release --quiet --example axum_app)
 APP=$REPO/target/release/examples/axum_app
+(cd "$REPO/benches/axum_standalone" && cargo build --release --quiet --target-dir "$REPO/target/axum_standalone")
+AXUM=$REPO/target/axum_standalone/release/axum_standalone
 
 WORK=$(mktemp -d /tmp/oxicorn-app-bench.XXXXXX)
 PIDS=()
@@ -68,7 +70,7 @@ P_OXI=$(free_port); P_AXUM=$(free_port); P_GSYNC=$(free_port); P_GTHR=$(free_por
 [ "$(id -u)" = 0 ] && export OXICORN_ALLOW_ROOT=true
 "$APP" --bind "127.0.0.1:$P_OXI" --workers 2 --log-level warning 2>"$WORK/oxicorn.log" &
 OXI_PID=$!; PIDS+=("$OXI_PID")
-AXUM_STANDALONE="127.0.0.1:$P_AXUM" "$APP" 2>"$WORK/axum.log" &
+"$AXUM" "127.0.0.1:$P_AXUM" 2>"$WORK/axum.log" &
 PIDS+=("$!")
 (cd "$WORK" && exec venv/bin/gunicorn -w 2 -b "127.0.0.1:$P_GSYNC" --log-level warning hello:app) 2>"$WORK/gsync.log" &
 PIDS+=("$!")

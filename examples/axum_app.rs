@@ -13,9 +13,6 @@
 //! ```
 //! `/ws` is a WebSocket echo, `/client` shows the client's address as the app sees it. Every
 //! oxicorn flag works (`--help`), and so do the app's own `--greeting` and `--warmup-ms`.
-//!
-//! For benchmarks only, `AXUM_STANDALONE=127.0.0.1:8100` serves the same router with
-//! `axum::serve` on a 2-thread tokio runtime instead (see `benches/app.sh`).
 
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -56,9 +53,6 @@ struct StaticDirError {
 }
 
 fn main() -> ExitCode {
-    if let Ok(addr) = std::env::var("AXUM_STANDALONE") {
-        return standalone(&addr);
-    }
     let (server, args) = oxicorn::Server::from_args_with::<AppArgs>();
     // Called in each worker after the fork: whatever the app opens is opened there.
     server
@@ -171,30 +165,4 @@ impl hyper::body::Body for Ticks {
         let event = format!("data: {} from worker {}\n\n", self.n, std::process::id());
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
     }
-}
-
-/// The same router under `axum::serve`, for comparison (benches/app.sh).
-fn standalone(addr: &str) -> ExitCode {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    rt.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("axum_app: cannot bind {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let files = oxicorn::StaticFiles::new(".");
-        match axum::serve(listener, router("hello".into(), files)).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("axum_app: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
 }

@@ -334,18 +334,30 @@ pub async fn heartbeat(
 /// test` runs), so a release binary has no environment variable that makes it fail.
 ///
 /// While the file named by `OXICORN_TEST_BOOT_FAILURE` exists, workers die before they are
-/// ready, as one that cannot open its resources would. A file rather than a flag, so a test can
-/// break only the generation a reload starts. Called from one place: the worker's boot.
+/// ready, as one that cannot open its resources would. While the file named by
+/// `OXICORN_TEST_BOOT_HANG` exists, workers hang before they are ready (their only thread
+/// blocked, as a boot stuck on a lock or a slow dependency; at most a minute), which
+/// `--boot-timeout` must catch. Files rather than flags, so a test can break only the
+/// generation a reload or an upgrade starts. Called from one place: the worker's boot.
 pub fn test_boot_failure_injected() -> bool {
     #[cfg(debug_assertions)]
-    if let Some(path) = std::env::var_os("OXICORN_TEST_BOOT_FAILURE")
-        && std::path::Path::new(&path).exists()
     {
-        tracing::error!(
-            "worker failing at boot: {} exists",
-            std::path::Path::new(&path).display()
-        );
-        return true;
+        if let Some(path) = std::env::var_os("OXICORN_TEST_BOOT_HANG") {
+            let path = std::path::Path::new(&path);
+            let since = std::time::Instant::now();
+            while path.exists() && since.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if let Some(path) = std::env::var_os("OXICORN_TEST_BOOT_FAILURE")
+            && std::path::Path::new(&path).exists()
+        {
+            tracing::error!(
+                "worker failing at boot: {} exists",
+                std::path::Path::new(&path).display()
+            );
+            return true;
+        }
     }
     false
 }

@@ -115,7 +115,7 @@ pub async fn open(addr: &str, timeout: Duration) -> Result<Stream, ConnectError>
                     Err(e) => break Err(classify(e)),
                 }
             },
-            BindAddr::Fd(_) => Err(ConnectError::BadAddress(format!(
+            BindAddr::Fd(_) | BindAddr::Systemd(_) => Err(ConnectError::BadAddress(format!(
                 "{addr}: connect takes HOST:PORT, [IPV6]:PORT or unix:PATH"
             ))),
         }

@@ -50,8 +50,14 @@
 
 #![warn(missing_docs)]
 
-/// This build's version, as `--version` prints it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// This build's version and commit, as `--version` prints it: `0.1.0 (commit 1a2b3c4d5e)`, or
+/// `(commit unknown)` when built outside a git checkout (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OXICORN_COMMIT"),
+    ")"
+);
 
 pub mod arbiter;
 pub mod bus;

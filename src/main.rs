@@ -3,16 +3,34 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use oxicorn::arbiter::upgrade::{self, Handover};
 use oxicorn::config::{Config, Invocation, ServeArgs, cli};
 use oxicorn::exit;
 
 fn main() -> ExitCode {
+    // An image started by a USR2 upgrade (or its rollback) finds the running server's state
+    // here. From now on, while it has one, any refusal goes back to the old image instead of
+    // exiting: exiting would stop the server, whose PID this process is.
+    let handover = match upgrade::take_handover() {
+        None => None,
+        Some(Ok(h)) => Some(h),
+        Some(Err(err)) => {
+            eprintln!("oxicorn: cannot take over from the previous image: {err}");
+            return ExitCode::from(exit::CONFIG_ERROR as u8);
+        }
+    };
     let invocation = match cli::parse_from(std::env::args_os()) {
         Ok(i) => i,
-        // Usage errors print clap's message and exit 2; --help and --version exit 0.
-        Err(err) => err.exit(),
+        Err(err) => match handover {
+            Some(h) => give_up(
+                h,
+                format!("it refused the command line: {}", first_line(&err)),
+            ),
+            // Usage errors print clap's message and exit 2; --help and --version exit 0.
+            None => err.exit(),
+        },
     };
-    match run(invocation) {
+    match run(invocation, handover) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
             eprintln!("oxicorn: {err:#}");
@@ -21,7 +39,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(invocation: Invocation) -> anyhow::Result<i32> {
+/// Goes back to the image that executed this one (see [`upgrade`]); exits only if it cannot.
+fn give_up(handover: Handover, reason: String) -> ! {
+    let err = handover.rollback(reason.clone());
+    eprintln!("oxicorn: {reason}; cannot go back to the previous image: {err}");
+    std::process::exit(exit::CONFIG_ERROR)
+}
+
+fn first_line(err: &impl std::fmt::Display) -> String {
+    let text = err.to_string();
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn run(invocation: Invocation, handover: Option<Handover>) -> anyhow::Result<i32> {
     let args: ServeArgs = match invocation {
         // Client commands: no configuration, no arbiter.
         Invocation::Connect { addr, timeout } => {
@@ -40,10 +74,17 @@ fn run(invocation: Invocation) -> anyhow::Result<i32> {
         }
         Invocation::Serve(args) => args,
     };
-    let config = Config::load(&args)?;
+    let config = match Config::load(&args) {
+        Ok(config) => config,
+        Err(err) => match handover {
+            Some(h) => give_up(h, format!("it refused the configuration: {err}")),
+            None => return Err(err.into()),
+        },
+    };
     if args.check_config {
         println!("configuration ok");
         print!("{}", config.summary());
+        upgrade::announce_handover();
         return Ok(exit::SUCCESS);
     }
     if args.print_config {
@@ -51,16 +92,35 @@ fn run(invocation: Invocation) -> anyhow::Result<i32> {
         return Ok(exit::SUCCESS);
     }
     let config = terminal_defaults(config);
-    check_identity(&config)?;
-    if let Some(mask) = config.umask {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    // On an upgrade the old image already did these: its listeners, logs and umask are
+    // inherited; a refusal here still rolls back rather than leaving nobody serving.
+    if let Err(err) = check_identity(&config) {
+        match handover {
+            Some(h) => give_up(h, format!("{err:#}")),
+            None => return Err(err),
+        }
     }
-    give_logs_to(&config)?;
-    let log = oxicorn::log::init(config.log_level.filter(), config.error_logfile.as_deref())?;
+    if handover.is_none() {
+        if let Some(mask) = config.umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+        }
+        give_logs_to(&config)?;
+    }
+    let log = match oxicorn::log::init(config.log_level.filter(), config.error_logfile.as_deref()) {
+        Ok(log) => log,
+        Err(err) => match handover {
+            Some(h) => give_up(h, format!("it cannot open its log file: {err}")),
+            None => return Err(err.into()),
+        },
+    };
     let log: &'static _ = Box::leak(Box::new(log));
     let to_file = config.error_logfile.is_some();
     let source = Box::new(move || Config::load(&args).map(terminal_defaults));
-    match oxicorn::arbiter::run(config, source, log) {
+    let result = match handover {
+        Some(h) => oxicorn::arbiter::resume(config, source, log, h),
+        None => oxicorn::arbiter::run(config, source, log),
+    };
+    match result {
         Ok(code) => Ok(code),
         Err(err) => {
             if to_file {

@@ -16,6 +16,9 @@ use memmap2::MmapMut;
 /// overlap of a reload, plus room for helper processes.
 pub const SLOTS: usize = 2 * crate::config::MAX_WORKERS + 16;
 
+/// The scoreboard's size in bytes: a binary upgrade adopts only a memfd of this size.
+pub const BYTES: u64 = (SLOTS * std::mem::size_of::<Slot>()) as u64;
+
 /// The bus hub's slot: the last one. [`Scoreboard::claim_worker`] never hands it out, so a
 /// hub and a worker can never share a heartbeat.
 pub const HUB_SLOT: usize = SLOTS - 1;
@@ -83,6 +86,10 @@ impl Slot {
 /// stay valid in the arbiter and in every forked worker for the life of the process.
 pub struct Scoreboard {
     map: MmapMut,
+    /// The memfd behind the mapping, close-on-exec. Kept so a binary upgrade can hand it to
+    /// the new image ([`Scoreboard::fd`], [`Scoreboard::adopt`]): the workers it already forked
+    /// keep writing the same pages.
+    file: std::fs::File,
 }
 
 impl Scoreboard {
@@ -100,7 +107,33 @@ impl Scoreboard {
         // `map_mut` maps MAP_SHARED, so writes in a forked child are seen by the parent
         // (`MmapMut::map_anon` would be MAP_PRIVATE and silently not shared).
         let map = unsafe { MmapMut::map_mut(&file)? };
-        Ok(Box::leak(Box::new(Scoreboard { map })))
+        Ok(Box::leak(Box::new(Scoreboard { map, file })))
+    }
+
+    /// Maps a scoreboard memfd handed over by the image this process ran before an `execve`
+    /// (a binary upgrade or its rollback), and marks it close-on-exec again. The slots, and
+    /// the workers writing them, carry on.
+    ///
+    /// # Errors
+    /// If `fd` is not a memfd of the scoreboard's size, or cannot be mapped.
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<&'static Scoreboard> {
+        let file = std::fs::File::from(fd);
+        let len = SLOTS * std::mem::size_of::<Slot>();
+        if file.metadata()?.len() != len as u64 {
+            return Err(io::Error::other(
+                "the handed-over scoreboard has another size (a different slot layout)",
+            ));
+        }
+        rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::CLOEXEC)?;
+        // SAFETY: as in `create`: the memfd has the right size (checked), only oxicorn's
+        // processes map it, and nothing truncates it.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        Ok(Box::leak(Box::new(Scoreboard { map, file })))
+    }
+
+    /// The memfd, for handing over across `execve` (the caller clears close-on-exec).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
     }
 
     /// Claims a free worker slot (any but [`HUB_SLOT`]) for a child about to be forked and

@@ -49,7 +49,12 @@ fn app_bin() -> &'static str {
 fn start(args: &[&str], workers: usize, env: &[(&str, &str)]) -> (Oxicorn, SocketAddr) {
     let mut all = vec!["--bind", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let server = Oxicorn::start_program(app_bin(), tempfile::tempdir().unwrap(), &all, env);
+    let server = Oxicorn::start_program(
+        std::path::Path::new(app_bin()),
+        tempfile::tempdir().unwrap(),
+        &all,
+        env,
+    );
     server.wait_ready(1, workers);
     let addr = server.tcp_addr();
     (server, addr)
@@ -227,7 +232,7 @@ async fn x_forwarded_for_is_trusted_only_from_allowed_addresses() {
 #[test]
 fn a_failing_factory_stops_the_server_with_its_cause_and_no_fork_loop() {
     let mut server = Oxicorn::start_program(
-        app_bin(),
+        std::path::Path::new(app_bin()),
         tempfile::tempdir().unwrap(),
         &["--bind", "127.0.0.1:0", "--workers", "2"],
         &[("APP_STATIC_DIR", "/nonexistent/oxicorn-test")],
@@ -316,7 +321,7 @@ async fn term_lets_a_sleep_finish_and_cuts_events_at_the_graceful_deadline() {
 #[test]
 fn the_access_log_follows_access_logformat() {
     let server = Oxicorn::start_program(
-        app_bin(),
+        std::path::Path::new(app_bin()),
         tempfile::tempdir().unwrap(),
         &[
             "--bind",

@@ -525,15 +525,26 @@ fn a_hub_restarted_during_a_reload_waits_for_the_old_generation() {
         "recovery ended without alice's worker"
     );
 
-    // Resumed, the old worker finishes its stop: alice is told, and recovery ends (the worker
-    // said hello or is gone).
+    // Resumed, the old worker finishes its retirement, and recovery ends (the worker said
+    // hello or is gone). Alice is either handed to a new worker (issue 10), if the hub had
+    // recovered when the hand-over reached it, or told to reconnect, if not.
     kill(Pid::from_raw(pa), Signal::SIGCONT).unwrap();
-    let rest = String::from_utf8_lossy(&alice.read_to_close()).into_owned();
-    assert!(
-        rest.ends_with("* the server is restarting or stopping; please reconnect\r\n"),
-        "{rest:?}"
-    );
     s.wait_for_lines_after(mark, "hub recovered", 1, SOON);
+    assert!(eventually(SOON, || !alive(pa)));
+    let handed = s
+        .lines()
+        .iter()
+        .any(|l| l.contains(&format!("[{pa}]")) && l.contains("handed 1 connection(s)"));
+    if handed {
+        alice.send(b"/who\r\n");
+        assert!(alice.line().contains("alice"));
+    } else {
+        let rest = String::from_utf8_lossy(&alice.read_to_close()).into_owned();
+        assert!(
+            rest.ends_with("* the server is restarting or stopping; please reconnect\r\n"),
+            "{rest:?}"
+        );
+    }
     let answer = n.line();
     assert!(
         answer == CANNOT_CHECK
@@ -789,4 +800,42 @@ fn names_that_impersonate_a_member_are_refused_across_workers() {
     let (mut c, _) = connect(&s, addr);
     c.send("Дмитрий\r\n".as_bytes());
     c.expect("* the name Дмитрий is taken; try another");
+}
+
+/// Issue 11, capacity: at the connection cap, a connection still at the name prompt is closed
+/// to admit a newcomer (a silent client must not hold a slot a real one waits for), but a
+/// member never is: an idle member still reads the room, and a newcomer then waits its turn.
+#[test]
+fn a_full_worker_makes_room_by_closing_a_nameless_connection_never_a_member() {
+    let s = Oxicorn::start(&[
+        "chat",
+        "-w",
+        "1",
+        "--worker-connections",
+        "2",
+        "-b",
+        "127.0.0.1:0",
+    ]);
+    s.wait_ready(1, 1);
+    let addr = s.tcp_addr();
+    let mut silent = LineClient::connect(addr);
+    silent.expect(WELCOME);
+    let mut a = LineClient::connect(addr);
+    a.expect(WELCOME);
+    a.send(b"ann\r\n");
+    a.expect("* you joined as ann; /who lists the members, /quit leaves");
+    // Full: the newcomer is admitted at once, the nameless connection told why it goes.
+    let mut b = LineClient::connect(addr);
+    b.expect(WELCOME);
+    silent.expect("* the server is full; please try again in a moment");
+    b.send(b"bob\r\n");
+    b.expect("* you joined as bob; /who lists the members, /quit leaves");
+    a.expect("* bob joined");
+    // Full of members: a newcomer waits for a slot, and the members are left alone.
+    let mut c = LineClient::connect(addr);
+    assert!(c.try_line(Duration::from_millis(700)).is_none());
+    a.send(b"still here\r\n");
+    b.expect("<ann> still here");
+    b.send(b"/quit\r\n");
+    c.expect(WELCOME);
 }

@@ -49,6 +49,8 @@ fn a_panic_ends_only_its_connection() {
             slot,
             idle_timeout: None,
             reclaim: Default::default(),
+            targets: Default::default(),
+            yield_permit: Default::default(),
         };
         let accept_loop = tokio::spawn(acceptor.run());
         let deadline = Duration::from_secs(5);

@@ -45,6 +45,8 @@ pub(super) enum KillReason {
     StopTimeout,
     /// A failed reload's worker.
     Rollback,
+    /// A new worker that did not say ready within `--boot-timeout`.
+    BootTimeout,
 }
 
 /// Where a child is in its life, as the arbiter knows it.
@@ -88,7 +90,7 @@ impl ChildState {
             self,
             ChildState::Booting
                 | ChildState::Killed {
-                    reason: KillReason::Heartbeat,
+                    reason: KillReason::Heartbeat | KillReason::BootTimeout,
                     before: Before::Booting,
                 }
         )
@@ -100,7 +102,8 @@ impl ChildState {
             ChildState::Booting | ChildState::Ready => false,
             ChildState::Stopping { .. } => true,
             ChildState::Killed { reason, before } => {
-                reason != KillReason::Heartbeat || matches!(before, Before::Stopping(_))
+                !matches!(reason, KillReason::Heartbeat | KillReason::BootTimeout)
+                    || matches!(before, Before::Stopping(_))
             }
         }
     }
@@ -142,6 +145,37 @@ pub(super) struct Child {
     pub state: ChildState,
     /// When it was forked.
     pub started: Instant,
+    /// Why this worker is to be replaced (recycling): it serves on until its replacement is
+    /// ready, then it is retired. `None` while it is wanted.
+    pub replace: Option<Replace>,
+    /// Requests after which this worker is replaced (`--max-requests` plus its own jitter,
+    /// drawn at spawn); `None` never.
+    pub request_limit: Option<u64>,
+}
+
+/// Why a serving worker is to be replaced by a fresh one (gunicorn's `max_requests`, and a
+/// memory ceiling), as found by the arbiter's recycle checks (`workers.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replace {
+    /// It served this many requests (connections for non-HTTP services), at or past its limit.
+    Requests(u64),
+    /// Its resident memory is this many MiB, past `--max-worker-memory`.
+    Memory(u64),
+}
+
+impl Child {
+    /// A fresh row for a process just forked (or adopted after an upgrade).
+    pub(super) fn new(pid: i32, slot: usize, kind: ChildKind, state: ChildState) -> Child {
+        Child {
+            pid,
+            slot,
+            kind,
+            state,
+            started: Instant::now(),
+            replace: None,
+            request_limit: None,
+        }
+    }
 }
 
 impl Child {
@@ -277,16 +311,11 @@ impl Arbiter {
                     .slot(slot)
                     .pid
                     .store(pid as u32, Ordering::Relaxed);
-                self.children.insert(
-                    pid,
-                    Child {
-                        pid,
-                        slot,
-                        kind,
-                        state: ChildState::Booting,
-                        started: Instant::now(),
-                    },
-                );
+                let mut row = Child::new(pid, slot, kind, ChildState::Booting);
+                if matches!(kind, ChildKind::Worker { .. }) {
+                    row.request_limit = self.request_limit();
+                }
+                self.children.insert(pid, row);
                 Ok(pid)
             }
             Ok(ForkResult::Child) => {
@@ -441,7 +470,9 @@ impl Arbiter {
                 }
             };
             let Some(c) = self.children.remove(&pid) else {
-                tracing::debug!(pid, "reaped a child that is not ours");
+                if !self.on_check_exit(pid, exit) {
+                    tracing::debug!(pid, "reaped a child that is not ours");
+                }
                 continue;
             };
             self.scoreboard.release(c.slot);
@@ -525,13 +556,7 @@ mod tests {
                         age: pid as u64,
                     }
                 };
-                let c = Child {
-                    pid,
-                    slot: pid as usize,
-                    kind,
-                    state,
-                    started: Instant::now(),
-                };
+                let c = Child::new(pid, pid as usize, kind, state);
                 (pid, c)
             })
             .collect()

@@ -30,7 +30,18 @@ pub(super) struct HubPolicy {
     /// No restart before this instant.
     pub retry_at: Option<Instant>,
     /// Whether a hub ever ran: the next one must wait for workers to re-register names.
-    ever_started: bool,
+    pub ever_started: bool,
+}
+
+impl HubPolicy {
+    /// The policy of an image started by a binary upgrade: the hub (a child handed over with
+    /// the others) keeps running; `ever_started` says whether one ever ran.
+    pub(super) fn adopted(ever_started: bool) -> HubPolicy {
+        HubPolicy {
+            ever_started,
+            ..HubPolicy::default()
+        }
+    }
 }
 
 impl Arbiter {

@@ -5,7 +5,8 @@
 //!
 //! Its loop is gunicorn's: signals are counted by their handlers and wake a `poll(2)`; each
 //! turn then reaps dead children, kills those whose heartbeat is too old, and brings the
-//! worker count back to the target, oldest first when there are too many.
+//! workers to the target: missing ones started, extra ones retired oldest first, and workers
+//! of an old generation or marked for recycling replaced one `--max-surge` at a time.
 //!
 //! - `mod.rs`: the state ([`Arbiter`], its `Phase`), the loop and its event sources, the
 //!   signal handlers, `scale`, the stop.
@@ -14,6 +15,9 @@
 //! - `workers.rs`: the worker table's decisions as plain functions (`plan`), and worker exits.
 //! - `hub.rs`: the hub's policy (start, restart, stop last).
 //! - `reload.rs`: HUP, with [`ReloadError`]; completion and rollback.
+//! - [`upgrade`]: USR2, the binary upgrade by re-executing this process (stable PID), the
+//!   handover and the rollback.
+//! - `notify.rs`: systemd's notify protocol.
 //! - `services.rs`: what the arbiter reads of the configuration's shape.
 //! - [`signals`], [`pidfile`].
 //!
@@ -22,10 +26,12 @@
 
 mod children;
 mod hub;
+mod notify;
 pub mod pidfile;
 mod reload;
 mod services;
 pub mod signals;
+pub mod upgrade;
 mod workers;
 
 use std::io;
@@ -55,6 +61,10 @@ use workers::{Boot, PhaseKind};
 /// The longest the loop sleeps: heartbeats are checked at least this often, so a wedged worker
 /// is killed within `--timeout` plus this.
 const TICK: Duration = Duration::from_secs(1);
+
+/// With `--max-requests` or `--max-worker-memory`, the loop looks at the workers' counts and
+/// memory at least this often (a few reads of shared memory and `/proc` per worker).
+const RECYCLE_TICK: Duration = Duration::from_millis(200);
 
 /// After a fast stop (INT/QUIT), how long workers get before SIGKILL.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
@@ -87,14 +97,15 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> ArbiterError {
     move |source| ArbiterError::Setup { what, source }
 }
 
-/// What the arbiter is doing, beyond keeping its children alive. Room for `Upgrading` (a
-/// binary upgrade in progress) next to these.
+/// What the arbiter is doing, beyond keeping its children alive.
 #[derive(Debug)]
 enum Phase {
     /// Serving; the worker table follows the target.
     Running,
     /// A HUP started a new generation that is not all ready yet.
     Reloading(Reload),
+    /// This image was executed by a USR2 and rolls the old image's workers to its own.
+    Upgrading(upgrade::Upgrading),
     /// A stop is in progress: no child is started any more.
     Stopping(Stopping),
 }
@@ -103,7 +114,7 @@ impl Phase {
     fn kind(&self) -> PhaseKind {
         match self {
             Phase::Running => PhaseKind::Running,
-            Phase::Reloading(_) => PhaseKind::Reloading,
+            Phase::Reloading(_) | Phase::Upgrading(_) => PhaseKind::Rolling,
             Phase::Stopping(_) => PhaseKind::Stopping,
         }
     }
@@ -162,8 +173,14 @@ pub struct Arbiter {
     children: Children,
     /// How many workers of the current generation to keep.
     target: usize,
-    /// Bumped by every reload; workers of older generations are retired.
+    /// The generation new workers are started in; workers of other generations are
+    /// replaced. A rollback goes back to the previous one.
     generation: u64,
+    /// The highest generation ever started: a new roll takes the next one, so it never shares
+    /// a number with a rolled-back generation's workers still draining.
+    generations: u64,
+    /// Draws each worker's `--max-requests-jitter`.
+    jitter: workers::Jitter,
     /// Spawn counter: lower is older (for "oldest first").
     spawned: u64,
     boot: Boot,
@@ -174,6 +191,12 @@ pub struct Arbiter {
     /// Where the hub listens: chosen here, once, and handed to every child (workers never
     /// derive it from `getppid()`, so an exec'd arbiter can keep it).
     bus_address: std::path::PathBuf,
+    /// The executable, for USR2; `None` if it could not be opened at start (no upgrade then).
+    exe: Option<upgrade::Exe>,
+    /// The new binary's `--check-config` run, while a USR2 checks it.
+    check: Option<upgrade::Check>,
+    /// What systemd was told.
+    notify: notify::Notify,
 }
 
 /// Starts the server and supervises it until it stops; returns the process exit code.
@@ -222,7 +245,7 @@ pub fn run(
     let config = Arc::new(config);
     tracing::info!(
         "oxicorn {} arbiter {} starting {} with {} worker(s)",
-        env!("CARGO_PKG_VERSION"),
+        crate::VERSION,
         std::process::id(),
         service_name(&config),
         config.workers
@@ -252,13 +275,219 @@ pub fn run(
         scoreboard,
         children: Children::new(),
         generation: 1,
+        generations: 1,
+        jitter: workers::Jitter::seeded(),
         spawned: 0,
         boot: Boot::default(),
         phase: Phase::Running,
         pidfile,
         hub: hub::HubPolicy::default(),
         bus_address: crate::bus::hub_address(std::process::id()),
+        exe: capture_exe(None),
+        check: None,
+        notify: notify::Notify::from_env(false),
     };
+    arbiter.set_title();
+    arbiter.notify_start();
+    Ok(arbiter.run_loop())
+}
+
+/// The running executable, for USR2 (see [`upgrade`]); a warning and `None` without `/proc`.
+fn capture_exe(path: Option<std::path::PathBuf>) -> Option<upgrade::Exe> {
+    match upgrade::Exe::capture(path) {
+        Ok(exe) => Some(exe),
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot open the running executable: USR2 upgrades are off");
+            None
+        }
+    }
+}
+
+/// Takes over from the image that executed this one (a USR2 upgrade, or its rollback): adopts
+/// its listeners, scoreboard, notification pipe and children, then supervises as [`run`]
+/// does. For an upgrade, it rolls the workers to a new generation of its own; if they do not
+/// get ready it executes the old image again. For a rollback, it resumes the old generation
+/// and logs why the upgrade failed.
+///
+/// # Errors
+/// An [`ArbiterError`] when the handed-over state cannot be used and there is nothing to go
+/// back to; during an upgrade such failures roll back instead of returning.
+pub fn resume(
+    config: Config,
+    source: ConfigSource,
+    log: &'static LogHandle,
+    handover: upgrade::Handover,
+) -> Result<i32, ArbiterError> {
+    raise_nofile_limit();
+    let upgrading = matches!(handover.role, upgrade::Role::Upgrade);
+    // During an upgrade every failure below goes back to the old image, which keeps serving.
+    let give_up = |handover: &upgrade::Handover, what: &'static str, err: String| {
+        if upgrading {
+            let err = handover
+                .clone()
+                .rollback(format!("the new image cannot take over: {what}: {err}"));
+            tracing::error!(cause = %err, "cannot go back to the old image");
+        }
+        ArbiterError::Setup {
+            what,
+            source: io::Error::other(err),
+        }
+    };
+    if !handover.scoreboard_fits() {
+        return Err(give_up(
+            &handover,
+            "the scoreboard",
+            "its layout differs from this build's".into(),
+        ));
+    }
+    let Some((board, ready_rx, ready_tx)) = handover.take_fds() else {
+        return Err(give_up(
+            &handover,
+            "the handed-over descriptors",
+            "not open".into(),
+        ));
+    };
+    let scoreboard = Scoreboard::adopt(board)
+        .map_err(|e| give_up(&handover, "the scoreboard", e.to_string()))?;
+    let signals =
+        Signals::install().map_err(|e| give_up(&handover, "signal handlers", e.to_string()))?;
+    // Blocked by the previous image across the exec; ours are installed now.
+    signals::unblock_handled();
+
+    // The listeners this configuration keeps; new binds are made, dropped ones retired once
+    // the roll completes (or at once when resuming after a rollback).
+    let mut listeners = handover.take_listeners();
+    let mut retired = Vec::new();
+    let wanted: Vec<&crate::net::BindAddr> = binds(&config).collect();
+    let (keep, dropped): (Vec<Listener>, Vec<Listener>) = listeners
+        .drain(..)
+        .partition(|l| wanted.iter().any(|a| l.serves(a)));
+    listeners = keep;
+    let mut added: Vec<Listener> = Vec::new();
+    for addr in wanted {
+        if listeners.iter().chain(&added).any(|l| l.serves(addr)) {
+            continue;
+        }
+        match Listener::bind(addr, config.backlog) {
+            Ok(l) => {
+                tracing::info!("listening on {}", l.local);
+                added.push(l);
+            }
+            Err(err) => {
+                added.iter().for_each(Listener::remove_socket_file);
+                return Err(give_up(&handover, "a new bind", err.to_string()));
+            }
+        }
+    }
+    listeners.extend(added);
+    if upgrading {
+        retired = dropped;
+    } else {
+        for l in dropped {
+            tracing::info!("no longer listening on {}", l.local);
+            l.remove_socket_file();
+        }
+    }
+
+    // Same pid: rewriting the file is harmless, and moves it if the path changed.
+    let pidfile = match &config.pidfile {
+        Some(path) => match Pidfile::write(path) {
+            Ok(p) => Some(p),
+            Err(err) => {
+                tracing::error!("{err}");
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(old) = &handover.pidfile
+        && config.pidfile.as_ref() != Some(old)
+    {
+        Pidfile::adopt(old).remove();
+    }
+
+    let config = Arc::new(config);
+    let (spawned, hub_ever_started) = handover.counters();
+    let children: Children = handover
+        .children()
+        .into_iter()
+        .map(|c| (c.pid, c))
+        .collect();
+    let rollback_image = handover.take_rollback_image();
+    let mut arbiter = Arbiter {
+        source,
+        target: if upgrading {
+            config.workers
+        } else {
+            handover.target
+        },
+        config,
+        log,
+        signals: Some(signals),
+        ready_rx: Some(ready_rx),
+        ready_tx,
+        ready_buf: Vec::new(),
+        listeners,
+        retired,
+        scoreboard,
+        children,
+        generation: handover.generation,
+        generations: handover.generations,
+        jitter: workers::Jitter::seeded(),
+        spawned,
+        boot: Boot {
+            ever_ready: true,
+            ..Boot::default()
+        },
+        phase: Phase::Running,
+        pidfile,
+        hub: hub::HubPolicy::adopted(hub_ever_started),
+        bus_address: handover.bus_address.clone(),
+        exe: capture_exe(Some(handover.exe_path.clone())),
+        check: None,
+        notify: notify::Notify::from_env(handover.notified_ready),
+    };
+    match (&handover.role, rollback_image) {
+        (upgrade::Role::Upgrade, Some(image)) => {
+            arbiter.generations += 1;
+            arbiter.generation = arbiter.generations;
+            arbiter.boot = Boot::default();
+            tracing::info!(
+                "upgrade: oxicorn {} -> oxicorn {} (pid {} kept); starting generation {} with {} \
+                 worker(s)",
+                handover.version,
+                crate::VERSION,
+                std::process::id(),
+                arbiter.generation,
+                arbiter.target
+            );
+            arbiter.notify_status(&format!(
+                "upgrading to oxicorn {}: starting generation {}",
+                crate::VERSION,
+                arbiter.generation
+            ));
+            arbiter.phase = Phase::Upgrading(upgrade::Upgrading {
+                rollback_image: image,
+                previous_generation: handover.generation,
+                previous_target: handover.target,
+                from_version: handover.version.clone(),
+                hup_pending: false,
+            });
+        }
+        (upgrade::Role::Upgrade, None) => {
+            tracing::error!("the upgrade handed over no old image: no rollback is possible");
+            arbiter.generations += 1;
+            arbiter.generation = arbiter.generations;
+        }
+        (upgrade::Role::Rollback { reason }, _) => {
+            tracing::error!(
+                "upgrade rolled back: {reason}; oxicorn {} serving again (generation {})",
+                crate::VERSION,
+                arbiter.generation
+            );
+            arbiter.notify_ready();
+        }
+    }
     arbiter.set_title();
     Ok(arbiter.run_loop())
 }
@@ -274,8 +503,10 @@ impl Arbiter {
             }
             self.murder_children();
             self.escalate_stops();
+            self.check_overdue();
             self.manage_hub();
             self.manage_workers();
+            self.notify_first_ready();
             for event in self.wait() {
                 match event {
                     Event::Signals => self.handle_signals(),
@@ -300,7 +531,12 @@ impl Arbiter {
     /// Waits for an event source to be readable, or the next deadline (at most [`TICK`]);
     /// returns the readable ones.
     fn wait(&mut self) -> Vec<Event> {
-        let mut timeout = TICK;
+        let mut timeout =
+            if self.config.max_requests.is_some() || self.config.max_worker_memory.is_some() {
+                RECYCLE_TICK
+            } else {
+                TICK
+            };
         for at in [self.boot.retry_at, self.hub.retry_at]
             .into_iter()
             .flatten()
@@ -340,6 +576,7 @@ impl Arbiter {
                 Signal::SIGTTIN => self.handle_ttin(),
                 Signal::SIGTTOU => self.handle_ttou(),
                 Signal::SIGUSR1 => self.handle_usr1(),
+                Signal::SIGUSR2 => self.handle_usr2(),
                 Signal::SIGCHLD => {} // reaping runs every turn
                 other => tracing::info!("{other} is not supported yet: ignored"),
             }
@@ -416,6 +653,7 @@ impl Arbiter {
                     "shutting down ({})",
                     if graceful { "graceful" } else { "fast" }
                 );
+                self.notify_stopping();
                 // A reload in progress is abandoned with the rest.
                 self.phase = Phase::Stopping(Stopping { graceful, code });
                 for l in self.listeners.drain(..).chain(self.retired.drain(..)) {
@@ -429,7 +667,13 @@ impl Arbiter {
             Signal::SIGQUIT
         };
         for pid in self.pids(|c| matches!(c.kind, ChildKind::Worker { .. })) {
-            self.stop_child(pid, sig);
+            // A worker that never said ready has no connection to drain: QUIT, and SIGKILL
+            // after the fast grace if its boot hangs, rather than a full graceful timeout.
+            let booting = self
+                .children
+                .get(&pid)
+                .is_some_and(|c| c.state == children::ChildState::Booting);
+            self.stop_child(pid, if booting { Signal::SIGQUIT } else { sig });
         }
     }
 

@@ -94,6 +94,15 @@ impl Pidfile {
         })
     }
 
+    /// The pid file this process wrote before a binary upgrade re-executed it (same pid),
+    /// without writing it again: so it can still be removed.
+    pub fn adopt(path: &Path) -> Pidfile {
+        Pidfile {
+            path: path.to_path_buf(),
+            pid: std::process::id(),
+        }
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

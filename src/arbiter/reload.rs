@@ -2,15 +2,17 @@
 //!
 //! Everything that can fail (reading the config, the new pid file, new binds, the new log
 //! file) is done before anything running is replaced; a failure is a [`ReloadError`] and
-//! changes nothing. Then a new generation of workers starts; the worker table's decisions
-//! (`workers::plan`) complete the reload once all of them are ready (the old generation is
-//! stopped, dropped listeners closed) or roll it back if they never boot.
+//! changes nothing. Then the workers roll to a new generation, one `--max-surge` at a time
+//! (`workers::plan`); the reload completes once the last old worker is retired (dropped
+//! listeners closed) or is rolled back if the new workers do not boot (within
+//! `--boot-timeout`). The same completion and rollback serve a USR2 upgrade's roll
+//! (`upgrade.rs`), which differs only in what a rollback executes.
 
 use std::io;
 use std::sync::Arc;
 
 use super::pidfile::{self, Pidfile, PidfileError};
-use super::workers::Boot;
+use super::workers::{Boot, RollbackWhy};
 use super::{Arbiter, Phase};
 use crate::config::{Config, ConfigError};
 use crate::net::BindAddr;
@@ -57,6 +59,11 @@ impl Arbiter {
                 reload.hup_pending = true;
                 return;
             }
+            Phase::Upgrading(up) => {
+                tracing::info!("HUP: an upgrade is in progress; this reload runs when it ends");
+                up.hup_pending = true;
+                return;
+            }
             Phase::Running => {}
         }
         tracing::info!("HUP: reloading the configuration");
@@ -66,6 +73,8 @@ impl Arbiter {
             .and_then(|new| self.apply_reload(new));
         if let Err(err) = result {
             tracing::error!("reload refused: {err}; still running the previous configuration");
+        } else {
+            self.notify_reloading();
         }
     }
 
@@ -144,7 +153,8 @@ impl Arbiter {
         });
         self.target = new.workers;
         self.config = Arc::new(new);
-        self.generation += 1;
+        self.generations += 1;
+        self.generation = self.generations;
         self.boot = Boot::default();
         tracing::info!(
             "reload: starting generation {} with {} worker(s)",
@@ -154,9 +164,12 @@ impl Arbiter {
         Ok(())
     }
 
-    /// Every new worker is ready and the old ones were told to stop: close the listeners the
+    /// Every new worker is ready and the old ones were retired: close the listeners the
     /// reload dropped and go back to running.
-    pub(super) fn complete_reload(&mut self, ready: usize, retired: usize) {
+    pub(super) fn complete_roll(&mut self, ready: usize) {
+        if matches!(self.phase, Phase::Upgrading(_)) {
+            return self.complete_upgrade(ready);
+        }
         let Phase::Reloading(reload) = std::mem::replace(&mut self.phase, Phase::Running) else {
             return;
         };
@@ -167,28 +180,28 @@ impl Arbiter {
             l.remove_socket_file();
         }
         tracing::info!(
-            "reload complete: generation {} serving with {} worker(s); {} old worker(s) draining",
+            "reload complete: generation {} serving with {} worker(s)",
             self.generation,
-            ready,
-            retired
+            ready
         );
         self.set_title();
+        self.notify_ready();
         if reload.hup_pending {
             self.handle_hup();
         }
     }
 
-    /// The new generation never booted (its workers were just killed): keep the old one, as
-    /// if the HUP had not happened.
-    pub(super) fn rollback_reload(&mut self) {
+    /// The new generation did not boot (its booting workers were just killed): go back to the
+    /// previous configuration. Old workers still serving stay; any the roll retired already
+    /// are replaced, and new ones that got ready are retired, by the same rolling plan.
+    pub(super) fn rollback_roll(&mut self, why: RollbackWhy) {
+        if matches!(self.phase, Phase::Upgrading(_)) {
+            return self.rollback_upgrade(why.to_string());
+        }
         let Phase::Reloading(reload) = std::mem::replace(&mut self.phase, Phase::Running) else {
             return;
         };
-        tracing::error!(
-            "reload failed: the new workers did not boot ({} attempts); keeping the previous \
-             configuration and workers",
-            self.boot.failures
-        );
+        tracing::error!("reload failed: {why}; keeping the previous configuration and workers");
         let (keep, drop_new): (Vec<Listener>, Vec<Listener>) = std::mem::take(&mut self.listeners)
             .into_iter()
             .partition(|l| !reload.added.contains(&l.addr));
@@ -211,6 +224,7 @@ impl Arbiter {
             ..Boot::default()
         };
         self.set_title();
+        self.notify_ready();
         if reload.hup_pending {
             self.handle_hup();
         }

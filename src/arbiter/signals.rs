@@ -133,3 +133,15 @@ impl Blocked {
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old), None);
     }
 }
+
+/// Unblocks [`HANDLED`]: an image started by a binary upgrade inherits them blocked (they were
+/// blocked across the `execve` so none would kill the process with its default action); once
+/// its handlers are installed, anything pending is delivered to them.
+pub fn unblock_handled() {
+    let mut set = SigSet::empty();
+    for sig in HANDLED {
+        set.add(sig);
+    }
+    // pthread_sigmask only fails for an invalid `how`; ours is constant.
+    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+}

@@ -15,7 +15,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{Down, FrameReader, FrameWriter, Reservation, Up};
-use super::{BusError, Handler, LostHandler, REQUEST_TIMEOUT, show_address};
+use super::{BusError, CutHandler, Handler, LostHandler, REQUEST_TIMEOUT, show_address};
 use crate::sync::lock;
 
 /// Frames queued for the hub. Bounded so a hub that is away for long applies back-pressure
@@ -43,6 +43,10 @@ struct Pending {
     reservation: Option<Reservation>,
     /// Written to a connection already: if that connection dies, the answer never comes.
     sent: bool,
+    /// For a hand-over: run on the receive task the moment the answer is read, before any
+    /// later delivery, with whether the name moved (the cut must be exact; the waiter runs
+    /// later).
+    on_answer: Option<Box<dyn FnOnce(bool) + Send>>,
 }
 
 /// What the connection task and the services share. Behind a `std::sync::Mutex`: it is held
@@ -58,6 +62,13 @@ struct State {
     values: HashMap<String, (u64, Bytes)>,
     subscribers: HashMap<String, Handler>,
     lost: Option<LostHandler>,
+    cut: Option<CutHandler>,
+    /// Bytes of publications per topic taken off the queue by every session so far: the hub
+    /// counts a connection's publications from its start, this turns its count into one
+    /// from the worker's start ([`Down::Cut`]).
+    taken: HashMap<String, u64>,
+    /// `taken` when the current session began.
+    session_base: HashMap<String, u64>,
 }
 
 struct Shared {
@@ -112,11 +123,26 @@ impl EmbeddedBus {
         self.state().lost = Some(handler);
     }
 
+    /// See [`super::Bus::on_cut`].
+    pub fn on_cut(&self, handler: CutHandler) {
+        self.state().cut = Some(handler);
+    }
+
     /// Queues a request and waits for its answer, at most [`REQUEST_TIMEOUT`].
     async fn request(
         &self,
         make: impl FnOnce(u64) -> Up,
         reservation: Option<Reservation>,
+    ) -> Result<Down, BusError> {
+        self.request_with(make, reservation, None).await
+    }
+
+    /// [`Self::request`], with a callback run on the receive task as the answer is read.
+    async fn request_with(
+        &self,
+        make: impl FnOnce(u64) -> Up,
+        reservation: Option<Reservation>,
+        on_answer: Option<Box<dyn FnOnce(bool) + Send>>,
     ) -> Result<Down, BusError> {
         let (tx, rx) = oneshot::channel();
         let msg = {
@@ -129,6 +155,7 @@ impl EmbeddedBus {
                     reply: tx,
                     reservation,
                     sent: false,
+                    on_answer,
                 },
             );
             make(req)
@@ -176,6 +203,38 @@ impl EmbeddedBus {
             .await?
         {
             Down::Reserved { ok, .. } => Ok(ok),
+            _ => Err(BusError::Unavailable),
+        }
+    }
+
+    /// See [`super::Bus::hand_over`].
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn hand_over(
+        &self,
+        topic: &str,
+        from: (u32, u64),
+        reservation: Reservation,
+        on_answer: Box<dyn FnOnce(bool) + Send>,
+    ) -> Result<bool, BusError> {
+        let r = reservation.clone();
+        let topic = topic.to_string();
+        match self
+            .request_with(
+                move |req| Up::HandOver {
+                    req,
+                    topic,
+                    from_worker: from.0,
+                    from_holder: from.1,
+                    reservation: r,
+                },
+                Some(reservation),
+                Some(on_answer),
+            )
+            .await?
+        {
+            Down::HandedOver { ok, .. } => Ok(ok),
             _ => Err(BusError::Unavailable),
         }
     }
@@ -278,6 +337,10 @@ async fn connection_task(addr: PathBuf, shared: Arc<Shared>, mut up_rx: mpsc::Re
         };
         backoff = RECONNECT.0;
         sessions += 1;
+        {
+            let mut st = lock(&shared.state);
+            st.session_base = st.taken.clone();
+        }
         let hello = hello(&shared);
         let names = match &hello {
             Up::Hello { reservations, .. } => reservations.len(),
@@ -345,7 +408,17 @@ async fn session(
             {
                 let mut st = lock(&shared.state);
                 for m in &batch {
+                    if let Up::Publish { topic, payload } = m {
+                        let len = payload.len() as u64;
+                        match st.taken.get_mut(topic) {
+                            Some(n) => *n += len,
+                            None => {
+                                st.taken.insert(topic.clone(), len);
+                            }
+                        }
+                    }
                     if let Up::Reserve { req, .. }
+                    | Up::HandOver { req, .. }
                     | Up::List { req, .. }
                     | Up::Swap { req, .. }
                     | Up::Sync { req } = m
@@ -464,6 +537,56 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
                 }
             }
         }
+        Down::HandedOver { req, ok } => {
+            let (p, on_answer) = {
+                let mut st = lock(&shared.state);
+                let Some(mut p) = st.pending.remove(&req) else {
+                    return;
+                };
+                if ok && let Some(r) = &p.reservation {
+                    st.reservations.insert(r.key.clone(), r.clone());
+                }
+                let on_answer = p.on_answer.take();
+                (p, on_answer)
+            };
+            if let Some(f) = on_answer {
+                f(ok);
+            }
+            let reservation = p.reservation.clone();
+            if p.reply.send(Down::HandedOver { req, ok }).is_err()
+                && ok
+                && let Some(r) = reservation
+            {
+                // The waiter gave up: the member it was for is not here; free the name.
+                lock(&shared.state).reservations.remove(&r.key);
+                let _ = extra.send(Up::Release {
+                    key: r.key,
+                    holder: r.holder,
+                });
+            }
+        }
+        Down::Cut {
+            key,
+            holder,
+            topic,
+            published,
+        } => {
+            let (handler, at) = {
+                let mut st = lock(&shared.state);
+                if st
+                    .reservations
+                    .get(&key)
+                    .is_some_and(|r| r.holder == holder)
+                {
+                    st.reservations.remove(&key);
+                }
+                let base = st.session_base.get(&topic).copied().unwrap_or(0);
+                (st.cut.clone(), base + published)
+            };
+            if let Some(h) = handler {
+                h(holder, at);
+            }
+        }
         Down::Listing { req, .. } | Down::Swapped { req, .. } | Down::Synced { req } => {
             let mut st = lock(&shared.state);
             if let Some(p) = st.pending.remove(&req) {
@@ -578,6 +701,7 @@ mod tests {
                 reply,
                 reservation: Some(reservation),
                 sent: true,
+                on_answer: None,
             },
         );
         (req, rx)

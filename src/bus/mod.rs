@@ -66,6 +66,12 @@ pub type Handler = Arc<dyn Fn(Bytes) + Send + Sync>;
 /// re-registered it first).
 pub type LostHandler = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// Called on the bus's receive task when another worker took over the connection of
+/// `holder` ([`Bus::hand_over`]), at the exact point of the delivery order where the hub cut
+/// it; with how many bytes of this worker's own publications on the topic (counted from the
+/// worker's start) were ordered before the cut. Must not block.
+pub type CutHandler = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Why a bus operation failed. Services turn it into a line for their client; it never ends
 /// the worker.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -138,6 +144,37 @@ impl Bus {
     pub fn on_lost(&self, handler: LostHandler) {
         match self {
             Bus::Embedded(b) => b.on_lost(handler),
+        }
+    }
+
+    /// Calls `handler` when another worker takes over one of this worker's holders (see
+    /// [`CutHandler`]).
+    pub fn on_cut(&self, handler: CutHandler) {
+        match self {
+            Bus::Embedded(b) => b.on_cut(handler),
+        }
+    }
+
+    /// Takes over a connection another worker handed to this one: moves the reservation of
+    /// `from.1` in the worker whose pid is `from.0` to `reservation` (held here from now on), in one step,
+    /// so the name is never free; and cuts both workers' streams at that step. `on_answer`
+    /// runs on the receive task as the answer is read, before anything delivered after it:
+    /// everything delivered before was ordered before the cut (the old worker delivers it),
+    /// everything after it after (this worker does). The old worker learns the cut by its
+    /// [`CutHandler`]. Publications this worker queues after calling this are ordered after
+    /// the cut. Returns whether the name moved.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] if the hub does not answer in time.
+    pub async fn hand_over(
+        &self,
+        topic: &str,
+        from: (u32, u64),
+        reservation: proto::Reservation,
+        on_answer: Box<dyn FnOnce(bool) + Send>,
+    ) -> Result<bool, BusError> {
+        match self {
+            Bus::Embedded(b) => b.hand_over(topic, from, reservation, on_answer).await,
         }
     }
 

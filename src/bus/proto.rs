@@ -117,6 +117,24 @@ pub enum Up {
         /// The value it gets if it has none.
         value: Bytes,
     },
+    /// A connection moves between workers (a retiring worker handed it to this one): move
+    /// `reservation.key` from `from_holder` of worker `from_worker` to this connection as
+    /// `reservation` (the name is never free in between), and cut the two workers' streams at
+    /// this point of the hub's order: the old worker is sent [`Down::Cut`], this one
+    /// [`Down::HandedOver`], by the same step. Refused (`ok: false`) if the old worker does not
+    /// hold the key as `from_holder`, or while the hub recovers.
+    HandOver {
+        /// Matches the answer to the question.
+        req: u64,
+        /// The topic whose publications the cut counts (`chat`).
+        topic: String,
+        /// The pid of the worker that held the connection.
+        from_worker: u32,
+        /// Its holder id there.
+        from_holder: u64,
+        /// The name as this worker holds it from now on.
+        reservation: Reservation,
+    },
 }
 
 /// Hub → worker.
@@ -171,6 +189,29 @@ pub enum Down {
         key: String,
         /// Its former holder.
         holder: u64,
+    },
+    /// The answer to [`Up::HandOver`]: whether the name is now this worker's. Everything the
+    /// hub delivers to this worker after this frame was ordered after the cut.
+    HandedOver {
+        /// The question's number.
+        req: u64,
+        /// Whether the name moved.
+        ok: bool,
+    },
+    /// Sent to the worker that held a name another worker took over ([`Up::HandOver`]): the
+    /// name is no longer its own, and this frame is the cut in the hub's order. Deliveries
+    /// before it were ordered before the cut; of this worker's own publications on `topic`,
+    /// the hub had handled `published` bytes (counted from the start of this connection)
+    /// before the cut, and the rest after it.
+    Cut {
+        /// The name.
+        key: String,
+        /// Its former holder in this worker.
+        holder: u64,
+        /// The topic counted.
+        topic: String,
+        /// Bytes of this connection's publications on `topic` handled before the cut.
+        published: u64,
     },
 }
 

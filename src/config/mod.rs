@@ -32,6 +32,12 @@ pub const DEFAULT_MAX_LINE: usize = 4096;
 /// Where the server listens when no `--bind` is given (gunicorn's default too).
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 
+/// `--max-surge` when not given: 25% of the worker count, rounded down, at least 1 (as
+/// Kubernetes' rolling updates default `maxSurge` to 25%).
+pub fn default_max_surge(workers: usize) -> usize {
+    (workers / 4).max(1)
+}
+
 /// What the arbiter calls at start and on every HUP to get the configuration to run: the
 /// command line re-read with its config file for the `oxicorn` binary, or whatever a program
 /// embedding oxicorn builds. It must not start threads or touch the runtime (it runs in the
@@ -54,6 +60,18 @@ pub struct Config {
     pub worker_connections: usize,
     /// The `listen(2)` backlog.
     pub backlog: u32,
+    /// Extra workers allowed while workers are replaced (`--max-surge`): the default is 25%
+    /// of `workers`, at least 1 ([`default_max_surge`]).
+    pub max_surge: usize,
+    /// How long a new worker may take to say ready before the roll stops (`--boot-timeout`).
+    pub boot_timeout: Duration,
+    /// Requests (connections for non-HTTP services) after which a worker is replaced
+    /// (`--max-requests`); `None` never.
+    pub max_requests: Option<u64>,
+    /// The random extra added to `max_requests` per worker, `0..=max_requests_jitter`.
+    pub max_requests_jitter: u64,
+    /// Resident memory, in MiB, past which the arbiter replaces a worker; `None` never.
+    pub max_worker_memory: Option<u64>,
     /// The pid file, written once listening.
     pub pidfile: Option<PathBuf>,
     /// The least severe log level printed.

@@ -93,6 +93,14 @@ pub enum ListenError {
         /// The path.
         path: PathBuf,
     },
+    /// `systemd:NAME` names no socket systemd passed.
+    #[error("cannot use systemd:{name}: {why}")]
+    Activation {
+        /// The name.
+        name: String,
+        /// What is wrong, and which names were passed.
+        why: String,
+    },
     /// `fd://N` is not an open, listening stream socket.
     #[error("cannot use fd://{fd}: {why}")]
     BadFd {
@@ -101,6 +109,30 @@ pub enum ListenError {
         /// What is wrong with it.
         why: String,
     },
+}
+
+/// A `systemd:NAME` bind: the descriptor systemd passed under that name (`LISTEN_FDS`,
+/// `LISTEN_PID`, `LISTEN_FDNAMES`, read with the `sd-notify` crate; `LISTEN_PID` must be this
+/// process, as sd_listen_fds(3) requires).
+fn adopt_activated(addr: &BindAddr, name: &str) -> Result<Listener, ListenError> {
+    let bad = |why: String| ListenError::Activation {
+        name: name.to_string(),
+        why,
+    };
+    let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
+        .map_err(|e| bad(format!("cannot read LISTEN_FDS: {e}")))?
+        .collect();
+    let Some((fd, _)) = fds.iter().find(|(_, n)| n == name) else {
+        let names: Vec<&str> = fds.iter().map(|(_, n)| n.as_str()).collect();
+        return Err(bad(if names.is_empty() {
+            "no socket was passed (LISTEN_FDS and LISTEN_PID are not set for this process): \
+             start it from a systemd socket unit"
+                .to_string()
+        } else {
+            format!("systemd passed {}", names.join(", "))
+        }));
+    };
+    adopt_fd(addr, *fd).map_err(|e| bad(e.to_string()))
 }
 
 fn bind_error(addr: &BindAddr, source: io::Error) -> ListenError {
@@ -156,12 +188,39 @@ impl Listener {
             }
             BindAddr::Unix(path) => bind_unix(addr, path, backlog),
             BindAddr::Fd(fd) => adopt_fd(addr, *fd),
+            BindAddr::Systemd(name) => adopt_activated(addr, name),
         }
     }
 
     /// Whether this listener is the one `addr` asks for (as configured, or as bound).
     pub fn serves(&self, addr: &BindAddr) -> bool {
         &self.addr == addr || &self.bound == addr
+    }
+
+    /// The Unix socket file this listener created, as (path, device, inode): what a binary
+    /// upgrade hands over with the descriptor so the new image still removes it on exit.
+    pub fn created_file(&self) -> Option<&(PathBuf, u64, u64)> {
+        self.created_file.as_ref()
+    }
+
+    /// Rebuilds a listener handed over across `execve` by a binary upgrade: the descriptor is
+    /// already bound and listening, the rest is what [`Listener`]'s fields said before.
+    pub fn from_parts(
+        addr: BindAddr,
+        bound: BindAddr,
+        local: String,
+        kind: ListenerKind,
+        fd: OwnedFd,
+        created_file: Option<(PathBuf, u64, u64)>,
+    ) -> Listener {
+        Listener {
+            addr,
+            bound,
+            local,
+            kind,
+            fd,
+            created_file,
+        }
     }
 
     /// Removes the socket file this listener created, if it is still the one we created.

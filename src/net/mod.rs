@@ -24,7 +24,7 @@ use tokio::net::{TcpStream, UnixStream};
 /// Longest path a `sockaddr_un` holds on Linux, without the trailing NUL.
 pub const MAX_UNIX_PATH: usize = 107;
 
-/// One `--bind` value: `HOST:PORT`, `[IPV6]:PORT`, `unix:PATH` or `fd://N`.
+/// One `--bind` value: `HOST:PORT`, `[IPV6]:PORT`, `unix:PATH`, `fd://N` or `systemd:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BindAddr {
     /// A TCP address; host names are resolved when the option is parsed.
@@ -33,6 +33,9 @@ pub enum BindAddr {
     Unix(PathBuf),
     /// An already-listening socket inherited from the parent (systemd, a supervisor).
     Fd(RawFd),
+    /// A socket passed by systemd's socket activation, by its name (`LISTEN_FDNAMES`: the
+    /// socket unit's `FileDescriptorName=`, by default the unit's name).
+    Systemd(String),
 }
 
 /// Why a `--bind` value was refused.
@@ -50,6 +53,9 @@ pub enum BindAddrError {
     /// `fd://` with something that is not a descriptor number.
     #[error("`{0}` is not a file descriptor: expected fd://N with N a number such as 3")]
     BadFd(String),
+    /// `systemd:` with no name.
+    #[error("`{0}` has no name after `systemd:` (the socket unit's FileDescriptorName=)")]
+    EmptySystemdName(String),
     /// No `:PORT` at the end.
     #[error("`{0}` has no port: write HOST:PORT, such as 127.0.0.1:8000 or [::1]:8000")]
     NoPort(String),
@@ -90,6 +96,12 @@ impl FromStr for BindAddr {
                 return Err(BindAddrError::UnixPathTooLong(path.to_string(), path.len()));
             }
             return Ok(BindAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(name) = s.strip_prefix("systemd:") {
+            if name.is_empty() {
+                return Err(BindAddrError::EmptySystemdName(s.to_string()));
+            }
+            return Ok(BindAddr::Systemd(name.to_string()));
         }
         if let Some(rest) = s.strip_prefix("fd://") {
             return match rest.parse::<RawFd>() {
@@ -147,6 +159,7 @@ impl fmt::Display for BindAddr {
             BindAddr::Tcp(addr) => write!(f, "{addr}"),
             BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
             BindAddr::Fd(fd) => write!(f, "fd://{fd}"),
+            BindAddr::Systemd(name) => write!(f, "systemd:{name}"),
         }
     }
 }
@@ -322,6 +335,11 @@ mod tests {
             Ok(BindAddr::Unix("/tmp/x.sock".into()))
         );
         assert_eq!("fd://3".parse(), Ok(BindAddr::Fd(3)));
+        assert_eq!(
+            "systemd:web".parse(),
+            Ok(BindAddr::Systemd("web".to_string()))
+        );
+        assert_eq!(BindAddr::Systemd("web".into()).to_string(), "systemd:web");
         assert_eq!(
             ":8000".parse(),
             Ok(BindAddr::Tcp("0.0.0.0:8000".parse().unwrap()))

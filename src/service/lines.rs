@@ -40,11 +40,12 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::codec::Decoder;
 
 /// One item from the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Line {
     /// A line, without its LF or CRLF.
     Text(Bytes),
@@ -77,7 +78,7 @@ const SE: u8 = 0xf0;
 const TM: u8 = 0x06;
 
 /// Where the telnet parser is in the command grammar of RFC 854/855.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum State {
     /// Data bytes.
     #[default]
@@ -93,7 +94,7 @@ enum State {
 }
 
 /// Whether a connection speaks telnet, decided by its first bytes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Mode {
     /// Nothing read yet, or only a first `IAC`.
     #[default]
@@ -104,9 +105,30 @@ enum Mode {
     Raw,
 }
 
-/// Takes telnet commands out of a line service's input: see the module header, # Telnet.
-#[derive(Debug, Default)]
-struct Telnet {
+/// Takes telnet commands out of a line service's input (RFC 854, 855), for services meant for
+/// telnet users (chat) that nc users share.
+///
+/// **Which connections speak telnet.** A client that negotiates options (PuTTY, telnet
+/// clients on port 23) opens the connection with `IAC WILL/WONT/DO/DONT option` or
+/// `IAC SB`. Such a connection is a telnet connection for good: the whole command grammar is
+/// taken out of the stream — two-byte commands (`IAC NOP`, `IAC IP`, `IAC AYT`…) are dropped,
+/// `IAC IAC` is one 0xFF data byte, subnegotiations (`IAC SB … IAC SE`, of any length) are
+/// skipped without being buffered, and options are answered as a line-mode server that does
+/// none: `WILL x` gets `DONT x` and `DO x` gets `WONT x` ([`Line::Negotiation`]), except
+/// `DO TIMING-MARK`, which gets `WILL TIMING-MARK` ([`Line::TimingMark`]). `WONT` and `DONT`
+/// ask for what is already the case (every option is off) and get no answer (RFC 854: a
+/// request to enter a mode already in is not acknowledged, which also rules out loops). An
+/// `IAC` followed by a byte that is not a command (below 240) is no command RFC 854 defines:
+/// both bytes are kept as data rather than guessed at.
+///
+/// **Every other connection** (nc, or netkit telnet on a non-telnet port, which negotiates
+/// nothing) is raw: its bytes are its user's, 0xFF included (text never contains 0xFF, as it
+/// is not valid UTF-8, so the service shows it as U+FFFD). Only what telnet sends mid-line
+/// without negotiating is taken out: `IAC` and one byte of NOP, DM, BRK, IP, AO, AYT, EC, EL
+/// or GA, dropped, and `IAC DO TIMING-MARK`, which telnet sends after IP when its user presses
+/// Ctrl-C and which is answered.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Telnet {
     mode: Mode,
     state: State,
     /// Raw mode: bytes of a command begun at the end of the last read: none, `IAC`, or
@@ -315,6 +337,19 @@ impl Decoder for LineCodec {
     }
 }
 
+/// What a [`LineReader`] holds that its stream no longer does: the bytes read and not yet
+/// taken as lines, and the parser's place. A connection handed to another worker carries it,
+/// so the other worker reads on where this one stopped ([`LineReader::resume`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReaderState {
+    /// Read from the stream (after telnet filtering), not yet a line.
+    buf: Bytes,
+    /// Inside a too-long line.
+    discarding: bool,
+    /// The telnet parser, for a reader made with [`LineReader::telnet`].
+    telnet: Option<Telnet>,
+}
+
 /// Reads [`Line`]s from a byte stream, with the buffer bounded by the cap.
 pub struct LineReader<R> {
     io: R,
@@ -343,6 +378,30 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         LineReader {
             telnet: Some(Telnet::default()),
             ..LineReader::new(io, max)
+        }
+    }
+
+    /// A reader of `io` that carries on from `state`, which another reader of the same
+    /// connection left ([`LineReader::state`]), with the cap `max`.
+    pub fn resume(io: R, max: usize, state: ReaderState) -> LineReader<R> {
+        let mut codec = LineCodec::new(max);
+        codec.discarding = state.discarding;
+        LineReader {
+            io,
+            codec,
+            buf: BytesMut::from(&state.buf[..]),
+            eof: false,
+            telnet: state.telnet,
+        }
+    }
+
+    /// What this reader holds beyond its stream (see [`ReaderState`]); call it between
+    /// lines, when [`LineReader::next`] is not running.
+    pub fn state(&self) -> ReaderState {
+        ReaderState {
+            buf: Bytes::copy_from_slice(&self.buf),
+            discarding: self.codec.discarding,
+            telnet: self.telnet.clone(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod echo;
+pub mod handoff;
 pub mod http;
 pub mod lines;
 pub mod metrics;
@@ -39,6 +40,9 @@ pub struct ConnContext {
     /// Which of the worker's listeners accepted the connection (an index into the list the
     /// accept loop was given): [`Services`] serves it with that listener's service.
     pub listener: usize,
+    /// Whether the worker retires handing its line connections to a newer worker, and the
+    /// way there ([`handoff`]). Line services look at it before `stop`.
+    pub retire: handoff::Retire,
 }
 
 impl ConnContext {
@@ -52,6 +56,7 @@ impl ConnContext {
             metrics: metrics::Metrics::detached(),
             reclaim: reclaim::Reclaim::detached(),
             listener: 0,
+            retire: Default::default(),
         }
     }
 }
@@ -64,6 +69,21 @@ impl ConnContext {
 pub trait Serve: Send + Sync + 'static {
     /// Serves one connection to its end.
     fn serve(&self, stream: Stream, ctx: ConnContext) -> impl Future<Output = ()> + Send;
+
+    /// Carries on a connection another worker handed over ([`handoff`]), for the service named
+    /// `service`, from `parcel`; answers the old worker through `receipt` (a service that
+    /// cannot take it refuses, and the old worker keeps it). By default every offer is refused.
+    fn adopt(
+        &self,
+        service: &str,
+        stream: Stream,
+        parcel: handoff::Parcel,
+        receipt: handoff::Receipt,
+        ctx: ConnContext,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (service, stream, parcel, ctx);
+        receipt.refuse("this worker takes no hand-over")
+    }
 }
 
 impl Serve for Service {
@@ -125,6 +145,38 @@ impl Service {
         }
     }
 
+    /// Carries on a connection handed over by another worker (see [`Serve::adopt`]). Errors
+    /// end this connection only, as in [`Service::serve`].
+    pub async fn adopt(
+        &self,
+        stream: Stream,
+        parcel: handoff::Parcel,
+        receipt: handoff::Receipt,
+        ctx: ConnContext,
+    ) {
+        use handoff::Parcel;
+        let result = match (self, parcel) {
+            (Service::Echo, Parcel::Echo) => match receipt.take().await {
+                Ok(_) => echo::serve(stream, &ctx).await,
+                Err(e) => Err(e),
+            },
+            (Service::Quote(quote), Parcel::Quote { reader }) => match receipt.take().await {
+                Ok(_) => quote.carry_on(stream, reader, &ctx).await,
+                Err(e) => Err(e),
+            },
+            (Service::Chat(chat), Parcel::Chat { reader, member }) => {
+                chat.adopt(stream, reader, member, receipt, &ctx).await
+            }
+            _ => {
+                receipt.refuse("the service here is of another kind").await;
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");
+        }
+    }
+
     /// Serves one connection to its end. Errors end this connection only, and are logged at
     /// debug level: a client that vanishes is routine, not an incident.
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
@@ -152,6 +204,9 @@ impl Service {
 pub struct Services {
     /// One per service of the configuration, in its order.
     services: Vec<(Service, Option<Duration>)>,
+    /// Their names in the configuration: a connection handed over from another worker goes
+    /// to the service of the same name.
+    names: Vec<std::sync::Arc<str>>,
     /// For each listener (in the order the accept loop was given them), its service's index.
     routes: Vec<usize>,
 }
@@ -175,6 +230,11 @@ impl Services {
             _ => None,
         };
         let mut services = Vec::with_capacity(config.services.len());
+        let names = config
+            .services
+            .iter()
+            .map(|s| s.name.as_str().into())
+            .collect();
         for spec in &config.services {
             let service = Service::for_worker(&spec.service, bus.as_ref())
                 .await
@@ -186,7 +246,11 @@ impl Services {
                 })?;
             services.push((service, spec.idle_timeout));
         }
-        Ok(Services { services, routes })
+        Ok(Services {
+            services,
+            names,
+            routes,
+        })
     }
 
     /// Reopens every service's own log files (USR1).
@@ -206,9 +270,35 @@ impl Services {
 
 impl Serve for Services {
     fn serve(&self, stream: Stream, mut ctx: ConnContext) -> impl Future<Output = ()> + Send {
-        let (service, idle) = &self.services[self.routes[ctx.listener]];
+        let i = self.routes[ctx.listener];
+        let (service, idle) = &self.services[i];
         ctx.idle_timeout = *idle;
+        ctx.retire = ctx
+            .retire
+            .for_service(std::sync::Arc::clone(&self.names[i]));
         service.serve(stream, ctx)
+    }
+
+    async fn adopt(
+        &self,
+        service: &str,
+        stream: Stream,
+        parcel: handoff::Parcel,
+        receipt: handoff::Receipt,
+        mut ctx: ConnContext,
+    ) {
+        let Some(i) = self.names.iter().position(|n| &**n == service) else {
+            receipt
+                .refuse(&format!("no service named {service} here"))
+                .await;
+            return;
+        };
+        let (service, idle) = &self.services[i];
+        ctx.idle_timeout = *idle;
+        ctx.retire = ctx
+            .retire
+            .for_service(std::sync::Arc::clone(&self.names[i]));
+        service.adopt(stream, parcel, receipt, ctx).await
     }
 }
 

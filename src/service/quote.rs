@@ -7,13 +7,18 @@
 //! Replies end in CRLF. A line longer than `--max-line` gets an error line and the connection
 //! is closed rather than resynchronised: a client that sends such a line is not speaking the
 //! protocol, and skipping to the next newline would answer whatever half-line follows.
+//!
+//! When its worker retires with hand-over, a quote connection is offered to a newer worker
+//! between two lines, with what its reader had read beyond the last one
+//! ([`super::handoff`]); if no worker takes it, it closes as before hand-overs existed.
 
 use std::fmt;
 use std::io;
 
 use tokio::io::AsyncWriteExt;
 
-use super::lines::{Line, LineReader};
+use super::handoff::{Parcel, stream_fd};
+use super::lines::{Line, LineReader, ReaderState};
 use super::{ConnContext, idle};
 use crate::bus::{Bus, BusError};
 use crate::net::Stream;
@@ -50,10 +55,53 @@ impl Quote {
     /// I/O errors and the idle timeout; both end this connection only.
     pub async fn serve(&self, stream: Stream, ctx: &ConnContext) -> io::Result<()> {
         tracing::debug!(peer = %ctx.peer, "quote connection");
-        let (rd, mut wr) = tokio::io::split(stream);
-        let mut lines = LineReader::new(rd, self.max_line);
+        let fd = stream_fd(&stream);
+        let (rd, wr) = tokio::io::split(stream);
+        let lines = LineReader::new(rd, self.max_line);
+        self.run(fd, lines, wr, ctx).await
+    }
+
+    /// Carries on a connection another worker handed over, from its reader's `state`.
+    ///
+    /// # Errors
+    /// As [`Quote::serve`].
+    pub async fn carry_on(
+        &self,
+        stream: Stream,
+        state: ReaderState,
+        ctx: &ConnContext,
+    ) -> io::Result<()> {
+        tracing::debug!(peer = %ctx.peer, "quote connection taken over");
+        let fd = stream_fd(&stream);
+        let (rd, wr) = tokio::io::split(stream);
+        let lines = LineReader::resume(rd, self.max_line, state);
+        self.run(fd, lines, wr, ctx).await
+    }
+
+    async fn run(
+        &self,
+        fd: std::os::fd::RawFd,
+        mut lines: LineReader<tokio::io::ReadHalf<Stream>>,
+        mut wr: tokio::io::WriteHalf<Stream>,
+        ctx: &ConnContext,
+    ) -> io::Result<()> {
+        let mut kept = false;
         loop {
             let line = tokio::select! {
+                biased;
+                () = ctx.retire.requested(), if !kept => {
+                    let parcel = Parcel::Quote { reader: lines.state() };
+                    match ctx.retire.offer(fd, &parcel).await {
+                        // Another worker reads and writes from here on: this one lets go
+                        // without shutting anything.
+                        Ok(_) => return Ok(()),
+                        Err(err) => {
+                            tracing::debug!(peer = %ctx.peer, cause = %err, "quote connection stays");
+                            kept = true;
+                            continue;
+                        }
+                    }
+                }
                 l = idle(ctx.idle_timeout, lines.next()) => l?,
                 () = ctx.stop.cancelled() => break,
             };

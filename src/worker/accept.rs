@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::net::listener::{Listener, ListenerKind};
 use crate::net::{Peer, Stream};
 use crate::scoreboard::Slot;
+use crate::service::handoff::Targets;
 use crate::service::reclaim::Reclaimer;
 use crate::service::{ConnContext, Serve};
 
@@ -88,7 +89,7 @@ async fn accept_any(
 }
 
 /// Decrements the slot's live-connection gauge when a connection task ends, even by panic.
-struct ActiveGuard(&'static Slot);
+pub(crate) struct ActiveGuard(pub(crate) &'static Slot);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -118,6 +119,13 @@ pub struct Acceptor<S: Serve> {
     pub idle_timeout: Option<Duration>,
     /// The connections a newcomer may displace at the cap (idle kept-alive, silent ones).
     pub reclaim: Reclaimer,
+    /// The worker's retirement with hand-over, which every connection watches.
+    pub targets: Targets,
+    /// Notified by the hand-over intake when it needs the permit this loop holds while it
+    /// waits for a client ([`crate::worker::handoff`]): the loop gives it back and takes
+    /// another when one is free, so a connection handed over counts against the cap like an
+    /// accepted one. Never closed.
+    pub yield_permit: Arc<tokio::sync::Notify>,
 }
 
 /// How often, at most, the "connection limit reached" warning is logged.
@@ -172,6 +180,11 @@ impl<S: Serve> Acceptor<S> {
                 None => tokio::select! {
                     r = accept_any(&self.listeners, &mut next) => r,
                     _ = self.stop.cancelled() => break,
+                    // A handed-over connection waits for this permit (it is queued first).
+                    () = self.yield_permit.notified() => {
+                        drop(permit);
+                        continue;
+                    }
                 },
             };
             match accepted {
@@ -187,6 +200,7 @@ impl<S: Serve> Acceptor<S> {
                         metrics: crate::service::metrics::Metrics::new(self.slot),
                         reclaim: self.reclaim.register(),
                         listener,
+                        retire: self.targets.retire(),
                     };
                     self.conns.spawn(async move {
                         service.serve(stream, ctx).await;

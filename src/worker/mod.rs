@@ -3,8 +3,12 @@
 //! It owns its runtime (built here, after the fork: tokio must never run in the arbiter), its
 //! accept loop, the connection cap, its heartbeat and its drain. It never forks, never reaps,
 //! never writes another worker's slot, and reports failure through its exit code.
+//!
+//! SIGTERM stops it (drain within `--graceful-timeout`); SIGUSR2 retires it: the same drain,
+//! but its line connections are first handed to a newer worker ([`handoff`]).
 
 pub mod accept;
+pub mod handoff;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +26,7 @@ use crate::log::LogHandle;
 use crate::net::listener::Listener;
 use crate::scoreboard::SlotState;
 use crate::service::Services;
+use crate::service::handoff::Targets;
 use accept::{AcceptSocket, Acceptor};
 
 /// The longest an orphaned worker (its arbiter died) drains: nobody supervises it any more and
@@ -113,18 +118,60 @@ async fn serve(
     let conns = TaskTracker::new();
     // Cancelled by the heartbeat task when the arbiter is gone.
     let orphaned = child.start_heartbeat();
+    // Told to every connection when this worker retires with hand-over (SIGUSR2).
+    let targets = Targets::default();
+    let limit = Arc::new(Semaphore::new(config.worker_connections));
+    let reclaim = crate::service::reclaim::Reclaimer::default();
+    let yield_permit = Arc::new(tokio::sync::Notify::new());
+    // SIGUSR2 (retire with hand-over): registered here, as only workers give it a meaning;
+    // before this, the child's common set ignores it.
+    let mut usr2 =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::error!(cause = %err, "worker cannot handle SIGUSR2");
+                return WORKER_BOOT_ERROR;
+            }
+        };
 
     let acceptor = Acceptor {
         listeners: sockets,
-        limit: Arc::new(Semaphore::new(config.worker_connections)),
+        limit: Arc::clone(&limit),
         conns: conns.clone(),
         stop: stop.clone(),
         service: Arc::clone(&service),
         slot,
         idle_timeout: None, // each service has its own
-        reclaim: Default::default(),
+        reclaim: reclaim.clone(),
+        targets: targets.clone(),
+        yield_permit: Arc::clone(&yield_permit),
     };
     let accept_loop = tokio::spawn(acceptor.run());
+
+    // Offers from retiring workers, taken until this one stops or retires. Cancelled by the
+    // stop path below; the intake task then drops the socket (nobody offers to it any more).
+    let intake_closed = CancellationToken::new();
+    let generation = slot.generation.load(Ordering::Relaxed);
+    match handoff::bind(arbiter.as_raw(), generation) {
+        Ok(listener) => {
+            let intake = handoff::Intake {
+                listener,
+                closed: intake_closed.clone(),
+                limit,
+                conns: conns.clone(),
+                stop: stop.clone(),
+                targets: targets.clone(),
+                service: Arc::clone(&service),
+                slot,
+                reclaim,
+                cap: config.worker_connections,
+                yield_permit,
+            };
+            tokio::spawn(intake.run());
+        }
+        // Not fatal: this worker serves, it only cannot take connections over.
+        Err(err) => tracing::warn!(cause = %err, "worker cannot take hand-overs"),
+    }
 
     if let Err(err) = child.ready() {
         tracing::error!(cause = %err, "worker cannot tell the arbiter it is ready");
@@ -132,11 +179,14 @@ async fn serve(
     }
     let signals = &mut child.signals;
 
-    // Serve until told to stop.
-    let reason = loop {
+    // Serve until told to stop (or retire: hand the line connections over first).
+    let (reason, retire) = loop {
         tokio::select! {
-            _ = signals.term.recv() => break "SIGTERM",
-            _ = orphaned.cancelled() => break "the arbiter is gone",
+            // USR2 before TERM: the arbiter sends both to a worker it retires.
+            biased;
+            _ = usr2.recv() => break ("SIGUSR2", true),
+            _ = signals.term.recv() => break ("SIGTERM", false),
+            _ = orphaned.cancelled() => break ("the arbiter is gone", false),
             _ = signals.quit.recv() => return 0,
             _ = signals.usr1.recv() => {
                 if let Err(err) = log.reopen() {
@@ -163,6 +213,14 @@ async fn serve(
         reason
     };
     slot.set_state(SlotState::Stopping);
+    intake_closed.cancel();
+    // An orphan has nobody to hand to: the generation that would take over has no arbiter.
+    let hand_over = retire && !orphan;
+    if hand_over {
+        // Before `stop`: line services look at this first, and offer themselves.
+        targets.request();
+        tokio::spawn(handoff::find(targets.clone(), arbiter.as_raw(), grace));
+    }
     stop.cancel();
     let _ = accept_loop.await;
     conns.close();
@@ -181,6 +239,26 @@ async fn serve(
             tracing::info!(slot = slot_number, "graceful timeout: closing {left} connection(s)");
         }
         _ = signals.quit.recv() => {}
+    }
+    if hand_over
+        && targets.stats().handed.load(Ordering::Relaxed)
+            + targets.stats().kept.load(Ordering::Relaxed)
+            > 0
+    {
+        let handed = targets.stats().handed.load(Ordering::Relaxed);
+        let kept = targets.stats().kept.load(Ordering::Relaxed);
+        if kept > 0 {
+            tracing::warn!(
+                slot = slot_number,
+                "handed {handed} connection(s) to a newer worker; {kept} found none to take \
+                 them and were stopped as before"
+            );
+        } else {
+            tracing::info!(
+                slot = slot_number,
+                "handed {handed} connection(s) to a newer worker"
+            );
+        }
     }
     0
 }

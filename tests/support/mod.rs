@@ -48,23 +48,24 @@ impl Oxicorn {
 
     /// Starts `oxicorn ARGS` in `dir`, with extra environment variables.
     pub fn start_with(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Oxicorn {
-        Self::start_program(BIN, dir, args, env)
+        Self::start_program(Path::new(BIN), dir, args, env)
     }
 
-    /// Starts another program built on oxicorn (an example embedding it) the same way.
+    /// Starts `program ARGS` (a copy of the binary elsewhere, for upgrade tests) in `dir`.
     pub fn start_program(
-        bin: &str,
+        program: &Path,
         dir: tempfile::TempDir,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Oxicorn {
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env_remove("OXICORN_TEST_BOOT_FAILURE")
+            .env_remove("OXICORN_TEST_BOOT_HANG")
             // CI runs as root; the tests are about everything but the --user policy
             // (tests/identity.rs tests that).
             .env("OXICORN_ALLOW_ROOT", "true")

@@ -56,6 +56,9 @@ pub(super) struct Hub {
     hellos: usize,
     /// Names re-registered by hellos during recovery (for the recovery log line).
     recovered: usize,
+    /// Bytes published on each topic by each connection since it connected: where a
+    /// [`Up::HandOver`] cuts that worker's stream ([`Down::Cut`]).
+    published: HashMap<u64, HashMap<String, u64>>,
 }
 
 /// Why the recovery window ended, for its log line.
@@ -82,6 +85,7 @@ impl Hub {
             awaited: awaited.unwrap_or_default(),
             hellos: 0,
             recovered: 0,
+            published: HashMap::new(),
         };
         hub.end_recovery_if_all_back();
         hub
@@ -189,6 +193,14 @@ impl Hub {
                 }
             }
             Up::Publish { topic, payload } => {
+                let counts = self.published.entry(conn).or_default();
+                let len = payload.len() as u64;
+                match counts.get_mut(&topic) {
+                    Some(n) => *n += len,
+                    None => {
+                        counts.insert(topic.clone(), len);
+                    }
+                }
                 let frame = Down::Deliver { topic, payload }.encode();
                 self.broadcast(Some(conn), &frame);
             }
@@ -215,7 +227,57 @@ impl Hub {
                 // restarted hub that gets values back from the workers' hellos.
                 self.values.entry(key).or_insert_with(|| (0, value));
             }
+            Up::HandOver {
+                req,
+                topic,
+                from_worker,
+                from_holder,
+                reservation,
+            } => {
+                let ok = self.hand_over(conn, topic, from_worker, from_holder, reservation);
+                self.send(conn, Down::HandedOver { req, ok }.encode());
+            }
         }
+    }
+
+    /// Moves a name from the worker that held it to `conn` and sends the old holder its cut
+    /// (see [`Up::HandOver`]). False, changing nothing, when the old worker does not hold it.
+    fn hand_over(
+        &mut self,
+        conn: u64,
+        topic: String,
+        from_worker: u32,
+        from_holder: u64,
+        reservation: Reservation,
+    ) -> bool {
+        if self.recovering {
+            return false;
+        }
+        let Some(old) = self
+            .names
+            .get(&reservation.key)
+            .filter(|h| h.reservation.holder == from_holder)
+            .map(|h| h.conn)
+            .filter(|c| self.conns.get(c).is_some_and(|c| c.worker == from_worker))
+        else {
+            return false;
+        };
+        let published = self
+            .published
+            .get(&old)
+            .and_then(|m| m.get(&topic))
+            .copied()
+            .unwrap_or(0);
+        let key = reservation.key.clone();
+        self.names.insert(key.clone(), Held { conn, reservation });
+        let cut = Down::Cut {
+            key,
+            holder: from_holder,
+            topic,
+            published,
+        };
+        self.send(old, cut.encode());
+        true
     }
 
     /// Grants `r` to `conn` if the key is free or already its holder's.
@@ -264,6 +326,7 @@ impl Hub {
     /// A worker went away: its names are free, and their wills (leave notices) go out.
     pub(super) fn disconnect(&mut self, conn: u64) {
         self.conns.remove(&conn);
+        self.published.remove(&conn);
         self.parked.retain(|(c, _, _)| *c != conn);
         let gone: Vec<String> = self
             .names
@@ -356,6 +419,68 @@ pub(super) mod tests {
                 reservation: name(key, holder),
             },
         );
+    }
+
+    #[test]
+    fn a_hand_over_moves_the_name_in_one_step_and_cuts_the_old_worker_s_stream() {
+        let mut h = hub(None);
+        let (a, mut ra, _) = connect(&mut h, 16);
+        let (b, mut rb, _) = connect(&mut h, 16);
+        h.handle(a, hello(11, vec![]));
+        h.handle(b, hello(22, vec![]));
+        reserve(&mut h, a, 1, "x", 1);
+        let publish = |h: &mut Hub, conn, text: &'static [u8]| {
+            h.handle(
+                conn,
+                Up::Publish {
+                    topic: "chat".into(),
+                    payload: Bytes::from_static(text),
+                },
+            )
+        };
+        publish(&mut h, a, b"<x> one\r\n");
+        publish(&mut h, a, b"<y> two\r\n");
+        frames(&mut ra);
+        frames(&mut rb);
+        let hand_over = |from_holder, req| Up::HandOver {
+            req,
+            topic: "chat".into(),
+            from_worker: 11,
+            from_holder,
+            reservation: name("x", 7),
+        };
+        // Not the holder: nothing moves.
+        h.handle(b, hand_over(2, 1));
+        assert_eq!(
+            frames(&mut rb),
+            vec![Down::HandedOver { req: 1, ok: false }]
+        );
+        assert!(frames(&mut ra).is_empty());
+        h.handle(b, hand_over(1, 2));
+        assert_eq!(frames(&mut rb), vec![Down::HandedOver { req: 2, ok: true }]);
+        assert_eq!(
+            frames(&mut ra),
+            vec![Down::Cut {
+                key: "x".into(),
+                holder: 1,
+                topic: "chat".into(),
+                published: 18,
+            }]
+        );
+        // The old holder can no longer free it; the new one holds it, will included.
+        h.handle(
+            a,
+            Up::Release {
+                key: "x".into(),
+                holder: 1,
+            },
+        );
+        reserve(&mut h, a, 3, "x", 1);
+        assert_eq!(frames(&mut ra), vec![Down::Reserved { req: 3, ok: false }]);
+        h.disconnect(a);
+        assert!(frames(&mut rb).is_empty(), "no will for a name that moved");
+        h.disconnect(b);
+        assert!(h.names.is_empty());
     }
 
     #[test]

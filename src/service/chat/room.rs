@@ -25,6 +25,18 @@ const MEMBER_REPLIES: usize = 256;
 /// Bytes gathered for one write to a member's socket (then the writer comes back for more).
 pub(super) const BATCH_BYTES: usize = 64 * 1024;
 
+/// Whether a member's writer is to finish, as [`Room::gather`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closed {
+    /// More may come.
+    No,
+    /// The member left: send what is due, then shut the socket's write side.
+    Leaving,
+    /// The member was handed to another worker: send what is due, then stop, leaving the
+    /// socket as it is.
+    HandedOff,
+}
+
 /// Why the server disconnected a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum KickReason {
@@ -82,6 +94,12 @@ struct Member {
     waiting: bool,
     /// No more replies: the writer sends what is due, then shuts the socket's write side.
     closed: bool,
+    /// Handed to another worker: once closed, the writer stops without shutting the socket
+    /// (the other worker writes to it next).
+    handed: bool,
+    /// Taken over from another worker and the hub has not answered yet: lines from the bus
+    /// are the old worker's to deliver until then ([`Room::adopt`]).
+    awaiting_cut: bool,
     kick: Arc<Kick>,
     /// Wakes its writer: something to send, or closed.
     ready: Arc<Notify>,
@@ -98,6 +116,8 @@ impl Member {
             replies: VecDeque::new(),
             waiting: false,
             closed: false,
+            handed: false,
+            awaiting_cut: false,
             kick,
             ready,
         }
@@ -177,6 +197,16 @@ impl Member {
 #[derive(Default)]
 struct RoomState {
     log: Log,
+    /// Bytes of this worker's own lines (appended with a sender) so far: the same count as its
+    /// publications on the bus, which carry the same bytes in the same order.
+    published: u64,
+    /// Where this worker's own lines lie in the log, as runs (log start, log end, `published`
+    /// at the start), oldest first, for the runs the log still holds: a hand-over cut
+    /// ([`Room::cut`]) finds by them the lines the hub had not yet ordered.
+    local: VecDeque<(u64, u64, u64)>,
+    /// Members taken over whose hand-over the hub has not answered ([`Room::adopt`]): almost
+    /// always empty, so a line from the bus costs nothing extra per member.
+    awaiting_cut: Vec<u64>,
     members: HashMap<u64, Member>,
     /// Members whose writers wait for the log to grow.
     waiting: Vec<u64>,
@@ -224,7 +254,7 @@ impl Room {
     /// due, the member is listed as waiting, so the next append or reply wakes its writer.
     /// `None` once the member has left the room; otherwise whether it is closed (no more
     /// replies will come: the writer finishes).
-    pub(super) fn gather(&self, id: u64, buf: &mut BytesMut) -> Option<bool> {
+    pub(super) fn gather(&self, id: u64, buf: &mut BytesMut) -> Option<Closed> {
         let mut guard = self.state();
         let st = &mut *guard;
         let m = st.members.get_mut(&id)?;
@@ -236,7 +266,93 @@ impl Room {
                 st.waiting.push(id);
             }
         }
-        Some(m.closed)
+        Some(match (m.closed, m.handed) {
+            (false, _) => Closed::No,
+            (true, false) => Closed::Leaving,
+            (true, true) => Closed::HandedOff,
+        })
+    }
+
+    /// Another worker took member `id` over, and this is the cut in the bus's order
+    /// ([`crate::bus::CutHandler`]): of the room's lines, this member gets the ones the hub
+    /// ordered before the cut, which are what the log holds now minus this worker's own lines
+    /// past `published` (bytes of its publications the hub had handled). The member's writer
+    /// sends that, then stops without closing the socket. False if `id` is not here.
+    pub(super) fn cut(&self, id: u64, published: u64) -> bool {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let head = st.log.head;
+        let Some(m) = st.members.get_mut(&id) else {
+            return false;
+        };
+        if m.until.is_none() {
+            m.until = Some(head);
+        }
+        if let Some(c) = m.cursor {
+            // This worker's lines the hub had not handled reach the new worker through the
+            // bus after the cut: the new worker delivers them, so they are skipped here.
+            let mut skips = Vec::new();
+            for &(ls, le, ps) in &st.local {
+                let from = ls + published.saturating_sub(ps);
+                let from = from.max(c);
+                if from < le {
+                    skips.push((from, le));
+                }
+            }
+            if !skips.is_empty() {
+                // The member's own lines are this worker's lines too: merge the overlaps, so
+                // every skipped byte is counted once.
+                let mut all: Vec<(u64, u64)> = m.own.drain(..).collect();
+                all.extend(skips);
+                all.sort_unstable();
+                let mut merged: VecDeque<(u64, u64)> = VecDeque::with_capacity(all.len());
+                for (s, e) in all {
+                    match merged.back_mut() {
+                        Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                        _ => merged.push_back((s, e)),
+                    }
+                }
+                m.own_bytes = merged.iter().map(|(s, e)| e - s).sum();
+                m.own = merged;
+            }
+        }
+        m.handed = true;
+        m.closed = true;
+        m.ready.notify_one();
+        true
+    }
+
+    /// Member `id` was handed to another worker and needs no cut (it never joined): its writer
+    /// sends the replies due, then stops without closing the socket.
+    pub(super) fn hand_off(&self, id: u64) {
+        if let Some(m) = self.state().members.get_mut(&id) {
+            m.handed = true;
+            m.closed = true;
+            m.ready.notify_one();
+        }
+    }
+
+    /// Member `id`, just taken over from another worker, reads the room from now on, but not
+    /// the lines from the bus until [`Room::cut_answered`]: until the hub's answer, those are
+    /// ordered before the cut and the old worker sends them. Its own lines from this worker are
+    /// ordered after the cut as long as they are published after the hand-over was asked.
+    pub(super) fn adopt(&self, id: u64) {
+        let mut st = self.state();
+        let head = st.log.head;
+        if let Some(m) = st.members.get_mut(&id) {
+            m.cursor = Some(head);
+            m.awaiting_cut = true;
+            st.awaiting_cut.push(id);
+        }
+    }
+
+    /// The hub answered the hand-over of member `id`: from here on it gets every line.
+    pub(super) fn cut_answered(&self, id: u64) {
+        let mut st = self.state();
+        st.awaiting_cut.retain(|&a| a != id);
+        if let Some(m) = st.members.get_mut(&id) {
+            m.awaiting_cut = false;
+        }
     }
 
     /// Appends `lines` for every joined member but `from` (its own lines). Never waits: a
@@ -249,9 +365,29 @@ impl Room {
         let mut guard = self.state();
         let st = &mut *guard;
         let (start, new_chunk) = st.log.append(lines);
-        if let Some(m) = from.and_then(|id| st.members.get_mut(&id)) {
-            m.own.push_back((start, st.log.head));
-            m.own_bytes += lines.len() as u64;
+        let head = st.log.head;
+        let len = lines.len() as u64;
+        if let Some(id) = from {
+            if let Some(m) = st.members.get_mut(&id) {
+                m.own.push_back((start, head));
+                m.own_bytes += len;
+            }
+            match st.local.back_mut() {
+                Some(run) if run.1 == start => run.1 = head,
+                _ => st.local.push_back((start, head, st.published)),
+            }
+            st.published += len;
+        } else {
+            // Lines from the bus that a member just taken over must not get twice.
+            for id in &st.awaiting_cut {
+                if let Some(m) = st.members.get_mut(id)
+                    && m.awaiting_cut
+                    && m.cursor.is_some()
+                {
+                    m.own.push_back((start, head));
+                    m.own_bytes += len;
+                }
+            }
         }
         if new_chunk {
             let head = st.log.head;
@@ -267,6 +403,10 @@ impl Room {
                 }
             }
             st.log.trim(needed);
+            let base = st.log.base;
+            while st.local.front().is_some_and(|r| r.1 <= base) {
+                st.local.pop_front();
+            }
         }
         // Taken and put back empty, so the list keeps its allocation from burst to burst.
         let mut waiting = std::mem::take(&mut st.waiting);
@@ -358,7 +498,12 @@ impl Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.room.state().members.remove(&self.id);
+        let mut st = self.room.state();
+        st.members.remove(&self.id);
+        if !st.awaiting_cut.is_empty() {
+            let id = self.id;
+            st.awaiting_cut.retain(|&a| a != id);
+        }
     }
 }
 
@@ -411,6 +556,61 @@ mod tests {
         // Member 2 never joined: the room's lines are not for it.
         let m = st.members.get_mut(&2).unwrap();
         assert_eq!(gathered(m, &st.log), "");
+    }
+
+    /// Everything due for member `id` now, and how its writer is to finish.
+    fn drain(room: &Room, id: u64) -> (String, Closed) {
+        let mut out = BytesMut::new();
+        loop {
+            let mut buf = BytesMut::new();
+            let closed = room.gather(id, &mut buf).unwrap();
+            if buf.is_empty() {
+                return (String::from_utf8(out.to_vec()).unwrap(), closed);
+            }
+            out.extend_from_slice(&buf);
+        }
+    }
+
+    #[test]
+    fn a_cut_gives_the_old_worker_s_member_what_the_hub_ordered_before_it() {
+        // Member 1 is handed over; member 2 stays and talks.
+        let room = room_of(&[1, 2]);
+        room.append(None, b"hub 1\r\n");
+        room.append(Some(2), b"<two> a\r\n"); // published bytes 0..9: the hub had them
+        room.append(Some(1), b"<one> mine\r\n"); // 9..23: not yet
+        room.append(Some(2), b"<two> b\r\n"); // 23..32: not yet
+        room.append(None, b"hub 2\r\n");
+        assert!(room.cut(1, 9));
+        room.append(None, b"hub 3\r\n");
+        room.append(Some(2), b"<two> c\r\n");
+        // The new worker delivers `<two> b` (after the cut in the hub's order) and the rest.
+        assert_eq!(
+            drain(&room, 1),
+            (
+                "hub 1\r\n<two> a\r\nhub 2\r\n".to_string(),
+                Closed::HandedOff
+            )
+        );
+        assert_eq!(room.state().members[&1].own_bytes, 0);
+        assert!(!room.cut(9, 0));
+    }
+
+    #[test]
+    fn a_member_taken_over_skips_the_bus_until_the_hub_answers() {
+        let room = room_of(&[2]);
+        room.state()
+            .members
+            .insert(5, Member::new(Arc::default(), Arc::default()));
+        room.append(None, b"before\r\n");
+        room.adopt(5);
+        room.append(None, b"<far> old\r\n"); // ordered before the cut: the old worker's
+        room.append(Some(2), b"<two> here\r\n"); // published after the hand-over was asked
+        room.cut_answered(5);
+        room.append(None, b"<far> new\r\n");
+        assert_eq!(
+            drain(&room, 5),
+            ("<two> here\r\n<far> new\r\n".to_string(), Closed::No)
+        );
     }
 
     #[test]

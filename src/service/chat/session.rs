@@ -12,11 +12,27 @@ use crate::bus::BusError;
 use crate::net::Stream;
 use crate::service::ConnContext;
 use crate::service::lines::{Line, LineReader, TIMING_MARK_REPLY};
+use crate::service::reclaim::IdleClass;
+
+/// What a member of a stopping worker is told when it cannot be carried on elsewhere.
+pub(super) const RECONNECT: &str = "* the server is restarting or stopping; please reconnect\r\n";
+
+/// The last line of a connection without a name closed to admit a newcomer at the cap.
+const FULL: &str = "* the server is full; please try again in a moment\r\n";
 
 /// A member that has a name.
 pub(super) struct Joined {
-    name: String,
-    key: String,
+    pub(super) name: String,
+    pub(super) key: String,
+}
+
+/// Why a session stopped reading.
+pub(super) enum End {
+    /// The member is done (quit, closed, or told to reconnect): it leaves.
+    Closed,
+    /// Its worker retires with hand-over: the session stopped between two lines, to be
+    /// offered to a newer worker.
+    HandOver,
 }
 
 /// Ends after `limit`, or never.
@@ -28,38 +44,50 @@ async fn idle_deadline(limit: Option<std::time::Duration>) {
 }
 
 impl Chat {
-    /// Reads the member's lines until it quits, disconnects or the worker stops.
+    /// Reads the member's lines (from `lines`, which the caller keeps: a hand-over passes on
+    /// what it holds) until the member is done or its worker retires with hand-over.
     pub(super) async fn session(
         &self,
         id: u64,
-        rd: tokio::io::ReadHalf<Stream>,
+        lines: &mut LineReader<tokio::io::ReadHalf<Stream>>,
         ctx: &ConnContext,
         joined: &mut Option<Joined>,
-    ) -> io::Result<()> {
-        self.reply(id, "* welcome to oxicorn chat; what is your name?\r\n");
-        // telnet is one of the two clients chat is for: its Ctrl-C must not become garbage
-        // in the room, nor silence the member's own screen (see `Line::TimingMark`), and the
-        // options PuTTY negotiates when it connects are answered, not taken for a name.
-        let mut lines = LineReader::telnet(rd, self.max_line);
+    ) -> io::Result<End> {
+        // Until it has a name, a connection may be closed to admit a newcomer when the worker
+        // is full (issue 11): a silent client at the prompt must not hold a slot a real one
+        // waits for. A member never is: an idle member still reads the room.
+        if joined.is_none() {
+            ctx.reclaim.set_idle(IdleClass::NoRequest);
+        }
         loop {
             let line = tokio::select! {
                 l = lines.next() => l?,
+                () = std::future::poll_fn(|cx| ctx.reclaim.poll_evicted(cx)) => {
+                    tracing::debug!(peer = %ctx.peer, "chat connection without a name closed to make room");
+                    self.last_word(id, FULL);
+                    return Ok(End::Closed);
+                }
                 // As `service::idle`, without the copy of the read future an async wrapper
                 // keeps: this select is what every idle member holds.
                 () = idle_deadline(ctx.idle_timeout) => {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
                 }
-                // A graceful stop or a reload retires this worker: a chat connection never
-                // finishes by itself, so end it now (the others see a leave notice) rather
-                // than hold the worker until the graceful timeout cuts it.
+                // A graceful stop retires this worker: a chat connection never finishes by
+                // itself, so end it now (the others see a leave notice) rather than hold the
+                // worker until the graceful timeout cuts it.
                 () = ctx.stop.cancelled() => {
-                    self.last_word(id, "* the server is restarting or stopping; please reconnect\r\n",
-                    );
-                    return Ok(());
+                    // A retiring worker cancels `stop` too, having asked for a hand-over
+                    // first: a newer worker may carry the member on. (One wait for both, not
+                    // two: this select is what every idle member holds.)
+                    if ctx.retire.is_requested() {
+                        return Ok(End::HandOver);
+                    }
+                    self.last_word(id, RECONNECT);
+                    return Ok(End::Closed);
                 }
             };
             let bytes = match line {
-                None => return Ok(()),
+                None => return Ok(End::Closed),
                 Some(Line::TooLong) => {
                     let msg = format!(
                         "* line too long (more than {} bytes): discarded\r\n",
@@ -90,6 +118,7 @@ impl Chat {
                         // Recorded before the next await: if this task is dropped there, the
                         // caller still sees a joined member to clean up.
                         *joined = Some(j);
+                        ctx.reclaim.set_busy();
                         // The others are told first, and the bus has fanned the notice out
                         // before this member learns it joined: whoever joins after that is
                         // not told about this member twice (by the notice and by being late).
@@ -106,7 +135,7 @@ impl Chat {
                     // Boxed: the bus requests a line may make are large futures, and inline they
                     // would make every idle member's future as large (issue 13).
                     if !Box::pin(self.said(id, j, &bytes)).await {
-                        return Ok(());
+                        return Ok(End::Closed);
                     }
                 }
             }

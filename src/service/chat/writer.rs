@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 
-use super::room::{KickReason, Room, Seat};
+use super::room::{Closed, KickReason, Room, Seat};
 use crate::net::Stream;
 
 /// How long the final notice to a dropped member may take to write: it is sent only if its
@@ -42,9 +42,14 @@ pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
             return;
         };
         if buf.is_empty() {
-            if closed {
-                let _ = wr.shutdown().await;
-                return;
+            match closed {
+                Closed::No => {}
+                Closed::Leaving => {
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+                // The next worker writes to the socket from here on.
+                Closed::HandedOff => return,
             }
             if buf.capacity() > 0 {
                 buf = BytesMut::new();

@@ -186,6 +186,8 @@ impl AppService {
             metrics,
             reclaim,
             listener: _,
+            // Handing connections over is for line services; HTTP drains on `stop`.
+            retire: _,
         } = ctx;
         let state = Arc::new(ConnState::new(reclaim));
         let deadlines = Deadlines {

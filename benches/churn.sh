@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Benchmark: does operating the server cost its clients anything? (issue 10)
+#
+#   cargo build --release && benches/churn.sh   # ROUNDS=3 DURATION=40 WORKERS=4 CONNS=32
+#
+# Runs of the same length against `oxicorn static` serving a 1 KiB file, with wrk at full
+# load throughout, alternating for ROUNDS rounds (so a noisy neighbour hurts both kinds alike):
+#   - undisturbed: no signal, no recycling;
+#   - churn: --max-requests (workers recycle every few thousand requests) while the script
+#     sends 20 HUPs, 3 USR2 upgrades (to a copy of the binary; to a script that exits at once;
+#     to a wrapper that passes a bad flag, i.e. refuses the config) and TTIN/TTOU pairs.
+# Reports non-2xx responses, socket errors, req/s of each run and the dip of the medians, and
+# whether the arbiter's PID and the pid file stayed the same throughout. The binary is copied into a temp
+# dir and started from there, so the USR2 deploys never touch target/. Needs wrk, python3.
+# Not run by CI: timings are not tests.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-40}
+WORKERS=${WORKERS:-4}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-2}
+MAX_REQUESTS=${MAX_REQUESTS:-5000}
+HUPS=${HUPS:-20}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OXICORN=${OXICORN:-$REPO/target/release/oxicorn}
+
+for tool in wrk python3; do
+    command -v "$tool" >/dev/null || { echo "churn.sh: $tool is not installed" >&2; exit 1; }
+done
+[ -x "$OXICORN" ] || { echo "churn.sh: build first: cargo build --release" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/oxicorn-churn.XXXXXX)
+SERVER=
+cleanup() {
+    [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && sleep 1
+    [ -n "$SERVER" ] && kill -9 "$SERVER" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/www" "$WORK/bin"
+head -c 1024 /dev/urandom >"$WORK/www/1k.bin"
+BIN=$WORK/bin/oxicorn
+cp "$OXICORN" "$WORK/real"
+deploy() { # file: replace $BIN as a deploy does (new inode, renamed over)
+    cp "$1" "$BIN.new" && chmod 755 "$BIN.new" && mv "$BIN.new" "$BIN"
+}
+deploy "$WORK/real"
+printf '#!/bin/sh\nexit 1\n' >"$WORK/exits"
+printf '#!/bin/sh\nexec %s --no-such-flag "$@"\n' "$WORK/real" >"$WORK/refuses"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_line() { # log pattern count: wait (60 s at most) for count lines matching pattern
+    for _ in $(seq 1 600); do
+        [ "$(grep -c -- "$2" "$1" || true)" -ge "$3" ] && return 0
+        sleep 0.1
+    done
+    echo "churn.sh: timed out waiting for $3 × '$2' in $1" >&2
+    return 1
+}
+
+start() { # name extra-args... -> $SERVER, $PORT
+    local name=$1
+    shift
+    PORT=$(free_port)
+    "$BIN" static "$WORK/www" -w "$WORKERS" -b "127.0.0.1:$PORT" --keep-alive 120 \
+        --pid "$WORK/$name.pid" --worker-connections 20000 "$@" \
+        >/dev/null 2>"$WORK/$name.log" &
+    SERVER=$!
+    wait_line "$WORK/$name.log" " booted" "$WORKERS"
+}
+
+stop() {
+    kill -TERM "$SERVER"
+    wait "$SERVER" || true
+    SERVER=
+}
+
+load() { # name: wrk for DURATION against $PORT, output in $WORK/name.wrk
+    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/1k.bin" >"$WORK/$1.wrk"
+}
+
+rps() { awk '/^Requests\/sec/ {print $2}' "$WORK/$1.wrk"; }
+non2xx() { awk '/Non-2xx or 3xx responses/ {print $5}' "$WORK/$1.wrk" | grep . || echo 0; }
+sockerr() { # connect+read+write+timeout
+    awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$WORK/$1.wrk" | grep . || echo 0
+}
+
+PID_OK=yes
+check_pid() {
+    [ "$(cat "$PIDFILE" 2>/dev/null)" = "$PID" ] || PID_OK="no (pid file: $(cat "$PIDFILE" 2>/dev/null))"
+    kill -0 "$PID" 2>/dev/null || PID_OK="no (arbiter $PID gone)"
+}
+# Each event waits for the previous roll to end: a USR2 during a reload is ignored by design.
+settle() {
+    wait_line "$LOG" "reload complete\|reload failed\|upgrade complete\|upgrade refused\|upgrade rolled back" "$rolls"
+}
+usr2() { # binary to deploy
+    deploy "$1"
+    kill -USR2 "$PID"
+    rolls=$((rolls + 1))
+    settle
+    deploy "$WORK/real"
+    check_pid
+}
+events=$((HUPS + 3 + 4))
+gap=$(python3 -c "print(max(0.1, ($DURATION - 4) / $events))")
+
+calm_run() { # name
+    start "$1"
+    load "$1"
+    stop
+}
+
+churn_run() { # name
+    local name=$1
+    start "$name" --max-requests "$MAX_REQUESTS" --max-requests-jitter $((MAX_REQUESTS / 10))
+    PID=$SERVER
+    LOG=$WORK/$name.log
+    PIDFILE=$WORK/$name.pid
+    load "$name" &
+    local loader=$!
+    rolls=0
+    sleep 1
+    for i in $(seq 1 "$HUPS"); do
+        kill -HUP "$PID"
+        rolls=$((rolls + 1))
+        settle
+        check_pid
+        sleep "$gap"
+        case $i in
+            5) usr2 "$WORK/real"; sleep "$gap" ;;
+            10) usr2 "$WORK/exits"; sleep "$gap" ;;
+            15) usr2 "$WORK/refuses"; sleep "$gap" ;;
+        esac
+        if [ $((i % 5)) -eq 0 ]; then
+            kill -TTIN "$PID"
+            sleep "$gap"
+            kill -TTOU "$PID"
+            check_pid
+        fi
+    done
+    wait "$loader"
+    check_pid
+    stop
+    cat "$LOG" >>"$WORK/all-churn.log"
+}
+
+: >"$WORK/all-churn.log"
+for r in $(seq 1 "$ROUNDS"); do
+    echo "round $r/$ROUNDS: undisturbed ${DURATION}s, then churn ${DURATION}s ($WORKERS workers, $CONNS connections) ..." >&2
+    calm_run "calm$r"
+    churn_run "churn$r"
+done
+
+count() { grep -c -- "$1" "$WORK/all-churn.log" || true; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+calms=()
+churns=()
+echo
+echo "| run | req/s | non-2xx | socket errors |"
+echo "|---|---|---|---|"
+for r in $(seq 1 "$ROUNDS"); do
+    calms+=("$(rps "calm$r")")
+    churns+=("$(rps "churn$r")")
+    echo "| $r: undisturbed | $(rps "calm$r") | $(non2xx "calm$r") | $(sockerr "calm$r") |"
+    echo "| $r: churn | $(rps "churn$r") | $(non2xx "churn$r") | $(sockerr "churn$r") |"
+done
+CALM=$(median "${calms[@]}")
+CHURN=$(median "${churns[@]}")
+REFUSED=$(grep -o 'configuration check (exit code [0-9]*)' "$WORK/all-churn.log" | grep -o 'code [0-9]*' | sort | uniq -c | awk '{print $1 "x exit " $3}' | paste -sd, - || true)
+cat <<EOF
+
+- median req/s: undisturbed $CALM, churn $CHURN; dip $(python3 -c "print(f'{(1 - $CHURN / $CALM) * 100:.1f}%')")
+- arbiter PID and pid file unchanged throughout: $PID_OK
+- reloads completed: $(count "reload complete") of $((HUPS * ROUNDS))
+- upgrades: $(count "upgrade complete") completed, $(count "upgrade refused") refused ($REFUSED), $(count "upgrade rolled back") rolled back
+- workers recycled by --max-requests: $(count "recycled, its replacement is ready")
+- TTIN/TTOU: $(count "TTIN: raising") / $(count "TTOU: lowering")
+- machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DURATION}s per run, $WORKERS workers, wrk -t$THREADS -c$CONNS, 1 KiB file
+EOF
