@@ -137,8 +137,9 @@ m() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
 python3 - "$(m oxicorn)" "$(m axum)" "$(m gunicorn-sync)" "$(m gunicorn-gthread)" "$(m oxicorn-h2)" "$(m axum-h2)" <<'PY'
 import sys
 o, a, gs, gt, oh, ah = map(float, sys.argv[1:])
-print(f"oxicorn / axum::serve (HTTP/1.1): {o / a:.2f}x   (HTTP/2): {oh / ah:.2f}x")
-print(f"oxicorn / best gunicorn: {o / max(gs, gt):.1f}x")
+r = lambda x, y: f"{x / y:.2f}x" if y else "n/a (no answers)"
+print(f"oxicorn / axum::serve (HTTP/1.1): {r(o, a)}   (HTTP/2): {r(oh, ah)}")
+print(f"oxicorn / best gunicorn: {r(o, max(gs, gt))}")
 PY
 
 echo
