@@ -181,15 +181,19 @@ impl Service {
     /// debug level: a client that vanishes is routine, not an incident.
     pub async fn serve(&self, stream: Stream, ctx: ConnContext) {
         let result = match self {
+            // Every connection's task is as large as the largest of these futures, so all but
+            // static's (the one kept small for idle kept-alive connections) are boxed:
+            // unboxed, chat's (~2.5 KiB) made each idle static connection cost that much
+            // (issue 12's idle-memory figure).
+            Service::Echo => Box::pin(echo::serve(stream, &ctx)).await,
+            Service::Static(s) => http::static_files::serve(stream, &ctx, s).await,
+            Service::Chat(chat) => Box::pin(chat.serve(stream, &ctx)).await,
+            Service::Quote(quote) => Box::pin(quote.serve(stream, &ctx)).await,
             // Logs its own errors: a connection carries many requests.
             Service::App(app) => {
-                app.serve(stream, ctx).await;
+                Box::pin(app.serve(stream, ctx)).await;
                 return;
             }
-            Service::Echo => echo::serve(stream, &ctx).await,
-            Service::Static(s) => http::static_files::serve(stream, &ctx, s).await,
-            Service::Chat(chat) => chat.serve(stream, &ctx).await,
-            Service::Quote(quote) => quote.serve(stream, &ctx).await,
         };
         if let Err(err) = result {
             tracing::debug!(peer = %ctx.peer, cause = %err, "connection ended with an error");
