@@ -14,6 +14,9 @@
 # dir and started from there, so the USR2 deploys never touch target/. Needs wrk, python3.
 # Not run by CI: timings are not tests.
 set -euo pipefail
+# Run as root (as on a CI machine), oxicorn refuses root workers without --user: these
+# benchmarks mean it (the files they serve are their own).
+export OXICORN_ALLOW_ROOT=true
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-40}

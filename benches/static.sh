@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
-# Benchmark: oxicorn `static` against nginx (and python3 -m http.server) on loopback, with wrk.
+# Benchmark: oxicorn `static` against nginx in two configurations (and python3 -m http.server)
+# on loopback, with wrk.
 #
-#   cargo build --release && benches/static.sh            # ROUNDS=3 DURATION=5 WORKERS=2
+#   cargo build --release && benches/static.sh            # ROUNDS=5 DURATION=5 WORKERS=2
+#   WORKERS=1 CONNS=32 benches/static.sh                  # the single-worker cost
 #
-# Same worker count for both, sendfile on, access logs off, keep-alive on. Rounds alternate
-# oxicorn / nginx so a noisy neighbour hurts both alike; medians are printed with the
-# oxicorn/nginx ratio. Everything generated (files, nginx prefix, logs) lives in a temp dir that
-# is removed on exit. Needs: wrk, nginx, python3. Not run by CI: timings are not tests.
+# nginx runs twice in the same run, same worker count as oxicorn:
+#   "nginx"       as shipped (Debian's http block): sendfile on, tcp_nopush on, access_log off,
+#                 keepalive_requests at its default 1000, no open_file_cache;
+#   "nginx-tuned" the anchor of issue 12: the same plus open_file_cache max=20000 inactive=60s
+#                 and keepalive_requests 1000000.
+# Rounds alternate oxicorn / nginx / nginx-tuned so a noisy neighbour hurts all alike; medians
+# are printed with [min-max] spread and the oxicorn/nginx ratios. Per case:
+#   1 KiB keep-alive: req/s, req per server CPU-second (utime+stime of the whole process tree
+#     from /proc, before/after the wrk run), and the per-worker connection split (min/max share
+#     of the established connections, from /proc in the middle of the run);
+#   10,000 x 4 KiB at random: req/s and req per CPU-second;
+#   64 MiB: MB/s and MB per CPU-second;
+#   short connections (Connection: close, one request each): req/s;
+#   idle memory per kept-alive connection: PSS of the process tree, after minus before.
+# Everything generated (files, nginx prefix, logs) lives in a temp dir that is removed on exit.
+# Needs: wrk, nginx, python3. Not run by CI: timings are not tests.
 set -euo pipefail
+# Run as root (as on a CI machine), oxicorn refuses root workers without --user: these
+# benchmarks mean it (the files they serve are their own).
+export OXICORN_ALLOW_ROOT=true
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 WORKERS=${WORKERS:-2}
 CONNS=${CONNS:-64}
@@ -82,8 +99,11 @@ start_oxicorn() { # port -> pid in $STARTED
     wait_port "$1"
 }
 
-start_nginx() { # port -> pid in $STARTED
-    local prefix="$WORK/nginx-$1"
+NGINX_SHIPPED='keepalive_requests 1000;'
+NGINX_TUNED='keepalive_requests 1000000; open_file_cache max=20000 inactive=60s;'
+start_nginx() { # port [tuned] -> pid in $STARTED
+    local prefix="$WORK/nginx-$1" tuning=$NGINX_SHIPPED
+    [ "${2:-}" = tuned ] && tuning=$NGINX_TUNED
     mkdir -p "$prefix/logs" "$prefix/tmp"
     cat > "$prefix/nginx.conf" <<NGX
 worker_processes $WORKERS;
@@ -98,7 +118,7 @@ http {
     sendfile on;
     tcp_nopush on;
     keepalive_timeout 120;
-    keepalive_requests 100000000;
+    $tuning
     $NGINX_EXTRA
     client_body_temp_path $prefix/tmp/body;
     proxy_temp_path $prefix/tmp/proxy;
@@ -124,6 +144,7 @@ stop() { # pid
 
 OXI_PORT=$(free_port); start_oxicorn "$OXI_PORT"; OXI_PID=$STARTED
 NGX_PORT=$(free_port); start_nginx "$NGX_PORT"; NGX_PID=$STARTED
+TUNED_PORT=$(free_port); start_nginx "$TUNED_PORT" tuned; TUNED_PID=$STARTED
 
 PY_PORT=$(free_port)
 python3 -m http.server "$PY_PORT" --bind 127.0.0.1 --directory "$WORK/www" >/dev/null 2>&1 &
@@ -132,7 +153,7 @@ PIDS+=("$PY_PID")
 
 wait_port "$PY_PORT"
 # Every server must answer 200 with the same bytes, or the numbers mean nothing.
-for port in "$OXI_PORT" "$NGX_PORT" "$PY_PORT"; do
+for port in "$OXI_PORT" "$NGX_PORT" "$TUNED_PORT" "$PY_PORT"; do
     for path in /1k.bin /many/9999.bin; do
         python3 - "$port" "$path" "$WORK/www$path" <<'PY'
 import sys, urllib.request
@@ -145,10 +166,11 @@ done
 
 # --- measuring -----------------------------------------------------------------------------
 # wrk's "Requests/sec" and "Transfer/sec" (converted to MB/s).
-run_wrk() { # port path conns [script]
-    local port=$1 path=$2 conns=$3 script=${4:-}
-    local args=(-t 2 -c "$conns" -d "${DURATION}s" --timeout 10s)
+run_wrk() { # port path conns [script] [header]
+    local port=$1 path=$2 conns=$3 script=${4:-} header=${5:-}
+    local args=(-t "$THREADS" -c "$conns" -d "${DURATION}s" --timeout 10s)
     [ -n "$script" ] && args+=(-s "$script")
+    [ -n "$header" ] && args+=(-H "$header")
     wrk "${args[@]}" "http://127.0.0.1:$port$path" | awk '
         /Requests\/sec/ { rps = $2 }
         /Transfer\/sec/ {
@@ -158,12 +180,79 @@ run_wrk() { # port path conns [script]
         END { printf "%.0f %.1f\n", rps, mb }'
 }
 
+THREADS=$(( WORKERS < 2 ? 1 : 2 ))
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf (b > 0) ? "%.2f" : "-", a / b }'; }
 
+spread() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "[%s-%s]", lo, hi }'; }
+
 workers_of() { pgrep -P "$1" | tr '\n' ' '; }
-# Resident memory of a process set in KiB (anonymous + file-backed pages each worker touched).
-rss_kib() { local t=0; for p in $*; do t=$((t + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status"))); done; echo $t; }
+tree_of() { echo "$1 $(workers_of "$1")"; }
+# Proportional set size of a process set in KiB: shared pages (the binary, the copy-on-write
+# heap inherited from the master) are split between the processes that map them, so adding
+# the tree up counts each page once. RSS would count shared pages once per process.
+pss_kib() { local t=0; for p in $*; do t=$((t + $(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup"))); done; echo $t; }
+# CPU time (user + system) of a process set, in clock ticks.
+cpu_ticks() { local t=0; for p in $*; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo $t; }
+TICKS=$(getconf CLK_TCK)
+# Share of the established connections on `port` held by each process: "min max" in percent.
+# Counted from /proc (each process's socket fds against /proc/net/tcp), as tests/balance.rs
+# does; "- -" when none are seen.
+conn_split() { # port pids...
+    python3 - "$@" <<'PY'
+import os, sys
+port, pids = int(sys.argv[1]), sys.argv[2:]
+inodes = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        lines = open(table).read().splitlines()[1:]
+    except OSError:
+        continue
+    for line in lines:
+        f = line.split()
+        if len(f) > 9 and int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
+            inodes.add(f[9])
+counts = []
+for pid in pids:
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                n += 1
+    except OSError:
+        pass
+    counts.append(n)
+total = sum(counts)
+if total == 0:
+    print("- -")
+else:
+    print("%.0f %.0f" % (100 * min(counts) / total, 100 * max(counts) / total))
+PY
+}
+# Runs wrk and reports "req/s MB/s cpu-seconds [split]" for the server tree rooted at `master`.
+measure() { # master port path conns [script] [header] [split]
+    local master=$1 port=$2; shift 2
+    local tree before after out split=""
+    tree=$(tree_of "$master")
+    before=$(cpu_ticks $tree)
+    if [ "${5:-}" = split ]; then
+        run_wrk "$port" "$1" "$2" "${3:-}" "${4:-}" > "$WORK/wrk.out" &
+        local w=$!
+        sleep $(( DURATION / 2 ))
+        split=$(conn_split "$port" $(workers_of "$master"))
+        wait "$w"
+        out=$(cat "$WORK/wrk.out")
+    else
+        out=$(run_wrk "$port" "$1" "$2" "${3:-}" "${4:-}")
+    fi
+    after=$(cpu_ticks $tree)
+    echo "$out $(awk -v t=$((after - before)) -v hz="$TICKS" 'BEGIN { printf "%.2f", t / hz }') $split"
+}
+per_cpu() { awk -v r="$1" -v c="$2" -v d="$DURATION" 'BEGIN { printf (c > 0) ? "%.0f" : "-", r * d / c }'; }
 
 # Opens IDLE_CONNS kept-alive connections, each after one request, holds them while the
 # caller measures, then closes them.
@@ -189,19 +278,23 @@ PY
 
 # Memory is measured on a freshly started server each time: a server that has already served
 # (and freed) a burst keeps that memory in its allocator and would look cheaper than it is.
-idle_memory() { # oxicorn|nginx
+idle_memory() { # oxicorn|nginx|nginx-tuned
     local port master ws before after hold="$WORK/hold.$RANDOM"
     port=$(free_port)
-    if [ "$1" = oxicorn ]; then start_oxicorn "$port"; else start_nginx "$port"; fi
+    case $1 in
+        oxicorn) start_oxicorn "$port" ;;
+        nginx) start_nginx "$port" ;;
+        *) start_nginx "$port" tuned ;;
+    esac
     master=$STARTED
     sleep 0.5
-    ws=$(workers_of "$master")
-    before=$(rss_kib $ws)
+    ws=$(tree_of "$master")
+    before=$(pss_kib $ws)
     python3 -c "$IDLE_CLIENT" "$port" "$IDLE_CONNS" "$hold" &
     local client=$!
     for _ in $(seq 1 1200); do [ -e "$hold" ] && break; sleep 0.1; done
     [ -e "$hold" ] || { echo "static.sh: idle client did not finish connecting" >&2; exit 1; }
-    after=$(rss_kib $ws)
+    after=$(pss_kib $ws)
     stop "$client"
     stop "$master"
     # bytes per connection
@@ -209,16 +302,31 @@ idle_memory() { # oxicorn|nginx
 }
 
 declare -A R
+SERVERS=(oxicorn nginx nginx-tuned)
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS ..." >&2
-    for who in oxicorn nginx; do
-        if [ $who = oxicorn ]; then port=$OXI_PORT; else port=$NGX_PORT; fi
-        read -r rps _ < <(run_wrk "$port" /1k.bin "$CONNS")
+    # Alternate the order too, so no server always runs right after the same neighbour.
+    order=("${SERVERS[@]}")
+    [ $((round % 2)) = 0 ] && order=(nginx-tuned nginx oxicorn)
+    for who in "${order[@]}"; do
+        case $who in
+            oxicorn) port=$OXI_PORT master=$OXI_PID ;;
+            nginx) port=$NGX_PORT master=$NGX_PID ;;
+            *) port=$TUNED_PORT master=$TUNED_PID ;;
+        esac
+        read -r rps _ cpu mn mx < <(measure "$master" "$port" /1k.bin "$CONNS" "" "" split)
         R[$who.small]+="$rps "
-        read -r _ mb < <(run_wrk "$port" /64m.bin 4)
+        R[$who.small_cpu]+="$(per_cpu "$rps" "$cpu") "
+        R[$who.split_min]+="$mn "
+        R[$who.split_max]+="$mx "
+        read -r _ mb cpu < <(measure "$master" "$port" /64m.bin 4)
         R[$who.big]+="$mb "
-        read -r rps _ < <(run_wrk "$port" /many/0.bin "$CONNS" "$WORK/random.lua")
+        R[$who.big_cpu]+="$(per_cpu "$mb" "$cpu") "
+        read -r rps _ cpu < <(measure "$master" "$port" /many/0.bin "$CONNS" "$WORK/random.lua")
         R[$who.many]+="$rps "
+        R[$who.many_cpu]+="$(per_cpu "$rps" "$cpu") "
+        read -r rps _ _ < <(measure "$master" "$port" /1k.bin "$CONNS" "" "Connection: close")
+        R[$who.short]+="$rps "
         R[$who.idle]+="$(idle_memory "$who") "
     done
 done
@@ -226,21 +334,32 @@ echo "python3 -m http.server ..." >&2
 read -r py_rps _ < <(run_wrk "$PY_PORT" /1k.bin "$CONNS")
 
 m() { median ${R[$1]}; }
-o_small=$(m oxicorn.small); n_small=$(m nginx.small)
-o_big=$(m oxicorn.big);     n_big=$(m nginx.big)
-o_many=$(m oxicorn.many);   n_many=$(m nginx.many)
-o_idle=$(m oxicorn.idle);   n_idle=$(m nginx.idle)
+cell() { echo "$(m "$1") $(spread ${R[$1]})"; }
+row() { # label key
+    local o n t
+    o=$(m "oxicorn.$2"); n=$(m "nginx.$2"); t=$(m "nginx-tuned.$2")
+    echo "| $1 | $(cell "oxicorn.$2") | $(cell "nginx.$2") | $(cell "nginx-tuned.$2") | $(ratio "$o" "$n") | $(ratio "$o" "$t") |"
+}
 
 echo
-echo "$(date -u +%F) $(nproc) cores, $(uname -r), $WORKERS workers each, $ROUNDS rounds x ${DURATION}s, medians"
-[ -n "$NGINX_EXTRA" ] && echo "nginx extra: $NGINX_EXTRA"
+echo "$(date -u +%F) $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)"
+echo "oxicorn $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's/.*: //'), $WORKERS worker(s) each, wrk -t$THREADS, $ROUNDS rounds x ${DURATION}s, median [min-max]"
+echo "nginx: sendfile on; tcp_nopush on; access_log off; $NGINX_SHIPPED    nginx-tuned: + $NGINX_TUNED"
+[ -n "$NGINX_EXTRA" ] && echo "nginx extra (both): $NGINX_EXTRA"
 echo
-echo "| case | oxicorn | nginx | oxicorn/nginx |"
-echo "|---|---|---|---|"
-echo "| 1 KiB file, $CONNS conns keep-alive (req/s) | $o_small | $n_small | $(ratio "$o_small" "$n_small") |"
-echo "| 64 MiB file, 4 conns (MB/s) | $o_big | $n_big | $(ratio "$o_big" "$n_big") |"
-echo "| 10,000 distinct 4 KiB files at random (req/s) | $o_many | $n_many | $(ratio "$o_many" "$n_many") |"
-echo "| memory per idle kept-alive conn, $IDLE_CONNS conns (bytes) | $o_idle | $n_idle | $(ratio "$o_idle" "$n_idle") |"
+echo "| case | oxicorn | nginx | nginx-tuned | oxicorn/nginx | oxicorn/tuned |"
+echo "|---|---|---|---|---|---|"
+row "1 KiB file, $CONNS conns keep-alive (req/s)" small
+row "1 KiB keep-alive, req per server CPU-second" small_cpu
+row "64 MiB file, 4 conns (MB/s)" big
+row "64 MiB, MB per server CPU-second" big_cpu
+row "10,000 distinct 4 KiB files at random (req/s)" many
+row "10,000 x 4 KiB, req per server CPU-second" many_cpu
+row "short connections, 1 KiB, Connection: close (req/s)" short
+row "memory per idle kept-alive conn, $IDLE_CONNS conns, PSS (bytes)" idle
 echo
-echo "python3 -m http.server, 1 KiB file: $py_rps req/s; oxicorn/python = $(ratio "$o_small" "$py_rps")"
+echo "per-worker share of the $CONNS keep-alive connections (min%/max%, median of rounds):"
+for who in "${SERVERS[@]}"; do echo "  $who: $(m "$who.split_min")/$(m "$who.split_max")  max per round [${R[$who.split_max]% }]"; done
+echo
+echo "python3 -m http.server, 1 KiB file: $py_rps req/s; oxicorn/python = $(ratio "$(m oxicorn.small)" "$py_rps")"
 echo "raw samples: $(for k in "${!R[@]}"; do printf '%s=[%s] ' "$k" "${R[$k]% }"; done)"

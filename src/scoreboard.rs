@@ -82,6 +82,8 @@ impl Slot {
     }
 }
 
+static INSTALLED: std::sync::OnceLock<&'static Scoreboard> = std::sync::OnceLock::new();
+
 /// The shared mapping. Created once by the arbiter and leaked, so `&'static Slot` references
 /// stay valid in the arbiter and in every forked worker for the life of the process.
 pub struct Scoreboard {
@@ -136,12 +138,31 @@ impl Scoreboard {
         std::os::fd::AsFd::as_fd(&self.file)
     }
 
+    /// The scoreboard this process's workers were given: the first one a worker slot was
+    /// claimed from ([`Scoreboard::claim_worker`], which the arbiter calls before every fork,
+    /// however it got its board), so every worker inherits it. `None` in a process that never
+    /// claimed one (then a worker does not balance).
+    pub fn installed() -> Option<&'static Scoreboard> {
+        INSTALLED.get().copied()
+    }
+
+    /// The worker slots (never the hub's) that are [`SlotState::Ready`] now, but `me`: the
+    /// peers a worker compares its load with. Scans every slot (about 1,000 cache lines), so
+    /// callers cache the answer for a while rather than call it per connection.
+    pub fn ready_peers(&'static self, me: &Slot) -> Vec<&'static Slot> {
+        (0..HUB_SLOT)
+            .map(|i| self.slot(i))
+            .filter(|s| !std::ptr::eq(*s, me) && s.state() == SlotState::Ready)
+            .collect()
+    }
+
     /// Claims a free worker slot (any but [`HUB_SLOT`]) for a child about to be forked and
     /// resets it (fresh heartbeat, zeroed counters); `None` when every worker slot is
     /// taken. The slot stays
     /// taken until [`Scoreboard::release`]: a slot whose child died but is not reaped yet is
     /// not free. Only the arbiter claims and releases, so "free" cannot change under it.
     pub fn claim_worker(&'static self, generation: u64) -> Option<usize> {
+        let _ = INSTALLED.set(self);
         (0..HUB_SLOT).find(|&i| self.claim(i, generation))
     }
 

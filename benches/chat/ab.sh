@@ -9,6 +9,9 @@
 #   benches/chat/ab.sh /tmp/before /tmp/after
 #   ROUNDS=7 WINDOW=40 LINES=5000 benches/chat/ab.sh /tmp/before /tmp/after
 set -euo pipefail
+# Run as root (as on a CI machine), oxicorn refuses root workers without --user: these
+# benchmarks mean it (the files they serve are their own).
+export OXICORN_ALLOW_ROOT=true
 ROUNDS=${ROUNDS:-5}
 WINDOW=${WINDOW:-100}
 LINES=${LINES:-5000}

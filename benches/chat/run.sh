@@ -18,6 +18,9 @@
 # Needs python3 (twisted is installed from pip into a venv, $VENV) and a release build (done
 # here). The load generator is examples/chat_load.rs.
 set -euo pipefail
+# Run as root (as on a CI machine), oxicorn refuses root workers without --user: these
+# benchmarks mean it (the files they serve are their own).
+export OXICORN_ALLOW_ROOT=true
 cd "$(dirname "$0")/../.."
 
 CLIENTS=${CLIENTS:-200}

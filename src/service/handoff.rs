@@ -119,11 +119,31 @@ pub enum Found {
 
 /// The worker's side of [`Retire`]: tells every connection that the worker retires, and where
 /// to hand it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Targets {
+    shared: Arc<Shared>,
+}
+
+/// What a worker's connections share about its retirement: one per worker, so a connection
+/// holds one pointer to it, not copies (issue 13: an idle connection's cost).
+#[derive(Debug)]
+struct Shared {
     requested: CancellationToken,
-    found: Arc<watch::Sender<Found>>,
-    stats: Arc<Stats>,
+    found: watch::Sender<Found>,
+    stats: Stats,
+    /// Which target the next offer tries first, so connections spread over the new workers.
+    next: AtomicUsize,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            requested: CancellationToken::new(),
+            found: watch::Sender::new(Found::Searching),
+            stats: Stats::default(),
+            next: AtomicUsize::new(std::process::id() as usize),
+        }
+    }
 }
 
 /// Counts for the worker's summary log line.
@@ -135,47 +155,34 @@ pub struct Stats {
     pub kept: AtomicUsize,
 }
 
-impl Default for Targets {
-    fn default() -> Self {
-        Targets {
-            requested: CancellationToken::new(),
-            found: Arc::new(watch::Sender::new(Found::Searching)),
-            stats: Arc::default(),
-        }
-    }
-}
-
 impl Targets {
     /// The handle each connection gets.
     pub fn retire(&self) -> Retire {
         Retire {
-            requested: self.requested.clone(),
-            found: self.found.subscribe(),
-            stats: Arc::clone(&self.stats),
-            next: Arc::new(AtomicUsize::new(std::process::id() as usize)),
-            service: Arc::from(""),
+            shared: Arc::clone(&self.shared),
+            service: None,
         }
     }
 
     /// The worker retires with hand-over: every line connection offers itself (call before
     /// the stop token is cancelled, so services see this first).
     pub fn request(&self) {
-        self.requested.cancel();
+        self.shared.requested.cancel();
     }
 
     /// Whether [`Targets::request`] was called.
     pub fn requested(&self) -> bool {
-        self.requested.is_cancelled()
+        self.shared.requested.is_cancelled()
     }
 
     /// Where connections go (or that they stay).
     pub fn found(&self, found: Found) {
-        self.found.send_replace(found);
+        self.shared.found.send_replace(found);
     }
 
     /// The counts so far.
     pub fn stats(&self) -> &Stats {
-        &self.stats
+        &self.shared.stats
     }
 }
 
@@ -184,14 +191,11 @@ impl Targets {
 /// alone) gets [`Retire::default`], which is never requested.
 #[derive(Debug, Clone)]
 pub struct Retire {
-    requested: CancellationToken,
-    found: watch::Receiver<Found>,
-    stats: Arc<Stats>,
-    /// Which target the next offer tries first, so connections spread over the new workers.
-    next: Arc<AtomicUsize>,
+    /// The worker's retirement, shared by all its connections.
+    shared: Arc<Shared>,
     /// The name of the connection's service in the configuration: the new worker serves it
-    /// with its service of that name.
-    service: Arc<str>,
+    /// with its service of that name. `None` for a connection of no named service.
+    service: Option<Arc<str>>,
 }
 
 impl Default for Retire {
@@ -214,19 +218,19 @@ pub enum OfferError {
 impl Retire {
     /// The same, for a connection of the service named `service`.
     pub fn for_service(mut self, service: Arc<str>) -> Retire {
-        self.service = service;
+        self.service = Some(service);
         self
     }
 
     /// Resolves once the worker retires with hand-over. Services wait on it beside their
     /// reads, and take it before their stop token (a `biased` select).
     pub async fn requested(&self) {
-        self.requested.cancelled().await
+        self.shared.requested.cancelled().await
     }
 
     /// Whether the worker retires with hand-over.
     pub fn is_requested(&self) -> bool {
-        self.requested.is_cancelled()
+        self.shared.requested.is_cancelled()
     }
 
     /// Offers the connection whose socket is `fd` to a newer worker, with `parcel`, for its
@@ -239,8 +243,8 @@ impl Retire {
     /// # Errors
     /// [`OfferError`] when no worker took it: the caller keeps the connection.
     pub async fn offer(&self, fd: RawFd, parcel: &Parcel) -> Result<Courier, OfferError> {
-        let service = &*self.service;
-        let mut found = self.found.clone();
+        let service = self.service.as_deref().unwrap_or("");
+        let mut found = self.shared.found.subscribe();
         let workers = match found.wait_for(|f| *f != Found::Searching).await {
             Ok(f) => match &*f {
                 Found::Workers(w) if !w.is_empty() => w.clone(),
@@ -248,13 +252,13 @@ impl Retire {
             },
             Err(_) => return Err(self.kept(OfferError::Nobody)),
         };
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let first = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let mut last = String::new();
         for i in 0..workers.len() {
             let addr = &workers[(first + i) % workers.len()];
             match tokio::time::timeout(ANSWER_TIMEOUT, offer_to(addr, fd, service, parcel)).await {
                 Ok(Ok(courier)) => {
-                    self.stats.handed.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.handed.fetch_add(1, Ordering::Relaxed);
                     return Ok(courier);
                 }
                 Ok(Err(err)) => last = err.to_string(),
@@ -266,7 +270,7 @@ impl Retire {
     }
 
     fn kept(&self, err: OfferError) -> OfferError {
-        self.stats.kept.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.kept.fetch_add(1, Ordering::Relaxed);
         err
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -157,8 +157,45 @@ fn classify(e: Errno) -> OpenError {
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Most cached descriptors per worker, and at most a quarter of the descriptor limit, so the
-/// cache never starves connections of descriptors ([`FileCache::for_fd_limit`]).
-pub const CACHE_ENTRIES: usize = 4096;
+/// cache never starves connections of descriptors ([`FileCache::for_fd_limit`]). As the tuned
+/// nginx of issue 12 (`open_file_cache max=20000`): a working set of 10,000 files fits, where
+/// 4,096 made most requests of that benchmark a path walk.
+pub const CACHE_ENTRIES: usize = 20_000;
+
+/// Variant-miss entries kept per cached file: each file has up to three precompressed
+/// siblings, usually all absent.
+const MISSES_PER_ENTRY: usize = 3;
+
+/// Names read from a directory at most, for [`FileCache::siblings`]' filter; a larger
+/// directory is not read (its files are probed one by one).
+const DIR_NAMES_MOST: usize = 100_000;
+
+/// A directory's answer for [`FileCache::siblings`]: does any name end in a sibling suffix.
+#[derive(Debug)]
+struct DirNames {
+    dir: Arc<File>,
+    /// When its path was looked up.
+    at: Instant,
+    /// Inode and mtime when the names were read.
+    version: (u64, SystemTime),
+    any: bool,
+}
+
+/// A cache key: the relative path's bytes.
+fn key(rel: &Path) -> &[u8] {
+    rel.as_os_str().as_encoded_bytes()
+}
+
+/// One cached descriptor.
+#[derive(Debug)]
+struct Entry {
+    file: Arc<File>,
+    /// When the path was looked up (the entry stands for it until [`CACHE_TTL`] later).
+    at: Instant,
+    /// Which precompressed siblings exist (bit `i` for suffix `i` of the caller's list), found
+    /// once per entry by [`FileCache::siblings`]; `None` until asked.
+    siblings: Option<u8>,
+}
 
 /// A per-worker cache of open regular files, like nginx's `open_file_cache`, so a hot file costs
 /// one `fstat` instead of a path walk, an open and a close.
@@ -173,11 +210,18 @@ pub const CACHE_ENTRIES: usize = 4096;
 pub struct FileCache {
     /// The worker's runtime is single-threaded, so the lock is never contended; it is a Mutex
     /// (not a RefCell) only because spawned connection futures must be `Send`.
-    map: Mutex<HashMap<PathBuf, (Arc<File>, Instant)>>,
+    /// Keyed by the relative path's bytes: paths arrive normalized, and hashing a `Path`
+    /// walks its components (a visible cost in the many-files profile).
+    map: Mutex<HashMap<Box<[u8]>, Entry>>,
     /// Variant paths found missing, and when: every request for a file asks for its three
     /// precompressed siblings, which are usually absent, and three failed path walks per
     /// request would cost more than the request. Same lock reasoning as `map`.
-    misses: Mutex<HashMap<PathBuf, Instant>>,
+    misses: Mutex<HashMap<Box<[u8]>, Instant>>,
+    /// Directories of cached files: whether any name in them ends in a sibling suffix, so
+    /// that a file whose directory has none needs no sibling probes (see
+    /// [`FileCache::siblings`]). At most a quarter of `capacity` entries, each holding a
+    /// directory descriptor. Same lock reasoning as `map`.
+    dirs: Mutex<HashMap<Box<[u8]>, DirNames>>,
     /// Entries kept at most; 0 turns the cache off.
     capacity: usize,
 }
@@ -188,6 +232,7 @@ impl FileCache {
         FileCache {
             map: Mutex::default(),
             misses: Mutex::default(),
+            dirs: Mutex::default(),
             capacity,
         }
     }
@@ -212,7 +257,10 @@ impl FileCache {
         follow_symlinks: bool,
     ) -> Result<Opened, OpenError> {
         let now = Instant::now();
-        let cached = self.lock().get(rel).cloned();
+        let cached = self
+            .lock()
+            .get(key(rel))
+            .map(|e| (Arc::clone(&e.file), e.at));
         if let Some((file, at)) = cached {
             if now.duration_since(at) < CACHE_TTL
                 && let Ok(o) = stat(file)
@@ -221,7 +269,7 @@ impl FileCache {
             {
                 return Ok(o);
             }
-            self.lock().remove(rel);
+            self.lock().remove(key(rel));
         }
         let opened = open(root_fd, root, rel, follow_symlinks)?;
         if opened.kind == FileType::RegularFile && self.capacity > 0 {
@@ -234,9 +282,139 @@ impl FileCache {
                     map.remove(&k);
                 }
             }
-            map.insert(rel.to_path_buf(), (Arc::clone(&opened.file), now));
+            map.insert(
+                key(rel).into(),
+                Entry {
+                    file: Arc::clone(&opened.file),
+                    at: now,
+                    siblings: None,
+                },
+            );
         }
         Ok(opened)
+    }
+
+    /// Which of `rel`'s precompressed siblings (`rel` + each of `suffixes`, at most 8) exist:
+    /// bit `i` set for `suffixes[i]`. Found with [`FileCache::open_variant`] once per cached
+    /// entry of `rel` (so at most once per [`CACHE_TTL`] while `rel` stays cached) and then
+    /// answered from the entry: the usual file without siblings costs one hash lookup per
+    /// request instead of building and looking up three sibling paths. A sibling that appears
+    /// is seen when the entry is next looked up (within the TTL, as a remembered miss was);
+    /// one that disappears is still checked by the caller's `open_variant`. Uncached files
+    /// (the cache off or full of newer entries) are probed every time.
+    pub fn siblings(
+        &self,
+        root_fd: &OwnedFd,
+        root: &Path,
+        rel: &Path,
+        follow_symlinks: bool,
+        suffixes: &[&str],
+    ) -> u8 {
+        if let Some(mask) = self.lock().get(key(rel)).and_then(|e| e.siblings) {
+            return mask;
+        }
+        let mut mask = 0u8;
+        if !self.dir_may_have(root_fd, root, rel, follow_symlinks, suffixes) {
+            if let Some(e) = self.lock().get_mut(key(rel)) {
+                e.siblings = Some(0);
+            }
+            return 0;
+        }
+        let mut sibling = rel.as_os_str().to_owned();
+        let base = sibling.len();
+        for (i, suffix) in suffixes.iter().enumerate().take(8) {
+            // Back to `rel`, then this suffix (one allocation for all of them).
+            let mut bytes = std::mem::take(&mut sibling).into_encoded_bytes();
+            bytes.truncate(base);
+            bytes.extend_from_slice(suffix.as_bytes());
+            // SAFETY: `rel`'s bytes (from `into_encoded_bytes`) followed by UTF-8.
+            sibling = unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(bytes) };
+            if self
+                .open_variant(root_fd, root, Path::new(&sibling), follow_symlinks)
+                .is_some()
+            {
+                mask |= 1 << i;
+            }
+        }
+        if let Some(e) = self.lock().get_mut(key(rel)) {
+            e.siblings = Some(mask);
+        }
+        mask
+    }
+
+    /// False only when `rel`'s directory, as it is now, holds no name ending in one of
+    /// `suffixes`: then no sibling can exist and none is probed. The directory's names are
+    /// read once and kept with its descriptor; each later question costs one `fstat` of it
+    /// (any entry added, removed or renamed changes the directory's mtime, which rereads
+    /// them), and its path is looked up again after [`CACHE_TTL`] like a file's. True (probe
+    /// as usual) whenever this cannot be known: the directory cannot be opened or read, or
+    /// holds more than [`DIR_NAMES_MOST`] names.
+    fn dir_may_have(
+        &self,
+        root_fd: &OwnedFd,
+        root: &Path,
+        rel: &Path,
+        follow_symlinks: bool,
+        suffixes: &[&str],
+    ) -> bool {
+        if self.capacity == 0 {
+            return true;
+        }
+        let parent = match rel.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let now = Instant::now();
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = dirs.get(key(parent))
+            && now.duration_since(d.at) < CACHE_TTL
+            && let Ok(now_is) = stat(Arc::clone(&d.dir))
+            && (now_is.ino, now_is.mtime) == d.version
+        {
+            return d.any;
+        }
+        dirs.remove(key(parent));
+        let Ok(opened) = open(root_fd, root, parent, follow_symlinks) else {
+            return true;
+        };
+        if opened.kind != FileType::Directory {
+            return true;
+        }
+        // The version is the one `open` took before reading: a change during the read shows
+        // next time.
+        let version = (opened.ino, opened.mtime);
+        let Ok(names) = rustix::fs::Dir::read_from(opened.file.as_fd()) else {
+            return true;
+        };
+        let mut any = false;
+        for (n, item) in names.enumerate() {
+            let Ok(item) = item else { return true };
+            if n >= DIR_NAMES_MOST {
+                return true;
+            }
+            let name = item.file_name().to_bytes();
+            if suffixes.iter().any(|s| name.ends_with(s.as_bytes())) {
+                any = true;
+                break;
+            }
+        }
+        // A quarter of the file entries: directories are few next to files, and their
+        // descriptors come out of the same share of the descriptor limit.
+        if dirs.len() >= self.capacity.div_ceil(4)
+            && let Some(k) = dirs.keys().next().cloned()
+        {
+            dirs.remove(&k);
+        }
+        dirs.insert(
+            key(parent).into(),
+            DirNames {
+                dir: opened.file,
+                at: now,
+                version,
+                any,
+            },
+        );
+        any
     }
 
     /// A precompressed variant (`app.js.gz`): the regular file at `rel`, or `None` when there
@@ -251,32 +429,32 @@ impl FileCache {
         let now = Instant::now();
         let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
         if misses
-            .get(rel)
+            .get(key(rel))
             .is_some_and(|at| now.duration_since(*at) < CACHE_TTL)
         {
             return None;
         }
         match self.open(root_fd, root, rel, follow_symlinks) {
             Ok(o) if o.kind == FileType::RegularFile => {
-                misses.remove(rel);
+                misses.remove(key(rel));
                 Some(o)
             }
             _ => {
                 if self.capacity > 0 {
-                    if misses.len() >= self.capacity {
+                    if misses.len() >= self.capacity * MISSES_PER_ENTRY {
                         // As for `map`: one arbitrary entry goes.
                         if let Some(k) = misses.keys().next().cloned() {
                             misses.remove(&k);
                         }
                     }
-                    misses.insert(rel.to_path_buf(), now);
+                    misses.insert(key(rel).into(), now);
                 }
                 None
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Arc<File>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Entry>> {
         // A panic while holding the lock cannot leave the map inconsistent (each operation is
         // one HashMap call), so a poisoned lock is used as it is.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
@@ -313,6 +491,25 @@ mod tests {
             cache.open(&root_fd, &root, Path::new("f"), false),
             Err(OpenError::NotFound)
         ));
+    }
+
+    #[test]
+    fn a_directory_without_sibling_names_needs_no_probes_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let root_fd = open_root(&root).unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/a.js"), "js").unwrap();
+        let cache = FileCache::new(8);
+        let sfx = [".br", ".zst", ".gz"];
+        let rel = Path::new("d/a.js");
+        assert!(!cache.dir_may_have(&root_fd, &root, rel, false, &sfx));
+        assert!(!cache.dir_may_have(&root_fd, &root, Path::new("top.js"), false, &sfx));
+        // A new name changes the directory's mtime: seen at the next question.
+        std::fs::write(root.join("d/a.js.gz"), "z").unwrap();
+        assert!(cache.dir_may_have(&root_fd, &root, rel, false, &sfx));
+        cache.open(&root_fd, &root, rel, false).unwrap();
+        assert_eq!(cache.siblings(&root_fd, &root, rel, false, &sfx), 0b100);
     }
 
     #[test]

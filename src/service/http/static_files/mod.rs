@@ -112,6 +112,18 @@ impl StaticService {
         )
     }
 
+    /// Which precompressed siblings of `rel` exist, as a bit mask over `suffixes` (see
+    /// [`files::FileCache::siblings`]).
+    pub fn siblings(&self, rel: &Path, suffixes: &[&str]) -> u8 {
+        self.cache.siblings(
+            &self.root_fd,
+            &self.config.root,
+            rel,
+            self.config.follow_symlinks,
+            suffixes,
+        )
+    }
+
     /// A precompressed variant of a file, if there is one (see
     /// [`files::FileCache::open_variant`]).
     pub fn open_variant(&self, rel: &Path) -> Option<Opened> {
@@ -162,6 +174,46 @@ mod memory {
             let f = super::serve(stream, &ctx, &svc);
             let size = std::mem::size_of_val(&f);
             assert!(size <= 512, "serve future is {size} bytes");
+        });
+    }
+
+    /// A worker spawns every connection as `Service::serve`, whose future is as large as the
+    /// largest service's: an unboxed chat future (2,560 bytes) made each idle static
+    /// connection cost that much (issue 12). Static's own future is the only one kept inline.
+    #[test]
+    fn the_dispatch_future_stays_small_for_static() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let ctx =
+                crate::service::ConnContext::detached(crate::net::Peer::Unix, Default::default());
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = crate::config::StaticConfig {
+                root: dir.path().into(),
+                keep_alive: std::time::Duration::from_secs(1),
+                header_timeout: std::time::Duration::from_secs(1),
+                limit_request_line: 10,
+                limit_request_fields: 10,
+                limit_request_field_size: 10,
+                follow_symlinks: false,
+                show_hidden: false,
+                listing: true,
+                access_logfile: None,
+                access_logformat: None,
+                max_age: None,
+            };
+            let service = crate::service::Service::Static(Box::new(
+                super::StaticService::open(&cfg).unwrap(),
+            ));
+            let f = service.serve(crate::net::Stream::Tcp(c), ctx);
+            let size = std::mem::size_of_val(&f);
+            assert!(size <= 768, "Service::serve future is {size} bytes");
         });
     }
 }
