@@ -26,6 +26,26 @@
 //! - [`proctitle`]: the process titles `ps` and `top` show.
 //! - [`log`]: the line format and the log file reopened on USR1.
 //! - [`exit`]: every exit code, and who reacts to each.
+//! - [`server`]: the embedding API, [`Server`]: a program's own `tower::Service` (an axum
+//!   `Router`) served by the pool, with oxicorn's CLI.
+//!
+//! # Running your own app
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     oxicorn::Server::from_args()
+//!         .app(|| async {
+//!             // Called in each worker after the fork; may open pools, may fail.
+//!             Ok::<_, std::io::Error>(tower::service_fn(|req: oxicorn::AppRequest| async move {
+//!                 let client = req.extensions().get::<oxicorn::Client>().cloned();
+//!                 let text = format!("hello, {:?}", client.and_then(|c| c.ip));
+//!                 Ok::<_, std::convert::Infallible>(http::Response::new(text))
+//!             }))
+//!         })
+//!         .run()
+//! }
+//! ```
+//! With axum, the factory returns a `Router`; `examples/axum_app.rs` is a complete program.
 //! - [`sync`]: the one way shared state is locked.
 
 #![warn(missing_docs)]
@@ -49,6 +69,11 @@ pub mod log;
 pub mod net;
 pub mod proctitle;
 pub mod scoreboard;
+pub mod server;
 pub mod service;
 pub mod sync;
 pub mod worker;
+
+pub use net::Peer;
+pub use server::Server;
+pub use service::http::app::{AppRequest, Client, StaticFiles};

@@ -122,6 +122,7 @@ pub fn command() -> Command {
             Kind::Quote => {
                 "Reply with the current quote, then keep what the client sent as the new one"
             }
+            Kind::App => unreachable!("not in Kind::ALL"),
         };
         let sub = Command::new(kind.name()).about(about);
         root = root.subcommand(service_args(server_args(sub), kind));
@@ -192,6 +193,7 @@ fn service_args(mut cmd: Command, kind: Kind) -> Command {
         Kind::Echo => "Echo options",
         Kind::Chat => "Chat options",
         Kind::Quote => "Quote options",
+        Kind::App => "HTTP options",
     });
     for s in SETTINGS.iter().filter(|s| s.scope.has(kind)) {
         if s.key == "root" {
@@ -229,6 +231,26 @@ fn arg(s: &'static Setting) -> Arg {
         Type::Binds => a.value_name(s.value_name).action(ArgAction::Append),
         _ => a.value_name(s.value_name),
     }
+}
+
+/// The command line of a program that embeds oxicorn to serve its own app
+/// ([`crate::server::Server`]): the server options and the app's HTTP options at the top
+/// level, no service or client subcommands, named after the program.
+pub fn app_command(program: &str) -> Command {
+    let cmd = Command::new(program.to_string())
+        .about("An application served by oxicorn: pre-forked workers, reloads, limits, logs");
+    service_args(server_args(cmd), Kind::App)
+}
+
+/// The server arguments in the matches of an [`app_command`] (or of a command built on it
+/// with the program's own flags beside).
+pub fn app_args(m: &ArgMatches) -> ServeArgs {
+    let mut args = ServeArgs {
+        kind: Some(Kind::App),
+        ..ServeArgs::default()
+    };
+    collect(m, &mut args, Kind::App, true);
+    args
 }
 
 /// Parses `argv` (with the program name first).

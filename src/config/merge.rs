@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 
 use super::file::{FileConfig, Layer, render};
 use super::settings::{Kind, SETTINGS, Scope, Value, setting};
-use super::{Config, LogLevel, RunAs, ServeArgs, ServiceConfig, ServiceSpec, StaticConfig};
+use super::{
+    AppConfig, Config, LogLevel, RunAs, ServeArgs, ServiceConfig, ServiceSpec, StaticConfig,
+};
 use crate::net::BindAddr;
+use crate::service::http::app::HttpSettings;
+use crate::service::http::app::forwarded::AllowIpsError;
 
 /// Why a configuration was refused. Each names the file or the setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +325,60 @@ fn spec(name: String, kind: Kind, layers: &[&Layer]) -> Result<ServiceSpec, Conf
             return Err(invalid("bind", format!("{a} is given twice")));
         }
     }
+    // The access log, shared by the HTTP services.
+    let access_log = || -> Result<(Option<PathBuf>, Option<String>), ConfigError> {
+        let access_logfile = match get("access_logfile") {
+            Some(Value::Path(p)) => Some(p.clone()),
+            _ => None,
+        };
+        let access_logformat = match get("access_logformat") {
+            Some(Value::Text(f)) => Some(f.clone()),
+            _ => None,
+        };
+        if let Some(f) = &access_logformat
+            && let Err(e) = crate::service::http::access_log::LogFormat::parse(f)
+        {
+            return Err(invalid("access_logformat", e.to_string()));
+        }
+        if let Some(p) = &access_logfile
+            && p.as_os_str() != "-"
+            && p.is_dir()
+        {
+            return Err(invalid(
+                "access_logfile",
+                format!("`{}` is a directory, not a file path", p.display()),
+            ));
+        }
+        Ok((access_logfile, access_logformat))
+    };
     let service = match kind {
+        Kind::App => {
+            let (access_logfile, access_logformat) = access_log()?;
+            let forwarded_allow_ips = match get("forwarded_allow_ips") {
+                Some(Value::Text(t)) => t
+                    .parse()
+                    .map_err(|e: AllowIpsError| invalid("forwarded_allow_ips", e.to_string()))?,
+                _ => unreachable!("forwarded_allow_ips has a default"),
+            };
+            let request_timeout = duration("request_timeout");
+            ServiceConfig::App(AppConfig {
+                http: HttpSettings {
+                    keep_alive: duration("keep_alive"),
+                    header_timeout: duration("header_timeout"),
+                    limit_request_line: count("limit_request_line"),
+                    limit_request_fields: count("limit_request_fields"),
+                    limit_request_field_size: count("limit_request_field_size"),
+                    limit_request_body: match get("limit_request_body") {
+                        Some(Value::Count(n)) => *n,
+                        _ => unreachable!("limit_request_body has a default"),
+                    },
+                    request_timeout: (!request_timeout.is_zero()).then_some(request_timeout),
+                    forwarded_allow_ips,
+                },
+                access_logfile,
+                access_logformat,
+            })
+        }
         Kind::Echo => ServiceConfig::Echo,
         Kind::Chat => ServiceConfig::Chat {
             max_line: count("max_line"),
@@ -346,28 +403,7 @@ fn spec(name: String, kind: Kind, layers: &[&Layer]) -> Result<ServiceSpec, Conf
                     format!("cannot serve `{}`: not a directory", dir.display()),
                 ));
             }
-            let access_logfile = match get("access_logfile") {
-                Some(Value::Path(p)) => Some(p.clone()),
-                _ => None,
-            };
-            let access_logformat = match get("access_logformat") {
-                Some(Value::Text(f)) => Some(f.clone()),
-                _ => None,
-            };
-            if let Some(f) = &access_logformat
-                && let Err(e) = crate::service::http::access_log::LogFormat::parse(f)
-            {
-                return Err(invalid("access_logformat", e.to_string()));
-            }
-            if let Some(p) = &access_logfile
-                && p.as_os_str() != "-"
-                && p.is_dir()
-            {
-                return Err(invalid(
-                    "access_logfile",
-                    format!("`{}` is a directory, not a file path", p.display()),
-                ));
-            }
+            let (access_logfile, access_logformat) = access_log()?;
             ServiceConfig::Static(StaticConfig {
                 root,
                 keep_alive: duration("keep_alive"),

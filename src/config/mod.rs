@@ -139,6 +139,21 @@ pub enum ServiceConfig {
         /// Longest line, in bytes without its terminator.
         max_line: usize,
     },
+    /// A program's own HTTP application ([`crate::server::Server`]); the app itself comes
+    /// from the program's factory, called in each worker.
+    App(AppConfig),
+}
+
+/// `app`'s settings, checked: how the program's application is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppConfig {
+    /// Limits, deadlines and trusted proxies.
+    pub http: crate::service::http::app::HttpSettings,
+    /// The access log: `None` off, `-` stdout, otherwise a file opened for append.
+    pub access_logfile: Option<PathBuf>,
+    /// The access log's line in gunicorn's `%(atom)s` syntax, checked to parse; `None` is
+    /// [`crate::service::http::access_log::DEFAULT_FORMAT`].
+    pub access_logformat: Option<String>,
 }
 
 /// `static`'s settings, checked.
@@ -180,6 +195,7 @@ impl ServiceConfig {
             ServiceConfig::Static(_) => Kind::Static,
             ServiceConfig::Chat { .. } => Kind::Chat,
             ServiceConfig::Quote { .. } => Kind::Quote,
+            ServiceConfig::App(_) => Kind::App,
         }
     }
 

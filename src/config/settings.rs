@@ -26,6 +26,9 @@ pub enum Kind {
     Chat,
     /// `quote`: one quote for the server.
     Quote,
+    /// `app`: a program's own `tower::Service`, for programs that embed oxicorn
+    /// ([`crate::server::Server`]); the `oxicorn` binary has none to serve.
+    App,
 }
 
 impl Kind {
@@ -39,12 +42,17 @@ impl Kind {
             Kind::Echo => "echo",
             Kind::Chat => "chat",
             Kind::Quote => "quote",
+            Kind::App => "app",
         }
     }
 
-    /// The kind named `name`, if any.
+    /// The kind named `name`, if any (`app` too, though it is not in [`Kind::ALL`]: only a
+    /// program embedding oxicorn can serve it).
     pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
+        Kind::ALL
+            .into_iter()
+            .chain([Kind::App])
+            .find(|k| k.name() == name)
     }
 }
 
@@ -171,6 +179,9 @@ pub const MAX_WORKERS: usize = 512;
 pub const MAX_MAX_LINE: usize = 1 << 20;
 
 const STATIC: &[Kind] = &[Kind::Static];
+/// HTTP services: the limits and logs they share.
+const HTTP: &[Kind] = &[Kind::Static, Kind::App];
+const APP: &[Kind] = &[Kind::App];
 const LINES: &[Kind] = &[Kind::Chat, Kind::Quote];
 
 /// Every setting, in the order `--help`, `--print-config` and `--check-config` show them.
@@ -380,6 +391,7 @@ pub static SETTINGS: &[Setting] = &[
             (Kind::Echo, "300"),
             (Kind::Chat, "0"),
             (Kind::Quote, "30"),
+            (Kind::App, "60"),
         ]),
         value_name: "SECS",
         help: "Close a connection silent for this long; 0 = never",
@@ -396,7 +408,7 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         key: "keep_alive",
         short: None,
-        scope: Scope::Services(STATIC),
+        scope: Scope::Services(HTTP),
         ty: Type::Duration {
             zero: Zero::Allowed,
             min: Duration::ZERO,
@@ -408,7 +420,7 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         key: "header_timeout",
         short: None,
-        scope: Scope::Services(STATIC),
+        scope: Scope::Services(HTTP),
         ty: Type::Duration {
             zero: Zero::Refused(
                 "0 would let a silent client hold a connection forever: give a time such as 10",
@@ -422,7 +434,7 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         key: "limit_request_line",
         short: None,
-        scope: Scope::Services(STATIC),
+        scope: Scope::Services(HTTP),
         ty: Type::Count { min: 1, max: 65536 },
         default: Default::Text("4094"),
         value_name: "BYTES",
@@ -431,7 +443,7 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         key: "limit_request_fields",
         short: None,
-        scope: Scope::Services(STATIC),
+        scope: Scope::Services(HTTP),
         ty: Type::Count { min: 1, max: 32768 },
         default: Default::Text("100"),
         value_name: "N",
@@ -440,7 +452,7 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         key: "limit_request_field_size",
         short: None,
-        scope: Scope::Services(STATIC),
+        scope: Scope::Services(HTTP),
         ty: Type::Count { min: 1, max: 65536 },
         default: Default::Text("8190"),
         value_name: "BYTES",
@@ -476,7 +488,7 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         key: "access_logfile",
         short: None,
-        scope: Scope::Services(STATIC),
+        scope: Scope::Services(HTTP),
         ty: Type::Path,
         default: Default::None,
         value_name: "FILE",
@@ -485,13 +497,46 @@ pub static SETTINGS: &[Setting] = &[
     Setting {
         key: "access_logformat",
         short: None,
-        scope: Scope::Services(STATIC),
+        scope: Scope::Services(HTTP),
         ty: Type::Text { max: 4096 },
         default: Default::None,
         value_name: "FORMAT",
         help: "The access log line in gunicorn's %(atom)s syntax: %(h)s %(l)s %(u)s %(t)s %(r)s \
                %(m)s %(U)s %(q)s %(H)s %(s)s %(b)s %(B)s %(f)s %(a)s %(T)s %(M)s %(D)s %(L)s \
                %(p)s [default: '%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\" %(D)s']",
+    },
+    Setting {
+        key: "limit_request_body",
+        short: None,
+        scope: Scope::Services(APP),
+        ty: Type::Count {
+            min: 0,
+            max: u64::MAX,
+        },
+        default: Default::Text("0"),
+        value_name: "BYTES",
+        help: "Largest request body in bytes; larger ones get 413 before the app reads more; 0 = no limit",
+    },
+    Setting {
+        key: "request_timeout",
+        short: None,
+        scope: Scope::Services(APP),
+        ty: Type::Duration {
+            zero: Zero::Off,
+            min: Duration::ZERO,
+        },
+        default: Default::Text("0"),
+        value_name: "SECS",
+        help: "Longest a handler may take to answer; slower ones get 503 and are dropped; 0 = no limit",
+    },
+    Setting {
+        key: "forwarded_allow_ips",
+        short: None,
+        scope: Scope::Services(APP),
+        ty: Type::Text { max: 65536 },
+        default: Default::Text("127.0.0.1,::1"),
+        value_name: "IPS",
+        help: "Peers (addresses, networks, or * for all) whose X-Forwarded-For, X-Forwarded-Proto and Forwarded headers are believed",
     },
     Setting {
         key: "max_age",

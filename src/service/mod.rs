@@ -103,6 +103,8 @@ pub enum Service {
     Chat(chat::Chat),
     /// [`quote`]: the quote, held by the bus.
     Quote(quote::Quote),
+    /// [`http::app`]: the program's own application, built by its factory in this worker.
+    App(Box<http::app::AppService>),
 }
 
 impl Service {
@@ -111,7 +113,7 @@ impl Service {
     ///
     /// # Errors
     /// If the service cannot start (a worker boot error).
-    pub fn for_worker(config: &ServiceConfig, bus: Option<&Bus>) -> io::Result<Service> {
+    pub async fn for_worker(config: &ServiceConfig, bus: Option<&Bus>) -> io::Result<Service> {
         let bus = || {
             bus.cloned().ok_or_else(|| {
                 io::Error::other(format!("the {} service needs the bus", config.name()))
@@ -126,6 +128,7 @@ impl Service {
             ServiceConfig::Quote { max_line, quote } => {
                 Service::Quote(quote::Quote::new(bus()?, *max_line, quote))
             }
+            ServiceConfig::App(c) => Service::App(Box::new(http::app::AppService::start(c).await?)),
         })
     }
 
@@ -138,6 +141,7 @@ impl Service {
             Service::Echo => Ok(()),
             Service::Static(s) => s.reopen_logs(),
             Service::Chat(_) | Service::Quote(_) => Ok(()),
+            Service::App(a) => a.reopen_logs(),
         }
     }
 
@@ -197,6 +201,8 @@ impl Service {
             Service::Quote(quote) => {
                 Box::pin(async move { ended(quote.serve(stream, &ctx).await, &ctx) })
             }
+            // Logs its own errors: a connection carries many requests.
+            Service::App(app) => Box::pin(app.serve(stream, ctx)),
         }
     }
 }
@@ -230,7 +236,7 @@ impl Services {
     ///
     /// # Errors
     /// If a service cannot start, or needs a bus and none was given (a worker boot error).
-    pub fn for_worker(
+    pub async fn for_worker(
         config: &Config,
         routes: Vec<usize>,
         bus_address: Option<&Path>,
@@ -247,12 +253,14 @@ impl Services {
             .map(|s| s.name.as_str().into())
             .collect();
         for spec in &config.services {
-            let service = Service::for_worker(&spec.service, bus.as_ref()).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot start the {} service: {e}", spec.name),
-                )
-            })?;
+            let service = Service::for_worker(&spec.service, bus.as_ref())
+                .await
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot start the {} service: {e}", spec.name),
+                    )
+                })?;
             services.push((service, spec.idle_timeout));
         }
         Ok(Services {

@@ -104,7 +104,7 @@ async fn serve(
         }
     }
 
-    let service = match Services::for_worker(&config, routes, bus_address.as_deref()) {
+    let service = match Services::for_worker(&config, routes, bus_address.as_deref()).await {
         Ok(s) => Arc::new(s),
         Err(err) => {
             tracing::error!(cause = %err, "worker cannot start");

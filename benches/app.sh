@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Benchmark (issue 9): the same hello-world axum Router
+#   (a) under oxicorn, 2 workers           (examples/axum_app.rs)
+#   (b) under axum::serve, tokio multi-thread runtime with 2 worker threads
+#       (benches/axum_standalone, its own crate)
+#   (c) a WSGI hello world under gunicorn, 2 sync workers, and 2 gthread workers x 4 threads
+# on loopback, in the same run, rounds alternating, medians printed. HTTP/1.1 keep-alive with
+# wrk (64 connections), HTTP/2 (h2c prior knowledge) with h2load for (a) and (b). Then one run
+# of (a) with a HUP every second under load: errors (must be 0) and the dip in requests/s.
+#
+#   benches/app.sh                        # ROUNDS=3 DURATION=5 CONNS=64 HUP_SECS=10
+#
+# Needs wrk, h2load (Debian: nghttp2-client), python3 with venv; gunicorn is installed from
+# PyPI into a temp venv. Everything generated lives in a temp dir removed on exit. Not run by CI.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-64}
+HUP_SECS=${HUP_SECS:-10}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+
+for tool in wrk h2load python3; do
+    command -v "$tool" >/dev/null || {
+        echo "app.sh: $tool is not installed (apt-get install wrk nghttp2-client python3-venv)" >&2
+        exit 1
+    }
+done
+(cd "$REPO" && cargo build --release --quiet --example axum_app)
+APP=$REPO/target/release/examples/axum_app
+(cd "$REPO/benches/axum_standalone" && cargo build --release --quiet --target-dir "$REPO/target/axum_standalone")
+AXUM=$REPO/target/axum_standalone/release/axum_standalone
+
+WORK=$(mktemp -d /tmp/oxicorn-app-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # port
+    for _ in $(seq 1 150); do
+        if python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$1/', timeout=0.5)" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "app.sh: nothing answers on port $1" >&2
+    exit 1
+}
+
+echo "installing gunicorn into $WORK/venv ..." >&2
+python3 -m venv "$WORK/venv" >/dev/null
+"$WORK/venv/bin/pip" install --quiet gunicorn >&2
+cat >"$WORK/hello.py" <<'PY'
+def app(environ, start_response):
+    body = b"hello"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+PY
+
+P_OXI=$(free_port); P_AXUM=$(free_port); P_GSYNC=$(free_port); P_GTHR=$(free_port)
+# As root (a CI box, a container), say that root workers are meant, as the tests do.
+[ "$(id -u)" = 0 ] && export OXICORN_ALLOW_ROOT=true
+"$APP" --bind "127.0.0.1:$P_OXI" --workers 2 --log-level warning 2>"$WORK/oxicorn.log" &
+OXI_PID=$!; PIDS+=("$OXI_PID")
+"$AXUM" "127.0.0.1:$P_AXUM" 2>"$WORK/axum.log" &
+PIDS+=("$!")
+(cd "$WORK" && exec venv/bin/gunicorn -w 2 -b "127.0.0.1:$P_GSYNC" --log-level warning hello:app) 2>"$WORK/gsync.log" &
+PIDS+=("$!")
+(cd "$WORK" && exec venv/bin/gunicorn -w 2 -k gthread --threads 4 -b "127.0.0.1:$P_GTHR" --log-level warning hello:app) 2>"$WORK/gthread.log" &
+PIDS+=("$!")
+for p in "$P_OXI" "$P_AXUM" "$P_GSYNC" "$P_GTHR"; do wait_http "$p"; done
+
+# wrk: prints "<requests/s> <p99 in ms> <errors>" for one run.
+run_wrk() { # port seconds
+    wrk -t2 -c"$CONNS" -d"$2"s --latency "http://127.0.0.1:$1/" | python3 -c '
+import re, sys
+t = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", t)
+p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+err = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
+n = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+err += int(n.group(1)) if n else 0
+print(f"{rps:.0f} {p99:.2f} {err}")'
+}
+
+# h2load over h2c prior knowledge: prints "<requests/s> <mean ms> <errors>".
+run_h2load() { # port seconds
+    h2load -c"$CONNS" -m10 -t2 -D"$2" "http://127.0.0.1:$1/" 2>/dev/null | python3 -c '
+import re, sys
+t = sys.stdin.read()
+rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", t).group(1))
+mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", t)
+ms = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
+m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", t)
+print(f"{rps:.0f} {ms:.2f} {int(m.group(2)) + int(m.group(3))}")'
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+declare -A RPS P99 ERR
+NAMES=(oxicorn axum gunicorn-sync gunicorn-gthread oxicorn-h2 axum-h2)
+for r in $(seq 1 "$ROUNDS"); do
+    echo "round $r/$ROUNDS ..." >&2
+    for name in "${NAMES[@]}"; do
+        case $name in
+            oxicorn) out=$(run_wrk "$P_OXI" "$DURATION") ;;
+            axum) out=$(run_wrk "$P_AXUM" "$DURATION") ;;
+            gunicorn-sync) out=$(run_wrk "$P_GSYNC" "$DURATION") ;;
+            gunicorn-gthread) out=$(run_wrk "$P_GTHR" "$DURATION") ;;
+            oxicorn-h2) out=$(run_h2load "$P_OXI" "$DURATION") ;;
+            axum-h2) out=$(run_h2load "$P_AXUM" "$DURATION") ;;
+        esac
+        read -r rps lat err <<<"$out"
+        RPS[$name]+="$rps "; P99[$name]+="$lat "; ERR[$name]+="$err "
+    done
+done
+
+echo
+echo "medians of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, $(nproc) cores, $(date -u +%F)"
+printf '%-18s %12s %14s %8s\n' server "requests/s" "p99 (h2: mean)" errors
+for name in "${NAMES[@]}"; do
+    printf '%-18s %12s %12s ms %8s\n' "$name" \
+        "$(tr ' ' '\n' <<<"${RPS[$name]}" | grep . | median)" \
+        "$(tr ' ' '\n' <<<"${P99[$name]}" | grep . | median)" \
+        "$(tr ' ' '\n' <<<"${ERR[$name]}" | grep . | awk '{s+=$1} END {print s}')"
+done
+m() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
+python3 - "$(m oxicorn)" "$(m axum)" "$(m gunicorn-sync)" "$(m gunicorn-gthread)" "$(m oxicorn-h2)" "$(m axum-h2)" <<'PY'
+import sys
+o, a, gs, gt, oh, ah = map(float, sys.argv[1:])
+r = lambda x, y: f"{x / y:.2f}x" if y else "n/a (no answers)"
+print(f"oxicorn / axum::serve (HTTP/1.1): {r(o, a)}   (HTTP/2): {r(oh, ah)}")
+print(f"oxicorn / best gunicorn: {r(o, max(gs, gt))}")
+PY
+
+echo
+echo "HUP every second for ${HUP_SECS}s under load (oxicorn, HTTP/1.1):"
+(for _ in $(seq 1 "$HUP_SECS"); do sleep 1; kill -HUP "$OXI_PID"; done) &
+HUPPER=$!
+read -r rps lat err <<<"$(run_wrk "$P_OXI" "$HUP_SECS")"
+wait "$HUPPER"
+base=$(m oxicorn)
+python3 - "$rps" "$base" "$lat" "$err" <<'PY'
+import sys
+rps, base, lat, err = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+print(f"requests/s {rps:.0f} (baseline {base:.0f}, dip {100 * (1 - rps / base):.1f}%), p99 {lat} ms, errors {err}")
+PY

@@ -1,0 +1,168 @@
+//! Your own axum application, served by oxicorn: pre-forked workers, HUP reloads, limits and
+//! access logs, from a `main` of a few lines.
+//!
+//! ```text
+//! cargo run --release --example axum_app -- --bind 127.0.0.1:8000 --workers 4
+//! curl localhost:8000/              # a greeting naming the worker's pid
+//! curl localhost:8000/worker        # {"pid":1234}
+//! curl -d hello localhost:8000/echo # the body back
+//! curl localhost:8000/sleep/3000    # answers in 3 s: send the arbiter a HUP meanwhile
+//! curl localhost:8000/panic         # 500; the worker goes on
+//! curl -N localhost:8000/events     # server-sent events, one a second
+//! curl localhost:8000/static/       # the directory in $APP_STATIC_DIR (default .)
+//! ```
+//! `/ws` is a WebSocket echo, `/client` shows the client's address as the app sees it. Every
+//! oxicorn flag works (`--help`), and so do the app's own `--greeting` and `--warmup-ms`.
+
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{Extension, Path};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+
+// The app's own flags, beside oxicorn's (a `//` comment: a doc comment would become the
+// program's `--help` description).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "App options")]
+struct AppArgs {
+    /// The first word of `GET /`
+    #[arg(long, default_value = "hello")]
+    greeting: String,
+    /// Milliseconds each worker spends starting the app (as if loading templates); a worker
+    /// takes traffic only once its app is ready
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    warmup_ms: u64,
+}
+
+/// Why the app could not start in a worker.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve the static directory {dir} (set APP_STATIC_DIR)")]
+struct StaticDirError {
+    dir: String,
+    #[source]
+    source: std::io::Error,
+}
+
+fn main() -> ExitCode {
+    let (server, args) = oxicorn::Server::from_args_with::<AppArgs>();
+    // Called in each worker after the fork: whatever the app opens is opened there.
+    server
+        .app(move || {
+            let args = args.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(args.warmup_ms)).await;
+                let dir = std::env::var("APP_STATIC_DIR").unwrap_or_else(|_| ".".into());
+                let files = oxicorn::StaticFiles::open(&dir)
+                    .map_err(|source| StaticDirError { dir, source })?;
+                Ok::<_, StaticDirError>(router(args.greeting, files))
+            }
+        })
+        .run()
+}
+
+/// The application: an ordinary axum `Router`.
+fn router(greeting: String, files: oxicorn::StaticFiles) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(move || async move { format!("{greeting} from worker {}\n", std::process::id()) }),
+        )
+        .route(
+            "/worker",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    format!("{{\"pid\":{}}}", std::process::id()),
+                )
+            }),
+        )
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .route(
+            "/sleep/{ms}",
+            get(|Path(ms): Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                format!("slept {ms} ms in worker {}\n", std::process::id())
+            }),
+        )
+        .route("/panic", get(panics))
+        .route("/events", get(events))
+        .route(
+            "/ws",
+            get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(msg)) = socket.recv().await {
+                        if let Message::Text(_) | Message::Binary(_) = msg
+                            && socket.send(msg).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+            }),
+        )
+        .route(
+            "/client",
+            get(|Extension(client): Extension<oxicorn::Client>| async move {
+                // The client's address as trusted proxies report it (--forwarded-allow-ips).
+                let ip = client
+                    .ip
+                    .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+                format!("{ip} {}\n", client.scheme)
+            }),
+        )
+        .nest_service("/static", files)
+}
+
+/// Its handler panics: the client gets 500, the worker and its other requests go on.
+async fn panics() -> &'static str {
+    panic!("GET /panic panics on purpose")
+}
+
+/// Server-sent events: `data: N` once a second, for as long as the client stays.
+async fn events() -> Response {
+    let ticks = Ticks {
+        n: 0,
+        interval: tokio::time::interval(Duration::from_secs(1)),
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::new(ticks.map_err(axum::Error::new)),
+    )
+        .into_response()
+}
+
+/// An endless body, one event per tick.
+struct Ticks {
+    n: u64,
+    interval: tokio::time::Interval,
+}
+
+impl hyper::body::Body for Ticks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.interval.poll_tick(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.n += 1;
+        let event = format!("data: {} from worker {}\n\n", self.n, std::process::id());
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+    }
+}

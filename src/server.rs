@@ -1,0 +1,310 @@
+//! The embedding API: a program hands oxicorn a factory for its own `tower::Service` (an axum
+//! `Router`, say) and gets oxicorn's CLI, config file, pre-forked workers, reloads, limits and
+//! logs.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     oxicorn::Server::from_args()
+//!         .app(|| async {
+//!             // Runs in each worker, after the fork: open pools, load templates here.
+//!             Ok::<_, std::io::Error>(tower::service_fn(|_req| async {
+//!                 Ok::<_, std::convert::Infallible>(http::Response::new("hello".to_string()))
+//!             }))
+//!         })
+//!         .run()
+//! }
+//! ```
+//!
+//! The factory is registered before the arbiter starts and inherited by every worker through
+//! fork; only workers call it. A worker is ready (counted, sent traffic during a reload) only
+//! once its factory has returned; a factory that fails is that worker's boot failure, logged
+//! with its cause chain, and the arbiter's back-off and halt apply.
+//!
+//! This module owns the program-facing entry: the command line (oxicorn's server and HTTP
+//! options, plus the program's own), the config source, the checks that must happen before
+//! the arbiter starts (no threads yet, not root by accident), and the exit code. It runs in
+//! the arbiter process and never calls the factory.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use crate::config::{Config, ConfigError, ConfigSource, ServeArgs, cli};
+use crate::exit;
+use crate::service::http::app::{AppFactory, AppRequest, BoxError, factory};
+
+/// Where the configuration comes from, at start and on every HUP.
+enum Source {
+    /// The command line (and the config file it names), re-read on HUP.
+    Args(ServeArgs),
+    /// Built by the program; re-run on HUP.
+    Code(ConfigSource),
+}
+
+/// A server for one application (module docs).
+pub struct Server {
+    source: Source,
+    factory: Option<AppFactory>,
+}
+
+impl Server {
+    /// Reads oxicorn's options (server options and the app's HTTP options, `--help` lists
+    /// them) from the command line. A malformed command line prints clap's message and exits
+    /// (2; 0 for `--help` and `--version`).
+    pub fn from_args() -> Server {
+        Server::from_args_with::<NoArgs>().0
+    }
+
+    /// As [`Server::from_args`], with the program's own flags (any `clap::Args`) beside
+    /// oxicorn's; returns them parsed.
+    pub fn from_args_with<A: clap::Args + clap::FromArgMatches>() -> (Server, A) {
+        Server::try_from_args_with(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// As [`Server::from_args_with`], from `argv` (the program name first).
+    ///
+    /// # Errors
+    /// clap's error for a malformed command line or `--help`.
+    pub fn try_from_args_with<A, I, T>(argv: I) -> Result<(Server, A), clap::Error>
+    where
+        A: clap::Args + clap::FromArgMatches,
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+        let program = argv
+            .first()
+            .and_then(|p| std::path::Path::new(p).file_name())
+            .map_or_else(|| "app".to_string(), |n| n.to_string_lossy().into_owned());
+        let mut cmd = A::augment_args(cli::app_command(&program)).version(crate::VERSION);
+        let m = cmd.try_get_matches_from_mut(argv)?;
+        let own = A::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))?;
+        let server = Server {
+            source: Source::Args(cli::app_args(&m)),
+            factory: None,
+        };
+        Ok((server, own))
+    }
+
+    /// Takes the configuration from `source` instead of the command line: called now and on
+    /// every HUP (in the arbiter: it must not start threads or a runtime). Its services
+    /// should include one of kind `app` ([`crate::config::ServiceConfig::App`]).
+    pub fn from_config(source: impl FnMut() -> Result<Config, ConfigError> + 'static) -> Server {
+        Server {
+            source: Source::Code(Box::new(source)),
+            factory: None,
+        }
+    }
+
+    /// The application: `factory` is called once in each worker, after the fork, and may be
+    /// async (its future runs on the worker's runtime and need not be `Send`). Its error is
+    /// the worker's boot failure.
+    pub fn app<F, Fut, S, B, E>(mut self, factory: F) -> Server
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, E>> + 'static,
+        E: Into<BoxError>,
+        S: tower::Service<AppRequest, Response = http::Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.factory = Some(AppFactory::new(factory));
+        self
+    }
+
+    /// Runs the server until it stops; returns the process exit code ([`crate::exit`]).
+    /// Errors before the arbiter starts (a bad configuration, threads already running) are
+    /// printed to stderr with their causes.
+    pub fn run(self) -> ExitCode {
+        let program = std::env::args()
+            .next()
+            .and_then(|p| {
+                std::path::Path::new(&p)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "app".into());
+        match self.try_run() {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(err) => {
+                eprintln!("{program}: {err}");
+                ExitCode::from(exit::CONFIG_ERROR as u8)
+            }
+        }
+    }
+
+    fn try_run(self) -> Result<i32, String> {
+        // FACTS.md §2.1: fork copies only the calling thread; another thread's locks would be
+        // held forever in every worker.
+        let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+        if threads > 1 {
+            return Err(format!(
+                "{threads} threads are running: call oxicorn's run() before starting any runtime \
+                 or thread (remove #[tokio::main]; open pools in the app factory, which runs in \
+                 each worker)"
+            ));
+        }
+        let factory = self
+            .factory
+            .ok_or("no application: call .app(factory) before .run()")?;
+        let (config, source): (Config, ConfigSource) = match self.source {
+            Source::Args(args) => {
+                let config = Config::load(&args).map_err(|e| e.to_string())?;
+                if args.check_config {
+                    println!("configuration ok");
+                    print!("{}", config.summary());
+                    return Ok(exit::SUCCESS);
+                }
+                if args.print_config {
+                    print!("{}", config.to_toml());
+                    return Ok(exit::SUCCESS);
+                }
+                (config, Box::new(move || Config::load(&args)))
+            }
+            Source::Code(mut source) => {
+                let config = source().map_err(|e| e.to_string())?;
+                (config, source)
+            }
+        };
+        check_identity(&config)?;
+        if let Some(mask) = config.umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+        }
+        let log = crate::log::init(config.log_level.filter(), config.error_logfile.as_deref())
+            .map_err(|e| format!("cannot open the error log: {e}"))?;
+        let log: &'static _ = Box::leak(Box::new(log));
+        factory::register(factory).map_err(|_| "an application is registered already")?;
+        crate::arbiter::run(config, source, log).map_err(|e| e.to_string())
+    }
+}
+
+/// Workers run as root only when asked, as with the `oxicorn` binary: `--user` names who they
+/// run as, or `--allow-root` says root is meant.
+fn check_identity(config: &Config) -> Result<(), String> {
+    let euid = nix::unistd::geteuid();
+    let user = config.run_as.as_ref().and_then(|r| r.user.as_ref());
+    if euid.is_root() {
+        if user.is_none() && !config.allow_root {
+            return Err(
+                "refusing to run workers as root: give --user USER (for example --user \
+                        nobody) to run them as that user, or --allow-root if root is really meant"
+                    .into(),
+            );
+        }
+    } else if let Some((uid, name)) = user
+        && *uid != euid.as_raw()
+    {
+        return Err(format!(
+            "--user {name} needs the server to be started as root"
+        ));
+    }
+    Ok(())
+}
+
+/// No flags of the program's own.
+#[derive(Debug, Clone, Copy)]
+struct NoArgs;
+
+impl clap::FromArgMatches for NoArgs {
+    fn from_arg_matches(_: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(NoArgs)
+    }
+
+    fn update_from_arg_matches(&mut self, _: &clap::ArgMatches) -> Result<(), clap::Error> {
+        Ok(())
+    }
+}
+
+impl clap::Args for NoArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Own {
+        greeting: String,
+    }
+
+    impl clap::FromArgMatches for Own {
+        fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+            Ok(Own {
+                greeting: m.get_one::<String>("greeting").cloned().unwrap_or_default(),
+            })
+        }
+        fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+            *self = Own::from_arg_matches(m)?;
+            Ok(())
+        }
+    }
+
+    impl clap::Args for Own {
+        fn augment_args(cmd: clap::Command) -> clap::Command {
+            cmd.arg(
+                clap::Arg::new("greeting")
+                    .long("greeting")
+                    .default_value("hello"),
+            )
+        }
+        fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+            Self::augment_args(cmd)
+        }
+    }
+
+    #[test]
+    fn the_programs_flags_sit_beside_oxicorns() {
+        let (server, own) = Server::try_from_args_with::<Own, _, _>([
+            "myapp",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+            "--greeting",
+            "hi",
+            "--limit-request-body",
+            "1024",
+            "--forwarded-allow-ips",
+            "*",
+        ])
+        .unwrap();
+        assert_eq!(own.greeting, "hi");
+        let Source::Args(args) = server.source else {
+            panic!("from the command line")
+        };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.workers, 3);
+        let crate::config::ServiceConfig::App(app) = &config.services[0].service else {
+            panic!("an app service: {:?}", config.services[0].service)
+        };
+        assert_eq!(app.http.limit_request_body, 1024);
+        assert_eq!(
+            app.http.forwarded_allow_ips,
+            crate::service::http::app::ForwardedAllowIps::All
+        );
+    }
+
+    #[test]
+    fn a_bad_value_is_a_config_error_and_an_unknown_flag_a_usage_error() {
+        let (server, _) = Server::try_from_args_with::<NoArgs, _, _>([
+            "myapp",
+            "--forwarded-allow-ips",
+            "not-an-ip",
+        ])
+        .unwrap();
+        let Source::Args(args) = server.source else {
+            panic!()
+        };
+        let err = Config::load(&args).unwrap_err().to_string();
+        assert!(err.contains("not-an-ip"), "{err}");
+        assert!(Server::try_from_args_with::<NoArgs, _, _>(["myapp", "--nope"]).is_err());
+    }
+}

@@ -1,0 +1,564 @@
+//! The application hook: a program's own `tower::Service` (an axum `Router`, say) served on
+//! hyper, one connection at a time, inside a worker.
+//!
+//! hyper-util's `auto` builder speaks HTTP/1.1 (keep-alive, pipelining), HTTP/1.0 and HTTP/2
+//! with prior knowledge (h2c) on the same listener, and hands upgraded connections
+//! (WebSocket) to the app. Around it this module adds what an operator expects of a gunicorn
+//! worker and hyper does not do:
+//!
+//! - deadlines for silent and slow clients, with a 408 ([`io`]);
+//! - gunicorn's head limits, 414 / 431 ([`settings`]), a body limit, 413 ([`body`]), and a
+//!   per-request deadline, 503 with the handler future dropped;
+//! - a handler that panics costs its request a 500 and a log line naming the request; the
+//!   connection, its worker and the other connections go on;
+//! - the socket peer ([`Peer`]) and the client as trusted proxies report it ([`Client`]) as
+//!   request extensions;
+//! - the access log shared with `static` ([`super::access_log`], gunicorn's
+//!   `--access-logformat` atoms);
+//! - a graceful stop: when the worker's stop token is cancelled, in-flight requests finish, a
+//!   kept-alive HTTP/1 connection answers its current request with `connection: close` or is
+//!   closed when idle, and HTTP/2 gets GOAWAY (hyper's `graceful_shutdown`). Streams that never
+//!   end (server-sent events, WebSockets) run on until the worker's graceful deadline cuts them.
+//!
+//! This module serves connections it is given; it knows no listener, signal or config format.
+//! The static file service's hand-written HTTP/1.1 parser is deliberately not used here: apps
+//! get a complete HTTP stack, static keeps its fast path.
+
+pub mod body;
+pub mod factory;
+pub mod forwarded;
+pub mod io;
+pub mod settings;
+pub mod static_files;
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, REFERER, USER_AGENT};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+pub use body::{BoxError, RequestBody, ResponseBody};
+pub use factory::{App, AppFactory, error_chain};
+pub use forwarded::{Client, ForwardedAllowIps};
+pub use settings::HttpSettings;
+pub use static_files::StaticFiles;
+
+use super::access_log::{AccessLog, Record, RequestLine as LogLine};
+use crate::net::Peer;
+use crate::service::ConnContext;
+use crate::service::metrics::Metrics;
+use body::OnBodyEnd;
+use io::{ConnState, DeadlineIo, Deadlines};
+
+/// The request type an application receives.
+pub type AppRequest = Request<RequestBody>;
+
+/// The application, type-erased: cloned once per request (an axum `Router` clone is an `Arc`
+/// bump), its body boxed.
+type BoxApp = BoxCloneSyncService<AppRequest, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
+
+/// One application, ready to serve connections in this worker: the app, its settings, the
+/// hyper builder and the access log.
+pub struct AppService {
+    app: BoxApp,
+    settings: Arc<HttpSettings>,
+    /// Built once; `serve_connection_with_upgrades` borrows it per connection.
+    builder: auto::Builder<TokioExecutor>,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+impl fmt::Debug for AppService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppService")
+            .field("settings", &self.settings)
+            .field("access_log", &self.access_log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppService {
+    /// Wraps an application.
+    ///
+    /// `app` is any cloneable `tower::Service` taking [`AppRequest`]s, axum's `Router`
+    /// included (`Router<()>` implements it for every body type). Its errors become 500s (an
+    /// axum `Router`'s error type is `Infallible`).
+    pub fn new<S, B>(app: S, settings: HttpSettings) -> AppService
+    where
+        S: tower::Service<AppRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        AppService::from_app(App::new(app), settings)
+    }
+
+    /// Serves an app a factory built.
+    pub fn from_app(app: App, settings: HttpSettings) -> AppService {
+        AppService {
+            app: app.0,
+            builder: builder(&settings),
+            settings: Arc::new(settings),
+            access_log: None,
+        }
+    }
+
+    /// Builds the registered app ([`factory::register`]) in this worker and serves it with
+    /// `config`: the `app` service's boot. The worker is ready only once this returns.
+    ///
+    /// # Errors
+    /// No factory registered (the `oxicorn` binary has no app), the factory's own error with
+    /// its cause chain, or an access log that cannot be opened: a worker boot error.
+    pub async fn start(config: &crate::config::AppConfig) -> std::io::Result<AppService> {
+        let factory = factory::registered().ok_or_else(|| {
+            std::io::Error::other(
+                "no application: the `app` service needs a program that embeds oxicorn \
+                 (oxicorn::Server::app)",
+            )
+        })?;
+        let app = factory.build().await.map_err(|e| {
+            std::io::Error::other(format!(
+                "the application failed to start: {}",
+                error_chain(&*e)
+            ))
+        })?;
+        let mut service = AppService::from_app(app, config.http.clone());
+        if let Some(path) = &config.access_logfile {
+            let format = match &config.access_logformat {
+                Some(f) => super::access_log::LogFormat::parse(f).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?,
+                None => super::access_log::LogFormat::default(),
+            };
+            service = service.with_access_log(AccessLog::open(path, format)?);
+        }
+        Ok(service)
+    }
+
+    /// Logs every request to `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> AppService {
+        self.access_log = Some(Arc::new(log));
+        self
+    }
+
+    /// The settings this app is served with.
+    pub fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    /// Reopens the access log (USR1).
+    ///
+    /// # Errors
+    /// If the file cannot be reopened; the old one stays in use.
+    pub fn reopen_logs(&self) -> std::io::Result<()> {
+        self.access_log.as_ref().map_or(Ok(()), |l| l.reopen())
+    }
+
+    /// Serves one connection to its end (module docs). Errors end this connection only and
+    /// are logged at debug level.
+    ///
+    /// When the connection was upgraded, this returns only once the app has dropped the
+    /// upgraded stream, so the worker's drain waits for WebSockets as for any connection.
+    pub async fn serve<S>(&self, stream: S, ctx: ConnContext)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let ConnContext {
+            peer,
+            stop,
+            idle_timeout,
+            metrics,
+            reclaim,
+            listener: _,
+            // Handing connections over is for line services; HTTP drains on `stop`.
+            retire: _,
+        } = ctx;
+        let state = Arc::new(ConnState::new(reclaim));
+        let deadlines = Deadlines {
+            header: self.settings.header_timeout,
+            keep_alive: self.settings.keep_alive,
+            write_stall: idle_timeout,
+        };
+        let (io, released) = DeadlineIo::new(stream, Arc::clone(&state), deadlines);
+        let conn_ctx = Arc::new(ConnShared {
+            app: self.app.clone(),
+            settings: Arc::clone(&self.settings),
+            access_log: self.access_log.clone(),
+            peer: peer.clone(),
+            metrics,
+            state: Arc::clone(&state),
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), ConnService(conn_ctx));
+        tokio::pin!(conn);
+        // A graceful stop. hyper's `graceful_shutdown` closes an idle kept-alive connection
+        // at once, which races a request the client is sending at that moment (the client
+        // sees the connection reset, not an answer). So from the stop on, every HTTP/1
+        // response says `connection: close` (`ConnState::closing`), and an idle connection
+        // gets STOP_GRACE for one more request to arrive before it is shut; one with a
+        // request in flight, or HTTP/2 when a request begins, is shut at once (HTTP/2: GOAWAY,
+        // open streams end).
+        let mut phase = Stop::Serving;
+        let grace = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(grace);
+        let result = loop {
+            tokio::select! {
+                res = conn.as_mut() => break res,
+                () = stop.cancelled(), if phase == Stop::Serving => {
+                    state.closing.store(true, Ordering::Release);
+                    if state.in_flight.load(Ordering::Acquire) > 0 {
+                        conn.as_mut().graceful_shutdown();
+                        phase = Stop::Shut;
+                    } else {
+                        grace.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                        phase = Stop::Grace;
+                    }
+                }
+                () = state.request_began.notified(), if phase == Stop::Grace => {
+                    // A permit left from before the stop says nothing: check.
+                    if state.in_flight.load(Ordering::Acquire) > 0 {
+                        conn.as_mut().graceful_shutdown();
+                        phase = Stop::Shut;
+                    }
+                }
+                () = &mut grace, if phase == Stop::Grace => {
+                    conn.as_mut().graceful_shutdown();
+                    phase = Stop::Shut;
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
+        }
+        if state.head_timed_out.load(Ordering::Relaxed)
+            && let Some(log) = &self.access_log
+        {
+            log.log(&Record {
+                peer: &peer,
+                request: None,
+                status: StatusCode::REQUEST_TIMEOUT,
+                body_bytes: Some(0),
+                referer: None,
+                user_agent: None,
+                elapsed: self.settings.header_timeout,
+            });
+        }
+        if state.upgraded.load(Ordering::Acquire) {
+            // Err(RecvError) is the only outcome: the sender lives in the stream and is dropped
+            // with it.
+            let _ = released.await;
+        }
+    }
+}
+
+/// How long an idle kept-alive connection stays open once a graceful stop begins: long enough
+/// for a request already on its way to arrive and be answered with `connection: close` (the
+/// static service's rule too).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where a connection is in a graceful stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// No stop yet.
+    Serving,
+    /// Stop begun on an idle connection: waiting up to [`STOP_GRACE`] for one more request.
+    Grace,
+    /// hyper's graceful shutdown is under way.
+    Shut,
+}
+
+/// The hyper builder for these settings.
+fn builder(s: &HttpSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        // The timer hyper needs for its own HTTP/1 timeouts; its header read timeout is
+        // turned off because `io::DeadlineIo` keeps that clock (and answers 408).
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(!s.keep_alive.is_zero())
+        .max_headers(s.limit_request_fields.max(1))
+        // Not `pipeline_flush(true)`: with it, hyper 1.12 drops its own 400/414/431 answers
+        // to heads it cannot parse (the connection closes before the flush; measured).
+        .max_buf_size(s.head_buffer());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.head_buffer()).unwrap_or(u32::MAX));
+    b
+}
+
+/// What every request of one connection shares (moved into each request's future: HTTP/2
+/// runs those in tasks of their own).
+struct ConnShared {
+    app: BoxApp,
+    settings: Arc<HttpSettings>,
+    access_log: Option<Arc<AccessLog>>,
+    peer: Peer,
+    /// Where requests and bytes out are counted (the worker's scoreboard).
+    metrics: Metrics,
+    state: Arc<ConnState>,
+}
+
+/// The hyper service of one connection.
+struct ConnService(Arc<ConnShared>);
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(handle(Arc::clone(&self.0), req))
+    }
+}
+
+/// `METHOD TARGET VERSION` of a request, kept for the logs after the app took the request.
+struct RequestLine {
+    method: Method,
+    uri: Uri,
+    version: Version,
+}
+
+impl fmt::Display for RequestLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {:?}", self.method, self.uri, self.version)
+    }
+}
+
+/// Decrements the in-flight count when the request ends, however it ends (its future dropped
+/// by a closing connection, or its response body dropped by hyper).
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn start(state: Arc<ConnState>) -> InFlight {
+        state.request_started();
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// One request: the checks, the app under its deadline and panic guard, the response wrapped
+/// for counting and logging.
+async fn handle(
+    c: Arc<ConnShared>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let in_flight = InFlight::start(Arc::clone(&c.state));
+    let started = Instant::now();
+    let settings = &*c.settings;
+    let (mut parts, body) = req.into_parts();
+    let line = RequestLine {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+    };
+    let client = Client::resolve(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
+    let logged = c.access_log.as_ref().map(|_| LoggedHeaders {
+        referer: parts.headers.get(REFERER).cloned(),
+        user_agent: parts.headers.get(USER_AGENT).cloned(),
+    });
+    let limit = (settings.limit_request_body > 0).then_some(settings.limit_request_body);
+    let declared_too_big = limit.is_some_and(|limit| {
+        parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|len| len > limit)
+    });
+    let early = settings
+        .check_head(&parts)
+        .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
+    let mut response = match early {
+        // The head alone is refused: the app is not called, and an HTTP/1 connection closes
+        // rather than read a body nobody wants.
+        Some(status) => status_response(status, line.version),
+        None => {
+            parts.extensions.insert(c.peer.clone());
+            parts.extensions.insert(client.clone());
+            let exceeded = Arc::new(AtomicBool::new(false));
+            let body = RequestBody::new(body, limit, Arc::clone(&exceeded));
+            let req = Request::from_parts(parts, body);
+            let run = CatchUnwind(Box::pin(c.app.clone().oneshot(req)));
+            let outcome = match settings.request_timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                None => Some(run.await),
+            };
+            match outcome {
+                None => {
+                    tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
+                    status_response(StatusCode::SERVICE_UNAVAILABLE, line.version)
+                }
+                Some(Err(panic)) => {
+                    tracing::error!(
+                        request = %line,
+                        peer = %c.peer,
+                        cause = panic_message(&*panic),
+                        "handler panicked: 500"
+                    );
+                    status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
+                }
+                Some(Ok(Err(err))) => {
+                    tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
+                    status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
+                }
+                // The body went over the limit: whatever the app made of the error, the client
+                // is told 413.
+                Some(Ok(Ok(_))) if exceeded.load(Ordering::Relaxed) => {
+                    status_response(StatusCode::PAYLOAD_TOO_LARGE, line.version)
+                }
+                Some(Ok(Ok(response))) => response,
+            }
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        c.state.upgraded.store(true, Ordering::Release);
+    } else if c.state.closing.load(Ordering::Acquire) && line.version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    let end = RequestEnd {
+        status: response.status(),
+        started,
+        line,
+        client: client_peer(&c.peer, &client),
+        logged,
+        conn: Arc::clone(&c),
+        _in_flight: in_flight,
+    };
+    Ok(response.map(|b| ResponseBody::new(b, Box::new(end))))
+}
+
+/// The request headers the access log shows, kept only when it is on.
+struct LoggedHeaders {
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+/// What happens when a response body is dropped: counters, the access-log line, and (by
+/// dropping `_in_flight`) the connection's clock learns the request is over.
+struct RequestEnd {
+    status: StatusCode,
+    started: Instant,
+    line: RequestLine,
+    /// The client as the log shows it (`%(h)s`): forwarded by a trusted proxy, or the peer.
+    client: Peer,
+    logged: Option<LoggedHeaders>,
+    conn: Arc<ConnShared>,
+    _in_flight: InFlight,
+}
+
+impl OnBodyEnd for RequestEnd {
+    fn end(self: Box<Self>, bytes: u64, _complete: bool) {
+        let elapsed = self.started.elapsed();
+        let metrics = &self.conn.metrics;
+        metrics.bytes_out(bytes);
+        metrics.request(self.status, elapsed);
+        if let (Some(log), Some(h)) = (&self.conn.access_log, &self.logged) {
+            let target = self.line.uri.to_string();
+            log.log(&Record {
+                peer: &self.client,
+                request: Some(LogLine {
+                    method: &self.line.method,
+                    target: &target,
+                    version: self.line.version,
+                }),
+                status: self.status,
+                body_bytes: Some(bytes),
+                referer: h.referer.as_ref().and_then(|v| v.to_str().ok()),
+                user_agent: h.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                elapsed,
+            });
+        }
+    }
+}
+
+/// The peer the access log names: the forwarded client when a trusted proxy gave one (port
+/// 0: proxies do not always say), else the socket's.
+fn client_peer(peer: &Peer, client: &Client) -> Peer {
+    match (client.forwarded, client.ip) {
+        (true, Some(ip)) => Peer::Tcp(std::net::SocketAddr::new(ip, 0)),
+        _ => peer.clone(),
+    }
+}
+
+/// A short plain-text answer the server makes itself: `413 Payload Too Large`. Statuses that
+/// leave a request body unread (413, 414, 431) close an HTTP/1 connection.
+fn status_response(
+    status: StatusCode,
+    version: Version,
+) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut r = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let closes = matches!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::URI_TOO_LONG
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    if closes && version < Version::HTTP_2 {
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// A future whose panic is caught and returned (the app's handler: a panic costs one request).
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // AssertUnwindSafe: after a panic the future is never polled again (it is dropped with
+        // this one), so no broken invariant inside it can be observed.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic with a non-string payload")
+}

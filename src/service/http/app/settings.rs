@@ -1,0 +1,170 @@
+//! The HTTP settings an application is served with, and the head checks that apply them.
+//!
+//! Names and defaults are gunicorn's where it has the setting (`limit_request_line`,
+//! `limit_request_fields`, `limit_request_field_size`, `keepalive`, `forwarded_allow_ips`),
+//! and the static service's otherwise, so one config reads the same for both. This module
+//! owns values and pure checks only: it reads no socket and no flag.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use http::request::Parts;
+
+use super::forwarded::ForwardedAllowIps;
+
+/// How one application is served over HTTP. Built by the config layer; `Default` gives
+/// gunicorn's limits and the static service's timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Idle time allowed between requests on a kept-alive HTTP/1 connection, and on an HTTP/2
+    /// connection with no stream open; zero = one request per HTTP/1 connection. Default 5 s.
+    pub keep_alive: Duration,
+    /// Time allowed from a request's first byte (or the accept) to the end of its head; a
+    /// slower HTTP/1 client gets 408. Must not be zero. Default 10 s.
+    pub header_timeout: Duration,
+    /// Longest request line (`METHOD TARGET HTTP/1.1`), in bytes; longer ones get 414.
+    /// Default 4094 (gunicorn). Heads longer than the whole head buffer (see
+    /// [`HttpSettings::head_buffer`]) are refused by hyper's parser with 431 instead.
+    pub limit_request_line: usize,
+    /// Most header fields in one request; more get 431. Default 100 (gunicorn).
+    pub limit_request_fields: usize,
+    /// Longest header field, counted as name + `: ` + value, in bytes; longer ones get 431.
+    /// Default 8190 (gunicorn).
+    pub limit_request_field_size: usize,
+    /// Largest request body, in bytes; 0 = no limit (gunicorn has none). A declared
+    /// `Content-Length` over it gets 413 before the app is called; a chunked body that grows
+    /// over it makes the body fail with `http_body_util::LengthLimitError` at the first byte
+    /// too many, and the response becomes 413 whatever the app answered. Default 0.
+    pub limit_request_body: u64,
+    /// The longest a handler may take to produce its response head; past it the handler
+    /// future is dropped and the client gets 503. `None` = no deadline (`--request-timeout 0`).
+    /// Response bodies (streams, server-sent events) are not bounded by it.
+    pub request_timeout: Option<Duration>,
+    /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` headers are
+    /// believed. Default `127.0.0.1,::1` (gunicorn).
+    pub forwarded_allow_ips: ForwardedAllowIps,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            keep_alive: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            limit_request_line: 4094,
+            limit_request_fields: 100,
+            limit_request_field_size: 8190,
+            limit_request_body: 0,
+            request_timeout: None,
+            forwarded_allow_ips: ForwardedAllowIps::default(),
+        }
+    }
+}
+
+impl HttpSettings {
+    /// The most bytes of one HTTP/1 head hyper buffers (its `max_buf_size`): a full request
+    /// line, every field at full size with its CRLF, and the blank line, as the static
+    /// service computes it, and never under hyper's own minimum of 8 KiB.
+    pub fn head_buffer(&self) -> usize {
+        let fields = self
+            .limit_request_fields
+            .saturating_mul(self.limit_request_field_size.saturating_add(2));
+        (self.limit_request_line + 2)
+            .saturating_add(fields)
+            .saturating_add(2)
+            .max(8192)
+    }
+
+    /// Checks a parsed head against the line and field limits.
+    ///
+    /// Returns the status to answer instead of calling the app: 414 for the request line,
+    /// 431 for the count or the size of the fields. hyper has parsed the head already (within
+    /// [`HttpSettings::head_buffer`]); this applies gunicorn's finer limits, to HTTP/2 heads too.
+    pub fn check_head(&self, head: &Parts) -> Option<StatusCode> {
+        if request_line_len(head) > self.limit_request_line {
+            return Some(StatusCode::URI_TOO_LONG);
+        }
+        if head.headers.len() > self.limit_request_fields {
+            return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        let too_long = head.headers.iter().any(|(name, value)| {
+            name.as_str().len() + 2 + value.len() > self.limit_request_field_size
+        });
+        too_long.then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    }
+}
+
+/// The length of `METHOD SP TARGET SP HTTP/x.y` as an HTTP/1 client would have sent it. For
+/// HTTP/2, the target is `:path` (or the authority for CONNECT).
+fn request_line_len(head: &Parts) -> usize {
+    let uri = &head.uri;
+    let target = match (uri.scheme_str(), uri.authority(), uri.path_and_query()) {
+        // absolute-form (a proxy request): scheme "://" authority path.
+        (Some(s), Some(a), pq) if head.version < http::Version::HTTP_2 => {
+            s.len() + 3 + a.as_str().len() + pq.map_or(0, |p| p.as_str().len())
+        }
+        (_, _, Some(pq)) => pq.as_str().len(),
+        (_, Some(a), None) => a.as_str().len(),
+        _ => 1,
+    };
+    head.method.as_str().len() + 1 + target + 1 + "HTTP/1.1".len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(target: &str, fields: &[(&str, String)]) -> Parts {
+        let mut b = http::Request::get(target);
+        for (k, v) in fields {
+            b = b.header(*k, v.as_str());
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn request_line_limit_counts_method_target_and_version() {
+        let s = HttpSettings {
+            limit_request_line: 20,
+            ..HttpSettings::default()
+        };
+        // "GET /abcdefg HTTP/1.1" is 21 bytes; one shorter fits.
+        assert_eq!(s.check_head(&head("/abcdef", &[])), None);
+        assert_eq!(
+            s.check_head(&head("/abcdefg", &[])),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+    }
+
+    #[test]
+    fn field_limits_give_431() {
+        let s = HttpSettings {
+            limit_request_fields: 2,
+            limit_request_field_size: 10,
+            ..HttpSettings::default()
+        };
+        // "x-a: 12345" is 10 bytes.
+        assert_eq!(s.check_head(&head("/", &[("x-a", "12345".into())])), None);
+        assert_eq!(
+            s.check_head(&head("/", &[("x-a", "123456".into())])),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        let three = [("a", "1".into()), ("b", "1".into()), ("c", "1".into())];
+        assert_eq!(
+            s.check_head(&head("/", &three)),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn head_buffer_holds_a_full_head_and_never_less_than_hyper_allows() {
+        let d = HttpSettings::default();
+        assert!(d.head_buffer() >= 4094 + 100 * 8190);
+        let tiny = HttpSettings {
+            limit_request_line: 10,
+            limit_request_fields: 1,
+            limit_request_field_size: 10,
+            ..d
+        };
+        assert_eq!(tiny.head_buffer(), 8192);
+    }
+}

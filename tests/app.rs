@@ -1,0 +1,689 @@
+//! The application hook, in-process: an axum `Router` served by
+//! `service::http::app::AppService` on connections accepted from a 127.0.0.1:0 listener in the
+//! test's own runtime, driven with reqwest (HTTP/1.1 and h2c), curl where installed, and raw
+//! sockets for what clients will not send (slow heads, over-long lines, pipelining).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{Extension, Path};
+use axum::routing::{get, post};
+use oxicorn::net::{Peer, Stream};
+use oxicorn::service::ConnContext;
+use oxicorn::service::http::access_log::{AccessLog, LogFormat};
+use oxicorn::service::http::app::{AppService, Client, HttpSettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Bound for anything that should take a moment.
+const SOON: Duration = Duration::from_secs(10);
+
+fn router() -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route(
+            "/client",
+            get(
+                |Extension(c): Extension<Client>, Extension(p): Extension<Peer>| async move {
+                    format!(
+                        "{} {} {}",
+                        c.ip.map_or("-".into(), |i| i.to_string()),
+                        c.scheme,
+                        p
+                    )
+                },
+            ),
+        )
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .route(
+            "/sleep/{ms}",
+            get(|Path(ms): Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                "slept"
+            }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("the handler panics on purpose");
+                }
+                "unreachable"
+            }),
+        )
+        .route(
+            "/ws",
+            get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(msg)) = socket.recv().await {
+                        if let Message::Text(_) | Message::Binary(_) = msg
+                            && socket.send(msg).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+            }),
+        )
+}
+
+/// The app served on 127.0.0.1:0 by a task of the test's runtime.
+struct Server {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    conns: TaskTracker,
+}
+
+impl Server {
+    async fn start(settings: HttpSettings) -> Server {
+        Self::start_with(AppService::new(router(), settings)).await
+    }
+
+    async fn start_with(app: AppService) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let app = Arc::new(app);
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let (s, peer) = tokio::select! {
+                    r = listener.accept() => r.unwrap(),
+                    () = stop2.cancelled() => break,
+                };
+                let app = Arc::clone(&app);
+                let ctx = ConnContext::detached(Peer::Tcp(peer), stop2.clone());
+                conns2.spawn(async move { app.serve(Stream::Tcp(s), ctx).await });
+            }
+        });
+        Server { addr, stop, conns }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends raw bytes on a new connection and reads until the server closes it.
+    async fn raw(&self, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        read_to_close(&mut s).await
+    }
+}
+
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+#[tokio::test]
+async fn http11_keep_alive_serves_requests_on_one_connection() {
+    let server = Server::start(HttpSettings::default()).await;
+    let http = client();
+    for _ in 0..3 {
+        let r = http.get(server.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), reqwest::Version::HTTP_11);
+        assert_eq!(r.text().await.unwrap(), "hello");
+    }
+    let r = http
+        .post(server.url("/echo"))
+        .body("round trip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "round trip");
+}
+
+#[tokio::test]
+async fn http10_and_pipelined_requests_are_answered_in_order() {
+    let server = Server::start(HttpSettings::default()).await;
+    let got = server.raw(b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("hello"), "{got}");
+    let got = server
+        .raw(
+            b"GET /sleep/50 HTTP/1.1\r\nhost: x\r\n\r\n\
+              GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+    let slept = got.find("slept").expect("first response");
+    let hello = got.find("hello").expect("second response");
+    assert!(slept < hello, "{got}");
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_on_the_same_listener() {
+    let server = Server::start(HttpSettings::default()).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let r = h2.get(server.url("/")).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.text().await.unwrap(), "hello");
+    }
+    let r = h2
+        .post(server.url("/echo"))
+        .body("over h2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "over h2");
+    // And curl, where installed.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let url = server.url("/");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "--noproxy",
+                    "*",
+                    "--http2-prior-knowledge",
+                    "-w",
+                    " %{http_version}",
+                    &url,
+                ])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 2");
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413() {
+    let server = Server::start(HttpSettings {
+        limit_request_body: 16,
+        ..HttpSettings::default()
+    })
+    .await;
+    // Declared too long: refused from the head alone, the connection closed.
+    let got = server
+        .raw(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 17\r\n\r\n")
+        .await;
+    assert!(got.starts_with("HTTP/1.1 413 "), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    // Chunked, growing over it: the app's read fails, the client is told 413.
+    let got = server
+        .raw(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+              a\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n",
+        )
+        .await;
+    assert!(got.starts_with("HTTP/1.1 413 "), "{got}");
+    // At the limit: served.
+    let r = client()
+        .post(server.url("/echo"))
+        .body("0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn over_long_heads_get_414_and_431() {
+    let server = Server::start(HttpSettings {
+        limit_request_line: 100,
+        limit_request_fields: 5,
+        limit_request_field_size: 50,
+        ..HttpSettings::default()
+    })
+    .await;
+    let long_target = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(100));
+    let got = server.raw(long_target.as_bytes()).await;
+    assert_eq!(status_line(&got), "HTTP/1.1 414 URI Too Long", "{got}");
+    let long_field = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-long: {}\r\n\r\n",
+        "v".repeat(50)
+    );
+    let got = server.raw(long_field.as_bytes()).await;
+    assert_eq!(
+        status_line(&got),
+        "HTTP/1.1 431 Request Header Fields Too Large",
+        "{got}"
+    );
+    let many: String = (0..6).map(|i| format!("x-{i}: v\r\n")).collect();
+    let got = server
+        .raw(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes())
+        .await;
+    assert_eq!(
+        status_line(&got),
+        "HTTP/1.1 431 Request Header Fields Too Large",
+        "{got}"
+    );
+    // Over h2 as well.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(server.url(&format!("/{}", "a".repeat(100))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 414);
+}
+
+#[tokio::test]
+async fn a_slow_head_gets_408_and_a_silent_client_is_closed() {
+    let timeout = Duration::from_millis(300);
+    let server = Server::start(HttpSettings {
+        header_timeout: timeout,
+        ..HttpSettings::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let got = server.raw(b"GET / HTTP/1.1\r\nhost: x\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{got}");
+    assert!(started.elapsed() >= timeout);
+    // A client that connects and never sends a byte (hyper-util would wait for the HTTP/2
+    // preface forever): closed, without a 408, at the same deadline.
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(read_to_close(&mut silent).await, "");
+    assert!(started.elapsed() >= timeout);
+    assert!(started.elapsed() < SOON);
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_keep_alive() {
+    let server = Server::start(HttpSettings {
+        keep_alive: Duration::from_millis(200),
+        ..HttpSettings::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(
+        !got.contains("408"),
+        "an idle connection is closed silently: {got}"
+    );
+}
+
+#[tokio::test]
+async fn the_request_deadline_gives_503_and_drops_the_handler() {
+    let server = Server::start(HttpSettings {
+        request_timeout: Some(Duration::from_millis(200)),
+        ..HttpSettings::default()
+    })
+    .await;
+    let http = client();
+    let r = http.get(server.url("/sleep/5000")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let r = http.get(server.url("/sleep/10")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_costs_one_request() {
+    let server = Server::start(HttpSettings::default()).await;
+    let http = client();
+    let r = http.get(server.url("/panic")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    // The same client (same kept-alive connection) and the server go on.
+    for _ in 0..2 {
+        let r = http.get(server.url("/")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "hello");
+    }
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_believed_only_from_allowed_peers() {
+    let xff = [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let ask = |server: &Server| {
+        let mut req = client().get(server.url("/client"));
+        for (k, v) in xff {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    // Default: 127.0.0.1 is a trusted proxy.
+    let trusting = Server::start(HttpSettings::default()).await;
+    let text = ask(&trusting).await.unwrap().text().await.unwrap();
+    assert!(text.starts_with("203.0.113.9 https 127.0.0.1:"), "{text}");
+    // Only 10.0.0.1 is: the headers are ignored.
+    let strict = Server::start(HttpSettings {
+        forwarded_allow_ips: "10.0.0.1".parse().unwrap(),
+        ..HttpSettings::default()
+    })
+    .await;
+    let text = ask(&strict).await.unwrap().text().await.unwrap();
+    assert!(text.starts_with("127.0.0.1 http 127.0.0.1:"), "{text}");
+}
+
+#[tokio::test]
+async fn websocket_echo_through_axum_outlives_the_http_deadlines_and_a_stop() {
+    let server = Server::start(HttpSettings {
+        // The upgraded stream has no HTTP deadlines: it must outlive these.
+        keep_alive: Duration::from_millis(100),
+        header_timeout: Duration::from_millis(100),
+        ..HttpSettings::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // RFC 6455 §1.3's example key and accept value.
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws_echo(&mut s, "hello").await;
+    // A graceful stop leaves the WebSocket to the worker's deadline, and the connection's
+    // task waits for it, so the worker's drain does too.
+    server.stop.cancel();
+    server.conns.close();
+    ws_echo(&mut s, "still here").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), server.conns.wait())
+            .await
+            .is_err(),
+        "the connection task lives as long as the WebSocket"
+    );
+    drop(s);
+    tokio::time::timeout(SOON, server.conns.wait())
+        .await
+        .expect("the task ends once the app drops the socket");
+}
+
+/// Sends `text` in a WebSocket frame and expects it back.
+async fn ws_echo(s: &mut TcpStream, text: &str) {
+    s.write_all(&ws_text_frame(text)).await.unwrap();
+    let mut got = vec![0u8; 2 + text.len()];
+    tokio::time::timeout(SOON, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got[0], 0x81, "FIN + text");
+    assert_eq!(got[1] as usize, text.len(), "unmasked, short length");
+    assert_eq!(&got[2..], text.as_bytes());
+}
+
+/// A masked client text frame (RFC 6455 §5.2), payload under 126 bytes.
+fn ws_text_frame(text: &str) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(SOON, s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn a_graceful_stop_lets_the_request_in_flight_finish_and_closes_the_connection() {
+    let server = Server::start(HttpSettings::default()).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /sleep/300 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // An idle kept-alive connection, served once.
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut idle).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stop.cancel();
+    let got = read_to_close(&mut s).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    assert!(got.ends_with("slept"), "{got}");
+    // The idle connection sends one more request within the stop's grace: it is answered,
+    // with `connection: close`, rather than reset under the client.
+    let mut rest = [0u8; 5];
+    idle.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest, b"hello");
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let last = read_to_close(&mut idle).await;
+    assert!(last.starts_with("HTTP/1.1 200 OK\r\n"), "{last}");
+    assert!(last.contains("connection: close"), "{last}");
+    server.conns.close();
+    tokio::time::timeout(SOON, server.conns.wait())
+        .await
+        .expect("every connection task ends");
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let app = AppService::new(router(), HttpSettings::default())
+        .with_access_log(AccessLog::open(&path, LogFormat::default()).unwrap());
+    let server = Server::start_with(app).await;
+    let http = client();
+    http.get(server.url("/"))
+        .header("user-agent", "test/1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    http.get(server.url("/nope"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + SOON;
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 2 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("127.0.0.1 - - ["), "{text}");
+    assert!(
+        lines[0].contains("\"GET / HTTP/1.1\" 200 5 \"-\" \"test/1\" "),
+        "{text}"
+    );
+    assert!(lines[1].contains("\"GET /nope HTTP/1.1\" 404 0 "), "{text}");
+}
+
+#[tokio::test]
+async fn http2_gets_goaway_and_its_stream_in_flight_finishes() {
+    let server = Server::start(HttpSettings::default()).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let slow = tokio::spawn(h2.get(server.url("/sleep/300")).send());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stop.cancel();
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "slept");
+    server.conns.close();
+    tokio::time::timeout(SOON, server.conns.wait())
+        .await
+        .expect("the HTTP/2 connection ends after its last stream");
+}
+
+#[tokio::test]
+async fn a_unix_socket_peer_is_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let app = Arc::new(AppService::new(
+        router(),
+        HttpSettings {
+            forwarded_allow_ips: "10.0.0.1".parse().unwrap(),
+            ..HttpSettings::default()
+        },
+    ));
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let ctx = ConnContext::detached(Peer::Unix, CancellationToken::new());
+        app.serve(Stream::Unix(s), ctx).await;
+    });
+    let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    s.write_all(
+        b"GET /client HTTP/1.1\r\nhost: x\r\nx-forwarded-for: 198.51.100.4\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(SOON, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.ends_with("198.51.100.4 http unix"), "{out}");
+}
+
+#[tokio::test]
+async fn static_files_as_a_tower_service_under_a_mount_point() {
+    use oxicorn::service::http::app::StaticFiles;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "0123456789").unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/b.txt"), "bee").unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .nest_service("/static", StaticFiles::new(dir.path()));
+    let server = Server::start_with(AppService::new(app, HttpSettings::default())).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(server.url("/static/a.txt")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    let etag = r.headers()["etag"].clone();
+    assert_eq!(r.text().await.unwrap(), "0123456789");
+    let r = http
+        .get(server.url("/static/a.txt"))
+        .header("range", "bytes=2-4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.text().await.unwrap(), "234");
+    let r = http
+        .get(server.url("/static/a.txt"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = http.head(server.url("/static/a.txt")).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "10");
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    // A directory without its slash is redirected relative to the mount point.
+    let r = http.get(server.url("/static/sub")).send().await.unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "sub/");
+    let r = http.get(server.url("/static/sub/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("b.txt"), "a listing");
+    // Traversal stays refused.
+    let got = server
+        .raw(b"GET /static/../../../../etc/passwd HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(!got.contains("root:"), "{got}");
+    let got = server
+        .raw(b"GET /static/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(!got.contains("root:"), "{got}");
+    assert!(status_line(&got).starts_with("HTTP/1.1 4"), "{got}");
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_an_idle_kept_alive_connection_makes_room() {
+    use oxicorn::service::reclaim::Reclaimer;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Arc::new(AppService::new(router(), HttpSettings::default()));
+    let reclaimer = Reclaimer::default();
+    let table = reclaimer.clone();
+    tokio::spawn(async move {
+        let (s, peer) = listener.accept().await.unwrap();
+        let ctx = ConnContext {
+            reclaim: table.register(),
+            ..ConnContext::detached(Peer::Tcp(peer), CancellationToken::new())
+        };
+        app.serve(Stream::Tcp(s), ctx).await;
+    });
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /sleep/300 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!reclaimer.has_idle(), "a request in flight is never chosen");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let deadline = std::time::Instant::now() + SOON;
+    while !reclaimer.has_idle() {
+        assert!(std::time::Instant::now() < deadline, "never became idle");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reclaimer.evict_one());
+    assert_eq!(
+        read_to_close(&mut s).await,
+        "slept",
+        "the rest, then closed"
+    );
+}
