@@ -320,15 +320,7 @@ async fn accept_balanced(
     balance.stalled_since = None;
     while balance.over_share() {
         // Sleep until someone is actually waiting: an idle worker must not tick.
-        let queued = poll_fn(|cx| {
-            for l in listeners {
-                if let Poll::Ready(r) = l.poll_queued(cx) {
-                    return Poll::Ready(r);
-                }
-            }
-            Poll::Pending
-        })
-        .await;
+        let queued = wait_queued(listeners).await;
         if queued.is_err() || !balance.over_share() {
             break;
         }
@@ -337,6 +329,19 @@ async fn accept_balanced(
         balance.after_head_start(before);
     }
     accept_any(listeners, next).await
+}
+
+/// Resolves once a client is queued on any listener, without accepting it.
+async fn wait_queued(listeners: &[AcceptSocket]) -> io::Result<()> {
+    poll_fn(|cx| {
+        for l in listeners {
+            if let Poll::Ready(r) = l.poll_queued(cx) {
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Accepts from whichever listener is ready, starting the scan one further each time so a
@@ -412,57 +417,61 @@ impl<S: Serve> Acceptor<S> {
         loop {
             // A permit first: a full worker leaves newcomers in the kernel's queue for another
             // worker, unless one of its own connections is idle and can make room.
-            let (permit, accepted) = match self.limit.clone().try_acquire_owned() {
-                Ok(p) => (p, None),
+            let permit = match self.limit.clone().try_acquire_owned() {
+                Ok(p) => p,
                 Err(_) if self.reclaim.has_idle() && !balance.a_peer_has_room() => {
-                    // At the cap with an idle connection, and no peer with room for the client
-                    // (nginx, too, reuses a connection only when it has no free one): take the
-                    // waiting client, then close the idle one for it (its task ending frees
-                    // the permit).
-                    let accepted = tokio::select! {
-                        r = accept_any(&self.listeners, &mut next) => r,
+                    // At the cap with an idle connection, and no peer with room (nginx, too,
+                    // reuses a connection only when it has no free one). Once a client is
+                    // actually queued, close the idle connection first, then wait for the
+                    // permit its task gives back, and accept as usual: a client is never
+                    // accepted before there is room for it (the idle one may get busy
+                    // meanwhile), and the queued client may as well go to a peer.
+                    let queued = tokio::select! {
+                        r = wait_queued(&self.listeners) => r.is_ok(),
+                        // Re-evaluated now and then: the idle one may get busy, a peer free.
+                        _ = tokio::time::sleep(PEERS_EVERY) => false,
                         _ = self.stop.cancelled() => break,
                     };
-                    if accepted.is_ok() && self.reclaim.evict_one() {
-                        let now = tokio::time::Instant::now();
-                        if warned.is_none_or(|at| now >= at + FULL_WARNING_EVERY) {
-                            warned = Some(now);
-                            tracing::warn!(
-                                "worker_connections are not enough: closing idle connections \
-                                 to admit new ones (raise --worker-connections)"
-                            );
-                        }
+                    if !queued
+                        || !self.reclaim.has_idle()
+                        || balance.a_peer_has_room()
+                        || !self.reclaim.evict_one()
+                    {
+                        continue;
                     }
-                    let p = tokio::select! {
+                    let now = tokio::time::Instant::now();
+                    if warned.is_none_or(|at| now >= at + FULL_WARNING_EVERY) {
+                        warned = Some(now);
+                        tracing::warn!(
+                            "worker_connections are not enough: closing idle connections \
+                             to admit new ones (raise --worker-connections)"
+                        );
+                    }
+                    tokio::select! {
                         // `expect`: the semaphore is never closed.
                         p = self.limit.clone().acquire_owned() => p.expect("connection semaphore closed"),
                         _ = self.stop.cancelled() => break,
-                    };
-                    (p, Some(accepted))
+                    }
                 }
                 Err(_) => {
-                    let p = tokio::select! {
+                    tokio::select! {
                         p = self.limit.clone().acquire_owned() => p.expect("connection semaphore closed"),
                         // Look again: an idle connection can now make room...
                         _ = self.reclaim.became_idle() => continue,
                         // ... or the peers that had room have filled up.
                         _ = tokio::time::sleep(PEERS_EVERY), if self.reclaim.has_idle() => continue,
                         _ = self.stop.cancelled() => break,
-                    };
-                    (p, None)
+                    }
                 }
             };
-            let accepted = match accepted {
-                Some(a) => a,
-                None => tokio::select! {
-                    r = accept_balanced(&self.listeners, &mut next, &mut balance) => r,
-                    _ = self.stop.cancelled() => break,
-                    // A handed-over connection waits for this permit (it is queued first).
-                    () = self.yield_permit.notified() => {
-                        drop(permit);
-                        continue;
-                    }
-                },
+            let accepted = tokio::select! {
+                r = accept_balanced(&self.listeners, &mut next, &mut balance) => r,
+                _ = self.stop.cancelled() => break,
+                // A handed-over connection waits for this permit (it is queued first).
+                () = self.yield_permit.notified() => {
+                    drop(permit);
+                    continue;
+                }
             };
             match accepted {
                 Ok((stream, peer, listener)) => {
