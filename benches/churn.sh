@@ -59,7 +59,10 @@ free_port() {
 
 wait_line() { # log pattern count: wait (60 s at most) for count lines matching pattern
     for _ in $(seq 1 600); do
-        [ "$(grep -c -- "$2" "$1" || true)" -ge "$3" ] && return 0
+        # The log may not exist yet: the server's shell redirection opens it.
+        local n
+        n=$(grep -c -- "$2" "$1" 2>/dev/null)
+        [ "${n:-0}" -ge "$3" ] && return 0
         sleep 0.1
     done
     echo "churn.sh: timed out waiting for $3 × '$2' in $1" >&2
