@@ -155,22 +155,7 @@ mod memory {
     use crate::service::ConnContext;
     use crate::service::lines::heap;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
-    /// A connected pair: (the server's end as a service gets it, the client's end).
-    async fn pair() -> (crate::net::Stream, tokio::net::TcpStream) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (crate::net::Stream::Tcp(s), c)
-    }
+    use crate::service::test_support::{pair, runtime};
 
     /// Every idle echo connection holds one `serve` future (issue 13: 100,000 of them on 2
     /// workers under 150 MB): no buffer in it, the read goes to the worker's scratch buffer.

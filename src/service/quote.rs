@@ -180,22 +180,7 @@ mod memory {
     use crate::service::ConnContext;
     use crate::service::lines::{heap, with_scratch};
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
-    /// A connected pair: (the server's end as a service gets it, the client's end).
-    async fn pair() -> (crate::net::Stream, tokio::net::TcpStream) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (crate::net::Stream::Tcp(s), c)
-    }
+    use crate::service::test_support::{pair, runtime};
 
     /// Every idle quote client holds one `serve` future while it waits for its next line: no
     /// buffer in it (the line reader reads into the worker's scratch buffer), and the bus

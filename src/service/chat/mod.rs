@@ -422,22 +422,16 @@ impl Chat {
 
 #[cfg(test)]
 mod memory {
+    use crate::service::test_support::{pair, runtime};
+
     /// Every member holds one `serve` future while it waits for its next line and its writer
     /// for the room's next line (issue 13: 100,000 idle members on one small machine). The
     /// read and write buffers are not in it (a per-worker scratch buffer, given back when up to
     /// date); a buffer or a large state added to the wrong place shows here.
     #[test]
     fn an_idle_member_future_stays_small() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-                .await
-                .unwrap();
-            let stream = crate::net::Stream::Tcp(c);
+        runtime().block_on(async {
+            let (stream, _client) = pair().await;
             let ctx =
                 crate::service::ConnContext::detached(crate::net::Peer::Unix, Default::default());
             // No hub listens for this pid: the bus client retries in the background.

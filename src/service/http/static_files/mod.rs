@@ -138,82 +138,22 @@ impl StaticService {
 
 #[cfg(test)]
 mod memory {
+    use crate::service::test_support::{pair, runtime, static_config};
+
     /// Every idle kept-alive connection holds one `serve` future; the benchmark counts 10,000
     /// of them. Request state is boxed inside, so this stays small; a stack buffer or a timer
     /// added to the wrong place shows here.
     #[test]
     fn an_idle_connection_future_stays_small() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-                .await
-                .unwrap();
-            let stream = crate::net::Stream::Tcp(c);
+        runtime().block_on(async {
+            let (stream, _client) = pair().await;
             let ctx =
                 crate::service::ConnContext::detached(crate::net::Peer::Unix, Default::default());
             let dir = tempfile::tempdir().unwrap();
-            let cfg = crate::config::StaticConfig {
-                root: dir.path().into(),
-                keep_alive: std::time::Duration::from_secs(1),
-                header_timeout: std::time::Duration::from_secs(1),
-                limit_request_line: 10,
-                limit_request_fields: 10,
-                limit_request_field_size: 10,
-                follow_symlinks: false,
-                show_hidden: false,
-                listing: true,
-                access_logfile: None,
-                access_logformat: None,
-                max_age: None,
-            };
-            let svc = super::StaticService::open(&cfg).unwrap();
+            let svc = super::StaticService::open(&static_config(dir.path())).unwrap();
             let f = super::serve(stream, &ctx, &svc);
             let size = std::mem::size_of_val(&f);
             assert!(size <= 512, "serve future is {size} bytes");
-        });
-    }
-
-    /// A worker spawns every connection as `Service::serve`, whose future is as large as the
-    /// largest service's: an unboxed chat future (2,560 bytes) made each idle static
-    /// connection cost that much (issue 12). Static's own future is the only one kept inline.
-    #[test]
-    fn the_dispatch_future_stays_small_for_static() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-                .await
-                .unwrap();
-            let ctx =
-                crate::service::ConnContext::detached(crate::net::Peer::Unix, Default::default());
-            let dir = tempfile::tempdir().unwrap();
-            let cfg = crate::config::StaticConfig {
-                root: dir.path().into(),
-                keep_alive: std::time::Duration::from_secs(1),
-                header_timeout: std::time::Duration::from_secs(1),
-                limit_request_line: 10,
-                limit_request_fields: 10,
-                limit_request_field_size: 10,
-                follow_symlinks: false,
-                show_hidden: false,
-                listing: true,
-                access_logfile: None,
-                access_logformat: None,
-                max_age: None,
-            };
-            let service = crate::service::Service::Static(Box::new(
-                super::StaticService::open(&cfg).unwrap(),
-            ));
-            let f = service.serve(crate::net::Stream::Tcp(c), ctx);
-            let size = std::mem::size_of_val(&f);
-            assert!(size <= 768, "Service::serve future is {size} bytes");
         });
     }
 }
