@@ -19,20 +19,12 @@ use tokio::io::AsyncWriteExt;
 
 use super::handoff::{Parcel, stream_fd};
 use super::lines::{Line, LineReader, ReaderState};
-use super::{ConnContext, idle};
+use super::{ConnContext, idle, idle_deadline};
 use crate::bus::{Bus, BusError};
 use crate::net::Stream;
 
 /// The bus key of the quote.
 pub const KEY: &str = "quote";
-
-/// Ends after `limit`, or never.
-async fn idle_deadline(limit: Option<std::time::Duration>) {
-    match limit {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// The quote service of one worker.
 pub struct Quote {

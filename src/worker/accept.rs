@@ -251,10 +251,7 @@ impl Balance {
         if self.ignored_until.is_some_and(|t| now < t) {
             return false;
         }
-        if self.read_at.is_none_or(|t| now >= t + PEERS_EVERY) {
-            self.peers = board.ready_peers(self.me);
-            self.read_at = Some(now);
-        }
+        self.refresh_peers(board, now);
         let Some(least) = self
             .peers
             .iter()
@@ -274,15 +271,19 @@ impl Balance {
         let Some(board) = self.board else {
             return false;
         };
-        let now = Instant::now();
-        if self.read_at.is_none_or(|t| now >= t + PEERS_EVERY) {
-            self.peers = board.ready_peers(self.me);
-            self.read_at = Some(now);
-        }
+        self.refresh_peers(board, Instant::now());
         let mine = self.me.active_conns.load(Ordering::Relaxed);
         self.peers
             .iter()
             .any(|p| p.active_conns.load(Ordering::Relaxed) < mine)
+    }
+
+    /// Re-reads the ready peers from the scoreboard, at most every [`PEERS_EVERY`].
+    fn refresh_peers(&mut self, board: &'static Scoreboard, now: Instant) {
+        if self.read_at.is_none_or(|t| now >= t + PEERS_EVERY) {
+            self.peers = board.ready_peers(self.me);
+            self.read_at = Some(now);
+        }
     }
 
     /// Connections the peers have accepted since they booted, summed.

@@ -10,9 +10,9 @@ use super::text::{check_name, clean};
 use super::{Chat, KEY_PREFIX, TOPIC};
 use crate::bus::BusError;
 use crate::net::Stream;
-use crate::service::ConnContext;
 use crate::service::lines::{Line, LineReader, TIMING_MARK_REPLY};
 use crate::service::reclaim::IdleClass;
+use crate::service::{ConnContext, idle_deadline};
 
 /// What a member of a stopping worker is told when it cannot be carried on elsewhere.
 pub(super) const RECONNECT: &str = "* the server is restarting or stopping; please reconnect\r\n";
@@ -33,14 +33,6 @@ pub(super) enum End {
     /// Its worker retires with hand-over: the session stopped between two lines, to be
     /// offered to a newer worker.
     HandOver,
-}
-
-/// Ends after `limit`, or never.
-async fn idle_deadline(limit: Option<std::time::Duration>) {
-    match limit {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Chat {
