@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use oxicorn::arbiter::upgrade::{self, Handover};
 use oxicorn::config::{Config, Invocation, ServeArgs, cli};
-use oxicorn::exit;
+use oxicorn::{exit, server};
 
 fn main() -> ExitCode {
     // An image started by a USR2 upgrade (or its rollback) finds the running server's state
@@ -94,17 +94,14 @@ fn run(invocation: Invocation, handover: Option<Handover>) -> anyhow::Result<i32
     let config = terminal_defaults(config);
     // On an upgrade the old image already did these: its listeners, logs and umask are
     // inherited; a refusal here still rolls back rather than leaving nobody serving.
-    if let Err(err) = check_identity(&config) {
+    if let Err(err) = server::check_identity(&config) {
         match handover {
-            Some(h) => give_up(h, format!("{err:#}")),
-            None => return Err(err),
+            Some(h) => give_up(h, err),
+            None => anyhow::bail!(err),
         }
     }
     if handover.is_none() {
-        if let Some(mask) = config.umask {
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
-        }
-        give_logs_to(&config)?;
+        server::prepare_files(&config).map_err(anyhow::Error::msg)?;
     }
     let log = match oxicorn::log::init(config.log_level.filter(), config.error_logfile.as_deref()) {
         Ok(log) => log,
@@ -146,59 +143,4 @@ fn terminal_defaults(mut config: Config) -> Config {
         }
     }
     config
-}
-
-/// Workers run as root only when asked: started as root, `--user` names who they run as, or
-/// `--allow-root` says root is meant (issue 11; nginx runs its workers as `nobody`). Without
-/// root, `--user` can only name ourselves.
-fn check_identity(config: &Config) -> anyhow::Result<()> {
-    let euid = nix::unistd::geteuid();
-    let user = config.run_as.as_ref().and_then(|r| r.user.as_ref());
-    if euid.is_root() {
-        if user.is_none() && !config.allow_root {
-            anyhow::bail!(
-                "refusing to run workers as root: give --user USER (for example --user nobody) \
-                 to run them as that user, or --allow-root if root is really meant"
-            );
-        }
-    } else if let Some((uid, name)) = user
-        && *uid != euid.as_raw()
-    {
-        anyhow::bail!("--user {name} needs oxicorn to be started as root");
-    }
-    Ok(())
-}
-
-/// With `--user`, the log files the workers and the hub write and reopen on USR1 (the error
-/// log, each static service's access log) are created if missing and given to that user, so
-/// they stay usable after the switch (gunicorn does the same).
-fn give_logs_to(config: &Config) -> anyhow::Result<()> {
-    let Some(run_as) = &config.run_as else {
-        return Ok(());
-    };
-    let uid = run_as
-        .user
-        .as_ref()
-        .map(|(u, _)| nix::unistd::Uid::from_raw(*u));
-    let gid = Some(nix::unistd::Gid::from_raw(run_as.gid));
-    let mut files: Vec<&std::path::Path> =
-        config.error_logfile.iter().map(|p| p.as_path()).collect();
-    for spec in &config.services {
-        if let oxicorn::config::ServiceConfig::Static(s) = &spec.service
-            && let Some(p) = &s.access_logfile
-            && p.as_os_str() != "-"
-        {
-            files.push(p);
-        }
-    }
-    for path in files {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open log file {}", path.display()))?;
-        nix::unistd::chown(path, uid, gid)
-            .with_context(|| format!("cannot give log file {} to --user", path.display()))?;
-    }
-    Ok(())
 }

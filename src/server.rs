@@ -168,9 +168,7 @@ impl Server {
             }
         };
         check_identity(&config)?;
-        if let Some(mask) = config.umask {
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
-        }
+        prepare_files(&config)?;
         let log = crate::log::init(config.log_level.filter(), config.error_logfile.as_deref())
             .map_err(|e| format!("cannot open the error log: {e}"))?;
         let log: &'static _ = Box::leak(Box::new(log));
@@ -179,16 +177,20 @@ impl Server {
     }
 }
 
-/// Workers run as root only when asked, as with the `oxicorn` binary: `--user` names who they
-/// run as, or `--allow-root` says root is meant.
-fn check_identity(config: &Config) -> Result<(), String> {
+/// Workers run as root only when asked: started as root, `--user` names who they run as, or
+/// `--allow-root` says root is meant (issue 11; nginx runs its workers as `nobody`). Without
+/// root, `--user` can only name ourselves. Shared by the `oxicorn` binary and [`Server`].
+///
+/// # Errors
+/// The refusal, with the way out, as one line.
+pub fn check_identity(config: &Config) -> Result<(), String> {
     let euid = nix::unistd::geteuid();
     let user = config.run_as.as_ref().and_then(|r| r.user.as_ref());
     if euid.is_root() {
         if user.is_none() && !config.allow_root {
             return Err(
                 "refusing to run workers as root: give --user USER (for example --user \
-                        nobody) to run them as that user, or --allow-root if root is really meant"
+                 nobody) to run them as that user, or --allow-root if root is really meant"
                     .into(),
             );
         }
@@ -198,6 +200,47 @@ fn check_identity(config: &Config) -> Result<(), String> {
         return Err(format!(
             "--user {name} needs the server to be started as root"
         ));
+    }
+    Ok(())
+}
+
+/// What a server sets up before its first fork: the `--umask` of every process, and with
+/// `--user` the log files the workers and the hub write and reopen on USR1 (the error log,
+/// each service's access log), created if missing and given to that user so they stay
+/// usable after the switch (gunicorn does the same). Shared by the `oxicorn` binary and
+/// [`Server`].
+///
+/// # Errors
+/// A log file that cannot be created or given to the user, named.
+pub fn prepare_files(config: &Config) -> Result<(), String> {
+    if let Some(mask) = config.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    let Some(run_as) = &config.run_as else {
+        return Ok(());
+    };
+    let uid = run_as
+        .user
+        .as_ref()
+        .map(|(u, _)| nix::unistd::Uid::from_raw(*u));
+    let gid = Some(nix::unistd::Gid::from_raw(run_as.gid));
+    let access_logs = config
+        .services
+        .iter()
+        .filter_map(|s| s.service.access_logfile());
+    for path in config
+        .error_logfile
+        .as_deref()
+        .into_iter()
+        .chain(access_logs)
+    {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        nix::unistd::chown(path, uid, gid)
+            .map_err(|e| format!("cannot give log file {} to --user: {e}", path.display()))?;
     }
     Ok(())
 }

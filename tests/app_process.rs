@@ -399,3 +399,44 @@ fn websocket_echo_and_curl_h2c() {
         );
     }
 }
+
+/// Issue 11's `--user` for an application: the arbiter creates the access log and gives it to
+/// the user before the fork, so workers running as that user can write it (root only).
+#[test]
+fn with_user_the_access_log_belongs_to_the_user_and_is_written() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a nobody user");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Oxicorn::start_program(
+        std::path::Path::new(app_bin()),
+        dir,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--user",
+            "nobody",
+            "--access-logfile",
+            "access.log",
+        ],
+        &[],
+    );
+    server.wait_ready(1, 1);
+    let got = raw(
+        server.tcp_addr(),
+        b"GET /worker HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let path = server.path("access.log");
+    assert_eq!(std::fs::metadata(&path).unwrap().uid(), nobody.uid.as_raw());
+    assert!(support::eventually(SOON, || std::fs::read_to_string(&path)
+        .is_ok_and(|t| t.contains("GET /worker"))));
+}

@@ -204,6 +204,16 @@ impl ServiceConfig {
         self.kind().name()
     }
 
+    /// The service's access log file, if it writes one to a file (not off, not `-`).
+    pub fn access_logfile(&self) -> Option<&std::path::Path> {
+        let path = match self {
+            ServiceConfig::Static(s) => s.access_logfile.as_deref(),
+            ServiceConfig::App(a) => a.access_logfile.as_deref(),
+            _ => None,
+        }?;
+        (path.as_os_str() != "-").then_some(path)
+    }
+
     /// Whether the service shares state across workers, so the arbiter must run the bus hub.
     pub fn needs_bus(&self) -> bool {
         matches!(
