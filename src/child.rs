@@ -177,8 +177,8 @@ where
                 return boot_error;
             }
         };
-        // The arbiter blocked its signals across the fork; ours are installed now, so anything
-        // that arrived meanwhile is delivered to them.
+        // Signals have been blocked since just after the fork; ours are installed now, so
+        // anything that arrived meanwhile is delivered to them.
         unblock_all();
         body(Child {
             arbiter,
@@ -277,9 +277,10 @@ impl ChildSignals {
     }
 }
 
-/// Clears the signal mask the arbiter left blocked across the fork. Clearing all of it rather
-/// than the arbiter's list keeps this layer free of the arbiter: outside a fork the arbiter's
-/// mask is empty, so the child ends with the mask it would have had anyway.
+/// Clears the signal mask the child set right after the fork (the arbiter's
+/// `signals::after_fork_in_child`). Clearing all of it rather than the arbiter's list keeps
+/// this layer free of the arbiter: the arbiter's own mask is empty, so the child ends with the
+/// mask it would have had anyway.
 pub fn unblock_all() {
     // pthread_sigmask only fails for an invalid `how`; ours is constant.
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);

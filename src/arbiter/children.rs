@@ -299,13 +299,13 @@ impl Arbiter {
             1,
             "the arbiter must not have threads when it forks"
         );
-        let blocked = super::signals::Blocked::all();
+        // Signals stay unblocked here: a TTIN sent during the fork must not merge with the
+        // next one (see `signals.rs`).
         // SAFETY: the arbiter has no other threads (asserted above in debug builds; it never
         // starts any), so no lock is held across the fork. The child never returns into the
         // arbiter's code: it runs its body and exits.
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
-                blocked.restore();
                 let pid = child.as_raw();
                 self.scoreboard
                     .slot(slot)
@@ -319,12 +319,12 @@ impl Arbiter {
                 Ok(pid)
             }
             Ok(ForkResult::Child) => {
-                // Signals stay blocked until the child has its own handlers.
+                // Blocked until the child has its own handlers; any that came first are kept.
+                super::signals::after_fork_in_child();
                 let code = self.become_child(kind, slot);
                 std::process::exit(code);
             }
             Err(err) => {
-                blocked.restore();
                 self.scoreboard.release(slot);
                 Err(SpawnError::Fork(err))
             }

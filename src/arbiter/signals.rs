@@ -5,13 +5,20 @@
 //! #3198). The loop polls the pipe's read end, drains it, then acts on the counts.
 //!
 //! Counts, not flags: two TTINs sent a moment apart are two more workers.
+//!
+//! Nothing is blocked in the arbiter around a fork, because the kernel keeps at most one
+//! pending instance of a standard signal (signal(7)): a TTIN that arrived while the first
+//! TTIN's fork had them blocked stayed pending, and a third merged into it. Instead the handler
+//! knows whose it is: run in a child that has not yet blocked its signals (the moment between
+//! `fork` and [`after_fork_in_child`]), it records the signal for the child, which raises it
+//! again once it has blocked them, so the child's own handlers receive it.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask, raise};
 use signal_hook::SigId;
 
 /// The signals the arbiter handles, in the order `take` reports them: stops first, so a TERM
@@ -32,11 +39,40 @@ pub const HANDLED: [Signal; 10] = [
 /// How many times each signal arrived since the loop last looked, indexed by signal number.
 static PENDING: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
 
+/// Signals the handler ran for in a freshly forked child, before the child blocked them; see
+/// [`after_fork_in_child`]. Always zero in the arbiter.
+static CHILD_PENDING: [AtomicUsize; 65] = [const { AtomicUsize::new(0) }; 65];
+
+/// The arbiter's pid, set by [`Signals::install`]; the handler compares `getpid()` with it.
+static ARBITER_PID: AtomicI32 = AtomicI32::new(0);
+
+/// The write end of the self-pipe (non-blocking), or -1 before [`Signals::install`].
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The action run for every handled signal. Async-signal-safe: `getpid`, atomics and one
+/// non-blocking `write` (a full pipe already holds a wake-up, so a failed write loses nothing).
+fn on_signal(n: usize) {
+    if nix::unistd::getpid().as_raw() != ARBITER_PID.load(Ordering::Relaxed) {
+        CHILD_PENDING[n].fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    PENDING[n].fetch_add(1, Ordering::SeqCst);
+    let fd = WAKE_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: the descriptor is the self-pipe's write end, open for as long as the
+        // handlers are registered (`Signals` owns it; `forget_in_child` unregisters first).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = nix::unistd::write(fd, &[0u8]);
+    }
+}
+
 /// The installed handlers and the read end of the self-pipe.
 pub struct Signals {
     /// Read end of the self-pipe, polled by the loop. The write ends are owned by the handlers
     /// (one clone per signal) and closed when they are unregistered.
     wake: UnixStream,
+    /// The self-pipe's write end, written by [`on_signal`] through [`WAKE_FD`].
+    wake_tx: UnixStream,
     /// Every registration, so a forked worker can remove them all.
     ids: Vec<SigId>,
 }
@@ -49,24 +85,17 @@ impl Signals {
     pub fn install() -> io::Result<Signals> {
         let (wake, wake_tx) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        ARBITER_PID.store(nix::unistd::getpid().as_raw(), Ordering::Relaxed);
+        WAKE_FD.store(wake_tx.as_raw_fd(), Ordering::Relaxed);
         let mut ids = Vec::new();
         for sig in HANDLED {
-            let n = sig as i32;
-            // SAFETY: the action only increments an atomic in a static array, which is
-            // async-signal-safe; it allocates nothing and takes no lock.
-            let id = unsafe {
-                signal_hook::low_level::register(n, move || {
-                    PENDING[n as usize].fetch_add(1, Ordering::SeqCst);
-                })
-            }?;
-            ids.push(id);
-            // Registered second, so it runs after the count: the loop never wakes to a zero.
-            ids.push(signal_hook::low_level::pipe::register(
-                n,
-                wake_tx.try_clone()?,
-            )?);
+            let n = sig as usize;
+            // SAFETY: `on_signal` is async-signal-safe (see there): it allocates nothing and
+            // takes no lock.
+            ids.push(unsafe { signal_hook::low_level::register(n as i32, move || on_signal(n)) }?);
         }
-        Ok(Signals { wake, ids })
+        Ok(Signals { wake, wake_tx, ids })
     }
 
     /// Empties the self-pipe. Call before [`Signals::take`], so a signal arriving in between
@@ -97,7 +126,9 @@ impl Signals {
         for id in self.ids {
             signal_hook::low_level::unregister(id);
         }
+        WAKE_FD.store(-1, Ordering::Relaxed);
         drop(self.wake);
+        drop(self.wake_tx);
     }
 }
 
@@ -107,10 +138,22 @@ impl AsFd for Signals {
     }
 }
 
-/// Blocks the handled signals for the duration of a fork, so none is delivered to the child
-/// before it has replaced the arbiter's handlers with its own. The child unblocks them once
-/// its own handlers are in place (`child::unblock_all`); pending signals are then delivered
-/// to those.
+/// The first thing a freshly forked child does: blocks [`HANDLED`] until its own handlers are
+/// in place (`child::unblock_all` clears the mask), and raises again every signal the
+/// arbiter's handler recorded for it before the block (see the module header), so it stays
+/// pending and reaches those handlers.
+pub fn after_fork_in_child() {
+    let _ = Blocked::all();
+    for sig in HANDLED {
+        if CHILD_PENDING[sig as usize].swap(0, Ordering::SeqCst) > 0 {
+            // Blocked, so it stays pending on this thread until the mask is cleared.
+            let _ = raise(sig);
+        }
+    }
+}
+
+/// Blocks the handled signals across an `execve` (a binary upgrade), so none kills the process
+/// with its default action before the new image has installed its handlers.
 pub struct Blocked {
     old: SigSet,
 }
