@@ -11,8 +11,8 @@
 //! | no byte yet on a fresh connection | `header_timeout` after the accept | EOF to hyper: the connection closes without a word |
 //! | HTTP/1, bytes of a head received, no request in flight | `header_timeout` after the head's first byte (or the accept) | `408 Request Timeout`, then EOF |
 //! | no request in flight since the last one ended (kept alive) | `keep_alive` after that | EOF |
-//! | a request in flight, or the connection upgraded | none (`request_timeout` and the worker's graceful deadline bound these) | – |
-//! | any write blocked (the client stopped reading) | the service's idle timeout after the write first blocked | the write fails with `TimedOut`: the connection ends |
+//! | a request in flight, or the connection upgraded | none here (`request_timeout`, `client_body_timeout` and the worker's graceful deadline bound these) | – |
+//! | any write blocked (the client stopped reading) | the service's idle timeout after the write first blocked (nginx's `send_timeout`; an HTTP/2 stream held by flow control has its own, [`super::stream`]) | the write fails with `TimedOut`: the connection ends |
 //!
 //! The 408 is written here, straight to the socket, because hyper has no way to be asked to.
 //! It is only written when hyper has nothing half-written (its last write did not stall), so
