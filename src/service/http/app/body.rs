@@ -3,7 +3,7 @@
 //! [`RequestBody`] is hyper's body under two limits. `--limit-request-body`: it fails at the
 //! first byte too many, so the app never holds more than the limit. `--client-body-timeout`:
 //! it fails when the client leaves it silent for that long while the app waits to read
-//! (nginx's `client_body_timeout`). Either way it records what happened ([`BodyOutcome`]), so
+//! (nginx's `client_body_timeout`). Either way it records what happened (`BodyOutcome`), so
 //! the request path can turn the response into 413 or 408 whatever the app made of the
 //! error. [`ResponseBody`] is the app's body, boxed, counted for the access log and the
 //! scoreboard, with a guard that tells the connection's clock the request ended when hyper

@@ -290,6 +290,10 @@ enum Stop {
     Shut,
 }
 
+/// How many header fields hyper's HTTP/1 parser takes when not told a number (hyper's
+/// `DEFAULT_MAX_HEADERS`); more get 431.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The hyper builder for these settings.
 fn builder(s: &HttpSettings) -> auto::Builder<StreamExecutor> {
     let mut b = auto::Builder::new(StreamExecutor);
@@ -298,8 +302,15 @@ fn builder(s: &HttpSettings) -> auto::Builder<StreamExecutor> {
         // turned off because `io::DeadlineIo` keeps that clock (and answers 408).
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .keep_alive(!s.keep_alive.is_zero())
-        .max_headers(s.limit_request_fields.max(1))
+        .keep_alive(!s.keep_alive.is_zero());
+    // hyper parses at most 100 fields unless told otherwise, on the stack; told any number,
+    // it builds its two header arrays element by element for every request (smallvec's
+    // `from_elem`, ~1% of a worker's time on a hello-world). So it is told only of a limit
+    // above its own: below it, `HttpSettings::check_head` answers the same 431.
+    if s.limit_request_fields > HYPER_MAX_HEADERS {
+        b.http1().max_headers(s.limit_request_fields);
+    }
+    b.http1()
         // Not `pipeline_flush(true)`: with it, hyper 1.12 drops its own 400/414/431 answers
         // to heads it cannot parse (the connection closes before the flush; measured).
         .max_buf_size(s.head_buffer());
