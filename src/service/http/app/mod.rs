@@ -426,7 +426,8 @@ async fn handle(
             let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
             let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
             let req = Request::from_parts(parts, body);
-            let run = CatchUnwind(Box::pin(c.app.clone().oneshot(req)));
+            // Unboxed: `Oneshot` over a boxed service is `Unpin` (its future is a box already).
+            let run = CatchUnwind(c.app.clone().oneshot(req));
             let outcome = match settings.request_timeout {
                 Some(limit) => tokio::time::timeout(limit, run).await.ok(),
                 None => Some(run.await),
@@ -584,15 +585,15 @@ fn status_response(
 }
 
 /// A future whose panic is caught and returned (the app's handler: a panic costs one request).
-struct CatchUnwind<F>(Pin<Box<F>>);
+struct CatchUnwind<F>(F);
 
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // AssertUnwindSafe: after a panic the future is never polled again (it is dropped with
         // this one), so no broken invariant inside it can be observed.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(panic) => Poll::Ready(Err(panic)),
