@@ -7,8 +7,13 @@
 # on loopback, in the same run, rounds alternating, medians printed. HTTP/1.1 keep-alive with
 # wrk (64 connections), HTTP/2 (h2c prior knowledge) with h2load for (a) and (b). Then one run
 # of (a) with a HUP every second under load: errors (must be 0) and the dip in requests/s.
+# Besides requests/s, each run reports requests per server CPU-second (utime + stime of the
+# server's process tree from /proc, before and after): on a shared machine that moves less
+# than requests/s, which also measures what else ran.
 #
 #   benches/app.sh                        # ROUNDS=3 DURATION=5 CONNS=64 HUP_SECS=10
+#   BASE=/tmp/axum_app-base benches/app.sh  # adds an older build of the example as
+#                                           # oxicorn-base (A/B in the same rounds)
 #
 # Needs wrk, h2load (Debian: nghttp2-client), python3 with venv; gunicorn is installed from
 # PyPI into a temp venv. Everything generated lives in a temp dir removed on exit. Not run by CI.
@@ -66,17 +71,37 @@ def app(environ, start_response):
 PY
 
 P_OXI=$(free_port); P_AXUM=$(free_port); P_GSYNC=$(free_port); P_GTHR=$(free_port)
+P_BASE=$(free_port)
+declare -A MASTER
 # As root (a CI box, a container), say that root workers are meant, as the tests do.
 [ "$(id -u)" = 0 ] && export OXICORN_ALLOW_ROOT=true
 "$APP" --bind "127.0.0.1:$P_OXI" --workers 2 --log-level warning 2>"$WORK/oxicorn.log" &
-OXI_PID=$!; PIDS+=("$OXI_PID")
+OXI_PID=$!; PIDS+=("$OXI_PID"); MASTER[oxicorn]=$OXI_PID
 "$AXUM" "127.0.0.1:$P_AXUM" 2>"$WORK/axum.log" &
-PIDS+=("$!")
+PIDS+=("$!"); MASTER[axum]=$!
 (cd "$WORK" && exec venv/bin/gunicorn -w 2 -b "127.0.0.1:$P_GSYNC" --log-level warning hello:app) 2>"$WORK/gsync.log" &
-PIDS+=("$!")
+PIDS+=("$!"); MASTER[gunicorn-sync]=$!
 (cd "$WORK" && exec venv/bin/gunicorn -w 2 -k gthread --threads 4 -b "127.0.0.1:$P_GTHR" --log-level warning hello:app) 2>"$WORK/gthread.log" &
-PIDS+=("$!")
-for p in "$P_OXI" "$P_AXUM" "$P_GSYNC" "$P_GTHR"; do wait_http "$p"; done
+PIDS+=("$!"); MASTER[gunicorn-gthread]=$!
+PORTS=("$P_OXI" "$P_AXUM" "$P_GSYNC" "$P_GTHR")
+if [ -n "${BASE:-}" ]; then
+    "$BASE" --bind "127.0.0.1:$P_BASE" --workers 2 --log-level warning 2>"$WORK/base.log" &
+    PIDS+=("$!"); MASTER[oxicorn-base]=$!
+    PORTS+=("$P_BASE")
+fi
+MASTER[oxicorn-h2]=${MASTER[oxicorn]}; MASTER[axum-h2]=${MASTER[axum]}
+MASTER[oxicorn-base-h2]=${MASTER[oxicorn-base]:-}
+for p in "${PORTS[@]}"; do wait_http "$p"; done
+
+# CPU time (user + system) of a server: its master and the master's children, in seconds.
+TICKS=$(getconf CLK_TCK)
+cpu_secs() { # master
+    local t=0 p
+    for p in "$1" $(pgrep -P "$1"); do
+        t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    awk -v t="$t" -v hz="$TICKS" 'BEGIN { printf "%.3f", t / hz }'
+}
 
 # wrk: prints "<requests/s> <p99 in ms> <errors>" for one run.
 run_wrk() { # port seconds
@@ -106,40 +131,63 @@ print(f"{rps:.0f} {ms:.2f} {int(m.group(2)) + int(m.group(3))}")'
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-declare -A RPS P99 ERR
+declare -A RPS P99 ERR PERCPU
 NAMES=(oxicorn axum gunicorn-sync gunicorn-gthread oxicorn-h2 axum-h2)
+[ -n "${BASE:-}" ] && NAMES=(oxicorn oxicorn-base axum gunicorn-sync gunicorn-gthread oxicorn-h2 oxicorn-base-h2 axum-h2)
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS ..." >&2
-    for name in "${NAMES[@]}"; do
+    # Alternate the order too: the first runs of a round see a quieter or busier machine.
+    order=("${NAMES[@]}")
+    if [ $((r % 2)) = 0 ]; then
+        order=(); for ((i = ${#NAMES[@]} - 1; i >= 0; i--)); do order+=("${NAMES[$i]}"); done
+    fi
+    for name in "${order[@]}"; do
+        before=$(cpu_secs "${MASTER[$name]}")
         case $name in
             oxicorn) out=$(run_wrk "$P_OXI" "$DURATION") ;;
+            oxicorn-base) out=$(run_wrk "$P_BASE" "$DURATION") ;;
             axum) out=$(run_wrk "$P_AXUM" "$DURATION") ;;
             gunicorn-sync) out=$(run_wrk "$P_GSYNC" "$DURATION") ;;
             gunicorn-gthread) out=$(run_wrk "$P_GTHR" "$DURATION") ;;
             oxicorn-h2) out=$(run_h2load "$P_OXI" "$DURATION") ;;
+            oxicorn-base-h2) out=$(run_h2load "$P_BASE" "$DURATION") ;;
             axum-h2) out=$(run_h2load "$P_AXUM" "$DURATION") ;;
         esac
+        after=$(cpu_secs "${MASTER[$name]}")
         read -r rps lat err <<<"$out"
         RPS[$name]+="$rps "; P99[$name]+="$lat "; ERR[$name]+="$err "
+        PERCPU[$name]+="$(awk -v r="$rps" -v d="$DURATION" -v c="$(awk -v a="$after" -v b="$before" 'BEGIN { print a - b }')" \
+            'BEGIN { printf (c > 0) ? "%.0f" : "0", r * d / c }') "
     done
 done
 
+# "median [min-max]" of a list of numbers.
+spread() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {printf "%s [%s-%s]", a[int((NR+1)/2)], a[1], a[NR]}'; }
+
 echo
-echo "medians of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, $(nproc) cores, $(date -u +%F)"
-printf '%-18s %12s %14s %8s\n' server "requests/s" "p99 (h2: mean)" errors
+echo "medians [min-max] of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, $(date -u +%F),"
+echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)"
+printf '%-18s %26s %26s %26s %7s\n' server "requests/s" "p99 ms (h2: mean)" "req per server CPU-s" errors
 for name in "${NAMES[@]}"; do
-    printf '%-18s %12s %12s ms %8s\n' "$name" \
-        "$(tr ' ' '\n' <<<"${RPS[$name]}" | grep . | median)" \
-        "$(tr ' ' '\n' <<<"${P99[$name]}" | grep . | median)" \
+    printf '%-18s %26s %26s %26s %7s\n' "$name" \
+        "$(spread "${RPS[$name]}")" "$(spread "${P99[$name]}")" "$(spread "${PERCPU[$name]}")" \
         "$(tr ' ' '\n' <<<"${ERR[$name]}" | grep . | awk '{s+=$1} END {print s}')"
 done
-m() { tr ' ' '\n' <<<"${RPS[$1]}" | grep . | median; }
-python3 - "$(m oxicorn)" "$(m axum)" "$(m gunicorn-sync)" "$(m gunicorn-gthread)" "$(m oxicorn-h2)" "$(m axum-h2)" <<'PY'
+m() { tr ' ' '\n' <<<"${RPS[$1]:-}" | grep . | median; }
+c() { tr ' ' '\n' <<<"${PERCPU[$1]:-}" | grep . | median; }
+python3 - "$(m oxicorn)" "$(m axum)" "$(m gunicorn-sync)" "$(m gunicorn-gthread)" "$(m oxicorn-h2)" "$(m axum-h2)" \
+    "$(c oxicorn)" "$(c axum)" "$(c gunicorn-sync)" "$(c gunicorn-gthread)" "$(c oxicorn-h2)" "$(c axum-h2)" \
+    "$(m oxicorn-base)" "$(c oxicorn-base)" "$(m oxicorn-base-h2)" "$(c oxicorn-base-h2)" <<'PY'
 import sys
-o, a, gs, gt, oh, ah = map(float, sys.argv[1:])
-r = lambda x, y: f"{x / y:.2f}x" if y else "n/a (no answers)"
-print(f"oxicorn / axum::serve (HTTP/1.1): {r(o, a)}   (HTTP/2): {r(oh, ah)}")
-print(f"oxicorn / best gunicorn: {r(o, max(gs, gt))}")
+v = [float(x) if x else 0.0 for x in sys.argv[1:]]
+o, a, gs, gt, oh, ah, co, ca, cgs, cgt, coh, cah, b, cb, bh, cbh = v
+r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
+print(f"oxicorn / axum::serve, requests/s: HTTP/1.1 {r(o, a)}, HTTP/2 {r(oh, ah)};"
+      f" per CPU-second: HTTP/1.1 {r(co, ca)}, HTTP/2 {r(coh, cah)}")
+print(f"oxicorn / best gunicorn, requests/s: {r(o, max(gs, gt))}; per CPU-second: {r(co, max(cgs, cgt))}")
+if b:
+    print(f"oxicorn / oxicorn-base, requests/s: HTTP/1.1 {r(o, b)}, HTTP/2 {r(oh, bh)};"
+          f" per CPU-second: HTTP/1.1 {r(co, cb)}, HTTP/2 {r(coh, cbh)}")
 PY
 
 echo

@@ -28,6 +28,7 @@
 //! - [`exit`]: every exit code, and who reacts to each.
 //! - [`server`]: the embedding API, [`Server`]: a program's own `tower::Service` (an axum
 //!   `Router`) served by the pool, with oxicorn's CLI.
+//! - [`sync`]: the one way shared state is locked.
 //!
 //! # Running your own app
 //!
@@ -46,7 +47,12 @@
 //! }
 //! ```
 //! With axum, the factory returns a `Router`; `examples/axum_app.rs` is a complete program.
-//! - [`sync`]: the one way shared state is locked.
+//!
+//! Each request carries the socket's [`Peer`] and the [`Client`] as extensions. Its body fails
+//! with [`ClientBodyTimeout`] when the client leaves it silent for `--client-body-timeout`
+//! (the client then gets 408 whatever the handler answers). [`StaticFiles`] serves a directory
+//! as a `tower::Service`; mounted with axum's `nest_service("/static", ..)`, its listings and
+//! 404 page link below `/static/` (the mount point is found from the request).
 
 #![warn(missing_docs)]
 
@@ -76,4 +82,4 @@ pub mod worker;
 
 pub use net::Peer;
 pub use server::Server;
-pub use service::http::app::{AppRequest, Client, StaticFiles};
+pub use service::http::app::{AppRequest, Client, ClientBodyTimeout, StaticFiles};

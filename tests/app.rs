@@ -638,7 +638,23 @@ async fn static_files_as_a_tower_service_under_a_mount_point() {
     assert_eq!(r.headers()["location"], "sub/");
     let r = http.get(server.url("/static/sub/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("b.txt"), "a listing");
+    let listing = r.text().await.unwrap();
+    assert!(listing.contains("b.txt"), "a listing");
+    // Its breadcrumbs and the 404 page's root link are below the mount point.
+    assert!(
+        listing.contains(
+            "<h1>Index of <a href=\"/static/\">/static/</a><a href=\"/static/sub/\">sub</a>/</h1>"
+        ),
+        "{listing}"
+    );
+    let r = http.get(server.url("/static/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("<a href=\"/static/\">Go to the root</a>")
+    );
     // Traversal stays refused.
     let got = server
         .raw(b"GET /static/../../../../etc/passwd HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -649,6 +665,32 @@ async fn static_files_as_a_tower_service_under_a_mount_point() {
         .await;
     assert!(!got.contains("root:"), "{got}");
     assert!(status_line(&got).starts_with("HTTP/1.1 4"), "{got}");
+}
+
+/// `StaticFiles::mount_path` names the mount point when it cannot be seen: here a proxy in
+/// front is supposed to serve the app's `/static/` at `/files/`.
+#[tokio::test]
+async fn static_files_with_a_mount_path_link_below_it() {
+    use oxicorn::service::http::app::StaticFiles;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let app = Router::new().nest_service(
+        "/static",
+        StaticFiles::new(dir.path()).mount_path("/files/"),
+    );
+    let server = Server::start_with(AppService::new(app, HttpSettings::default())).await;
+    let listing = client()
+        .get(server.url("/static/sub/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listing.contains("<a href=\"/files/\">/files/</a><a href=\"/files/sub/\">sub</a>/"),
+        "{listing}"
+    );
 }
 
 #[tokio::test]

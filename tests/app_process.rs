@@ -440,3 +440,305 @@ fn with_user_the_access_log_belongs_to_the_user_and_is_written() {
     assert!(support::eventually(SOON, || std::fs::read_to_string(&path)
         .is_ok_and(|t| t.contains("GET /worker"))));
 }
+
+/// A request body that sends `first`, then ends if `end`, or else sends nothing, ever: the
+/// client that declared a `Content-Length` and stopped.
+struct StalledBody {
+    first: Option<bytes::Bytes>,
+    end: bool,
+}
+
+impl hyper::body::Body for StalledBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.first.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            None if self.end => std::task::Poll::Ready(None),
+            // Never woken: the body never goes on.
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// An h2c connection from hyper's client whose streams get a receive window of `window`
+/// bytes; its driver runs in a task of the test's runtime.
+async fn h2_conn<B>(addr: SocketAddr, window: u32) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// nginx's `client_body_timeout`: a body that stops arriving fails the handler's read after
+/// `--client-body-timeout` of silence; the client gets 408 and (HTTP/1) the connection closes.
+/// A body that keeps arriving, however slowly, is not cut.
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_a_slow_one_is_read() {
+    let (_server, addr) = start(&["--workers", "2", "--client-body-timeout", "1"], 2, &[]);
+    let started = Instant::now();
+    let got = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\nabc",
+        )
+    })
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // Trickled: a piece every 400 ms, each within the limit, 1.6 s in all.
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(SOON)).unwrap();
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 8\r\n\r\n",
+        )
+        .unwrap();
+        for piece in [b"ab", b"cd", b"ef", b"gh"] {
+            std::thread::sleep(Duration::from_millis(400));
+            s.write_all(piece).unwrap();
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+    assert!(got.ends_with("\r\n\r\nabcdefgh"), "{got}");
+
+    // HTTP/2: the stream gets 408; the connection carries on.
+    let mut send = h2_conn(addr, 65_535).await;
+    let req = http::Request::post(format!("http://{addr}/echo"))
+        .header("content-length", "1000000")
+        .body(StalledBody {
+            first: Some(bytes::Bytes::from_static(b"abc")),
+            end: false,
+        })
+        .unwrap();
+    let started = Instant::now();
+    let r = tokio::time::timeout(SOON, send.send_request(req))
+        .await
+        .expect("an answer before SOON")
+        .unwrap();
+    assert_eq!(r.status(), 408);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let req = http::Request::post(format!("http://{addr}/echo"))
+        .body(StalledBody {
+            first: Some(bytes::Bytes::from_static(b"ok")),
+            end: true,
+        })
+        .unwrap();
+    let r = send.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "ok");
+}
+
+/// Bytes of the file the slow-reader tests ask for: far more than loopback's socket buffers
+/// hold (a few MiB each way), so a client that stops reading stalls the server's writes.
+const BIG: u64 = 64 << 20;
+
+/// A static directory holding `big` ([`BIG`] bytes, sparse: zeros cost no disk).
+fn big_file_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::File::create(dir.path().join("big"))
+        .unwrap()
+        .set_len(BIG)
+        .unwrap();
+    dir
+}
+
+/// nginx's `send_timeout`, which oxicorn calls `--idle-timeout` for apps: a client that stops
+/// reading a large response is cut once no write made progress for that long. HTTP/1.1 loses
+/// its connection; an HTTP/2 stream held by flow control (the client sends no WINDOW_UPDATE)
+/// is reset on its own, and the connection's other streams go on.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let dir = big_file_dir();
+    let static_dir = dir.path().to_str().unwrap().to_string();
+    let (_server, addr) = start(
+        &["--workers", "2", "--idle-timeout", "1"],
+        2,
+        &[("APP_STATIC_DIR", &static_dir)],
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /static/big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        // Not reading: the buffers fill, the server's writes stall and, 1 s later, fail.
+        std::thread::sleep(Duration::from_secs(4));
+        s.set_read_timeout(Some(SOON)).unwrap();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break n,
+                Ok(k) => n += k as u64,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        got > 0 && got < BIG,
+        "HTTP/1.1: {got} bytes, the whole file or none"
+    );
+
+    let mut send = h2_conn(addr, 65_535).await;
+    let get = || {
+        http::Request::get(format!("http://{addr}/static/big"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let r = send.send_request(get()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The body unread: hyper's client returns no window, the server's stream waits on it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut body = r.into_body();
+    let mut n = 0u64;
+    let outcome = loop {
+        match tokio::time::timeout(SOON, http_body_util::BodyExt::frame(&mut body))
+            .await
+            .expect("the stream ends before SOON")
+        {
+            Some(Ok(frame)) => n += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(e)) => break Err(e),
+            None => break Ok(()),
+        }
+    };
+    let err = outcome.expect_err("the stream is reset, not finished");
+    assert!(n < BIG, "{n}");
+    assert!(
+        format!("{err:?}").to_lowercase().contains("cancel"),
+        "{err:?}"
+    );
+    // The connection lives on: a request read promptly is served in full.
+    let r = send
+        .send_request(
+            http::Request::get(format!("http://{addr}/worker"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// `oxicorn::StaticFiles` under axum's `nest_service("/static", ..)`: every link of a listing
+/// (entries, parent, breadcrumbs) and the 404 page's root link lead to pages under the mount
+/// point, and the mount point without its slash is redirected to it.
+#[tokio::test]
+async fn static_listing_and_404_links_stay_under_the_mount_point() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
+    std::fs::write(dir.path().join("sub/b.txt"), "bee").unwrap();
+    std::fs::write(dir.path().join("top.txt"), "top").unwrap();
+    let static_dir = dir.path().to_str().unwrap().to_string();
+    let (_server, addr) = start(&["--workers", "1"], 1, &[("APP_STATIC_DIR", &static_dir)]);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = reqwest::Url::parse(&format!("http://{addr}/")).unwrap();
+    let hrefs = |html: &str| -> Vec<String> {
+        html.split("href=\"")
+            .skip(1)
+            .map(|s| s.split('"').next().unwrap().to_string())
+            .collect()
+    };
+    for page in ["/static/", "/static/sub/", "/static/sub/deeper/"] {
+        let url = base.join(page).unwrap();
+        let r = http.get(url.clone()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{page}");
+        let html = r.text().await.unwrap();
+        let links = hrefs(&html);
+        assert!(!links.is_empty(), "{page}: {html}");
+        for href in links {
+            let to = url.join(&href).unwrap();
+            assert!(
+                to.path().starts_with("/static/"),
+                "{page}: {href} leads to {to}, outside the mount point"
+            );
+            let r = http.get(to.clone()).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{page}: {href} ({to})");
+        }
+    }
+    // The breadcrumbs of /static/sub/deeper/: the root of the files, sub, deeper.
+    let html = http
+        .get(base.join("/static/sub/deeper/").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let h1 = html
+        .split("<h1>")
+        .nth(1)
+        .unwrap()
+        .split("</h1>")
+        .next()
+        .unwrap();
+    let crumbs: Vec<String> = hrefs(h1)
+        .iter()
+        .map(|h| {
+            base.join("/static/sub/deeper/")
+                .unwrap()
+                .join(h)
+                .unwrap()
+                .path()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        crumbs,
+        ["/static/", "/static/sub/", "/static/sub/deeper/"],
+        "{h1}"
+    );
+    // 404: its root link is the mount point.
+    let url = base.join("/static/sub/nope.txt").unwrap();
+    let r = http.get(url.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let html = r.text().await.unwrap();
+    let root: Vec<String> = hrefs(&html)
+        .iter()
+        .map(|h| url.join(h).unwrap().path().to_string())
+        .collect();
+    assert_eq!(root, ["/static/"], "{html}");
+    // The mount point without its slash: to the listing, whose relative links then work.
+    let r = http
+        .get(base.join("/static").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    let to = base
+        .join("/static")
+        .unwrap()
+        .join(r.headers()["location"].to_str().unwrap())
+        .unwrap();
+    assert_eq!(to.path(), "/static/");
+}

@@ -361,6 +361,7 @@ fn spec(name: String, kind: Kind, layers: &[&Layer]) -> Result<ServiceSpec, Conf
                 _ => unreachable!("forwarded_allow_ips has a default"),
             };
             let request_timeout = duration("request_timeout");
+            let client_body_timeout = duration("client_body_timeout");
             ServiceConfig::App(AppConfig {
                 http: HttpSettings {
                     keep_alive: duration("keep_alive"),
@@ -373,6 +374,8 @@ fn spec(name: String, kind: Kind, layers: &[&Layer]) -> Result<ServiceSpec, Conf
                         _ => unreachable!("limit_request_body has a default"),
                     },
                     request_timeout: (!request_timeout.is_zero()).then_some(request_timeout),
+                    client_body_timeout: (!client_body_timeout.is_zero())
+                        .then_some(client_body_timeout),
                     forwarded_allow_ips,
                 },
                 access_logfile,

@@ -530,6 +530,20 @@ pub static SETTINGS: &[Setting] = &[
         help: "Longest a handler may take to answer; slower ones get 503 and are dropped; 0 = no limit",
     },
     Setting {
+        // nginx's name and default: a gap between two reads of one request body, not the
+        // whole body (a slow upload that keeps arriving is never cut).
+        key: "client_body_timeout",
+        short: None,
+        scope: Scope::Services(APP),
+        ty: Type::Duration {
+            zero: Zero::Off,
+            min: Duration::ZERO,
+        },
+        default: Default::Text("60"),
+        value_name: "SECS",
+        help: "Longest silence between two reads of a request body; then the handler's read fails and the client gets 408; 0 = no limit",
+    },
+    Setting {
         key: "forwarded_allow_ips",
         short: None,
         scope: Scope::Services(APP),

@@ -6,7 +6,10 @@
 //! (WebSocket) to the app. Around it this module adds what an operator expects of a gunicorn
 //! worker and hyper does not do:
 //!
-//! - deadlines for silent and slow clients, with a 408 ([`io`]);
+//! - deadlines for silent and slow clients: a slow head gets 408 ([`io`]), so does a request
+//!   body that stops arriving (`--client-body-timeout`, [`body`]); a client that stops
+//!   reading its response is cut after the idle timeout, nginx's `send_timeout` (HTTP/1 by
+//!   [`io`], each HTTP/2 stream by [`stream`]);
 //! - gunicorn's head limits, 414 / 431 ([`settings`]), a body limit, 413 ([`body`]), and a
 //!   per-request deadline, 503 with the handler future dropped;
 //! - a handler that panics costs its request a 500 and a log line naming the request; the
@@ -30,6 +33,7 @@ pub mod forwarded;
 pub mod io;
 pub mod settings;
 pub mod static_files;
+pub mod stream;
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -37,7 +41,7 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -47,13 +51,13 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
-pub use body::{BoxError, RequestBody, ResponseBody};
+pub use body::{BoxError, ClientBodyTimeout, RequestBody, ResponseBody};
 pub use factory::{App, AppFactory, error_chain};
 pub use forwarded::{Client, ForwardedAllowIps};
 pub use settings::HttpSettings;
@@ -63,8 +67,9 @@ use super::access_log::{AccessLog, Record, RequestLine as LogLine};
 use crate::net::Peer;
 use crate::service::ConnContext;
 use crate::service::metrics::Metrics;
-use body::OnBodyEnd;
+use body::{BodyOutcome, OnBodyEnd};
 use io::{ConnState, DeadlineIo, Deadlines};
+use stream::{SendWatch, StreamExecutor};
 
 /// The request type an application receives.
 pub type AppRequest = Request<RequestBody>;
@@ -79,7 +84,7 @@ pub struct AppService {
     app: BoxApp,
     settings: Arc<HttpSettings>,
     /// Built once; `serve_connection_with_upgrades` borrows it per connection.
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<StreamExecutor>,
     access_log: Option<Arc<AccessLog>>,
 }
 
@@ -203,6 +208,7 @@ impl AppService {
             peer: peer.clone(),
             metrics,
             state: Arc::clone(&state),
+            send_timeout: idle_timeout,
         });
         let conn = self
             .builder
@@ -284,16 +290,27 @@ enum Stop {
     Shut,
 }
 
+/// How many header fields hyper's HTTP/1 parser takes when not told a number (hyper's
+/// `DEFAULT_MAX_HEADERS`); more get 431.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The hyper builder for these settings.
-fn builder(s: &HttpSettings) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn builder(s: &HttpSettings) -> auto::Builder<StreamExecutor> {
+    let mut b = auto::Builder::new(StreamExecutor);
     b.http1()
         // The timer hyper needs for its own HTTP/1 timeouts; its header read timeout is
         // turned off because `io::DeadlineIo` keeps that clock (and answers 408).
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .keep_alive(!s.keep_alive.is_zero())
-        .max_headers(s.limit_request_fields.max(1))
+        .keep_alive(!s.keep_alive.is_zero());
+    // hyper parses at most 100 fields unless told otherwise, on the stack; told any number,
+    // it builds its two header arrays element by element for every request (smallvec's
+    // `from_elem`, ~1% of a worker's time on a hello-world). So it is told only of a limit
+    // above its own: below it, `HttpSettings::check_head` answers the same 431.
+    if s.limit_request_fields > HYPER_MAX_HEADERS {
+        b.http1().max_headers(s.limit_request_fields);
+    }
+    b.http1()
         // Not `pipeline_flush(true)`: with it, hyper 1.12 drops its own 400/414/431 answers
         // to heads it cannot parse (the connection closes before the flush; measured).
         .max_buf_size(s.head_buffer());
@@ -313,7 +330,15 @@ struct ConnShared {
     /// Where requests and bytes out are counted (the worker's scoreboard).
     metrics: Metrics,
     state: Arc<ConnState>,
+    /// How long a response may wait on a client that reads none of it (the service's idle
+    /// timeout, nginx's `send_timeout`): HTTP/1 by the socket's clock, HTTP/2 per stream.
+    send_timeout: Option<std::time::Duration>,
 }
+
+/// The request target as oxicorn received it, before the app's router rewrote the request's
+/// URI (axum's `nest_service` strips its prefix): tells [`StaticFiles`] where it is mounted.
+#[derive(Debug, Clone)]
+pub(crate) struct ReceivedUri(pub(crate) Uri);
 
 /// The hyper service of one connection.
 struct ConnService(Arc<ConnShared>);
@@ -396,10 +421,13 @@ async fn handle(
         None => {
             parts.extensions.insert(c.peer.clone());
             parts.extensions.insert(client.clone());
-            let exceeded = Arc::new(AtomicBool::new(false));
-            let body = RequestBody::new(body, limit, Arc::clone(&exceeded));
+            parts.extensions.insert(ReceivedUri(line.uri.clone()));
+            // Only a request with a body can overrun or stall it.
+            let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
+            let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
             let req = Request::from_parts(parts, body);
-            let run = CatchUnwind(Box::pin(c.app.clone().oneshot(req)));
+            // Unboxed: `Oneshot` over a boxed service is `Unpin` (its future is a box already).
+            let run = CatchUnwind(c.app.clone().oneshot(req));
             let outcome = match settings.request_timeout {
                 Some(limit) => tokio::time::timeout(limit, run).await.ok(),
                 None => Some(run.await),
@@ -422,10 +450,22 @@ async fn handle(
                     tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
                     status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
                 }
-                // The body went over the limit: whatever the app made of the error, the client
-                // is told 413.
-                Some(Ok(Ok(_))) if exceeded.load(Ordering::Relaxed) => {
+                // The body went over the limit, or stopped arriving: whatever the app made of
+                // the error, the client is told 413 or 408.
+                Some(Ok(Ok(_)))
+                    if read
+                        .as_ref()
+                        .is_some_and(|o| o.exceeded.load(Ordering::Relaxed)) =>
+                {
                     status_response(StatusCode::PAYLOAD_TOO_LARGE, line.version)
+                }
+                Some(Ok(Ok(_)))
+                    if read
+                        .as_ref()
+                        .is_some_and(|o| o.timed_out.load(Ordering::Relaxed)) =>
+                {
+                    tracing::debug!(request = %line, peer = %c.peer, "request body timed out: 408");
+                    status_response(StatusCode::REQUEST_TIMEOUT, line.version)
                 }
                 Some(Ok(Ok(response))) => response,
             }
@@ -438,6 +478,12 @@ async fn handle(
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    // HTTP/2: the stream's task times a client that reads none of the response.
+    let send = c.send_timeout.and_then(|limit| {
+        let watch = SendWatch::current()?;
+        watch.set_limit(limit);
+        Some(watch)
+    });
     let end = RequestEnd {
         status: response.status(),
         started,
@@ -447,7 +493,7 @@ async fn handle(
         conn: Arc::clone(&c),
         _in_flight: in_flight,
     };
-    Ok(response.map(|b| ResponseBody::new(b, Box::new(end))))
+    Ok(response.map(|b| ResponseBody::new(b, Box::new(end), send)))
 }
 
 /// The request headers the access log shows, kept only when it is on.
@@ -504,7 +550,7 @@ fn client_peer(peer: &Peer, client: &Client) -> Peer {
 }
 
 /// A short plain-text answer the server makes itself: `413 Payload Too Large`. Statuses that
-/// leave a request body unread (413, 414, 431) close an HTTP/1 connection.
+/// leave a request body unread (408, 413, 414, 431) close an HTTP/1 connection.
 fn status_response(
     status: StatusCode,
     version: Version,
@@ -526,7 +572,8 @@ fn status_response(
     );
     let closes = matches!(
         status,
-        StatusCode::PAYLOAD_TOO_LARGE
+        StatusCode::REQUEST_TIMEOUT
+            | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::URI_TOO_LONG
             | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
@@ -538,15 +585,15 @@ fn status_response(
 }
 
 /// A future whose panic is caught and returned (the app's handler: a panic costs one request).
-struct CatchUnwind<F>(Pin<Box<F>>);
+struct CatchUnwind<F>(F);
 
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // AssertUnwindSafe: after a panic the future is never polled again (it is dropped with
         // this one), so no broken invariant inside it can be observed.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(panic) => Poll::Ready(Err(panic)),

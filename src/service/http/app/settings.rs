@@ -2,7 +2,8 @@
 //!
 //! Names and defaults are gunicorn's where it has the setting (`limit_request_line`,
 //! `limit_request_fields`, `limit_request_field_size`, `keepalive`, `forwarded_allow_ips`),
-//! and the static service's otherwise, so one config reads the same for both. This module
+//! nginx's where only nginx has it (`client_body_timeout`), and the static service's
+//! otherwise, so one config reads the same for both. This module
 //! owns values and pure checks only: it reads no socket and no flag.
 
 use std::time::Duration;
@@ -40,6 +41,13 @@ pub struct HttpSettings {
     /// future is dropped and the client gets 503. `None` = no deadline (`--request-timeout 0`).
     /// Response bodies (streams, server-sent events) are not bounded by it.
     pub request_timeout: Option<Duration>,
+    /// The longest a request body may stay silent while the handler waits to read it (nginx's
+    /// `client_body_timeout`: the time between two successive reads, not for the whole body).
+    /// Past it the body fails with [`super::body::ClientBodyTimeout`]; if the handler then
+    /// answers, the client gets 408 instead, and an HTTP/1 connection closes (an HTTP/2
+    /// stream ends, its connection goes on). `None` = no limit (`--client-body-timeout 0`).
+    /// Default 60 s (nginx).
+    pub client_body_timeout: Option<Duration>,
     /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` headers are
     /// believed. Default `127.0.0.1,::1` (gunicorn).
     pub forwarded_allow_ips: ForwardedAllowIps,
@@ -55,6 +63,7 @@ impl Default for HttpSettings {
             limit_request_field_size: 8190,
             limit_request_body: 0,
             request_timeout: None,
+            client_body_timeout: Some(Duration::from_secs(60)),
             forwarded_allow_ips: ForwardedAllowIps::default(),
         }
     }

@@ -5,9 +5,18 @@
 //! siblings, directory listings.
 //!
 //! Only the transport differs: bodies go through hyper as 64 KiB reads (`pread` on the
-//! worker's thread, as the `static` service's opens are) instead of `sendfile`. Two things
-//! know they are nested: a directory's trailing-slash redirect is relative (`sub/`), so it
-//! lands under the mount point; the listing's breadcrumb links still start at `/`.
+//! worker's thread, as the `static` service's opens are) instead of `sendfile`.
+//!
+//! Under a mount point (`/static`), a router hands the service the request with the prefix
+//! stripped (`/sub/`), so what the static code writes is relative to the mount point. The
+//! service finds the mount point by comparing that path with the one oxicorn received
+//! (`ReceivedUri`, put on every request before the app sees it), or takes it from
+//! [`StaticFiles::mount_path`] (needed when the prefix was stripped before oxicorn, by a
+//! proxy). Then a directory's trailing-slash redirect is relative (`sub/`), the listing's
+//! title and breadcrumbs and the 404 page's root link name the mount point
+//! ([`listing::remount`], [`listing::not_found_at`]), and the mount point itself without its
+//! slash (`/static`, which axum routes to the root as `/`) is redirected to `static/`, so the
+//! listing's relative links resolve below it.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,11 +31,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::ReceivedUri;
 use crate::config::StaticConfig;
 use crate::service::http::static_files::StaticService;
+use crate::service::http::static_files::listing;
 use crate::service::http::static_files::request::Head;
 use crate::service::http::static_files::resolve::respond;
 use crate::service::http::static_files::response::{Piece, Reply};
@@ -40,6 +51,8 @@ pub struct StaticFiles {
     /// `Err` when the root could not be opened: every request then gets 500 (see
     /// [`StaticFiles::new`]).
     inner: Result<Arc<StaticService>, Arc<io::Error>>,
+    /// Set by [`StaticFiles::mount_path`]; otherwise found per request (module docs).
+    mount: Option<Arc<str>>,
 }
 
 impl StaticFiles {
@@ -56,6 +69,7 @@ impl StaticFiles {
                 tracing::error!(root = %root.display(), cause = %e, "cannot serve static files");
                 StaticFiles {
                     inner: Err(Arc::new(e)),
+                    mount: None,
                 }
             }
         }
@@ -91,7 +105,21 @@ impl StaticFiles {
         };
         Ok(StaticFiles {
             inner: Ok(Arc::new(StaticService::open(&config)?)),
+            mount: None,
         })
+    }
+
+    /// Says where the files are mounted in the site's URL space (`"/static"`; a trailing
+    /// slash is ignored), for the listing's breadcrumbs and the 404 page's root link.
+    ///
+    /// Not needed under oxicorn with a router that strips its prefix (axum's
+    /// `nest_service`): the mount point is found from the request. Needed when the prefix
+    /// was stripped before the request reached oxicorn (a proxy's `location /files/ {
+    /// proxy_pass http://app/; }`), or when the service runs outside oxicorn's server.
+    pub fn mount_path(mut self, path: &str) -> StaticFiles {
+        let path = path.trim_end_matches('/');
+        self.mount = (!path.is_empty()).then(|| Arc::from(path));
+        self
     }
 
     fn reply<B>(&self, req: &Request<B>) -> Response<FileBody> {
@@ -104,6 +132,16 @@ impl StaticFiles {
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
+        };
+        let seen = req.uri().path();
+        let mount = match (&self.mount, Mount::find(req)) {
+            // The mount point itself without its slash: to the listing, with the slash.
+            (_, Some(Mount::Bare(last))) if matches!(*req.method(), Method::GET | Method::HEAD) => {
+                return bare_mount_redirect(&last, req.uri().query());
+            }
+            (Some(m), _) => Some(m.to_string()),
+            (None, Some(Mount::Below(m))) => Some(m),
+            (None, _) => None,
         };
         let target = req
             .uri()
@@ -123,7 +161,82 @@ impl StaticFiles {
             target,
             ..Head::default()
         };
-        to_response(respond(&head, svc), req.uri().path())
+        let mut reply = respond(&head, svc);
+        if let Some(mount) = mount {
+            remount(&mut reply, &mount, seen);
+        }
+        to_response(reply, seen)
+    }
+}
+
+/// Where a nested request's prefix went.
+#[derive(Debug, PartialEq, Eq)]
+enum Mount {
+    /// The tree is mounted at this path (`/static`): the received path is it plus the path
+    /// the service sees.
+    Below(String),
+    /// The request named the mount point itself without its slash (`/static`, seen as `/`);
+    /// holds its last segment (`static`), what a relative redirect needs.
+    Bare(String),
+}
+
+impl Mount {
+    /// The mount point of `req`, from the path oxicorn received; `None` when the request was
+    /// not rewritten (no mount) or oxicorn did not serve it (no [`ReceivedUri`]).
+    fn find<B>(req: &Request<B>) -> Option<Mount> {
+        let received = req.extensions().get::<ReceivedUri>()?.0.path();
+        Mount::of(received, req.uri().path())
+    }
+
+    fn of(received: &str, seen: &str) -> Option<Mount> {
+        if received == seen || !seen.starts_with('/') {
+            return None;
+        }
+        if seen == "/" && !received.ends_with('/') {
+            let last = received.rsplit('/').next().unwrap_or("");
+            return (!last.is_empty()).then(|| Mount::Bare(last.to_string()));
+        }
+        let prefix = received.strip_suffix(seen)?;
+        (prefix.starts_with('/') && !prefix.ends_with('/'))
+            .then(|| Mount::Below(prefix.to_string()))
+    }
+}
+
+/// `301` from `/static` to `static/` (relative: right whatever the prefix above it).
+fn bare_mount_redirect(last: &str, query: Option<&str>) -> Response<FileBody> {
+    let mut to = format!("{last}/");
+    if let Some(q) = query {
+        to.push('?');
+        to.push_str(q);
+    }
+    let mut r = to_response(Reply::error(StatusCode::MOVED_PERMANENTLY), "");
+    if let Ok(v) = HeaderValue::from_str(&to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// Puts the mount point into the pages whose absolute links need it: a listing (its title
+/// and breadcrumbs) and the 404 page (its root link). `seen` is the path the service got.
+fn remount(reply: &mut Reply, mount: &str, seen: &str) {
+    if reply.file.is_some() {
+        return;
+    }
+    let [Piece::Bytes(page)] = reply.body.as_mut_slice() else {
+        return;
+    };
+    let new = match reply.status {
+        StatusCode::NOT_FOUND if *page == listing::not_found().into_bytes() => {
+            Some(listing::not_found_at(&format!("{mount}/")))
+        }
+        StatusCode::OK if seen.ends_with('/') => std::str::from_utf8(page)
+            .ok()
+            .and_then(|html| listing::remount(html, mount)),
+        _ => None,
+    };
+    if let Some(new) = new {
+        reply.len = new.len() as u64;
+        *page = new.into_bytes();
     }
 }
 
@@ -244,5 +357,29 @@ impl Body for FileBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mount_point_is_what_the_router_stripped() {
+        let below = |m: &str| Some(Mount::Below(m.to_string()));
+        assert_eq!(Mount::of("/a.txt", "/a.txt"), None, "not nested");
+        assert_eq!(Mount::of("/static/a.txt", "/a.txt"), below("/static"));
+        assert_eq!(Mount::of("/static/", "/"), below("/static"));
+        assert_eq!(
+            Mount::of("/x/st%20atic/sub/", "/sub/"),
+            below("/x/st%20atic")
+        );
+        assert_eq!(
+            Mount::of("/static", "/"),
+            Some(Mount::Bare("static".to_string()))
+        );
+        // A rewrite that is not a stripped prefix says nothing.
+        assert_eq!(Mount::of("/static/a.txt", "/b.txt"), None);
+        assert_eq!(Mount::of("/static/a.txt", "a.txt"), None, "not a path");
     }
 }

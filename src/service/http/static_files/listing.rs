@@ -6,6 +6,11 @@
 //! a breadcrumb trail. A viewport tag, a fluid table, 44 px tap targets on narrow screens and
 //! a dark scheme under `prefers-color-scheme: dark` make it usable on a phone at night. The
 //! 404 page shares the look.
+//!
+//! Entry links are relative, so they work wherever the tree is served; the breadcrumbs and
+//! the 404 page's root link are absolute. For a tree mounted below `/` (an app's
+//! `StaticFiles` under axum's `nest_service`), [`remount`] and [`not_found_at`] put the mount
+//! point in front of them.
 
 use std::cmp::Ordering;
 use std::fmt::Write as _;
@@ -147,13 +152,51 @@ pub fn render(url: &str, entries: &[Entry]) -> String {
 
 /// The 404 page: says so, and links to the root so a visitor is never stranded.
 pub fn not_found() -> String {
+    not_found_at("/")
+}
+
+/// The 404 page of a tree whose root is at URL path `root` (`/static/` for a tree mounted at
+/// `/static`; percent-encoded, ending in `/`).
+pub fn not_found_at(root: &str) -> String {
     let mut html = String::with_capacity(1536);
     page_head(&mut html, "404 Not Found");
-    html.push_str(
+    let _ = write!(
+        html,
         "<h1>404 Not Found</h1>\n<p>Nothing is served at this address.</p>\n\
-         <p><a href=\"/\">Go to the root</a></p>\n</body></html>\n",
+         <p><a href=\"{}\">Go to the root</a></p>\n</body></html>\n",
+        escape(root)
     );
     html
+}
+
+/// The listing page `html` ([`render`]'s) as seen under the mount point `mount` (a URL path
+/// without its trailing slash, percent-encoded as received: `/static`): the title and the
+/// heading name the full path, and every breadcrumb links below the mount point. The entry
+/// links are relative and stay as they are.
+///
+/// Returns `None` if `html` is not a page [`render`] wrote.
+pub fn remount(html: &str, mount: &str) -> Option<String> {
+    let shown = escape(&percent_encoding::percent_decode_str(mount).decode_utf8_lossy());
+    let href = escape(mount);
+    let title_at = html.find("<title>Index of ")? + "<title>Index of ".len();
+    let h1_start = html.find("<h1>Index of ")?;
+    let h1_end = h1_start + html[h1_start..].find("</h1>")?;
+    let h1 = &html[h1_start..h1_end];
+    // The root crumb shows the mount point; every crumb's href gains it.
+    let h1 = h1
+        .replacen(
+            "<a href=\"/\">/</a>",
+            &format!("<a href=\"/\">{shown}/</a>"),
+            1,
+        )
+        .replace("<a href=\"/", &format!("<a href=\"{href}/"));
+    let mut out = String::with_capacity(html.len() + 2 * shown.len() + 8 * href.len());
+    out.push_str(&html[..title_at]);
+    out.push_str(&shown);
+    out.push_str(&html[title_at..h1_start]);
+    out.push_str(&h1);
+    out.push_str(&html[h1_end..]);
+    Some(out)
 }
 
 /// Natural order, as file managers sort: runs of digits compare by value (`IMG_2` before
@@ -305,6 +348,42 @@ mod tests {
             "{html}"
         );
         assert!(not_found().contains("<a href=\"/\">"));
+    }
+
+    #[test]
+    fn remounted_breadcrumbs_and_404_link_below_the_mount_point() {
+        let e = Entry {
+            is_dir: false,
+            name: b"x.txt".to_vec(),
+            size: 1,
+            mtime: SystemTime::UNIX_EPOCH,
+        };
+        let page = render("/a%20b/", std::slice::from_ref(&e));
+        let html = remount(&page, "/st%20atic").unwrap();
+        assert!(
+            html.contains("<title>Index of /st atic/a b/</title>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<h1>Index of <a href=\"/st%20atic/\">/st atic/</a>\
+                 <a href=\"/st%20atic/a%20b/\">a b</a>/</h1>"
+            ),
+            "{html}"
+        );
+        // Entries and the parent link are relative: unchanged.
+        assert!(html.contains("<a href=\"x.txt\">x.txt</a>"), "{html}");
+        assert!(html.contains("<a href=\"../\">../</a>"), "{html}");
+        // The mount point is markup-safe whatever it holds.
+        let odd = remount(&page, "/\"><script>").unwrap();
+        assert!(!odd.contains("<script>"), "{odd}");
+        assert_eq!(remount("<p>not a listing</p>", "/s"), None);
+        let nf = not_found_at("/static/");
+        assert!(
+            nf.contains("<a href=\"/static/\">Go to the root</a>"),
+            "{nf}"
+        );
+        assert_eq!(not_found(), not_found_at("/"));
     }
 
     #[test]
