@@ -159,7 +159,7 @@ fn parked_kept_alive_clients_make_room_first() {
     parked.push(open());
     std::thread::sleep(Duration::from_millis(2500));
     // ... and two that fill the cap of 4 while they wait in their tasks.
-    let mut waiting = vec![open(), open()];
+    let mut waiting = [open(), open()];
     let started = Instant::now();
     let mut fifth = TcpStream::connect(addr).unwrap();
     fifth.set_read_timeout(Some(SOON)).unwrap();
