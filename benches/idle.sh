@@ -21,7 +21,7 @@
 #   nginx                       nginx, $WORKERS worker processes, keepalive_timeout 600s
 #
 # oxicorn parks an echo, quote or kept-alive static connection once it has been idle for a
-# second (src/service/park.rs) and trims its heap at most once a second after many parkings:
+# second (src/service/park.rs) and trims its heap half a second after a burst of parkings:
 # SETTLE (seconds between the last connection opened and the measurement, default 3) must leave
 # it that time, or the figure counts connections still waiting in their tasks.
 #

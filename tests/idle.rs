@@ -28,7 +28,7 @@ const BOUND_PER_CONNECTION: i64 = 4096;
 const PARKED_BOUND: i64 = 1024;
 
 /// How long an idle connection waits before it has parked: `service::park::PARK_AFTER`, and
-/// time for the worker to trim its heap after the last ones (at most once a second).
+/// time for the worker to trim its heap once they have (half a second after the last one).
 const PARKED_AFTER: Duration = Duration::from_millis(2500);
 
 /// Connections per service: a few thousand, well inside a 20,000 fd limit for the client.

@@ -73,13 +73,15 @@ const MIN_LEFT: Duration = Duration::from_secs(1);
 /// parked connection closes up to this much after its deadline.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-/// Parked connections handed back to the allocator before the driver asks glibc to return the
-/// freed pages to the system: the tasks of many connections that parked at once leave holes in
-/// the heap that `free` alone keeps resident.
+/// Parkings and resumptions after which the driver asks glibc to return the freed pages to the
+/// system: the tasks of many connections that parked at once leave holes in the heap that
+/// `free` alone keeps resident.
 const TRIM_AFTER: usize = 256;
 
-/// The least time between two trims.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// How long parking must have been quiet before the heap is trimmed: during a burst the pages
+/// freed by one connection's task are soon taken by the next, and returning them would only
+/// make the next allocations fault them in again.
+const TRIM_QUIET: Duration = Duration::from_millis(500);
 
 /// How many events one `epoll_wait` takes.
 const EVENTS: usize = 256;
@@ -244,6 +246,8 @@ struct Table {
     woken: Vec<Key>,
     /// Records made or taken since the heap was last trimmed.
     changes_since_trim: usize,
+    /// When a record was last made or taken.
+    last_change: Option<Instant>,
 }
 
 /// The worker's parking: the inner epoll and the records. Cheap to clone (one `Arc`).
@@ -302,6 +306,7 @@ impl Shared {
             t.evictable -= 1;
         }
         t.changes_since_trim += 1;
+        t.last_change = Some(Instant::now());
         // SAFETY: `r.fd` is an open socket this record owns, and `epoll` an epoll instance;
         // a null event is allowed for EPOLL_CTL_DEL.
         unsafe {
@@ -482,6 +487,7 @@ impl Parking {
             t.evictable += 1;
         }
         t.changes_since_trim += 1;
+        t.last_change = Some(Instant::now());
         // The driver sleeps until the earliest deadline it knows of, and trims the heap after
         // many parkings (each ended a task): tell it when either changes.
         let nearer = deadline.is_some_and(|d| t.next_sweep.is_none_or(|n| d < n));
@@ -570,7 +576,6 @@ impl<S: Serve> Driver<S> {
         let token = self.conns.token();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         let mut last_sweep = Instant::now();
-        let mut last_trim = Instant::now();
         let mut trim_at: Option<Instant> = None;
         let retire = self.targets.retire();
         loop {
@@ -612,7 +617,7 @@ impl<S: Serve> Driver<S> {
                     }
                 }
             }
-            trim_at = trim(&shared, &mut last_trim);
+            trim_at = trim(&shared);
         }
         // Stopping or retiring: nothing parks from now on; every parked connection goes back
         // to a task, where its service ends it as it ends a waiting one.
@@ -743,22 +748,23 @@ fn sweep(shared: &Shared, now: Instant) {
     }
 }
 
-/// Hands the pages freed by many parkings (each ended a task) back to the system: at most once
-/// a second, and only after [`TRIM_AFTER`] changes. Returns when to look again, if a trim is
-/// due but too soon.
-fn trim(shared: &Shared, last: &mut Instant) -> Option<Instant> {
+/// Hands the pages freed by many parkings (each ended a task) back to the system, once
+/// [`TRIM_AFTER`] changes have been followed by [`TRIM_QUIET`] without any. Returns when to
+/// look again, if a trim is due but parking is not quiet yet.
+fn trim(shared: &Shared) -> Option<Instant> {
     let now = Instant::now();
     {
         let mut t = shared.lock();
         if t.changes_since_trim < TRIM_AFTER {
             return None;
         }
-        if now < *last + TRIM_EVERY {
-            return Some(*last + TRIM_EVERY);
+        if let Some(at) = t.last_change.map(|c| c + TRIM_QUIET)
+            && now < at
+        {
+            return Some(at);
         }
         t.changes_since_trim = 0;
     }
-    *last = now;
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists and returns free pages.
     unsafe {
