@@ -20,6 +20,11 @@
 #   twisted-chat                benches/chat/twisted_chat.py
 #   nginx                       nginx, $WORKERS worker processes, keepalive_timeout 600s
 #
+# oxicorn parks an echo, quote or kept-alive static connection once it has been idle for a
+# second (src/service/park.rs) and trims its heap half a second after a burst of parkings:
+# SETTLE (seconds between the last connection opened and the measurement, default 3) must leave
+# it that time, or the figure counts connections still waiting in their tasks.
+#
 # The script raises its fd limit to $FDS (default 1048576) if it may, else to its hard limit;
 # servers and clients inherit it. A server process cannot hold more connections than that
 # (with a hard limit of 20,000, 100,000 connections need at least 6 oxicorn workers: set

@@ -141,3 +141,38 @@ fn a_request_in_progress_is_never_closed_to_make_room() {
     }
     assert!(response(&mut fifth).ends_with("\r\n\r\nA"));
 }
+
+/// Kept-alive connections idle for a while are parked (their tasks ended, issue 13): at the cap
+/// the oldest parked one is closed first to admit a newcomer, and the others are still served.
+#[test]
+fn parked_kept_alive_clients_make_room_first() {
+    let (s, addr) = site(&["--keep-alive", "20"]);
+    let open = || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(SOON)).unwrap();
+        assert!(get(&mut c).ends_with("\r\n\r\nA"));
+        c
+    };
+    // Two that park (idle past `service::park::PARK_AFTER`, 1 s) ...
+    let mut parked = vec![open()];
+    std::thread::sleep(Duration::from_millis(100));
+    parked.push(open());
+    std::thread::sleep(Duration::from_millis(2500));
+    // ... and two that fill the cap of 4 while they wait in their tasks.
+    let mut waiting = [open(), open()];
+    let started = Instant::now();
+    let mut fifth = TcpStream::connect(addr).unwrap();
+    fifth.set_read_timeout(Some(SOON)).unwrap();
+    assert!(get(&mut fifth).ends_with("\r\n\r\nA"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(closed(&mut parked[0], Duration::from_secs(2)));
+    for c in parked[1..].iter_mut().chain(waiting.iter_mut()) {
+        c.set_read_timeout(Some(SOON)).unwrap();
+        assert!(get(c).ends_with("\r\n\r\nA"));
+    }
+    s.wait_for_line("worker_connections are not enough");
+}

@@ -372,3 +372,77 @@ fn a_connection_still_choosing_its_name_carries_on_across_a_hup() {
     c.send(b"/quit\r\n");
     c.expect("* bye");
 }
+
+/// Echo and quote connections idle for a while are parked (their tasks ended, issue 13): a
+/// HUP still hands every one of them to the new generation, where each carries on, on the
+/// same connection, with nothing lost.
+fn parked_connections_are_handed_over_across_a_hup(service: &str) {
+    const CLIENTS: usize = 12;
+    let s = Oxicorn::start(&[
+        service,
+        "-w",
+        "2",
+        "-b",
+        "127.0.0.1:0",
+        "--worker-connections",
+        "100",
+        "--graceful-timeout",
+        "30",
+    ]);
+    s.wait_ready(1, 2);
+    let addr = s.tcp_addr();
+    let mut clients: Vec<(LineClient, u16)> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = LineClient::connect(addr);
+            c.send(format!("before {i}\r\n").as_bytes());
+            let _ = c.line();
+            let port = c.local_port();
+            (c, port)
+        })
+        .collect();
+    // Idle well past the moment they park (`service::park::PARK_AFTER`, 1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    let mark = s.mark();
+    s.signal(Signal::SIGHUP);
+    s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+    let deadline = Instant::now() + SOON;
+    let handed = loop {
+        let handed: usize = s
+            .lines()
+            .iter()
+            .skip(mark)
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("handed ")?;
+                rest.split_once(" connection(s) to a newer worker")?
+                    .0
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        if handed >= CLIENTS || Instant::now() >= deadline {
+            break handed;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(handed, CLIENTS, "log:\n{}", s.lines().join("\n"));
+    for (i, (c, port)) in clients.iter_mut().enumerate() {
+        assert_eq!(c.local_port(), *port);
+        c.send(format!("after {i}\r\n").as_bytes());
+        let reply = c.line();
+        if service == "echo" {
+            assert_eq!(reply, format!("after {i}"));
+        } else {
+            assert!(!reply.is_empty());
+        }
+    }
+}
+
+#[test]
+fn parked_echo_connections_are_handed_over_across_a_hup() {
+    parked_connections_are_handed_over_across_a_hup("echo");
+}
+
+#[test]
+fn parked_quote_connections_are_handed_over_across_a_hup() {
+    parked_connections_are_handed_over_across_a_hup("quote");
+}

@@ -834,6 +834,30 @@ fn graceful_stop_finishes_the_request_and_closes_idle_connections() {
     assert!(s.wait_exit(SOON).unwrap().success());
 }
 
+/// A kept-alive connection idle for a while is parked (its task ended, issue 13): a graceful
+/// stop still closes it at once, and the server exits.
+#[test]
+fn graceful_stop_closes_parked_kept_alive_connections() {
+    let (dir, _) = site();
+    let (mut s, addr) = serve(dir, &["--keep-alive", "60"]);
+    let mut idle = Conn::open(addr);
+    idle.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(idle.response(false).status, 200);
+    // Idle past the moment it parks (`service::park::PARK_AFTER`, 1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    let mark = s.mark();
+    let started = Instant::now();
+    s.signal(Signal::SIGTERM);
+    s.wait_for_lines_after(mark, "shutting down", 1, SOON);
+    assert!(idle.closed(), "parked connection left open during the stop");
+    assert!(s.wait_exit(SOON).unwrap().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn access_log_in_gunicorn_format() {
     let (dir, _) = site();

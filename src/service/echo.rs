@@ -16,9 +16,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::handoff::{Parcel, stream_fd};
+use super::park::Spot;
 use super::{ConnContext, lines};
 use crate::net::Stream;
 
@@ -31,38 +32,80 @@ pub const ECHO_BUFFER: usize = lines::SCRATCH_BYTES;
 ///
 /// # Errors
 /// I/O errors and the idle timeout; both end this connection only.
-pub async fn serve(mut stream: Stream, ctx: &ConnContext) -> io::Result<()> {
-    // One timer for the connection's whole life, reset before each wait: `service::idle`
-    // around each wait would hold a timer and a copy of the wait (issue 13: every idle
-    // connection holds this future).
-    let mut deadline = std::pin::pin!(ctx.idle_timeout.map(tokio::time::sleep));
+///
+/// Not an `async fn`: the future is [`run`]'s own, without a wrapper's copy of the stream.
+pub fn serve(stream: Stream, ctx: &ConnContext) -> impl Future<Output = io::Result<()>> + '_ {
+    run(stream, ctx, Spot::none(), None)
+}
+
+/// [`serve`], parking the connection at `spot` while it is idle ([`super::park`]); a parked
+/// connection's task ends here, and it carries on in [`run`] again with `start`, the idle
+/// deadline it parked with.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn run(
+    mut stream: Stream,
+    ctx: &ConnContext,
+    spot: Spot<'_>,
+    start: Option<Instant>,
+) -> io::Result<()> {
+    // One timer for the connection's whole life, reset before each wait, for both the idle
+    // deadline and the moment to park: `service::idle` around each wait would hold a timer
+    // and a copy of the wait (issue 13: every idle connection in a task holds this future).
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(far()));
     // Set once the connection was offered to a newer worker and stayed here.
     let mut kept = false;
+    let mut idle_at = start.or_else(|| ctx.idle_timeout.map(|d| Instant::now() + d));
     loop {
-        restart(deadline.as_mut(), ctx.idle_timeout);
+        // The timer ends the wait to park first, if the connection may (then at the idle
+        // deadline), else at the idle deadline.
+        let park_at = spot.park_at(Instant::now(), idle_at);
+        let mut parking = park_at.is_some();
+        timer
+            .as_mut()
+            .reset(park_at.or(idle_at).unwrap_or_else(far));
         // A step either echoes what it read or consumes nothing: dropping it for a hand-over
-        // (between a write and the next read) loses no byte.
-        let step = tokio::select! {
-            biased;
-            () = ctx.retire.requested(), if !kept => {
-                if Box::pin(hand_over(&stream, ctx)).await {
-                    return Ok(());
+        // (between a write and the next read) loses no byte, and nothing is buffered when the
+        // connection parks.
+        let step = loop {
+            let step = tokio::select! {
+                biased;
+                () = ctx.retire.requested(), if !kept => {
+                    if Box::pin(hand_over(&stream, ctx)).await {
+                        return Ok(());
+                    }
+                    kept = true;
+                    continue;
                 }
-                kept = true;
-                continue;
+                r = std::future::poll_fn(|cx| match poll_echo(&mut stream, cx) {
+                    Poll::Pending => timer.as_mut().poll(cx).map(|()| Ok(Echoed::Timer)),
+                    done => done,
+                }) => r?,
+            };
+            if !matches!(step, Echoed::Timer) {
+                break step;
             }
-            r = std::future::poll_fn(|cx| match poll_echo(&mut stream, cx) {
-                Poll::Pending => expired(deadline.as_mut(), cx).map(Err),
-                done => done,
-            }) => r?,
+            if !std::mem::take(&mut parking) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+            }
+            match spot.park(stream, idle_at, false) {
+                Ok(_) => return Ok(()),
+                // Not now (the worker is full or stopping): wait on in this task.
+                Err(s) => stream = s,
+            }
+            timer.as_mut().reset(idle_at.unwrap_or_else(far));
         };
         let (n, rest) = match step {
             Echoed::Eof => return stream.shutdown().await,
             Echoed::All(n) => (n, Vec::new()),
             Echoed::Partly(n, rest) => (n, rest),
+            Echoed::Timer => unreachable!("handled in the wait"),
         };
         // Back-pressure: nothing more is read until the client has taken the tail.
-        restart(deadline.as_mut(), ctx.idle_timeout);
+        timer
+            .as_mut()
+            .reset(ctx.idle_timeout.map_or_else(far, |d| Instant::now() + d));
         let mut written = 0;
         std::future::poll_fn(|cx| {
             while written < rest.len() {
@@ -70,31 +113,25 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext) -> io::Result<()> {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(k)) => written += k,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return expired(deadline.as_mut(), cx).map(Err),
+                    Poll::Pending => {
+                        return timer.as_mut().poll(cx).map(|()| {
+                            Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
+                        });
+                    }
                 }
             }
             Poll::Ready(Ok(()))
         })
         .await?;
         ctx.metrics.bytes_out(n as u64);
+        idle_at = ctx.idle_timeout.map(|d| Instant::now() + d);
     }
 }
 
-/// Sets the idle deadline `limit` from now (none: never).
-fn restart(deadline: Pin<&mut Option<Sleep>>, limit: Option<Duration>) {
-    if let (Some(sleep), Some(limit)) = (deadline.as_pin_mut(), limit) {
-        sleep.reset(Instant::now() + limit);
-    }
-}
-
-/// Ready with the idle-timeout error once the deadline has passed.
-fn expired(deadline: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> Poll<io::Error> {
-    match deadline.as_pin_mut() {
-        Some(sleep) => sleep
-            .poll(cx)
-            .map(|()| io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
-        None => Poll::Pending,
-    }
+/// A deadline that never comes in practice (a year away): the timer's place when there is
+/// neither an idle deadline nor a moment to park.
+pub(crate) fn far() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 /// What one read brought and what became of it.
@@ -106,6 +143,8 @@ enum Echoed {
     All(usize),
     /// This many were read; the socket did not take the tail, copied here to write next.
     Partly(usize, Vec<u8>),
+    /// Nothing came before the timer: the idle deadline, or the moment to park.
+    Timer,
 }
 
 /// Waits for readability, reads into the scratch buffer and writes back as much as the socket
@@ -166,11 +205,13 @@ mod memory {
             let ctx = ConnContext::detached(crate::net::Peer::Unix, Default::default());
             let f = super::serve(stream, &ctx);
             let size = std::mem::size_of_val(&f);
-            // 392 bytes on rustc 1.95: the stream, the idle deadline (one tokio Sleep, reset
-            // before each wait), the tail a slow client has not taken yet, and the wait for a
-            // hand-over to a newer worker (issue 10; 312 without it). It was 176 plus a 16 KiB
-            // buffer on the heap from the first byte on.
-            assert!(size <= 400, "serve future is {size} bytes");
+            // 472 bytes on rustc 1.95: the stream, one timer (a tokio Sleep, reset before each
+            // wait, for the idle deadline and the moment to park), the idle deadline, where to
+            // park, the tail a slow client has not taken yet, and the wait for a hand-over to a
+            // newer worker (issue 10). 392 before parking, 312 before hand-overs; 176 plus a
+            // 16 KiB buffer on the heap from the first byte on before issue 13. An idle
+            // connection holds it only until it parks (`service::park::PARK_AFTER`).
+            assert!(size <= 480, "serve future is {size} bytes");
         });
     }
 

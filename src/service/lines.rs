@@ -405,6 +405,20 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
+    /// Whether this reader holds nothing its stream does not: no partial line, not inside a
+    /// too-long one, not at the end, and no telnet parser (whose place a new reader would
+    /// lose). A reader in this state may be dropped ([`LineReader::into_inner`]) and a new one
+    /// made on the same stream later without losing a byte: how a quote connection parks
+    /// ([`super::park`]).
+    pub fn between_lines(&self) -> bool {
+        self.buf.is_empty() && !self.codec.discarding && !self.eof && self.telnet.is_none()
+    }
+
+    /// The stream, without what this reader holds (see [`LineReader::between_lines`]).
+    pub fn into_inner(self) -> R {
+        self.io
+    }
+
     /// The next line; `None` at the end of the stream (after the unterminated last line, if
     /// any). Cancel-safe: bytes read are kept in the buffer.
     ///

@@ -16,10 +16,13 @@ use std::fmt;
 use std::io;
 
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
+use super::echo::far;
 use super::handoff::{Parcel, stream_fd};
 use super::lines::{Line, LineReader, ReaderState};
-use super::{ConnContext, idle, idle_deadline};
+use super::park::Spot;
+use super::{ConnContext, idle};
 use crate::bus::{Bus, BusError};
 use crate::net::Stream;
 
@@ -62,11 +65,29 @@ impl Quote {
         stream: Stream,
         ctx: &'a ConnContext,
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
-        tracing::debug!(peer = %ctx.peer, "quote connection");
+        self.serve_at(stream, ctx, Spot::none(), None)
+    }
+
+    /// [`Quote::serve`], parking the connection at `spot` between lines while it is idle
+    /// ([`super::park`]); a parked connection's task ends here, and it carries on here again
+    /// with `start`, the idle deadline it parked with.
+    ///
+    /// # Errors
+    /// As [`Quote::serve`].
+    pub fn serve_at<'a>(
+        &'a self,
+        stream: Stream,
+        ctx: &'a ConnContext,
+        spot: Spot<'a>,
+        start: Option<Instant>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        if start.is_none() {
+            tracing::debug!(peer = %ctx.peer, "quote connection");
+        }
         let fd = stream_fd(&stream);
         let (rd, wr) = tokio::io::split(stream);
         let lines = LineReader::new(rd, self.max_line);
-        self.run(fd, lines, wr, ctx)
+        self.run(fd, lines, wr, ctx, spot, start)
     }
 
     /// Carries on a connection another worker handed over, from its reader's `state`.
@@ -78,12 +99,13 @@ impl Quote {
         stream: Stream,
         state: ReaderState,
         ctx: &ConnContext,
+        spot: Spot<'_>,
     ) -> io::Result<()> {
         tracing::debug!(peer = %ctx.peer, "quote connection taken over");
         let fd = stream_fd(&stream);
         let (rd, wr) = tokio::io::split(stream);
         let lines = LineReader::resume(rd, self.max_line, state);
-        self.run(fd, lines, wr, ctx).await
+        self.run(fd, lines, wr, ctx, spot, None).await
     }
 
     async fn run(
@@ -92,31 +114,64 @@ impl Quote {
         mut lines: LineReader<tokio::io::ReadHalf<Stream>>,
         mut wr: tokio::io::WriteHalf<Stream>,
         ctx: &ConnContext,
+        spot: Spot<'_>,
+        start: Option<Instant>,
     ) -> io::Result<()> {
         let mut kept = false;
+        // One timer for the idle deadline and the moment to park, reset before each wait: as
+        // `service::idle`, without the copy of the read future an async wrapper keeps (this
+        // select is what every idle client in a task holds).
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(far()));
+        let mut idle_at = start.or_else(|| ctx.idle_timeout.map(|d| Instant::now() + d));
         loop {
-            let line = tokio::select! {
-                biased;
-                () = ctx.retire.requested(), if !kept => {
-                    // Boxed: the offer's state is not part of every idle client's future.
-                    match Box::pin(ctx.retire.offer(fd, &Parcel::Quote { reader: lines.state() })).await {
-                        // Another worker reads and writes from here on: this one lets go
-                        // without shutting anything.
-                        Ok(_) => return Ok(()),
-                        Err(err) => {
-                            tracing::debug!(peer = %ctx.peer, cause = %err, "quote connection stays");
-                            kept = true;
-                            continue;
+            // The timer ends the wait to park first, if the connection may (then at the idle
+            // deadline), else at the idle deadline.
+            let park_at = spot.park_at(Instant::now(), idle_at);
+            let mut parking = park_at.is_some();
+            timer
+                .as_mut()
+                .reset(park_at.or(idle_at).unwrap_or_else(far));
+            let line = loop {
+                let line = tokio::select! {
+                    biased;
+                    () = ctx.retire.requested(), if !kept => {
+                        // Boxed: the offer's state is not part of every idle client's future.
+                        match Box::pin(ctx.retire.offer(fd, &Parcel::Quote { reader: lines.state() })).await {
+                            // Another worker reads and writes from here on: this one lets go
+                            // without shutting anything.
+                            Ok(_) => return Ok(()),
+                            Err(err) => {
+                                tracing::debug!(peer = %ctx.peer, cause = %err, "quote connection stays");
+                                kept = true;
+                                continue;
+                            }
                         }
                     }
-                }
-                l = lines.next() => l?,
-                // As `service::idle`, without the copy of the read future an async wrapper
-                // keeps: this select is what every idle client holds.
-                () = idle_deadline(ctx.idle_timeout) => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
-                }
-                () = ctx.stop.cancelled() => break,
+                    l = lines.next() => l?,
+                    () = &mut timer => {
+                        if !std::mem::take(&mut parking) {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                        }
+                        timer.as_mut().reset(idle_at.unwrap_or_else(far));
+                        if !lines.between_lines() {
+                            continue;
+                        }
+                        // Whole again, with nothing read and not answered: park it.
+                        let stream = lines.into_inner().unsplit(wr);
+                        match spot.park(stream, idle_at, false) {
+                            Ok(_) => return Ok(()),
+                            // Not now (the worker is full or stopping): wait on in this task.
+                            Err(stream) => {
+                                let (rd, w) = tokio::io::split(stream);
+                                lines = LineReader::new(rd, self.max_line);
+                                wr = w;
+                                continue;
+                            }
+                        }
+                    }
+                    () = ctx.stop.cancelled() => None,
+                };
+                break line;
             };
             match line {
                 None => break,
@@ -136,6 +191,7 @@ impl Quote {
                     Box::pin(self.answer(new, &mut wr, ctx)).await?;
                 }
             }
+            idle_at = ctx.idle_timeout.map(|d| Instant::now() + d);
         }
         wr.shutdown().await
     }
@@ -187,12 +243,13 @@ mod memory {
             let quote = super::Quote::new(bus, crate::config::DEFAULT_MAX_LINE, "q");
             let f = quote.serve(stream, &ctx);
             let size = std::mem::size_of_val(&f);
-            // 776 bytes on rustc 1.95: the line reader (no buffer), its read, the idle
-            // deadline (a tokio Sleep), the stop signal, the write half, and since the
-            // hand-over (issue 10) the wait for it and the socket's fd (544 before). It was
-            // 1,240 with the bus request inline and the deadline as an async wrapper around
-            // the read.
-            assert!(size <= 784, "serve future is {size} bytes");
+            // 848 bytes on rustc 1.95: the line reader (no buffer), its read, one timer (a
+            // tokio Sleep for the idle deadline and the moment to park), the idle deadline,
+            // where to park, the stop signal, the write half, the wait for a hand-over (issue
+            // 10) and the socket's fd. 776 before parking, 544 before hand-overs; 1,240 with
+            // the bus request inline. Held only until the connection parks
+            // (`service::park::PARK_AFTER`).
+            assert!(size <= 856, "serve future is {size} bytes");
         });
     }
 

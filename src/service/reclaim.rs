@@ -10,6 +10,9 @@
 //! connection in the middle of an exchange is never chosen. A service that never calls
 //! `set_idle` (echo, chat: an idle member is a member) is never closed for a newcomer.
 //!
+//! Connections held outside any task ([`super::park`]) are offered through a [`Spare`]: a
+//! parked kept-alive connection has been idle longest, so it is chosen before any in the table.
+//!
 //! This module owns the worker's table of such connections; it knows nothing of sockets. The
 //! table is behind a `Mutex` only because tasks must be `Send`: a worker runs one thread, so
 //! the lock is never contended.
@@ -53,6 +56,17 @@ struct Shared {
     table: Mutex<Table>,
     /// Notified when a connection becomes idle, for an accept loop waiting at the cap.
     became_idle: Notify,
+    /// Closable connections that are not in the table (parked ones), chosen first.
+    spare: Mutex<Option<Arc<dyn Spare>>>,
+}
+
+/// Closable connections kept outside the table, by whoever holds them (the worker's parked
+/// connections, [`super::park`]): every one of them counts as idle, and they are closed first.
+pub trait Spare: Send + Sync + std::fmt::Debug {
+    /// How many could be closed now.
+    fn count(&self) -> usize;
+    /// Closes the least recently active one, releasing what it held; false if none.
+    fn close_one(&self) -> bool;
 }
 
 impl Shared {
@@ -102,9 +116,22 @@ impl Reclaimer {
         }
     }
 
+    /// Adds the closable connections `spare` holds outside the table (chosen before any in it).
+    pub fn set_spare(&self, spare: Arc<dyn Spare>) {
+        *self.shared.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(spare);
+    }
+
+    fn spare(&self) -> Option<Arc<dyn Spare>> {
+        self.shared
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Whether some connection could be closed now.
     pub fn has_idle(&self) -> bool {
-        self.shared.lock().idle > 0
+        self.shared.lock().idle > 0 || self.spare().is_some_and(|s| s.count() > 0)
     }
 
     /// Resolves when a connection becomes idle (after a call in which none was).
@@ -112,10 +139,13 @@ impl Reclaimer {
         self.shared.became_idle.notified().await
     }
 
-    /// Chooses the connection to close for a newcomer (the least recently active kept-alive
-    /// one, else the oldest that has sent no request), marks it and wakes it. False when no
-    /// connection is idle.
+    /// Chooses the connection to close for a newcomer (a spare one first, then the least
+    /// recently active kept-alive one, else the oldest that has sent no request), marks it and
+    /// wakes it (a spare one is closed at once). False when no connection is idle.
     pub fn evict_one(&self) -> bool {
+        if self.spare().is_some_and(|s| s.close_one()) {
+            return true;
+        }
         let mut t = self.shared.lock();
         let victim = t
             .entries

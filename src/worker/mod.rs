@@ -27,6 +27,7 @@ use crate::net::listener::Listener;
 use crate::scoreboard::SlotState;
 use crate::service::Services;
 use crate::service::handoff::Targets;
+use crate::service::park::{Driver, Parking};
 use accept::{AcceptSocket, Acceptor};
 
 /// The longest an orphaned worker (its arbiter died) drains: nobody supervises it any more and
@@ -104,15 +105,24 @@ async fn serve(
         }
     }
 
+    let slot = child.slot;
+    let limit = Arc::new(Semaphore::new(config.worker_connections));
+    // Where idle connections park (issue 13). Not fatal: without it they wait in their tasks.
+    let parking = match Parking::new(Arc::clone(&limit), slot) {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::warn!(cause = %err, "worker cannot park idle connections");
+            Parking::off()
+        }
+    };
     let service = match Services::for_worker(&config, routes, bus_address.as_deref()).await {
-        Ok(s) => Arc::new(s),
+        Ok(s) => Arc::new(s.with_parking(parking.clone())),
         Err(err) => {
             tracing::error!(cause = %err, "worker cannot start");
             return WORKER_BOOT_ERROR;
         }
     };
 
-    let slot = child.slot;
     let arbiter = child.arbiter;
     let stop = CancellationToken::new();
     let conns = TaskTracker::new();
@@ -120,8 +130,11 @@ async fn serve(
     let orphaned = child.start_heartbeat();
     // Told to every connection when this worker retires with hand-over (SIGUSR2).
     let targets = Targets::default();
-    let limit = Arc::new(Semaphore::new(config.worker_connections));
     let reclaim = crate::service::reclaim::Reclaimer::default();
+    // Parked kept-alive connections are the first to close for a newcomer at the cap.
+    if let Some(spare) = parking.spare() {
+        reclaim.set_spare(spare);
+    }
     let yield_permit = Arc::new(tokio::sync::Notify::new());
     // SIGUSR2 (retire with hand-over): registered here, as only workers give it a meaning;
     // before this, the child's common set ignores it.
@@ -147,6 +160,19 @@ async fn serve(
         yield_permit: Arc::clone(&yield_permit),
     };
     let accept_loop = tokio::spawn(acceptor.run());
+    // Resumes parked connections, closes expired ones; at a stop or retirement it resumes every
+    // one (the drain waits for it through its token of `conns`).
+    tokio::spawn(
+        Driver {
+            parking,
+            service: Arc::clone(&service),
+            conns: conns.clone(),
+            stop: stop.clone(),
+            targets: targets.clone(),
+            reclaim: reclaim.clone(),
+        }
+        .run(),
+    );
 
     // Offers from retiring workers, taken until this one stops or retires. Cancelled by the
     // stop path below; the intake task then drops the socket (nobody offers to it any more).

@@ -28,6 +28,7 @@ use super::response::{OnShort, Reply};
 use crate::net::Stream;
 use crate::service::ConnContext;
 use crate::service::http::access_log::{Record, RequestLine};
+use crate::service::park::Spot;
 use crate::service::reclaim::{IdleClass, Reclaim};
 
 /// Read at least this much room when a head arrives.
@@ -73,10 +74,32 @@ fn give_back(mut buf: BytesMut) {
 ///
 /// # Errors
 /// I/O errors; they end this connection only.
-pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -> io::Result<()> {
+///
+/// Not an `async fn`: the future is [`serve_at`]'s own, without a wrapper's copy of the stream.
+pub fn serve<'a>(
+    stream: Stream,
+    ctx: &'a ConnContext,
+    svc: &'a StaticService,
+) -> impl Future<Output = io::Result<()>> + 'a {
+    serve_at(stream, ctx, svc, Spot::none(), None)
+}
+
+/// [`serve`], parking a kept-alive connection at `spot` while it waits for its next request
+/// ([`crate::service::park`]); a parked connection's task ends here, and it carries on here
+/// again with `resumed`, the keep-alive deadline it parked with.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_at(
+    mut stream: Stream,
+    ctx: &ConnContext,
+    svc: &StaticService,
+    spot: Spot<'_>,
+    mut resumed: Option<tokio::time::Instant>,
+) -> io::Result<()> {
     let cfg = &svc.config;
     let mut buf = BytesMut::new();
-    let mut first = true;
+    let mut first = resumed.is_none();
     loop {
         // Wait for the next request's first byte without holding a buffer.
         if buf.is_empty() {
@@ -85,11 +108,22 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -
             } else {
                 cfg.keep_alive
             };
-            let mut deadline = tokio::time::Instant::now() + wait;
+            let now = tokio::time::Instant::now();
+            let mut deadline = resumed.take().unwrap_or(now + wait);
             let mut stop = (!ctx.stop.is_cancelled()).then_some(&ctx.stop);
             if stop.is_none() {
-                deadline = deadline.min(tokio::time::Instant::now() + STOP_GRACE);
+                deadline = deadline.min(now + STOP_GRACE);
             }
+            // A kept-alive connection idle for a while parks: its task ends, and it costs only
+            // its record until its client sends again (or its deadline closes it).
+            let park_at = match stop {
+                Some(_) if !first => spot.park_at(now, Some(deadline)),
+                _ => None,
+            };
+            // The wait's timer: the moment to park, if the connection may (always before the
+            // deadline), else the deadline.
+            let mut parking = park_at.is_some();
+            let mut wake_at = park_at.unwrap_or(deadline);
             // While it waits, the connection may be closed to admit a new client at the
             // worker's cap: a served one first, then one that never sent a request.
             ctx.reclaim.set_idle(if first {
@@ -98,7 +132,7 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -
                 IdleClass::KeptAlive
             });
             loop {
-                match wait_for_request(&stream, deadline, stop, &ctx.reclaim).await? {
+                match wait_for_request(&stream, wake_at, parking, stop, &ctx.reclaim).await? {
                     Wake::Readable => {}
                     // Nothing sent at all, or closed to make room: close quietly, as nginx does.
                     Wake::Timeout | Wake::Evicted => return Ok(()),
@@ -109,7 +143,19 @@ pub async fn serve(mut stream: Stream, ctx: &ConnContext, svc: &StaticService) -
                     // within the grace.
                     Wake::Stop => {
                         stop = None;
+                        parking = false;
                         deadline = deadline.min(tokio::time::Instant::now() + STOP_GRACE);
+                        wake_at = deadline;
+                    }
+                    Wake::Park => {
+                        parking = false;
+                        wake_at = deadline;
+                        match spot.park(stream, Some(deadline), true) {
+                            Ok(_) => return Ok(()),
+                            // Not now (the worker is full or stopping): wait on in this task.
+                            Err(s) => stream = s,
+                        }
+                        continue;
                     }
                 }
                 // Take what is there now. Readiness can be stale (set by an earlier read); then
@@ -296,22 +342,26 @@ enum Wake {
     Stop,
     /// The worker closes this idle connection to admit a new client at its cap.
     Evicted,
+    /// It has waited long enough to park.
+    Park,
 }
 
-/// Waits for the first byte of a request, the deadline or the stop, whichever comes first.
+/// Waits for the first byte of a request, `wake_at` (the moment to park if `parking`, else the
+/// deadline) or the stop, whichever comes first.
 ///
 /// Hand-polled rather than `select!` over `timeout(stream.readable())`: `poll_read_ready` keeps
 /// its waker in the socket's own slot, where `readable()` needs a waiter node stored in the
-/// future. This future is what every idle kept-alive connection holds, so its size is the
-/// per-connection memory figure. Readiness is checked first: bytes that arrived before a stop
-/// are a request begun, and are served (with `Connection: close`) rather than cut.
+/// future. This future is what every idle kept-alive connection in a task holds. Readiness is
+/// checked first: bytes that arrived before a stop are a request begun, and are served (with
+/// `Connection: close`) rather than cut. A request that comes first never registers the timer.
 async fn wait_for_request(
     stream: &Stream,
-    deadline: tokio::time::Instant,
+    wake_at: tokio::time::Instant,
+    parking: bool,
     stop: Option<&tokio_util::sync::CancellationToken>,
     reclaim: &Reclaim,
 ) -> io::Result<Wake> {
-    let sleep = tokio::time::sleep_until(deadline);
+    let sleep = tokio::time::sleep_until(wake_at);
     let cancelled = async {
         match stop {
             Some(stop) => stop.cancelled().await,
@@ -330,7 +380,7 @@ async fn wait_for_request(
             return Poll::Ready(Ok(Wake::Evicted));
         }
         if sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok(Wake::Timeout));
+            return Poll::Ready(Ok(if parking { Wake::Park } else { Wake::Timeout }));
         }
         Poll::Pending
     })

@@ -153,7 +153,10 @@ mod memory {
             let svc = super::StaticService::open(&static_config(dir.path())).unwrap();
             let f = super::serve(stream, &ctx, &svc);
             let size = std::mem::size_of_val(&f);
-            assert!(size <= 512, "serve future is {size} bytes");
+            // 592 on rustc 1.95 (at most 512 before parking: the moment to park, the deadline
+            // a resumed connection starts with, where to park). A kept-alive connection holds
+            // it only until it parks (`service::park::PARK_AFTER`), then none.
+            assert!(size <= 600, "serve future is {size} bytes");
         });
     }
 }
