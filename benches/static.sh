@@ -17,7 +17,7 @@
 #     of the established connections, from /proc in the middle of the run);
 #   10,000 x 4 KiB at random: req/s and req per CPU-second;
 #   64 MiB: MB/s and MB per CPU-second;
-#   short connections (Connection: close, one request each): req/s;
+#   short connections (Connection: close, one request each): req/s and req per CPU-second;
 #   idle memory per kept-alive connection: PSS of the process tree, after minus before.
 # Everything generated (files, nginx prefix, logs) lives in a temp dir that is removed on exit.
 # Needs: wrk, nginx, python3. Not run by CI: timings are not tests.
@@ -325,8 +325,9 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r rps _ cpu < <(measure "$master" "$port" /many/0.bin "$CONNS" "$WORK/random.lua")
         R[$who.many]+="$rps "
         R[$who.many_cpu]+="$(per_cpu "$rps" "$cpu") "
-        read -r rps _ _ < <(measure "$master" "$port" /1k.bin "$CONNS" "" "Connection: close")
+        read -r rps _ cpu < <(measure "$master" "$port" /1k.bin "$CONNS" "" "Connection: close")
         R[$who.short]+="$rps "
+        R[$who.short_cpu]+="$(per_cpu "$rps" "$cpu") "
         R[$who.idle]+="$(idle_memory "$who") "
     done
 done
@@ -356,6 +357,7 @@ row "64 MiB, MB per server CPU-second" big_cpu
 row "10,000 distinct 4 KiB files at random (req/s)" many
 row "10,000 x 4 KiB, req per server CPU-second" many_cpu
 row "short connections, 1 KiB, Connection: close (req/s)" short
+row "short connections, req per server CPU-second" short_cpu
 row "memory per idle kept-alive conn, $IDLE_CONNS conns, PSS (bytes)" idle
 echo
 echo "per-worker share of the $CONNS keep-alive connections (min%/max%, median of rounds):"

@@ -171,6 +171,9 @@ impl Listener {
                     sock.set_only_v6(true).map_err(err)?;
                 }
                 sock.bind(&(*sa).into()).map_err(err)?;
+                // Passed on to every client the kernel queues (the workers rely on it, see
+                // worker::accept): set before `listen`, so even the first client has it.
+                sock.set_tcp_nodelay(true).map_err(err)?;
                 sock.listen(backlog).map_err(err)?;
                 let bound = sock
                     .local_addr()

@@ -4,11 +4,13 @@
 //! Every worker's epoll watches the same shared listener, so all of them wake for each new
 //! client and whoever runs first takes it. Left alone, that hands a burst of clients to one
 //! worker (splits of 49/15 over 2 workers were measured, issue 12). So a worker that holds
-//! clearly more connections than its least-loaded ready peer (read from the scoreboard) waits
-//! until a client is actually queued, gives its peers a short head start, and accepts only if
-//! it is still the right one to. The queue stays shared: nothing is ever refused or reset,
-//! and when peers do not accept at all (wedged, stopping) the worker stops deferring to them.
-//! This module never touches another worker's slot except to read it.
+//! clearly more connections than its least-loaded ready peer (read from the scoreboard) first
+//! serves what it has (its ready connection tasks run, and short connections end there), and
+//! only if it is still over its share waits until a client is actually queued, gives its peers
+//! a short head start, and accepts only if it is still the right one to. The queue stays
+//! shared: nothing is ever refused or reset, and when peers do not accept at all (wedged,
+//! stopping) the worker stops deferring to them. This module never touches another worker's
+//! slot except to read it.
 
 use std::future::poll_fn;
 use std::io;
@@ -49,14 +51,16 @@ pub enum AcceptSocket {
 pub struct WatchedListener(AsyncFd<Inherited>);
 
 enum Inherited {
-    Tcp(std::net::TcpListener),
+    /// With whether accepted clients inherit `TCP_NODELAY` from the listener (set there once
+    /// by [`AcceptSocket::from_listener`]); when not, it is set on each client.
+    Tcp(std::net::TcpListener, bool),
     Unix(std::os::unix::net::UnixListener),
 }
 
 impl AsRawFd for Inherited {
     fn as_raw_fd(&self) -> RawFd {
         match self {
-            Inherited::Tcp(l) => l.as_raw_fd(),
+            Inherited::Tcp(l, _) => l.as_raw_fd(),
             Inherited::Unix(l) => l.as_raw_fd(),
         }
     }
@@ -66,13 +70,15 @@ impl Inherited {
     /// One `accept`; `WouldBlock` when the queue is empty.
     fn accept(&self) -> io::Result<(Stream, Peer)> {
         match self {
-            Inherited::Tcp(l) => {
+            Inherited::Tcp(l, nodelay_inherited) => {
                 // accept4 with SOCK_NONBLOCK: one syscall where std's accept plus
                 // set_nonblocking take two.
                 let flags = nix::libc::SOCK_NONBLOCK | nix::libc::SOCK_CLOEXEC;
                 let (s, addr) = socket2::SockRef::from(l).accept4(flags)?;
-                // Small writes (echo, chat lines) go out at once.
-                let _ = s.set_tcp_nodelay(true);
+                if !*nodelay_inherited {
+                    // Small writes (echo, chat lines) go out at once.
+                    let _ = s.set_tcp_nodelay(true);
+                }
                 let addr = addr
                     .as_socket()
                     .ok_or_else(|| io::Error::other("accepted a TCP client without an address"))?;
@@ -90,7 +96,7 @@ impl Inherited {
 
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            Inherited::Tcp(l) => l.as_fd(),
+            Inherited::Tcp(l, _) => l.as_fd(),
             Inherited::Unix(l) => l.as_fd(),
         }
     }
@@ -145,7 +151,15 @@ impl AcceptSocket {
             ListenerKind::Tcp => {
                 let std = std::net::TcpListener::from(fd);
                 std.set_nonblocking(true)?;
-                Inherited::Tcp(std)
+                // Small writes (echo, chat lines) go out at once. Linux copies TCP_NODELAY
+                // from a listener to each client when the client's handshake completes, so
+                // having it on the listener saves a `setsockopt` per connection, a tenth of a
+                // short connection's syscalls. The arbiter sets it when it binds; set here too
+                // for sockets it adopted (`fd://`, systemd), for every worker at once (the
+                // socket is shared, and they all want it). Only clients queued on an adopted
+                // socket before the first worker booted go without.
+                let inherited = socket2::SockRef::from(&std).set_tcp_nodelay(true).is_ok();
+                Inherited::Tcp(std, inherited)
             }
             ListenerKind::Unix => {
                 let std = std::os::unix::net::UnixListener::from(fd);
@@ -190,10 +204,8 @@ impl AcceptSocket {
 /// again (the runtime's timer granularity is 1 ms).
 const HEAD_START: Duration = Duration::from_millis(1);
 /// Connections a worker may hold beyond its least-loaded peer's before it defers (plus one
-/// in eight of the peer's). Not smaller: under short connections each worker holds a few
-/// that end within microseconds, and with a slack of 2 both workers took turns deferring
-/// (each at 3 while the other had just drained to 0), accepting 3 clients per 1 ms head
-/// start: 2,000-3,000 short connections per second where 8 gives 9,000-12,000.
+/// in eight of the peer's). With a few, a near-even split would flap; it is also about how many
+/// clients a worker takes from the queue in one go before it serves them.
 const SLACK: u32 = 8;
 /// How often the list of ready peers is re-read from the scoreboard (a full scan).
 const PEERS_EVERY: Duration = Duration::from_millis(100);
@@ -320,6 +332,16 @@ async fn accept_balanced(
 ) -> io::Result<(Stream, Peer, usize)> {
     balance.stalled_since = None;
     while balance.over_share() {
+        // Serve what is here first: every connection task that is ready runs (and the runtime
+        // polls for I/O) before this one resumes. Short connections (one request each) end in
+        // that round and bring the worker back under its share. Deferring at once instead, on
+        // a timer, left both workers asleep with the queue full: `Connection: close` clients
+        // ran at half nginx's rate over 2 workers (issue 12). Kept-alive connections stay, so a
+        // burst of them is still split.
+        tokio::task::yield_now().await;
+        if !balance.over_share() {
+            break;
+        }
         // Sleep until someone is actually waiting: an idle worker must not tick.
         let queued = wait_queued(listeners).await;
         if queued.is_err() || !balance.over_share() {
@@ -479,7 +501,6 @@ impl<S: Serve> Acceptor<S> {
                     self.slot.accepted.fetch_add(1, Ordering::Relaxed);
                     self.slot.active_conns.fetch_add(1, Ordering::Relaxed);
                     let guard = ActiveGuard(self.slot);
-                    let service = Arc::clone(&self.service);
                     let ctx = ConnContext {
                         peer,
                         stop: self.stop.clone(),
@@ -489,6 +510,12 @@ impl<S: Serve> Acceptor<S> {
                         listener,
                         retire: self.targets.retire(),
                     };
+                    let service = Arc::clone(&self.service);
+                    // The stream and context stay captured here for the task's whole life
+                    // beside the service's future, which holds them too (152 bytes; issue 13).
+                    // Boxing them to move them out on the first poll made the task 48 bytes
+                    // instead of 192, yet an idle connection cost 40-60 bytes *more* (PSS over
+                    // 10,000 connections: 1,796-1,820 against 1,758-1,759), so they stay.
                     self.conns.spawn(async move {
                         service.serve(stream, ctx).await;
                         drop(guard);
@@ -524,4 +551,109 @@ fn is_transient(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     ) || err.raw_os_error() == Some(nix::libc::EPROTO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoreboard::SlotState;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    /// A loopback listener as a worker takes it over, and a client in its queue.
+    fn listening_with_a_client() -> (Vec<AcceptSocket>, std::net::TcpStream) {
+        let addr = crate::net::BindAddr::Tcp("127.0.0.1:0".parse().unwrap());
+        let listener = Listener::bind(&addr, 16).unwrap();
+        let crate::net::BindAddr::Tcp(bound) = listener.bound else {
+            unreachable!("a TCP listener is bound to a TCP address")
+        };
+        let client = std::net::TcpStream::connect(bound).unwrap();
+        (vec![AcceptSocket::from_listener(listener).unwrap()], client)
+    }
+
+    /// Accepted clients have Nagle's algorithm off (small writes go out at once), whether the
+    /// listener passed it on or the accept set it.
+    #[test]
+    fn accepted_clients_send_small_writes_at_once() {
+        runtime().block_on(async {
+            let (listeners, _client) = listening_with_a_client();
+            let (stream, _, _) = accept_any(&listeners, &mut 0).await.unwrap();
+            let Stream::Tcp(stream) = stream else {
+                unreachable!("accepted from a TCP listener")
+            };
+            assert!(stream.nodelay().unwrap());
+        });
+    }
+
+    /// A worker over its share with one client queued, whose listener's readiness is already
+    /// known (as in a busy accept loop), and a peer with nothing.
+    struct Setup {
+        listeners: Vec<AcceptSocket>,
+        balance: Balance,
+        me: &'static Slot,
+        _client: std::net::TcpStream,
+    }
+
+    async fn over_share_with_a_client_queued() -> Setup {
+        let board = Scoreboard::create().unwrap();
+        let (me, peer) = (board.slot(0), board.slot(1));
+        peer.set_state(SlotState::Ready);
+        me.active_conns.store(2 * SLACK + 2, Ordering::Relaxed);
+        let (listeners, client) = listening_with_a_client();
+        wait_queued(&listeners).await.unwrap();
+        let balance = Balance {
+            me,
+            board: Some(board),
+            peers: Vec::new(),
+            read_at: None,
+            ignored_until: None,
+            stalled_since: None,
+        };
+        Setup {
+            listeners,
+            balance,
+            me,
+            _client: client,
+        }
+    }
+
+    /// Short connections: the worker's own connections end as soon as their tasks run, which
+    /// brings it under its share, so it accepts the queued client at once rather than leave it
+    /// to a peer on a timer (which left both workers asleep with the queue full, issue 12).
+    #[test]
+    fn a_worker_over_its_share_serves_its_own_short_connections_before_deferring() {
+        runtime().block_on(async {
+            let mut s = over_share_with_a_client_queued().await;
+            assert!(s.balance.over_share());
+            // The worker's connections, ready to run and to end (one request each).
+            let me = s.me;
+            tokio::spawn(async move { me.active_conns.store(0, Ordering::Relaxed) });
+            let started = tokio::time::Instant::now();
+            accept_balanced(&s.listeners, &mut 0, &mut s.balance)
+                .await
+                .unwrap();
+            assert_eq!(started.elapsed(), Duration::ZERO);
+        });
+    }
+
+    /// Kept-alive connections stay after their tasks ran: the worker is still over its share
+    /// and leaves the queued client to its peer for a head start first.
+    #[test]
+    fn a_worker_over_its_share_with_kept_alive_connections_defers() {
+        runtime().block_on(async {
+            let mut s = over_share_with_a_client_queued().await;
+            let started = tokio::time::Instant::now();
+            // The peer never accepts (it is a slot only): the worker stops deferring to it.
+            accept_balanced(&s.listeners, &mut 0, &mut s.balance)
+                .await
+                .unwrap();
+            assert!(started.elapsed() >= PEERS_STALLED_AFTER);
+        });
+    }
 }

@@ -153,13 +153,21 @@ fn classify(e: Errno) -> OpenError {
     }
 }
 
-/// How long a cached descriptor may stand for its path without a new path lookup.
-pub const CACHE_TTL: Duration = Duration::from_secs(1);
+/// How long a cached descriptor may stand for its path without a new path lookup. Writes in
+/// place and replacements are seen at once all the same (the `fstat` per request); this only
+/// bounds how long a path renamed away while still linked, a retargeted symlink, changed
+/// permissions or a new precompressed sibling go unseen. 1 s made a working set of 10,000
+/// files (issue 12) look every path up again each second: with 2 workers at ~25,000
+/// requests/s each, two requests in five paid an `openat2`, an `fstat` and a `close` more;
+/// at 10 s it is one in twenty-five (nginx's `open_file_cache_valid` defaults to 60 s).
+pub const CACHE_TTL: Duration = Duration::from_secs(10);
 
-/// Most cached descriptors per worker, and at most a quarter of the descriptor limit, so the
-/// cache never starves connections of descriptors ([`FileCache::for_fd_limit`]). As the tuned
-/// nginx of issue 12 (`open_file_cache max=20000`): a working set of 10,000 files fits, where
-/// 4,096 made most requests of that benchmark a path walk.
+/// Most cached files per worker, and at most half the descriptor limit
+/// ([`FileCache::for_fd_limit`]; the directories of [`FileCache::siblings`] add at most a
+/// quarter of that), so the cache leaves connections at least a third of the descriptors.
+/// As the tuned nginx of issue 12 (`open_file_cache max=20000`): a working set of 10,000
+/// files fits, where 4,096 made most requests of that benchmark a path walk. (A quarter of a
+/// 20,000 limit, 5,000 entries, still sent half of them to `openat2`.)
 pub const CACHE_ENTRIES: usize = 20_000;
 
 /// Variant-miss entries kept per cached file: each file has up to three precompressed
@@ -237,12 +245,12 @@ impl FileCache {
         }
     }
 
-    /// Sized from this process's `RLIMIT_NOFILE`: a quarter of it, at most [`CACHE_ENTRIES`].
+    /// Sized from this process's `RLIMIT_NOFILE`: half of it, at most [`CACHE_ENTRIES`].
     pub fn for_fd_limit() -> FileCache {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(u64::MAX);
-        FileCache::new(usize::try_from(limit / 4).map_or(CACHE_ENTRIES, |n| n.min(CACHE_ENTRIES)))
+        FileCache::new(usize::try_from(limit / 2).map_or(CACHE_ENTRIES, |n| n.min(CACHE_ENTRIES)))
     }
 
     /// [`open`], served from the cache while the entry is fresh and still linked.
