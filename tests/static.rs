@@ -703,7 +703,11 @@ fn oversize_and_malformed_heads() {
             431,
         ),
         ("GET / HTTP/1.1\r\n\r\n".to_string(), 400),
-        ("GET / HTTP/9.9\r\nHost: t\r\n\r\n".to_string(), 400),
+        // A later major version sent as text: 505, as nginx answers (RFC 9110 §15.6.6).
+        ("GET / HTTP/9.9\r\nHost: t\r\n\r\n".to_string(), 505),
+        ("GET / HTTP/2.0\r\nHost: t\r\n\r\n".to_string(), 505),
+        ("GET / HTTP/0.9\r\nHost: t\r\n\r\n".to_string(), 400),
+        ("GET / http/1.1\r\nHost: t\r\n\r\n".to_string(), 400),
         ("GET /\x01 HTTP/1.1\r\nHost: t\r\n\r\n".to_string(), 400),
         ("G E T / HTTP/1.1\r\nHost: t\r\n\r\n".to_string(), 400),
         ("GET / HTTP/1.1\r\nHost t\r\n\r\n".to_string(), 400),
@@ -721,6 +725,12 @@ fn oversize_and_malformed_heads() {
         assert!(r.text().starts_with(&status.to_string()));
         assert!(c.closed(), "{raw:?}");
     }
+    // A later HTTP/1 minor version is served as HTTP/1.1 (RFC 9112 §2.3).
+    let mut c = Conn::open(addr);
+    c.send(b"GET /nothing-here HTTP/1.7\r\nHost: t\r\n\r\n");
+    let r = c.response(false);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("Connection"), Some("keep-alive"));
     // Right at the limits is fine.
     let path = format!("/{}", "a".repeat(100 - "GET / HTTP/1.1".len()));
     let r = get(addr, &path, &format!("X: {}\r\n", "v".repeat(64 - 3)));

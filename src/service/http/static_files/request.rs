@@ -34,6 +34,9 @@ pub enum HeadError {
     LineTooLong,
     /// 431: too many fields, or one too long.
     FieldsTooLarge,
+    /// 505: a well-formed version with a major number above 1, such as `HTTP/2.0` sent as
+    /// text (RFC 9110 §15.6.6; nginx answers the same).
+    VersionNotSupported,
 }
 
 impl HeadError {
@@ -43,6 +46,7 @@ impl HeadError {
             HeadError::Bad(_) => StatusCode::BAD_REQUEST,
             HeadError::LineTooLong => StatusCode::URI_TOO_LONG,
             HeadError::FieldsTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
         }
     }
 }
@@ -131,7 +135,20 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadE
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::FieldsTooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+        Err(httparse::Error::Version) => {
+            // A later HTTP/1 minor version is read as 1.1 (RFC 9112 §2.3); httparse knows only
+            // 1.0 and 1.1, so the head is parsed again from a copy that says 1.1. Only such
+            // clients pay for it. Same length, so the consumed count stays right.
+            if let Some(at) = later_minor_version(body) {
+                let mut copy = buf.to_vec();
+                copy[skip + at] = b'1';
+                return parse(&copy, limits);
+            }
+            if version_major_above_1(body) {
+                return Err(HeadError::VersionNotSupported);
+            }
+            return Err(HeadError::Bad("unsupported HTTP version"));
+        }
         Err(_) => return Err(HeadError::Bad("malformed request head")),
     };
     let minor = req.version.unwrap_or(1);
@@ -223,6 +240,36 @@ fn join(a: Option<String>, b: Option<String>) -> Option<String> {
     }
 }
 
+/// The version token of the request line that starts `head` (`HTTP/x.y`), if it has that shape:
+/// `HTTP-version = HTTP-name "/" DIGIT "." DIGIT` (RFC 9112 §2.3).
+fn version_token(head: &[u8]) -> Option<(usize, [u8; 2])> {
+    let end = head.iter().position(|&b| b == b'\n')?;
+    let line = &head[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let start = line.iter().rposition(|&b| b == b' ')? + 1;
+    match &line[start..] {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Some((start, [*major, *minor]))
+        }
+        _ => None,
+    }
+}
+
+/// The offset in `head` of the minor digit of an `HTTP/1.x` version with x above 1.
+fn later_minor_version(head: &[u8]) -> Option<usize> {
+    match version_token(head)? {
+        (start, [b'1', minor]) if minor > b'1' => Some(start + 7),
+        _ => None,
+    }
+}
+
+/// Whether the request line names a well-formed HTTP version with a major number above 1.
+fn version_major_above_1(head: &[u8]) -> bool {
+    version_token(head).is_some_and(|(_, [major, _])| major > b'1')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +296,34 @@ mod tests {
         let (head, _) = parse_str("\r\nHEAD / HTTP/1.0\n\n").unwrap().unwrap();
         assert_eq!(head.method, Method::HEAD);
         assert!(!head.keep_alive);
+    }
+
+    /// RFC 9112 §2.3: a later HTTP/1 minor version is served as 1.1; RFC 9110 §15.6.6 and
+    /// nginx: a major version above 1 sent as text is answered 505; anything else is a 400.
+    #[test]
+    fn http_versions() {
+        let (head, n) = parse_str("GET /a HTTP/1.2\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((head.minor, head.keep_alive, n), (1, true, 28));
+        for v in ["HTTP/2.0", "HTTP/3.0", "HTTP/9.9"] {
+            let line = format!("GET /a {v}\r\nHost: x\r\n\r\n");
+            assert!(
+                matches!(parse_str(&line), Err(HeadError::VersionNotSupported)),
+                "{v}"
+            );
+        }
+        for v in [
+            "HTTP/0.9",
+            "HTTP/1.10",
+            "http/1.1",
+            "HTTP/1",
+            "HTTP/x.1",
+            "HTTP/2",
+        ] {
+            let line = format!("GET /a {v}\r\nHost: x\r\n\r\n");
+            assert!(matches!(parse_str(&line), Err(HeadError::Bad(_))), "{v}");
+        }
     }
 
     #[test]
@@ -284,7 +359,6 @@ mod tests {
         for bad in [
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
             "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
