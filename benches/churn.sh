@@ -12,9 +12,8 @@
 #     pairs, spread evenly over the run (60 s: an event every 2 s or so).
 # Reports per run: req/s; requests per CPU-second of the server (the arbiter, its children,
 # and the children it reaped, from /proc) and of the server and wrk together, which do not
-# depend on the share of a shared machine a run happened to get; how wrk's connections were
-# split over the workers (median over the run of the most and the fewest one held); non-2xx
-# responses and socket errors. Then the dips of the medians, and whether the arbiter's PID
+# depend on the share of a shared machine a run happened to get; non-2xx responses and socket
+# errors. Then the dips of the medians, and whether the arbiter's PID
 # and the pid file stayed the same throughout. The binary is copied into a temp dir and
 # started from there, so the USR2 deploys never touch target/. Needs wrk, python3.
 # Not run by CI: timings are not tests.
@@ -26,7 +25,6 @@ export OXICORN_ALLOW_ROOT=true
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-60}
 WORKERS=${WORKERS:-4}
-export WORKERS
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
 MAX_REQUESTS=${MAX_REQUESTS:-5000}
@@ -101,13 +99,8 @@ load() { # name: wrk for DURATION against $PORT, output in $WORK/name.wrk; the s
       times >"$WORK/$1.times"
       awk -v t="$(getconf CLK_TCK)" 'NR == 2 {print ticks($1) + ticks($2)}
           function ticks(s,  m) { split(s, m, /[ms]/); return int((m[1] * 60 + m[2]) * t) }' \
-          "$WORK/$1.times" >"$WORK/$1.wrkcpu" ) &
-    local pid=$!
-    split_sampler "$1" &
-    local sampler=$!
-    wait "$pid"
+          "$WORK/$1.times" >"$WORK/$1.wrkcpu" )
     echo $(($(tree_ticks) - before)) >"$WORK/$1.cpu"
-    wait "$sampler" || true
 }
 
 # CPU time of the server so far, in clock ticks: the arbiter's own and its reaped children's
@@ -122,45 +115,6 @@ tree_ticks() {
     echo "$t"
 }
 
-# Every 0.5 s of the run, how wrk's connections are split over the workers: the largest and
-# the smallest count any worker holds (from /proc: each child's socket fds against the
-# established sockets of the port). Written to $WORK/name.split, one "max min" per line.
-split_sampler() { # name
-    python3 - "$SERVER" "$PORT" "$DURATION" >"$WORK/$1.split" <<'PY'
-import os, sys, time
-arbiter, port, end = sys.argv[1], int(sys.argv[2]), time.time() + float(sys.argv[3]) - 0.5
-while time.time() < end:
-    time.sleep(0.5)
-    inodes = set()
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
-        f = line.split()
-        if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01":
-            inodes.add(f[9])
-    counts = []
-    try:
-        children = open(f"/proc/{arbiter}/task/{arbiter}/children").read().split()
-    except OSError:
-        break
-    for pid in children:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        n = 0
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            n += link.startswith("socket:[") and link[8:-1] in inodes
-        # A child holding none may be the hub or a worker still booting: only serving ones.
-        if n:
-            counts.append(n)
-    if counts:
-        print(max(counts), min(counts) if len(counts) >= int(os.environ["WORKERS"]) else 0)
-PY
-}
-
 rps() { awk '/^Requests\/sec/ {print $2}' "$WORK/$1.wrk"; }
 requests() { awk '/requests in/ {print $1}' "$WORK/$1.wrk"; }
 # Requests per CPU-second of the server, and of the server and wrk together: what a run costs,
@@ -170,11 +124,6 @@ per_cpu() { # name [with-wrk]
     ticks=$(cat "$WORK/$1.cpu")
     [ -n "${2:-}" ] && ticks=$((ticks + $(cat "$WORK/$1.wrkcpu")))
     python3 -c "print(round($(requests "$1") * $(getconf CLK_TCK) / max(1, $ticks)))"
-}
-# The median over the run of the most and the fewest connections a worker held.
-split() { # name
-    sort -n -k1 "$WORK/$1.split" | awk '{a[NR]=$1} END {printf "%s", NR ? a[int((NR+1)/2)] : "-"}'
-    sort -n -k2 "$WORK/$1.split" | awk '{a[NR]=$2} END {printf "/%s", NR ? a[int((NR+1)/2)] : "-"}'
 }
 non2xx() { awk '/Non-2xx or 3xx responses/ {print $5}' "$WORK/$1.wrk" | grep . || echo 0; }
 sockerr() { # connect+read+write+timeout
@@ -258,8 +207,8 @@ churn_cpu=()
 calm_all=()
 churn_all=()
 echo
-echo "| run | req/s | req per server CPU-s | req per CPU-s, server + wrk | connections per worker, most/fewest | non-2xx | socket errors |"
-echo "|---|---|---|---|---|---|---|"
+echo "| run | req/s | req per server CPU-s | req per CPU-s, server + wrk | non-2xx | socket errors |"
+echo "|---|---|---|---|---|---|"
 for r in $(seq 1 "$ROUNDS"); do
     calms+=("$(rps "calm$r")")
     churns+=("$(rps "churn$r")")
@@ -269,7 +218,7 @@ for r in $(seq 1 "$ROUNDS"); do
     churn_all+=("$(per_cpu "churn$r" wrk)")
     for kind in calm churn; do
         label=$([ $kind = calm ] && echo undisturbed || echo churn)
-        echo "| $r: $label | $(rps "$kind$r") | $(per_cpu "$kind$r") | $(per_cpu "$kind$r" wrk) | $(split "$kind$r") | $(non2xx "$kind$r") | $(sockerr "$kind$r") |"
+        echo "| $r: $label | $(rps "$kind$r") | $(per_cpu "$kind$r") | $(per_cpu "$kind$r" wrk) | $(non2xx "$kind$r") | $(sockerr "$kind$r") |"
     done
 done
 CALM=$(median "${calms[@]}")
