@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Benchmark: does operating the server cost its clients anything? (issue 10)
 #
-#   cargo build --release && benches/churn.sh   # ROUNDS=3 DURATION=40 WORKERS=4 CONNS=32
+#   cargo build --release && benches/churn.sh   # ROUNDS=3 DURATION=60 WORKERS=4 CONNS=32
 #
 # Runs of the same length against `oxicorn static` serving a 1 KiB file, with wrk at full
 # load throughout, alternating for ROUNDS rounds (so a noisy neighbour hurts both kinds alike):
 #   - undisturbed: no signal, no recycling;
-#   - churn: --max-requests (workers recycle every few thousand requests) while the script
-#     sends 20 HUPs, 3 USR2 upgrades (to a copy of the binary; to a script that exits at once;
-#     to a wrapper that passes a bad flag, i.e. refuses the config) and TTIN/TTOU pairs.
-# Reports non-2xx responses, socket errors, req/s of each run and the dip of the medians, and
-# whether the arbiter's PID and the pid file stayed the same throughout. The binary is copied into a temp
-# dir and started from there, so the USR2 deploys never touch target/. Needs wrk, python3.
+#   - churn: --max-requests with jitter (workers recycle every few thousand requests) while the
+#     script sends 20 HUPs, 3 USR2 upgrades (to a copy of the binary; to a script that exits
+#     at once; to a wrapper that passes a bad flag, i.e. refuses the config) and TTIN/TTOU
+#     pairs, spread evenly over the run (60 s: an event every 2 s or so).
+# Reports per run: req/s; requests per CPU-second of the server (the arbiter, its children,
+# and the children it reaped, from /proc) and of the server and wrk together, which do not
+# depend on the share of a shared machine a run happened to get; non-2xx responses and socket
+# errors. Then the dips of the medians, and whether the arbiter's PID
+# and the pid file stayed the same throughout. The binary is copied into a temp dir and
+# started from there, so the USR2 deploys never touch target/. Needs wrk, python3.
 # Not run by CI: timings are not tests.
 set -euo pipefail
 # Run as root (as on a CI machine), oxicorn refuses root workers without --user: these
@@ -19,7 +23,7 @@ set -euo pipefail
 export OXICORN_ALLOW_ROOT=true
 
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-40}
+DURATION=${DURATION:-60}
 WORKERS=${WORKERS:-4}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
@@ -61,7 +65,7 @@ wait_line() { # log pattern count: wait (60 s at most) for count lines matching 
     for _ in $(seq 1 600); do
         # The log may not exist yet: the server's shell redirection opens it.
         local n
-        n=$(grep -c -- "$2" "$1" 2>/dev/null)
+        n=$(grep -c -- "$2" "$1" 2>/dev/null || true)
         [ "${n:-0}" -ge "$3" ] && return 0
         sleep 0.1
     done
@@ -86,11 +90,41 @@ stop() {
     SERVER=
 }
 
-load() { # name: wrk for DURATION against $PORT, output in $WORK/name.wrk
-    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/1k.bin" >"$WORK/$1.wrk"
+load() { # name: wrk for DURATION against $PORT, output in $WORK/name.wrk; the server's CPU
+    # time over the run in $WORK/name.cpu, wrk's in $WORK/name.wrkcpu (both in clock ticks)
+    local before
+    before=$(tree_ticks)
+    ( wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/1k.bin" >"$WORK/$1.wrk"
+      # The builtin, redirected (a pipe would run it in a subshell without wrk's times).
+      times >"$WORK/$1.times"
+      awk -v t="$(getconf CLK_TCK)" 'NR == 2 {print ticks($1) + ticks($2)}
+          function ticks(s,  m) { split(s, m, /[ms]/); return int((m[1] * 60 + m[2]) * t) }' \
+          "$WORK/$1.times" >"$WORK/$1.wrkcpu" )
+    echo $(($(tree_ticks) - before)) >"$WORK/$1.cpu"
+}
+
+# CPU time of the server so far, in clock ticks: the arbiter's own and its reaped children's
+# (a worker that exited is added to its parent's cutime; the PID survives a USR2, and so do
+# those counts across execve), plus every live child's.
+tree_ticks() {
+    local t c
+    t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$SERVER/stat")
+    for c in $(cat /proc/"$SERVER"/task/*/children); do
+        t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$c/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
 }
 
 rps() { awk '/^Requests\/sec/ {print $2}' "$WORK/$1.wrk"; }
+requests() { awk '/requests in/ {print $1}' "$WORK/$1.wrk"; }
+# Requests per CPU-second of the server, and of the server and wrk together: what a run costs,
+# whatever share of the (shared, noisy) machine it got.
+per_cpu() { # name [with-wrk]
+    local ticks
+    ticks=$(cat "$WORK/$1.cpu")
+    [ -n "${2:-}" ] && ticks=$((ticks + $(cat "$WORK/$1.wrkcpu")))
+    python3 -c "print(round($(requests "$1") * $(getconf CLK_TCK) / max(1, $ticks)))"
+}
 non2xx() { awk '/Non-2xx or 3xx responses/ {print $5}' "$WORK/$1.wrk" | grep . || echo 0; }
 sockerr() { # connect+read+write+timeout
     awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$WORK/$1.wrk" | grep . || echo 0
@@ -165,23 +199,36 @@ done
 
 count() { grep -c -- "$1" "$WORK/all-churn.log" || true; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+dip() { python3 -c "print(f'{(1 - $2 / $1) * 100:.1f}%')"; }
 calms=()
 churns=()
+calm_cpu=()
+churn_cpu=()
+calm_all=()
+churn_all=()
 echo
-echo "| run | req/s | non-2xx | socket errors |"
-echo "|---|---|---|---|"
+echo "| run | req/s | req per server CPU-s | req per CPU-s, server + wrk | non-2xx | socket errors |"
+echo "|---|---|---|---|---|---|"
 for r in $(seq 1 "$ROUNDS"); do
     calms+=("$(rps "calm$r")")
     churns+=("$(rps "churn$r")")
-    echo "| $r: undisturbed | $(rps "calm$r") | $(non2xx "calm$r") | $(sockerr "calm$r") |"
-    echo "| $r: churn | $(rps "churn$r") | $(non2xx "churn$r") | $(sockerr "churn$r") |"
+    calm_cpu+=("$(per_cpu "calm$r")")
+    churn_cpu+=("$(per_cpu "churn$r")")
+    calm_all+=("$(per_cpu "calm$r" wrk)")
+    churn_all+=("$(per_cpu "churn$r" wrk)")
+    for kind in calm churn; do
+        label=$([ $kind = calm ] && echo undisturbed || echo churn)
+        echo "| $r: $label | $(rps "$kind$r") | $(per_cpu "$kind$r") | $(per_cpu "$kind$r" wrk) | $(non2xx "$kind$r") | $(sockerr "$kind$r") |"
+    done
 done
 CALM=$(median "${calms[@]}")
 CHURN=$(median "${churns[@]}")
 REFUSED=$(grep -o 'configuration check (exit code [0-9]*)' "$WORK/all-churn.log" | grep -o 'code [0-9]*' | sort | uniq -c | awk '{print $1 "x exit " $3}' | paste -sd, - || true)
 cat <<EOF
 
-- median req/s: undisturbed $CALM, churn $CHURN; dip $(python3 -c "print(f'{(1 - $CHURN / $CALM) * 100:.1f}%')")
+- median req/s: undisturbed $CALM, churn $CHURN; dip $(dip "$CALM" "$CHURN")
+- median req per server CPU-second: undisturbed $(median "${calm_cpu[@]}"), churn $(median "${churn_cpu[@]}"); dip $(dip "$(median "${calm_cpu[@]}")" "$(median "${churn_cpu[@]}")")
+- median req per CPU-second of server and wrk: undisturbed $(median "${calm_all[@]}"), churn $(median "${churn_all[@]}"); dip $(dip "$(median "${calm_all[@]}")" "$(median "${churn_all[@]}")")
 - arbiter PID and pid file unchanged throughout: $PID_OK
 - reloads completed: $(count "reload complete") of $((HUPS * ROUNDS))
 - upgrades: $(count "upgrade complete") completed, $(count "upgrade refused") refused ($REFUSED), $(count "upgrade rolled back") rolled back
