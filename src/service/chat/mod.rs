@@ -327,7 +327,7 @@ impl Chat {
         }
         if let Some(j) = joined {
             // Boxed, as the session's steps are (see `session`): not part of the idle future.
-            Box::pin(self.leave(id, j, seat.kick.reason())).await;
+            Box::pin(self.leave(id, j, self.room.kick_reason(id))).await;
         }
         self.room.close(id);
         if !writer_done {
