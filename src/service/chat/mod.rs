@@ -492,3 +492,99 @@ mod memory {
         });
     }
 }
+
+#[cfg(test)]
+mod heap {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::Duration;
+
+    use crate::service::lines::heap;
+
+    /// Issue 13: what a joined, idle member costs its worker's heap, counted by the test
+    /// allocator: its task and future, tokio's registration of its socket, its room entry and
+    /// its name in the bus client (the hub runs on a thread of its own, the clients on
+    /// another, so neither is counted).
+    #[test]
+    fn a_joined_idle_member_costs_its_worker_little_heap() {
+        const N: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = dir.path().join("hub");
+        let hub_addr = addr.clone();
+        std::thread::spawn(move || {
+            crate::service::test_support::runtime().block_on(async move {
+                crate::bus::hub::serve_in_process(&hub_addr).unwrap();
+                std::future::pending::<()>().await
+            })
+        });
+        crate::service::test_support::runtime().block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            let bus = crate::bus::Bus::embedded_at(addr);
+            let chat: &'static super::Chat = Box::leak(Box::new(super::Chat::new(
+                bus.clone(),
+                crate::config::DEFAULT_MAX_LINE,
+            )));
+            // Connected to the hub (it may take a few tries).
+            while bus.sync().await.is_err() {}
+            crate::service::lines::with_scratch(|_| ());
+            // As a worker makes each connection's context: one stop token, one retirement.
+            let stop = tokio_util::sync::CancellationToken::new();
+            let targets = crate::service::handoff::Targets::default();
+            let reclaimer = crate::service::reclaim::Reclaimer::default();
+            let (joined_tx, mut joined) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let clients = std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for i in 0..=N {
+                    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    (&s).write_all(format!("member{i}\n").as_bytes()).unwrap();
+                    let mut line = String::new();
+                    while !line.contains("you joined") {
+                        line.clear();
+                        assert!(r.read_line(&mut line).unwrap() > 0, "closed");
+                    }
+                    held.push(s);
+                    joined_tx.send(()).unwrap();
+                }
+                held
+            });
+            let mut before = 0;
+            for i in 0..=N {
+                let (s, _) = l.accept().await.unwrap();
+                let ctx = crate::service::ConnContext {
+                    peer: crate::net::Peer::Unix,
+                    stop: stop.clone(),
+                    idle_timeout: None,
+                    metrics: crate::service::metrics::Metrics::detached(),
+                    reclaim: reclaimer.register(),
+                    listener: 0,
+                    retire: targets.retire(),
+                };
+                tokio::spawn(async move {
+                    let _ = chat.serve(crate::net::Stream::Tcp(s), &ctx).await;
+                });
+                joined.recv().await.unwrap();
+                if i == 0 {
+                    // The first member grows what every later one shares (the log's chunk).
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    before = heap::live();
+                }
+            }
+            // The join notices reach everybody; every writer is up to date again.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let per = (heap::live() - before) / N as isize;
+            // 1,779 bytes on rustc 1.95 (a test build, whose futures are larger than a
+            // release's): the task with its context and 840-byte future, tokio's
+            // registration of the socket, its split halves, the room entry, the name in the
+            // bus client. It was 3,104 with the member's own `Notify`, cancellation token and
+            // queues, its name as a map of `String` to a whole reservation, and the
+            // 1,416-byte future.
+            assert!(
+                per <= 2048,
+                "a joined idle member costs its worker {per} bytes of heap"
+            );
+            drop(clients.join().unwrap());
+        });
+    }
+}

@@ -665,6 +665,29 @@ mod tests {
         );
     }
 
+    /// Issue 13: a member that is up to date costs its entry alone, no queue, no buffer.
+    #[test]
+    fn a_member_that_is_up_to_date_holds_no_queue() {
+        let room = room_of(&[1, 2]);
+        room.append(Some(1), b"<one> hi\r\n");
+        room.reply(1, Bytes::from_static(b"* reply\r\n"));
+        room.append(None, b"<far> x\r\n");
+        assert!(room.state().members[&1].queues.is_some());
+        assert_eq!(
+            drain(&room, 1),
+            ("* reply\r\n<far> x\r\n".to_string(), None)
+        );
+        assert_eq!(
+            drain(&room, 2),
+            ("<one> hi\r\n<far> x\r\n".to_string(), None)
+        );
+        let st = room.state();
+        assert!(st.members.values().all(|m| m.queues.is_none()));
+        // Where its writer is, its waker, its flags: 64 bytes on rustc 1.95 (128 with two
+        // queues inline, plus a `Notify` and a cancellation token of its own).
+        assert!(std::mem::size_of::<Member>() <= 64);
+    }
+
     #[test]
     fn a_member_that_stopped_reading_gets_its_last_word_last() {
         let room = Room::new(crate::config::DEFAULT_MAX_LINE);
