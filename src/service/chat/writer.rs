@@ -7,7 +7,14 @@
 //! registration of the socket keeps it, and the room too, for a kick. So an idle member's
 //! writer holds its socket half, an empty buffer and a few words (issue 13), not a `Notify`
 //! and a cancellation token with their waiters.
+//!
+//! A batch is gathered into the worker's one batch buffer ([`BATCH`]) and written at once;
+//! only what the socket does not take (a slow reader's) is copied into a buffer of the
+//! writer's own, until it is written. So a writer that wakes allocates nothing, and a burst
+//! that wakes thousands of members does not leave thousands of batch buffers' worth of freed
+//! heap behind in the worker (issue 13).
 
+use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -15,16 +22,18 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 
-use super::room::{Closed, Due, KickReason, Room, Seat};
+use super::room::{BATCH_BYTES, Closed, Due, KickReason, Room, Seat};
 use crate::net::Stream;
+
+thread_local! {
+    /// The batch being written, shared by every writer of this thread (a worker has one): it
+    /// is filled from the room and written in the same poll, so no two writers use it at once.
+    static BATCH: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(2 * BATCH_BYTES));
+}
 
 /// How long the final notice to a dropped member may take to write: it is sent only if its
 /// socket has room ("if it can be written").
 const NOTICE_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// What a writer that wakes takes for its batch; it grows from there up to
-/// [`super::room::BATCH_BYTES`] when more is due.
-const FIRST_BATCH: usize = 4096;
 
 /// How a writer's loop ended.
 enum End {
@@ -43,10 +52,8 @@ enum End {
 pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
     let room: &Room = seat.room();
     let id = seat.id();
-    // Given back whenever the member is up to date (below), so a member waiting for the room
-    // costs no buffer (issue 13); taken again at [`FIRST_BATCH`] when it wakes, one allocation
-    // rather than a doubling per line gathered. Under load the writer rarely finds nothing
-    // due, and an allocation is cheap beside the write it goes with.
+    // What the socket did not take of the last batch; empty (no allocation) most of the time,
+    // and always when the member is up to date (issue 13).
     let mut buf = BytesMut::new();
     // How much of `buf` is written.
     let mut sent = 0;
@@ -70,21 +77,41 @@ pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
                     Poll::Ready(_) => return Poll::Ready(End::Stop),
                 }
             }
-            buf.clear();
-            sent = 0;
-            if buf.capacity() == 0 {
-                buf.reserve(FIRST_BATCH);
+            if buf.capacity() > 0 {
+                buf = BytesMut::new();
             }
-            match room.gather(id, &mut buf, cx.waker()) {
-                Due::Bytes => {}
-                Due::Nothing => {
-                    buf = BytesMut::new();
-                    return Poll::Pending;
+            sent = 0;
+            let due = BATCH.with_borrow_mut(|batch| {
+                batch.clear();
+                let due = room.gather(id, batch, cx.waker());
+                if due != Due::Bytes {
+                    return Some(due);
                 }
-                Due::Done(Closed::Leaving) => return Poll::Ready(End::Leaving),
+                let n = match Pin::new(&mut wr).poll_write(cx, batch) {
+                    Poll::Pending => 0,
+                    Poll::Ready(Ok(n)) if n > 0 => n,
+                    Poll::Ready(_) => return None,
+                };
+                if n > 0 {
+                    at_line_start = batch[..n].ends_with(b"\n");
+                }
+                if n < batch.len() {
+                    // The socket is full: the rest waits in the writer's own buffer, and the
+                    // socket's registration wakes the task when it has room.
+                    buf = BytesMut::from(&batch[n..]);
+                }
+                Some(Due::Bytes)
+            });
+            match due {
+                Some(Due::Bytes) => {}
+                None => return Poll::Ready(End::Stop),
+                Some(Due::Nothing) => return Poll::Pending,
+                Some(Due::Done(Closed::Leaving)) => return Poll::Ready(End::Leaving),
                 // The next worker writes to the socket from here on.
-                Due::Done(Closed::HandedOff) | Due::Gone => return Poll::Ready(End::Stop),
-                Due::Kicked(reason) => return Poll::Ready(End::Kicked(reason)),
+                Some(Due::Done(Closed::HandedOff) | Due::Gone) => {
+                    return Poll::Ready(End::Stop);
+                }
+                Some(Due::Kicked(reason)) => return Poll::Ready(End::Kicked(reason)),
             }
         }
     })
