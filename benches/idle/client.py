@@ -140,7 +140,10 @@ def main():
             last_data = time.monotonic()
             if buf is None:
                 continue  # chat: a notice for an idle member
-            buf += data[-4096:] if mode == "chat" else data
+            # chat: only the marker is looked for, so only its length of what came before is
+            # kept; cutting the new data instead could cut the marker off (the notices of
+            # later members often follow it in the same read).
+            buf = buf[-len(marker):] + data if mode == "chat" else buf + data
             c[2] = buf
             if finished(buf, i):
                 idle(fd)

@@ -39,6 +39,7 @@
 
 pub mod client;
 pub mod hub;
+pub(crate) mod names;
 pub mod proto;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::names::Names;
 use crate::bus::proto::{Down, Reservation, Up};
 
 /// One worker connection, as the hub holds it.
@@ -31,18 +32,14 @@ pub(super) struct Conn {
     pub(super) limit: usize,
 }
 
-/// A granted reservation.
-struct Held {
-    conn: u64,
-    reservation: Reservation,
-}
-
 /// The hub's whole state.
 pub(super) struct Hub {
     pub(super) next_conn: u64,
     pub(super) conns: HashMap<u64, Conn>,
-    /// By key (already lowercased by the service when it wants case-insensitivity).
-    names: HashMap<String, Held>,
+    /// Every granted name, by key, marked with the connection of the worker holding it: the
+    /// one table of the hub that grows with the members (it is what keeps names unique across
+    /// workers), so its entries are compact ([`Names`]: about 100 bytes a chat member).
+    names: Names<u64>,
     /// Swappable values, with a sequence number that only grows.
     values: HashMap<String, (u64, Bytes)>,
     /// In the recovery window after a restart: reserves are parked.
@@ -78,7 +75,7 @@ impl Hub {
         let mut hub = Hub {
             next_conn: 0,
             conns: HashMap::new(),
-            names: HashMap::new(),
+            names: Names::default(),
             values: HashMap::new(),
             recovering: awaited.is_some(),
             parked: Vec::new(),
@@ -169,7 +166,12 @@ impl Hub {
                     }
                 }
                 self.hellos += 1;
-                tracing::debug!(worker, names = count, "worker joined the bus");
+                tracing::debug!(
+                    worker,
+                    names = count,
+                    held = self.names.len(),
+                    "worker joined the bus"
+                );
                 // Only the listed workers count: a hello from one forked after this hub (a
                 // reload's new generation) says nothing about the names held elsewhere.
                 self.awaited.remove(&worker);
@@ -184,13 +186,7 @@ impl Hub {
                 }
             }
             Up::Release { key, holder } => {
-                if self
-                    .names
-                    .get(&key)
-                    .is_some_and(|h| h.conn == conn && h.reservation.holder == holder)
-                {
-                    self.names.remove(&key);
-                }
+                self.names.remove_held(&key, holder, Some(conn));
             }
             Up::Publish { topic, payload } => {
                 let counts = self.published.entry(conn).or_default();
@@ -205,12 +201,7 @@ impl Hub {
                 self.broadcast(Some(conn), &frame);
             }
             Up::List { req, prefix } => {
-                let values = self
-                    .names
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(&prefix))
-                    .map(|(_, h)| h.reservation.value.clone())
-                    .collect();
+                let values = self.names.values(&prefix);
                 self.send(conn, Down::Listing { req, values }.encode());
             }
             Up::Sync { req } => self.send(conn, Down::Synced { req }.encode()),
@@ -256,8 +247,8 @@ impl Hub {
         let Some(old) = self
             .names
             .get(&reservation.key)
-            .filter(|h| h.reservation.holder == from_holder)
-            .map(|h| h.conn)
+            .filter(|&(holder, _)| holder == from_holder)
+            .map(|(_, conn)| conn)
             .filter(|c| self.conns.get(c).is_some_and(|c| c.worker == from_worker))
         else {
             return false;
@@ -268,8 +259,8 @@ impl Hub {
             .and_then(|m| m.get(&topic))
             .copied()
             .unwrap_or(0);
-        let key = reservation.key.clone();
-        self.names.insert(key.clone(), Held { conn, reservation });
+        self.names.insert(&reservation, conn);
+        let key = reservation.key;
         let cut = Down::Cut {
             key,
             holder: from_holder,
@@ -283,15 +274,9 @@ impl Hub {
     /// Grants `r` to `conn` if the key is free or already its holder's.
     fn take(&mut self, conn: u64, r: Reservation) -> bool {
         match self.names.get(&r.key) {
-            Some(h) if h.conn != conn || h.reservation.holder != r.holder => false,
+            Some((holder, owner)) if owner != conn || holder != r.holder => false,
             _ => {
-                self.names.insert(
-                    r.key.clone(),
-                    Held {
-                        conn,
-                        reservation: r,
-                    },
-                );
+                self.names.insert(&r, conn);
                 true
             }
         }
@@ -328,16 +313,8 @@ impl Hub {
         self.conns.remove(&conn);
         self.published.remove(&conn);
         self.parked.retain(|(c, _, _)| *c != conn);
-        let gone: Vec<String> = self
-            .names
-            .iter()
-            .filter(|(_, h)| h.conn == conn)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in gone {
-            if let Some(h) = self.names.remove(&key)
-                && let Some((topic, payload)) = h.reservation.will
-            {
+        for r in self.names.take_owned(|owner| owner == conn) {
+            if let Some((topic, payload)) = r.will {
                 let frame = Down::Deliver { topic, payload }.encode();
                 self.broadcast(None, &frame);
             }
@@ -480,7 +457,7 @@ pub(super) mod tests {
         h.disconnect(a);
         assert!(frames(&mut rb).is_empty(), "no will for a name that moved");
         h.disconnect(b);
-        assert!(h.names.is_empty());
+        assert!(h.names.len() == 0);
     }
 
     #[test]
@@ -537,7 +514,7 @@ pub(super) mod tests {
                 holder: 9,
             },
         );
-        assert!(h.names.is_empty());
+        assert!(h.names.len() == 0);
     }
 
     #[test]

@@ -7,12 +7,12 @@ use bytes::{Bytes, BytesMut};
 
 use super::room::KickReason;
 use super::text::{check_name, clean};
-use super::{Chat, KEY_PREFIX, TOPIC};
+use super::{Chat, KEY_PREFIX, TOPIC, idle_deadline};
 use crate::bus::BusError;
 use crate::net::Stream;
+use crate::service::ConnContext;
 use crate::service::lines::{Line, LineReader, TIMING_MARK_REPLY};
 use crate::service::reclaim::IdleClass;
-use crate::service::{ConnContext, idle_deadline};
 
 /// What a member of a stopping worker is told when it cannot be carried on elsewhere.
 pub(super) const RECONNECT: &str = "* the server is restarting or stopping; please reconnect\r\n";
@@ -78,7 +78,10 @@ impl Chat {
                     return Ok(End::Closed);
                 }
             };
-            let bytes = match line {
+            // `{ line }`: moved out whole, so its storage is free again; a partly moved `line`
+            // would stay in every idle member's future (issue 13).
+            #[allow(clippy::blocks_in_conditions)]
+            let bytes = match { line } {
                 None => return Ok(End::Closed),
                 Some(Line::TooLong) => {
                     let msg = format!(
@@ -100,7 +103,7 @@ impl Chat {
             };
             match joined {
                 None => {
-                    if let Some(j) = Box::pin(self.choose_name(id, &bytes)).await {
+                    if let Some(j) = Box::pin(self.choose_name(id, bytes)).await {
                         tracing::debug!(peer = %ctx.peer, member = id, name = %j.name, "chat member joined");
                         let notice = Bytes::from(format!("* {} joined\r\n", j.name));
                         let welcome = format!(
@@ -126,7 +129,7 @@ impl Chat {
                 Some(j) => {
                     // Boxed: the bus requests a line may make are large futures, and inline they
                     // would make every idle member's future as large (issue 13).
-                    if !Box::pin(self.said(id, j, &bytes)).await {
+                    if !Box::pin(self.said(id, j, bytes)).await {
                         return Ok(End::Closed);
                     }
                 }
@@ -135,8 +138,8 @@ impl Chat {
     }
 
     /// The first lines: a name, until one is valid and free.
-    async fn choose_name(&self, id: u64, line: &[u8]) -> Option<Joined> {
-        let name = match std::str::from_utf8(line) {
+    async fn choose_name(&self, id: u64, line: Bytes) -> Option<Joined> {
+        let name = match std::str::from_utf8(&line) {
             Ok(s) => s.trim(),
             Err(_) => {
                 self.reply(id, "* a name must be valid UTF-8; try again\r\n");
@@ -197,9 +200,9 @@ impl Chat {
     }
 
     /// A line from a member: a command or a message. False when the member quits.
-    async fn said(&self, id: u64, j: &Joined, line: &[u8]) -> bool {
+    async fn said(&self, id: u64, j: &Joined, line: Bytes) -> bool {
         if line.first() == Some(&b'/') {
-            let command = String::from_utf8_lossy(line);
+            let command = String::from_utf8_lossy(&line);
             match command.trim().to_ascii_lowercase().as_str() {
                 "/quit" => {
                     self.last_word(id, "* bye\r\n");
@@ -222,7 +225,7 @@ impl Chat {
                     self.reply(id, reply);
                 }
                 _ => {
-                    let shown = clean(line);
+                    let shown = clean(&line);
                     self.reply(
                         id,
                         format!("* unknown command {shown}: try /who or /quit\r\n"),
@@ -231,7 +234,7 @@ impl Chat {
             }
             return true;
         }
-        let text = clean(line);
+        let text = clean(&line);
         if text.is_empty() {
             return true;
         }
