@@ -393,16 +393,6 @@ impl Serve for Services {
     }
 }
 
-/// Ends after `limit`, or never. For a service that selects over its read, its stop and its
-/// idle deadline: unlike [`idle`], it keeps no copy of the read future beside the timer (the
-/// select is what every idle connection holds).
-pub(crate) async fn idle_deadline(limit: Option<Duration>) {
-    match limit {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs `fut` with the idle deadline, if any.
 ///
 /// # Errors

@@ -87,8 +87,8 @@ const KEY_PREFIX: &str = "chat:";
 /// After a member leaves, how long its writer may take to flush what is queued for it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Ends after `limit`, or never: [`crate::service::idle_deadline`] with its timer boxed, so a
-/// member waiting for its next line holds a pointer rather than a 120-byte timer (issue 13;
+/// Ends after `limit`, or never, with its timer boxed, so a member waiting for its next line
+/// (selecting over its read, its stop and this) holds a pointer rather than a 120-byte timer (issue 13;
 /// chat has no idle timeout by default, and then nothing is allocated).
 fn idle_deadline(limit: Option<Duration>) -> impl Future<Output = ()> + Send {
     let sleep = limit.map(|d| Box::pin(tokio::time::sleep(d)));
