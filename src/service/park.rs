@@ -6,7 +6,7 @@
 //! its service's future, tokio's registration of its socket (a `ScheduledIo`, 128-byte
 //! aligned), its entry in the worker's reclaim table and the allocator's overhead: 1.4 to
 //! 1.8 KB for echo, quote or a kept-alive static connection. A parked one costs a 24-byte
-//! [`Record`] in this module's table and the kernel's `epitem` (not user-space memory).
+//! `Record` in this module's table and the kernel's `epitem` (not user-space memory).
 //!
 //! **How.** A service waiting for its client's next bytes with nothing buffered asks
 //! [`Spot::park_at`] when it may park (never before [`PARK_AFTER`] of silence, so a busy

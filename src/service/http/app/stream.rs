@@ -12,8 +12,8 @@
 //! So every stream's task is wrapped ([`StreamExecutor`]): the wrapper keeps a [`SendWatch`]
 //! in a task-local while it polls the stream, the request path (whose future runs inside that
 //! task) hands it to the [`super::ResponseBody`] with the connection's limit, and the body
-//! marks when hyper takes a frame ([`SendWatch::gave`]) and when it asks for the next
-//! ([`SendWatch::asked`]). A frame held with no ask for the limit means the client gave no
+//! marks when hyper takes a frame (`SendWatch::gave`) and when it asks for the next
+//! (`SendWatch::asked`). A frame held with no ask for the limit means the client gave no
 //! window: the wrapper drops the stream's task, h2 resets the stream (`RST_STREAM` with
 //! `CANCEL`), the response body's guard logs the request as it stands. A body that is itself
 //! pending (server-sent events between events) is the app's time, never cut here.
