@@ -16,6 +16,8 @@
 # must not grow with the connections). Servers:
 #
 #   echo quote chat static      oxicorn, -w $WORKERS (release build, made here)
+#   app app-h2                  examples/axum_app under oxicorn (hyper), -w $WORKERS: one GET /
+#                               kept alive over HTTP/1.1, or over HTTP/2 (h2c, prior knowledge)
 #   twisted-echo gevent-echo    benches/idle/{twisted,gevent}_echo.py (pip: twisted, gevent)
 #   twisted-chat                benches/chat/twisted_chat.py
 #   nginx                       nginx, $WORKERS worker processes, keepalive_timeout 600s
@@ -51,6 +53,10 @@ PER_CLIENT=$((FDS - 1100))
 if [ -z "${OXI:-}" ]; then
     cargo build -q --release --bin oxicorn
     OXI=$PWD/target/release/oxicorn
+fi
+if [ -z "${APP:-}" ] && [[ " $SERVERS $BIG_SERVERS " == *" app"* ]]; then
+    cargo build -q --release --example axum_app
+    APP=$PWD/target/release/examples/axum_app
 fi
 WORK=$(mktemp -d)
 mkdir -p "$WORK/www"
@@ -113,6 +119,7 @@ start() { # server, port
     quote) "$OXI" quote "${oxi[@]}" --idle-timeout 0 & ;;
     chat) "$OXI" chat "${oxi[@]}" --idle-timeout 0 & ;;
     static) "$OXI" static "$WORK/www" "${oxi[@]}" --keep-alive 3600 --idle-timeout 0 & ;;
+    app | app-h2) APP_STATIC_DIR=$WORK/www "$APP" "${oxi[@]}" --keep-alive 3600 --idle-timeout 0 & ;;
     twisted-echo) "$PY" benches/idle/twisted_echo.py "$port" & ;;
     gevent-echo) "$PY" benches/idle/gevent_echo.py "$port" & ;;
     twisted-chat) "$PY" benches/chat/twisted_chat.py "$port" & ;;
@@ -142,7 +149,8 @@ mode_of() {
     echo | twisted-echo | gevent-echo) echo echo ;;
     quote) echo quote ;;
     chat | twisted-chat) echo chat ;;
-    static | nginx) echo http ;;
+    static | nginx | app) echo http ;;
+    app-h2) echo h2 ;;
     esac
 }
 
@@ -152,10 +160,11 @@ run() { # server, connections
     wait_port "$port"
     sleep "$SETTLE"
     local hub="" before arb0 hub0=0
-    case $s in echo | quote | chat | static) hub=$(hub_pid "$SERVER") ;; esac
+    case $s in echo | quote | chat | static | app | app-h2) hub=$(hub_pid "$SERVER") ;; esac
     before=$(tree_pss "$SERVER"); arb0=$(pss "$SERVER")
     [ -n "$hub" ] && hub0=$(pss "$hub")
-    local marker="you joined as"
+    local marker="you joined as" path=/hello.txt
+    case $s in app | app-h2) path=/static/hello.txt ;; esac
     [ "$s" = twisted-chat ] && marker="Welcome, "
     # One client process per $PER_CLIENT connections: each may hold only RLIMIT_NOFILE fds.
     rm -f "$WORK"/ready.*
@@ -163,7 +172,7 @@ run() { # server, connections
     local first=0 k=0
     while [ "$first" -lt "$n" ]; do
         local m=$((n - first < PER_CLIENT ? n - first : PER_CLIENT))
-        FIRST=$first CHAT_MARKER=$marker HTTP_PATH=/hello.txt "$PY" benches/idle/client.py \
+        FIRST=$first CHAT_MARKER=$marker HTTP_PATH=$path "$PY" benches/idle/client.py \
             "$(mode_of "$s")" 127.0.0.1 "$port" "$m" "$WORK/ready.$k" &
         CLIENTS+=($!)
         first=$((first + m)); k=$((k + 1))
@@ -187,7 +196,7 @@ run() { # server, connections
     local per=0
     [ "$opened" -gt 0 ] && per=$(((after - before) * 1024 / opened))
     local extra=""
-    case $s in echo | quote | chat | static)
+    case $s in echo | quote | chat | static | app | app-h2)
         extra="arbiter ${arb0}→${arb1} KiB, hub $([ -n "$hub" ] && echo "${hub0}→${hub1} KiB" || echo none)" ;;
     esac
     printf '| %s | %d | %d | %s | %s | %.1f MB | %s s | %s |\n' \

@@ -9,6 +9,8 @@ MODE is what each connection does before it goes idle:
   chat   sends a name, waits for MARKER (env CHAT_MARKER, default "you joined as"), then
          reads and discards whatever the room sends (join notices of later members)
   http   sends one keep-alive GET for PATH (env HTTP_PATH, default "/"), reads the response
+  h2     HTTP/2 with prior knowledge (h2c): the preface, SETTINGS (and an ACK of the
+         server's), one GET for PATH on stream 1, read until that stream ends
   none   connects only
 
 Source addresses rotate over 127.0.0.2, 127.0.0.3, … (20,000 connections each), so the client
@@ -30,6 +32,37 @@ import time
 
 IP_BIND_ADDRESS_NO_PORT = 24
 PER_SOURCE = 20_000
+
+
+def h2_frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def h2_request(path):
+    """The client preface, an empty SETTINGS, an ACK of the server's, and a GET on stream 1.
+
+    The header block uses HPACK's static table (RFC 7541 appendix A): 0x82 :method GET,
+    0x86 :scheme http, 0x44 :path as a literal, 0x41 :authority as a literal; no Huffman."""
+    block = b"\x82\x86" + b"\x44" + bytes([len(path)]) + path.encode() + b"\x41\x05bench"
+    return (
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + h2_frame(0x4, 0, 0, b"")
+        + h2_frame(0x4, 0x1, 0, b"")
+        + h2_frame(0x1, 0x4 | 0x1, 1, block)
+    )
+
+
+def h2_stream_ended(buf, stream):
+    """Whether buf holds a HEADERS or DATA frame with END_STREAM on `stream`."""
+    at = 0
+    while at + 9 <= len(buf):
+        length = int.from_bytes(buf[at:at + 3], "big")
+        kind, flags = buf[at + 3], buf[at + 4]
+        sid = int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFFFFFF
+        if sid == stream and kind in (0x0, 0x1) and flags & 0x1:
+            return True
+        at += 9 + length
+    return False
 
 
 def main():
@@ -57,6 +90,8 @@ def main():
             return b"u%d\r\n" % i
         if mode == "http":
             return ("GET %s HTTP/1.1\r\nHost: bench\r\n\r\n" % path).encode()
+        if mode == "h2":
+            return h2_request(path)
         return b""
 
     def finished(buf, i):
@@ -76,6 +111,8 @@ def main():
                 if k.strip().lower() == b"content-length":
                     length = int(v)
             return len(body) >= length
+        if mode == "h2":
+            return h2_stream_ended(buf, 1)
         return True
 
     def open_one(i):
