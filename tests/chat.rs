@@ -839,3 +839,123 @@ fn a_full_worker_makes_room_by_closing_a_nameless_connection_never_a_member() {
     b.send(b"/quit\r\n");
     c.expect(WELCOME);
 }
+
+/// A chat server with `workers` workers, each with room for many connections (so that its
+/// idle members may park: a worker at its cap parks nothing).
+fn start_roomy(workers: usize) -> (Oxicorn, SocketAddr) {
+    let w = workers.to_string();
+    let s = Oxicorn::start(&[
+        "chat",
+        "-w",
+        &w,
+        "--worker-connections",
+        "100",
+        "-b",
+        "127.0.0.1:0",
+        "--log-level",
+        "debug",
+        "--graceful-timeout",
+        "30",
+    ]);
+    s.wait_ready(1, workers);
+    hub_pid(&s);
+    let addr = s.tcp_addr();
+    (s, addr)
+}
+
+/// How many members the workers' debug log says parked since `mark`.
+fn parked_since(s: &Oxicorn, mark: usize) -> usize {
+    s.lines()
+        .iter()
+        .skip(mark)
+        .filter(|l| l.contains("chat member parked"))
+        .count()
+}
+
+/// Issue 13: a joined member idle for a while parks (its task ends; its socket and its room
+/// entry wait). Room output resumes it (through the room's wake-up), and so does its own
+/// input, its `/who`, and its peer closing the socket (the others see it leave); nothing is
+/// lost or repeated.
+#[test]
+fn a_parked_member_resumes_for_room_output_and_for_its_own_input() {
+    let (s, addr) = start_roomy(1);
+    let mark = s.mark();
+    let (mut a, _) = join(&s, addr, "a");
+    let (mut b, _) = join(&s, addr, "b");
+    a.expect("* b joined");
+    let (mut c, _) = join(&s, addr, "c");
+    a.expect("* c joined");
+    b.expect("* c joined");
+    // Idle well past the moment they park (`service::park::PARK_AFTER`, 1 s).
+    assert!(
+        eventually(SOON, || parked_since(&s, mark) >= 3),
+        "log:\n{}",
+        s.lines().join("\n")
+    );
+
+    // b's own input resumes b; its line resumes a and c through the room.
+    b.send(b"hi from b\r\n");
+    a.expect("<b> hi from b");
+    c.expect("<b> hi from b");
+    b.expect_quiet(Duration::from_millis(200));
+    a.send(b"/who\r\n");
+    a.expect("* members (3): a, b, c");
+
+    // Parked again, several times over: every line, once, in order.
+    let mark = s.mark();
+    assert!(eventually(SOON, || parked_since(&s, mark) >= 3));
+    for i in 0..5 {
+        a.send(format!("line {i}\r\n").as_bytes());
+    }
+    for i in 0..5 {
+        b.expect(&format!("<a> line {i}"));
+        c.expect(&format!("<a> line {i}"));
+    }
+    a.expect_quiet(Duration::from_millis(200));
+
+    // A parked member whose client goes away leaves, and the others are told.
+    let mark = s.mark();
+    assert!(eventually(SOON, || parked_since(&s, mark) >= 3));
+    drop(c);
+    a.expect("* c left");
+    b.expect("* c left");
+    // Its name is free again.
+    let (_c2, _) = join(&s, addr, "C");
+    a.expect("* C joined");
+    b.expect("* C joined");
+    // And /quit from a parked member.
+    let mark = s.mark();
+    assert!(eventually(SOON, || parked_since(&s, mark) >= 2));
+    b.send(b"/quit\n");
+    b.expect("* bye");
+    b.read_to_close();
+    a.expect("* b left");
+}
+
+/// A graceful stop reaches parked members too: each is told, as a member in its task is, and
+/// nothing holds the worker until the graceful timeout.
+#[test]
+fn a_graceful_stop_tells_parked_members() {
+    let (mut s, addr) = start_roomy(1);
+    let mark = s.mark();
+    let (mut a, _) = join(&s, addr, "a");
+    let (mut b, _) = join(&s, addr, "b");
+    a.expect("* b joined");
+    assert!(eventually(SOON, || parked_since(&s, mark) >= 2));
+    let asked = std::time::Instant::now();
+    s.signal(Signal::SIGTERM);
+    for m in [&mut a, &mut b] {
+        let rest = String::from_utf8_lossy(&m.read_to_close()).into_owned();
+        assert!(
+            rest.ends_with("* the server is restarting or stopping; please reconnect\r\n"),
+            "{rest:?}"
+        );
+    }
+    let status = s.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}

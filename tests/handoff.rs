@@ -446,3 +446,83 @@ fn parked_echo_connections_are_handed_over_across_a_hup() {
 fn parked_quote_connections_are_handed_over_across_a_hup() {
     parked_connections_are_handed_over_across_a_hup("quote");
 }
+
+/// Chat members idle for a while are parked too (issue 13): a HUP hands them to the new
+/// generation with their names and their places in the room, as members in their tasks are:
+/// no notice, no join or leave, no lost or repeated line, the same connection.
+#[test]
+fn parked_chat_members_are_handed_over_across_a_hup() {
+    let s = Oxicorn::start(&[
+        "chat",
+        "-w",
+        "2",
+        "-b",
+        "127.0.0.1:0",
+        "--worker-connections",
+        "100",
+        "--graceful-timeout",
+        "30",
+        "--log-level",
+        "debug",
+    ]);
+    s.wait_ready(1, 2);
+    let addr = s.tcp_addr();
+    let mark = s.mark();
+    let (mut alice, _) = connect(&s, addr);
+    name(&mut alice, "alice");
+    let (mut bob, _) = connect(&s, addr);
+    name(&mut bob, "bob");
+    alice.expect("* bob joined");
+    let ports = (alice.local_port(), bob.local_port());
+    // Idle well past the moment they park (`service::park::PARK_AFTER`, 1 s).
+    let parked = |since: usize| {
+        s.lines()
+            .iter()
+            .skip(since)
+            .filter(|l| l.contains("chat member parked"))
+            .count()
+    };
+    assert!(
+        eventually(SOON, || parked(mark) >= 2),
+        "log:\n{}",
+        s.lines().join("\n")
+    );
+
+    let mark = s.mark();
+    s.signal(Signal::SIGHUP);
+    s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+    let deadline = Instant::now() + SOON;
+    let handed = loop {
+        let handed: usize = s
+            .lines()
+            .iter()
+            .skip(mark)
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("handed ")?;
+                rest.split_once(" connection(s) to a newer worker")?
+                    .0
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        if handed >= 2 || Instant::now() >= deadline {
+            break handed;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(handed, 2, "log:\n{}", s.lines().join("\n"));
+    taker_of(&s, &alice);
+    taker_of(&s, &bob);
+    assert_eq!((alice.local_port(), bob.local_port()), ports);
+    still_talking(&mut alice, "alice", &mut bob, "bob", "after the hup");
+    // Parked again in the new generation, and handed over again by a second HUP.
+    let mark = s.mark();
+    assert!(eventually(SOON, || parked(mark) >= 2));
+    s.signal(Signal::SIGHUP);
+    s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+    still_talking(&mut alice, "alice", &mut bob, "bob", "after the second hup");
+    // The names stayed reserved throughout.
+    let (mut eve, _) = connect(&s, addr);
+    eve.send(b"Alice\r\n");
+    eve.expect("* the name Alice is taken; try another");
+}

@@ -139,6 +139,11 @@ pub struct Telnet {
 }
 
 impl Telnet {
+    /// Between commands, with nothing held or to answer: only its mode is state.
+    fn at_rest(&self) -> bool {
+        self.state == State::Data && self.held.is_empty() && self.answers.is_empty()
+    }
+
     /// Filters `data` (just read) into `out`.
     fn filter(&mut self, data: &[u8], out: &mut BytesMut) {
         if self.mode == Mode::Undecided {
@@ -412,6 +417,18 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// ([`super::park`]).
     pub fn between_lines(&self) -> bool {
         self.buf.is_empty() && !self.codec.discarding && !self.eof && self.telnet.is_none()
+    }
+
+    /// Whether this reader holds nothing but its telnet parser's mode (raw, telnet or not yet
+    /// known): no partial line, not inside a too-long one, not at the end, no telnet command
+    /// half read and no answer pending. A reader in this state may be dropped and made again
+    /// with [`LineReader::resume`] from its [`LineReader::state`] (which then allocates
+    /// nothing) without losing a byte: how a chat member parks ([`super::park`]).
+    pub fn at_rest(&self) -> bool {
+        self.buf.is_empty()
+            && !self.codec.discarding
+            && !self.eof
+            && self.telnet.as_ref().is_none_or(Telnet::at_rest)
     }
 
     /// The stream, without what this reader holds (see [`LineReader::between_lines`]).

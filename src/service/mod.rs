@@ -161,7 +161,22 @@ impl Service {
 
     /// Carries on a connection handed over by another worker (see [`Serve::adopt`]). Errors
     /// end this connection only, as in [`Service::serve`].
-    pub async fn adopt(
+    ///
+    /// Boxed, as [`Service::serve`] is: inline, the largest service's take-over (about 3 KB)
+    /// would be in the task of every connection handed over, for its whole life (issue 13).
+    pub fn adopt<'a>(
+        &'a self,
+        stream: Stream,
+        parcel: handoff::Parcel,
+        receipt: handoff::Receipt,
+        ctx: ConnContext,
+        spot: park::Spot<'a>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.adopt_inline(stream, parcel, receipt, ctx, spot))
+    }
+
+    /// [`Service::adopt`], unboxed.
+    async fn adopt_inline(
         &self,
         stream: Stream,
         parcel: handoff::Parcel,
@@ -180,7 +195,8 @@ impl Service {
                 Err(e) => Err(e),
             },
             (Service::Chat(chat), Parcel::Chat { reader, member }) => {
-                chat.adopt(stream, reader, member, receipt, &ctx).await
+                chat.adopt(stream, reader, member, receipt, &ctx, spot)
+                    .await
             }
             _ => {
                 receipt.refuse("the service here is of another kind").await;
@@ -227,7 +243,7 @@ impl Service {
                 )
             }),
             Service::Chat(chat) => {
-                Box::pin(async move { ended(chat.serve(stream, &ctx).await, &ctx) })
+                Box::pin(async move { ended(chat.serve(stream, &ctx, spot).await, &ctx) })
             }
             Service::Quote(quote) => {
                 Box::pin(
@@ -248,7 +264,13 @@ impl Service {
         ctx: ConnContext,
         spot: park::Spot<'a>,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        self.serve_at(stream, ctx, spot, resumed.deadline)
+        match self {
+            // A member: its seat, name and place are found again by its id (the tag).
+            Service::Chat(chat) => {
+                Box::pin(async move { ended(chat.resume(stream, resumed, &ctx, spot).await, &ctx) })
+            }
+            _ => self.serve_at(stream, ctx, spot, resumed.deadline),
+        }
     }
 }
 
@@ -318,7 +340,7 @@ impl Services {
         })
     }
 
-    /// Lets idle connections of echo, quote and static park in `parking` (the worker runs its
+    /// Lets idle connections of echo, quote, static and chat park in `parking` (the worker runs its
     /// [`park::Driver`]).
     pub fn with_parking(mut self, parking: park::Parking) -> Services {
         self.parking = parking;

@@ -5,7 +5,7 @@
 //! A connection served by a task costs its task (tokio's task cell, rounded up to 128 bytes),
 //! its service's future, tokio's registration of its socket (a `ScheduledIo`, 128-byte
 //! aligned), its entry in the worker's reclaim table and the allocator's overhead: 1.4 to
-//! 1.8 KB for echo, quote or a kept-alive static connection. A parked one costs a 24-byte
+//! 1.8 KB for echo, quote or a kept-alive static connection. A parked one costs a 32-byte
 //! `Record` in this module's table and the kernel's `epitem` (not user-space memory).
 //!
 //! **How.** A service waiting for its client's next bytes with nothing buffered asks
@@ -19,7 +19,7 @@
 //! taken out, the socket removed from the inner epoll and registered with tokio again, and the
 //! service's [`Serve::resume`] runs in a new connection task: it reads as if it had never
 //! stopped waiting (an EOF ends it as it would have). [`Parking::wake`] resumes a record for a
-//! reason other than its socket (a chat member's room output, later).
+//! reason other than its socket (a chat member's room output, through [`Spot::waker`]).
 //!
 //! **What is kept, and what a parked connection still is.** A parked connection holds one of
 //! the worker's `--worker-connections` permits and counts in its scoreboard's live connections
@@ -44,6 +44,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Wake, Waker};
 use std::time::Duration;
 
 use nix::libc;
@@ -142,10 +143,51 @@ impl<'a> Spot<'a> {
         deadline: Option<Instant>,
         evictable: bool,
     ) -> Result<Key, Stream> {
+        self.park_tagged(stream, deadline, evictable, 0)
+    }
+
+    /// [`Spot::park`], with `tag` kept in the record and given back in [`Resumed::tag`]: how a
+    /// service whose connection has state outside its socket finds it again (chat: the
+    /// member's id in its room).
+    ///
+    /// # Errors
+    /// As [`Spot::park`].
+    pub fn park_tagged(
+        &self,
+        stream: Stream,
+        deadline: Option<Instant>,
+        evictable: bool,
+        tag: u64,
+    ) -> Result<Key, Stream> {
         match self.parking {
-            Some(p) => p.park(stream, self.service, deadline, evictable),
+            Some(p) => p.park(stream, self.service, deadline, evictable, tag),
             None => Err(stream),
         }
+    }
+
+    /// A waker that resumes the parked connection `key` ([`Parking::wake`]) when woken: for
+    /// state that wakes a connection's task through a stored [`Waker`] (chat's room), so that
+    /// it wakes the parked connection the same way. `None` where nothing parks.
+    pub fn waker(&self, key: Key) -> Option<Waker> {
+        let shared = self.parking?.shared.clone()?;
+        Some(Waker::from(Arc::new(ParkedWaker { shared, key })))
+    }
+}
+
+/// What [`Spot::waker`] wakes: one parked connection.
+struct ParkedWaker {
+    shared: Arc<Shared>,
+    key: Key,
+}
+
+impl Wake for ParkedWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.shared.lock().woken.push(self.key);
+        self.shared.notify.notify_one();
     }
 }
 
@@ -198,11 +240,15 @@ pub struct Resumed {
     pub deadline: Option<Instant>,
     /// Why it resumed.
     pub why: Why,
+    /// What it parked with ([`Spot::park_tagged`]; 0 from [`Spot::park`]).
+    pub tag: u64,
 }
 
-/// One parked connection: 24 bytes.
+/// One parked connection: 32 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Record {
+    /// The service's own mark ([`Spot::park_tagged`]).
+    tag: u64,
     /// The socket (owned by the record); -1 for a free entry.
     fd: RawFd,
     /// Bumped each time the entry is reused, so a stale [`Key`] finds nothing.
@@ -217,6 +263,7 @@ struct Record {
 
 impl Record {
     const FREE: Record = Record {
+        tag: 0,
         fd: -1,
         generation: 0,
         deadline_ms: 0,
@@ -418,6 +465,7 @@ impl Parking {
         service: u16,
         deadline: Option<Instant>,
         evictable: bool,
+        tag: u64,
     ) -> Result<Key, Stream> {
         let Some(s) = &self.shared else {
             return Err(stream);
@@ -476,6 +524,7 @@ impl Parking {
         permit.forget();
         s.slot.active_conns.fetch_add(1, Ordering::Relaxed);
         t.records[index as usize] = Record {
+            tag,
             fd: fd.into_raw_fd(),
             generation,
             deadline_ms: deadline.map_or(0, |d| s.ms(d)),
@@ -714,6 +763,7 @@ impl<S: Serve> Driver<S> {
             service: usize::from(r.service),
             deadline: shared.instant(r.deadline_ms),
             why,
+            tag: r.tag,
         };
         let service = Arc::clone(&self.service);
         self.conns.spawn(async move {
@@ -1024,6 +1074,7 @@ mod tests {
 
     #[test]
     fn a_record_is_small() {
-        assert_eq!(std::mem::size_of::<Record>(), 24);
+        // 24 before the tag chat needs to find its member again.
+        assert_eq!(std::mem::size_of::<Record>(), 32);
     }
 }

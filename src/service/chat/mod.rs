@@ -43,6 +43,23 @@
 //! old one is done. Every line reaches the member once, in each sender's order. If no worker
 //! takes the member, it is told to reconnect, as on a stop.
 //!
+//! # Parking
+//!
+//! A joined member silent for [`super::park::PARK_AFTER`], whose reader holds nothing (no
+//! partial line, no telnet command half read) and whose writer is at the log's head with
+//! nothing due, parks ([`super::park`]): its task ends, its socket waits in the worker's
+//! parking with a record tagged with its member id, its room entry stays (its place in the
+//! log), with a waker that resumes the record instead of a task's, and its name and its
+//! reader's telnet mode wait in [`Chat`]'s table of parked members. Room output for it (a
+//! line, a reply, a kick) wakes the record; its own bytes, or its client closing the
+//! socket, make it readable; a stop or a retirement resumes every record. Whichever comes
+//! first, [`Chat::resume`] carries the member on in a new task from where it was, and it
+//! does exactly what it would have done in its old task (writes what is due, reads its line,
+//! leaves with a notice, is told to reconnect, or is handed to a newer worker). A member with
+//! an idle timeout does not park: the timeout is its task's. Why: issue 13, an idle member
+//! costs its room entry, its record and its name rather than a task, a future and tokio's
+//! registration of its socket.
+//!
 //! # Layout
 //!
 //! - `log`: the bytes of the room's traffic in this worker, stored once.
@@ -58,10 +75,11 @@ mod session;
 pub mod text;
 mod writer;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -71,8 +89,10 @@ use self::session::{End, Joined, RECONNECT};
 use super::ConnContext;
 use super::handoff::{self, Flushed, Parcel, Receipt};
 use super::lines::{LineReader, ReaderState};
+use super::park::{Key, Resumed, Spot};
 use crate::bus::Bus;
 use crate::net::Stream;
+use crate::sync::lock;
 
 pub use room::MEMBER_BACKLOG;
 pub use text::{MAX_NAME, check_name, clean};
@@ -127,6 +147,25 @@ pub struct Chat {
     max_line: usize,
     /// Member ids, unique in this worker (the bus tells workers apart).
     next_id: AtomicU64,
+    /// What a parked member needs back when it resumes, by member id (see "Parking").
+    parked: Mutex<HashMap<u64, ParkedMember>>,
+}
+
+/// A parked member's name and its reader's telnet mode: what its task held beyond its seat
+/// and its socket ([`Chat::park`]).
+struct ParkedMember {
+    joined: Joined,
+    reader: ReaderState,
+}
+
+/// What came of [`Chat::park`].
+enum Parked<'a> {
+    /// The member is parked; its task ends.
+    Yes,
+    /// Not now (something is due, or the worker is full or stopping): it carries on.
+    No(Connection<'a>),
+    /// Its socket is gone: the member leaves.
+    Gone(Seat, Option<Joined>),
 }
 
 impl fmt::Debug for Chat {
@@ -154,6 +193,7 @@ impl Chat {
             room,
             max_line,
             next_id: AtomicU64::new(1),
+            parked: Mutex::default(),
         }
     }
 
@@ -170,6 +210,7 @@ impl Chat {
         &'a self,
         stream: Stream,
         ctx: &'a ConnContext,
+        spot: Spot<'a>,
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(peer = %ctx.peer, member = id, "chat connection");
@@ -182,16 +223,19 @@ impl Chat {
         // in the room, nor silence the member's own screen (see `Line::TimingMark`), and the
         // options PuTTY negotiates when it connects are answered, not taken for a name.
         let lines = LineReader::telnet(rd, self.max_line);
-        self.run(Connection {
-            id,
-            fd,
-            seat,
-            lines,
-            wr,
-            joined: None,
-            flushed: None,
-            ctx,
-        })
+        self.run(
+            Connection {
+                id,
+                fd,
+                seat,
+                lines,
+                wr,
+                joined: None,
+                flushed: None,
+                ctx,
+            },
+            spot,
+        )
     }
 
     /// Carries on a member another worker handed over (see the module's "Hand-over"): moves
@@ -212,6 +256,7 @@ impl Chat {
         member: Option<handoff::Member>,
         receipt: Receipt,
         ctx: &'a ConnContext,
+        spot: Spot<'a>,
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
         let taken = Box::pin(self.take_over(stream, reader, member, receipt, ctx));
         async move {
@@ -220,7 +265,100 @@ impl Chat {
             let Some(conn) = taken.await else {
                 return Ok(());
             };
-            self.run(conn).await
+            self.run(conn, spot).await
+        }
+    }
+
+    /// Carries on a member whose connection parked and resumed (see "Parking" in the module
+    /// header): its seat, its name and its reader's mode are where it left them; it reads and
+    /// writes from there. A record that names no parked member here closes.
+    ///
+    /// # Errors
+    /// As [`Chat::serve`].
+    pub fn resume<'a>(
+        &'a self,
+        stream: Stream,
+        resumed: Resumed,
+        ctx: &'a ConnContext,
+        spot: Spot<'a>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        let id = resumed.tag;
+        let parked = lock(&self.parked).remove(&id);
+        let conn = parked.and_then(|p| {
+            let seat = self.room.reseat(id)?;
+            let fd = handoff::stream_fd(&stream);
+            let (rd, wr) = tokio::io::split(stream);
+            Some(Connection {
+                id,
+                fd,
+                seat,
+                lines: LineReader::resume(rd, self.max_line, p.reader),
+                wr,
+                joined: Some(p.joined),
+                flushed: None,
+                ctx,
+            })
+        });
+        async move {
+            let Some(conn) = conn else {
+                tracing::debug!(member = id, "a parked chat member is not here: closed");
+                return Ok(());
+            };
+            self.run(conn, spot).await
+        }
+    }
+
+    /// Parks an idle member that is up to date (its reader at rest, its writer at the log's
+    /// head with nothing due): its task ends, its socket waits in the worker's parking, its
+    /// room entry stays with a waker that resumes it, and its name and reader's mode wait in
+    /// [`Chat::parked`]. Gives the connection back when it cannot park now.
+    fn park<'a>(&self, conn: Connection<'a>, spot: Spot<'_>) -> Parked<'a> {
+        if !(conn.flushed.is_none()
+            && conn.joined.is_some()
+            && conn.lines.at_rest()
+            && self.room.up_to_date(conn.id))
+        {
+            return Parked::No(conn);
+        }
+        let Connection {
+            id,
+            fd,
+            seat,
+            lines,
+            wr,
+            joined,
+            flushed,
+            ctx,
+        } = conn;
+        let reader = lines.state();
+        let stream = lines.into_inner().unsplit(wr);
+        match spot.park_tagged(stream, None, false, id) {
+            Ok(key) if key != Key::GONE => {
+                let Some(waker) = spot.waker(key) else {
+                    // Not reached: a spot that parks has a parking to wake.
+                    return Parked::Gone(seat, joined);
+                };
+                let joined = joined.expect("checked above");
+                lock(&self.parked).insert(id, ParkedMember { joined, reader });
+                seat.park();
+                self.room.park(id, waker);
+                tracing::debug!(member = id, "chat member parked");
+                Parked::Yes
+            }
+            Ok(_) => Parked::Gone(seat, joined),
+            Err(stream) => {
+                let (rd, wr) = tokio::io::split(stream);
+                Parked::No(Connection {
+                    id,
+                    fd,
+                    seat,
+                    lines: LineReader::resume(rd, self.max_line, reader),
+                    wr,
+                    joined,
+                    flushed,
+                    ctx,
+                })
+            }
         }
     }
 
@@ -301,80 +439,112 @@ impl Chat {
         })
     }
 
-    /// Runs a member's session and writer to the member's end, or to its hand-over.
+    /// Runs a member: its session and writer ([`Chat::live`]), parking it whenever it is idle
+    /// and up to date, until its end or its hand-over.
     ///
-    /// `conn`'s fields are used where they are, never moved into locals, and this is no
-    /// `async fn`: the future keeps what it captured for its whole life, so a copy (taking
-    /// `conn` apart, or the local an `async fn` makes of a `mut` argument) would be stored a
-    /// second time in every idle member's future (264 bytes; issue 13).
+    /// No `async fn`: the future keeps what it captured for its whole life, so the local an
+    /// `async fn` makes of a `mut` argument would store `conn` a second time in every idle
+    /// member's future (264 bytes; issue 13).
     #[allow(clippy::manual_async_fn)] // See above: an `async fn` would store `conn` twice.
     fn run<'a>(
         &'a self,
         mut conn: Connection<'a>,
+        spot: Spot<'a>,
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
         async move {
-            let (id, ctx) = (conn.id, conn.ctx);
-            let writer = async {
-                // A member taken over: the old worker writes what it owes first.
-                if let Some(f) = conn.flushed.take()
-                    && !Box::pin(f.wait(DRAIN_TIMEOUT)).await
-                {
-                    tracing::warn!(
-                        member = id,
-                        "hand-over: the old worker did not finish writing in time"
-                    );
+            loop {
+                if let Some(result) = self.live(&mut conn, spot).await {
+                    return result;
                 }
-                writer::write_loop(conn.wr, &conn.seat).await
-            };
-            tokio::pin!(writer);
-
-            let mut writer_done = false;
-            let result = {
-                let session = self.session(id, &mut conn.lines, ctx, &mut conn.joined);
-                tokio::select! {
-                    // The writer first, every time this task runs. Both share the task's budget
-                    // (tokio's cooperative scheduling): polled in random order, a session with
-                    // megabytes of input queued could take it several polls in a row while the
-                    // writer, which also lets the log drop the member's own lines, waited.
-                    biased;
-                    () = &mut writer => {
-                        writer_done = true;
-                        Ok(End::Closed)
+                let id = conn.id;
+                match self.park(conn, spot) {
+                    Parked::Yes => return Ok(()),
+                    Parked::No(c) => conn = c,
+                    Parked::Gone(seat, joined) => {
+                        // The socket could not leave the runtime: it is closed.
+                        if let Some(j) = joined {
+                            Box::pin(self.leave(id, j, self.room.kick_reason(id))).await;
+                        }
+                        self.room.close(id);
+                        drop(seat);
+                        return Ok(());
                     }
-                    r = session => r,
                 }
-            };
-            if let Ok(End::HandOver) = result {
-                // Boxed: the hand-over's state (the offer, the wait for the cut) lives on the heap
-                // only while it runs, not in every idle member's future (issue 13).
-                let carried_on = Box::pin(self.hand_over(
-                    id,
-                    conn.fd,
-                    &conn.lines,
-                    conn.joined.as_ref(),
-                    ctx,
-                    writer.as_mut(),
-                    &mut writer_done,
-                ))
-                .await;
-                if carried_on {
-                    // No leave notice and no release: the member and its name live on in the new
-                    // worker. The seat leaves this room as it drops.
-                    return Ok(());
-                }
-                self.last_word(id, RECONNECT);
             }
-            if let Some(j) = conn.joined.take() {
-                // Boxed, as the session's steps are (see `session`): not part of the idle future.
-                Box::pin(self.leave(id, j, self.room.kick_reason(id))).await;
-            }
-            self.room.close(id);
-            if !writer_done {
-                // Let the writer flush the member's last lines (`* bye`), but not forever.
-                let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
-            }
-            result.map(|_| ())
         }
+    }
+
+    /// Runs a member's session and writer to the member's end, or to its hand-over; `None`
+    /// when the member has been silent long enough to park (the session and the writer
+    /// stopped between two lines, leaving `conn` whole).
+    ///
+    /// `conn`'s fields are used where they are, never moved into locals: a copy (taking `conn`
+    /// apart) would be stored a second time in every idle member's future (issue 13).
+    async fn live(&self, conn: &mut Connection<'_>, spot: Spot<'_>) -> Option<io::Result<()>> {
+        let (id, ctx) = (conn.id, conn.ctx);
+        let writer = async {
+            // A member taken over: the old worker writes what it owes first.
+            if let Some(f) = conn.flushed.take()
+                && !Box::pin(f.wait(DRAIN_TIMEOUT)).await
+            {
+                tracing::warn!(
+                    member = id,
+                    "hand-over: the old worker did not finish writing in time"
+                );
+            }
+            writer::write_loop(&mut conn.wr, &conn.seat).await
+        };
+        tokio::pin!(writer);
+
+        let mut writer_done = false;
+        let result = {
+            let session = self.session(id, &mut conn.lines, ctx, &mut conn.joined, spot);
+            tokio::select! {
+                // The writer first, every time this task runs. Both share the task's budget
+                // (tokio's cooperative scheduling): polled in random order, a session with
+                // megabytes of input queued could take it several polls in a row while the
+                // writer, which also lets the log drop the member's own lines, waited.
+                biased;
+                () = &mut writer => {
+                    writer_done = true;
+                    Ok(End::Closed)
+                }
+                r = session => r,
+            }
+        };
+        if let Ok(End::Park) = result {
+            return None;
+        }
+        if let Ok(End::HandOver) = result {
+            // Boxed: the hand-over's state (the offer, the wait for the cut) lives on the heap
+            // only while it runs, not in every idle member's future (issue 13).
+            let carried_on = Box::pin(self.hand_over(
+                id,
+                conn.fd,
+                &conn.lines,
+                conn.joined.as_ref(),
+                ctx,
+                writer.as_mut(),
+                &mut writer_done,
+            ))
+            .await;
+            if carried_on {
+                // No leave notice and no release: the member and its name live on in the new
+                // worker. The seat leaves this room as it drops.
+                return Some(Ok(()));
+            }
+            self.last_word(id, RECONNECT);
+        }
+        if let Some(j) = conn.joined.take() {
+            // Boxed, as the session's steps are (see `session`): not part of the idle future.
+            Box::pin(self.leave(id, j, self.room.kick_reason(id))).await;
+        }
+        self.room.close(id);
+        if !writer_done {
+            // Let the writer flush the member's last lines (`* bye`), but not forever.
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, writer).await;
+        }
+        Some(result.map(|_| ()))
     }
 
     /// Offers a member to a newer worker (see the module's "Hand-over") while its writer goes
@@ -477,9 +647,11 @@ mod memory {
             // No hub listens for this pid: the bus client retries in the background.
             let bus = crate::bus::Bus::embedded(std::process::id());
             let chat = super::Chat::new(bus, crate::config::DEFAULT_MAX_LINE);
-            let f = chat.serve(stream, &ctx);
+            let f = chat.serve(stream, &ctx, crate::service::park::Spot::none());
             let size = std::mem::size_of_val(&f);
-            // 840 bytes on rustc 1.95 (a test build): the connection (264: the line reader
+            // 984 bytes on rustc 1.95 (a test build), held by a member only until it parks
+            // (`service::park::PARK_AFTER` of silence): 840 before parking (the spot, the
+            // timer that ends the wait to park, the loop that parks). The connection (264: the line reader
             // with no buffer, 136; the name, 48; the seat, the socket's fd, the old worker's
             // flush signal), the writer (168: its socket half, an empty buffer, a poll loop
             // that waits through the room and the socket), and the session's wait (328: the
@@ -488,7 +660,7 @@ mod memory {
             // steps were inline, 1,416 with the writer's own `Notify` and cancellation waits,
             // an inline idle timer and the connection stored twice (taken apart into locals),
             // issue 13.
-            assert!(size <= 840, "serve future is {size} bytes");
+            assert!(size <= 984, "serve future is {size} bytes");
         });
     }
 }
@@ -562,7 +734,13 @@ mod heap {
                     retire: targets.retire(),
                 };
                 tokio::spawn(async move {
-                    let _ = chat.serve(crate::net::Stream::Tcp(s), &ctx).await;
+                    let _ = chat
+                        .serve(
+                            crate::net::Stream::Tcp(s),
+                            &ctx,
+                            crate::service::park::Spot::none(),
+                        )
+                        .await;
                 });
                 joined.recv().await.unwrap();
                 if i == 0 {

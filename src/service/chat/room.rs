@@ -278,6 +278,63 @@ impl Room {
         }
     }
 
+    /// The seat of member `id`, still in the room while its connection was parked; `None` if
+    /// it is not here (see [`Seat::park`]).
+    pub(super) fn reseat(self: &Arc<Self>, id: u64) -> Option<Seat> {
+        self.state().members.contains_key(&id).then(|| Seat {
+            room: Arc::clone(self),
+            id,
+        })
+    }
+
+    /// Whether member `id` has joined and nothing is due for it: its writer is at the log's
+    /// head, with no reply, own line or kick pending, still reading (not leaving, not handed
+    /// over). Such a member may park.
+    pub(super) fn up_to_date(&self, id: u64) -> bool {
+        let st = self.state();
+        let head = st.log.head;
+        st.members.get(&id).is_some_and(|m| {
+            m.queues.is_none()
+                && m.kicked.is_none()
+                && !m.closed
+                && !m.handed
+                && !m.awaiting_cut
+                && m.until.is_none()
+                && m.cursor.is_some_and(|c| c >= head)
+        })
+    }
+
+    /// Member `id`'s connection parked: `waker` (which resumes it) is woken when something is
+    /// due for it, as its task's waker was. Woken at once if something is due already.
+    pub(super) fn park(&self, id: u64, waker: Waker) {
+        let due = {
+            let mut guard = self.state();
+            let st = &mut *guard;
+            let Some(m) = st.members.get_mut(&id) else {
+                drop(guard);
+                waker.wake();
+                return;
+            };
+            m.waker = Some(waker);
+            if !m.waiting {
+                m.waiting = true;
+                st.waiting.push(id);
+            }
+            drop(guard);
+            !self.up_to_date(id)
+        };
+        if due {
+            self.kick_wake(id);
+        }
+    }
+
+    /// Wakes member `id`'s writer whatever it waits for.
+    fn kick_wake(&self, id: u64) {
+        if let Some(m) = self.state().members.get_mut(&id) {
+            m.notify();
+        }
+    }
+
     /// Appends what is due for member `id` to `buf` (about [`BATCH_BYTES`] at most): the log
     /// from its cursor, minus its own lines, with its replies in their places. When nothing is
     /// due ([`Due::Nothing`]), the room keeps `waker` and wakes it when something is.
@@ -546,6 +603,17 @@ impl Seat {
     /// The room it sits in.
     pub(super) fn room(&self) -> &Room {
         &self.room
+    }
+}
+
+impl Seat {
+    /// The member's connection parked: it stays in the room (its entry keeps its place in the
+    /// log and the waker that resumes it) until [`Room::reseat`] gives its seat back.
+    pub(super) fn park(self) {
+        let seat = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `seat` is never used or dropped again: its `room` is read out once, and
+        // dropped here, so the count of the room's `Arc` stays right.
+        drop(unsafe { std::ptr::read(&seat.room) });
     }
 }
 

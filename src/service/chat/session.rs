@@ -12,7 +12,9 @@ use crate::bus::BusError;
 use crate::net::Stream;
 use crate::service::ConnContext;
 use crate::service::lines::{Line, LineReader, TIMING_MARK_REPLY};
+use crate::service::park::Spot;
 use crate::service::reclaim::IdleClass;
+use tokio::time::Instant;
 
 /// What a member of a stopping worker is told when it cannot be carried on elsewhere.
 pub(super) const RECONNECT: &str = "* the server is restarting or stopping; please reconnect\r\n";
@@ -33,6 +35,9 @@ pub(super) enum End {
     /// Its worker retires with hand-over: the session stopped between two lines, to be
     /// offered to a newer worker.
     HandOver,
+    /// The member has been silent for [`crate::service::park::PARK_AFTER`]: the session
+    /// stopped between two lines, and the member may park if nothing is due to it.
+    Park,
 }
 
 impl Chat {
@@ -44,6 +49,7 @@ impl Chat {
         lines: &mut LineReader<tokio::io::ReadHalf<Stream>>,
         ctx: &ConnContext,
         joined: &mut Option<Joined>,
+        spot: Spot<'_>,
     ) -> io::Result<End> {
         // Until it has a name, a connection may be closed to admit a newcomer when the worker
         // is full (issue 11): a silent client at the prompt must not hold a slot a real one
@@ -51,9 +57,29 @@ impl Chat {
         if joined.is_none() {
             ctx.reclaim.set_idle(IdleClass::NoRequest);
         }
+        // When a joined member may park: one timer for the session, boxed (a pointer in every
+        // idle member's future), made once the member has joined and reset after each line. A
+        // member with an idle timeout does not park: its deadline is its task's.
+        let mut park_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            let park_at = if joined.is_some() && ctx.idle_timeout.is_none() {
+                spot.park_at(Instant::now(), None)
+            } else {
+                None
+            };
+            match (park_at, park_timer.as_mut()) {
+                (Some(at), Some(t)) => t.as_mut().reset(at),
+                (Some(at), None) => park_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                (None, _) => park_timer = None,
+            }
             let line = tokio::select! {
                 l = lines.next() => l?,
+                () = async {
+                    match park_timer.as_mut() {
+                        Some(t) => t.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => return Ok(End::Park),
                 () = std::future::poll_fn(|cx| ctx.reclaim.poll_evicted(cx)) => {
                     tracing::debug!(peer = %ctx.peer, "chat connection without a name closed to make room");
                     self.last_word(id, FULL);

@@ -49,7 +49,7 @@ enum End {
 /// Sends the seat's member what is due for it ([`Room::gather`]), one batch per write, until it is
 /// closed and everything due is sent (then the socket's write side is shut) or it is kicked (a
 /// final notice, if the socket takes it).
-pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
+pub(super) async fn write_loop(wr: &mut WriteHalf<Stream>, seat: &Seat) {
     let room: &Room = seat.room();
     let id = seat.id();
     // What the socket did not take of the last batch; empty (no allocation) most of the time,
@@ -67,7 +67,7 @@ pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
                 if let Some(reason) = room.kicked(id, cx.waker()) {
                     return Poll::Ready(End::Kicked(reason));
                 }
-                match Pin::new(&mut wr).poll_write(cx, &buf[sent..]) {
+                match Pin::new(&mut *wr).poll_write(cx, &buf[sent..]) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(n)) if n > 0 => {
                         sent += n;
@@ -87,7 +87,7 @@ pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
                 if due != Due::Bytes {
                     return Some(due);
                 }
-                let n = match Pin::new(&mut wr).poll_write(cx, batch) {
+                let n = match Pin::new(&mut *wr).poll_write(cx, batch) {
                     Poll::Pending => 0,
                     Poll::Ready(Ok(n)) if n > 0 => n,
                     Poll::Ready(_) => return None,
@@ -130,7 +130,7 @@ pub(super) async fn write_loop(mut wr: WriteHalf<Stream>, seat: &Seat) {
 
 /// Tells a kicked member why, if its socket takes it within [`NOTICE_TIMEOUT`], and shuts the
 /// socket's write side.
-async fn last_notice(mut wr: WriteHalf<Stream>, reason: KickReason, at_line_start: bool) {
+async fn last_notice(wr: &mut WriteHalf<Stream>, reason: KickReason, at_line_start: bool) {
     let notice: &[u8] = match reason {
         KickReason::Lost => {
             b"* your name was taken while the server recovered; please reconnect\r\n"
