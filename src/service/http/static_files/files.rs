@@ -153,8 +153,9 @@ fn classify(e: Errno) -> OpenError {
     }
 }
 
-/// How long a cached descriptor may stand for its path without a new path lookup. Writes in
-/// place and replacements are seen at once all the same (the `fstat` per request); this only
+/// How long a cached descriptor may stand for its path without a new path lookup (or the
+/// `open_file_cache_valid` window if longer, see [`FileCache`]). Writes in place and
+/// replacements are seen at once all the same by default (the `fstat` per request); this only
 /// bounds how long a path renamed away while still linked, a retargeted symlink, changed
 /// permissions or a new precompressed sibling go unseen. 1 s made a working set of 10,000
 /// files (issue 12) look every path up again each second: with 2 workers at ~25,000
