@@ -5,12 +5,17 @@
 #   cargo build --release && benches/static.sh            # ROUNDS=5 DURATION=5 WORKERS=2
 #   WORKERS=1 CONNS=32 benches/static.sh                  # the single-worker cost
 #
-# nginx runs twice in the same run, same worker count as oxicorn:
+# oxicorn runs twice in the same run:
+#   "oxicorn"       as shipped: an fstat per request revalidates a cached open file, so a write
+#                   in place is seen by the next response;
+#   "oxicorn-tuned" with --open-file-cache-valid 60, trusting a cached file's size and mtime
+#                   for 60 s as nginx's open_file_cache_valid does by default.
+# nginx runs twice too, same worker count as oxicorn:
 #   "nginx"       as shipped (Debian's http block): sendfile on, tcp_nopush on, access_log off,
 #                 keepalive_requests at its default 1000, no open_file_cache;
 #   "nginx-tuned" the anchor of issue 12: the same plus open_file_cache max=20000 inactive=60s
 #                 and keepalive_requests 1000000.
-# Rounds alternate oxicorn / nginx / nginx-tuned so a noisy neighbour hurts all alike; medians
+# Rounds alternate oxicorn / oxicorn-tuned / nginx / nginx-tuned so a noisy neighbour hurts all alike; medians
 # are printed with [min-max] spread and the oxicorn/nginx ratios. Per case:
 #   1 KiB keep-alive: req/s, req per server CPU-second (utime+stime of the whole process tree
 #     from /proc, before/after the wrk run), and the per-worker connection split (min/max share
@@ -91,9 +96,13 @@ end
 LUA
 
 # --- servers -------------------------------------------------------------------------------
-start_oxicorn() { # port -> pid in $STARTED
+OXICORN_TUNED='--open-file-cache-valid 60'
+start_oxicorn() { # port [tuned] -> pid in $STARTED
+    local tuning=()
+    [ "${2:-}" = tuned ] && read -ra tuning <<<"$OXICORN_TUNED"
     "$OXICORN" static "$WORK/www" -w "$WORKERS" -b "127.0.0.1:$1" --keep-alive 120 \
-        --worker-connections 20000 --log-level warning >/dev/null 2>>"$WORK/oxicorn.log" &
+        --worker-connections 20000 --log-level warning "${tuning[@]}" \
+        >/dev/null 2>>"$WORK/oxicorn.log" &
     STARTED=$!
     PIDS+=("$STARTED")
     wait_port "$1"
@@ -143,6 +152,7 @@ stop() { # pid
 }
 
 OXI_PORT=$(free_port); start_oxicorn "$OXI_PORT"; OXI_PID=$STARTED
+OXT_PORT=$(free_port); start_oxicorn "$OXT_PORT" tuned; OXT_PID=$STARTED
 NGX_PORT=$(free_port); start_nginx "$NGX_PORT"; NGX_PID=$STARTED
 TUNED_PORT=$(free_port); start_nginx "$TUNED_PORT" tuned; TUNED_PID=$STARTED
 
@@ -153,7 +163,7 @@ PIDS+=("$PY_PID")
 
 wait_port "$PY_PORT"
 # Every server must answer 200 with the same bytes, or the numbers mean nothing.
-for port in "$OXI_PORT" "$NGX_PORT" "$TUNED_PORT" "$PY_PORT"; do
+for port in "$OXI_PORT" "$OXT_PORT" "$NGX_PORT" "$TUNED_PORT" "$PY_PORT"; do
     for path in /1k.bin /many/9999.bin; do
         python3 - "$port" "$path" "$WORK/www$path" <<'PY'
 import sys, urllib.request
@@ -278,11 +288,12 @@ PY
 
 # Memory is measured on a freshly started server each time: a server that has already served
 # (and freed) a burst keeps that memory in its allocator and would look cheaper than it is.
-idle_memory() { # oxicorn|nginx|nginx-tuned
+idle_memory() { # oxicorn|oxicorn-tuned|nginx|nginx-tuned
     local port master ws before after hold="$WORK/hold.$RANDOM"
     port=$(free_port)
     case $1 in
         oxicorn) start_oxicorn "$port" ;;
+        oxicorn-tuned) start_oxicorn "$port" tuned ;;
         nginx) start_nginx "$port" ;;
         *) start_nginx "$port" tuned ;;
     esac
@@ -302,15 +313,16 @@ idle_memory() { # oxicorn|nginx|nginx-tuned
 }
 
 declare -A R
-SERVERS=(oxicorn nginx nginx-tuned)
+SERVERS=(oxicorn oxicorn-tuned nginx nginx-tuned)
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS ..." >&2
     # Alternate the order too, so no server always runs right after the same neighbour.
     order=("${SERVERS[@]}")
-    [ $((round % 2)) = 0 ] && order=(nginx-tuned nginx oxicorn)
+    [ $((round % 2)) = 0 ] && order=(nginx-tuned nginx oxicorn-tuned oxicorn)
     for who in "${order[@]}"; do
         case $who in
             oxicorn) port=$OXI_PORT master=$OXI_PID ;;
+            oxicorn-tuned) port=$OXT_PORT master=$OXT_PID ;;
             nginx) port=$NGX_PORT master=$NGX_PID ;;
             *) port=$TUNED_PORT master=$TUNED_PID ;;
         esac
@@ -337,19 +349,19 @@ read -r py_rps _ < <(run_wrk "$PY_PORT" /1k.bin "$CONNS")
 m() { median ${R[$1]}; }
 cell() { echo "$(m "$1") $(spread ${R[$1]})"; }
 row() { # label key
-    local o n t
-    o=$(m "oxicorn.$2"); n=$(m "nginx.$2"); t=$(m "nginx-tuned.$2")
-    echo "| $1 | $(cell "oxicorn.$2") | $(cell "nginx.$2") | $(cell "nginx-tuned.$2") | $(ratio "$o" "$n") | $(ratio "$o" "$t") |"
+    local o ot n t
+    o=$(m "oxicorn.$2"); ot=$(m "oxicorn-tuned.$2"); n=$(m "nginx.$2"); t=$(m "nginx-tuned.$2")
+    echo "| $1 | $(cell "oxicorn.$2") | $(cell "oxicorn-tuned.$2") | $(cell "nginx.$2") | $(cell "nginx-tuned.$2") | $(ratio "$o" "$n") | $(ratio "$o" "$t") | $(ratio "$ot" "$t") |"
 }
 
 echo
 echo "$(date -u +%F) $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)"
 echo "oxicorn $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's/.*: //'), $WORKERS worker(s) each, wrk -t$THREADS, $ROUNDS rounds x ${DURATION}s, median [min-max]"
-echo "nginx: sendfile on; tcp_nopush on; access_log off; $NGINX_SHIPPED    nginx-tuned: + $NGINX_TUNED"
+echo "oxicorn-tuned: $OXICORN_TUNED    nginx: sendfile on; tcp_nopush on; access_log off; $NGINX_SHIPPED    nginx-tuned: + $NGINX_TUNED (open_file_cache_valid at its default 60s)"
 [ -n "$NGINX_EXTRA" ] && echo "nginx extra (both): $NGINX_EXTRA"
 echo
-echo "| case | oxicorn | nginx | nginx-tuned | oxicorn/nginx | oxicorn/tuned |"
-echo "|---|---|---|---|---|---|"
+echo "| case | oxicorn | oxicorn-tuned | nginx | nginx-tuned | oxicorn/nginx | oxicorn/nginx-tuned | oxicorn-tuned/nginx-tuned |"
+echo "|---|---|---|---|---|---|---|---|"
 row "1 KiB file, $CONNS conns keep-alive (req/s)" small
 row "1 KiB keep-alive, req per server CPU-second" small_cpu
 row "64 MiB file, 4 conns (MB/s)" big

@@ -1508,3 +1508,86 @@ fn listing_layout_in_headless_chromium() {
         assert!(shot.is_file(), "no screenshot {}", shot.display());
     }
 }
+
+/// Reads one response on a connection that closes after it (`Connection: close` asked), to
+/// EOF: the head, and every body byte that arrived, however many Content-Length promised.
+fn get_to_eof(addr: SocketAddr, path: &str) -> (String, Vec<u8>) {
+    let mut c = Conn::open(addr);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes());
+    let deadline = Instant::now() + SOON;
+    while c.fill() > 0 {
+        assert!(Instant::now() < deadline);
+    }
+    let end = find(&c.buf, b"\r\n\r\n").expect("a head") + 4;
+    (
+        String::from_utf8_lossy(&c.buf[..end]).into_owned(),
+        c.buf[end..].to_vec(),
+    )
+}
+
+#[test]
+fn open_file_cache_valid_trusts_a_size_for_its_window_and_never_overruns() {
+    // nginx's `open_file_cache_valid`: within the window a cached file's size is not checked,
+    // so a write in place may be served with the old length; a file found shorter than that
+    // is never padded or overrun, and the next request sees it as it is.
+    let (dir, www) = site();
+    let small = www.join("f.txt");
+    write(&small, "0123456789");
+    let big = pattern(1 << 20);
+    write(&www.join("big.bin"), &big);
+    let window = Duration::from_secs(3);
+    let (_s, addr) = serve(dir, &["--open-file-cache-valid", "3"]);
+    assert_eq!(get(addr, "/f.txt", "").body, b"0123456789");
+    let cached = Instant::now();
+
+    // Grown in place: within the window, the old length (of the file's current bytes).
+    write(&small, "0123456789abcdef");
+    let r = get(addr, "/f.txt", "");
+    if cached.elapsed() < window {
+        assert_eq!(r.body, b"0123456789");
+    }
+
+    // Truncated in place: the trusted length cannot be read, so the server answers again from
+    // a fresh fstat, whatever the window says.
+    write(&small, "0123");
+    let r = get(addr, "/f.txt", "");
+    assert_eq!(r.header("Content-Length"), Some("4"));
+    assert_eq!(r.body, b"0123");
+
+    // A large file (sent with sendfile) truncated in place: if its old length was already
+    // promised, the connection closes short, never past the file's bytes; the next request
+    // gets the new length.
+    assert_eq!(get(addr, "/big.bin", "").body.len(), big.len());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(www.join("big.bin"))
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let (head, body) = get_to_eof(addr, "/big.bin");
+    assert!(body.len() <= 1000, "{} bytes after truncation", body.len());
+    assert_eq!(body, big[..body.len()], "{head}");
+    let r = get(addr, "/big.bin", "");
+    assert_eq!(r.header("Content-Length"), Some("1000"));
+    assert_eq!(r.body, big[..1000]);
+
+    // After the window a write in place is seen without any shortfall to reveal it.
+    let cached = Instant::now();
+    let _ = get(addr, "/f.txt", "");
+    write(&small, "abcdefghijklmnopqrst");
+    let deadline = Instant::now() + window + SOON;
+    loop {
+        let r = get(addr, "/f.txt", "");
+        let len: usize = r.header("Content-Length").unwrap().parse().unwrap();
+        assert_eq!(r.body, &b"abcdefghijklmnopqrst"[..len]);
+        if len == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still the old length {}s after the write",
+            cached.elapsed().as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -423,6 +423,7 @@ fn spec(name: String, kind: Kind, layers: &[&Layer]) -> Result<ServiceSpec, Conf
                     Some(Value::Duration(d)) => Some(*d),
                     _ => None,
                 },
+                open_file_cache_valid: duration("open_file_cache_valid"),
             })
         }
     };

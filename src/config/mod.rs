@@ -185,6 +185,10 @@ pub struct StaticConfig {
     /// `Cache-Control: max-age` sent with files (200, 206, 304), in whole seconds; `None`
     /// sends none, leaving freshness to the cache's heuristics (RFC 9111 §4.2.2).
     pub max_age: Option<Duration>,
+    /// How long a cached open file's size and mtime are trusted without an `fstat`
+    /// (nginx's `open_file_cache_valid`); zero checks on every request, so a write in place
+    /// is seen by the next response. See [`crate::service::http::static_files::files::FileCache`].
+    pub open_file_cache_valid: Duration,
 }
 
 impl ServiceConfig {

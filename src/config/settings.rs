@@ -565,6 +565,20 @@ pub static SETTINGS: &[Setting] = &[
         help: "Send Cache-Control: max-age=SECS with files (not listings or errors); none by default",
     },
     Setting {
+        // nginx's name and meaning (`open_file_cache_valid`), but 0 by default: nginx trusts
+        // for 60 s, which a server whose files are written in place should opt into.
+        key: "open_file_cache_valid",
+        short: None,
+        scope: Scope::Services(STATIC),
+        ty: Type::Duration {
+            zero: Zero::Allowed,
+            min: Duration::ZERO,
+        },
+        default: Default::Text("0"),
+        value_name: "SECS",
+        help: "Trust a cached open file's size and mtime for SECS without an fstat, as nginx's open_file_cache_valid: a file written in place may be served with its old length (never more bytes than the file holds) until then; 0 = check every request",
+    },
+    Setting {
         key: "max_line",
         short: None,
         scope: Scope::Services(LINES),

@@ -468,6 +468,7 @@ pub(crate) mod test_support {
             access_logfile: None,
             access_logformat: None,
             max_age: None,
+            open_file_cache_valid: std::time::Duration::ZERO,
         }
     }
 }

@@ -102,6 +102,7 @@ impl StaticFiles {
             access_logfile: None,
             access_logformat: None,
             max_age: None,
+            open_file_cache_valid: Duration::ZERO,
         };
         Ok(StaticFiles {
             inner: Ok(Arc::new(StaticService::open(&config)?)),

@@ -287,12 +287,19 @@ async fn exchange(
     // A body that comes up short while still unsent (it is read before anything is written)
     // means the file changed between fstat and read: answer once more from a fresh fstat
     // rather than promise a length we cannot deliver. A second shortfall is sent short.
+    // Either way the cache stops trusting the length it served (with `open_file_cache_valid`
+    // it would otherwise answer from it again, and fall short again, until the window ends).
     let mut on_short = OnShort::Retry;
     let (status, sent) = loop {
         let reply = resolve::respond(&head, svc)
             .closing(close)
             .head_only(head_only);
         let sent = reply.send(stream, ctx, on_short).await;
+        if let (Ok(s), Some(file)) = (&sent, &reply.file)
+            && (s.unsent || !s.complete)
+        {
+            svc.distrust(file);
+        }
         match sent {
             Ok(s) if s.unsent => on_short = OnShort::SendShort,
             _ => break (reply.status, sent),

@@ -153,8 +153,9 @@ fn classify(e: Errno) -> OpenError {
     }
 }
 
-/// How long a cached descriptor may stand for its path without a new path lookup. Writes in
-/// place and replacements are seen at once all the same (the `fstat` per request); this only
+/// How long a cached descriptor may stand for its path without a new path lookup (or the
+/// `open_file_cache_valid` window if longer, see [`FileCache`]). Writes in place and
+/// replacements are seen at once all the same by default (the `fstat` per request); this only
 /// bounds how long a path renamed away while still linked, a retargeted symlink, changed
 /// permissions or a new precompressed sibling go unseen. 1 s made a working set of 10,000
 /// files (issue 12) look every path up again each second: with 2 workers at ~25,000
@@ -198,8 +199,15 @@ fn key(rel: &Path) -> &[u8] {
 #[derive(Debug)]
 struct Entry {
     file: Arc<File>,
-    /// When the path was looked up (the entry stands for it until [`CACHE_TTL`] later).
+    /// When the path was looked up (the entry stands for it until [`FileCache::path_ttl`]
+    /// later).
     at: Instant,
+    /// Size, mtime and inode from the last `fstat`, and when it was taken: trusted without
+    /// another until [`FileCache::valid`] later (never, with the default zero).
+    len: u64,
+    mtime: SystemTime,
+    ino: u64,
+    checked: Instant,
     /// Which precompressed siblings exist (bit `i` for suffix `i` of the caller's list), found
     /// once per entry by [`FileCache::siblings`]; `None` until asked.
     siblings: Option<u8>,
@@ -214,6 +222,17 @@ struct Entry {
 /// notice (the file renamed away while still linked, a symlink retargeted, permissions
 /// changed) is seen within [`CACHE_TTL`]. Directories are never cached, and misses only for
 /// [`FileCache::open_variant`] (a precompressed sibling that appears is seen within the TTL).
+///
+/// With a validity (`--open-file-cache-valid`, nginx's `open_file_cache_valid`) the `fstat`
+/// is skipped too: an entry's size and mtime are trusted for that long after they were
+/// taken, and its path is looked up again after the longer of the validity and
+/// [`CACHE_TTL`]. Within the window a file written in place is served with its old length
+/// and ETag (the bytes read are the file's current ones, up to that length), and a file
+/// renamed over or deleted is still served from the old descriptor. A file that turns out
+/// shorter than the trusted length is never padded or overrun: the response writer reads at
+/// most the promised length and answers again or closes short (see
+/// [`super::response::OnShort`]), and the caller then calls [`FileCache::distrust`] so the
+/// next request starts from a fresh `fstat` rather than falling short again.
 #[derive(Debug, Default)]
 pub struct FileCache {
     /// The worker's runtime is single-threaded, so the lock is never contended; it is a Mutex
@@ -232,25 +251,50 @@ pub struct FileCache {
     dirs: Mutex<HashMap<Box<[u8]>, DirNames>>,
     /// Entries kept at most; 0 turns the cache off.
     capacity: usize,
+    /// How long an entry's `fstat` is trusted; zero takes one per request.
+    valid: Duration,
 }
 
 impl FileCache {
-    /// A cache of up to `capacity` descriptors.
-    pub fn new(capacity: usize) -> FileCache {
+    /// A cache of up to `capacity` descriptors, trusting an `fstat` for `valid` (zero: an
+    /// `fstat` per request).
+    pub fn new(capacity: usize, valid: Duration) -> FileCache {
         FileCache {
             map: Mutex::default(),
             misses: Mutex::default(),
             dirs: Mutex::default(),
             capacity,
+            valid,
         }
     }
 
-    /// Sized from this process's `RLIMIT_NOFILE`: half of it, at most [`CACHE_ENTRIES`].
-    pub fn for_fd_limit() -> FileCache {
+    /// Sized from this process's `RLIMIT_NOFILE`: half of it, at most [`CACHE_ENTRIES`];
+    /// `valid` as for [`FileCache::new`].
+    pub fn for_fd_limit(valid: Duration) -> FileCache {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(u64::MAX);
-        FileCache::new(usize::try_from(limit / 2).map_or(CACHE_ENTRIES, |n| n.min(CACHE_ENTRIES)))
+        FileCache::new(
+            usize::try_from(limit / 2).map_or(CACHE_ENTRIES, |n| n.min(CACHE_ENTRIES)),
+            valid,
+        )
+    }
+
+    /// How long an entry stands for its path: [`CACHE_TTL`], or the validity if longer (a
+    /// path lookup is a revalidation too, so it comes no sooner than nginx's would).
+    fn path_ttl(&self) -> Duration {
+        CACHE_TTL.max(self.valid)
+    }
+
+    /// Forgets every entry holding `file`, so that the next request for its path opens and
+    /// `fstat`s it afresh. Called when a response found the file shorter than the length it
+    /// was served with (a write in place within the validity window); a scan of the map, but
+    /// only on that rare event. Nothing to do without a validity: the next request's `fstat`
+    /// sees the file as it is.
+    pub fn distrust(&self, file: &Arc<File>) {
+        if !self.valid.is_zero() {
+            self.lock().retain(|_, e| !Arc::ptr_eq(&e.file, file));
+        }
     }
 
     /// [`open`], served from the cache while the entry is fresh and still linked.
@@ -265,20 +309,31 @@ impl FileCache {
         follow_symlinks: bool,
     ) -> Result<Opened, OpenError> {
         let now = Instant::now();
-        let cached = self
-            .lock()
-            .get(key(rel))
-            .map(|e| (Arc::clone(&e.file), e.at));
-        if let Some((file, at)) = cached {
-            if now.duration_since(at) < CACHE_TTL
-                && let Ok(o) = stat(file)
-                && o.kind == FileType::RegularFile
-                && o.links > 0
-            {
-                return Ok(o);
+        let mut map = self.lock();
+        if let Some(e) = map.get_mut(key(rel)) {
+            if now.duration_since(e.at) < self.path_ttl() {
+                if !self.valid.is_zero() && now.duration_since(e.checked) < self.valid {
+                    // Trusted: no syscall at all. Only regular files with links are cached.
+                    return Ok(Opened {
+                        file: Arc::clone(&e.file),
+                        kind: FileType::RegularFile,
+                        len: e.len,
+                        mtime: e.mtime,
+                        ino: e.ino,
+                        links: 1,
+                    });
+                }
+                if let Ok(o) = stat(Arc::clone(&e.file))
+                    && o.kind == FileType::RegularFile
+                    && o.links > 0
+                {
+                    (e.len, e.mtime, e.ino, e.checked) = (o.len, o.mtime, o.ino, now);
+                    return Ok(o);
+                }
             }
-            self.lock().remove(key(rel));
+            map.remove(key(rel));
         }
+        drop(map);
         let opened = open(root_fd, root, rel, follow_symlinks)?;
         if opened.kind == FileType::RegularFile && self.capacity > 0 {
             let mut map = self.lock();
@@ -295,6 +350,10 @@ impl FileCache {
                 Entry {
                     file: Arc::clone(&opened.file),
                     at: now,
+                    len: opened.len,
+                    mtime: opened.mtime,
+                    ino: opened.ino,
+                    checked: now,
                     siblings: None,
                 },
             );
@@ -479,7 +538,7 @@ mod tests {
         let root = dir.path().canonicalize().unwrap();
         let root_fd = open_root(&root).unwrap();
         std::fs::write(root.join("f"), "one").unwrap();
-        let cache = FileCache::new(8);
+        let cache = FileCache::new(8, Duration::ZERO);
         let a = cache.open(&root_fd, &root, Path::new("f"), false).unwrap();
         assert_eq!(a.len, 3);
         // Written in place: same descriptor, fresh size.
@@ -502,13 +561,40 @@ mod tests {
     }
 
     #[test]
+    fn with_a_validity_the_size_is_trusted_until_it_ends_or_is_distrusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let root_fd = open_root(&root).unwrap();
+        std::fs::write(root.join("f"), "one").unwrap();
+        let valid = Duration::from_millis(300);
+        let cache = FileCache::new(8, valid);
+        let f = Path::new("f");
+        let started = Instant::now();
+        let a = cache.open(&root_fd, &root, f, false).unwrap();
+        std::fs::write(root.join("f"), "three").unwrap();
+        let b = cache.open(&root_fd, &root, f, false).unwrap();
+        if started.elapsed() < valid {
+            // Trusted: the old length, from the same descriptor.
+            assert_eq!(b.len, 3);
+            assert!(Arc::ptr_eq(&a.file, &b.file));
+        }
+        // A response that fell short distrusts it: the next open takes a fresh fstat.
+        cache.distrust(&a.file);
+        assert_eq!(cache.open(&root_fd, &root, f, false).unwrap().len, 5);
+        // And after the window, a write is seen without being told.
+        std::fs::write(root.join("f"), "seven!!").unwrap();
+        std::thread::sleep(valid);
+        assert_eq!(cache.open(&root_fd, &root, f, false).unwrap().len, 7);
+    }
+
+    #[test]
     fn a_directory_without_sibling_names_needs_no_probes_until_it_changes() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         let root_fd = open_root(&root).unwrap();
         std::fs::create_dir(root.join("d")).unwrap();
         std::fs::write(root.join("d/a.js"), "js").unwrap();
-        let cache = FileCache::new(8);
+        let cache = FileCache::new(8, Duration::ZERO);
         let sfx = [".br", ".zst", ".gz"];
         let rel = Path::new("d/a.js");
         assert!(!cache.dir_may_have(&root_fd, &root, rel, false, &sfx));
@@ -525,7 +611,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         let root_fd = open_root(&root).unwrap();
-        let cache = FileCache::new(8);
+        let cache = FileCache::new(8, Duration::ZERO);
         let gz = Path::new("a.gz");
         assert!(cache.open_variant(&root_fd, &root, gz, false).is_none());
         std::fs::write(root.join("a.gz"), "z").unwrap();

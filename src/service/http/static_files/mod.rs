@@ -47,7 +47,8 @@ pub struct StaticService {
     root_fd: OwnedFd,
     /// The access log, if one is configured.
     access_log: Option<AccessLog>,
-    /// Open regular files, revalidated with `fstat` (see [`files::FileCache`]).
+    /// Open regular files, revalidated with `fstat` per request or per
+    /// `open_file_cache_valid` (see [`files::FileCache`]).
     cache: files::FileCache,
 }
 
@@ -81,7 +82,7 @@ impl StaticService {
             config: config.clone(),
             root_fd,
             access_log,
-            cache: files::FileCache::for_fd_limit(),
+            cache: files::FileCache::for_fd_limit(config.open_file_cache_valid),
         })
     }
 }
@@ -122,6 +123,13 @@ impl StaticService {
             self.config.follow_symlinks,
             suffixes,
         )
+    }
+
+    /// Makes the next request for the paths cached with `file` open and `fstat` them afresh
+    /// (see [`files::FileCache::distrust`]): a response found the file shorter than it was
+    /// served as.
+    pub fn distrust(&self, file: &std::sync::Arc<std::fs::File>) {
+        self.cache.distrust(file);
     }
 
     /// A precompressed variant of a file, if there is one (see
