@@ -23,7 +23,8 @@
 #   10,000 x 4 KiB at random: req/s and req per CPU-second;
 #   64 MiB: MB/s and MB per CPU-second;
 #   short connections (Connection: close, one request each): req/s and req per CPU-second;
-#   idle memory per kept-alive connection: PSS of the process tree, after minus before.
+#   idle memory per kept-alive connection: PSS of the process tree, after minus before, measured
+#     IDLE_SETTLE seconds (default 3) after the last connection made its request.
 # Everything generated (files, nginx prefix, logs) lives in a temp dir that is removed on exit.
 # Needs: wrk, nginx, python3. Not run by CI: timings are not tests.
 set -euo pipefail
@@ -36,6 +37,7 @@ DURATION=${DURATION:-5}
 WORKERS=${WORKERS:-2}
 CONNS=${CONNS:-64}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+IDLE_SETTLE=${IDLE_SETTLE:-3}
 # nginx as shipped has open_file_cache off; to compare cache against cache:
 #   NGINX_EXTRA='open_file_cache max=4096 inactive=1s; open_file_cache_valid 1s;'
 NGINX_EXTRA=${NGINX_EXTRA:-}
@@ -305,6 +307,9 @@ idle_memory() { # oxicorn|oxicorn-tuned|nginx|nginx-tuned
     local client=$!
     for _ in $(seq 1 1200); do [ -e "$hold" ] && break; sleep 0.1; done
     [ -e "$hold" ] || { echo "static.sh: idle client did not finish connecting" >&2; exit 1; }
+    # Idle means idle: oxicorn parks a connection silent for a second and trims its heap half
+    # a second after a burst of parkings (src/service/park.rs); nginx does not change.
+    sleep "$IDLE_SETTLE"
     after=$(pss_kib $ws)
     stop "$client"
     stop "$master"
