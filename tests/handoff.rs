@@ -405,25 +405,7 @@ fn parked_connections_are_handed_over_across_a_hup(service: &str) {
     let mark = s.mark();
     s.signal(Signal::SIGHUP);
     s.wait_for_lines_after(mark, "reload complete", 1, SOON);
-    let deadline = Instant::now() + SOON;
-    let handed = loop {
-        let handed: usize = s
-            .lines()
-            .iter()
-            .skip(mark)
-            .filter_map(|l| {
-                let (_, rest) = l.split_once("handed ")?;
-                rest.split_once(" connection(s) to a newer worker")?
-                    .0
-                    .parse::<usize>()
-                    .ok()
-            })
-            .sum();
-        if handed >= CLIENTS || Instant::now() >= deadline {
-            break handed;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let handed = handed_after(&s, mark, CLIENTS);
     assert_eq!(handed, CLIENTS, "log:\n{}", s.lines().join("\n"));
     for (i, (c, port)) in clients.iter_mut().enumerate() {
         assert_eq!(c.local_port(), *port);
@@ -491,25 +473,7 @@ fn parked_chat_members_are_handed_over_across_a_hup() {
     let mark = s.mark();
     s.signal(Signal::SIGHUP);
     s.wait_for_lines_after(mark, "reload complete", 1, SOON);
-    let deadline = Instant::now() + SOON;
-    let handed = loop {
-        let handed: usize = s
-            .lines()
-            .iter()
-            .skip(mark)
-            .filter_map(|l| {
-                let (_, rest) = l.split_once("handed ")?;
-                rest.split_once(" connection(s) to a newer worker")?
-                    .0
-                    .parse::<usize>()
-                    .ok()
-            })
-            .sum();
-        if handed >= 2 || Instant::now() >= deadline {
-            break handed;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let handed = handed_after(&s, mark, 2);
     assert_eq!(handed, 2, "log:\n{}", s.lines().join("\n"));
     taker_of(&s, &alice);
     taker_of(&s, &bob);
@@ -525,4 +489,28 @@ fn parked_chat_members_are_handed_over_across_a_hup() {
     let (mut eve, _) = connect(&s, addr);
     eve.send(b"Alice\r\n");
     eve.expect("* the name Alice is taken; try another");
+}
+
+/// How many connections the retiring workers said they handed to a newer worker since `mark`,
+/// waiting until there are `want` of them or [`SOON`] has passed.
+fn handed_after(s: &Oxicorn, mark: usize, want: usize) -> usize {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let handed: usize = s
+            .lines()
+            .iter()
+            .skip(mark)
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("handed ")?;
+                rest.split_once(" connection(s) to a newer worker")?
+                    .0
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        if handed >= want || Instant::now() >= deadline {
+            return handed;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
