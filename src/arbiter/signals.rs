@@ -143,7 +143,8 @@ impl AsFd for Signals {
 /// arbiter's handler recorded for it before the block (see the module header), so it stays
 /// pending and reaches those handlers.
 pub fn after_fork_in_child() {
-    let _ = Blocked::all();
+    // Never restored: `child::unblock_all` clears the mask once the child's handlers are in.
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled_set()), None);
     for sig in HANDLED {
         if CHILD_PENDING[sig as usize].swap(0, Ordering::SeqCst) > 0 {
             // Blocked, so it stays pending on this thread until the mask is cleared.
@@ -161,13 +162,9 @@ pub struct Blocked {
 impl Blocked {
     /// Blocks [`HANDLED`].
     pub fn all() -> Blocked {
-        let mut set = SigSet::empty();
-        for sig in HANDLED {
-            set.add(sig);
-        }
         let mut old = SigSet::empty();
         // pthread_sigmask only fails for an invalid `how`; ours is constant.
-        let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
+        let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled_set()), Some(&mut old));
         Blocked { old }
     }
 
@@ -181,10 +178,15 @@ impl Blocked {
 /// blocked across the `execve` so none would kill the process with its default action); once
 /// its handlers are installed, anything pending is delivered to them.
 pub fn unblock_handled() {
+    // pthread_sigmask only fails for an invalid `how`; ours is constant.
+    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled_set()), None);
+}
+
+/// [`HANDLED`] as a signal set, for the masks above.
+fn handled_set() -> SigSet {
     let mut set = SigSet::empty();
     for sig in HANDLED {
         set.add(sig);
     }
-    // pthread_sigmask only fails for an invalid `how`; ours is constant.
-    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    set
 }
