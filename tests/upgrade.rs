@@ -225,22 +225,7 @@ fn usr2_whose_new_workers_never_get_ready_rolls_back_to_the_old_image() {
     deploy(&bin, &std::fs::read(BIN).unwrap(), true);
     // The new image starts, but none of its workers can boot.
     std::fs::write(&trigger, "").unwrap();
-    let mark = s.mark();
-    s.signal(Signal::SIGUSR2);
-    let line = &s.wait_for_lines_after(mark, "upgrade rolled back", 1, SOON)[0];
-    assert!(line.contains("did not boot"), "{line}");
-    std::fs::remove_file(&trigger).unwrap();
-    let failures = clients.finish();
-    assert!(
-        failures.is_empty(),
-        "failed during the rollback: {failures:?}"
-    );
-    assert_eq!(
-        s.wait_children(2, SOON),
-        before,
-        "the old generation stayed"
-    );
-    assert_eq!(pidfile_pid(&s), s.pid);
+    usr2_rolls_back(&s, "did not boot", &trigger, clients, &before);
     // The old code runs again, from the file the deploy replaced.
     let exe = std::fs::read_link(format!("/proc/{}/exe", s.pid)).unwrap();
     assert!(exe.to_string_lossy().ends_with("(deleted)"), "{exe:?}");
@@ -275,22 +260,7 @@ fn usr2_whose_new_worker_hangs_at_boot_rolls_back_after_the_boot_timeout() {
     let before = s.wait_children(2, SOON);
     let clients = Clients::start(s.tcp_addr().to_string());
     std::fs::write(&hang, "").unwrap();
-    let mark = s.mark();
-    s.signal(Signal::SIGUSR2);
-    let line = &s.wait_for_lines_after(mark, "upgrade rolled back", 1, SOON)[0];
-    assert!(line.contains("--boot-timeout (1s)"), "{line}");
-    std::fs::remove_file(&hang).unwrap();
-    let failures = clients.finish();
-    assert!(
-        failures.is_empty(),
-        "failed during the rollback: {failures:?}"
-    );
-    assert_eq!(
-        s.wait_children(2, SOON),
-        before,
-        "the old generation stayed"
-    );
-    assert_eq!(pidfile_pid(&s), s.pid);
+    usr2_rolls_back(&s, "--boot-timeout (1s)", &hang, clients, &before);
 }
 
 /// The arbiter stays responsive during an upgrade: TERM while the new image's worker hangs
@@ -374,4 +344,32 @@ fn version_names_the_commit() {
         text.starts_with(&format!("oxicorn {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{text}"
     );
+}
+
+/// Sends USR2 to a server whose new workers cannot boot while `trigger` exists, and checks the
+/// rollback: its log line gives `why`, no client of `clients` failed, the old generation of two
+/// workers (`before`) stayed, and the pid file still names the arbiter. Removes `trigger`.
+fn usr2_rolls_back(
+    s: &Oxicorn,
+    why: &str,
+    trigger: &std::path::Path,
+    clients: Clients,
+    before: &[i32],
+) {
+    let mark = s.mark();
+    s.signal(Signal::SIGUSR2);
+    let line = &s.wait_for_lines_after(mark, "upgrade rolled back", 1, SOON)[0];
+    assert!(line.contains(why), "{line}");
+    std::fs::remove_file(trigger).unwrap();
+    let failures = clients.finish();
+    assert!(
+        failures.is_empty(),
+        "failed during the rollback: {failures:?}"
+    );
+    assert_eq!(
+        s.wait_children(2, SOON),
+        before,
+        "the old generation stayed"
+    );
+    assert_eq!(pidfile_pid(s), s.pid);
 }
