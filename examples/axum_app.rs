@@ -126,6 +126,10 @@ fn router(greeting: &str, files: oxicorn::StaticFiles) -> Router {
             }),
         )
         .nest_service("/static", files)
+        // Binds the (empty) state now, turning every route's handler into a ready service
+        // once; without it axum rebuilds the handler's service on every request (`axum::serve`
+        // does the same through `into_make_service`).
+        .with_state(())
 }
 
 /// Its handler panics: the client gets 500, the worker and its other requests go on.

@@ -296,6 +296,49 @@ async fn over_long_heads_get_414_and_431() {
     assert_eq!(r.status(), 414);
 }
 
+/// RFC 9110 §15.6.6, as the static service and nginx answer: a well-formed later major
+/// version sent as text is 505, a malformed one 400; h2c's preface is not a request line.
+#[tokio::test]
+async fn a_request_line_naming_http_2_0_gets_505() {
+    let server = Server::start(HttpSettings::default()).await;
+    for v in ["HTTP/2.0", "HTTP/3.0"] {
+        let got = server
+            .raw(format!("GET / {v}\r\nhost: x\r\n\r\n").as_bytes())
+            .await;
+        assert_eq!(
+            status_line(&got),
+            "HTTP/1.1 505 HTTP Version Not Supported",
+            "{got}"
+        );
+    }
+    let got = server.raw(b"GET / HTTP/2\r\nhost: x\r\n\r\n").await;
+    assert_eq!(status_line(&got), "HTTP/1.1 400 Bad Request", "{got}");
+    // After a served request on a kept-alive connection, and with the line cut in two.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    s.write_all(b"GET / HTT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"P/2.0\r\nhost: x\r\n\r\n").await.unwrap();
+    let got = read_to_close(&mut s).await;
+    assert!(
+        got.contains("HTTP/1.1 505 HTTP Version Not Supported\r\n"),
+        "{got}"
+    );
+    // h2c with prior knowledge still works.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+}
+
 #[tokio::test]
 async fn a_slow_head_gets_408_and_a_silent_client_is_closed() {
     let timeout = Duration::from_millis(300);

@@ -1,6 +1,8 @@
-//! `axum_standalone ADDR`: `GET /` answers `hello from worker PID` with the same handler as
-//! examples/axum_app.rs, under `axum::serve` on a 2-thread tokio runtime (benches/app.sh's
-//! reference for oxicorn).
+//! `axum_standalone ADDR [THREADS]`: `GET /` answers `hello from worker PID` with the same
+//! handler as examples/axum_app.rs, under `axum::serve` on a tokio multi-thread runtime with
+//! THREADS worker threads (default 2): benches/app.sh's reference for oxicorn. With 1 thread it
+//! is the counterpart of a single oxicorn worker, for telling the process model (two
+//! single-threaded processes against one two-threaded one) from the per-request code.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,11 +11,18 @@ use axum::Router;
 use axum::routing::get;
 
 fn main() -> ExitCode {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8100".into());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:8100".into());
+    let threads = match args.next().map(|t| t.parse::<usize>()) {
+        None => 2,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            eprintln!("axum_standalone: THREADS must be a number above 0");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .expect("a tokio runtime");

@@ -15,8 +15,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use http::HeaderMap;
 use http::uri::Scheme;
+use http::{HeaderMap, HeaderName};
 
 use crate::net::Peer;
 
@@ -242,7 +242,12 @@ struct Hop {
 /// (RFC 7239) wins when present; otherwise `X-Forwarded-For`, with `X-Forwarded-Proto`
 /// values lined up from the right (one value applies to the last hop).
 fn hops(headers: &HeaderMap) -> Vec<Hop> {
-    let values = |name: &str| -> Vec<String> {
+    // Looked up by `HeaderName` constants: a `&str` name is parsed and classified on every
+    // lookup (three per request, ~30 ns of a hello-world's ~2 us in user space; perf).
+    const FORWARDED: HeaderName = http::header::FORWARDED;
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    let values = |name: &HeaderName| -> Vec<String> {
         headers
             .get_all(name)
             .iter()
@@ -252,18 +257,18 @@ fn hops(headers: &HeaderMap) -> Vec<Hop> {
             .filter(|s| !s.is_empty())
             .collect()
     };
-    let forwarded = values("forwarded");
+    let forwarded = values(&FORWARDED);
     if !forwarded.is_empty() {
         return forwarded.iter().map(|e| forwarded_element(e)).collect();
     }
-    let mut hops: Vec<Hop> = values("x-forwarded-for")
+    let mut hops: Vec<Hop> = values(&X_FORWARDED_FOR)
         .iter()
         .map(|a| Hop {
             addr: node_addr(a),
             proto: None,
         })
         .collect();
-    let protos = values("x-forwarded-proto");
+    let protos = values(&X_FORWARDED_PROTO);
     if hops.is_empty() && !protos.is_empty() {
         hops.push(Hop::default());
     }

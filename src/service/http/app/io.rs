@@ -16,7 +16,18 @@
 //!
 //! The 408 is written here, straight to the socket, because hyper has no way to be asked to.
 //! It is only written when hyper has nothing half-written (its last write did not stall), so
-//! it can never land inside another response; otherwise the connection just closes.
+//! it can never land inside another response; otherwise the connection just closes. So is a
+//! 505 for a request line naming `HTTP/2.0` (or a later major version) as text, which hyper
+//! would answer 400 (see `LineTail`).
+//!
+//! **Per request, the timer is not touched.** The request path records when a request ends
+//! ([`ConnState::request_ended_at`], with the instant it reads anyway for the metrics), and
+//! while a request is in flight the reader keeps its timer armed no later than one idle limit
+//! from then (a check-in). When the request ends, the reader is not woken: hyper reads again
+//! as soon as the client sends its next request, and if the client stays silent the check-in
+//! fires first and the reader arms the idle deadline from the recorded end. Waking the reader
+//! at every end instead (as this module did) cost a second poll of the whole connection per
+//! request, two timer resets, one re-insertion in tokio's timer wheel and three clock reads.
 //!
 //! This module owns the stream's read and write paths and nothing else: it knows no request.
 
@@ -48,11 +59,27 @@ pub struct ConnState {
     pub upgraded: AtomicBool,
     /// Set when the head deadline passed and a 408 was written, for the access log.
     pub head_timed_out: AtomicBool,
-    /// The task last left waiting for bytes, woken by [`ConnState::request_ended`] so it
-    /// re-arms the idle deadline: hyper does not read again after a read returned `Pending`
-    /// until that read's waker fires, and the deadline chosen then (the head's, or none while
-    /// a request was in flight) is stale once the request has ended.
+    /// Set when a request line named a later major version of HTTP (`HTTP/2.0` sent as text)
+    /// and a 505 was written, for the access log.
+    pub version_refused: AtomicBool,
+    /// The task last left waiting for bytes while a request was in flight. hyper does not
+    /// read again after a read returned `Pending` until that read's waker fires, so the reader
+    /// learns that the request ended either from its check-in timer ([`ConnState::checkin_at`])
+    /// or, when that timer cannot be trusted to come in time, from [`ConnState::request_ended`]
+    /// waking it.
     reader: Mutex<Option<Waker>>,
+    /// The clock's origin for the two instants below (atomics hold no `Instant`).
+    born: Instant,
+    /// When the last request ended, in nanoseconds after `born`, plus one (0 = none yet): the
+    /// start of the idle wait that follows it. Written by [`ConnState::request_ended`], so the
+    /// reader need not be woken to learn it.
+    ended_at: AtomicU64,
+    /// The reader's check-in: the instant (nanoseconds after `born`, plus one; 0 = none) its
+    /// timer fires and it re-reads this state, set only while that comes no later than the
+    /// idle deadline of any request still to end. A request ending before it needs no wake-up
+    /// (the common case: one fewer task poll per request); one ending after it (or with no
+    /// check-in) wakes the reader as before.
+    checkin_at: AtomicU64,
     /// Tells the worker when this connection may be closed to admit a newcomer at the
     /// connection cap: between requests (kept alive), or before a complete head; never with
     /// a request in flight or once upgraded. Here rather than in the stream because a request
@@ -87,7 +114,11 @@ impl ConnState {
             started: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             head_timed_out: AtomicBool::new(false),
+            version_refused: AtomicBool::new(false),
             reader: Mutex::new(None),
+            born: Instant::now(),
+            ended_at: AtomicU64::new(0),
+            checkin_at: AtomicU64::new(0),
             reclaim,
             told: AtomicU8::new(TOLD_BUSY),
             request_began: tokio::sync::Notify::new(),
@@ -121,6 +152,14 @@ impl ConnState {
         }
     }
 
+    /// Leaves `cx`'s waker with the reclaim table, so a request that ends while the reader
+    /// waits (and makes the connection closable) can be chosen and woken.
+    fn watch_eviction(&self, cx: &mut Context<'_>) {
+        // Ready only for a connection chosen while idle; the reader acts on that when it next
+        // finds no request in flight (`poll_evicted`).
+        let _ = self.reclaim.poll_evicted(cx);
+    }
+
     /// Whether the connection was chosen to close for a newcomer (only while it is idle).
     fn poll_evicted(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.told.load(Ordering::Acquire) == TOLD_BUSY {
@@ -129,13 +168,44 @@ impl ConnState {
         self.reclaim.poll_evicted(cx)
     }
 
-    /// Counts a request out; the last one wakes the reader.
+    /// Counts a request out, now.
     pub fn request_ended(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let waker = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(w) = waker {
-                w.wake();
+        self.request_ended_at(Instant::now());
+    }
+
+    /// Counts a request out that ended at `now`. The last one starts the idle wait: the
+    /// connection becomes closable for a newcomer at once, and the reader is woken only when
+    /// its check-in would not come before the idle deadline.
+    pub fn request_ended_at(&self, now: Instant) {
+        let at = self.since_born(now);
+        // Before the count drops: a reader that sees no request in flight finds the end.
+        self.ended_at.fetch_max(at, Ordering::AcqRel);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if !self.upgraded.load(Ordering::Acquire) {
+            self.tell(Some(IdleClass::KeptAlive));
+        }
+        let checkin = self.checkin_at.load(Ordering::Acquire);
+        if checkin == 0 || checkin <= at {
+            let slot = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(w) = slot.as_ref() {
+                w.wake_by_ref();
             }
+        }
+    }
+
+    /// `t` as stored in `ended_at` and `checkin_at`: nanoseconds after `born`, plus one.
+    fn since_born(&self, t: Instant) -> u64 {
+        let ns = t.saturating_duration_since(self.born).as_nanos();
+        u64::try_from(ns).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// When the last request ended, if one has.
+    fn last_end(&self) -> Option<Instant> {
+        match self.ended_at.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.born + Duration::from_nanos(n - 1)),
         }
     }
 
@@ -177,6 +247,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
+/// What the client gets when its request line names a later major version of HTTP.
+const RESPONSE_505: &[u8] =
+    b"HTTP/1.1 505 HTTP Version Not Supported\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
 /// A stream with the connection's deadlines (module docs).
 pub struct DeadlineIo<S> {
     inner: S,
@@ -187,6 +261,12 @@ pub struct DeadlineIo<S> {
     sleep: Pin<Box<Sleep>>,
     /// The deadline `sleep` is set to now.
     armed: Option<Instant>,
+    /// Whether `armed` comes no later than the idle deadline of any request that ends from
+    /// now on (an idle deadline, or a check-in): then a request ending needs no wake-up.
+    bounded: bool,
+    /// The waker last left with [`ConnState`]'s reader slot and with the reclaim table, so
+    /// the same task's next wait takes no lock.
+    parked: Option<Waker>,
     /// Where the current wait began: `(since, started)` where `since` is the accept, the end
     /// of the last request, or a head's first byte, and `started` is
     /// [`ConnState::started`] then (a change means a request began since).
@@ -196,8 +276,11 @@ pub struct DeadlineIo<S> {
     /// Armed at the first write that stalls, cleared by any write that makes progress:
     /// the [`Deadlines::write_stall`] deadline. Allocated on the first stall only.
     stall: Option<Pin<Box<Sleep>>>,
-    /// The 408 bytes still to write, once the head deadline passed.
-    sending_408: Option<usize>,
+    /// The answer this stream writes itself (408 or 505) and how much of it is written; once
+    /// it is, hyper reads EOF.
+    sending: Option<(&'static [u8], usize)>,
+    /// The end of the current head's request line while it arrives, to read its version.
+    line: Option<LineTail>,
     /// Dropped with the stream: tells [`super::AppService::serve`] an upgraded stream was let
     /// go.
     _dropped: oneshot::Sender<()>,
@@ -241,10 +324,13 @@ impl<S> DeadlineIo<S> {
             proto: Proto::Sniffing(0),
             sleep: Box::pin(tokio::time::sleep_until(now + deadlines.header)),
             armed: Some(now + deadlines.header),
+            bounded: false,
+            parked: None,
             wait: Wait::Fresh(now),
             write_stalled: false,
             stall: None,
-            sending_408: None,
+            sending: None,
+            line: None,
             _dropped: tx,
         };
         (io, rx)
@@ -263,11 +349,16 @@ impl<S> DeadlineIo<S> {
             self.state.tell(None);
             return false;
         }
+        // Idle since the last request ended (as `ConnState::request_ended_at` recorded it),
+        // or, when the end is not known, since this read.
+        let ended = self.state.last_end();
         match self.wait {
-            Wait::Busy => self.wait = Wait::Idle(None),
+            Wait::Busy => self.wait = Wait::Idle(ended),
             // The head being timed became a request, which has ended: now idle.
-            Wait::Head { started: s, .. } if s != started => self.wait = Wait::Idle(None),
-            Wait::Fresh(_) if started > 0 => self.wait = Wait::Idle(None),
+            Wait::Head { started: s, .. } if s != started => self.wait = Wait::Idle(ended),
+            Wait::Fresh(_) if started > 0 => self.wait = Wait::Idle(ended),
+            // A request may have come and gone (an HTTP/2 stream) since this wait began.
+            Wait::Idle(Some(t)) if ended.is_some_and(|e| e > t) => self.wait = Wait::Idle(ended),
             _ => {}
         }
         true
@@ -289,10 +380,13 @@ impl<S> DeadlineIo<S> {
         Some(match self.wait {
             Wait::Fresh(t) | Wait::Head { since: Some(t), .. } => {
                 self.state.tell(Some(IdleClass::NoRequest));
+                self.bounded = false;
                 t + self.deadlines.header
             }
             Wait::Idle(Some(t)) => {
                 self.state.tell(Some(IdleClass::KeptAlive));
+                // `t` is past, so any later end's idle deadline is later than this one.
+                self.bounded = true;
                 t + self.idle_limit()
             }
             Wait::Idle(None) | Wait::Head { since: None, .. } | Wait::Busy => {
@@ -309,6 +403,38 @@ impl<S> DeadlineIo<S> {
         } else {
             self.deadlines.keep_alive
         }
+    }
+
+    /// The check-in interval while a request is in flight: the idle limit, so the reader looks
+    /// again no later than the idle deadline of a request ending now; `None` when there is no
+    /// idle limit (HTTP/1 without keep-alive), and a request ending wakes the reader instead.
+    fn checkin_limit(&self) -> Option<Duration> {
+        Some(self.idle_limit()).filter(|d| !d.is_zero())
+    }
+
+    /// Tells [`ConnState`] when the reader looks again by itself (its armed timer, when that
+    /// is early enough for any request ending from now on), or that it will not.
+    fn publish_checkin(&self) {
+        let at = match self.armed {
+            Some(t) if self.bounded => self.state.since_born(t),
+            _ => 0,
+        };
+        self.state.checkin_at.store(at, Ordering::Release);
+    }
+
+    /// Leaves `cx`'s waker in the reader slot and with the reclaim table, unless this task's
+    /// already is (no lock then).
+    fn park(&mut self, cx: &mut Context<'_>) {
+        if self
+            .parked
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return;
+        }
+        self.state.park_reader(cx.waker());
+        self.state.watch_eviction(cx);
+        self.parked = Some(cx.waker().clone());
     }
 
     /// Notes bytes hyper just read: the protocol, and the start of a head.
@@ -331,39 +457,142 @@ impl<S> DeadlineIo<S> {
                 self.wait = Wait::Head {
                     since: None,
                     started: self.state.started.load(Ordering::Acquire),
-                }
+                };
+                self.line = Some(LineTail::default());
             }
             // The first request's head is timed from the accept.
             Wait::Fresh(since) if self.proto != Proto::Http2 => {
                 self.wait = Wait::Head {
                     since: Some(since),
                     started: self.state.started.load(Ordering::Acquire),
-                }
+                };
+                self.line = Some(LineTail::default());
             }
             Wait::Fresh(_) => self.wait = Wait::Idle(None),
             Wait::Head { .. } | Wait::Busy => {}
         }
     }
+
+    /// Reads on through the current head's request line (the bytes hyper just read, after
+    /// [`DeadlineIo::saw`]); true when it is complete and names a later major version of
+    /// HTTP/1 on an HTTP/1 connection (the HTTP/2 preface's `PRI * HTTP/2.0` never counts).
+    fn version_too_new(&mut self, bytes: &[u8]) -> bool {
+        let Some(line) = &mut self.line else {
+            return false;
+        };
+        match line.feed(bytes) {
+            LineScan::More => false,
+            LineScan::Done => {
+                self.line = None;
+                false
+            }
+            LineScan::TooNew => {
+                self.line = None;
+                self.proto == Proto::Http1
+            }
+        }
+    }
+}
+
+/// The last bytes of a request line as it arrives: enough to read its version, whatever the
+/// line's length and however it is cut into reads.
+///
+/// Why here and not in hyper: hyper's HTTP/1 parser (httparse) knows only `HTTP/1.0` and
+/// `HTTP/1.1` and answers anything else with 400, while RFC 9110 §15.6.6 (and nginx, and the
+/// static service) answer a well-formed later major version, `HTTP/2.0` sent as text, with
+/// 505. Only the first request line of a head that begins a read is looked at: a head
+/// pipelined behind another in the same read is left to hyper (400).
+#[derive(Debug, Default)]
+struct LineTail {
+    /// The line's last bytes (up to [`LineTail::KEEP`]), oldest first.
+    tail: [u8; LineTail::KEEP],
+    len: usize,
+    /// How long the line is so far, to tell an empty line (skipped before a request line,
+    /// as RFC 9112 §2.2 allows and httparse does) from a line longer than the tail.
+    total: usize,
+}
+
+/// Where [`LineTail::feed`] got to.
+#[derive(Debug, PartialEq, Eq)]
+enum LineScan {
+    /// The line has not ended yet.
+    More,
+    /// The line ended with a version hyper will judge.
+    Done,
+    /// The line ended with `HTTP/2.0` to `HTTP/9.9`.
+    TooNew,
+}
+
+impl LineTail {
+    /// `" HTTP/2.0"` and the line's `\r`.
+    const KEEP: usize = 10;
+
+    fn feed(&mut self, mut bytes: &[u8]) -> LineScan {
+        loop {
+            let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+                self.push(bytes);
+                return LineScan::More;
+            };
+            self.push(&bytes[..end]);
+            let mut line = &self.tail[..self.len];
+            let mut total = self.total;
+            if let [rest @ .., b'\r'] = line {
+                line = rest;
+                total -= 1;
+            }
+            if total == 0 {
+                *self = LineTail::default();
+                bytes = &bytes[end + 1..];
+                continue;
+            }
+            // `SP HTTP/ DIGIT . DIGIT` ends a request line (RFC 9112 §3); a major above 1 is
+            // a version this server does not speak as text.
+            return match line {
+                [
+                    ..,
+                    b' ',
+                    b'H',
+                    b'T',
+                    b'T',
+                    b'P',
+                    b'/',
+                    b'2'..=b'9',
+                    b'.',
+                    b'0'..=b'9',
+                ] => LineScan::TooNew,
+                _ => LineScan::Done,
+            };
+        }
+    }
+
+    fn push(&mut self, part: &[u8]) {
+        self.total += part.len();
+        if part.len() >= Self::KEEP {
+            self.tail.copy_from_slice(&part[part.len() - Self::KEEP..]);
+            self.len = Self::KEEP;
+            return;
+        }
+        let keep = (Self::KEEP - part.len()).min(self.len);
+        self.tail.copy_within(self.len - keep..self.len, 0);
+        self.tail[keep..keep + part.len()].copy_from_slice(part);
+        self.len = keep + part.len();
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> DeadlineIo<S> {
-    /// Writes what is left of the 408, then reports EOF to hyper.
-    fn poll_send_408(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        while let Some(sent) = self.sending_408 {
-            if sent == RESPONSE_408.len() {
+    /// Writes what is left of this stream's own answer (408, 505), then reports EOF to hyper.
+    fn poll_send(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        while let Some((answer, sent)) = self.sending {
+            if sent == answer.len() {
                 ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-                self.sending_408 = None;
+                self.sending = None;
                 break;
             }
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &RESPONSE_408[sent..]))?;
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[sent..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.sending_408 = Some(sent + n);
+            self.sending = Some((answer, sent + n));
         }
         let _ = buf; // Nothing filled: EOF.
         Poll::Ready(Ok(()))
@@ -377,8 +606,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.sending_408.is_some() || this.state.head_timed_out.load(Ordering::Relaxed) {
-            return this.poll_send_408(cx, buf);
+        if this.sending.is_some()
+            || this.state.head_timed_out.load(Ordering::Relaxed)
+            || this.state.version_refused.load(Ordering::Relaxed)
+        {
+            return this.poll_send(cx, buf);
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -389,22 +621,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
                     this.settle();
                     let bytes = &buf.filled()[before..filled];
                     this.saw(bytes);
+                    // A later HTTP version: hyper never sees these bytes (any earlier part
+                    // of the line it holds ends in EOF, which it closes on without a word),
+                    // and the client gets 505, unless a response may be half-written.
+                    if this.version_too_new(bytes) && !this.write_stalled {
+                        buf.set_filled(before);
+                        this.state.version_refused.store(true, Ordering::Relaxed);
+                        this.sending = Some((RESPONSE_505, 0));
+                        return this.poll_send(cx, buf);
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
         }
-        // Parked before the state is read, so a request ending after the read still wakes
-        // this task and its next read arms the idle deadline.
-        this.state.park_reader(cx.waker());
+        // Parked before the state is read, so a request ending after the read can still wake
+        // this task (when its check-in would come too late) and its next read arms the idle
+        // deadline.
+        this.park(cx);
         let Some(deadline) = this.deadline(Instant::now) else {
-            return Poll::Pending;
+            return this.wait_busy(cx);
         };
         if this.armed != Some(deadline) {
             this.sleep.as_mut().reset(deadline);
             this.armed = Some(deadline);
         }
+        this.publish_checkin();
         // Chosen to make room for a newcomer: close as if the client had (only ever chosen
         // while idle or before a complete head, so no request is cut).
         if this.state.poll_evicted(cx).is_ready() {
@@ -419,8 +662,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
             && !this.write_stalled
         {
             this.state.head_timed_out.store(true, Ordering::Relaxed);
-            this.sending_408 = Some(0);
-            return this.poll_send_408(cx, buf);
+            this.sending = Some((RESPONSE_408, 0));
+            return this.poll_send(cx, buf);
         }
         // Idle or silent: EOF, so hyper closes the connection as if the client had.
         Poll::Ready(Ok(()))
@@ -428,6 +671,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
 }
 
 impl<S> DeadlineIo<S> {
+    /// Waits with a request in flight (or upgraded): no deadline applies, but the timer stays
+    /// armed as a check-in no later than the idle limit from now, so that when the request
+    /// ends the reader looks again by itself in time to arm the idle deadline from that end
+    /// ([`ConnState::request_ended_at`] then wakes nobody). hyper reads while a response is
+    /// being written (to notice a client that went away), so on a busy connection this runs
+    /// once per request; it touches the timer only when the armed deadline is a head
+    /// deadline (later than an idle one could be) or has passed.
+    fn wait_busy(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let limit = self
+            .checkin_limit()
+            .filter(|_| !self.state.upgraded.load(Ordering::Acquire));
+        let Some(limit) = limit else {
+            // Upgraded (the app owns the stream), or no idle limit: no check-in, and a
+            // request ending wakes the reader.
+            self.bounded = false;
+            self.publish_checkin();
+            return Poll::Pending;
+        };
+        if !self.bounded || self.sleep.is_elapsed() {
+            let at = Instant::now() + limit;
+            self.sleep.as_mut().reset(at);
+            self.armed = Some(at);
+            self.bounded = true;
+        }
+        self.publish_checkin();
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            // Passed as it was armed (a paused or jumping clock): look again at once rather
+            // than be left without a timer.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+
     /// Notes how a write went: progress clears the stall clock, a stall starts it (once), and
     /// a stall past [`Deadlines::write_stall`] fails the write.
     fn after_write<T>(
@@ -570,6 +846,41 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(60));
         drop(client);
+    }
+
+    #[test]
+    fn a_later_major_version_is_found_however_the_line_is_cut() {
+        let scan = |parts: &[&[u8]]| {
+            let mut t = LineTail::default();
+            let mut last = LineScan::More;
+            for p in parts {
+                last = t.feed(p);
+                if last != LineScan::More {
+                    break;
+                }
+            }
+            last
+        };
+        assert_eq!(scan(&[b"GET / HTTP/2.0\r\nhost: x\r\n"]), LineScan::TooNew);
+        assert_eq!(scan(&[b"GET /a HTTP/3.0\n"]), LineScan::TooNew);
+        assert_eq!(scan(&[b"GET / HTTP/1.1\r\n"]), LineScan::Done);
+        assert_eq!(scan(&[b"GET / HTTP/1.0\r\n"]), LineScan::Done);
+        // Malformed versions are hyper's to refuse (400).
+        for v in ["HTTP/2", "HTTP/2.10", "http/2.0", "HTTP/x.0", "HTTP/0.9"] {
+            let line = format!("GET / {v}\r\n");
+            assert_eq!(scan(&[line.as_bytes()]), LineScan::Done, "{v}");
+        }
+        // Cut anywhere, a long target, empty lines before the request line.
+        let long = format!("GET /{} HTTP/2.0\r\n", "x".repeat(5000));
+        for cut in [1, 5, 4990, 5006, 5010, 5013, 5014] {
+            let (a, b) = long.as_bytes().split_at(cut);
+            assert_eq!(scan(&[a, b]), LineScan::TooNew, "cut at {cut}");
+        }
+        assert_eq!(
+            scan(&[b"\r\n", b"\r", b"\nGET / HTTP/2", b".0", b"\r", b"\n"]),
+            LineScan::TooNew
+        );
+        assert_eq!(scan(&[b"GET / HTTP/2.0"]), LineScan::More);
     }
 
     #[tokio::test(start_paused = true)]

@@ -43,7 +43,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, REFERER, USER_AGENT};
@@ -54,6 +53,7 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
@@ -233,7 +233,7 @@ impl AppService {
                         conn.as_mut().graceful_shutdown();
                         phase = Stop::Shut;
                     } else {
-                        grace.as_mut().reset(tokio::time::Instant::now() + STOP_GRACE);
+                        grace.as_mut().reset(Instant::now() + STOP_GRACE);
                         phase = Stop::Grace;
                     }
                 }
@@ -264,6 +264,19 @@ impl AppService {
                 referer: None,
                 user_agent: None,
                 elapsed: self.settings.header_timeout,
+            });
+        }
+        if state.version_refused.load(Ordering::Relaxed)
+            && let Some(log) = &self.access_log
+        {
+            log.log(&Record {
+                peer: &peer,
+                request: None,
+                status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                body_bytes: Some(0),
+                referer: None,
+                user_agent: None,
+                elapsed: std::time::Duration::ZERO,
             });
         }
         if state.upgraded.load(Ordering::Acquire) {
@@ -349,7 +362,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        Box::pin(handle(Arc::clone(&self.0), req))
+        // Counted in here, as hyper hands the head over, rather than when the future is first
+        // polled: hyper reads the socket once more before it polls it (to notice a client that
+        // left), and the connection's clock must see that read as one with a request in
+        // flight, not as the wait for a new head.
+        let in_flight = InFlight::start(Arc::clone(&self.0.state));
+        Box::pin(handle(Arc::clone(&self.0), req, in_flight))
     }
 }
 
@@ -368,18 +386,27 @@ impl fmt::Display for RequestLine {
 
 /// Decrements the in-flight count when the request ends, however it ends (its future dropped
 /// by a closing connection, or its response body dropped by hyper).
-struct InFlight(Arc<ConnState>);
+struct InFlight(Option<Arc<ConnState>>);
 
 impl InFlight {
     fn start(state: Arc<ConnState>) -> InFlight {
         state.request_started();
-        InFlight(state)
+        InFlight(Some(state))
+    }
+
+    /// Ends the request at `now` (read once for the metrics and the connection's clock).
+    fn end_at(mut self, now: Instant) {
+        if let Some(state) = self.0.take() {
+            state.request_ended_at(now);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.request_ended();
+        if let Some(state) = self.0.take() {
+            state.request_ended();
+        }
     }
 }
 
@@ -388,8 +415,8 @@ impl Drop for InFlight {
 async fn handle(
     c: Arc<ConnShared>,
     req: Request<Incoming>,
+    in_flight: InFlight,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let in_flight = InFlight::start(Arc::clone(&c.state));
     let started = Instant::now();
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
@@ -491,7 +518,7 @@ async fn handle(
         client: client_peer(&c.peer, &client),
         logged,
         conn: Arc::clone(&c),
-        _in_flight: in_flight,
+        in_flight,
     };
     Ok(response.map(|b| ResponseBody::new(b, Box::new(end), send)))
 }
@@ -512,12 +539,13 @@ struct RequestEnd {
     client: Peer,
     logged: Option<LoggedHeaders>,
     conn: Arc<ConnShared>,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl OnBodyEnd for RequestEnd {
     fn end(self: Box<Self>, bytes: u64, _complete: bool) {
-        let elapsed = self.started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
         let metrics = &self.conn.metrics;
         metrics.bytes_out(bytes);
         metrics.request(self.status, elapsed);
@@ -537,6 +565,7 @@ impl OnBodyEnd for RequestEnd {
                 elapsed,
             });
         }
+        self.in_flight.end_at(now);
     }
 }
 
