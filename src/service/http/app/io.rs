@@ -836,6 +836,50 @@ mod tests {
         assert!(read.is_err(), "an upgraded stream has no deadline");
     }
 
+    /// Counts wake-ups.
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The per-request fast path: a request that ends while its connection's reader waits
+    /// (hyper's detect-EOF read) wakes nobody, and the idle deadline still counts from the
+    /// request's end, found by the reader's check-in.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_ending_wakes_nobody_and_idle_counts_from_its_end() {
+        let (mut client, server) = duplex(1024);
+        let state = Arc::new(ConnState::default());
+        let (mut io, _gone) = DeadlineIo::new(server, Arc::clone(&state), D);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        state.request_started();
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut rb = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_pending());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        state.request_ended();
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 0, "no wake-up at the end");
+        // The check-in, one idle limit after the busy read.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "the check-in");
+        let mut rb = ReadBuf::new(&mut buf);
+        assert!(
+            Pin::new(&mut io).poll_read(&mut cx, &mut rb).is_pending(),
+            "idle for 4 s of the 5 allowed since the request ended"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2, "the idle deadline");
+        let mut rb = ReadBuf::new(&mut buf);
+        let read = Pin::new(&mut io).poll_read(&mut cx, &mut rb);
+        assert!(matches!(read, Poll::Ready(Ok(()))) && rb.filled().is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_that_stops_reading_fails_the_write_after_the_stall_limit() {
         let (client, server) = duplex(64);
