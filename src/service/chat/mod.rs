@@ -88,7 +88,7 @@ use self::room::{KickReason, Room, Seat};
 use self::session::{End, Joined, RECONNECT};
 use super::ConnContext;
 use super::handoff::{self, Flushed, Parcel, Receipt};
-use super::lines::{LineReader, ReaderState};
+use super::lines::{LineReader, ReaderState, RestState};
 use super::park::{Key, Resumed, Spot};
 use crate::bus::Bus;
 use crate::net::Stream;
@@ -152,10 +152,12 @@ pub struct Chat {
 }
 
 /// A parked member's name and its reader's telnet mode: what its task held beyond its seat
-/// and its socket ([`Chat::park`]).
+/// and its socket ([`Chat::park`]). 40 bytes, no allocation of its own for a name of up to 12
+/// ASCII letters: one of these per idle member (issue 13; 136 bytes and two allocations with
+/// the name and the key as `String`s and the reader's whole state).
 struct ParkedMember {
     joined: Joined,
-    reader: ReaderState,
+    reader: RestState,
 }
 
 /// What came of [`Chat::park`].
@@ -292,7 +294,7 @@ impl Chat {
                 id,
                 fd,
                 seat,
-                lines: LineReader::resume(rd, self.max_line, p.reader),
+                lines: LineReader::resume(rd, self.max_line, p.reader.into()),
                 wr,
                 joined: Some(p.joined),
                 flushed: None,
@@ -313,13 +315,16 @@ impl Chat {
     /// room entry stays with a waker that resumes it, and its name and reader's mode wait in
     /// [`Chat::parked`]. Gives the connection back when it cannot park now.
     fn park<'a>(&self, conn: Connection<'a>, spot: Spot<'_>) -> Parked<'a> {
-        if !(conn.flushed.is_none()
-            && conn.joined.is_some()
-            && conn.lines.at_rest()
-            && self.room.up_to_date(conn.id))
-        {
-            return Parked::No(conn);
-        }
+        let reader = match conn.lines.rest_state() {
+            Some(r)
+                if conn.flushed.is_none()
+                    && conn.joined.is_some()
+                    && self.room.up_to_date(conn.id) =>
+            {
+                r
+            }
+            _ => return Parked::No(conn),
+        };
         let Connection {
             id,
             fd,
@@ -330,18 +335,17 @@ impl Chat {
             flushed,
             ctx,
         } = conn;
-        let reader = lines.state();
         let stream = lines.into_inner().unsplit(wr);
         match spot.park_tagged(stream, None, false, id) {
             Ok(key) if key != Key::GONE => {
-                let Some(waker) = spot.waker(key) else {
+                let Some(parking) = spot.parking() else {
                     // Not reached: a spot that parks has a parking to wake.
                     return Parked::Gone(seat, joined);
                 };
                 let joined = joined.expect("checked above");
                 lock(&self.parked).insert(id, ParkedMember { joined, reader });
                 seat.park();
-                self.room.park(id, waker);
+                self.room.park(id, key, parking);
                 tracing::debug!(member = id, "chat member parked");
                 Parked::Yes
             }
@@ -352,7 +356,7 @@ impl Chat {
                     id,
                     fd,
                     seat,
-                    lines: LineReader::resume(rd, self.max_line, reader),
+                    lines: LineReader::resume(rd, self.max_line, reader.into()),
                     wr,
                     joined,
                     flushed,
@@ -407,10 +411,7 @@ impl Chat {
                     receipt.refuse("the member's name could not move").await;
                     return None;
                 }
-                Some(Joined {
-                    name: m.name,
-                    key: m.key,
-                })
+                Some(Joined::new(&m.name, &m.key))
             }
         };
         tracing::debug!(peer = %ctx.peer, member = id, "chat member taken over");
@@ -421,7 +422,7 @@ impl Chat {
                 // go of the socket and of the name (its holder here never existed for it).
                 tracing::debug!(member = id, cause = %err, "hand-over: the old worker is gone");
                 if let Some(j) = &joined {
-                    self.bus.release(&j.key, id);
+                    self.bus.release(j.key(), id);
                 }
                 return None;
             }
@@ -570,8 +571,8 @@ impl Chat {
         let parcel = Parcel::Chat {
             reader: lines.state(),
             member: joined.map(|j| handoff::Member {
-                name: j.name.clone(),
-                key: j.key.clone(),
+                name: j.name().to_string(),
+                key: j.key().to_string(),
                 worker: std::process::id(),
                 holder: id,
             }),
