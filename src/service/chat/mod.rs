@@ -667,6 +667,29 @@ mod memory {
 }
 
 #[cfg(test)]
+mod parked {
+    use super::{Joined, ParkedMember};
+
+    /// Issue 13: what a parked member keeps in [`super::Chat`]'s table: its name and key (no
+    /// allocation of their own when short) and its reader's mode, 40 bytes.
+    #[test]
+    fn a_parked_member_s_entry_is_small_and_keeps_its_name() {
+        assert!(std::mem::size_of::<ParkedMember>() <= 40);
+        for (name, key) in [
+            ("alice", "chat:alice"),
+            ("Ωμέγα", "chat:ωμέγα"),
+            (
+                "a_name_of_thirty_two_characters_",
+                "chat:a_narne_of_thirty_two_characters_",
+            ),
+        ] {
+            let j = Joined::new(name, key);
+            assert_eq!((j.name(), j.key()), (name, key));
+        }
+    }
+}
+
+#[cfg(test)]
 mod heap {
     use std::io::{BufRead, BufReader, Write};
     use std::time::Duration;
