@@ -49,8 +49,10 @@
 //! partial line, no telnet command half read) and whose writer is at the log's head with
 //! nothing due, parks ([`super::park`]): its task ends, its socket waits in the worker's
 //! parking with a record tagged with its member id, its room entry stays (its place in the
-//! log), with a waker that resumes the record instead of a task's, and its name and its
-//! reader's telnet mode wait in [`Chat`]'s table of parked members. Room output for it (a
+//! log), with the record's key, which the room wakes through the parking instead of a task's
+//! waker, and its name and its reader's telnet mode wait in [`Chat`]'s table of parked
+//! members. Nothing else of it is left on the heap: no allocation of its own, which would have
+//! kept resident the heap pages of the tasks that ended around it (see `ParkedMember`). Room output for it (a
 //! line, a reply, a kick) wakes the record; its own bytes, or its client closing the
 //! socket, make it readable; a stop or a retirement resumes every record. Whichever comes
 //! first, [`Chat::resume`] carries the member on in a new task from where it was, and it
@@ -312,7 +314,7 @@ impl Chat {
 
     /// Parks an idle member that is up to date (its reader at rest, its writer at the log's
     /// head with nothing due): its task ends, its socket waits in the worker's parking, its
-    /// room entry stays with a waker that resumes it, and its name and reader's mode wait in
+    /// room entry stays with the key that resumes it, and its name and reader's mode wait in
     /// [`Chat::parked`]. Gives the connection back when it cannot park now.
     fn park<'a>(&self, conn: Connection<'a>, spot: Spot<'_>) -> Parked<'a> {
         let reader = match conn.lines.rest_state() {
