@@ -99,7 +99,15 @@ impl Chat {
                         Some(t) => t.as_mut().await,
                         None => std::future::pending().await,
                     }
-                } => return Ok(End::Park),
+                } => {
+                    // Only a member with nothing due stops here: its writer's bytes that the
+                    // socket has not taken yet would be dropped with it. Otherwise it waits on,
+                    // and tries again a second later.
+                    if self.room.up_to_date(id) {
+                        return Ok(End::Park);
+                    }
+                    continue;
+                }
                 () = std::future::poll_fn(|cx| ctx.reclaim.poll_evicted(cx)) => {
                     tracing::debug!(peer = %ctx.peer, "chat connection without a name closed to make room");
                     self.last_word(id, FULL);
