@@ -22,8 +22,10 @@
 #   twisted-chat                benches/chat/twisted_chat.py
 #   nginx                       nginx, $WORKERS worker processes, keepalive_timeout 600s
 #
-# oxicorn parks an echo, quote or kept-alive static connection once it has been idle for a
-# second (src/service/park.rs) and trims its heap half a second after a burst of parkings:
+# oxicorn parks an echo, quote or kept-alive static connection, or a joined chat member up to
+# date with the room, once it has been idle for a second (src/service/park.rs; every join
+# notice wakes the members already there, so chat members park a second after the last
+# join) and trims its heap half a second after a burst of parkings:
 # SETTLE (seconds between the last connection opened and the measurement, default 3) must leave
 # it that time, or the figure counts connections still waiting in their tasks.
 #

@@ -7,7 +7,8 @@ MODE is what each connection does before it goes idle:
   echo   sends one line, waits for it back
   quote  sends one line, waits for the reply line
   chat   sends a name, waits for MARKER (env CHAT_MARKER, default "you joined as"), then
-         reads and discards whatever the room sends (join notices of later members)
+         reads and discards whatever the room sends (join notices of later members); sends
+         the name again when oxicorn says it cannot be checked right now (a loaded machine)
   http   sends one keep-alive GET for PATH (env HTTP_PATH, default "/"), reads the response
   h2     HTTP/2 with prior knowledge (h2c): the preface, SETTINGS (and an ACK of the
          server's), one GET for PATH on stream 1, read until that stream ends
@@ -63,6 +64,11 @@ def h2_stream_ended(buf, stream):
             return True
         at += 9 + length
     return False
+
+
+# What oxicorn chat answers when a name cannot be checked right now (its bus did not answer
+# in time): the client sends the name again.
+RETRY = b"try again in a moment"
 
 
 def main():
@@ -184,6 +190,11 @@ def main():
             c[2] = buf
             if finished(buf, i):
                 idle(fd)
+            elif mode == "chat" and RETRY in buf:
+                # The server could not check the name in time (its bus busy on a loaded
+                # machine): ask again, as a person would, rather than wait for ever.
+                s.send(request(i))
+                c[2] = b""
     seconds = time.monotonic() - t0
     with open(ready_file + ".tmp", "w") as f:
         f.write("opened=%d seconds=%.2f failed=%d\n" % (done, seconds, failed))

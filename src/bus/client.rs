@@ -73,6 +73,23 @@ struct State {
     session_base: HashMap<String, u64>,
 }
 
+/// Buckets [`State::pending`] keeps once no request waits. A burst (thousands of members
+/// joining at once) grows the table to hundreds of requests of some 160 bytes each; an idle
+/// worker keeps only this much of it (issue 13).
+const PENDING_KEPT: usize = 64;
+
+impl State {
+    /// Takes out the request `req`, if it waits; the table gives back the memory of a past
+    /// burst once it is empty ([`PENDING_KEPT`]).
+    fn take_pending(&mut self, req: u64) -> Option<Pending> {
+        let p = self.pending.remove(&req);
+        if self.pending.is_empty() && self.pending.capacity() > PENDING_KEPT {
+            self.pending.shrink_to(PENDING_KEPT);
+        }
+        p
+    }
+}
+
 struct Shared {
     /// Into the connection task, which owns the receiver for the worker's whole life (across
     /// reconnects, so what is queued survives a hub restart). Never closed: the worker exits
@@ -504,7 +521,7 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
         }
         Down::Reserved { req, ok } => {
             let mut st = lock(&shared.state);
-            let Some(p) = st.pending.remove(&req) else {
+            let Some(p) = st.take_pending(req) else {
                 return;
             };
             let reservation = p.reservation.clone();
@@ -539,7 +556,7 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
         Down::HandedOver { req, ok } => {
             let (p, on_answer) = {
                 let mut st = lock(&shared.state);
-                let Some(mut p) = st.pending.remove(&req) else {
+                let Some(mut p) = st.take_pending(req) else {
                     return;
                 };
                 if ok && let Some(r) = &p.reservation {
@@ -582,7 +599,7 @@ fn receive(shared: &Shared, msg: Down, extra: &mpsc::UnboundedSender<Up>) {
         }
         Down::Listing { req, .. } | Down::Swapped { req, .. } | Down::Synced { req } => {
             let mut st = lock(&shared.state);
-            if let Some(p) = st.pending.remove(&req) {
+            if let Some(p) = st.take_pending(req) {
                 let _ = p.reply.send(msg);
             }
         }
@@ -727,6 +744,29 @@ mod tests {
         drop(rx);
         receive(&s, Down::Reserved { req, ok: false }, &extra);
         assert!(sent.try_recv().is_err());
+    }
+
+    /// Issue 13: the table of waiting requests does not keep a burst's size once answered.
+    #[test]
+    fn the_pending_table_shrinks_after_a_burst() {
+        let s = shared();
+        let (extra, _sent) = mpsc::unbounded_channel();
+        let asked: Vec<_> = (0..1000).map(|i| ask(&s, &format!("k{i}"), i)).collect();
+        assert!(s.state.lock().unwrap().pending.capacity() >= 1000);
+        for (req, _rx) in &asked {
+            receive(
+                &s,
+                Down::Reserved {
+                    req: *req,
+                    ok: true,
+                },
+                &extra,
+            );
+        }
+        let st = s.state.lock().unwrap();
+        assert!(st.pending.is_empty());
+        assert!(st.pending.capacity() <= 2 * PENDING_KEPT);
+        assert_eq!(st.reservations.len(), 1000, "every name granted is kept");
     }
 
     #[test]

@@ -5,12 +5,18 @@
 //! Both tables grow with the members, not with the traffic, so an entry must be as small as it
 //! can be (issue 13: "the arbiter's and hub's memory independent of the connection count"; the
 //! hub cannot be, for names, since it is what keeps them unique). A name costs one bucket of the
-//! map (48 bytes in the hub: the key's box and lengths, the holder, its owner, its will) and
-//! **one** allocation holding the key and the value side by side (`chat:` and the name's
-//! skeleton, then the name as shown: about 32 bytes for a chat member). Before this table a
-//! name cost a map of `String` to a whole [`Reservation`]: the key twice, the value, the will's
-//! topic and its payload, five allocations and a 152-byte bucket, 428 bytes per chat member in
-//! the hub (`benches/idle.sh`, 10,000 members) and as much again in its worker.
+//! map (56 bytes in the hub: the key and the value, the holder, its owner, its will) and
+//! nothing else when the key and the value fit in the bucket together ([`Packed`]: 29 bytes,
+//! `chat:` and the skeleton of a name of up to 12 ASCII letters, then the name as shown), else
+//! **one** allocation holding them side by side. Before this table a name cost a map of
+//! `String` to a whole [`Reservation`]: the key twice, the value, the will's topic and its
+//! payload, five allocations and a 152-byte bucket, 428 bytes per chat member in the hub
+//! (`benches/idle.sh`, 10,000 members) and as much again in its worker.
+//!
+//! Why inline: a worker's table fills while its members' tasks come and go (joining is busy),
+//! so each small allocation of a name lands between blocks that those tasks free soon after;
+//! one live block keeps its whole page resident, and `malloc_trim` returns only whole free
+//! pages. A table that holds its names in its own buckets leaves nothing behind in the heap.
 //!
 //! **Wills are shaped, not stored.** A will's payload is almost always the value with the
 //! same bytes around it (chat: `* ` + name + ` left\r\n`): the table keeps each distinct
@@ -43,29 +49,122 @@ const NO_WILL: u32 = u32::MAX;
 /// the value in the entry's bytes.
 const UNSHAPED: u32 = u32::MAX - 1;
 
-/// A key and its value in one allocation, hashed and compared by the key alone (so the map is
-/// looked up with the key's bytes, [`Borrow`]). After the value, a will's payload when its
-/// shape does not hold it.
+/// Up to three byte strings (`first`, `second`, `rest`) in 32 bytes: inline when `rest` is empty
+/// and the other two fit in [`Packed::INLINE`] bytes together (no allocation), else in one
+/// boxed slice. For many small, long-lived strings: a table of them holds their bytes in its
+/// own memory rather than in small blocks scattered over the heap (see the module header).
+/// Used for a name's key and value here, and for a chat member's name and key.
+pub(crate) struct Packed(Repr);
+
+enum Repr {
+    /// `first` is `bytes[..first]`, `second` the next `second` bytes.
+    Inline {
+        first: u8,
+        second: u8,
+        bytes: [u8; Packed::INLINE],
+    },
+    /// `bytes` is the length of `second` (4 bytes, little-endian), then `first` (`first`
+    /// bytes), `second` and `rest`.
+    Boxed { bytes: Box<[u8]>, first: u32 },
+}
+
+impl Packed {
+    /// The most bytes `first` and `second` may have together to be stored inline.
+    pub(crate) const INLINE: usize = 29;
+
+    /// `first`, `second` and `rest`, stored together.
+    ///
+    /// # Panics
+    /// If `first` or `second` is 4 GiB or longer (bus frames are far shorter).
+    pub(crate) fn new(first: &[u8], second: &[u8], rest: &[u8]) -> Packed {
+        let n = first.len() + second.len();
+        if rest.is_empty() && n <= Self::INLINE {
+            let mut bytes = [0u8; Self::INLINE];
+            bytes[..first.len()].copy_from_slice(first);
+            bytes[first.len()..n].copy_from_slice(second);
+            return Packed(Repr::Inline {
+                // Both at most `INLINE`, which fits in a `u8`.
+                first: first.len() as u8,
+                second: second.len() as u8,
+                bytes,
+            });
+        }
+        let mut bytes = Vec::with_capacity(4 + n + rest.len());
+        bytes.extend_from_slice(&len32(second.len()).to_le_bytes());
+        bytes.extend_from_slice(first);
+        bytes.extend_from_slice(second);
+        bytes.extend_from_slice(rest);
+        Packed(Repr::Boxed {
+            bytes: bytes.into_boxed_slice(),
+            first: len32(first.len()),
+        })
+    }
+
+    pub(crate) fn first(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { first, bytes, .. } => &bytes[..usize::from(*first)],
+            Repr::Boxed { bytes, first } => &bytes[4..4 + *first as usize],
+        }
+    }
+
+    pub(crate) fn second(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline {
+                first,
+                second,
+                bytes,
+            } => {
+                let f = usize::from(*first);
+                &bytes[f..f + usize::from(*second)]
+            }
+            Repr::Boxed { bytes, first } => {
+                let s = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+                let f = 4 + *first as usize;
+                &bytes[f..f + s]
+            }
+        }
+    }
+
+    pub(crate) fn rest(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { .. } => &[],
+            Repr::Boxed { bytes, first } => {
+                let s = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+                &bytes[4 + *first as usize + s..]
+            }
+        }
+    }
+
+    /// Bytes allocated on the heap for these (0 when inline).
+    #[cfg(test)]
+    pub(crate) fn heap_len(&self) -> usize {
+        match &self.0 {
+            Repr::Inline { .. } => 0,
+            Repr::Boxed { bytes, .. } => bytes.len(),
+        }
+    }
+}
+
+/// A key and its value ([`Packed`]: in the bucket when short, else in one allocation), hashed
+/// and compared by the key alone (so the map is looked up with the key's bytes, [`Borrow`]).
+/// After the value, a will's payload when its shape does not hold it.
 struct Name {
-    bytes: Box<[u8]>,
-    key_len: u32,
-    value_len: u32,
+    bytes: Packed,
 }
 
 impl Name {
     fn key(&self) -> &[u8] {
-        &self.bytes[..self.key_len as usize]
+        self.bytes.first()
     }
 
     fn value(&self) -> &[u8] {
-        let k = self.key_len as usize;
-        &self.bytes[k..k + self.value_len as usize]
+        self.bytes.second()
     }
 
     /// What follows the value: a will's payload kept whole, or an unshaped will (empty
     /// otherwise).
     fn rest(&self) -> &[u8] {
-        &self.bytes[(self.key_len + self.value_len) as usize..]
+        self.bytes.rest()
     }
 }
 
@@ -137,17 +236,14 @@ impl<T: Copy> Names<T> {
 
     /// Records `r` for `owner`, replacing whatever held its key.
     pub(crate) fn insert(&mut self, r: &Reservation, owner: T) {
-        let mut bytes = Vec::with_capacity(r.key.len() + r.value.len());
-        bytes.extend_from_slice(r.key.as_bytes());
-        bytes.extend_from_slice(&r.value);
+        // What follows the value (see `Name::rest`): usually nothing.
+        let mut rest = Vec::new();
         let will = match &r.will {
             None => NO_WILL,
-            Some((topic, payload)) => self.will_into(topic, &r.value, payload, &mut bytes),
+            Some((topic, payload)) => self.will_into(topic, &r.value, payload, &mut rest),
         };
         let name = Name {
-            bytes: bytes.into_boxed_slice(),
-            key_len: len32(r.key.len()),
-            value_len: len32(r.value.len()),
+            bytes: Packed::new(r.key.as_bytes(), &r.value, &rest),
         };
         let held = Held {
             holder: r.holder,
@@ -160,7 +256,7 @@ impl<T: Copy> Names<T> {
     }
 
     /// The shape of a will: its index in `shapes`, or [`UNSHAPED`] past the cap. Appends to
-    /// `bytes` (the entry's, after the value) what the shape does not hold: nothing, the
+    /// `bytes` (what the entry keeps after the value) what the shape does not hold: nothing, the
     /// payload, or (unshaped) the topic's length, the topic and the payload.
     fn will_into(&mut self, topic: &str, value: &[u8], payload: &[u8], bytes: &mut Vec<u8>) -> u32 {
         let at = (!value.is_empty())
@@ -389,10 +485,10 @@ mod tests {
         assert_eq!(sorted(t.reservations()), sorted(all));
     }
 
-    /// Issue 13: a chat member's name costs the hub (and its worker's client) about 110 bytes,
-    /// not 428: a 48-byte bucket and one allocation of the key and the value. Counted from the
-    /// map's capacity and the entries' lengths (the bus may not use the service layer's
-    /// counting allocator).
+    /// Issue 13: a chat member's name costs the hub (and its worker's client) about 90 bytes,
+    /// not 428: a 56-byte bucket holding the key and the value, no allocation of its own.
+    /// Counted from the map's capacity and the entries' lengths (the bus may not use the
+    /// service layer's counting allocator).
     #[test]
     fn a_chat_name_costs_one_small_allocation() {
         const N: usize = 10_000;
@@ -408,15 +504,36 @@ mod tests {
             );
         }
         let bucket = std::mem::size_of::<Name>() + std::mem::size_of::<Held<u64>>();
-        assert_eq!(bucket, 48);
+        assert_eq!(bucket, 56);
         // A bucket and its control byte, for every bucket the map holds.
         let table = t.map.capacity() * (bucket + 1);
-        let entries: usize = t.map.keys().map(|n| n.bytes.len()).sum();
+        let entries: usize = t.map.keys().map(|n| n.bytes.heap_len()).sum();
+        assert_eq!(entries, 0, "short names are kept in their buckets");
         let per = (table + entries) / N;
-        // 107 bytes on rustc 1.95: at 10,000 names the map has 16,384 buckets (80 bytes a
-        // name), and a 25-byte allocation. It was 428 bytes (PSS, with the allocator's
-        // overhead) when the hub kept a map of `String` to `Reservation`.
-        assert!(per <= 112, "a name costs {per} bytes");
+        // 93 bytes on rustc 1.95: at 10,000 names the map has 16,384 buckets. It was 107
+        // with a 48-byte bucket and a 25-byte allocation per name (plus the allocator's
+        // overhead of that allocation, not counted here), and 428 bytes (PSS, with the
+        // allocator's overhead) when the hub kept a map of `String` to `Reservation`.
+        assert!(per <= 96, "a name costs {per} bytes");
         assert_eq!(t.shapes.len(), 1, "one shape for every chat will");
+    }
+
+    #[test]
+    fn packed_bytes_come_back_inline_or_boxed() {
+        assert_eq!(std::mem::size_of::<Packed>(), 32);
+        let cases: [(&[u8], &[u8], &[u8]); 6] = [
+            (b"", b"", b""),
+            (b"chat:alice", b"Alice", b""),
+            (b"chat:rnernber1234567", b"member123", b""), // 29: the most inline
+            (b"chat:rnernber12345678", b"member12", b""), // 30: boxed
+            (b"k", b"v", b"a will's payload"),
+            ("chat:ü".as_bytes(), &[0xff; 300], b""),
+        ];
+        for (first, second, rest) in cases {
+            let p = Packed::new(first, second, rest);
+            assert_eq!((p.first(), p.second(), p.rest()), (first, second, rest));
+            let inline = rest.is_empty() && first.len() + second.len() <= Packed::INLINE;
+            assert_eq!(p.heap_len() == 0, inline, "{first:?}");
+        }
     }
 }

@@ -355,6 +355,25 @@ pub struct ReaderState {
     telnet: Option<Telnet>,
 }
 
+/// A [`ReaderState`] at rest ([`LineReader::at_rest`]) in one byte: its telnet mode, all such a
+/// reader holds. For a connection that waits long with its reader at rest (a parked chat
+/// member, issue 13), where a whole [`ReaderState`] is 104 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestState(Option<Mode>);
+
+impl From<RestState> for ReaderState {
+    fn from(r: RestState) -> ReaderState {
+        ReaderState {
+            buf: Bytes::new(),
+            discarding: false,
+            telnet: r.0.map(|mode| Telnet {
+                mode,
+                ..Telnet::default()
+            }),
+        }
+    }
+}
+
 /// Reads [`Line`]s from a byte stream, with the buffer bounded by the cap.
 pub struct LineReader<R> {
     io: R,
@@ -429,6 +448,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             && !self.codec.discarding
             && !self.eof
             && self.telnet.as_ref().is_none_or(Telnet::at_rest)
+    }
+
+    /// What this reader holds, in one byte, when it is [at rest](LineReader::at_rest); `None`
+    /// otherwise. [`LineReader::resume`] carries on from it as from [`LineReader::state`].
+    pub fn rest_state(&self) -> Option<RestState> {
+        self.at_rest()
+            .then(|| RestState(self.telnet.as_ref().map(|t| t.mode)))
     }
 
     /// The stream, without what this reader holds (see [`LineReader::between_lines`]).
@@ -588,6 +614,44 @@ mod tests {
             writer.await.unwrap();
             out
         })
+    }
+
+    /// Issue 13: a reader at rest keeps its telnet mode in one byte, and one resumed from it
+    /// reads on as the first would have.
+    #[test]
+    fn a_reader_at_rest_fits_in_a_byte_and_resumes_in_its_mode() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            assert_eq!(std::mem::size_of::<RestState>(), 1);
+            let (mut client, server) = tokio::io::duplex(64);
+            let mut reader = LineReader::telnet(server, 64);
+            // A telnet client: it negotiates first.
+            client.write_all(b"\xff\xfd\x03hi\r\n").await.unwrap();
+            assert!(matches!(
+                reader.next().await.unwrap(),
+                Some(Line::Negotiation(_))
+            ));
+            assert_eq!(reader.next().await.unwrap(), Some(text(b"hi")));
+            let rest = reader.rest_state().expect("at rest between lines");
+            let mut reader = LineReader::resume(reader.into_inner(), 64, rest.into());
+            assert_eq!(reader.rest_state(), Some(rest));
+            // Still in telnet mode: a command is taken out of the line.
+            client.write_all(b"a\xff\xf4\xff\xfd\x06b\n").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Some(Line::TimingMark));
+            assert_eq!(reader.next().await.unwrap(), Some(text(b"ab")));
+            // Half a line read: not at rest.
+            client.write_all(b"half").await.unwrap();
+            let (mut client2, server2) = tokio::io::duplex(64);
+            client2.write_all(b"x").await.unwrap();
+            let mut partial = LineReader::new(server2, 64);
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(20), partial.next()).await;
+            assert_eq!(partial.rest_state(), None);
+        });
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! taken out, the socket removed from the inner epoll and registered with tokio again, and the
 //! service's [`Serve::resume`] runs in a new connection task: it reads as if it had never
 //! stopped waiting (an EOF ends it as it would have). [`Parking::wake`] resumes a record for a
-//! reason other than its socket (a chat member's room output, through [`Spot::waker`]).
+//! reason other than its socket (a chat member's room output, by the key [`Spot::park`] gave).
 //!
 //! **What is kept, and what a parked connection still is.** A parked connection holds one of
 //! the worker's `--worker-connections` permits and counts in its scoreboard's live connections
@@ -44,7 +44,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Wake, Waker};
 use std::time::Duration;
 
 use nix::libc;
@@ -165,29 +164,10 @@ impl<'a> Spot<'a> {
         }
     }
 
-    /// A waker that resumes the parked connection `key` ([`Parking::wake`]) when woken: for
-    /// state that wakes a connection's task through a stored [`Waker`] (chat's room), so that
-    /// it wakes the parked connection the same way. `None` where nothing parks.
-    pub fn waker(&self, key: Key) -> Option<Waker> {
-        let shared = self.parking?.shared.clone()?;
-        Some(Waker::from(Arc::new(ParkedWaker { shared, key })))
-    }
-}
-
-/// What [`Spot::waker`] wakes: one parked connection.
-struct ParkedWaker {
-    shared: Arc<Shared>,
-    key: Key,
-}
-
-impl Wake for ParkedWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.shared.lock().woken.push(self.key);
-        self.shared.notify.notify_one();
+    /// The parking this spot parks in, to resume a parked connection for a reason other than
+    /// its socket ([`Parking::wake`]: chat's room output); `None` where nothing parks.
+    pub fn parking(&self) -> Option<&'a Parking> {
+        self.parking.filter(|p| p.shared.is_some())
     }
 }
 

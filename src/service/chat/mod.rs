@@ -49,8 +49,10 @@
 //! partial line, no telnet command half read) and whose writer is at the log's head with
 //! nothing due, parks ([`super::park`]): its task ends, its socket waits in the worker's
 //! parking with a record tagged with its member id, its room entry stays (its place in the
-//! log), with a waker that resumes the record instead of a task's, and its name and its
-//! reader's telnet mode wait in [`Chat`]'s table of parked members. Room output for it (a
+//! log), with the record's key, which the room wakes through the parking instead of a task's
+//! waker, and its name and its reader's telnet mode wait in [`Chat`]'s table of parked
+//! members. Nothing else of it is left on the heap: no allocation of its own, which would have
+//! kept resident the heap pages of the tasks that ended around it (see `ParkedMember`). Room output for it (a
 //! line, a reply, a kick) wakes the record; its own bytes, or its client closing the
 //! socket, make it readable; a stop or a retirement resumes every record. Whichever comes
 //! first, [`Chat::resume`] carries the member on in a new task from where it was, and it
@@ -88,7 +90,7 @@ use self::room::{KickReason, Room, Seat};
 use self::session::{End, Joined, RECONNECT};
 use super::ConnContext;
 use super::handoff::{self, Flushed, Parcel, Receipt};
-use super::lines::{LineReader, ReaderState};
+use super::lines::{LineReader, ReaderState, RestState};
 use super::park::{Key, Resumed, Spot};
 use crate::bus::Bus;
 use crate::net::Stream;
@@ -152,10 +154,12 @@ pub struct Chat {
 }
 
 /// A parked member's name and its reader's telnet mode: what its task held beyond its seat
-/// and its socket ([`Chat::park`]).
+/// and its socket ([`Chat::park`]). 40 bytes, no allocation of its own for a name of up to 12
+/// ASCII letters: one of these per idle member (issue 13; 136 bytes and two allocations with
+/// the name and the key as `String`s and the reader's whole state).
 struct ParkedMember {
     joined: Joined,
-    reader: ReaderState,
+    reader: RestState,
 }
 
 /// What came of [`Chat::park`].
@@ -292,7 +296,7 @@ impl Chat {
                 id,
                 fd,
                 seat,
-                lines: LineReader::resume(rd, self.max_line, p.reader),
+                lines: LineReader::resume(rd, self.max_line, p.reader.into()),
                 wr,
                 joined: Some(p.joined),
                 flushed: None,
@@ -310,16 +314,19 @@ impl Chat {
 
     /// Parks an idle member that is up to date (its reader at rest, its writer at the log's
     /// head with nothing due): its task ends, its socket waits in the worker's parking, its
-    /// room entry stays with a waker that resumes it, and its name and reader's mode wait in
+    /// room entry stays with the key that resumes it, and its name and reader's mode wait in
     /// [`Chat::parked`]. Gives the connection back when it cannot park now.
     fn park<'a>(&self, conn: Connection<'a>, spot: Spot<'_>) -> Parked<'a> {
-        if !(conn.flushed.is_none()
-            && conn.joined.is_some()
-            && conn.lines.at_rest()
-            && self.room.up_to_date(conn.id))
-        {
-            return Parked::No(conn);
-        }
+        let reader = match conn.lines.rest_state() {
+            Some(r)
+                if conn.flushed.is_none()
+                    && conn.joined.is_some()
+                    && self.room.up_to_date(conn.id) =>
+            {
+                r
+            }
+            _ => return Parked::No(conn),
+        };
         let Connection {
             id,
             fd,
@@ -330,18 +337,17 @@ impl Chat {
             flushed,
             ctx,
         } = conn;
-        let reader = lines.state();
         let stream = lines.into_inner().unsplit(wr);
         match spot.park_tagged(stream, None, false, id) {
             Ok(key) if key != Key::GONE => {
-                let Some(waker) = spot.waker(key) else {
+                let Some(parking) = spot.parking() else {
                     // Not reached: a spot that parks has a parking to wake.
                     return Parked::Gone(seat, joined);
                 };
                 let joined = joined.expect("checked above");
                 lock(&self.parked).insert(id, ParkedMember { joined, reader });
                 seat.park();
-                self.room.park(id, waker);
+                self.room.park(id, key, parking);
                 tracing::debug!(member = id, "chat member parked");
                 Parked::Yes
             }
@@ -352,7 +358,7 @@ impl Chat {
                     id,
                     fd,
                     seat,
-                    lines: LineReader::resume(rd, self.max_line, reader),
+                    lines: LineReader::resume(rd, self.max_line, reader.into()),
                     wr,
                     joined,
                     flushed,
@@ -407,10 +413,7 @@ impl Chat {
                     receipt.refuse("the member's name could not move").await;
                     return None;
                 }
-                Some(Joined {
-                    name: m.name,
-                    key: m.key,
-                })
+                Some(Joined::new(&m.name, &m.key))
             }
         };
         tracing::debug!(peer = %ctx.peer, member = id, "chat member taken over");
@@ -421,7 +424,7 @@ impl Chat {
                 // go of the socket and of the name (its holder here never existed for it).
                 tracing::debug!(member = id, cause = %err, "hand-over: the old worker is gone");
                 if let Some(j) = &joined {
-                    self.bus.release(&j.key, id);
+                    self.bus.release(j.key(), id);
                 }
                 return None;
             }
@@ -570,8 +573,8 @@ impl Chat {
         let parcel = Parcel::Chat {
             reader: lines.state(),
             member: joined.map(|j| handoff::Member {
-                name: j.name.clone(),
-                key: j.key.clone(),
+                name: j.name().to_string(),
+                key: j.key().to_string(),
                 worker: std::process::id(),
                 holder: id,
             }),
@@ -662,6 +665,29 @@ mod memory {
             // issue 13.
             assert!(size <= 984, "serve future is {size} bytes");
         });
+    }
+}
+
+#[cfg(test)]
+mod parked {
+    use super::{Joined, ParkedMember};
+
+    /// Issue 13: what a parked member keeps in [`super::Chat`]'s table: its name and key (no
+    /// allocation of their own when short) and its reader's mode, 40 bytes.
+    #[test]
+    fn a_parked_member_s_entry_is_small_and_keeps_its_name() {
+        assert!(std::mem::size_of::<ParkedMember>() <= 40);
+        for (name, key) in [
+            ("alice", "chat:alice"),
+            ("Ωμέγα", "chat:ωμέγα"),
+            (
+                "a_name_of_thirty_two_characters_",
+                "chat:a_narne_of_thirty_two_characters_",
+            ),
+        ] {
+            let j = Joined::new(name, key);
+            assert_eq!((j.name(), j.key()), (name, key));
+        }
     }
 }
 

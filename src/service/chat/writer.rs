@@ -79,6 +79,7 @@ pub(super) async fn write_loop(wr: &mut WriteHalf<Stream>, seat: &Seat) {
             }
             if buf.capacity() > 0 {
                 buf = BytesMut::new();
+                room.set_unsent(id, false);
             }
             sent = 0;
             let due = BATCH.with_borrow_mut(|batch| {
@@ -97,8 +98,10 @@ pub(super) async fn write_loop(wr: &mut WriteHalf<Stream>, seat: &Seat) {
                 }
                 if n < batch.len() {
                     // The socket is full: the rest waits in the writer's own buffer, and the
-                    // socket's registration wakes the task when it has room.
+                    // socket's registration wakes the task when it has room. The member is not
+                    // up to date until it is written (it must not park meanwhile).
                     buf = BytesMut::from(&batch[n..]);
+                    room.set_unsent(id, true);
                 }
                 Some(Due::Bytes)
             });
