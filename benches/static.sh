@@ -4,6 +4,16 @@
 #
 #   cargo build --release && benches/static.sh            # ROUNDS=5 DURATION=5 WORKERS=2
 #   WORKERS=1 CONNS=32 benches/static.sh                  # the single-worker cost
+#   BASE=/tmp/oxicorn-base SERVERS='oxicorn-tuned base-tuned nginx-tuned' SCENARIOS='short many' \
+#     ROUNDS=7 WORKERS=1 CONNS=32 benches/static.sh       # A/B a change against a base build
+#
+# Knobs: ROUNDS, DURATION, WORKERS, CONNS, IDLE_CONNS, IDLE_SETTLE, NGINX_EXTRA (below), and
+#   SCENARIOS  which cases to run, of: small big many short idle (default: all);
+#   SERVERS    which servers to run, of: oxicorn oxicorn-tuned nginx nginx-tuned base base-tuned
+#              (default: the first four, plus base and base-tuned when BASE is set);
+#   BASE       another oxicorn binary (say, a copy of the release build before a change), run as
+#              "base" and "base-tuned" in the same rounds, so an A/B shares the machine's noise;
+#   OXICORN    the oxicorn binary under test (default: target/release/oxicorn).
 #
 # oxicorn runs twice in the same run:
 #   "oxicorn"       as shipped: an fstat per request revalidates a cached open file, so a write
@@ -43,11 +53,27 @@ IDLE_SETTLE=${IDLE_SETTLE:-3}
 NGINX_EXTRA=${NGINX_EXTRA:-}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OXICORN=${OXICORN:-$REPO/target/release/oxicorn}
+BASE=${BASE:-}
+SCENARIOS=${SCENARIOS:-small big many short idle}
+if [ -n "$BASE" ]; then
+    SERVERS=${SERVERS:-oxicorn oxicorn-tuned base base-tuned nginx nginx-tuned}
+else
+    SERVERS=${SERVERS:-oxicorn oxicorn-tuned nginx nginx-tuned}
+fi
+read -ra SERVERS <<<"$SERVERS"
+has() { # word list... : true when the word is in the list
+    local w=$1; shift
+    for x in "$@"; do [ "$x" = "$w" ] && return 0; done
+    return 1
+}
 
 for tool in wrk nginx python3; do
     command -v "$tool" >/dev/null || { echo "static.sh: $tool is not installed" >&2; exit 1; }
 done
 [ -x "$OXICORN" ] || { echo "static.sh: build first: cargo build --release" >&2; exit 1; }
+if has base "${SERVERS[@]}" || has base-tuned "${SERVERS[@]}"; then
+    [ -x "$BASE" ] || { echo "static.sh: BASE=$BASE is not an executable" >&2; exit 1; }
+fi
 
 WORK=$(mktemp -d /tmp/oxicorn-bench.XXXXXX)
 # nginx workers run as an unprivileged user when started by root: they must be able to read.
@@ -99,10 +125,10 @@ LUA
 
 # --- servers -------------------------------------------------------------------------------
 OXICORN_TUNED='--open-file-cache-valid 60'
-start_oxicorn() { # port [tuned] -> pid in $STARTED
-    local tuning=()
+start_oxicorn() { # port [tuned] [binary] -> pid in $STARTED
+    local tuning=() bin=${3:-$OXICORN}
     [ "${2:-}" = tuned ] && read -ra tuning <<<"$OXICORN_TUNED"
-    "$OXICORN" static "$WORK/www" -w "$WORKERS" -b "127.0.0.1:$1" --keep-alive 120 \
+    "$bin" static "$WORK/www" -w "$WORKERS" -b "127.0.0.1:$1" --keep-alive 120 \
         --worker-connections 20000 --log-level warning "${tuning[@]}" \
         >/dev/null 2>>"$WORK/oxicorn.log" &
     STARTED=$!
@@ -153,10 +179,23 @@ stop() { # pid
     wait "$1" 2>/dev/null || true
 }
 
-OXI_PORT=$(free_port); start_oxicorn "$OXI_PORT"; OXI_PID=$STARTED
-OXT_PORT=$(free_port); start_oxicorn "$OXT_PORT" tuned; OXT_PID=$STARTED
-NGX_PORT=$(free_port); start_nginx "$NGX_PORT"; NGX_PID=$STARTED
-TUNED_PORT=$(free_port); start_nginx "$TUNED_PORT" tuned; TUNED_PID=$STARTED
+# Starts server `who` on a free port: the port in PORT_OF[who], its master's pid in PID_OF[who].
+declare -A PORT_OF PID_OF
+start_server() { # who [port]
+    local port=${2:-$(free_port)}
+    case $1 in
+        oxicorn) start_oxicorn "$port" ;;
+        oxicorn-tuned) start_oxicorn "$port" tuned ;;
+        base) start_oxicorn "$port" "" "$BASE" ;;
+        base-tuned) start_oxicorn "$port" tuned "$BASE" ;;
+        nginx) start_nginx "$port" ;;
+        nginx-tuned) start_nginx "$port" tuned ;;
+        *) echo "static.sh: unknown server $1" >&2; exit 1 ;;
+    esac
+    PORT_OF[$1]=$port
+    PID_OF[$1]=$STARTED
+}
+for who in "${SERVERS[@]}"; do start_server "$who"; done
 
 PY_PORT=$(free_port)
 python3 -m http.server "$PY_PORT" --bind 127.0.0.1 --directory "$WORK/www" >/dev/null 2>&1 &
@@ -165,7 +204,7 @@ PIDS+=("$PY_PID")
 
 wait_port "$PY_PORT"
 # Every server must answer 200 with the same bytes, or the numbers mean nothing.
-for port in "$OXI_PORT" "$OXT_PORT" "$NGX_PORT" "$TUNED_PORT" "$PY_PORT"; do
+for port in "${PORT_OF[@]}" "$PY_PORT"; do
     for path in /1k.bin /many/9999.bin; do
         python3 - "$port" "$path" "$WORK/www$path" <<'PY'
 import sys, urllib.request
@@ -290,16 +329,12 @@ PY
 
 # Memory is measured on a freshly started server each time: a server that has already served
 # (and freed) a burst keeps that memory in its allocator and would look cheaper than it is.
-idle_memory() { # oxicorn|oxicorn-tuned|nginx|nginx-tuned
+idle_memory() { # who (one of SERVERS)
     local port master ws before after hold="$WORK/hold.$RANDOM"
-    port=$(free_port)
-    case $1 in
-        oxicorn) start_oxicorn "$port" ;;
-        oxicorn-tuned) start_oxicorn "$port" tuned ;;
-        nginx) start_nginx "$port" ;;
-        *) start_nginx "$port" tuned ;;
-    esac
-    master=$STARTED
+    local keep_port=${PORT_OF[$1]} keep_pid=${PID_OF[$1]}
+    start_server "$1"
+    port=${PORT_OF[$1]} master=${PID_OF[$1]}
+    PORT_OF[$1]=$keep_port PID_OF[$1]=$keep_pid
     sleep 0.5
     ws=$(tree_of "$master")
     before=$(pss_kib $ws)
@@ -318,67 +353,91 @@ idle_memory() { # oxicorn|oxicorn-tuned|nginx|nginx-tuned
 }
 
 declare -A R
-SERVERS=(oxicorn oxicorn-tuned nginx nginx-tuned)
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS ..." >&2
     # Alternate the order too, so no server always runs right after the same neighbour.
     order=("${SERVERS[@]}")
-    [ $((round % 2)) = 0 ] && order=(nginx-tuned nginx oxicorn-tuned oxicorn)
+    if [ $((round % 2)) = 0 ]; then
+        order=()
+        for ((i = ${#SERVERS[@]} - 1; i >= 0; i--)); do order+=("${SERVERS[$i]}"); done
+    fi
     for who in "${order[@]}"; do
-        case $who in
-            oxicorn) port=$OXI_PORT master=$OXI_PID ;;
-            oxicorn-tuned) port=$OXT_PORT master=$OXT_PID ;;
-            nginx) port=$NGX_PORT master=$NGX_PID ;;
-            *) port=$TUNED_PORT master=$TUNED_PID ;;
-        esac
-        read -r rps _ cpu mn mx < <(measure "$master" "$port" /1k.bin "$CONNS" "" "" split)
-        R[$who.small]+="$rps "
-        R[$who.small_cpu]+="$(per_cpu "$rps" "$cpu") "
-        R[$who.split_min]+="$mn "
-        R[$who.split_max]+="$mx "
-        read -r _ mb cpu < <(measure "$master" "$port" /64m.bin 4)
-        R[$who.big]+="$mb "
-        R[$who.big_cpu]+="$(per_cpu "$mb" "$cpu") "
-        read -r rps _ cpu < <(measure "$master" "$port" /many/0.bin "$CONNS" "$WORK/random.lua")
-        R[$who.many]+="$rps "
-        R[$who.many_cpu]+="$(per_cpu "$rps" "$cpu") "
-        read -r rps _ cpu < <(measure "$master" "$port" /1k.bin "$CONNS" "" "Connection: close")
-        R[$who.short]+="$rps "
-        R[$who.short_cpu]+="$(per_cpu "$rps" "$cpu") "
-        R[$who.idle]+="$(idle_memory "$who") "
+        port=${PORT_OF[$who]} master=${PID_OF[$who]}
+        if has small $SCENARIOS; then
+            read -r rps _ cpu mn mx < <(measure "$master" "$port" /1k.bin "$CONNS" "" "" split)
+            R[$who.small]+="$rps "
+            R[$who.small_cpu]+="$(per_cpu "$rps" "$cpu") "
+            R[$who.split_min]+="$mn "
+            R[$who.split_max]+="$mx "
+        fi
+        if has big $SCENARIOS; then
+            read -r _ mb cpu < <(measure "$master" "$port" /64m.bin 4)
+            R[$who.big]+="$mb "
+            R[$who.big_cpu]+="$(per_cpu "$mb" "$cpu") "
+        fi
+        if has many $SCENARIOS; then
+            read -r rps _ cpu < <(measure "$master" "$port" /many/0.bin "$CONNS" "$WORK/random.lua")
+            R[$who.many]+="$rps "
+            R[$who.many_cpu]+="$(per_cpu "$rps" "$cpu") "
+        fi
+        if has short $SCENARIOS; then
+            read -r rps _ cpu < <(measure "$master" "$port" /1k.bin "$CONNS" "" "Connection: close")
+            R[$who.short]+="$rps "
+            R[$who.short_cpu]+="$(per_cpu "$rps" "$cpu") "
+        fi
+        if has idle $SCENARIOS; then
+            R[$who.idle]+="$(idle_memory "$who") "
+        fi
     done
 done
-echo "python3 -m http.server ..." >&2
-read -r py_rps _ < <(run_wrk "$PY_PORT" /1k.bin "$CONNS")
+py_rps=
+if has small $SCENARIOS; then
+    echo "python3 -m http.server ..." >&2
+    read -r py_rps _ < <(run_wrk "$PY_PORT" /1k.bin "$CONNS")
+fi
 
 m() { median ${R[$1]}; }
 cell() { echo "$(m "$1") $(spread ${R[$1]})"; }
+# The ratios printed, "a/b", for each pair whose two servers both ran.
+PAIRS=()
+for pair in oxicorn/nginx oxicorn/nginx-tuned oxicorn-tuned/nginx-tuned oxicorn/base \
+    oxicorn-tuned/base-tuned base/nginx base-tuned/nginx-tuned; do
+    has "${pair%/*}" "${SERVERS[@]}" && has "${pair#*/}" "${SERVERS[@]}" && PAIRS+=("$pair")
+done
 row() { # label key
-    local o ot n t
-    o=$(m "oxicorn.$2"); ot=$(m "oxicorn-tuned.$2"); n=$(m "nginx.$2"); t=$(m "nginx-tuned.$2")
-    echo "| $1 | $(cell "oxicorn.$2") | $(cell "oxicorn-tuned.$2") | $(cell "nginx.$2") | $(cell "nginx-tuned.$2") | $(ratio "$o" "$n") | $(ratio "$o" "$t") | $(ratio "$ot" "$t") |"
+    has "$3" $SCENARIOS || return 0
+    local line="| $1 |" who pair
+    for who in "${SERVERS[@]}"; do line+=" $(cell "$who.$2") |"; done
+    for pair in "${PAIRS[@]}"; do line+=" $(ratio "$(m "${pair%/*}.$2")" "$(m "${pair#*/}.$2")") |"; done
+    echo "$line"
 }
 
 echo
-echo "$(date -u +%F) $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)"
+echo "$(date -u +%F) $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "oxicorn $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's/.*: //'), $WORKERS worker(s) each, wrk -t$THREADS, $ROUNDS rounds x ${DURATION}s, median [min-max]"
 echo "oxicorn-tuned: $OXICORN_TUNED    nginx: sendfile on; tcp_nopush on; access_log off; $NGINX_SHIPPED    nginx-tuned: + $NGINX_TUNED (open_file_cache_valid at its default 60s)"
+[ -n "$BASE" ] && echo "base: $BASE (base-tuned: the same with $OXICORN_TUNED)"
 [ -n "$NGINX_EXTRA" ] && echo "nginx extra (both): $NGINX_EXTRA"
 echo
-echo "| case | oxicorn | oxicorn-tuned | nginx | nginx-tuned | oxicorn/nginx | oxicorn/nginx-tuned | oxicorn-tuned/nginx-tuned |"
-echo "|---|---|---|---|---|---|---|---|"
-row "1 KiB file, $CONNS conns keep-alive (req/s)" small
-row "1 KiB keep-alive, req per server CPU-second" small_cpu
-row "64 MiB file, 4 conns (MB/s)" big
-row "64 MiB, MB per server CPU-second" big_cpu
-row "10,000 distinct 4 KiB files at random (req/s)" many
-row "10,000 x 4 KiB, req per server CPU-second" many_cpu
-row "short connections, 1 KiB, Connection: close (req/s)" short
-row "short connections, req per server CPU-second" short_cpu
-row "memory per idle kept-alive conn, $IDLE_CONNS conns, PSS (bytes)" idle
-echo
-echo "per-worker share of the $CONNS keep-alive connections (min%/max%, median of rounds):"
-for who in "${SERVERS[@]}"; do echo "  $who: $(m "$who.split_min")/$(m "$who.split_max")  max per round [${R[$who.split_max]% }]"; done
-echo
-echo "python3 -m http.server, 1 KiB file: $py_rps req/s; oxicorn/python = $(ratio "$(m oxicorn.small)" "$py_rps")"
+header="| case |" rule="|---|"
+for who in "${SERVERS[@]}"; do header+=" $who |"; rule+="---|"; done
+for pair in "${PAIRS[@]}"; do header+=" $pair |"; rule+="---|"; done
+echo "$header"
+echo "$rule"
+row "1 KiB file, $CONNS conns keep-alive (req/s)" small small
+row "1 KiB keep-alive, req per server CPU-second" small_cpu small
+row "64 MiB file, 4 conns (MB/s)" big big
+row "64 MiB, MB per server CPU-second" big_cpu big
+row "10,000 distinct 4 KiB files at random (req/s)" many many
+row "10,000 x 4 KiB, req per server CPU-second" many_cpu many
+row "short connections, 1 KiB, Connection: close (req/s)" short short
+row "short connections, req per server CPU-second" short_cpu short
+row "memory per idle kept-alive conn, $IDLE_CONNS conns, PSS (bytes)" idle idle
+if has small $SCENARIOS; then
+    echo
+    echo "per-worker share of the $CONNS keep-alive connections (min%/max%, median of rounds):"
+    for who in "${SERVERS[@]}"; do echo "  $who: $(m "$who.split_min")/$(m "$who.split_max")  max per round [${R[$who.split_max]% }]"; done
+    echo
+    echo "python3 -m http.server, 1 KiB file: $py_rps req/s; oxicorn/python = $(ratio "$(m "${SERVERS[0]}.small")" "$py_rps")"
+fi
 echo "raw samples: $(for k in "${!R[@]}"; do printf '%s=[%s] ' "$k" "${R[$k]% }"; done)"
