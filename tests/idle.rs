@@ -37,6 +37,11 @@ const PARKED_BOUND: i64 = 1024;
 /// time for the worker to trim its heap once they have (half a second after the last one).
 const PARKED_AFTER: Duration = Duration::from_millis(2500);
 
+/// How much longer than [`PARKED_AFTER`] the figure may take to come within its bound: on a
+/// machine at a load average of 15 or more a worker may not have run its parking and trim by
+/// then (quote measured 1.8 KB at 2.5 s in such runs, 300 B when it had).
+const SETTLE: Duration = Duration::from_secs(15);
+
 /// Connections per service: a few thousand, well inside a 20,000 fd limit for the client.
 const CONNECTIONS: usize = 2000;
 
@@ -183,11 +188,25 @@ fn idle_connections(
         conns.push(c);
         assert!(start.elapsed() < PHASE, "opening {count} took too long");
     }
-    // Let the workers finish what the last exchanges started, and the idle ones park.
+    // Let the workers finish what the last exchanges started, and the idle ones park: at
+    // least PARKED_AFTER, then, on a loaded machine where a worker may not have run yet, look
+    // again until the figure is within the bound or SETTLE has passed (the lowest one seen
+    // counts). A regression keeps its memory however long it is given, so it still fails.
     std::thread::sleep(PARKED_AFTER);
-    let after_tree = tree_pss_kib(s.pid);
+    let settled_by = Instant::now() + SETTLE;
+    let (mut after_tree, mut per) = (Vec::new(), i64::MAX);
+    loop {
+        let tree = tree_pss_kib(s.pid);
+        let now = (total(&tree) - total(&before)) * 1024 / count as i64;
+        if now < per {
+            (after_tree, per) = (tree, now);
+        }
+        if per < bound || Instant::now() >= settled_by {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let (before_tree, before, after) = (&before, total(&before), total(&after_tree));
-    let per = (after - before) * 1024 / count as i64;
     eprintln!(
         "{service}: {count} idle connections, {before} → {after} KiB PSS, {per} bytes each; \
          by process (KiB): {before_tree:?} → {after_tree:?}"
