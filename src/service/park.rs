@@ -952,9 +952,12 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(n.unwrap(), 0, "closed, with nothing sent");
+            // Within a sweep or so of its deadline; the margin is for a loaded machine (1.24 s
+            // late was seen at load 15-20), the point is that the sweep closes it at all and
+            // not, say, one keep-alive or idle timeout later.
             let late = Instant::now().saturating_duration_since(deadline);
             assert!(
-                late < SWEEP_EVERY + Duration::from_millis(200),
+                late < SWEEP_EVERY + Duration::from_secs(3),
                 "closed {late:?} late"
             );
             w.settle().await;
