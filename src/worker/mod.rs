@@ -66,6 +66,18 @@ pub fn run(boot: WorkerBoot) -> i32 {
     })
 }
 
+/// Whether any service of `config` holds line connections (chat, echo, quote): the ones a
+/// retiring worker hands over ([`handoff`]).
+fn has_line_service(config: &Config) -> bool {
+    use crate::config::ServiceConfig;
+    config.services.iter().any(|s| {
+        matches!(
+            s.service,
+            ServiceConfig::Echo | ServiceConfig::Chat { .. } | ServiceConfig::Quote { .. }
+        )
+    })
+}
+
 async fn serve(
     mut child: Child,
     slot_number: usize,
@@ -240,8 +252,10 @@ async fn serve(
     };
     slot.set_state(SlotState::Stopping);
     intake_closed.cancel();
-    // An orphan has nobody to hand to: the generation that would take over has no arbiter.
-    let hand_over = retire && !orphan;
+    // An orphan has nobody to hand to: the generation that would take over has no arbiter. A
+    // worker with no line service has nothing to hand over (HTTP connections drain), and
+    // skips looking for targets: with `--max-requests` workers retire several times a second.
+    let hand_over = retire && !orphan && has_line_service(&config);
     if hand_over {
         // Before `stop`: line services look at this first, and offer themselves.
         targets.request();
