@@ -302,3 +302,29 @@ async fn serve(
     }
     0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cli::{Invocation, parse_from};
+    use crate::config::file::FileConfig;
+
+    fn config(args: &[&str]) -> Config {
+        match parse_from(std::iter::once("oxicorn").chain(args.iter().copied())).unwrap() {
+            Invocation::Serve(a) => Config::merge(&a, &FileConfig::default()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A retiring static worker has nothing to hand over, so it does not look for targets;
+    /// one with a line service does, whatever else it serves.
+    #[test]
+    fn only_workers_with_line_services_look_for_hand_over_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        assert!(!has_line_service(&config(&["static", root])));
+        assert!(has_line_service(&config(&["echo"])));
+        assert!(has_line_service(&config(&["chat"])));
+        assert!(has_line_service(&config(&["quote"])));
+    }
+}
