@@ -91,9 +91,11 @@ stop() {
 }
 
 load() { # name: wrk for DURATION against $PORT, output in $WORK/name.wrk; the server's CPU
-    # time over the run in $WORK/name.cpu, wrk's in $WORK/name.wrkcpu (both in clock ticks)
-    local before
+    # time over the run in $WORK/name.cpu, wrk's in $WORK/name.wrkcpu (both in clock ticks),
+    # the share of the machine's CPU time left idle in $WORK/name.idle (percent)
+    local before machine
     before=$(tree_ticks)
+    machine=$(machine_ticks)
     ( wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/1k.bin" >"$WORK/$1.wrk"
       # The builtin, redirected (a pipe would run it in a subshell without wrk's times).
       times >"$WORK/$1.times"
@@ -101,6 +103,15 @@ load() { # name: wrk for DURATION against $PORT, output in $WORK/name.wrk; the s
           function ticks(s,  m) { split(s, m, /[ms]/); return int((m[1] * 60 + m[2]) * t) }' \
           "$WORK/$1.times" >"$WORK/$1.wrkcpu" )
     echo $(($(tree_ticks) - before)) >"$WORK/$1.cpu"
+    echo "$machine $(machine_ticks)" | awk '{printf "%.0f\n", 100 * ($3 - $1) / ($4 - $2 + ($4 == $2))}' \
+        >"$WORK/$1.idle"
+}
+
+# The machine's idle (and iowait) clock ticks and all its ticks so far, from /proc/stat. A run
+# with fewer req/s at the same cost per request either waited (the machine had idle time) or
+# got less of a machine busy with other jobs (none): this tells the two apart.
+machine_ticks() {
+    awk '/^cpu / {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
 }
 
 # CPU time of the server so far, in clock ticks: the arbiter's own and its reaped children's
@@ -207,8 +218,8 @@ churn_cpu=()
 calm_all=()
 churn_all=()
 echo
-echo "| run | req/s | req per server CPU-s | req per CPU-s, server + wrk | non-2xx | socket errors |"
-echo "|---|---|---|---|---|---|"
+echo "| run | req/s | req per server CPU-s | req per CPU-s, server + wrk | non-2xx | socket errors | machine idle |"
+echo "|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$ROUNDS"); do
     calms+=("$(rps "calm$r")")
     churns+=("$(rps "churn$r")")
@@ -218,7 +229,7 @@ for r in $(seq 1 "$ROUNDS"); do
     churn_all+=("$(per_cpu "churn$r" wrk)")
     for kind in calm churn; do
         label=$([ $kind = calm ] && echo undisturbed || echo churn)
-        echo "| $r: $label | $(rps "$kind$r") | $(per_cpu "$kind$r") | $(per_cpu "$kind$r" wrk) | $(non2xx "$kind$r") | $(sockerr "$kind$r") |"
+        echo "| $r: $label | $(rps "$kind$r") | $(per_cpu "$kind$r") | $(per_cpu "$kind$r" wrk) | $(non2xx "$kind$r") | $(sockerr "$kind$r") | $(cat "$WORK/$kind$r.idle")% |"
     done
 done
 CALM=$(median "${calms[@]}")
@@ -232,7 +243,7 @@ cat <<EOF
 - arbiter PID and pid file unchanged throughout: $PID_OK
 - reloads completed: $(count "reload complete") of $((HUPS * ROUNDS))
 - upgrades: $(count "upgrade complete") completed, $(count "upgrade refused") refused ($REFUSED), $(count "upgrade rolled back") rolled back
-- workers recycled by --max-requests: $(count "recycled, its replacement is ready")
+- workers recycled by --max-requests: $(count "recycled, its replacement is ready"), having served a median $(grep -o 'served [0-9]* requests (limit' "$WORK/all-churn.log" | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}') requests when marked (the limit: $MAX_REQUESTS plus up to $((MAX_REQUESTS / 10)))
 - TTIN/TTOU: $(count "TTIN: raising") / $(count "TTOU: lowering")
 - machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${DURATION}s per run, $WORKERS workers, wrk -t$THREADS -c$CONNS, 1 KiB file
 EOF

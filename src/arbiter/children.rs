@@ -151,6 +151,9 @@ pub(super) struct Child {
     /// Requests after which this worker is replaced (`--max-requests` plus its own jitter,
     /// drawn at spawn); `None` never.
     pub request_limit: Option<u64>,
+    /// Its request count at the last recycle check that sampled it, and when: the rate since
+    /// tells when it will reach its limit (`workers::recycle_wait`).
+    pub served: Option<(u64, Instant)>,
 }
 
 /// Why a serving worker is to be replaced by a fresh one (gunicorn's `max_requests`, and a
@@ -174,6 +177,7 @@ impl Child {
             started: Instant::now(),
             replace: None,
             request_limit: None,
+            served: None,
         }
     }
 }

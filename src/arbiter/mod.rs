@@ -66,6 +66,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// memory at least this often (a few reads of shared memory and `/proc` per worker).
 const RECYCLE_TICK: Duration = Duration::from_millis(200);
 
+/// ... and, when a worker's request rate says it reaches its `--max-requests` limit sooner,
+/// then, but not more often than this (`workers::recycle_wait`).
+const RECYCLE_MIN: Duration = Duration::from_millis(5);
+
 /// After a fast stop (INT/QUIT), how long workers get before SIGKILL.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -181,6 +185,9 @@ pub struct Arbiter {
     generations: u64,
     /// Draws each worker's `--max-requests-jitter`.
     jitter: workers::Jitter,
+    /// When the next recycle check is due: the first moment a worker is expected to reach its
+    /// request limit, at most [`RECYCLE_TICK`] away (`check_recycling` sets it).
+    recycle_at: Option<Instant>,
     /// Spawn counter: lower is older (for "oldest first").
     spawned: u64,
     boot: Boot,
@@ -277,6 +284,7 @@ pub fn run(
         generation: 1,
         generations: 1,
         jitter: workers::Jitter::seeded(),
+        recycle_at: None,
         spawned: 0,
         boot: Boot::default(),
         phase: Phase::Running,
@@ -434,6 +442,7 @@ pub fn resume(
         generation: handover.generation,
         generations: handover.generations,
         jitter: workers::Jitter::seeded(),
+        recycle_at: None,
         spawned,
         boot: Boot {
             ever_ready: true,
@@ -542,7 +551,7 @@ impl Arbiter {
             } else {
                 TICK
             };
-        for at in [self.boot.retry_at, self.hub.retry_at]
+        for at in [self.boot.retry_at, self.hub.retry_at, self.recycle_at]
             .into_iter()
             .flatten()
         {
@@ -553,7 +562,10 @@ impl Arbiter {
             .iter()
             .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
             .collect();
-        let ms = PollTimeout::try_from(timeout.as_millis() as u64).unwrap_or(PollTimeout::MAX);
+        // Rounded up: a deadline less than a millisecond away must not become a zero timeout,
+        // which would spin until it passes.
+        let ms = PollTimeout::try_from(timeout.as_micros().div_ceil(1000) as u64)
+            .unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, ms) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(err) => {

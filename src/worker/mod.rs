@@ -66,6 +66,18 @@ pub fn run(boot: WorkerBoot) -> i32 {
     })
 }
 
+/// Whether any service of `config` holds line connections (chat, echo, quote): the ones a
+/// retiring worker hands over ([`handoff`]).
+fn has_line_service(config: &Config) -> bool {
+    use crate::config::ServiceConfig;
+    config.services.iter().any(|s| {
+        matches!(
+            s.service,
+            ServiceConfig::Echo | ServiceConfig::Chat { .. } | ServiceConfig::Quote { .. }
+        )
+    })
+}
+
 async fn serve(
     mut child: Child,
     slot_number: usize,
@@ -240,8 +252,10 @@ async fn serve(
     };
     slot.set_state(SlotState::Stopping);
     intake_closed.cancel();
-    // An orphan has nobody to hand to: the generation that would take over has no arbiter.
-    let hand_over = retire && !orphan;
+    // An orphan has nobody to hand to: the generation that would take over has no arbiter. A
+    // worker with no line service has nothing to hand over (HTTP connections drain), and
+    // skips looking for targets: with `--max-requests` workers retire several times a second.
+    let hand_over = retire && !orphan && has_line_service(&config);
     if hand_over {
         // Before `stop`: line services look at this first, and offer themselves.
         targets.request();
@@ -287,4 +301,30 @@ async fn serve(
         }
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cli::{Invocation, parse_from};
+    use crate::config::file::FileConfig;
+
+    fn config(args: &[&str]) -> Config {
+        match parse_from(std::iter::once("oxicorn").chain(args.iter().copied())).unwrap() {
+            Invocation::Serve(a) => Config::merge(&a, &FileConfig::default()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A retiring static worker has nothing to hand over, so it does not look for targets;
+    /// one with a line service does, whatever else it serves.
+    #[test]
+    fn only_workers_with_line_services_look_for_hand_over_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        assert!(!has_line_service(&config(&["static", root])));
+        assert!(has_line_service(&config(&["echo"])));
+        assert!(has_line_service(&config(&["chat"])));
+        assert!(has_line_service(&config(&["quote"])));
+    }
 }
