@@ -173,11 +173,7 @@ async fn http10_and_pipelined_requests_are_answered_in_order() {
 #[tokio::test]
 async fn h2c_prior_knowledge_on_the_same_listener() {
     let server = Server::start(HttpSettings::default()).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     for _ in 0..2 {
         let r = h2.get(server.url("/")).send().await.unwrap();
         assert_eq!(r.version(), reqwest::Version::HTTP_2);
@@ -283,11 +279,7 @@ async fn over_long_heads_get_414_and_431() {
         "{got}"
     );
     // Over h2 as well.
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let r = h2
         .get(server.url(&format!("/{}", "a".repeat(100))))
         .send()
@@ -329,11 +321,7 @@ async fn a_request_line_naming_http_2_0_gets_505() {
         "{got}"
     );
     // h2c with prior knowledge still works.
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let r = h2.get(server.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
@@ -588,11 +576,7 @@ async fn the_access_log_has_one_line_per_request() {
 #[tokio::test]
 async fn http2_gets_goaway_and_its_stream_in_flight_finishes() {
     let server = Server::start(HttpSettings::default()).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let slow = tokio::spawn(h2.get(server.url("/sleep/300")).send());
     tokio::time::sleep(Duration::from_millis(100)).await;
     server.stop.cancel();
@@ -771,4 +755,13 @@ async fn at_the_connection_cap_an_idle_kept_alive_connection_makes_room() {
         "slept",
         "the rest, then closed"
     );
+}
+
+/// A reqwest client speaking HTTP/2 over cleartext with prior knowledge (h2c), no proxy.
+fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
 }
