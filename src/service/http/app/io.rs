@@ -254,7 +254,7 @@ pub struct DeadlineIo<S> {
     /// The deadline `sleep` is set to now.
     armed: Option<Instant>,
     /// Whether `armed` comes no later than the idle deadline of any request that ends from
-    /// now on (an idle deadline, or a check-in): then a request ending needs no wake-up.
+    /// now on (an idle deadline, or a check-in): then a busy wait leaves the timer alone.
     bounded: bool,
     /// The waker last left with [`ConnState`]'s reader slot and with the reclaim table, so
     /// the same task's next wait takes no lock.
@@ -398,8 +398,8 @@ impl<S> DeadlineIo<S> {
     }
 
     /// The check-in interval while a request is in flight: the idle limit, so the reader looks
-    /// again no later than the idle deadline of a request ending now; `None` when there is no
-    /// idle limit (HTTP/1 without keep-alive), and a request ending wakes the reader instead.
+    /// again no later than the idle deadline of a request ending now (a fallback: the end wakes
+    /// the reader); `None` when there is no idle limit (HTTP/1 without keep-alive).
     fn checkin_limit(&self) -> Option<Duration> {
         Some(self.idle_limit()).filter(|d| !d.is_zero())
     }
@@ -618,9 +618,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
         }
-        // Parked before the state is read, so a request ending after the read can still wake
-        // this task (when its check-in would come too late) and its next read arms the idle
-        // deadline.
+        // Parked before the state is read, so a request ending after the read still wakes
+        // this task and its next read arms the idle deadline.
         this.park(cx);
         let Some(deadline) = this.deadline(Instant::now) else {
             return this.wait_busy(cx);
@@ -664,8 +663,8 @@ impl<S> DeadlineIo<S> {
             .checkin_limit()
             .filter(|_| !self.state.upgraded.load(Ordering::Acquire));
         let Some(limit) = limit else {
-            // Upgraded (the app owns the stream), or no idle limit: no check-in, and a
-            // request ending wakes the reader.
+            // Upgraded (the app owns the stream), or no idle limit: no check-in; a request
+            // ending wakes the reader.
             self.bounded = false;
             return Poll::Pending;
         };
@@ -794,16 +793,28 @@ mod tests {
         assert_eq!(got, RESPONSE_408);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn in_flight_requests_and_upgrades_have_no_deadline_and_idle_ones_do() {
+    /// A connection whose first request's head has been read and picked up by the request
+    /// path (in flight): the client's end, the state, the stream and its release signal.
+    async fn a_request_in_flight() -> (
+        tokio::io::DuplexStream,
+        Arc<ConnState>,
+        DeadlineIo<tokio::io::DuplexStream>,
+        oneshot::Receiver<()>,
+    ) {
         let (mut client, server) = duplex(1024);
         let state = Arc::new(ConnState::default());
-        let (mut io, _gone) = DeadlineIo::new(server, Arc::clone(&state), D);
+        let (mut io, gone) = DeadlineIo::new(server, Arc::clone(&state), D);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         assert!(io.read(&mut buf).await.unwrap() > 0);
-        // The request path picks the head up.
         state.request_started();
+        (client, state, io, gone)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_requests_and_upgrades_have_no_deadline_and_idle_ones_do() {
+        let (_client, state, mut io, _gone) = a_request_in_flight().await;
+        let mut buf = [0u8; 64];
         let read = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut buf)).await;
         assert!(read.is_err(), "no deadline while a request is in flight");
         state.request_ended();
@@ -828,13 +839,8 @@ mod tests {
     /// wakes the reader at once, and the idle deadline counts from the request's end.
     #[tokio::test(start_paused = true)]
     async fn a_request_ending_wakes_the_reader_and_idle_counts_from_its_end() {
-        let (mut client, server) = duplex(1024);
-        let state = Arc::new(ConnState::default());
-        let (mut io, _gone) = DeadlineIo::new(server, Arc::clone(&state), D);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (_client, state, mut io, _gone) = a_request_in_flight().await;
         let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
-        state.request_started();
         let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&wakes));
         let mut cx = Context::from_waker(&waker);
