@@ -69,6 +69,18 @@ fn still_talking(a: &mut LineClient, an: &str, b: &mut LineClient, bn: &str, tag
 
 #[test]
 fn chat_members_on_every_worker_carry_on_across_a_hup() {
+    chat_members_on_every_worker_carry_on_across(Signal::SIGHUP, "reload complete");
+}
+
+/// USR2 re-executes the binary at the path the server started from (here the same build) and
+/// rolls the workers as a reload does: the members are handed over the same way.
+#[test]
+fn chat_members_on_every_worker_carry_on_across_a_usr2_upgrade() {
+    chat_members_on_every_worker_carry_on_across(Signal::SIGUSR2, "upgrade complete");
+}
+
+/// Two members on two workers; `signal` replaces the workers and logs `done` once it has.
+fn chat_members_on_every_worker_carry_on_across(signal: Signal, done: &str) {
     // A third worker stays free, for a newcomer after the reload.
     let (s, addr) = start_line_service("chat", 3, &["--graceful-timeout", "30"]);
     let (mut alice, pa) = connect(&s, addr);
@@ -80,8 +92,8 @@ fn chat_members_on_every_worker_carry_on_across_a_hup() {
     let ports = (alice.local_port(), bob.local_port());
 
     let mark = s.mark();
-    s.signal(Signal::SIGHUP);
-    s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+    s.signal(signal);
+    s.wait_for_lines_after(mark, done, 1, SOON);
     s.wait_for_lines_after(mark, "handed 1 connection(s) to a newer worker", 2, SOON);
     // Both old workers are gone long before the graceful timeout: nothing held them.
     assert!(eventually(SOON, || !alive(pa) && !alive(pb)));
@@ -90,7 +102,7 @@ fn chat_members_on_every_worker_carry_on_across_a_hup() {
     assert!(![pa, pb].contains(&na) && ![pa, pb].contains(&nb));
     assert_ne!(na, nb);
     assert_eq!((alice.local_port(), bob.local_port()), ports);
-    still_talking(&mut alice, "alice", &mut bob, "bob", "after the hup");
+    still_talking(&mut alice, "alice", &mut bob, "bob", "after the swap");
     // The name stayed reserved throughout: a newcomer cannot take it.
     let (mut eve, _) = connect(&s, addr);
     eve.send(b"Alice\r\n");
@@ -138,6 +150,17 @@ fn hear_all(c: &mut LineClient, from: &[&str], count: usize) {
 
 #[test]
 fn a_conversation_spans_two_reloads_without_a_lost_or_repeated_line() {
+    a_conversation_spans_two(Signal::SIGHUP, "reload complete");
+}
+
+#[test]
+fn a_conversation_spans_two_upgrades_without_a_lost_or_repeated_line() {
+    a_conversation_spans_two(Signal::SIGUSR2, "upgrade complete");
+}
+
+/// Three members on three workers talk while `signal` (logging `done`) replaces the workers
+/// twice: every line arrives once, in order, and nobody left or joined.
+fn a_conversation_spans_two(signal: Signal, done: &str) {
     let (s, addr) = start_line_service("chat", 3, &["--graceful-timeout", "30"]);
     let mut members = Vec::new();
     let mut pids = Vec::new();
@@ -152,14 +175,14 @@ fn a_conversation_spans_two_reloads_without_a_lost_or_repeated_line() {
     members[0].expect("* cat joined");
     members[1].expect("* cat joined");
 
-    // ann and ben talk all the time; cat listens. Two reloads happen meanwhile.
+    // ann and ben talk all the time; cat listens. Two swaps happen meanwhile.
     const N: usize = 400;
     let senders = [talk(&members[0], "ann", N), talk(&members[1], "ben", N)];
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(250));
         let mark = s.mark();
-        s.signal(Signal::SIGHUP);
-        s.wait_for_lines_after(mark, "reload complete", 1, SOON);
+        s.signal(signal);
+        s.wait_for_lines_after(mark, done, 1, SOON);
         s.wait_for_lines_after(mark, "handed 1 connection(s) to a newer worker", 3, SOON);
     }
     for t in senders {
