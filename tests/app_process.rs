@@ -229,6 +229,34 @@ async fn x_forwarded_for_is_trusted_only_from_allowed_addresses() {
     }
 }
 
+/// A proxy that appends to `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`) passes a
+/// client's own `Forwarded` through untouched: the loopback peer is trusted by default, so these
+/// requests are what the app sees behind such a proxy. A contradicting pair names no one.
+#[tokio::test]
+async fn a_forwarded_header_passed_through_a_proxy_cannot_spoof_the_client() {
+    let (_server, addr) = start(&["--workers", "1"], 1, &[]);
+    let get = |headers: &'static [(&'static str, &'static str)]| {
+        let mut r = client().get(format!("http://{addr}/client"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        async move { r.send().await.unwrap().text().await.unwrap() }
+    };
+    let text = get(&[
+        ("forwarded", "for=1.2.3.4;proto=https"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ])
+    .await;
+    assert_eq!(text, "127.0.0.1 http\n", "a contradiction believes neither");
+    let text = get(&[("forwarded", "for=1.1.1.1;proto=https, for=203.0.113.7")]).await;
+    assert_eq!(
+        text, "203.0.113.7 http\n",
+        "the client's own element is not read"
+    );
+    let text = get(&[("forwarded", "for=203.0.113.7;proto=https")]).await;
+    assert_eq!(text, "203.0.113.7 https\n");
+}
+
 #[test]
 fn a_failing_factory_stops_the_server_with_its_cause_and_no_fork_loop() {
     let mut server = Oxicorn::start_program(
