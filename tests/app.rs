@@ -765,3 +765,64 @@ fn h2c_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A response body that sends one chunk, has nothing for a moment (so the head and the chunk
+/// go out, as a server-sent events stream's would), then panics: a stream whose producer fails
+/// after the head was sent.
+struct PanicsAfterOneChunk(u8);
+
+impl hyper::body::Body for PanicsAfterOneChunk {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0 += 1;
+        match self.0 {
+            1 => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                b"data: 1\n\n",
+            ))))),
+            2 => {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            _ => panic!("the stream's producer panics on purpose"),
+        }
+    }
+}
+
+/// A panic after the head was sent cannot become a 500: that response is cut short (HTTP/1:
+/// no last chunk, the connection closed; HTTP/2: the stream reset), and only it.
+#[tokio::test]
+async fn a_body_that_panics_mid_stream_cuts_only_its_response() {
+    let app = router().route(
+        "/events",
+        get(|| async { axum::body::Body::new(PanicsAfterOneChunk(0)) }),
+    );
+    let server = Server::start_with(AppService::new(app, HttpSettings::default())).await;
+    let text = server
+        .raw(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(
+        text.ends_with("9\r\ndata: 1\n\n\r\n"),
+        "no last chunk: {text:?}"
+    );
+    assert!(
+        !text.contains("hello"),
+        "the pipelined request is not answered"
+    );
+    // HTTP/2: the stream fails, the connection serves the next one.
+    let h2 = h2c_client();
+    let r = h2.get(server.url("/events")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "the stream is reset, not ended");
+    let r = h2.get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+    // And a new HTTP/1 connection is served.
+    let r = client().get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+}
