@@ -257,6 +257,47 @@ async fn a_forwarded_header_passed_through_a_proxy_cannot_spoof_the_client() {
     assert_eq!(text, "203.0.113.7 https\n");
 }
 
+/// Issue 9: "the app can sit beside the built-in services in one config (the app on :8000,
+/// static on :8001)". The program names no service on its command line, so a file with
+/// [[service]] tables is read as it is. (Static on a Unix socket: two `127.0.0.1:0` binds
+/// in one config are refused as the same address.)
+#[tokio::test]
+async fn the_app_beside_static_in_one_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    support::write_file(dir.path(), "hello.txt", "static hello\n");
+    let sock = dir.path().join("static.sock");
+    let config = format!(
+        "workers = 2\n[[service]]\nkind = \"app\"\nbind = \"127.0.0.1:0\"\n\
+         [[service]]\nkind = \"static\"\nbind = \"unix:{}\"\nroot = {:?}\n",
+        sock.display(),
+        dir.path()
+    );
+    let path = support::write_file(dir.path(), "services.toml", &config);
+    let server = Oxicorn::start_program(
+        std::path::Path::new(app_bin()),
+        tempfile::tempdir().unwrap(),
+        &["-c", path.to_str().unwrap()],
+        &[],
+    );
+    server.wait_ready(2, 2);
+    let text = client()
+        .get(format!("http://{}/worker", server.tcp_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(server.booted_pids().contains(&pid_of(&text)), "{text}");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(SOON)).unwrap();
+    s.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nstatic hello\n"), "{out}");
+}
+
 #[test]
 fn a_failing_factory_stops_the_server_with_its_cause_and_no_fork_loop() {
     let mut server = Oxicorn::start_program(

@@ -193,6 +193,26 @@ fn every_problem_in_a_config_file_is_reported_at_once() {
     );
 }
 
+/// `kind = "app"` is a program's own app: the `oxicorn` command has none, so its check refuses
+/// the file (exit 1, the table's line) rather than passing it and halting at boot (exit 3).
+#[test]
+fn an_app_service_is_refused_by_the_oxicorn_command() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "app.toml",
+        "[[service]]\nkind = \"static\"\nbind = \"127.0.0.1:0\"\n\
+         [[service]]\nkind = \"app\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    let out = oxicorn(&["-c", "app.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs a program that embeds oxicorn") && err.contains("line 4"),
+        "{err}"
+    );
+}
+
 #[test]
 fn usage_errors_exit_2_and_configuration_errors_exit_1() {
     let dir = tempfile::tempdir().unwrap();
