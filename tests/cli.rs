@@ -213,6 +213,30 @@ fn an_app_service_is_refused_by_the_oxicorn_command() {
     );
 }
 
+/// Values with a syntax of their own (an access log format, a list of networks) are checked
+/// where the file is read, so they too come with their line and beside every other problem,
+/// not alone and without a line after the rest was fixed.
+#[test]
+fn a_bad_log_format_or_network_list_is_reported_with_its_line_and_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "bad.toml",
+        "access_logformat = \"%(zz)s\"\nworker = 4\n[[service]]\nkind = \"static\"\n\
+         access_logformat = \"50% %(h)s\"\n",
+    );
+    let out = oxicorn(&["-c", "bad.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in [
+        "line 1: invalid access_logformat: unknown atom `%(zz)s`",
+        "line 2: unknown key `worker`",
+        "line 5: invalid access_logformat: `%` at byte 2 starts no atom",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
 #[test]
 fn usage_errors_exit_2_and_configuration_errors_exit_1() {
     let dir = tempfile::tempdir().unwrap();
