@@ -298,6 +298,57 @@ async fn the_app_beside_static_in_one_config_file() {
     assert!(out.ends_with("\r\n\r\nstatic hello\n"), "{out}");
 }
 
+/// USR2 upgrades a program embedding its app in place as it does the oxicorn command: the
+/// arbiter's PID stays, new workers run the new image, no request fails meanwhile. (Before, the
+/// program did not answer the pre-exec probe and every USR2 was refused.)
+#[tokio::test]
+async fn usr2_upgrades_the_app_in_place() {
+    let (server, addr) = start(&["--workers", "2"], 2, &[]);
+    let before = server.booted_pids();
+    let mark = server.mark();
+    let http = client();
+    server.signal(Signal::SIGUSR2);
+    let until = Instant::now() + SOON;
+    let mut served = 0;
+    while server.lines()[mark..]
+        .iter()
+        .all(|l| !l.contains("upgrade complete"))
+    {
+        assert!(
+            Instant::now() < until,
+            "no upgrade: {:#?}",
+            &server.lines()[mark..]
+        );
+        let r = http
+            .get(format!("http://{addr}/worker"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served > 0);
+    let lines = server.lines()[mark..].join("\n");
+    assert!(
+        lines.contains(&format!("(pid {} kept)", server.pid)),
+        "{lines}"
+    );
+    // A new connection (the pooled one may be a retired worker's, finishing with close).
+    let text = client()
+        .get(format!("http://{addr}/worker"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !before.contains(&pid_of(&text)),
+        "a new worker answers: {text}"
+    );
+}
+
 #[test]
 fn a_failing_factory_stops_the_server_with_its_cause_and_no_fork_loop() {
     let mut server = Oxicorn::start_program(
