@@ -898,3 +898,27 @@ async fn a_head_hyper_refuses_gets_an_access_log_line() {
     };
     assert_eq!(log, "- 400\n- 505\n");
 }
+
+/// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, and to any
+/// request with more than one or an invalid one (a proxy and the app could each read another
+/// site from it). hyper lets all three through; the static service refuses them too.
+#[tokio::test]
+async fn a_missing_repeated_or_malformed_host_gets_400() {
+    let server = Server::start(HttpSettings::default()).await;
+    for head in [
+        &b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: a@b\r\nconnection: close\r\n\r\n",
+    ] {
+        let got = server.raw(head).await;
+        assert_eq!(
+            status_line(&got),
+            "HTTP/1.1 400 Bad Request",
+            "{}: {got}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    // HTTP/1.0 may leave it out.
+    let got = server.raw(b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+}
