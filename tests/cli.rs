@@ -237,6 +237,23 @@ fn a_bad_log_format_or_network_list_is_reported_with_its_line_and_the_rest() {
     }
 }
 
+/// `OXICORN_BIND` takes one address; a list there (or in one --bind) is named as a list, not
+/// as an IPv6 address missing its brackets.
+#[test]
+fn several_addresses_in_one_bind_are_refused_as_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["--check-config"])
+        .env("OXICORN_BIND", "127.0.0.1:8001,127.0.0.1:8002")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("holds several addresses"), "{err}");
+    assert!(!err.contains("IPv6"), "{err}");
+}
+
 #[test]
 fn usage_errors_exit_2_and_configuration_errors_exit_1() {
     let dir = tempfile::tempdir().unwrap();
