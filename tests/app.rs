@@ -922,3 +922,21 @@ async fn a_missing_repeated_or_malformed_host_gets_400() {
     let got = server.raw(b"GET / HTTP/1.0\r\n\r\n").await;
     assert!(got.ends_with("\r\n\r\nhello"), "{got}");
 }
+
+/// `/static//nope` (a doubled slash after the mount point, which axum strips with it) gets the
+/// 404 page whose root link is the mount point's, as `/static/nope` does, not the site's root.
+#[tokio::test]
+async fn a_doubled_slash_after_the_mount_point_keeps_the_mount_points_links() {
+    use oxicorn::service::http::app::StaticFiles;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Router::new().nest_service("/static", StaticFiles::new(dir.path()));
+    let server = Server::start_with(AppService::new(app, HttpSettings::default())).await;
+    for path in ["/static/nope", "/static//nope"] {
+        let got = server
+            .raw(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+            .await;
+        assert!(got.starts_with("HTTP/1.1 404 "), "{path}: {got}");
+        assert!(got.contains("href=\"/static/\""), "{path}: {got}");
+        assert!(!got.contains("href=\"/\""), "{path}: {got}");
+    }
+}
