@@ -174,7 +174,7 @@ impl Server {
                 let config = match Config::load(&args) {
                     Ok(config) => config,
                     Err(err) => {
-                        return give_up(handover, format!("it refused the configuration: {err}"));
+                        return give_up(handover, "it refused the configuration", err.to_string());
                     }
                 };
                 if args.check_config || probed {
@@ -193,7 +193,7 @@ impl Server {
                 let config = match source() {
                     Ok(config) => config,
                     Err(err) => {
-                        return give_up(handover, format!("it refused the configuration: {err}"));
+                        return give_up(handover, "it refused the configuration", err.to_string());
                     }
                 };
                 if probed {
@@ -208,7 +208,7 @@ impl Server {
         // On an upgrade the old image did these already: its listeners, logs and umask are
         // inherited (as the oxicorn command does, src/main.rs).
         if let Err(err) = check_identity(&config) {
-            return give_up(handover, err);
+            return give_up(handover, "", err);
         }
         if handover.is_none() {
             prepare_files(&config)?;
@@ -216,7 +216,9 @@ impl Server {
         let log = match crate::log::init(config.log_level.filter(), config.error_logfile.as_deref())
         {
             Ok(log) => log,
-            Err(err) => return give_up(handover, format!("cannot open the error log: {err}")),
+            Err(err) => {
+                return give_up(handover, "", format!("cannot open the error log: {err}"));
+            }
         };
         let log: &'static _ = Box::leak(Box::new(log));
         factory::register(factory).map_err(|_| "an application is registered already")?;
@@ -228,19 +230,22 @@ impl Server {
     }
 }
 
-/// A refusal before the arbiter runs: with no handover, the error to print (the program exits
-/// 1); during an upgrade, back to the old image, which keeps serving (only if that fails does
-/// this return, and the program exits).
-fn give_up(handover: Option<upgrade::Handover>, reason: String) -> Result<i32, String> {
-    match handover {
-        None => Err(reason),
-        Some(h) => {
-            let err = h.rollback(reason.clone());
-            Err(format!(
-                "{reason}; cannot go back to the previous image: {err}"
-            ))
-        }
-    }
+/// A refusal before the arbiter runs: with no handover, `err` is the error to print (the
+/// program exits 1); during an upgrade, back to the old image, which keeps serving and logs
+/// `what: err` as the reason (only if that fails does this return, and the program exits).
+fn give_up(handover: Option<upgrade::Handover>, what: &str, err: String) -> Result<i32, String> {
+    let Some(h) = handover else {
+        return Err(err);
+    };
+    let reason = if what.is_empty() {
+        err
+    } else {
+        format!("{what}: {err}")
+    };
+    let failed = h.rollback(reason.clone());
+    Err(format!(
+        "{reason}; cannot go back to the previous image: {failed}"
+    ))
 }
 
 /// Workers run as root only when asked: started as root, `--user` names who they run as, or
