@@ -20,6 +20,11 @@
 //! once its factory has returned; a factory that fails is that worker's boot failure, logged
 //! with its cause chain, and the arbiter's back-off and halt apply.
 //!
+//! USR2 upgrades such a program in place as it does the `oxicorn` command (the same PID, the
+//! program at the path it was started from re-executed, rolled back if it cannot serve): the
+//! program answers the pre-exec probe from its `--check-config` (or, with a configuration
+//! built in code, from the probe's environment alone) and takes the handover in [`Server::run`].
+//!
 //! This module owns the program-facing entry: the command line (oxicorn's server and HTTP
 //! options, plus the program's own), the config source, the checks that must happen before
 //! the arbiter starts (no threads yet, not root by accident), and the exit code. It runs in
@@ -28,6 +33,7 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use crate::arbiter::upgrade;
 use crate::config::{Config, ConfigError, ConfigSource, ServeArgs, cli};
 use crate::exit;
 use crate::service::http::app::{AppFactory, AppRequest, BoxError, factory};
@@ -148,12 +154,33 @@ impl Server {
         let factory = self
             .factory
             .ok_or("no application: call .app(factory) before .run()")?;
+        // An image started by a USR2 upgrade (or its rollback) finds the running server's
+        // state here; from now on a refusal goes back to the old image instead of exiting,
+        // since this process's PID is the server's. After the thread check: reading it edits
+        // the environment, which no other thread may read meanwhile.
+        let handover = match upgrade::take_handover() {
+            None => None,
+            Some(Ok(h)) => Some(h),
+            Some(Err(err)) => {
+                return Err(format!("cannot take over from the previous image: {err}"));
+            }
+        };
+        // The pre-upgrade check of a running server runs this program with --check-config
+        // and this variable; a program whose configuration is built in code has no
+        // --check-config, and must not start a second server then.
+        let probed = std::env::var_os(upgrade::HANDOVER_PROBE_ENV).is_some();
         let (config, source): (Config, ConfigSource) = match self.source {
             Source::Args(args) => {
-                let config = Config::load(&args).map_err(|e| e.to_string())?;
-                if args.check_config {
+                let config = match Config::load(&args) {
+                    Ok(config) => config,
+                    Err(err) => {
+                        return give_up(handover, "it refused the configuration", err.to_string());
+                    }
+                };
+                if args.check_config || probed {
                     println!("configuration ok");
                     print!("{}", config.summary());
+                    upgrade::announce_handover();
                     return Ok(exit::SUCCESS);
                 }
                 if args.print_config {
@@ -163,18 +190,62 @@ impl Server {
                 (config, Box::new(move || Config::load(&args)))
             }
             Source::Code(mut source) => {
-                let config = source().map_err(|e| e.to_string())?;
+                let config = match source() {
+                    Ok(config) => config,
+                    Err(err) => {
+                        return give_up(handover, "it refused the configuration", err.to_string());
+                    }
+                };
+                if probed {
+                    println!("configuration ok");
+                    print!("{}", config.summary());
+                    upgrade::announce_handover();
+                    return Ok(exit::SUCCESS);
+                }
                 (config, source)
             }
         };
-        check_identity(&config)?;
-        prepare_files(&config)?;
-        let log = crate::log::init(config.log_level.filter(), config.error_logfile.as_deref())
-            .map_err(|e| format!("cannot open the error log: {e}"))?;
+        // On an upgrade the old image did these already: its listeners, logs and umask are
+        // inherited (as the oxicorn command does, src/main.rs).
+        if let Err(err) = check_identity(&config) {
+            return give_up(handover, "", err);
+        }
+        if handover.is_none() {
+            prepare_files(&config)?;
+        }
+        let log = match crate::log::init(config.log_level.filter(), config.error_logfile.as_deref())
+        {
+            Ok(log) => log,
+            Err(err) => {
+                return give_up(handover, "", format!("cannot open the error log: {err}"));
+            }
+        };
         let log: &'static _ = Box::leak(Box::new(log));
         factory::register(factory).map_err(|_| "an application is registered already")?;
-        crate::arbiter::run(config, source, log).map_err(|e| e.to_string())
+        match handover {
+            Some(h) => crate::arbiter::resume(config, source, log, h),
+            None => crate::arbiter::run(config, source, log),
+        }
+        .map_err(|e| e.to_string())
     }
+}
+
+/// A refusal before the arbiter runs: with no handover, `err` is the error to print (the
+/// program exits 1); during an upgrade, back to the old image, which keeps serving and logs
+/// `what: err` as the reason (only if that fails does this return, and the program exits).
+fn give_up(handover: Option<upgrade::Handover>, what: &str, err: String) -> Result<i32, String> {
+    let Some(h) = handover else {
+        return Err(err);
+    };
+    let reason = if what.is_empty() {
+        err
+    } else {
+        format!("{what}: {err}")
+    };
+    let failed = h.rollback(reason.clone());
+    Err(format!(
+        "{reason}; cannot go back to the previous image: {failed}"
+    ))
 }
 
 /// Workers run as root only when asked: started as root, `--user` names who they run as, or

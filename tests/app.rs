@@ -765,3 +765,178 @@ fn h2c_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A response body that sends one chunk, has nothing for a moment (so the head and the chunk
+/// go out, as a server-sent events stream's would), then panics: a stream whose producer fails
+/// after the head was sent.
+struct PanicsAfterOneChunk(u8);
+
+impl hyper::body::Body for PanicsAfterOneChunk {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0 += 1;
+        match self.0 {
+            1 => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                b"data: 1\n\n",
+            ))))),
+            2 => {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            _ => panic!("the stream's producer panics on purpose"),
+        }
+    }
+}
+
+/// A panic after the head was sent cannot become a 500: that response is cut short (HTTP/1:
+/// no last chunk, the connection closed; HTTP/2: the stream reset), and only it.
+#[tokio::test]
+async fn a_body_that_panics_mid_stream_cuts_only_its_response() {
+    let app = router().route(
+        "/events",
+        get(|| async { axum::body::Body::new(PanicsAfterOneChunk(0)) }),
+    );
+    let server = Server::start_with(AppService::new(app, HttpSettings::default())).await;
+    let text = server
+        .raw(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(
+        text.ends_with("9\r\ndata: 1\n\n\r\n"),
+        "no last chunk: {text:?}"
+    );
+    assert!(
+        !text.contains("hello"),
+        "the pipelined request is not answered"
+    );
+    // HTTP/2: the stream fails, the connection serves the next one.
+    let h2 = h2c_client();
+    let r = h2.get(server.url("/events")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "the stream is reset, not ended");
+    let r = h2.get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+    // And a new HTTP/1 connection is served.
+    let r = client().get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+}
+
+/// A client that sends its request and shuts down its writing side (`printf ... | nc -q1`,
+/// `shutdown(SHUT_WR)`) still gets its answer, as the static service, gunicorn and nginx give
+/// it. Every try must be answered: the bug was a race between the answer and hyper's EOF.
+#[tokio::test]
+#[ignore = "bug: hyper's http1 half_close is off (app/mod.rs builder()), so an EOF read while the request is in flight drops the answer"]
+async fn a_request_followed_by_a_half_close_is_answered() {
+    let server = Server::start(HttpSettings::default()).await;
+    for i in 0..20 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /sleep/5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let text = read_to_close(&mut s).await;
+        assert!(text.ends_with("slept"), "try {i}: {text:?}");
+    }
+}
+
+/// HTTP/2 has no request line: its `:path` is what HTTP/1's target is, so `%(r)s` reads
+/// `GET /a?b=1 HTTP/2.0` and `%(U)s` is `/a` (as nginx logs `$request`), not the URI hyper
+/// rebuilds from `:scheme` and `:authority`.
+#[tokio::test]
+#[ignore = "bug: app/mod.rs RequestEnd::end logs self.line.uri.to_string(), which for HTTP/2 is http://authority/path"]
+async fn the_access_log_shows_an_http2_request_by_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let format = LogFormat::parse("%(r)s|%(U)s|%(q)s").unwrap();
+    let app = AppService::new(router(), HttpSettings::default())
+        .with_access_log(AccessLog::open(&path, format).unwrap());
+    let server = Server::start_with(app).await;
+    let r = h2c_client().get(server.url("/?b=1")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    r.text().await.unwrap();
+    let deadline = std::time::Instant::now() + SOON;
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 1 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(text, "GET /?b=1 HTTP/2.0|/|b=1\n");
+}
+
+/// Issue 9: "Access log: ... for every request". Heads hyper cannot parse (a malformed field,
+/// a bad Content-Length, TLS spoken to a cleartext port) are answered 400 by hyper itself;
+/// they get a line with `-` for the request, as the static service and the app's own 505
+/// write one.
+#[tokio::test]
+#[ignore = "bug: hyper's own 400 answers (parse errors) never reach RequestEnd in app/mod.rs, so they are not logged"]
+async fn a_head_hyper_refuses_gets_an_access_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let format = LogFormat::parse("%(r)s %(s)s").unwrap();
+    let app = AppService::new(router(), HttpSettings::default())
+        .with_access_log(AccessLog::open(&path, format).unwrap());
+    let server = Server::start_with(app).await;
+    let text = server.raw(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    let text = server.raw(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 505 "), "{text}");
+    let deadline = std::time::Instant::now() + SOON;
+    let log = loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.lines().count() >= 2 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(log, "- 400\n- 505\n");
+}
+
+/// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, and to any
+/// request with more than one or an invalid one (a proxy and the app could each read another
+/// site from it). hyper lets all three through; the static service refuses them too.
+#[tokio::test]
+async fn a_missing_repeated_or_malformed_host_gets_400() {
+    let server = Server::start(HttpSettings::default()).await;
+    for head in [
+        &b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: a@b\r\nconnection: close\r\n\r\n",
+    ] {
+        let got = server.raw(head).await;
+        assert_eq!(
+            status_line(&got),
+            "HTTP/1.1 400 Bad Request",
+            "{}: {got}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    // HTTP/1.0 may leave it out.
+    let got = server.raw(b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+}
+
+/// `/static//nope` (a doubled slash after the mount point, which axum strips with it) gets the
+/// 404 page whose root link is the mount point's, as `/static/nope` does, not the site's root.
+#[tokio::test]
+async fn a_doubled_slash_after_the_mount_point_keeps_the_mount_points_links() {
+    use oxicorn::service::http::app::StaticFiles;
+    let dir = tempfile::tempdir().unwrap();
+    let app = Router::new().nest_service("/static", StaticFiles::new(dir.path()));
+    let server = Server::start_with(AppService::new(app, HttpSettings::default())).await;
+    for path in ["/static/nope", "/static//nope"] {
+        let got = server
+            .raw(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+            .await;
+        assert!(got.starts_with("HTTP/1.1 404 "), "{path}: {got}");
+        assert!(got.contains("href=\"/static/\""), "{path}: {got}");
+        assert!(!got.contains("href=\"/\""), "{path}: {got}");
+    }
+}

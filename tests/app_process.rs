@@ -229,6 +229,126 @@ async fn x_forwarded_for_is_trusted_only_from_allowed_addresses() {
     }
 }
 
+/// A proxy that appends to `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`) passes a
+/// client's own `Forwarded` through untouched: the loopback peer is trusted by default, so these
+/// requests are what the app sees behind such a proxy. A contradicting pair names no one.
+#[tokio::test]
+async fn a_forwarded_header_passed_through_a_proxy_cannot_spoof_the_client() {
+    let (_server, addr) = start(&["--workers", "1"], 1, &[]);
+    let get = |headers: &'static [(&'static str, &'static str)]| {
+        let mut r = client().get(format!("http://{addr}/client"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        async move { r.send().await.unwrap().text().await.unwrap() }
+    };
+    let text = get(&[
+        ("forwarded", "for=1.2.3.4;proto=https"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ])
+    .await;
+    assert_eq!(text, "127.0.0.1 http\n", "a contradiction believes neither");
+    let text = get(&[("forwarded", "for=1.1.1.1;proto=https, for=203.0.113.7")]).await;
+    assert_eq!(
+        text, "203.0.113.7 http\n",
+        "the client's own element is not read"
+    );
+    let text = get(&[("forwarded", "for=203.0.113.7;proto=https")]).await;
+    assert_eq!(text, "203.0.113.7 https\n");
+}
+
+/// Issue 9: "the app can sit beside the built-in services in one config (the app on :8000,
+/// static on :8001)". The program names no service on its command line, so a file with
+/// [[service]] tables is read as it is. (Static on a Unix socket: two `127.0.0.1:0` binds
+/// in one config are refused as the same address.)
+#[tokio::test]
+async fn the_app_beside_static_in_one_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    support::write_file(dir.path(), "hello.txt", "static hello\n");
+    let sock = dir.path().join("static.sock");
+    let config = format!(
+        "workers = 2\n[[service]]\nkind = \"app\"\nbind = \"127.0.0.1:0\"\n\
+         [[service]]\nkind = \"static\"\nbind = \"unix:{}\"\nroot = {:?}\n",
+        sock.display(),
+        dir.path()
+    );
+    let path = support::write_file(dir.path(), "services.toml", &config);
+    let server = Oxicorn::start_program(
+        std::path::Path::new(app_bin()),
+        tempfile::tempdir().unwrap(),
+        &["-c", path.to_str().unwrap()],
+        &[],
+    );
+    server.wait_ready(2, 2);
+    let text = client()
+        .get(format!("http://{}/worker", server.tcp_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(server.booted_pids().contains(&pid_of(&text)), "{text}");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(SOON)).unwrap();
+    s.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nstatic hello\n"), "{out}");
+}
+
+/// USR2 upgrades a program embedding its app in place as it does the oxicorn command: the
+/// arbiter's PID stays, new workers run the new image, no request fails meanwhile. (Before, the
+/// program did not answer the pre-exec probe and every USR2 was refused.)
+#[tokio::test]
+async fn usr2_upgrades_the_app_in_place() {
+    let (server, addr) = start(&["--workers", "2"], 2, &[]);
+    let before = server.booted_pids();
+    let mark = server.mark();
+    let http = client();
+    server.signal(Signal::SIGUSR2);
+    let until = Instant::now() + SOON;
+    let mut served = 0;
+    while server.lines()[mark..]
+        .iter()
+        .all(|l| !l.contains("upgrade complete"))
+    {
+        assert!(
+            Instant::now() < until,
+            "no upgrade: {:#?}",
+            &server.lines()[mark..]
+        );
+        let r = http
+            .get(format!("http://{addr}/worker"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served > 0);
+    let lines = server.lines()[mark..].join("\n");
+    assert!(
+        lines.contains(&format!("(pid {} kept)", server.pid)),
+        "{lines}"
+    );
+    // A new connection (the pooled one may be a retired worker's, finishing with close).
+    let text = client()
+        .get(format!("http://{addr}/worker"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !before.contains(&pid_of(&text)),
+        "a new worker answers: {text}"
+    );
+}
+
 #[test]
 fn a_failing_factory_stops_the_server_with_its_cause_and_no_fork_loop() {
     let mut server = Oxicorn::start_program(

@@ -193,6 +193,67 @@ fn every_problem_in_a_config_file_is_reported_at_once() {
     );
 }
 
+/// `kind = "app"` is a program's own app: the `oxicorn` command has none, so its check refuses
+/// the file (exit 1, the table's line) rather than passing it and halting at boot (exit 3).
+#[test]
+fn an_app_service_is_refused_by_the_oxicorn_command() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "app.toml",
+        "[[service]]\nkind = \"static\"\nbind = \"127.0.0.1:0\"\n\
+         [[service]]\nkind = \"app\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    let out = oxicorn(&["-c", "app.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs a program that embeds oxicorn") && err.contains("line 4"),
+        "{err}"
+    );
+}
+
+/// Values with a syntax of their own (an access log format, a list of networks) are checked
+/// where the file is read, so they too come with their line and beside every other problem,
+/// not alone and without a line after the rest was fixed.
+#[test]
+fn a_bad_log_format_or_network_list_is_reported_with_its_line_and_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "bad.toml",
+        "access_logformat = \"%(zz)s\"\nworker = 4\n[[service]]\nkind = \"static\"\n\
+         access_logformat = \"50% %(h)s\"\n",
+    );
+    let out = oxicorn(&["-c", "bad.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in [
+        "line 1: invalid access_logformat: unknown atom `%(zz)s`",
+        "line 2: unknown key `worker`",
+        "line 5: invalid access_logformat: `%` at byte 2 starts no atom",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+/// `OXICORN_BIND` takes one address; a list there (or in one --bind) is named as a list, not
+/// as an IPv6 address missing its brackets.
+#[test]
+fn several_addresses_in_one_bind_are_refused_as_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["--check-config"])
+        .env("OXICORN_BIND", "127.0.0.1:8001,127.0.0.1:8002")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("holds several addresses"), "{err}");
+    assert!(!err.contains("IPv6"), "{err}");
+}
+
 #[test]
 fn usage_errors_exit_2_and_configuration_errors_exit_1() {
     let dir = tempfile::tempdir().unwrap();

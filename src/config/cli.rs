@@ -84,8 +84,14 @@ pub enum Invocation {
 /// A server's command line.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServeArgs {
-    /// The service named on the command line; `None` runs the file's services, or `static`.
+    /// The service named on the command line; `None` runs the file's services, or the
+    /// default service (`static`, or `app` for a program that embeds one).
     pub kind: Option<Kind>,
+    /// The command line is that of a program embedding its own app
+    /// ([`crate::server::Server`]): its default service is `app`, and its config file may
+    /// declare `kind = "app"` services beside the built-in ones. The `oxicorn` command has no
+    /// app to run, so it refuses them.
+    pub embeds_app: bool,
     /// Settings given as flags, by key, as typed (checked by the merge, so a bad value is a
     /// configuration error naming the flag, exactly like a bad value in the file). A
     /// repeatable flag (`--bind`) appears once per occurrence; `--port N` appears as a `bind`.
@@ -245,8 +251,10 @@ pub fn app_command(program: &str) -> Command {
 /// The server arguments in the matches of an [`app_command`] (or of a command built on it
 /// with the program's own flags beside).
 pub fn app_args(m: &ArgMatches) -> ServeArgs {
+    // No `kind`: the program names no service, so a config file with [[service]] tables
+    // (the app beside static, say) is read as it is; without them the service is the app.
     let mut args = ServeArgs {
-        kind: Some(Kind::App),
+        embeds_app: true,
         ..ServeArgs::default()
     };
     collect(m, &mut args, Kind::App, true);

@@ -313,8 +313,13 @@ fn value_of(
     );
     if !fits {
         problems.push(format!(
-            "line {line}: `{}` must be {expected}, not a {}",
+            "line {line}: `{}` must be {expected}, not {} {}",
             s.key,
+            if v.type_str().starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            },
             v.type_str()
         ));
         return None;
@@ -461,6 +466,19 @@ mod tests {
             problems[3].contains("did you mean `keep_alive`?"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn text_with_a_syntax_is_checked_with_its_line() {
+        let problems =
+            FileConfig::parse("workers = 1\nforwarded_allow_ips = \"10.0.0.0/33\"\nbind = 1\n")
+                .unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("line 2: invalid forwarded_allow_ips: `10.0.0.0/33`"),
+            "{problems:?}"
+        );
+        assert!(problems[1].ends_with("not an integer"), "{problems:?}");
     }
 
     #[test]

@@ -76,7 +76,11 @@ impl Config {
 
         let mut specs = Vec::new();
         if file.services.is_empty() {
-            let kind = args.kind.unwrap_or(Kind::Static);
+            let kind = args.kind.unwrap_or(if args.embeds_app {
+                Kind::App
+            } else {
+                Kind::Static
+            });
             for key in file.top.0.keys() {
                 let s = setting(key);
                 if s.scope != Scope::Server && !s.scope.has(kind) {
@@ -119,6 +123,18 @@ impl Config {
                 ));
             }
             for fs in &file.services {
+                if fs.kind == Kind::App && !args.embeds_app {
+                    return Err(prefix_service(
+                        invalid(
+                            "kind",
+                            "`kind = \"app\"` needs a program that embeds oxicorn to serve \
+                             its own app (oxicorn::Server::app); this command serves only the \
+                             built-in services",
+                        ),
+                        &fs.name,
+                        fs.line,
+                    ));
+                }
                 let spec = spec(fs.name.clone(), fs.kind, &[&fs.settings])
                     .map_err(|e| prefix_service(e, &fs.name, fs.line))?;
                 if specs.iter().any(|s: &ServiceSpec| s.name == spec.name) {
@@ -715,5 +731,32 @@ mod tests {
         let twice = "[[service]]\nkind = \"echo\"\nbind = \"127.0.0.1:1\"\n\
                      [[service]]\nkind = \"chat\"\nbind = \"127.0.0.1:1\"\n";
         assert!(Config::merge(&cli(&[]), &file(twice)).is_err());
+    }
+
+    #[test]
+    fn an_app_sits_beside_static_only_in_a_program_that_embeds_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "workers = 2\n[[service]]\nkind = \"app\"\nbind = \"127.0.0.1:1\"\n\
+             [[service]]\nkind = \"static\"\nbind = \"127.0.0.1:2\"\nroot = {:?}\n",
+            dir.path()
+        );
+        let embedded = ServeArgs {
+            embeds_app: true,
+            ..ServeArgs::default()
+        };
+        let c = Config::merge(&embedded, &file(&text)).unwrap();
+        assert_eq!(c.service_names(), "app, static");
+        // Without tables, the embedding program's service is its app.
+        let c = Config::merge(&embedded, &file("workers = 2")).unwrap();
+        assert_eq!(one(&c).service.kind(), Kind::App);
+        // The oxicorn command has no app: refused at the check, with the table's line.
+        let err = Config::merge(&cli(&[]), &file(&text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs a program that embeds oxicorn") && err.contains("line 2"),
+            "{err}"
+        );
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use super::{LogLevel, parse_duration, show_duration};
 use crate::net::BindAddr;
+use crate::service::http::access_log::LogFormat;
+use crate::service::http::app::ForwardedAllowIps;
 
 /// The services a setting can belong to. The command line names them; the file's
 /// `[[service]]` tables say `kind = "..."`.
@@ -110,15 +112,30 @@ pub enum Type {
     Flag,
     /// A file or directory path.
     Path,
-    /// Free text of at most `max` bytes.
+    /// Text of at most `max` bytes, in `syntax`.
     Text {
         /// Longest accepted, in bytes.
         max: usize,
+        /// What the text must parse as.
+        syntax: Syntax,
     },
     /// Listen addresses; repeatable on the command line, a string or a list in the file.
     Binds,
     /// A log level.
     Level,
+}
+
+/// The syntax of a [`Type::Text`] value, checked where the value is parsed: so a bad value
+/// in a config file is reported with its line, beside every other problem of the file, and a
+/// bad flag the same way as a bad number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// Any text.
+    Free,
+    /// An access log format (gunicorn's `%(atom)s`, [`LogFormat::parse`]).
+    LogFormat,
+    /// A `--forwarded-allow-ips` list ([`ForwardedAllowIps`]).
+    AllowIps,
 }
 
 /// A setting's default.
@@ -343,7 +360,10 @@ pub static SETTINGS: &[Setting] = &[
         key: "user",
         short: Some('u'),
         scope: Scope::Server,
-        ty: Type::Text { max: 256 },
+        ty: Type::Text {
+            max: 256,
+            syntax: Syntax::Free,
+        },
         default: Default::None,
         value_name: "USER",
         help: "Run workers and the hub as this user (name or uid); the arbiter binds first, as the user that started it",
@@ -352,7 +372,10 @@ pub static SETTINGS: &[Setting] = &[
         key: "group",
         short: Some('g'),
         scope: Scope::Server,
-        ty: Type::Text { max: 256 },
+        ty: Type::Text {
+            max: 256,
+            syntax: Syntax::Free,
+        },
         default: Default::None,
         value_name: "GROUP",
         help: "Run workers and the hub with this group (name or gid) [default: the user's group]",
@@ -361,7 +384,10 @@ pub static SETTINGS: &[Setting] = &[
         key: "umask",
         short: Some('m'),
         scope: Scope::Server,
-        ty: Type::Text { max: 8 },
+        ty: Type::Text {
+            max: 8,
+            syntax: Syntax::Free,
+        },
         default: Default::None,
         value_name: "MODE",
         help: "The file mode mask of every process (octal, as 0o22 or 022), for unix sockets and log files",
@@ -498,7 +524,10 @@ pub static SETTINGS: &[Setting] = &[
         key: "access_logformat",
         short: None,
         scope: Scope::Services(HTTP),
-        ty: Type::Text { max: 4096 },
+        ty: Type::Text {
+            max: 4096,
+            syntax: Syntax::LogFormat,
+        },
         default: Default::None,
         value_name: "FORMAT",
         help: "The access log line in gunicorn's %(atom)s syntax: %(h)s %(l)s %(u)s %(t)s %(r)s \
@@ -547,7 +576,10 @@ pub static SETTINGS: &[Setting] = &[
         key: "forwarded_allow_ips",
         short: None,
         scope: Scope::Services(APP),
-        ty: Type::Text { max: 65536 },
+        ty: Type::Text {
+            max: 65536,
+            syntax: Syntax::AllowIps,
+        },
         default: Default::Text("127.0.0.1,::1"),
         value_name: "IPS",
         help: "Peers (addresses, networks, or * for all) whose X-Forwarded-For, X-Forwarded-Proto and Forwarded headers are believed",
@@ -594,7 +626,10 @@ pub static SETTINGS: &[Setting] = &[
         key: "quote",
         short: None,
         scope: Scope::Services(&[Kind::Quote]),
-        ty: Type::Text { max: MAX_MAX_LINE },
+        ty: Type::Text {
+            max: MAX_MAX_LINE,
+            syntax: Syntax::Free,
+        },
         default: Default::Text("An apple a day keeps the doctor away"),
         value_name: "TEXT",
         help: "The quote served until a client sends another",
@@ -672,9 +707,19 @@ impl Setting {
                 }
                 Ok(Value::Path(PathBuf::from(text)))
             }
-            Type::Text { max } => {
+            Type::Text { max, syntax } => {
                 if text.len() > max {
                     return Err(format!("{} bytes is too long (at most {max})", text.len()));
+                }
+                match syntax {
+                    Syntax::Free => {}
+                    Syntax::LogFormat => {
+                        LogFormat::parse(text).map_err(|e| e.to_string())?;
+                    }
+                    Syntax::AllowIps => {
+                        text.parse::<ForwardedAllowIps>()
+                            .map_err(|e| e.to_string())?;
+                    }
                 }
                 Ok(Value::Text(text.to_string()))
             }

@@ -73,6 +73,13 @@ pub enum BindAddrError {
     /// An IPv6 address written without brackets.
     #[error("`{0}` looks like an IPv6 address: write it in brackets, as [::1]:8000")]
     Ipv6NeedsBrackets(String),
+    /// Several addresses in one value (`127.0.0.1:1,127.0.0.1:2`, or a space between them,
+    /// as an `OXICORN_BIND` list would be written): one value is one address.
+    #[error(
+        "`{0}` holds several addresses: give each its own --bind (OXICORN_BIND takes one; a \
+         config file takes a list, bind = [\"127.0.0.1:8000\", \"unix:/run/app.sock\"])"
+    )]
+    Several(String),
     /// The host name did not resolve.
     #[error("cannot resolve host in `{0}`: {1}")]
     Resolve(String, String),
@@ -111,6 +118,10 @@ impl FromStr for BindAddr {
         }
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(BindAddr::Tcp(addr));
+        }
+        // No address, host name or port holds a comma or a space: a list was given.
+        if s.contains(|c: char| c == ',' || c.is_whitespace()) {
+            return Err(BindAddrError::Several(s.to_string()));
         }
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(BindAddrError::BarePort(s.to_string()));
@@ -379,6 +390,21 @@ mod tests {
         );
         let long = format!("unix:/{}", "a".repeat(200));
         assert!(matches!(err(&long), BindAddrError::UnixPathTooLong(..)));
+    }
+
+    #[test]
+    fn a_list_in_one_value_is_named_as_such() {
+        for list in [
+            "127.0.0.1:1,127.0.0.1:2",
+            "127.0.0.1:1 127.0.0.1:2",
+            ":1, :2",
+        ] {
+            let err = list.parse::<BindAddr>().unwrap_err();
+            assert_eq!(err, BindAddrError::Several(list.trim().into()));
+            assert!(err.to_string().contains("its own --bind"), "{err}");
+        }
+        // A Unix path may hold both.
+        assert!("unix:/tmp/a b,c.sock".parse::<BindAddr>().is_ok());
     }
 
     #[test]

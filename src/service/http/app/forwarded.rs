@@ -8,6 +8,15 @@
 //! and the first untrusted one is the client (nginx's `real_ip_recursive`): a client cannot
 //! pose as someone else by sending its own `X-Forwarded-For`, because the left part of the
 //! list is only reached through trusted hops. With `*` that walk ends at the leftmost hop.
+//! The client's scheme is the one its own hop names, else the nearest one named by a trusted
+//! hop to its right (a TLS-terminating edge proxy): never one from the untrusted left part.
+//!
+//! `Forwarded` (RFC 7239) and `X-Forwarded-For` / `X-Forwarded-Proto` are two vocabularies,
+//! and a proxy usually appends to one of them and passes the other through as the client sent
+//! it (nginx's `$proxy_add_x_forwarded_for` leaves a client's `Forwarded` alone). So when a
+//! request carries both and they name different clients (address or scheme), neither is
+//! believed and the client is the peer, as gunicorn refuses contradictory scheme headers;
+//! when they agree (a proxy that sets both), that client is taken.
 //!
 //! Pure code: parses strings, opens nothing.
 
@@ -204,30 +213,49 @@ impl Client {
         if peer_ip.is_some_and(|ip| !allow.trusts(ip)) {
             return direct;
         }
-        let hops = hops(headers);
-        if hops.is_empty() {
-            return direct;
-        }
-        // From the nearest proxy leftwards; `at` is the hop that names the client.
-        let mut ip = peer_ip;
-        let mut at = None;
-        for (i, hop) in hops.iter().enumerate().rev() {
-            let Some(addr) = hop.addr else { break };
-            ip = Some(addr);
-            at = Some(i);
-            if !allow.trusts(addr) {
-                break;
+        let (forwarded, x_forwarded) = hops(headers);
+        let walk = |hops: &[Hop]| walk(hops, peer_ip, allow);
+        match (forwarded.is_empty(), x_forwarded.is_empty()) {
+            (true, true) => direct,
+            (false, true) => walk(&forwarded),
+            (true, false) => walk(&x_forwarded),
+            (false, false) => {
+                // One of the two is what the client sent through a proxy that only maintains
+                // the other: believe them only if they agree (module docs).
+                let (a, b) = (walk(&forwarded), walk(&x_forwarded));
+                if a == b { a } else { direct }
             }
         }
-        let scheme = at
-            .and_then(|i| hops[i].proto.clone())
-            .or_else(|| hops.iter().rev().find_map(|h| h.proto.clone()))
-            .unwrap_or(Scheme::HTTP);
-        Client {
-            forwarded: at.is_some() || scheme != Scheme::HTTP,
-            ip,
-            scheme,
+    }
+}
+
+/// The client named by `hops` (not empty), coming from a trusted peer at `peer_ip`: the walk
+/// from the nearest hop leftwards described in the module docs.
+fn walk(hops: &[Hop], peer_ip: Option<IpAddr>, allow: &ForwardedAllowIps) -> Client {
+    // From the nearest proxy leftwards; `at` is the hop that names the client, `trusted` the
+    // first hop written by a trusted proxy (everything from it rightwards).
+    let mut ip = peer_ip;
+    let mut at = None;
+    let mut trusted = hops.len() - 1;
+    for (i, hop) in hops.iter().enumerate().rev() {
+        trusted = i;
+        let Some(addr) = hop.addr else { break };
+        ip = Some(addr);
+        at = Some(i);
+        if !allow.trusts(addr) {
+            break;
         }
+    }
+    // The client's own hop's scheme, else the nearest one to its right; hops left of
+    // `trusted` were written by the client (or beyond it) and are never read.
+    let scheme = at
+        .and_then(|i| hops[i].proto.clone())
+        .or_else(|| hops[trusted..].iter().rev().find_map(|h| h.proto.clone()))
+        .unwrap_or(Scheme::HTTP);
+    Client {
+        forwarded: at.is_some() || scheme != Scheme::HTTP,
+        ip,
+        scheme,
     }
 }
 
@@ -238,10 +266,10 @@ struct Hop {
     proto: Option<Scheme>,
 }
 
-/// The hops in the order the proxies appended them (leftmost = farthest). `Forwarded`
-/// (RFC 7239) wins when present; otherwise `X-Forwarded-For`, with `X-Forwarded-Proto`
-/// values lined up from the right (one value applies to the last hop).
-fn hops(headers: &HeaderMap) -> Vec<Hop> {
+/// The hops in the order the proxies appended them (leftmost = farthest), from `Forwarded`
+/// (RFC 7239) and from `X-Forwarded-For` with `X-Forwarded-Proto` values lined up from the
+/// right (one value applies to the last hop), in that order; either may be empty.
+fn hops(headers: &HeaderMap) -> (Vec<Hop>, Vec<Hop>) {
     // Looked up by `HeaderName` constants: a `&str` name is parsed and classified on every
     // lookup (three per request, ~30 ns of a hello-world's ~2 us in user space; perf).
     const FORWARDED: HeaderName = http::header::FORWARDED;
@@ -257,10 +285,10 @@ fn hops(headers: &HeaderMap) -> Vec<Hop> {
             .filter(|s| !s.is_empty())
             .collect()
     };
-    let forwarded = values(&FORWARDED);
-    if !forwarded.is_empty() {
-        return forwarded.iter().map(|e| forwarded_element(e)).collect();
-    }
+    let forwarded = values(&FORWARDED)
+        .iter()
+        .map(|e| forwarded_element(e))
+        .collect();
     let mut hops: Vec<Hop> = values(&X_FORWARDED_FOR)
         .iter()
         .map(|a| Hop {
@@ -275,7 +303,7 @@ fn hops(headers: &HeaderMap) -> Vec<Hop> {
     for (hop, proto) in hops.iter_mut().rev().zip(protos.iter().rev()) {
         hop.proto = scheme(proto);
     }
-    hops
+    (forwarded, hops)
 }
 
 /// One `Forwarded` element: `for=192.0.2.60;proto=https;by=…`.
@@ -402,19 +430,14 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_header_wins_and_is_parsed_per_rfc_7239() {
+    fn forwarded_header_is_parsed_per_rfc_7239() {
         let h = headers(&[
             ("forwarded", r#"for=192.0.2.60;proto=https;by=203.0.113.43"#),
-            ("forwarded", r#"For="[2001:db8:cafe::17]:4711""#),
-            ("x-forwarded-for", "9.9.9.9"),
+            ("forwarded", r#"For="[2001:db8:cafe::17]:4711";proto=https"#),
         ]);
         let c = Client::resolve(&peer("[::1]:9"), &h, &ForwardedAllowIps::default());
         assert_eq!(c.ip, ip("2001:db8:cafe::17"));
-        assert_eq!(
-            c.scheme,
-            Scheme::HTTPS,
-            "falls back to the nearest proto given"
-        );
+        assert_eq!(c.scheme, Scheme::HTTPS);
         let h = headers(&[("forwarded", "for=unknown, for=_hidden;proto=http")]);
         let c = Client::resolve(&peer("127.0.0.1:9"), &h, &ForwardedAllowIps::default());
         assert_eq!(
@@ -422,6 +445,52 @@ mod tests {
             ip("127.0.0.1"),
             "an unknown hop stops the walk at the peer"
         );
+    }
+
+    #[test]
+    fn a_scheme_from_the_untrusted_part_of_the_list_is_not_believed() {
+        // The client wrote the first element (claiming https); the trusted proxy appended the
+        // second, naming the client and no protocol.
+        let h = headers(&[("forwarded", "for=1.1.1.1;proto=https, for=203.0.113.7")]);
+        let c = Client::resolve(&peer("127.0.0.1:9"), &h, &ForwardedAllowIps::default());
+        assert_eq!(c.ip, ip("203.0.113.7"));
+        assert_eq!(c.scheme, Scheme::HTTP);
+        // A scheme named by a trusted hop right of the client's (a TLS-terminating edge whose
+        // address the inner proxy appended) is still taken.
+        let allow: ForwardedAllowIps = "127.0.0.1,10.0.0.0/8".parse().unwrap();
+        let h = headers(&[("forwarded", "for=203.0.113.7, for=10.0.0.2;proto=https")]);
+        let c = Client::resolve(&peer("127.0.0.1:9"), &h, &allow);
+        assert_eq!(c.ip, ip("203.0.113.7"));
+        assert_eq!(c.scheme, Scheme::HTTPS);
+    }
+
+    #[test]
+    fn forwarded_and_x_forwarded_for_that_disagree_are_both_ignored() {
+        // nginx appending to X-Forwarded-For passes the client's own `Forwarded` through.
+        let h = headers(&[
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        let c = Client::resolve(&peer("127.0.0.1:9"), &h, &ForwardedAllowIps::default());
+        assert_eq!(c.ip, ip("127.0.0.1"));
+        assert_eq!(c.scheme, Scheme::HTTP);
+        assert!(!c.forwarded);
+        // Only the scheme differs: still a contradiction.
+        let h = headers(&[
+            ("forwarded", "proto=https"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ]);
+        let c = Client::resolve(&peer("127.0.0.1:9"), &h, &ForwardedAllowIps::default());
+        assert_eq!((c.ip, c.forwarded), (ip("127.0.0.1"), false));
+        // A proxy that sets both, consistently: believed.
+        let h = headers(&[
+            ("forwarded", "for=203.0.113.7;proto=https"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let c = Client::resolve(&peer("127.0.0.1:9"), &h, &ForwardedAllowIps::default());
+        assert_eq!((c.ip, c.scheme), (ip("203.0.113.7"), Scheme::HTTPS));
     }
 
     #[test]

@@ -83,11 +83,15 @@ impl HttpSettings {
             .max(8192)
     }
 
-    /// Checks a parsed head against the line and field limits.
+    /// Checks a parsed head against the line and field limits, and its `Host`.
     ///
     /// Returns the status to answer instead of calling the app: 414 for the request line,
     /// 431 for the count or the size of the fields. hyper has parsed the head already (within
     /// [`HttpSettings::head_buffer`]); this applies gunicorn's finer limits, to HTTP/2 heads too.
+    /// Then 400 for a `Host` that RFC 9112 §3.2 says a server MUST refuse and hyper lets
+    /// through: none on an HTTP/1.1 request, more than one, or one that is not a host and
+    /// optional port (the static service refuses the same). A proxy and the app that read
+    /// different `Host`s of one request would disagree on its site.
     pub fn check_head(&self, head: &Parts) -> Option<StatusCode> {
         if request_line_len(head) > self.limit_request_line {
             return Some(StatusCode::URI_TOO_LONG);
@@ -98,8 +102,25 @@ impl HttpSettings {
         let too_long = head.headers.iter().any(|(name, value)| {
             name.as_str().len() + 2 + value.len() > self.limit_request_field_size
         });
-        too_long.then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        if too_long {
+            return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        let mut hosts = head.headers.get_all(http::header::HOST).iter();
+        let host_ok = match (hosts.next(), hosts.next()) {
+            (None, _) => head.version != http::Version::HTTP_11,
+            (Some(host), None) => host.as_bytes().iter().all(|&b| is_host_byte(b)),
+            (Some(_), Some(_)) => false,
+        };
+        (!host_ok).then_some(StatusCode::BAD_REQUEST)
     }
+}
+
+/// Whether `b` can appear in `Host`'s `uri-host [ ":" port ]` (RFC 3986 §3.2.2: unreserved,
+/// percent-encoded and sub-delims characters in a name, brackets and colons for an IPv6
+/// literal and the port). An empty value is allowed (RFC 9112 §3.2: a target without an
+/// authority).
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
 }
 
 /// The length of `METHOD SP TARGET SP HTTP/x.y` as an HTTP/1 client would have sent it. For
@@ -122,8 +143,9 @@ fn request_line_len(head: &Parts) -> usize {
 mod tests {
     use super::*;
 
+    /// An HTTP/1.0 head (no `Host` needed: these tests count fields).
     fn head(target: &str, fields: &[(&str, String)]) -> Parts {
-        let mut b = http::Request::get(target);
+        let mut b = http::Request::get(target).version(http::Version::HTTP_10);
         for (k, v) in fields {
             b = b.header(*k, v.as_str());
         }
@@ -162,6 +184,45 @@ mod tests {
             s.check_head(&head("/", &three)),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         );
+    }
+
+    #[test]
+    fn host_is_required_once_on_http11_and_must_be_a_host() {
+        let s = HttpSettings::default();
+        let with = |version, hosts: &[&str]| {
+            let mut b = http::Request::get("/").version(version);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            s.check_head(&b.body(()).unwrap().into_parts().0)
+        };
+        use http::Version;
+        let bad = Some(StatusCode::BAD_REQUEST);
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "[::1]:80",
+            "10.0.0.1",
+            "xn--bcher-kva.example",
+            "",
+        ] {
+            assert_eq!(with(Version::HTTP_11, &[good]), None, "{good}");
+        }
+        assert_eq!(with(Version::HTTP_11, &[]), bad);
+        assert_eq!(with(Version::HTTP_11, &["a", "b"]), bad);
+        assert_eq!(with(Version::HTTP_10, &["a", "a"]), bad);
+        for wrong in [
+            "a b",
+            "user@example.com",
+            "example.com/x",
+            "a\\b",
+            "exa\"mple",
+        ] {
+            assert_eq!(with(Version::HTTP_11, &[wrong]), bad, "{wrong}");
+        }
+        // HTTP/1.0 may omit it; HTTP/2 names the authority in `:authority`.
+        assert_eq!(with(Version::HTTP_10, &[]), None);
+        assert_eq!(with(Version::HTTP_2, &[]), None);
     }
 
     #[test]

@@ -197,9 +197,10 @@ impl Mount {
             let last = received.rsplit('/').next().unwrap_or("");
             return (!last.is_empty()).then(|| Mount::Bare(last.to_string()));
         }
-        let prefix = received.strip_suffix(seen)?;
-        (prefix.starts_with('/') && !prefix.ends_with('/'))
-            .then(|| Mount::Below(prefix.to_string()))
+        // axum strips `/static` from `/static//nope` leaving `/nope`: the slashes between the
+        // mount point and the rest are the mount point's separator, not part of it.
+        let prefix = received.strip_suffix(seen)?.trim_end_matches('/');
+        (prefix.starts_with('/')).then(|| Mount::Below(prefix.to_string()))
     }
 }
 
@@ -379,6 +380,9 @@ mod tests {
             Mount::of("/static", "/"),
             Some(Mount::Bare("static".to_string()))
         );
+        assert_eq!(Mount::of("/static//nope", "/nope"), below("/static"));
+        assert_eq!(Mount::of("/static///sub/", "/sub/"), below("/static"));
+        assert_eq!(Mount::of("//nope", "/nope"), None, "no mount point left");
         // A rewrite that is not a stripped prefix says nothing.
         assert_eq!(Mount::of("/static/a.txt", "/b.txt"), None);
         assert_eq!(Mount::of("/static/a.txt", "a.txt"), None, "not a path");
