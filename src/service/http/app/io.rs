@@ -130,6 +130,12 @@ impl ConnState {
     /// Tells the worker's reclaim table what this connection is now (`None`: busy), if that
     /// changed.
     fn tell(&self, class: Option<IdleClass>) {
+        self.tell_since(class, Instant::now);
+    }
+
+    /// [`ConnState::tell`], with `since()` read for an idle class only if the table hears of
+    /// it (when the connection became idle).
+    fn tell_since(&self, class: Option<IdleClass>, since: impl FnOnce() -> Instant) {
         let code = match class {
             None => TOLD_BUSY,
             Some(IdleClass::NoRequest) => TOLD_NO_REQUEST,
@@ -137,7 +143,7 @@ impl ConnState {
         };
         if self.told.swap(code, Ordering::AcqRel) != code {
             match class {
-                Some(c) => self.reclaim.set_idle(c),
+                Some(c) => self.reclaim.set_idle_since(c, || since().into_std()),
                 None => self.reclaim.set_busy(),
             }
         }
@@ -174,7 +180,8 @@ impl ConnState {
             return;
         }
         if !self.upgraded.load(Ordering::Acquire) {
-            self.tell(Some(IdleClass::KeptAlive));
+            // Idle since the end, read once by the caller.
+            self.tell_since(Some(IdleClass::KeptAlive), || now);
         }
         // Always woken, although its busy check-in timer would find the end by itself: left
         // asleep until the client's next bytes (tried on 2026-11-30), the connection's p99 under wrk (2 workers, 64
