@@ -350,6 +350,7 @@ struct ConnShared {
 
 /// The request target as oxicorn received it, before the app's router rewrote the request's
 /// URI (axum's `nest_service` strips its prefix): tells [`StaticFiles`] where it is mounted.
+/// Put on requests only in a process that made a `StaticFiles` ([`static_files::in_use`]).
 #[derive(Debug, Clone)]
 pub(crate) struct ReceivedUri(pub(crate) Uri);
 
@@ -451,7 +452,9 @@ async fn handle(
         None => {
             parts.extensions.insert(c.peer.clone());
             parts.extensions.insert(client.clone());
-            parts.extensions.insert(ReceivedUri(line.uri.clone()));
+            if static_files::in_use() {
+                parts.extensions.insert(ReceivedUri(line.uri.clone()));
+            }
             // Only a request with a body can overrun or stall it.
             let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
             let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
