@@ -449,7 +449,7 @@ struct ConnService(Arc<ConnShared>);
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+    type Future = HandleFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // Counted in here, as hyper hands the head over, rather than when the future is first
@@ -457,7 +457,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         // left), and the connection's clock must see that read as one with a request in
         // flight, not as the wait for a new head.
         let in_flight = InFlight::start(Arc::clone(&self.0.state));
-        Box::pin(handle(Arc::clone(&self.0), req, in_flight))
+        handle(Arc::clone(&self.0), req, in_flight)
     }
 }
 
@@ -500,28 +500,42 @@ impl Drop for InFlight {
     }
 }
 
+/// What [`ConnService`] answers a request with.
+type HandleFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
 /// One request: the checks, the app under its deadline and panic guard, the response wrapped
 /// for counting and logging.
-async fn handle(
-    c: Arc<ConnShared>,
-    req: Request<Incoming>,
-    in_flight: InFlight,
-) -> Result<Response<ResponseBody>, Infallible> {
+///
+/// The checks run here, as hyper hands the request over; only the app's part is a future. So
+/// the boxed future holds what the answer needs across the app's await (the app's own future
+/// or request, and a pointer to the request's end), not hyper's request besides: it was 1,256
+/// bytes as one `async fn`, boxed and moved per request (perf showed the copies, 2026-11-30).
+fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> HandleFuture {
     // Read only for the access log: the scoreboard takes no duration, and a clock read is ~1%
     // of a hello-world request (perf, 2026-11-30). The request's end reads the clock anyway,
     // for the connection's idle deadline.
     let started = c.access_log.is_some().then(Instant::now);
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
-    let line = RequestLine {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-    };
     let client = Client::resolve(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
-    let logged = c.access_log.as_ref().map(|_| LoggedHeaders {
-        referer: parts.headers.get(REFERER).cloned(),
-        user_agent: parts.headers.get(USER_AGENT).cloned(),
+    // What the request's end needs, boxed now (the response body takes this box), so the
+    // future below holds a pointer to it. The status is the response's, set by `finish`.
+    let end = Box::new(RequestEnd {
+        status: StatusCode::OK,
+        started,
+        line: RequestLine {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+        },
+        client: client_peer(&c.peer, &client),
+        logged: c.access_log.as_ref().map(|_| LoggedHeaders {
+            referer: parts.headers.get(REFERER).cloned(),
+            user_agent: parts.headers.get(USER_AGENT).cloned(),
+        }),
+        conn: Arc::clone(&c),
+        in_flight,
     });
     let limit = (settings.limit_request_body > 0).then_some(settings.limit_request_body);
     let declared_too_big = limit.is_some_and(|limit| {
@@ -534,68 +548,86 @@ async fn handle(
     let early = settings
         .check_head(&parts)
         .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
-    let mut response = match early {
+    if let Some(status) = early {
         // The head alone is refused: the app is not called, and an HTTP/1 connection closes
         // rather than read a body nobody wants.
-        Some(status) => status_response(status, line.version),
-        None => {
-            parts.extensions.insert(c.peer.clone());
-            parts.extensions.insert(client.clone());
-            if static_files::in_use() {
-                parts.extensions.insert(ReceivedUri(line.uri.clone()));
+        let response = status_response(status, end.line.version);
+        // Finished when polled: an HTTP/2 stream's send watch is its task's (`finish`).
+        return Box::pin(async move { Ok(finish(&c, end, response)) });
+    }
+    parts.extensions.insert(c.peer.clone());
+    parts.extensions.insert(client);
+    if static_files::in_use() {
+        parts.extensions.insert(ReceivedUri(end.line.uri.clone()));
+    }
+    // Only a request with a body can overrun or stall it.
+    let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
+    let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
+    let req = Request::from_parts(parts, body);
+    // Unboxed: `Oneshot` over a boxed service is `Unpin` (its future is a box already).
+    let mut run = CatchUnwind(c.app.clone().oneshot(req));
+    let deadline = settings.request_timeout;
+    Box::pin(async move {
+        let outcome = match deadline {
+            // Boxed: its timer would otherwise grow this future for every request.
+            Some(limit) => Box::pin(tokio::time::timeout(limit, run)).await.ok(),
+            // Polled where it lies: `run.await` would move it into a second slot of this
+            // future (captured values are never overlapped with the awaited ones).
+            None => Some(std::future::poll_fn(|cx| Pin::new(&mut run).poll(cx)).await),
+        };
+        let line = &end.line;
+        let response = match outcome {
+            None => {
+                tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
+                status_response(StatusCode::SERVICE_UNAVAILABLE, line.version)
             }
-            // Only a request with a body can overrun or stall it.
-            let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
-            let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
-            let req = Request::from_parts(parts, body);
-            // Unboxed: `Oneshot` over a boxed service is `Unpin` (its future is a box already).
-            let run = CatchUnwind(c.app.clone().oneshot(req));
-            let outcome = match settings.request_timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-                None => Some(run.await),
-            };
-            match outcome {
-                None => {
-                    tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
-                    status_response(StatusCode::SERVICE_UNAVAILABLE, line.version)
-                }
-                Some(Err(panic)) => {
-                    tracing::error!(
-                        request = %line,
-                        peer = %c.peer,
-                        cause = panic_message(&*panic),
-                        "handler panicked: 500"
-                    );
-                    status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
-                }
-                Some(Ok(Err(err))) => {
-                    tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
-                    status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
-                }
-                // The body went over the limit, or stopped arriving: whatever the app made of
-                // the error, the client is told 413 or 408.
-                Some(Ok(Ok(_)))
-                    if read
-                        .as_ref()
-                        .is_some_and(|o| o.exceeded.load(Ordering::Relaxed)) =>
-                {
-                    status_response(StatusCode::PAYLOAD_TOO_LARGE, line.version)
-                }
-                Some(Ok(Ok(_)))
-                    if read
-                        .as_ref()
-                        .is_some_and(|o| o.timed_out.load(Ordering::Relaxed)) =>
-                {
-                    tracing::debug!(request = %line, peer = %c.peer, "request body timed out: 408");
-                    status_response(StatusCode::REQUEST_TIMEOUT, line.version)
-                }
-                Some(Ok(Ok(response))) => response,
+            Some(Err(panic)) => {
+                tracing::error!(
+                    request = %line,
+                    peer = %c.peer,
+                    cause = panic_message(&*panic),
+                    "handler panicked: 500"
+                );
+                status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
             }
-        }
-    };
+            Some(Ok(Err(err))) => {
+                tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
+                status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
+            }
+            // The body went over the limit, or stopped arriving: whatever the app made of
+            // the error, the client is told 413 or 408.
+            Some(Ok(Ok(_)))
+                if read
+                    .as_ref()
+                    .is_some_and(|o| o.exceeded.load(Ordering::Relaxed)) =>
+            {
+                status_response(StatusCode::PAYLOAD_TOO_LARGE, line.version)
+            }
+            Some(Ok(Ok(_)))
+                if read
+                    .as_ref()
+                    .is_some_and(|o| o.timed_out.load(Ordering::Relaxed)) =>
+            {
+                tracing::debug!(request = %line, peer = %c.peer, "request body timed out: 408");
+                status_response(StatusCode::REQUEST_TIMEOUT, line.version)
+            }
+            Some(Ok(Ok(response))) => response,
+        };
+        Ok(finish(&c, end, response))
+    })
+}
+
+/// The response as it leaves: an upgrade noted, `connection: close` once the worker stops,
+/// and its body wrapped to count and log it and end the request when hyper drops it. Called
+/// in the task that polls the request's future (an HTTP/2 stream's own: [`SendWatch::current`]).
+fn finish(
+    c: &ConnShared,
+    mut end: Box<RequestEnd>,
+    mut response: Response<UnsyncBoxBody<Bytes, BoxError>>,
+) -> Response<ResponseBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         c.state.upgraded.store(true, Ordering::Release);
-    } else if c.state.closing.load(Ordering::Acquire) && line.version < Version::HTTP_2 {
+    } else if c.state.closing.load(Ordering::Acquire) && end.line.version < Version::HTTP_2 {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -606,16 +638,8 @@ async fn handle(
         watch.set_limit(limit);
         Some(watch)
     });
-    let end = RequestEnd {
-        status: response.status(),
-        started,
-        line,
-        client: client_peer(&c.peer, &client),
-        logged,
-        conn: Arc::clone(&c),
-        in_flight,
-    };
-    Ok(response.map(|b| ResponseBody::new(b, Box::new(end), send)))
+    end.status = response.status();
+    response.map(|b| ResponseBody::new(b, end, send))
 }
 
 /// The request headers the access log shows, kept only when it is on.
