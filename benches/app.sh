@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark (issue 9): the same hello-world axum Router
-#   (a) under oxicorn, 2 workers           (examples/axum_app.rs)
+# Benchmark (issue 9): the same hello-world axum Router (benches/axum_standalone/src/hello.rs)
+#   (a) under oxicorn, 2 workers           (examples/axum_app.rs --hello-only)
 #   (b) under axum::serve, tokio multi-thread runtime with 2 worker threads
 #       (benches/axum_standalone, its own crate)
 #   (c) a WSGI hello world under gunicorn, 2 sync workers, and 2 gthread workers x 4 threads
@@ -11,21 +11,37 @@
 # server's process tree from /proc, before and after): on a shared machine that moves less
 # than requests/s, which also measures what else ran.
 #
-#   benches/app.sh                        # ROUNDS=3 DURATION=5 CONNS=64 HUP_SECS=10
+# Rounds on a shared VM are often bimodal (the whole machine is fast or slow for a while,
+# for every server alike), so besides the medians the summary gives the median of the PAIRED
+# ratios: oxicorn against axum (and against oxicorn-base) measured back to back in the same
+# round. Many short rounds (ROUNDS=15 DURATION=2) suit these better than a few long ones.
+#
+#   benches/app.sh                          # ROUNDS=3 DURATION=5 CONNS=64 HUP_SECS=10
 #   BASE=/tmp/axum_app-base benches/app.sh  # adds an older build of the example as
 #                                           # oxicorn-base (A/B in the same rounds)
+#   ONLY=h1 ROUNDS=15 DURATION=2 BASE=... benches/app.sh
+#                                           # HTTP/1.1 only: no gunicorn, no h2, no HUP run
 #
+# An older BASE build without --hello-only serves its whole router (the script says so).
 # Needs wrk, h2load (Debian: nghttp2-client), python3 with venv; gunicorn is installed from
-# PyPI into a temp venv. Everything generated lives in a temp dir removed on exit. Not run by CI.
+# PyPI into a temp venv (not with ONLY=h1). Everything generated lives in a temp dir removed on
+# exit. Not run by CI.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
 HUP_SECS=${HUP_SECS:-10}
+ONLY=${ONLY:-}
+case $ONLY in
+    '' | h1) ;;
+    *) echo "app.sh: ONLY is h1 or unset" >&2; exit 1 ;;
+esac
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
-for tool in wrk h2load python3; do
+TOOLS=(wrk python3)
+[ -z "$ONLY" ] && TOOLS+=(h2load)
+for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null || {
         echo "app.sh: $tool is not installed (apt-get install wrk nghttp2-client python3-venv)" >&2
         exit 1
@@ -60,32 +76,42 @@ wait_http() { # port
     exit 1
 }
 
-echo "installing gunicorn into $WORK/venv ..." >&2
-python3 -m venv "$WORK/venv" >/dev/null
-"$WORK/venv/bin/pip" install --quiet gunicorn >&2
-cat >"$WORK/hello.py" <<'PY'
+if [ -z "$ONLY" ]; then
+    echo "installing gunicorn into $WORK/venv ..." >&2
+    python3 -m venv "$WORK/venv" >/dev/null
+    "$WORK/venv/bin/pip" install --quiet gunicorn >&2
+    cat >"$WORK/hello.py" <<'PY'
 def app(environ, start_response):
     body = b"hello"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 PY
+fi
 
 P_OXI=$(free_port); P_AXUM=$(free_port); P_GSYNC=$(free_port); P_GTHR=$(free_port)
 P_BASE=$(free_port)
 declare -A MASTER
 # As root (a CI box, a container), say that root workers are meant, as the tests do.
 [ "$(id -u)" = 0 ] && export OXICORN_ALLOW_ROOT=true
-"$APP" --bind "127.0.0.1:$P_OXI" --workers 2 --log-level warning 2>"$WORK/oxicorn.log" &
+"$APP" --bind "127.0.0.1:$P_OXI" --workers 2 --log-level warning --hello-only 2>"$WORK/oxicorn.log" &
 OXI_PID=$!; PIDS+=("$OXI_PID"); MASTER[oxicorn]=$OXI_PID
 "$AXUM" "127.0.0.1:$P_AXUM" 2>"$WORK/axum.log" &
 PIDS+=("$!"); MASTER[axum]=$!
-(cd "$WORK" && exec venv/bin/gunicorn -w 2 -b "127.0.0.1:$P_GSYNC" --log-level warning hello:app) 2>"$WORK/gsync.log" &
-PIDS+=("$!"); MASTER[gunicorn-sync]=$!
-(cd "$WORK" && exec venv/bin/gunicorn -w 2 -k gthread --threads 4 -b "127.0.0.1:$P_GTHR" --log-level warning hello:app) 2>"$WORK/gthread.log" &
-PIDS+=("$!"); MASTER[gunicorn-gthread]=$!
-PORTS=("$P_OXI" "$P_AXUM" "$P_GSYNC" "$P_GTHR")
+PORTS=("$P_OXI" "$P_AXUM")
+if [ -z "$ONLY" ]; then
+    (cd "$WORK" && exec venv/bin/gunicorn -w 2 -b "127.0.0.1:$P_GSYNC" --log-level warning hello:app) 2>"$WORK/gsync.log" &
+    PIDS+=("$!"); MASTER[gunicorn-sync]=$!
+    (cd "$WORK" && exec venv/bin/gunicorn -w 2 -k gthread --threads 4 -b "127.0.0.1:$P_GTHR" --log-level warning hello:app) 2>"$WORK/gthread.log" &
+    PIDS+=("$!"); MASTER[gunicorn-gthread]=$!
+    PORTS+=("$P_GSYNC" "$P_GTHR")
+fi
 if [ -n "${BASE:-}" ]; then
-    "$BASE" --bind "127.0.0.1:$P_BASE" --workers 2 --log-level warning 2>"$WORK/base.log" &
+    BASE_ARGS=(--hello-only)
+    if ! "$BASE" --help 2>/dev/null | grep -q -- --hello-only; then
+        echo "app.sh: $BASE has no --hello-only: oxicorn-base serves its whole router" >&2
+        BASE_ARGS=()
+    fi
+    "$BASE" --bind "127.0.0.1:$P_BASE" --workers 2 --log-level warning "${BASE_ARGS[@]}" 2>"$WORK/base.log" &
     PIDS+=("$!"); MASTER[oxicorn-base]=$!
     PORTS+=("$P_BASE")
 fi
@@ -134,6 +160,11 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A RPS P99 ERR PERCPU
 NAMES=(oxicorn axum gunicorn-sync gunicorn-gthread oxicorn-h2 axum-h2)
 [ -n "${BASE:-}" ] && NAMES=(oxicorn oxicorn-base axum gunicorn-sync gunicorn-gthread oxicorn-h2 oxicorn-base-h2 axum-h2)
+if [ -n "$ONLY" ]; then
+    NAMES=(oxicorn axum)
+    [ -n "${BASE:-}" ] && NAMES=(oxicorn oxicorn-base axum)
+fi
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS ..." >&2
     # Alternate the order too: the first runs of a round see a quieter or busier machine.
@@ -161,35 +192,59 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# "median [min-max]" of a list of numbers.
-spread() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {printf "%s [%s-%s]", a[int((NR+1)/2)], a[1], a[NR]}'; }
-
+# The summary: per server "median [min-max]" over the rounds, then the ratios two ways: of
+# the medians, and the median [min-max] of the per-round paired ratios (both servers measured
+# back to back in the same round).
 echo
 echo "medians [min-max] of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, $(date -u +%F),"
-echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)"
-printf '%-18s %26s %26s %26s %7s\n' server "requests/s" "p99 ms (h2: mean)" "req per server CPU-s" errors
+echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r);"
+echo "load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
 for name in "${NAMES[@]}"; do
-    printf '%-18s %26s %26s %26s %7s\n' "$name" \
-        "$(spread "${RPS[$name]}")" "$(spread "${P99[$name]}")" "$(spread "${PERCPU[$name]}")" \
-        "$(tr ' ' '\n' <<<"${ERR[$name]}" | grep . | awk '{s+=$1} END {print s}')"
-done
-m() { tr ' ' '\n' <<<"${RPS[$1]:-}" | grep . | median; }
-c() { tr ' ' '\n' <<<"${PERCPU[$1]:-}" | grep . | median; }
-python3 - "$(m oxicorn)" "$(m axum)" "$(m gunicorn-sync)" "$(m gunicorn-gthread)" "$(m oxicorn-h2)" "$(m axum-h2)" \
-    "$(c oxicorn)" "$(c axum)" "$(c gunicorn-sync)" "$(c gunicorn-gthread)" "$(c oxicorn-h2)" "$(c axum-h2)" \
-    "$(m oxicorn-base)" "$(c oxicorn-base)" "$(m oxicorn-base-h2)" "$(c oxicorn-base-h2)" <<'PY'
-import sys
-v = [float(x) if x else 0.0 for x in sys.argv[1:]]
-o, a, gs, gt, oh, ah, co, ca, cgs, cgt, coh, cah, b, cb, bh, cbh = v
+    echo "$name|${RPS[$name]}|${P99[$name]}|${PERCPU[$name]}|${ERR[$name]}"
+done | python3 -c '
+import statistics, sys
+rows = {}
+for line in sys.stdin:
+    name, *cols = line.rstrip("\n").split("|")
+    rows[name] = [[float(x) for x in c.split()] for c in cols]
+med = lambda xs: statistics.median_low(xs) if xs else 0.0
+def spread(xs, fmt):
+    return f"{fmt(med(xs))} [{fmt(min(xs))}-{fmt(max(xs))}]" if xs else "-"
+n0 = lambda x: f"{x:.0f}"
+n2 = lambda x: f"{x:.2f}"
+print("%-18s %26s %26s %26s %7s" % ("server", "requests/s", "p99 ms (h2: mean)", "req per server CPU-s", "errors"))
+for name, (rps, p99, cpu, err) in rows.items():
+    print(f"{name:<18} {spread(rps, n0):>26} {spread(p99, n2):>26} {spread(cpu, n0):>26} {sum(err):>7.0f}")
+def m(name, col):
+    return med(rows[name][col]) if name in rows else 0.0
 r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
-print(f"oxicorn / axum::serve, requests/s: HTTP/1.1 {r(o, a)}, HTTP/2 {r(oh, ah)};"
-      f" per CPU-second: HTTP/1.1 {r(co, ca)}, HTTP/2 {r(coh, cah)}")
-print(f"oxicorn / best gunicorn, requests/s: {r(o, max(gs, gt))}; per CPU-second: {r(co, max(cgs, cgt))}")
-if b:
-    print(f"oxicorn / oxicorn-base, requests/s: HTTP/1.1 {r(o, b)}, HTTP/2 {r(oh, bh)};"
-          f" per CPU-second: HTTP/1.1 {r(co, cb)}, HTTP/2 {r(coh, cbh)}")
-PY
+def paired(a, b, col):
+    if a not in rows or b not in rows:
+        return "n/a"
+    xs = [x / y for x, y in zip(rows[a][col], rows[b][col]) if y]
+    return f"{med(xs):.3f}x [{min(xs):.3f}-{max(xs):.3f}]" if xs else "n/a"
+pairs = [("oxicorn", "axum", "axum::serve")]
+if "oxicorn-base" in rows:
+    pairs.append(("oxicorn", "oxicorn-base", "oxicorn-base"))
+for a, b, label in pairs:
+    line = f"oxicorn / {label}, of the medians: requests/s HTTP/1.1 {r(m(a, 0), m(b, 0))}"
+    ah, bh = a + "-h2", b + "-h2"
+    if ah in rows:
+        line += f", HTTP/2 {r(m(ah, 0), m(bh, 0))}"
+    line += f"; per CPU-second HTTP/1.1 {r(m(a, 2), m(b, 2))}"
+    if ah in rows:
+        line += f", HTTP/2 {r(m(ah, 2), m(bh, 2))}"
+    print(line)
+    print(f"  paired per round, median [min-max]: requests/s {paired(a, b, 0)},"
+          f" per CPU-second {paired(a, b, 2)}, p99 {paired(a, b, 1)} (p99: below 1 is better)")
+if "gunicorn-sync" in rows:
+    g, cg = max(m("gunicorn-sync", 0), m("gunicorn-gthread", 0)), max(m("gunicorn-sync", 2), m("gunicorn-gthread", 2))
+    o, co = m("oxicorn", 0), m("oxicorn", 2)
+    print(f"oxicorn / best gunicorn, requests/s: {r(o, g)}; per CPU-second: {r(co, cg)}")
+'
+m() { tr ' ' '\n' <<<"${RPS[$1]:-}" | grep . | median; }
 
+[ -n "$ONLY" ] && exit 0
 echo
 echo "HUP every second for ${HUP_SECS}s under load (oxicorn, HTTP/1.1):"
 (for _ in $(seq 1 "$HUP_SECS"); do sleep 1; kill -HUP "$OXI_PID"; done) &

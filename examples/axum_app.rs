@@ -12,11 +12,16 @@
 //! curl localhost:8000/static/       # the directory in $APP_STATIC_DIR (default .)
 //! ```
 //! `/ws` is a WebSocket echo, `/client` shows the client's address as the app sees it. Every
-//! oxicorn flag works (`--help`), and so do the app's own `--greeting` and `--warmup-ms`.
+//! oxicorn flag works (`--help`), and so do the app's own `--greeting`, `--warmup-ms` and
+//! `--hello-only` (`GET /` alone: the router benches/app.sh compares with `axum::serve`).
+
+// `GET /`: the one-route router that benches/axum_standalone serves too, shared by path so
+// that the bench's two sides run the same code.
+#[path = "../benches/axum_standalone/src/hello.rs"]
+mod hello;
 
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +47,10 @@ struct AppArgs {
     /// takes traffic only once its app is ready
     #[arg(long, value_name = "MS", default_value_t = 0)]
     warmup_ms: u64,
+    /// Serve `GET /` only, the router benches/axum_standalone runs under axum::serve (no other
+    /// route, no static directory): what benches/app.sh measures
+    #[arg(long)]
+    hello_only: bool,
 }
 
 /// Why the app could not start in a worker.
@@ -61,6 +70,9 @@ fn main() -> ExitCode {
             let args = args.clone();
             async move {
                 tokio::time::sleep(Duration::from_millis(args.warmup_ms)).await;
+                if args.hello_only {
+                    return Ok(hello::router(&args.greeting));
+                }
                 let dir = std::env::var("APP_STATIC_DIR").unwrap_or_else(|_| ".".into());
                 let files = oxicorn::StaticFiles::open(&dir)
                     .map_err(|source| StaticDirError { dir, source })?;
@@ -71,17 +83,9 @@ fn main() -> ExitCode {
 }
 
 /// The application: an ordinary axum `Router`. Built in each worker after the fork, so the
-/// pid read here is the worker's. (`GET /` is what benches/app.sh measures; its reference,
-/// benches/axum_standalone, runs the same handler.)
+/// pid read here is the worker's. `GET /` is [`hello::router`]'s.
 fn router(greeting: &str, files: oxicorn::StaticFiles) -> Router {
-    // An `Arc`: axum clones the handler for each request, and a `String` would be copied.
-    let greeting: Arc<str> = Arc::from(greeting);
-    let pid = std::process::id();
-    Router::new()
-        .route(
-            "/",
-            get(move || async move { format!("{greeting} from worker {pid}\n") }),
-        )
+    hello::router(greeting)
         .route(
             "/worker",
             get(|| async {

@@ -186,12 +186,19 @@ impl Reclaim {
 
     /// From now on the connection may be closed for a newcomer, as `class`.
     pub fn set_idle(&self, class: IdleClass) {
+        self.set_idle_since(class, Instant::now);
+    }
+
+    /// [`Reclaim::set_idle`] for a caller that has read the clock already: `since()` is when
+    /// the connection became idle, called only when that is news to the table (the app's
+    /// request end passes the instant it read; a clock read is ~1% of a hello-world request).
+    pub fn set_idle_since(&self, class: IdleClass, since: impl FnOnce() -> Instant) {
         let newly = self.with(|t, k| {
             let e = t.entries[k].as_mut().expect("registered");
             if e.evicted {
                 return false;
             }
-            let was = e.idle.replace((class, Instant::now())).is_some();
+            let was = e.idle.replace((class, since())).is_some();
             if !was {
                 t.idle += 1;
             }

@@ -1,14 +1,12 @@
-//! `axum_standalone ADDR [THREADS]`: `GET /` answers `hello from worker PID` with the same
-//! handler as examples/axum_app.rs, under `axum::serve` on a tokio multi-thread runtime with
-//! THREADS worker threads (default 2): benches/app.sh's reference for oxicorn. With 1 thread it
-//! is the counterpart of a single oxicorn worker, for telling the process model (two
+//! `axum_standalone ADDR [THREADS]`: the hello-world `Router` of `hello.rs` (`GET /` answers
+//! `hello from worker PID`), which `examples/axum_app.rs --hello-only` serves under oxicorn,
+//! here under `axum::serve` on a tokio multi-thread runtime with THREADS worker threads
+//! (default 2): benches/app.sh's reference for oxicorn. With 1 thread it is the counterpart of a single oxicorn worker, for telling the process model (two
 //! single-threaded processes against one two-threaded one) from the per-request code.
 
-use std::process::ExitCode;
-use std::sync::Arc;
+mod hello;
 
-use axum::Router;
-use axum::routing::get;
+use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -34,13 +32,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // examples/axum_app.rs's `GET /`, word for word.
-        let greeting: Arc<str> = Arc::from("hello");
-        let pid = std::process::id();
-        let app = Router::new().route(
-            "/",
-            get(move || async move { format!("{greeting} from worker {pid}\n") }),
-        );
+        // The same `Router` as oxicorn's side of the bench (`axum_app --hello-only`).
+        let app = hello::router("hello");
         match axum::serve(listener, app).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -206,6 +206,7 @@ impl AppService {
             settings: Arc::clone(&self.settings),
             access_log: self.access_log.clone(),
             peer: peer.clone(),
+            extensions: extensions_for(&peer),
             metrics,
             state: Arc::clone(&state),
             send_timeout: idle_timeout,
@@ -224,19 +225,35 @@ impl AppService {
         let mut phase = Stop::Serving;
         let grace = tokio::time::sleep(STOP_GRACE);
         tokio::pin!(grace);
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
+        let mut watch = StopWatch::new();
         let result = loop {
+            if phase == Stop::Serving {
+                // Until the stop, without `select!`: the stop's future is polled only when it
+                // may have fired (`StopWatch`).
+                let served = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(Some(res));
+                    }
+                    watch.poll(cancelled.as_mut(), cx).map(|()| None)
+                })
+                .await;
+                if let Some(res) = served {
+                    break res;
+                }
+                state.closing.store(true, Ordering::Release);
+                if state.in_flight.load(Ordering::Acquire) > 0 {
+                    conn.as_mut().graceful_shutdown();
+                    phase = Stop::Shut;
+                } else {
+                    grace.as_mut().reset(Instant::now() + STOP_GRACE);
+                    phase = Stop::Grace;
+                }
+                continue;
+            }
             tokio::select! {
                 res = conn.as_mut() => break res,
-                () = stop.cancelled(), if phase == Stop::Serving => {
-                    state.closing.store(true, Ordering::Release);
-                    if state.in_flight.load(Ordering::Acquire) > 0 {
-                        conn.as_mut().graceful_shutdown();
-                        phase = Stop::Shut;
-                    } else {
-                        grace.as_mut().reset(Instant::now() + STOP_GRACE);
-                        phase = Stop::Grace;
-                    }
-                }
                 () = state.request_began.notified(), if phase == Stop::Grace => {
                     // A permit left from before the stop says nothing: check.
                     if state.in_flight.load(Ordering::Acquire) > 0 {
@@ -292,6 +309,79 @@ impl AppService {
 /// static service's rule too).
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Watches the worker's stop token for one connection without a lock per wake-up.
+///
+/// Polled beside the connection (as `select!` did), the token's future takes two
+/// uncontended mutexes (the token's tree node, then its `Notify`) every time the connection's
+/// task wakes, about twice per request (perf, 2026-11-30: ~0.5% of a hello-world worker).
+/// Here that future is polled with a waker of its own ([`StopFlag`]), which notes that it
+/// fired and wakes the task: the future is polled again only then, and the task's waker is
+/// handed over only when it changes.
+struct StopWatch {
+    flag: Arc<StopFlag>,
+    /// `flag` as a waker, made once.
+    waker: std::task::Waker,
+    /// The task's waker `flag` holds; `None` before the first poll.
+    task: Option<std::task::Waker>,
+}
+
+/// The stop future's waker: notes the wake-up and passes it on to the connection's task.
+struct StopFlag {
+    fired: std::sync::atomic::AtomicBool,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for StopFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+impl StopWatch {
+    fn new() -> StopWatch {
+        let flag = Arc::new(StopFlag {
+            fired: std::sync::atomic::AtomicBool::new(false),
+            task: std::sync::Mutex::new(None),
+        });
+        StopWatch {
+            waker: std::task::Waker::from(Arc::clone(&flag)),
+            flag,
+            task: None,
+        }
+    }
+
+    /// Ready once `cancelled` (the token's future) is; `cx`'s task is woken when it may be.
+    fn poll(
+        &mut self,
+        cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let first = self.task.is_none();
+        if !self.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *self.flag.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            self.task = Some(cx.waker().clone());
+        }
+        // Polled first to register the flag, then only after the flag was woken (the token
+        // wakes its waiters only when cancelled; a wake-up without it re-registers). Loaded
+        // before it is swapped: the swap is needed only the once.
+        let fired = || {
+            self.flag.fired.load(Ordering::Acquire) && self.flag.fired.swap(false, Ordering::AcqRel)
+        };
+        if !first && !fired() {
+            return Poll::Pending;
+        }
+        cancelled.poll(&mut Context::from_waker(&self.waker))
+    }
+}
+
 /// Where a connection is in a graceful stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -337,6 +427,8 @@ fn builder(s: &HttpSettings) -> auto::Builder<StreamExecutor> {
 /// runs those in tasks of their own).
 struct ConnShared {
     app: BoxApp,
+    /// What every request's extensions start as: [`extensions_for`] the peer.
+    extensions: http::Extensions,
     settings: Arc<HttpSettings>,
     access_log: Option<Arc<AccessLog>>,
     peer: Peer,
@@ -350,8 +442,38 @@ struct ConnShared {
 
 /// The request target as oxicorn received it, before the app's router rewrote the request's
 /// URI (axum's `nest_service` strips its prefix): tells [`StaticFiles`] where it is mounted.
+/// Put on requests only in a process that made a `StaticFiles` ([`static_files::in_use`]).
 #[derive(Debug, Clone)]
 pub(crate) struct ReceivedUri(pub(crate) Uri);
+
+/// The extensions a connection's requests start with: its `Peer`, in a map with room for
+/// seven entries, so that neither ours (`Client`, `ReceivedUri`) nor an axum `Router`'s three
+/// (`OriginalUri`, `MatchedPath`, `UrlParams`) make it grow. A map grown from scratch by five
+/// or six inserts is rehashed on every request when it outgrows its first four buckets
+/// (~0.4% of a hello-world worker's time, perf, 2026-11-30; `axum::serve`'s three inserts fit).
+/// Cloned per request, which keeps the room: a hashbrown map keeps its buckets when entries
+/// are removed and when cloned. That is a speed assumption only: were it to change, requests
+/// would carry the same extensions, built as before.
+fn extensions_for(peer: &Peer) -> http::Extensions {
+    /// Takes a place in the map and is removed; zero-sized, so its box allocates nothing.
+    #[derive(Clone, Copy)]
+    struct Room<const N: u8>;
+    let mut e = http::Extensions::new();
+    e.insert(peer.clone());
+    e.insert(Room::<1>);
+    e.insert(Room::<2>);
+    e.insert(Room::<3>);
+    e.insert(Room::<4>);
+    e.insert(Room::<5>);
+    e.insert(Room::<6>);
+    e.remove::<Room<1>>();
+    e.remove::<Room<2>>();
+    e.remove::<Room<3>>();
+    e.remove::<Room<4>>();
+    e.remove::<Room<5>>();
+    e.remove::<Room<6>>();
+    e
+}
 
 /// The hyper service of one connection.
 struct ConnService(Arc<ConnShared>);
@@ -359,7 +481,7 @@ struct ConnService(Arc<ConnShared>);
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+    type Future = HandleFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // Counted in here, as hyper hands the head over, rather than when the future is first
@@ -367,7 +489,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         // left), and the connection's clock must see that read as one with a request in
         // flight, not as the wait for a new head.
         let in_flight = InFlight::start(Arc::clone(&self.0.state));
-        Box::pin(handle(Arc::clone(&self.0), req, in_flight))
+        handle(Arc::clone(&self.0), req, in_flight)
     }
 }
 
@@ -410,25 +532,42 @@ impl Drop for InFlight {
     }
 }
 
+/// What [`ConnService`] answers a request with.
+type HandleFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
 /// One request: the checks, the app under its deadline and panic guard, the response wrapped
 /// for counting and logging.
-async fn handle(
-    c: Arc<ConnShared>,
-    req: Request<Incoming>,
-    in_flight: InFlight,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let started = Instant::now();
+///
+/// The checks run here, as hyper hands the request over; only the app's part is a future. So
+/// the boxed future holds what the answer needs across the app's await (the app's own future
+/// or request, and a pointer to the request's end), not hyper's request besides: it was 1,256
+/// bytes as one `async fn`, boxed and moved per request (perf showed the copies, 2026-11-30).
+fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> HandleFuture {
+    // Read only for the access log: the scoreboard takes no duration, and a clock read is ~1%
+    // of a hello-world request (perf, 2026-11-30). The request's end reads the clock anyway,
+    // for the connection's idle deadline.
+    let started = c.access_log.is_some().then(Instant::now);
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
-    let line = RequestLine {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-    };
     let client = Client::resolve(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
-    let logged = c.access_log.as_ref().map(|_| LoggedHeaders {
-        referer: parts.headers.get(REFERER).cloned(),
-        user_agent: parts.headers.get(USER_AGENT).cloned(),
+    // What the request's end needs, boxed now (the response body takes this box), so the
+    // future below holds a pointer to it. The status is the response's, set by `finish`.
+    let end = Box::new(RequestEnd {
+        status: StatusCode::OK,
+        started,
+        line: RequestLine {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+        },
+        client: client_peer(&c.peer, &client),
+        logged: c.access_log.as_ref().map(|_| LoggedHeaders {
+            referer: parts.headers.get(REFERER).cloned(),
+            user_agent: parts.headers.get(USER_AGENT).cloned(),
+        }),
+        conn: Arc::clone(&c),
+        in_flight,
     });
     let limit = (settings.limit_request_body > 0).then_some(settings.limit_request_body);
     let declared_too_big = limit.is_some_and(|limit| {
@@ -441,66 +580,88 @@ async fn handle(
     let early = settings
         .check_head(&parts)
         .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
-    let mut response = match early {
+    if let Some(status) = early {
         // The head alone is refused: the app is not called, and an HTTP/1 connection closes
         // rather than read a body nobody wants.
-        Some(status) => status_response(status, line.version),
-        None => {
-            parts.extensions.insert(c.peer.clone());
-            parts.extensions.insert(client.clone());
-            parts.extensions.insert(ReceivedUri(line.uri.clone()));
-            // Only a request with a body can overrun or stall it.
-            let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
-            let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
-            let req = Request::from_parts(parts, body);
-            // Unboxed: `Oneshot` over a boxed service is `Unpin` (its future is a box already).
-            let run = CatchUnwind(c.app.clone().oneshot(req));
-            let outcome = match settings.request_timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-                None => Some(run.await),
-            };
-            match outcome {
-                None => {
-                    tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
-                    status_response(StatusCode::SERVICE_UNAVAILABLE, line.version)
-                }
-                Some(Err(panic)) => {
-                    tracing::error!(
-                        request = %line,
-                        peer = %c.peer,
-                        cause = panic_message(&*panic),
-                        "handler panicked: 500"
-                    );
-                    status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
-                }
-                Some(Ok(Err(err))) => {
-                    tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
-                    status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
-                }
-                // The body went over the limit, or stopped arriving: whatever the app made of
-                // the error, the client is told 413 or 408.
-                Some(Ok(Ok(_)))
-                    if read
-                        .as_ref()
-                        .is_some_and(|o| o.exceeded.load(Ordering::Relaxed)) =>
-                {
-                    status_response(StatusCode::PAYLOAD_TOO_LARGE, line.version)
-                }
-                Some(Ok(Ok(_)))
-                    if read
-                        .as_ref()
-                        .is_some_and(|o| o.timed_out.load(Ordering::Relaxed)) =>
-                {
-                    tracing::debug!(request = %line, peer = %c.peer, "request body timed out: 408");
-                    status_response(StatusCode::REQUEST_TIMEOUT, line.version)
-                }
-                Some(Ok(Ok(response))) => response,
+        let response = status_response(status, end.line.version);
+        // Finished when polled: an HTTP/2 stream's send watch is its task's (`finish`).
+        return Box::pin(async move { Ok(finish(&c, end, response)) });
+    }
+    // The connection's map (the `Peer`, and room), then what hyper put on the request.
+    let hyper_put = std::mem::replace(&mut parts.extensions, c.extensions.clone());
+    parts.extensions.extend(hyper_put);
+    parts.extensions.insert(client);
+    if static_files::in_use() {
+        parts.extensions.insert(ReceivedUri(end.line.uri.clone()));
+    }
+    // Only a request with a body can overrun or stall it.
+    let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
+    let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
+    let req = Request::from_parts(parts, body);
+    // Unboxed: `Oneshot` over a boxed service is `Unpin` (its future is a box already).
+    let mut run = CatchUnwind(c.app.clone().oneshot(req));
+    let deadline = settings.request_timeout;
+    Box::pin(async move {
+        let outcome = match deadline {
+            // Boxed: its timer would otherwise grow this future for every request.
+            Some(limit) => Box::pin(tokio::time::timeout(limit, run)).await.ok(),
+            // Polled where it lies: `run.await` would move it into a second slot of this
+            // future (captured values are never overlapped with the awaited ones).
+            None => Some(std::future::poll_fn(|cx| Pin::new(&mut run).poll(cx)).await),
+        };
+        let line = &end.line;
+        let response = match outcome {
+            None => {
+                tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
+                status_response(StatusCode::SERVICE_UNAVAILABLE, line.version)
             }
-        }
-    };
+            Some(Err(panic)) => {
+                tracing::error!(
+                    request = %line,
+                    peer = %c.peer,
+                    cause = panic_message(&*panic),
+                    "handler panicked: 500"
+                );
+                status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
+            }
+            Some(Ok(Err(err))) => {
+                tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
+                status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
+            }
+            // The body went over the limit, or stopped arriving: whatever the app made of
+            // the error, the client is told 413 or 408.
+            Some(Ok(Ok(_)))
+                if read
+                    .as_ref()
+                    .is_some_and(|o| o.exceeded.load(Ordering::Relaxed)) =>
+            {
+                status_response(StatusCode::PAYLOAD_TOO_LARGE, line.version)
+            }
+            Some(Ok(Ok(_)))
+                if read
+                    .as_ref()
+                    .is_some_and(|o| o.timed_out.load(Ordering::Relaxed)) =>
+            {
+                tracing::debug!(request = %line, peer = %c.peer, "request body timed out: 408");
+                status_response(StatusCode::REQUEST_TIMEOUT, line.version)
+            }
+            Some(Ok(Ok(response))) => response,
+        };
+        Ok(finish(&c, end, response))
+    })
+}
+
+/// The response as it leaves: an upgrade noted, `connection: close` once the worker stops,
+/// and its body wrapped to count and log it and end the request when hyper drops it. Called
+/// in the task that polls the request's future (an HTTP/2 stream's own: [`SendWatch::current`]).
+fn finish(
+    c: &ConnShared,
+    mut end: Box<RequestEnd>,
+    mut response: Response<UnsyncBoxBody<Bytes, BoxError>>,
+) -> Response<ResponseBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         c.state.upgraded.store(true, Ordering::Release);
-    } else if c.state.closing.load(Ordering::Acquire) && line.version < Version::HTTP_2 {
+    } else if c.state.closing.load(Ordering::Acquire) && end.line.version < Version::HTTP_2 {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -511,16 +672,8 @@ async fn handle(
         watch.set_limit(limit);
         Some(watch)
     });
-    let end = RequestEnd {
-        status: response.status(),
-        started,
-        line,
-        client: client_peer(&c.peer, &client),
-        logged,
-        conn: Arc::clone(&c),
-        in_flight,
-    };
-    Ok(response.map(|b| ResponseBody::new(b, Box::new(end), send)))
+    end.status = response.status();
+    response.map(|b| ResponseBody::new(b, end, send))
 }
 
 /// The request headers the access log shows, kept only when it is on.
@@ -533,7 +686,8 @@ struct LoggedHeaders {
 /// dropping `_in_flight`) the connection's clock learns the request is over.
 struct RequestEnd {
     status: StatusCode,
-    started: Instant,
+    /// When the request was handed over: read only when the access log is on.
+    started: Option<Instant>,
     line: RequestLine,
     /// The client as the log shows it (`%(h)s`): forwarded by a trusted proxy, or the peer.
     client: Peer,
@@ -545,7 +699,10 @@ struct RequestEnd {
 impl OnBodyEnd for RequestEnd {
     fn end(self: Box<Self>, bytes: u64, _complete: bool) {
         let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.started);
+        // Zero without an access log: the scoreboard ignores it (`Metrics::request`).
+        let elapsed = self.started.map_or(std::time::Duration::ZERO, |s| {
+            now.saturating_duration_since(s)
+        });
         let metrics = &self.conn.metrics;
         metrics.bytes_out(bytes);
         metrics.request(self.status, elapsed);
@@ -637,4 +794,18 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic with a non-string payload")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The room taken for speed leaves nothing behind: a request starts with its `Peer` alone.
+    #[test]
+    fn a_connections_extensions_hold_the_peer_alone() {
+        let peer = Peer::Tcp("127.0.0.1:4000".parse().unwrap());
+        let e = extensions_for(&peer).clone();
+        assert_eq!(e.len(), 1);
+        assert!(matches!(e.get::<Peer>(), Some(Peer::Tcp(a)) if a.port() == 4000));
+    }
 }

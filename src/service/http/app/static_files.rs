@@ -10,7 +10,8 @@
 //! Under a mount point (`/static`), a router hands the service the request with the prefix
 //! stripped (`/sub/`), so what the static code writes is relative to the mount point. The
 //! service finds the mount point by comparing that path with the one oxicorn received
-//! (`ReceivedUri`, put on every request before the app sees it), or takes it from
+//! (`ReceivedUri`, put on every request before the app sees it once this process has made a
+//! `StaticFiles`: [`in_use`]), or takes it from
 //! [`StaticFiles::mount_path`] (needed when the prefix was stripped before oxicorn, by a
 //! proxy). Then a directory's trailing-slash redirect is relative (`sub/`), the listing's
 //! title and breadcrumbs and the 404 page's root link name the mount point
@@ -26,6 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,6 +46,18 @@ use crate::service::http::static_files::response::{Piece, Reply};
 
 /// Largest read for one body frame.
 const CHUNK: u64 = 64 * 1024;
+
+/// Set when this process makes its first [`StaticFiles`]: only then do requests carry the
+/// [`ReceivedUri`] it finds its mount point by (an extension costs a map and a box per
+/// request; an app without static files pays nothing). Apps build their router, and with it
+/// their `StaticFiles`, in the factory, before the first request.
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Whether a [`StaticFiles`] was made in this process, so requests must carry their
+/// [`ReceivedUri`].
+pub(crate) fn in_use() -> bool {
+    IN_USE.load(Ordering::Relaxed)
+}
 
 /// Files under a directory, as a `tower::Service` (module docs). Cheap to clone.
 #[derive(Clone, Debug)]
@@ -80,6 +94,8 @@ impl StaticFiles {
     /// # Errors
     /// If `root` is not a directory that can be opened.
     pub fn open(root: impl AsRef<Path>) -> io::Result<StaticFiles> {
+        // Before any early return: `new` goes through here, whatever becomes of the root.
+        IN_USE.store(true, Ordering::Relaxed);
         let root = std::fs::canonicalize(root.as_ref())?;
         if !root.is_dir() {
             return Err(io::Error::new(
