@@ -831,7 +831,6 @@ async fn a_body_that_panics_mid_stream_cuts_only_its_response() {
 /// `shutdown(SHUT_WR)`) still gets its answer, as the static service, gunicorn and nginx give
 /// it. Every try must be answered: the bug was a race between the answer and hyper's EOF.
 #[tokio::test]
-#[ignore = "bug: hyper's http1 half_close is off (app/mod.rs builder()), so an EOF read while the request is in flight drops the answer"]
 async fn a_request_followed_by_a_half_close_is_answered() {
     let server = Server::start(HttpSettings::default()).await;
     for i in 0..20 {
@@ -849,7 +848,6 @@ async fn a_request_followed_by_a_half_close_is_answered() {
 /// `GET /a?b=1 HTTP/2.0` and `%(U)s` is `/a` (as nginx logs `$request`), not the URI hyper
 /// rebuilds from `:scheme` and `:authority`.
 #[tokio::test]
-#[ignore = "bug: app/mod.rs RequestEnd::end logs self.line.uri.to_string(), which for HTTP/2 is http://authority/path"]
 async fn the_access_log_shows_an_http2_request_by_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.log");
@@ -876,7 +874,6 @@ async fn the_access_log_shows_an_http2_request_by_its_path() {
 /// they get a line with `-` for the request, as the static service and the app's own 505
 /// write one.
 #[tokio::test]
-#[ignore = "bug: hyper's own 400 answers (parse errors) never reach RequestEnd in app/mod.rs, so they are not logged"]
 async fn a_head_hyper_refuses_gets_an_access_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.log");

@@ -269,6 +269,22 @@ impl AppService {
         };
         if let Err(err) = result {
             tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
+            // A head hyper could not parse: hyper answered it itself (400, 414 or 431), so
+            // no request reached the app and only this knows to log it, with `-` for the
+            // request as the static service logs one.
+            if let Some(status) = refused_head_status(&*err)
+                && let Some(log) = &self.access_log
+            {
+                log.log(&Record {
+                    peer: &peer,
+                    request: None,
+                    status,
+                    body_bytes: Some(0),
+                    referer: None,
+                    user_agent: None,
+                    elapsed: std::time::Duration::ZERO,
+                });
+            }
         }
         if state.head_timed_out.load(Ordering::Relaxed)
             && let Some(log) = &self.access_log
@@ -397,6 +413,27 @@ enum Stop {
 /// `DEFAULT_MAX_HEADERS`); more get 431.
 const HYPER_MAX_HEADERS: usize = 100;
 
+/// The status hyper answered a head it could not parse with (`Server::on_error` in hyper
+/// 1's `proto/h1/role.rs`): 414 for a request line over its buffer, 431 for a head over it
+/// or too many fields, 400 for any other parse error; `None` when the error is not a head
+/// hyper refused (a reset, a timeout, an HTTP/2 error).
+fn refused_head_status(err: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+    let err = err.downcast_ref::<hyper::Error>()?;
+    if !err.is_parse() {
+        return None;
+    }
+    if err.is_parse_too_large() {
+        // hyper tells the two apart by kind only; its message names the URI for 414.
+        return Some(if err.to_string().contains("URI") {
+            StatusCode::URI_TOO_LONG
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        });
+    }
+    // Parse::Internal gets no answer from hyper.
+    (!err.to_string().contains("internal")).then_some(StatusCode::BAD_REQUEST)
+}
+
 /// The hyper builder for these settings.
 fn builder(s: &HttpSettings) -> auto::Builder<StreamExecutor> {
     let mut b = auto::Builder::new(StreamExecutor);
@@ -405,6 +442,10 @@ fn builder(s: &HttpSettings) -> auto::Builder<StreamExecutor> {
         // turned off because `io::DeadlineIo` keeps that clock (and answers 408).
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        // A client may send its request and shut its writing side (`printf ... | nc -q1`,
+        // `shutdown(SHUT_WR)`): it still gets its answer, as from nginx and gunicorn. Without
+        // this hyper closes at that EOF and the answer is lost when the EOF wins the race.
+        .half_close(true)
         .keep_alive(!s.keep_alive.is_zero());
     // hyper parses at most 100 fields unless told otherwise, on the stack; told any number,
     // it builds its two header arrays element by element for every request (smallvec's
@@ -707,12 +748,27 @@ impl OnBodyEnd for RequestEnd {
         metrics.bytes_out(bytes);
         metrics.request(self.status, elapsed);
         if let (Some(log), Some(h)) = (&self.conn.access_log, &self.logged) {
-            let target = self.line.uri.to_string();
+            // The target as the client sent it: for HTTP/2, `:path` (hyper rebuilds the URI
+            // from `:scheme` and `:authority` too), as nginx's `$request` shows it; for HTTP/1
+            // an origin-form target is its path and query, an absolute-form one whole.
+            let uri = &self.line.uri;
+            let whole;
+            let target = match uri.path_and_query() {
+                Some(pq)
+                    if uri.scheme().is_none() || self.line.version == http::Version::HTTP_2 =>
+                {
+                    pq.as_str()
+                }
+                _ => {
+                    whole = uri.to_string();
+                    whole.as_str()
+                }
+            };
             log.log(&Record {
                 peer: &self.client,
                 request: Some(LogLine {
                     method: &self.line.method,
-                    target: &target,
+                    target,
                     version: self.line.version,
                 }),
                 status: self.status,
