@@ -844,6 +844,42 @@ async fn a_request_followed_by_a_half_close_is_answered() {
     }
 }
 
+/// A connection the server closes while the client is still sending must not be reset
+/// under it (RFC 9112 §9.6: close in stages): a client that keeps writing a body over the
+/// limit after its 413, or more bytes after a head answered 400, still writes without error
+/// and reads its answer. Before the lingering close, its late writes met a reset
+/// (`EPIPE`/`ECONNRESET`): curl uploading past the limit said "Connection reset by peer"
+/// instead of showing the 413.
+#[tokio::test]
+async fn a_client_still_sending_after_its_answer_is_not_reset() {
+    let settings = HttpSettings {
+        limit_request_body: 1024,
+        ..HttpSettings::default()
+    };
+    let server = Server::start(settings).await;
+    let heads: [&[u8]; 2] = [
+        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\ncontent-length: 1048576\r\n\r\n",
+    ];
+    for (head, status) in heads.into_iter().zip(["400", "413"]) {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(head).await.unwrap();
+        // The server answers and closes meanwhile; then the client goes on sending.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 0..16 {
+            s.write_all(&[b'x'; 4096])
+                .await
+                .unwrap_or_else(|e| panic!("{status}: write {i} after the answer failed: {e}"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let text = read_to_close(&mut s).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: got {text:?}"
+        );
+    }
+}
+
 /// HTTP/2 has no request line: its `:path` is what HTTP/1's target is, so `%(r)s` reads
 /// `GET /a?b=1 HTTP/2.0` and `%(U)s` is `/a` (as nginx logs `$request`), not the URI hyper
 /// rebuilds from `:scheme` and `:authority`.

@@ -281,6 +281,8 @@ pub struct DeadlineIo<S> {
     /// The answer this stream writes itself (408 or 505) and how much of it is written; once
     /// it is, hyper reads EOF.
     sending: Option<(&'static [u8], usize)>,
+    /// Where the close is (see `poll_shutdown`).
+    linger: Linger,
     /// The end of the current head's request line while it arrives, to read its version.
     line: Option<LineTail>,
     /// Dropped with the stream: tells [`super::AppService::serve`] an upgraded stream was let
@@ -333,6 +335,7 @@ impl<S> DeadlineIo<S> {
             write_stalled: false,
             stall: None,
             sending: None,
+            linger: Linger::Open,
             line: None,
             _dropped: tx,
         };
@@ -779,9 +782,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         this.after_write(cx, r)
     }
 
+    /// Shuts the write side, then lingers until the client's EOF: a socket closed with the
+    /// client's bytes unread, or that receives more after its close, answers them with a
+    /// reset, and a client still sending (a body over `--limit-request-body` answered 413,
+    /// pipelined requests behind a `connection: close`, a bad head with more behind it)
+    /// gets `EPIPE`/`ECONNRESET` on its next write and may never read the answer (curl
+    /// reports "Send failure: Connection reset by peer"). RFC 9112 §9.6 has a server close
+    /// in stages for this reason; like nginx's `lingering_close` (and the static service's),
+    /// what arrives is read and dropped until the client's EOF, [`LINGER`], or
+    /// [`LINGER_READS`] reads. A client that closes when it reads the answer (the usual
+    /// case) ends it at once. Not once upgraded: the app owns the stream and may still be
+    /// reading it.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger == Linger::Open {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            if this.state.upgraded.load(Ordering::Acquire) {
+                this.linger = Linger::Done;
+                return Poll::Ready(Ok(()));
+            }
+            this.linger = Linger::Draining(LINGER_READS);
+            this.sleep.as_mut().reset(Instant::now() + LINGER);
+            this.armed = None;
+            this.timer_watched = false;
+        }
+        let mut sink = [0u8; 4096];
+        while let Linger::Draining(left) = this.linger {
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() && left > 1 => {
+                    this.linger = Linger::Draining(left - 1);
+                }
+                // EOF, an error, or the last read allowed: close now.
+                Poll::Ready(_) => this.linger = Linger::Done,
+                Poll::Pending => {
+                    if this.sleep.as_mut().poll(cx).is_ready() {
+                        this.linger = Linger::Done;
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
+}
+
+/// How long [`DeadlineIo::poll_shutdown`] lingers at most (as the static service does).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How many reads [`DeadlineIo::poll_shutdown`] drains at most (4 KiB each, 256 KiB in all).
+const LINGER_READS: u8 = 64;
+
+/// Where a stream is in its close ([`DeadlineIo::poll_shutdown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// Not shut yet.
+    Open,
+    /// Write side shut; reading and dropping what the client sends, this many reads left.
+    Draining(u8),
+    /// Shut and drained (or nothing to drain): the socket may close.
+    Done,
 }
 
 #[cfg(test)]
