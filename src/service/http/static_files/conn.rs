@@ -189,16 +189,23 @@ pub async fn serve_at(
         // Boxed: a request's state (head, reply, timers) lives on the heap only while a request
         // is in progress, so an idle kept-alive connection costs a small future, not the
         // largest state of the whole exchange.
-        match Box::pin(exchange(&mut stream, &mut buf, ctx, svc)).await? {
-            Next::KeepAlive => {}
-            Next::Close => return Box::pin(linger(stream)).await,
-            // Nothing more from the client in our buffer or the kernel's: nothing to discard,
-            // so closing cannot reset the response; skip the lingering (as nginx does when no
-            // more data is expected). One `read` attempt instead of a shutdown, a wait for
-            // the client's FIN and a timer: a third of a short connection's syscalls.
-            Next::Finished if buf.is_empty() && nothing_pending(&stream) => return Ok(()),
-            Next::Finished => return Box::pin(linger(stream)).await,
-            Next::Abort => return Ok(()),
+        let next = Box::pin(exchange(&mut stream, &mut buf, ctx, svc)).await?;
+        if !matches!(next, Next::KeepAlive) {
+            // The connection ends here: its buffer goes back to the pool, or every short
+            // connection would pay a 4 KiB `malloc` and `free` (past glibc's per-thread
+            // cache, so each also consolidated the heap's fast bins).
+            let pending = !buf.is_empty();
+            give_back(std::mem::take(&mut buf));
+            match next {
+                // Nothing more from the client in our buffer or the kernel's: nothing to
+                // discard, so closing cannot reset the response; skip the lingering (as nginx
+                // does when no more data is expected). One `read` attempt instead of a
+                // shutdown, a wait for the client's FIN and a timer: a third of a short
+                // connection's syscalls.
+                Next::Finished if !pending && nothing_pending(&stream) => return Ok(()),
+                Next::Close | Next::Finished => return Box::pin(linger(stream)).await,
+                Next::Abort | Next::KeepAlive => return Ok(()),
+            }
         }
         first = false;
         // Drop the buffer between requests unless a pipelined request is already in it.
