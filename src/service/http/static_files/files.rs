@@ -47,6 +47,10 @@ pub struct Opened {
     pub ino: u64,
     /// Hard links: 0 once the path was unlinked or renamed over.
     pub links: u64,
+    /// Which precompressed siblings exist, when the open-file cache already knows (the
+    /// [`FileCache::siblings`] mask of the entry it was served from): the caller need not
+    /// look the path up a second time to ask. `None` when not known.
+    pub siblings: Option<u8>,
 }
 
 impl Opened {
@@ -140,6 +144,7 @@ fn stat(file: Arc<File>) -> Result<Opened, OpenError> {
         mtime,
         ino: st.st_ino,
         links: st.st_nlink,
+        siblings: None,
     })
 }
 
@@ -321,13 +326,15 @@ impl FileCache {
                         mtime: e.mtime,
                         ino: e.ino,
                         links: 1,
+                        siblings: e.siblings,
                     });
                 }
-                if let Ok(o) = stat(Arc::clone(&e.file))
+                if let Ok(mut o) = stat(Arc::clone(&e.file))
                     && o.kind == FileType::RegularFile
                     && o.links > 0
                 {
                     (e.len, e.mtime, e.ino, e.checked) = (o.len, o.mtime, o.ino, now);
+                    o.siblings = e.siblings;
                     return Ok(o);
                 }
             }
@@ -364,8 +371,9 @@ impl FileCache {
     /// Which of `rel`'s precompressed siblings (`rel` + each of `suffixes`, at most 8) exist:
     /// bit `i` set for `suffixes[i]`. Found with [`FileCache::open_variant`] once per cached
     /// entry of `rel` (so at most once per [`CACHE_TTL`] while `rel` stays cached) and then
-    /// answered from the entry: the usual file without siblings costs one hash lookup per
-    /// request instead of building and looking up three sibling paths. A sibling that appears
+    /// answered from the entry, which [`FileCache::open`] hands on in [`Opened::siblings`]:
+    /// the usual file without siblings costs no lookup beyond its own, instead of building and
+    /// looking up three sibling paths. A sibling that appears
     /// is seen when the entry is next looked up (within the TTL, as a remembered miss was);
     /// one that disappears is still checked by the caller's `open_variant`. Uncached files
     /// (the cache off or full of newer entries) are probed every time.
@@ -604,6 +612,37 @@ mod tests {
         assert!(cache.dir_may_have(&root_fd, &root, rel, false, &sfx));
         cache.open(&root_fd, &root, rel, false).unwrap();
         assert_eq!(cache.siblings(&root_fd, &root, rel, false, &sfx), 0b100);
+    }
+
+    /// The sibling mask, once found, comes with every later open of the entry (trusted or
+    /// revalidated with `fstat`), so a request asks the cache once; an open that did not come
+    /// from the cache does not claim to know.
+    #[test]
+    fn a_cached_open_hands_on_the_sibling_mask() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let root_fd = open_root(&root).unwrap();
+        std::fs::write(root.join("a.js"), "js").unwrap();
+        std::fs::write(root.join("a.js.gz"), "z").unwrap();
+        let sfx = [".br", ".zst", ".gz"];
+        let rel = Path::new("a.js");
+        for valid in [Duration::ZERO, Duration::from_secs(60)] {
+            let cache = FileCache::new(8, valid);
+            assert_eq!(
+                cache.open(&root_fd, &root, rel, false).unwrap().siblings,
+                None
+            );
+            assert_eq!(cache.siblings(&root_fd, &root, rel, false, &sfx), 0b100);
+            let again = cache.open(&root_fd, &root, rel, false).unwrap();
+            assert_eq!(again.siblings, Some(0b100), "valid {valid:?}");
+        }
+        // Uncached (capacity 0): never known, always asked.
+        let off = FileCache::new(0, Duration::ZERO);
+        off.siblings(&root_fd, &root, rel, false, &sfx);
+        assert_eq!(
+            off.open(&root_fd, &root, rel, false).unwrap().siblings,
+            None
+        );
     }
 
     #[test]

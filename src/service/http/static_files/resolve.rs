@@ -169,11 +169,15 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &Path) -> R
     // Siblings are looked up for every request, even one without Accept-Encoding: a URL
     // with variants must say `Vary: Accept-Encoding` on every response (RFC 9110 §12.5.5),
     // or a shared cache stores the identity body for every client. Misses are cached, so
-    // the usual file without siblings costs three hash lookups, not three path walks.
+    // the usual file without siblings costs no lookup beyond its own (the cache entry it was
+    // served from carries the answer), not three path walks.
     let mut vary = false;
     let mut encoding = None;
     let mut opened = opened;
-    let present = svc.siblings(rel, &ENCODINGS.map(|(_, suffix)| suffix));
+    let present = match opened.siblings {
+        Some(mask) => mask,
+        None => svc.siblings(rel, &ENCODINGS.map(|(_, suffix)| suffix)),
+    };
     for (i, (token, suffix)) in ENCODINGS.into_iter().enumerate() {
         if present & (1 << i) == 0 {
             continue;
