@@ -201,9 +201,15 @@ pub async fn serve_at(
                 // discard, so closing cannot reset the response; skip the lingering (as nginx
                 // does when no more data is expected). One `read` attempt instead of a
                 // shutdown, a wait for the client's FIN and a timer: a third of a short
-                // connection's syscalls.
-                Next::Finished if !pending && nothing_pending(&stream) => return Ok(()),
-                Next::Close | Next::Finished => return Box::pin(linger(stream)).await,
+                // connection's syscalls. A client that ended the connection itself
+                // (`Connection: close`, or HTTP/1.0 without keep-alive) sends nothing after
+                // this request (RFC 9112 §9.6: it MUST NOT), so with nothing buffered there is
+                // nothing to look for; the `read` attempt is for closes the client did not
+                // ask for (a stopping worker, keep-alive off), where its next request may be
+                // on its way.
+                Next::Finished { client_closes } if !pending && client_closes => return Ok(()),
+                Next::Finished { .. } if !pending && nothing_pending(&stream) => return Ok(()),
+                Next::Close | Next::Finished { .. } => return Box::pin(linger(stream)).await,
                 Next::Abort | Next::KeepAlive => return Ok(()),
             }
         }
@@ -223,7 +229,10 @@ enum Next {
     Close,
     /// Close after a final response to a request without a body: gracefully only if the
     /// client sent more.
-    Finished,
+    Finished {
+        /// The client asked for the close itself (its request said the connection ends).
+        client_closes: bool,
+    },
     /// Close at once: the peer is gone or the response was cut short.
     Abort,
 }
@@ -317,7 +326,9 @@ async fn exchange(
     match sent? {
         // The file shrank under us: cut short, the client sees fewer bytes than promised.
         s if !s.complete => Ok(Next::Abort),
-        _ if close && !head.has_body => Ok(Next::Finished),
+        _ if close && !head.has_body => Ok(Next::Finished {
+            client_closes: !head.keep_alive,
+        }),
         _ if close => Ok(Next::Close),
         _ => Ok(Next::KeepAlive),
     }
