@@ -189,16 +189,29 @@ pub async fn serve_at(
         // Boxed: a request's state (head, reply, timers) lives on the heap only while a request
         // is in progress, so an idle kept-alive connection costs a small future, not the
         // largest state of the whole exchange.
-        match Box::pin(exchange(&mut stream, &mut buf, ctx, svc)).await? {
-            Next::KeepAlive => {}
-            Next::Close => return Box::pin(linger(stream)).await,
-            // Nothing more from the client in our buffer or the kernel's: nothing to discard,
-            // so closing cannot reset the response; skip the lingering (as nginx does when no
-            // more data is expected). One `read` attempt instead of a shutdown, a wait for
-            // the client's FIN and a timer: a third of a short connection's syscalls.
-            Next::Finished if buf.is_empty() && nothing_pending(&stream) => return Ok(()),
-            Next::Finished => return Box::pin(linger(stream)).await,
-            Next::Abort => return Ok(()),
+        let next = Box::pin(exchange(&mut stream, &mut buf, ctx, svc)).await?;
+        if !matches!(next, Next::KeepAlive) {
+            // The connection ends here: its buffer goes back to the pool, or every short
+            // connection would pay a 4 KiB `malloc` and `free` (past glibc's per-thread
+            // cache, so each also consolidated the heap's fast bins).
+            let pending = !buf.is_empty();
+            give_back(std::mem::take(&mut buf));
+            match next {
+                // Nothing more from the client in our buffer or the kernel's: nothing to
+                // discard, so closing cannot reset the response; skip the lingering (as nginx
+                // does when no more data is expected). One `read` attempt instead of a
+                // shutdown, a wait for the client's FIN and a timer: a third of a short
+                // connection's syscalls. A client that ended the connection itself
+                // (`Connection: close`, or HTTP/1.0 without keep-alive) sends nothing after
+                // this request (RFC 9112 §9.6: it MUST NOT), so with nothing buffered there is
+                // nothing to look for; the `read` attempt is for closes the client did not
+                // ask for (a stopping worker, keep-alive off), where its next request may be
+                // on its way.
+                Next::Finished { client_closes } if !pending && client_closes => return Ok(()),
+                Next::Finished { .. } if !pending && nothing_pending(&stream) => return Ok(()),
+                Next::Close | Next::Finished { .. } => return Box::pin(linger(stream)).await,
+                Next::Abort | Next::KeepAlive => return Ok(()),
+            }
         }
         first = false;
         // Drop the buffer between requests unless a pipelined request is already in it.
@@ -216,7 +229,10 @@ enum Next {
     Close,
     /// Close after a final response to a request without a body: gracefully only if the
     /// client sent more.
-    Finished,
+    Finished {
+        /// The client asked for the close itself (its request said the connection ends).
+        client_closes: bool,
+    },
     /// Close at once: the peer is gone or the response was cut short.
     Abort,
 }
@@ -229,7 +245,10 @@ async fn exchange(
     svc: &StaticService,
 ) -> io::Result<Next> {
     let cfg = &svc.config;
-    let deadline = tokio::time::Instant::now() + cfg.header_timeout;
+    // The head's deadline, set the first time the head is found incomplete: at once, unless
+    // what was read already holds it whole, as it usually does, and then the clock is not read
+    // at all (one read fewer per request, of about eight; parsing takes microseconds).
+    let mut deadline: Option<tokio::time::Instant> = None;
     let head = loop {
         match request::parse(buf, &svc.limits) {
             Ok(Some((head, n))) => {
@@ -253,7 +272,9 @@ async fn exchange(
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+        let until =
+            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + cfg.header_timeout);
+        match tokio::time::timeout_at(until, stream.read_buf(buf)).await {
             Ok(Ok(0)) => return Ok(Next::Abort),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
@@ -310,7 +331,9 @@ async fn exchange(
     match sent? {
         // The file shrank under us: cut short, the client sees fewer bytes than promised.
         s if !s.complete => Ok(Next::Abort),
-        _ if close && !head.has_body => Ok(Next::Finished),
+        _ if close && !head.has_body => Ok(Next::Finished {
+            client_closes: !head.keep_alive,
+        }),
         _ if close => Ok(Next::Close),
         _ => Ok(Next::KeepAlive),
     }

@@ -47,6 +47,10 @@ pub struct Opened {
     pub ino: u64,
     /// Hard links: 0 once the path was unlinked or renamed over.
     pub links: u64,
+    /// Which precompressed siblings exist, when the open-file cache already knows (the
+    /// [`FileCache::siblings`] mask of the entry it was served from): the caller need not
+    /// look the path up a second time to ask. `None` when not known.
+    pub siblings: Option<u8>,
 }
 
 impl Opened {
@@ -58,7 +62,26 @@ impl Opened {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_nanos();
-        format!("\"{:x}-{:x}-{:x}\"", self.ino, self.len, ns)
+        // Hex digits appended by hand: `format!` with a u128 was a visible share of a
+        // request's user time (issue 12).
+        let mut tag = String::with_capacity(2 + 16 + 1 + 16 + 1 + 32);
+        tag.push('"');
+        push_hex(&mut tag, u128::from(self.ino));
+        tag.push('-');
+        push_hex(&mut tag, u128::from(self.len));
+        tag.push('-');
+        push_hex(&mut tag, ns);
+        tag.push('"');
+        tag
+    }
+}
+
+/// Appends `n` in lower-case hex without leading zeros (`0` for zero), as `{:x}` does.
+fn push_hex(s: &mut String, n: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let shown = (128 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..shown).rev() {
+        s.push(char::from(DIGITS[((n >> (4 * i)) & 0xf) as usize]));
     }
 }
 
@@ -140,6 +163,7 @@ fn stat(file: Arc<File>) -> Result<Opened, OpenError> {
         mtime,
         ino: st.st_ino,
         links: st.st_nlink,
+        siblings: None,
     })
 }
 
@@ -321,13 +345,15 @@ impl FileCache {
                         mtime: e.mtime,
                         ino: e.ino,
                         links: 1,
+                        siblings: e.siblings,
                     });
                 }
-                if let Ok(o) = stat(Arc::clone(&e.file))
+                if let Ok(mut o) = stat(Arc::clone(&e.file))
                     && o.kind == FileType::RegularFile
                     && o.links > 0
                 {
                     (e.len, e.mtime, e.ino, e.checked) = (o.len, o.mtime, o.ino, now);
+                    o.siblings = e.siblings;
                     return Ok(o);
                 }
             }
@@ -364,8 +390,9 @@ impl FileCache {
     /// Which of `rel`'s precompressed siblings (`rel` + each of `suffixes`, at most 8) exist:
     /// bit `i` set for `suffixes[i]`. Found with [`FileCache::open_variant`] once per cached
     /// entry of `rel` (so at most once per [`CACHE_TTL`] while `rel` stays cached) and then
-    /// answered from the entry: the usual file without siblings costs one hash lookup per
-    /// request instead of building and looking up three sibling paths. A sibling that appears
+    /// answered from the entry, which [`FileCache::open`] hands on in [`Opened::siblings`]:
+    /// the usual file without siblings costs no lookup beyond its own, instead of building and
+    /// looking up three sibling paths. A sibling that appears
     /// is seen when the entry is next looked up (within the TTL, as a remembered miss was);
     /// one that disappears is still checked by the caller's `open_variant`. Uncached files
     /// (the cache off or full of newer entries) are probed every time.
@@ -533,6 +560,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hex_as_format_writes_it() {
+        for n in [
+            0u128,
+            1,
+            0xf,
+            0x10,
+            0xdead_beef,
+            u128::from(u64::MAX),
+            u128::MAX,
+        ] {
+            let mut s = String::new();
+            push_hex(&mut s, n);
+            assert_eq!(s, format!("{n:x}"));
+        }
+    }
+
+    #[test]
     fn the_cache_sees_writes_at_once_and_replacements_by_link_count() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
@@ -604,6 +648,37 @@ mod tests {
         assert!(cache.dir_may_have(&root_fd, &root, rel, false, &sfx));
         cache.open(&root_fd, &root, rel, false).unwrap();
         assert_eq!(cache.siblings(&root_fd, &root, rel, false, &sfx), 0b100);
+    }
+
+    /// The sibling mask, once found, comes with every later open of the entry (trusted or
+    /// revalidated with `fstat`), so a request asks the cache once; an open that did not come
+    /// from the cache does not claim to know.
+    #[test]
+    fn a_cached_open_hands_on_the_sibling_mask() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let root_fd = open_root(&root).unwrap();
+        std::fs::write(root.join("a.js"), "js").unwrap();
+        std::fs::write(root.join("a.js.gz"), "z").unwrap();
+        let sfx = [".br", ".zst", ".gz"];
+        let rel = Path::new("a.js");
+        for valid in [Duration::ZERO, Duration::from_secs(60)] {
+            let cache = FileCache::new(8, valid);
+            assert_eq!(
+                cache.open(&root_fd, &root, rel, false).unwrap().siblings,
+                None
+            );
+            assert_eq!(cache.siblings(&root_fd, &root, rel, false, &sfx), 0b100);
+            let again = cache.open(&root_fd, &root, rel, false).unwrap();
+            assert_eq!(again.siblings, Some(0b100), "valid {valid:?}");
+        }
+        // Uncached (capacity 0): never known, always asked.
+        let off = FileCache::new(0, Duration::ZERO);
+        off.siblings(&root_fd, &root, rel, false, &sfx);
+        assert_eq!(
+            off.open(&root_fd, &root, rel, false).unwrap().siblings,
+            None
+        );
     }
 
     #[test]

@@ -163,17 +163,43 @@ pub fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
 /// Precompressed siblings, in order of preference: (token, file suffix).
 const ENCODINGS: [(&str, &str); 3] = [("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz")];
 
+/// Calls `f` with `t` as an HTTP date ([`date::http_date`]), remembered per worker thread for
+/// the last few distinct seconds asked: files served again and again share a handful of
+/// modification times, and formatting the date was a visible share of a request's user time
+/// (issue 12).
+fn with_http_date(t: SystemTime, f: impl FnOnce(&str)) {
+    use std::cell::RefCell;
+    const SLOTS: usize = 16;
+    thread_local! {
+        /// Direct-mapped by the second: (second, its HTTP date); `u64::MAX` when empty.
+        static DATES: RefCell<[(u64, String); SLOTS]> =
+            RefCell::new(std::array::from_fn(|_| (u64::MAX, String::new())));
+    }
+    let secs = date::unix_secs(t);
+    DATES.with_borrow_mut(|slots| {
+        let slot = &mut slots[(secs % SLOTS as u64) as usize];
+        if slot.0 != secs {
+            *slot = (secs, date::http_date(t));
+        }
+        f(&slot.1);
+    });
+}
+
 /// The answer for a regular file: variant, validators, conditionals, ranges.
 fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &Path) -> Reply {
     let content_type = cached_content_type(rel);
     // Siblings are looked up for every request, even one without Accept-Encoding: a URL
     // with variants must say `Vary: Accept-Encoding` on every response (RFC 9110 §12.5.5),
     // or a shared cache stores the identity body for every client. Misses are cached, so
-    // the usual file without siblings costs three hash lookups, not three path walks.
+    // the usual file without siblings costs no lookup beyond its own (the cache entry it was
+    // served from carries the answer), not three path walks.
     let mut vary = false;
     let mut encoding = None;
     let mut opened = opened;
-    let present = svc.siblings(rel, &ENCODINGS.map(|(_, suffix)| suffix));
+    let present = match opened.siblings {
+        Some(mask) => mask,
+        None => svc.siblings(rel, &ENCODINGS.map(|(_, suffix)| suffix)),
+    };
     for (i, (token, suffix)) in ENCODINGS.into_iter().enumerate() {
         if present & (1 << i) == 0 {
             continue;
@@ -194,9 +220,10 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &Path) -> R
         }
     }
     let etag = opened.etag();
-    let last_modified = date::http_date(opened.mtime);
     let mut headers = String::with_capacity(256);
-    push_header(&mut headers, &header::LAST_MODIFIED, &last_modified);
+    with_http_date(opened.mtime, |d| {
+        push_header(&mut headers, &header::LAST_MODIFIED, d);
+    });
     push_header(&mut headers, &header::ETAG, &etag);
     push_header(&mut headers, &header::ACCEPT_RANGES, "bytes");
     if vary {
@@ -449,6 +476,18 @@ fn content_type(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_http_dates_are_the_dates_of_their_second() {
+        use std::time::{Duration, SystemTime};
+        // Seconds that share a slot, and one asked again after its slot was taken.
+        for secs in [784_111_777u64, 784_111_777 + 16, 784_111_777, 0, 16, 0] {
+            let t = SystemTime::UNIX_EPOCH + Duration::new(secs, 999_999_999);
+            let mut got = String::new();
+            with_http_date(t, |d| got = d.to_owned());
+            assert_eq!(got, date::http_date(t));
+        }
+    }
 
     #[test]
     fn targets_split_into_path_and_query() {
