@@ -126,6 +126,19 @@ async fn read_to_close(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The access log at `path` once it holds `n` lines, or as it is after [`SOON`] (the caller's
+/// assertion then says what was missing).
+async fn log_lines(path: &std::path::Path, n: usize) -> String {
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n || std::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
@@ -555,14 +568,7 @@ async fn the_access_log_has_one_line_per_request() {
         .text()
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + SOON;
-    let text = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.lines().count() >= 2 || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let text = log_lines(&path, 2).await;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].starts_with("127.0.0.1 - - ["), "{text}");
@@ -894,14 +900,7 @@ async fn the_access_log_shows_an_http2_request_by_its_path() {
     let r = h2c_client().get(server.url("/?b=1")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     r.text().await.unwrap();
-    let deadline = std::time::Instant::now() + SOON;
-    let text = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.lines().count() >= 1 || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let text = log_lines(&path, 1).await;
     assert_eq!(text, "GET /?b=1 HTTP/2.0|/|b=1\n");
 }
 
@@ -921,14 +920,7 @@ async fn a_head_hyper_refuses_gets_an_access_log_line() {
     assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
     let text = server.raw(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 505 "), "{text}");
-    let deadline = std::time::Instant::now() + SOON;
-    let log = loop {
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        if log.lines().count() >= 2 || std::time::Instant::now() > deadline {
-            break log;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let log = log_lines(&path, 2).await;
     assert_eq!(log, "- 400\n- 505\n");
 }
 
