@@ -82,6 +82,19 @@ fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The pid of the worker that answers `GET /worker` on a new connection to `addr`.
+async fn worker_pid(addr: SocketAddr) -> i32 {
+    let text = client()
+        .get(format!("http://{addr}/worker"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    pid_of(&text)
+}
+
 fn pid_of(json: &str) -> i32 {
     json.trim()
         .trim_start_matches("{\"pid\":")
@@ -280,15 +293,8 @@ async fn the_app_beside_static_in_one_config_file() {
         &[],
     );
     server.wait_ready(2, 2);
-    let text = client()
-        .get(format!("http://{}/worker", server.tcp_addr()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(server.booted_pids().contains(&pid_of(&text)), "{text}");
+    let pid = worker_pid(server.tcp_addr()).await;
+    assert!(server.booted_pids().contains(&pid), "{pid}");
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     s.set_read_timeout(Some(SOON)).unwrap();
     s.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n").unwrap();
@@ -335,18 +341,8 @@ async fn usr2_upgrades_the_app_in_place() {
         "{lines}"
     );
     // A new connection (the pooled one may be a retired worker's, finishing with close).
-    let text = client()
-        .get(format!("http://{addr}/worker"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        !before.contains(&pid_of(&text)),
-        "a new worker answers: {text}"
-    );
+    let pid = worker_pid(addr).await;
+    assert!(!before.contains(&pid), "a new worker answers: {pid}");
 }
 
 #[test]
