@@ -164,10 +164,14 @@ where
             return boot_error;
         }
     };
-    // A panic in a connection task is caught by tokio and ends that connection only; log it
-    // where the operator looks rather than on a bare stderr.
+    // A panic in a connection task is caught by tokio and ends that connection only (an app
+    // handler's, by the app hook: a 500, logged again there with its request line); log it
+    // where the operator looks rather than on a bare stderr, with its place in the code, and
+    // say that it is not the child's end ("panic in the worker" read as a dead worker).
     std::panic::set_hook(Box::new(move |info| {
-        tracing::error!("panic in the {what}: {info}");
+        tracing::error!(
+            "{what} code panicked (in a connection task: that connection only; in an app handler: that request, a 500): {info}"
+        );
     }));
     rt.block_on(async move {
         let signals = match ChildSignals::install() {
