@@ -789,8 +789,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     /// gets `EPIPE`/`ECONNRESET` on its next write and may never read the answer (curl
     /// reports "Send failure: Connection reset by peer"). RFC 9112 §9.6 has a server close
     /// in stages for this reason; like nginx's `lingering_close` (and the static service's),
-    /// what arrives is read and dropped until the client's EOF, [`LINGER`], or
-    /// [`LINGER_READS`] reads. A client that closes when it reads the answer (the usual
+    /// what arrives is read and dropped until the client's EOF, 2 s (`LINGER`), or
+    /// 64 reads (`LINGER_READS`). A client that closes when it reads the answer (the usual
     /// case) ends it at once. Not once upgraded: the app owns the stream and may still be
     /// reading it.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -11,7 +11,7 @@
 //! stripped (`/sub/`), so what the static code writes is relative to the mount point. The
 //! service finds the mount point by comparing that path with the one oxicorn received
 //! (`ReceivedUri`, put on every request before the app sees it once this process has made a
-//! `StaticFiles`: [`in_use`]), or takes it from
+//! `StaticFiles`: `in_use`), or takes it from
 //! [`StaticFiles::mount_path`] (needed when the prefix was stripped before oxicorn, by a
 //! proxy). Then a directory's trailing-slash redirect is relative (`sub/`), the listing's
 //! title and breadcrumbs and the 404 page's root link name the mount point
