@@ -273,6 +273,19 @@ fn usage_errors_exit_2_and_configuration_errors_exit_1() {
         let out = oxicorn(args, dir.path());
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
     }
+    // A negative number is a value the option refuses by its own rule, not "unexpected
+    // argument '-1'" with a tip to write `-- -1`.
+    for (args, says) in [
+        (
+            &["--timeout", "-1"][..],
+            "invalid timeout: invalid duration `-1`",
+        ),
+        (&["echo", "--workers", "-3"], "invalid workers: `-3`"),
+    ] {
+        let out = oxicorn(args, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
 }
 
 #[test]

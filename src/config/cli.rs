@@ -166,7 +166,11 @@ pub fn command() -> Command {
 
 /// Adds the server settings, `-c`, `--check-config` and `--print-config`.
 fn server_args(mut cmd: Command) -> Command {
-    cmd = cmd.next_help_heading("Server options");
+    // `--timeout -1` is a value to refuse with the option's own rule ("must be 0 or more"),
+    // not "unexpected argument '-1'".
+    cmd = cmd
+        .allow_negative_numbers(true)
+        .next_help_heading("Server options");
     for s in SETTINGS.iter().filter(|s| s.scope == Scope::Server) {
         cmd = cmd.arg(arg(s));
     }
