@@ -558,6 +558,16 @@ impl FileCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    /// A temp directory (removed when the first value drops), its canonical path and its
+    /// root descriptor, as the service opens one.
+    fn temp_root() -> (tempfile::TempDir, PathBuf, OwnedFd) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let root_fd = open_root(&root).unwrap();
+        (dir, root, root_fd)
+    }
 
     #[test]
     fn hex_as_format_writes_it() {
@@ -578,9 +588,7 @@ mod tests {
 
     #[test]
     fn the_cache_sees_writes_at_once_and_replacements_by_link_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        let root_fd = open_root(&root).unwrap();
+        let (_dir, root, root_fd) = temp_root();
         std::fs::write(root.join("f"), "one").unwrap();
         let cache = FileCache::new(8, Duration::ZERO);
         let a = cache.open(&root_fd, &root, Path::new("f"), false).unwrap();
@@ -606,9 +614,7 @@ mod tests {
 
     #[test]
     fn with_a_validity_the_size_is_trusted_until_it_ends_or_is_distrusted() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        let root_fd = open_root(&root).unwrap();
+        let (_dir, root, root_fd) = temp_root();
         std::fs::write(root.join("f"), "one").unwrap();
         let valid = Duration::from_millis(300);
         let cache = FileCache::new(8, valid);
@@ -633,9 +639,7 @@ mod tests {
 
     #[test]
     fn a_directory_without_sibling_names_needs_no_probes_until_it_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        let root_fd = open_root(&root).unwrap();
+        let (_dir, root, root_fd) = temp_root();
         std::fs::create_dir(root.join("d")).unwrap();
         std::fs::write(root.join("d/a.js"), "js").unwrap();
         let cache = FileCache::new(8, Duration::ZERO);
@@ -655,9 +659,7 @@ mod tests {
     /// from the cache does not claim to know.
     #[test]
     fn a_cached_open_hands_on_the_sibling_mask() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        let root_fd = open_root(&root).unwrap();
+        let (_dir, root, root_fd) = temp_root();
         std::fs::write(root.join("a.js"), "js").unwrap();
         std::fs::write(root.join("a.js.gz"), "z").unwrap();
         let sfx = [".br", ".zst", ".gz"];
@@ -683,9 +685,7 @@ mod tests {
 
     #[test]
     fn variant_misses_are_remembered_for_the_ttl() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        let root_fd = open_root(&root).unwrap();
+        let (_dir, root, root_fd) = temp_root();
         let cache = FileCache::new(8, Duration::ZERO);
         let gz = Path::new("a.gz");
         assert!(cache.open_variant(&root_fd, &root, gz, false).is_none());
