@@ -267,14 +267,11 @@ impl AppService {
                 }
             }
         };
-        if let Err(err) = result {
-            tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
-            // A head hyper could not parse: hyper answered it itself (400, 414 or 431), so
-            // no request reached the app and only this knows to log it, with `-` for the
-            // request as the static service logs one.
-            if let Some(status) = refused_head_status(&*err)
-                && let Some(log) = &self.access_log
-            {
+        // Heads answered here without reaching the app get a line with `-` for the request,
+        // as the static service logs one: a head hyper could not parse (hyper answered it
+        // itself: 400, 414 or 431), one too slow (408) and a later HTTP version (505).
+        let log_refused = |status: StatusCode, elapsed: std::time::Duration| {
+            if let Some(log) = &self.access_log {
                 log.log(&Record {
                     peer: &peer,
                     request: None,
@@ -282,35 +279,24 @@ impl AppService {
                     body_bytes: Some(0),
                     referer: None,
                     user_agent: None,
-                    elapsed: std::time::Duration::ZERO,
+                    elapsed,
                 });
             }
+        };
+        if let Err(err) = result {
+            tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
+            if let Some(status) = refused_head_status(&*err) {
+                log_refused(status, std::time::Duration::ZERO);
+            }
         }
-        if state.head_timed_out.load(Ordering::Relaxed)
-            && let Some(log) = &self.access_log
-        {
-            log.log(&Record {
-                peer: &peer,
-                request: None,
-                status: StatusCode::REQUEST_TIMEOUT,
-                body_bytes: Some(0),
-                referer: None,
-                user_agent: None,
-                elapsed: self.settings.header_timeout,
-            });
+        if state.head_timed_out.load(Ordering::Relaxed) {
+            log_refused(StatusCode::REQUEST_TIMEOUT, self.settings.header_timeout);
         }
-        if state.version_refused.load(Ordering::Relaxed)
-            && let Some(log) = &self.access_log
-        {
-            log.log(&Record {
-                peer: &peer,
-                request: None,
-                status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                body_bytes: Some(0),
-                referer: None,
-                user_agent: None,
-                elapsed: std::time::Duration::ZERO,
-            });
+        if state.version_refused.load(Ordering::Relaxed) {
+            log_refused(
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                std::time::Duration::ZERO,
+            );
         }
         if state.upgraded.load(Ordering::Acquire) {
             // Err(RecvError) is the only outcome: the sender lives in the stream and is dropped
