@@ -126,6 +126,16 @@ async fn read_to_close(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The example router with an access log in `format`, in a temp directory (removed when
+/// the second value drops); the third is the log's path.
+async fn logged_server(format: LogFormat) -> (Server, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let app = AppService::new(router(), HttpSettings::default())
+        .with_access_log(AccessLog::open(&path, format).unwrap());
+    (Server::start_with(app).await, dir, path)
+}
+
 /// The access log at `path` once it holds `n` lines, or as it is after [`SOON`] (the caller's
 /// assertion then says what was missing).
 async fn log_lines(path: &std::path::Path, n: usize) -> String {
@@ -547,11 +557,7 @@ async fn a_graceful_stop_lets_the_request_in_flight_finish_and_closes_the_connec
 
 #[tokio::test]
 async fn the_access_log_has_one_line_per_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("access.log");
-    let app = AppService::new(router(), HttpSettings::default())
-        .with_access_log(AccessLog::open(&path, LogFormat::default()).unwrap());
-    let server = Server::start_with(app).await;
+    let (server, _dir, path) = logged_server(LogFormat::default()).await;
     let http = client();
     http.get(server.url("/"))
         .header("user-agent", "test/1")
@@ -891,12 +897,7 @@ async fn a_client_still_sending_after_its_answer_is_not_reset() {
 /// rebuilds from `:scheme` and `:authority`.
 #[tokio::test]
 async fn the_access_log_shows_an_http2_request_by_its_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("access.log");
-    let format = LogFormat::parse("%(r)s|%(U)s|%(q)s").unwrap();
-    let app = AppService::new(router(), HttpSettings::default())
-        .with_access_log(AccessLog::open(&path, format).unwrap());
-    let server = Server::start_with(app).await;
+    let (server, _dir, path) = logged_server(LogFormat::parse("%(r)s|%(U)s|%(q)s").unwrap()).await;
     let r = h2c_client().get(server.url("/?b=1")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     r.text().await.unwrap();
@@ -910,12 +911,7 @@ async fn the_access_log_shows_an_http2_request_by_its_path() {
 /// write one.
 #[tokio::test]
 async fn a_head_hyper_refuses_gets_an_access_log_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("access.log");
-    let format = LogFormat::parse("%(r)s %(s)s").unwrap();
-    let app = AppService::new(router(), HttpSettings::default())
-        .with_access_log(AccessLog::open(&path, format).unwrap());
-    let server = Server::start_with(app).await;
+    let (server, _dir, path) = logged_server(LogFormat::parse("%(r)s %(s)s").unwrap()).await;
     let text = server.raw(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
     let text = server.raw(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").await;
