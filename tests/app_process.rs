@@ -394,16 +394,7 @@ async fn a_slow_factory_delays_readiness_and_a_reload_waits_for_it() {
     let new = server.wait_for_lines_after(mark, " booted", 2, SOON);
     assert!(served > 10);
     assert_eq!(new.len(), 2);
-    let pid = pid_of(
-        &http
-            .get(format!("http://{addr}/worker"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let pid = worker_pid(addr).await;
     assert!(
         !old.contains(&pid),
         "served by a new worker after the reload"
