@@ -922,7 +922,7 @@ async fn a_head_hyper_refuses_gets_an_access_log_line() {
 
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, and to any
 /// request with more than one or an invalid one (a proxy and the app could each read another
-/// site from it). hyper lets all three through; the static service refuses them too.
+/// site from it). hyper lets all three through; the static service refuses the first two.
 #[tokio::test]
 async fn a_missing_repeated_or_malformed_host_gets_400() {
     let server = Server::start(HttpSettings::default()).await;

@@ -90,8 +90,9 @@ impl HttpSettings {
     /// [`HttpSettings::head_buffer`]); this applies gunicorn's finer limits, to HTTP/2 heads too.
     /// Then 400 for a `Host` that RFC 9112 §3.2 says a server MUST refuse and hyper lets
     /// through: none on an HTTP/1.1 request, more than one, or one that is not a host and
-    /// optional port (the static service refuses the same). A proxy and the app that read
-    /// different `Host`s of one request would disagree on its site.
+    /// optional port (the static service refuses the first two on HTTP/1.1; it does not look
+    /// at the characters). A proxy and the app that read different `Host`s of one request
+    /// would disagree on its site.
     pub fn check_head(&self, head: &Parts) -> Option<StatusCode> {
         if request_line_len(head) > self.limit_request_line {
             return Some(StatusCode::URI_TOO_LONG);
