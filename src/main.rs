@@ -39,10 +39,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Goes back to the image that executed this one (see [`upgrade`]); exits only if it cannot.
+/// Goes back to the image that executed this one ([`server::roll_back`]); exits only if it
+/// cannot.
 fn give_up(handover: Handover, reason: String) -> ! {
-    let err = handover.rollback(reason.clone());
-    eprintln!("oxicorn: {reason}; cannot go back to the previous image: {err}");
+    eprintln!("oxicorn: {}", server::roll_back(handover, reason));
     std::process::exit(exit::CONFIG_ERROR)
 }
 
@@ -92,40 +92,8 @@ fn run(invocation: Invocation, handover: Option<Handover>) -> anyhow::Result<i32
         return Ok(exit::SUCCESS);
     }
     let config = terminal_defaults(config);
-    // On an upgrade the old image already did these: its listeners, logs and umask are
-    // inherited; a refusal here still rolls back rather than leaving nobody serving.
-    if let Err(err) = server::check_identity(&config) {
-        match handover {
-            Some(h) => give_up(h, err),
-            None => anyhow::bail!(err),
-        }
-    }
-    if handover.is_none() {
-        server::prepare_files(&config).map_err(anyhow::Error::msg)?;
-    }
-    let log = match oxicorn::log::init(config.log_level.filter(), config.error_logfile.as_deref()) {
-        Ok(log) => log,
-        Err(err) => match handover {
-            Some(h) => give_up(h, format!("it cannot open its log file: {err}")),
-            None => return Err(err.into()),
-        },
-    };
-    let log: &'static _ = Box::leak(Box::new(log));
-    let to_file = config.error_logfile.is_some();
     let source = Box::new(move || Config::load(&args).map(terminal_defaults));
-    let result = match handover {
-        Some(h) => oxicorn::arbiter::resume(config, source, log, h),
-        None => oxicorn::arbiter::run(config, source, log),
-    };
-    match result {
-        Ok(code) => Ok(code),
-        Err(err) => {
-            if to_file {
-                tracing::error!("{err}");
-            }
-            Err(err.into())
-        }
-    }
+    server::start(config, source, handover).map_err(anyhow::Error::msg)
 }
 
 /// In a terminal, a static service with no access log shows each request on stdout, as

@@ -205,34 +205,53 @@ impl Server {
                 (config, source)
             }
         };
-        // On an upgrade the old image did these already: its listeners, logs and umask are
-        // inherited (as the oxicorn command does, src/main.rs).
-        if let Err(err) = check_identity(&config) {
-            return give_up(handover, "", err);
-        }
-        if handover.is_none() {
-            prepare_files(&config)?;
-        }
-        let log = match crate::log::init(config.log_level.filter(), config.error_logfile.as_deref())
-        {
-            Ok(log) => log,
-            Err(err) => {
-                return give_up(handover, "", format!("cannot open the error log: {err}"));
-            }
-        };
-        let log: &'static _ = Box::leak(Box::new(log));
         factory::register(factory).map_err(|_| "an application is registered already")?;
-        match handover {
-            Some(h) => crate::arbiter::resume(config, source, log, h),
-            None => crate::arbiter::run(config, source, log),
-        }
-        .map_err(|e| e.to_string())
+        start(config, source, handover)
     }
 }
 
-/// A refusal before the arbiter runs: with no handover, `err` is the error to print (the
-/// program exits 1); during an upgrade, back to the old image, which keeps serving and logs
-/// `what: err` as the reason (only if that fails does this return, and the program exits).
+/// Starts the arbiter on a loaded configuration, or resumes the running server's state on a
+/// USR2 upgrade: the checks and files that must come first ([`check_identity`],
+/// [`prepare_files`]), the error log, then [`crate::arbiter::run`] or
+/// [`crate::arbiter::resume`]. Shared by the `oxicorn` command and [`Server`].
+///
+/// On an upgrade the old image did the files already (listeners, logs and umask are
+/// inherited), and a refusal here goes back to it ([`roll_back`]) rather than leaving nobody
+/// serving. Returns the exit code, or the message to print (the caller exits 1); an
+/// arbiter's error is also written to the error log when that is a file.
+pub fn start(
+    config: Config,
+    source: ConfigSource,
+    handover: Option<upgrade::Handover>,
+) -> Result<i32, String> {
+    if let Err(err) = check_identity(&config) {
+        return give_up(handover, "", err);
+    }
+    if handover.is_none() {
+        prepare_files(&config)?;
+    }
+    let log = match crate::log::init(config.log_level.filter(), config.error_logfile.as_deref()) {
+        Ok(log) => log,
+        // Its message names the file already.
+        Err(err) => return give_up(handover, "", err.to_string()),
+    };
+    let log: &'static _ = Box::leak(Box::new(log));
+    let to_file = config.error_logfile.is_some();
+    match handover {
+        Some(h) => crate::arbiter::resume(config, source, log, h),
+        None => crate::arbiter::run(config, source, log),
+    }
+    .map_err(|err| {
+        if to_file {
+            tracing::error!("{err}");
+        }
+        err.to_string()
+    })
+}
+
+/// A refusal before the arbiter runs: with no handover, `err` is the error to print; during
+/// an upgrade, back to the old image ([`roll_back`]) with `what: err` as the reason (a plain
+/// start keeps the plain error).
 fn give_up(handover: Option<upgrade::Handover>, what: &str, err: String) -> Result<i32, String> {
     let Some(h) = handover else {
         return Err(err);
@@ -242,10 +261,15 @@ fn give_up(handover: Option<upgrade::Handover>, what: &str, err: String) -> Resu
     } else {
         format!("{what}: {err}")
     };
-    let failed = h.rollback(reason.clone());
-    Err(format!(
-        "{reason}; cannot go back to the previous image: {failed}"
-    ))
+    Err(roll_back(h, reason))
+}
+
+/// Goes back to the image that executed this one, which keeps serving and logs `reason` as
+/// why the upgrade was refused (see [`upgrade`]). Returns only if it cannot: the message to
+/// print before exiting 1.
+pub fn roll_back(handover: upgrade::Handover, reason: String) -> String {
+    let failed = handover.rollback(reason.clone());
+    format!("{reason}; cannot go back to the previous image: {failed}")
 }
 
 /// Workers run as root only when asked: started as root, `--user` names who they run as, or
