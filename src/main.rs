@@ -82,9 +82,7 @@ fn run(invocation: Invocation, handover: Option<Handover>) -> anyhow::Result<i32
         },
     };
     if args.check_config {
-        println!("configuration ok");
-        print!("{}", config.summary());
-        upgrade::announce_handover();
+        server::config_ok(&config);
         return Ok(exit::SUCCESS);
     }
     if args.print_config {

@@ -178,9 +178,7 @@ impl Server {
                     }
                 };
                 if args.check_config || probed {
-                    println!("configuration ok");
-                    print!("{}", config.summary());
-                    upgrade::announce_handover();
+                    config_ok(&config);
                     return Ok(exit::SUCCESS);
                 }
                 if args.print_config {
@@ -197,9 +195,7 @@ impl Server {
                     }
                 };
                 if probed {
-                    println!("configuration ok");
-                    print!("{}", config.summary());
-                    upgrade::announce_handover();
+                    config_ok(&config);
                     return Ok(exit::SUCCESS);
                 }
                 (config, source)
@@ -208,6 +204,14 @@ impl Server {
         factory::register(factory).map_err(|_| "an application is registered already")?;
         start(config, source, handover)
     }
+}
+
+/// `--check-config`'s answer (also to the pre-upgrade probe, see [`upgrade`]): "configuration
+/// ok", the configuration's summary, and the line the probe waits for.
+pub fn config_ok(config: &Config) {
+    println!("configuration ok");
+    print!("{}", config.summary());
+    upgrade::announce_handover();
 }
 
 /// Starts the arbiter on a loaded configuration, or resumes the running server's state on a
