@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::service::http::{LINGER, LINGER_BUF, LINGER_READS};
 use crate::service::reclaim::{IdleClass, Reclaim};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -789,7 +790,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     /// gets `EPIPE`/`ECONNRESET` on its next write and may never read the answer (curl
     /// reports "Send failure: Connection reset by peer"). RFC 9112 §9.6 has a server close
     /// in stages for this reason; like nginx's `lingering_close` (and the static service's),
-    /// what arrives is read and dropped until the client's EOF, 2 s (`LINGER`), or
+    /// what arrives is read and dropped until the client's EOF, 2 s (`http::LINGER`), or
     /// 64 reads (`LINGER_READS`). A client that closes when it reads the answer (the usual
     /// case) ends it at once. Not once upgraded: the app owns the stream and may still be
     /// reading it.
@@ -806,7 +807,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
             this.armed = None;
             this.timer_watched = false;
         }
-        let mut sink = [0u8; 4096];
+        let mut sink = [0u8; LINGER_BUF];
         while let Linger::Draining(left) = this.linger {
             let mut buf = ReadBuf::new(&mut sink);
             match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
@@ -827,12 +828,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         Poll::Ready(Ok(()))
     }
 }
-
-/// How long [`DeadlineIo::poll_shutdown`] lingers at most (as the static service does).
-const LINGER: Duration = Duration::from_secs(2);
-
-/// How many reads [`DeadlineIo::poll_shutdown`] drains at most (4 KiB each, 256 KiB in all).
-const LINGER_READS: u8 = 64;
 
 /// Where a stream is in its close ([`DeadlineIo::poll_shutdown`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,6 +28,7 @@ use super::response::{OnShort, Reply};
 use crate::net::Stream;
 use crate::service::ConnContext;
 use crate::service::http::access_log::{Record, RequestLine};
+use crate::service::http::{LINGER, LINGER_BUF, LINGER_READS};
 use crate::service::park::Spot;
 use crate::service::reclaim::{IdleClass, Reclaim};
 
@@ -423,9 +424,9 @@ async fn wait_for_request(
 async fn linger(mut stream: Stream) -> io::Result<()> {
     let _ = stream.shutdown().await;
     // On the heap: an array here would sit in every connection's future, idle or not.
-    let mut sink = vec![0u8; 4096];
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    for _ in 0..64 {
+    let mut sink = vec![0u8; LINGER_BUF];
+    let until = tokio::time::Instant::now() + LINGER;
+    for _ in 0..LINGER_READS {
         match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => break,
