@@ -237,6 +237,61 @@ fn a_bad_log_format_or_network_list_is_reported_with_its_line_and_the_rest() {
     }
 }
 
+/// gunicorn's header atoms, malformed: an unclosed `%({`, braces with no header name, and
+/// `{name}e` (a WSGI environ variable, which no oxicorn service has) are refused with the
+/// line in a file and the option on the command line, as any other format error.
+#[test]
+fn a_malformed_header_atom_is_refused_with_its_line_or_option() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "atoms.toml",
+        "access_logformat = \"%(h)s %({i\"\n[[service]]\nkind = \"static\"\n\
+         access_logformat = \"%({}i)s\"\n[[service]]\nkind = \"echo\"\n[[service]]\n\
+         kind = \"static\"\nbind = \"127.0.0.1:0\"\naccess_logformat = \"%({REMOTE_USER}e)s\"\n",
+    );
+    let out = oxicorn(&["-c", "atoms.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in [
+        "line 1: invalid access_logformat: `%` at byte 6 starts no atom",
+        "line 4: invalid access_logformat: `%({}i)s` names no header",
+        "line 10: invalid access_logformat: `%({REMOTE_USER}e)s` is a WSGI environ variable",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    for (format, says) in [
+        ("%({}o)s", "`%({}o)s` names no header"),
+        ("%({a b}i)s", "`%({a b}i)s` names no header"),
+        (
+            "%({HTTP_HOST}e)s",
+            "`%({HTTP_HOST}e)s` is a WSGI environ variable",
+        ),
+    ] {
+        let out = oxicorn(
+            &["static", "--access-logformat", format, "--check-config"],
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(1), "{format}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("access-logformat") && err.contains(says),
+            "{format}: {err}"
+        );
+    }
+    // Well-formed, in either case, they pass.
+    let out = oxicorn(
+        &[
+            "static",
+            "--access-logformat",
+            "%({User-Agent}i)s %({content-type}o)s",
+            "--check-config",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 /// `OXICORN_BIND` takes one address; a list there (or in one --bind) is named as a list, not
 /// as an IPv6 address missing its brackets.
 #[test]
