@@ -343,6 +343,52 @@ fn usage_errors_exit_2_and_configuration_errors_exit_1() {
     }
 }
 
+/// A bad option value is a configuration error (exit 1, "invalid OPTION: ..."), whichever
+/// option it is and wherever it comes from: `--port abc` was refused by clap (exit 2) while
+/// `--workers abc` was ours (exit 1). A malformed command line is still a usage error (2).
+#[test]
+fn a_bad_value_of_any_option_exits_1_and_a_malformed_command_line_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (
+            &["--port", "abc"][..],
+            "invalid port: `abc` is not a port number",
+        ),
+        (&["echo", "--port", "99999"], "invalid port: `99999`"),
+        (&["--port", "-1", "-w", "2"], "invalid port: `-1`"),
+        (&["--workers", "abc"], "invalid workers: `abc`"),
+        (&["--keep-alive", "x"], "invalid keep-alive"),
+        (&["--bind", "nope"], "invalid bind"),
+        (&["--log-level", "loud"], "invalid log-level"),
+        (&["--access-logformat", "%(z)s"], "invalid access-logformat"),
+        (&["-c", ""], "cannot read config file"),
+        (&["--pid", ""], "invalid pid"),
+    ] {
+        let mut all = args.to_vec();
+        all.push("--check-config");
+        let out = oxicorn(&all, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .env("OXICORN_WORKERS", "abc")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("invalid workers"), "{}", stderr(&out));
+    for args in [
+        &["--port"][..],
+        &["--port", "8080", "--nope"],
+        &["connect", "127.0.0.1:1", "--timeout", "soon"],
+        &["completions", "tcsh"],
+    ] {
+        let out = oxicorn(args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
 #[test]
 fn completions_and_a_man_page_come_from_the_same_definition() {
     let dir = tempfile::tempdir().unwrap();
