@@ -1000,9 +1000,19 @@ async fn the_access_log_shows_request_and_response_headers_named_in_the_format()
         .raw(b"GET /hostile-header HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await;
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
-    let log = log_lines(&path, 3).await;
+    // HTTP/2 carries the same headers (lowercase on the wire).
+    let r = h2c_client()
+        .get(server.url("/"))
+        .header("User-Agent", "h2/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    r.text().await.unwrap();
+    let log = log_lines(&path, 4).await;
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.len(), 3, "{log}");
+    assert_eq!(lines.len(), 4, "{log}");
+    assert_eq!(lines[3], "200 h2/1 text/plain; charset=utf-8 - -");
     assert_eq!(lines[0], "200 test/1 text/plain; charset=utf-8 - -");
     let agent = format!("a\\x22b\\x09c\\xffd{}\\...", "x".repeat(1024 - 16));
     assert_eq!(lines[1], format!("404 {agent} - - -"));
