@@ -242,9 +242,9 @@ impl LogFormat {
         &self.response_headers
     }
 
-    /// The values of [`LogFormat::request_headers`] in `headers` (shared, not copied: a
-    /// `HeaderValue` clone is a reference count). Allocates nothing when the format names no
-    /// request header.
+    /// The values of [`LogFormat::request_headers`] in `headers` (shared rather than copied:
+    /// a `HeaderValue` hyper parsed is a slice of its read buffer, and its clone a reference
+    /// count). Allocates nothing when the format names no request header.
     pub fn capture_request(&self, headers: &HeaderMap) -> Captured<http::HeaderValue> {
         Captured::from_map(&self.request_headers, headers)
     }
@@ -306,7 +306,7 @@ fn index_of(names: &mut Vec<HeaderName>, header: HeaderName) -> usize {
 /// Header values a service kept for the log: for each header a format names (by its index in
 /// [`LogFormat::request_headers`] or [`LogFormat::response_headers`]), every value received,
 /// in order. `V` is the value's storage: `HeaderValue` where the service has a `HeaderMap`
-/// (shared, a reference count per value), `Vec<u8>` where it copies out of its read buffer.
+/// (shared with it), `Vec<u8>` where it copies out of its read buffer.
 /// Empty (and unallocated) when the format names none.
 #[derive(Debug, Clone)]
 pub struct Captured<V = Vec<u8>> {
