@@ -1021,4 +1021,13 @@ async fn the_access_log_shows_request_and_response_headers_named_in_the_format()
         lines[2],
         format!("200 - text/plain; charset=utf-8 - {reply}")
     );
+
+    // `%(a)s` shows a user agent that is not ASCII as the header atom does (it was `-`).
+    let (server, _dir, path) =
+        logged_server(LogFormat::parse("%(a)s|%({user-agent}i)s").unwrap()).await;
+    let text = server
+        .raw(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nuser-agent: caf\xc3\xa9 \xff\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(log_lines(&path, 1).await, "café \\xff|café \\xff\n");
 }

@@ -414,10 +414,11 @@ pub struct Record<'a> {
     pub status: StatusCode,
     /// Body bytes written; `None` when the response could not be written at all.
     pub body_bytes: Option<u64>,
-    /// The `Referer` header.
-    pub referer: Option<&'a str>,
-    /// The `User-Agent` header.
-    pub user_agent: Option<&'a str>,
+    /// The `Referer` header, as received (escaped when written, bytes that are not UTF-8 as
+    /// `\xNN`).
+    pub referer: Option<&'a [u8]>,
+    /// The `User-Agent` header, as received.
+    pub user_agent: Option<&'a [u8]>,
     /// The request's headers that `%({name}i)s` atoms show ([`LogFormat::request_headers`]);
     /// `None` (every such atom `-`) when the head could not be read.
     pub request_headers: Option<&'a dyn HeaderValues>,
@@ -433,6 +434,14 @@ impl Record<'_> {
     fn write_atom(&self, atom: Atom, now: SystemTime, out: &mut String) {
         let dash = |v: Option<&str>, out: &mut String| match v {
             Some(s) => escape_into(s, out),
+            None => out.push('-'),
+        };
+        // Unbounded: a request header is bounded by `--limit-request-field-size` already.
+        let dash_bytes = |v: Option<&[u8]>, out: &mut String| match v {
+            Some(b) => {
+                let mut unbounded = usize::MAX;
+                escape_value_into(b, &mut unbounded, out);
+            }
             None => out.push('-'),
         };
         let (path, query) = match self.request.map(|r| r.target) {
@@ -482,11 +491,11 @@ impl Record<'_> {
             },
             Atom::BodyBytes => write!(out, "{}", self.body_bytes.unwrap_or(0)),
             Atom::Referer => {
-                dash(self.referer, out);
+                dash_bytes(self.referer, out);
                 Ok(())
             }
             Atom::UserAgent => {
-                dash(self.user_agent, out);
+                dash_bytes(self.user_agent, out);
                 Ok(())
             }
             Atom::Seconds => write!(out, "{}", self.elapsed.as_secs()),
@@ -630,7 +639,7 @@ mod tests {
             status: StatusCode::PARTIAL_CONTENT,
             body_bytes: Some(42),
             referer: None,
-            user_agent: Some("curl/8\n"),
+            user_agent: Some(b"curl/8\n"),
             request_headers: None,
             response_headers: None,
             elapsed: Duration::from_micros(1_234_567),
@@ -756,6 +765,21 @@ mod tests {
         let text = FormatError::BadHeaderName("{}i".into()).to_string();
         assert!(text.contains("`%({}i)s` names no header"), "{text}");
         assert!(text.contains("%({user-agent}i)s"), "{text}");
+    }
+
+    /// `%(a)s` and `%(f)s` show what was received, as the header atoms do: bytes that are not
+    /// UTF-8 escaped, not the whole value dropped or replaced.
+    #[test]
+    fn user_agent_and_referer_bytes_are_escaped_not_dropped() {
+        let peer = Peer::Unix;
+        let mut rec = record(&peer, &Method::GET);
+        rec.user_agent = Some(b"caf\xc3\xa9 \xff\"x\"");
+        rec.referer = Some(b"http://r/\x7f");
+        let f = LogFormat::parse("%(a)s|%(f)s").unwrap();
+        assert_eq!(
+            f.render(&rec, SystemTime::UNIX_EPOCH),
+            "café \\xff\\x22x\\x22|http://r/\\x7f\n"
+        );
     }
 
     #[test]

@@ -81,10 +81,10 @@ pub struct Head {
     pub range: Option<String>,
     /// `Accept-Encoding`.
     pub accept_encoding: Option<String>,
-    /// `Referer`, for the access log.
-    pub referer: Option<String>,
-    /// `User-Agent`, for the access log.
-    pub user_agent: Option<String>,
+    /// `Referer`, for the access log, as received.
+    pub referer: Option<Vec<u8>>,
+    /// `User-Agent`, for the access log, as received.
+    pub user_agent: Option<Vec<u8>>,
     /// The headers the access log's `%({name}i)s` atoms name, copied: empty, and
     /// unallocated, unless the format names some.
     pub logged: Captured,
@@ -228,9 +228,9 @@ pub fn parse(
         } else if is(&header::ACCEPT_ENCODING) {
             head.accept_encoding = join(head.accept_encoding.take(), text());
         } else if is(&header::REFERER) {
-            head.referer = Some(String::from_utf8_lossy(h.value).into_owned());
+            head.referer = Some(h.value.to_vec());
         } else if is(&header::USER_AGENT) {
-            head.user_agent = Some(String::from_utf8_lossy(h.value).into_owned());
+            head.user_agent = Some(h.value.to_vec());
         }
     }
     if let Some(v) = content_length {
