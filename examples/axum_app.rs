@@ -12,7 +12,7 @@
 //! curl localhost:8000/static/       # the directory in $APP_STATIC_DIR (default .)
 //! ```
 //! `/ws` is a WebSocket echo, `/client` shows the client's address as the app sees it. Every
-//! oxicorn flag works (`--help`), and so do the app's own `--greeting`, `--warmup-ms` and
+//! oxicorn flag works (`--help`; `--version` names this program and the oxicorn serving it), and so do the app's own `--greeting`, `--warmup-ms` and
 //! `--hello-only` (`GET /` alone: the router benches/app.sh compares with `axum::serve`).
 
 // `GET /`: the one-route router that benches/axum_standalone serves too, shared by path so
@@ -63,7 +63,9 @@ struct StaticDirError {
 }
 
 fn main() -> ExitCode {
-    let (server, args) = oxicorn::Server::from_args_with::<AppArgs>();
+    // `program!()`: this binary's name and its package's version, for `--version` and the
+    // server's log lines ("upgrade: axum_app 0.1.0 -> axum_app 0.2.0").
+    let (server, args) = oxicorn::program!().from_args_with::<AppArgs>();
     // Called in each worker after the fork: whatever the app opens is opened there.
     server
         .app(move || {

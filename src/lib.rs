@@ -28,13 +28,19 @@
 //! - [`exit`]: every exit code, and who reacts to each.
 //! - [`server`]: the embedding API, [`Server`]: a program's own `tower::Service` (an axum
 //!   `Router`) served by the pool, with oxicorn's CLI.
+//! - [`program`](mod@program): who the process is ([`Program`]): the name and version `--version` prints
+//!   and the arbiter's lines name.
 //! - [`sync`]: the one way shared state is locked.
 //!
 //! # Running your own app
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
-//!     oxicorn::Server::from_args()
+//!     // This program's name and version (its Cargo package's), for `--version` and the
+//!     // server's log lines; `oxicorn::Server::from_args()` works too, knowing only the
+//!     // executable's name.
+//!     oxicorn::program!()
+//!         .from_args()
 //!         .app(|| async {
 //!             // Called in each worker after the fork; may open pools, may fail.
 //!             Ok::<_, std::io::Error>(tower::service_fn(|req: oxicorn::AppRequest| async move {
@@ -47,6 +53,10 @@
 //! }
 //! ```
 //! With axum, the factory returns a `Router`; `examples/axum_app.rs` is a complete program.
+//! [`program!`] reads the calling crate's binary name and version, so `myapp --version`
+//! prints `myapp 1.2.0 (oxicorn 0.1.0, commit 1a2b3c4d5e)` and an upgrade is logged as
+//! `upgrade: myapp 1.2.0 -> myapp 1.3.0`; [`Program::new`] takes them from elsewhere, and
+//! [`Server::from_args`] serves a program known by its executable's name alone.
 //!
 //! Each request carries the socket's [`Peer`] and the [`Client`] as extensions. Its body fails
 //! with [`ClientBodyTimeout`] when the client leaves it silent for `--client-body-timeout`
@@ -74,6 +84,7 @@ pub mod exit;
 pub mod log;
 pub mod net;
 pub mod proctitle;
+pub mod program;
 pub mod scoreboard;
 pub mod server;
 pub mod service;
@@ -81,5 +92,6 @@ pub mod sync;
 pub mod worker;
 
 pub use net::Peer;
+pub use program::Program;
 pub use server::Server;
 pub use service::http::app::{AppRequest, Client, ClientBodyTimeout, StaticFiles};

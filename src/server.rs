@@ -15,6 +15,25 @@
 //! }
 //! ```
 //!
+//! [`program!`](crate::program!) names the program, for its `--version` and the server's log
+//! lines (`Server::from_args()` knows only its executable's name, see [`crate::program`](mod@crate::program)):
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     oxicorn::program!() // `myapp --version`: `myapp 1.2.0 (oxicorn 0.1.0, commit …)`
+//!         .from_args()
+//!         .app(|| async {
+//!             Ok::<_, std::io::Error>(tower::service_fn(|_req| async {
+//!                 Ok::<_, std::convert::Infallible>(http::Response::new("hello".to_string()))
+//!             }))
+//!         })
+//!         .run()
+//! }
+//! ```
+//!
+//! `oxicorn::Program::new(name, version)` names it otherwise (a version from a build script,
+//! say).
+//!
 //! The factory is registered before the arbiter starts and inherited by every worker through
 //! fork; only workers call it. A worker is ready (counted, sent traffic during a reload) only
 //! once its factory has returned; a factory that fails is that worker's boot failure, logged
@@ -36,6 +55,7 @@ use std::process::ExitCode;
 use crate::arbiter::upgrade;
 use crate::config::{Config, ConfigError, ConfigSource, ServeArgs, cli};
 use crate::exit;
+use crate::program::{self, Program};
 use crate::service::http::app::{AppFactory, AppRequest, BoxError, factory};
 
 /// Where the configuration comes from, at start and on every HUP.
@@ -50,20 +70,26 @@ enum Source {
 pub struct Server {
     source: Source,
     factory: Option<AppFactory>,
+    /// Who runs: named in `--version`, error messages and the arbiter's log lines.
+    program: Program,
 }
 
 impl Server {
     /// Reads oxicorn's options (server options and the app's HTTP options, `--help` lists
     /// them) from the command line. A malformed command line prints clap's message and exits
     /// (2; 0 for `--help` and `--version`).
+    ///
+    /// The program is known by its executable's name only: its `--version` names the oxicorn
+    /// that serves it. `oxicorn::program!().from_args()` ([`Program::from_args`]) gives it
+    /// its own name and version.
     pub fn from_args() -> Server {
-        Server::from_args_with::<NoArgs>().0
+        Program::from_argv0().from_args()
     }
 
     /// As [`Server::from_args`], with the program's own flags (any `clap::Args`) beside
     /// oxicorn's; returns them parsed.
     pub fn from_args_with<A: clap::Args + clap::FromArgMatches>() -> (Server, A) {
-        Server::try_from_args_with(std::env::args_os()).unwrap_or_else(|e| e.exit())
+        Program::from_argv0().from_args_with()
     }
 
     /// As [`Server::from_args_with`], from `argv` (the program name first).
@@ -77,28 +103,21 @@ impl Server {
         T: Into<OsString> + Clone,
     {
         let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-        let program = argv
+        let mut program = Program::from_argv0();
+        if let Some(name) = argv
             .first()
             .and_then(|p| std::path::Path::new(p).file_name())
-            .map_or_else(|| "app".to_string(), |n| n.to_string_lossy().into_owned());
-        let mut cmd = A::augment_args(cli::app_command(&program)).version(crate::VERSION);
-        let m = cmd.try_get_matches_from_mut(argv)?;
-        let own = A::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))?;
-        let server = Server {
-            source: Source::Args(cli::app_args(&m)),
-            factory: None,
-        };
-        Ok((server, own))
+        {
+            program = program.renamed(name.to_string_lossy().into_owned());
+        }
+        program.try_from_args_with(argv)
     }
 
     /// Takes the configuration from `source` instead of the command line: called now and on
     /// every HUP (in the arbiter: it must not start threads or a runtime). Its services
     /// should include one of kind `app` ([`crate::config::ServiceConfig::App`]).
     pub fn from_config(source: impl FnMut() -> Result<Config, ConfigError> + 'static) -> Server {
-        Server {
-            source: Source::Code(Box::new(source)),
-            factory: None,
-        }
+        Program::from_argv0().from_config(source)
     }
 
     /// The application: `factory` is called once in each worker, after the fork, and may be
@@ -123,14 +142,7 @@ impl Server {
     /// Errors before the arbiter starts (a bad configuration, threads already running) are
     /// printed to stderr with their causes.
     pub fn run(self) -> ExitCode {
-        let program = std::env::args()
-            .next()
-            .and_then(|p| {
-                std::path::Path::new(&p)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-            })
-            .unwrap_or_else(|| "app".into());
+        let program = self.program.name().to_string();
         match self.try_run() {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(err) => {
@@ -154,6 +166,8 @@ impl Server {
         let factory = self
             .factory
             .ok_or("no application: call .app(factory) before .run()")?;
+        // From here on the arbiter's lines name the program (read by `program::current`).
+        program::install(self.program);
         // An image started by a USR2 upgrade (or its rollback) finds the running server's
         // state here; from now on a refusal goes back to the old image instead of exiting,
         // since this process's PID is the server's. After the thread check: reading it edits
@@ -203,6 +217,55 @@ impl Server {
         };
         factory::register(factory).map_err(|_| "an application is registered already")?;
         start(config, source, handover)
+    }
+}
+
+/// The ways to start a [`Server`] for a program that names itself: its `--version` prints
+/// this name and version (and the oxicorn that serves it), and the arbiter's lifecycle and
+/// upgrade lines name it. Each is [`Server`]'s method of the same name.
+impl Program {
+    /// [`Server::from_args`] for this program.
+    pub fn from_args(self) -> Server {
+        self.from_args_with::<NoArgs>().0
+    }
+
+    /// [`Server::from_args_with`] for this program.
+    pub fn from_args_with<A: clap::Args + clap::FromArgMatches>(self) -> (Server, A) {
+        self.try_from_args_with(std::env::args_os())
+            .unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Server::try_from_args_with`] for this program.
+    ///
+    /// # Errors
+    /// clap's error for a malformed command line, `--help` or `--version`.
+    pub fn try_from_args_with<A, I, T>(self, argv: I) -> Result<(Server, A), clap::Error>
+    where
+        A: clap::Args + clap::FromArgMatches,
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut cmd = A::augment_args(cli::app_command(self.name())).version(self.version_text());
+        let m = cmd.try_get_matches_from_mut(argv)?;
+        let own = A::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))?;
+        let server = Server {
+            source: Source::Args(cli::app_args(&m)),
+            factory: None,
+            program: self,
+        };
+        Ok((server, own))
+    }
+
+    /// [`Server::from_config`] for this program.
+    pub fn from_config(
+        self,
+        source: impl FnMut() -> Result<Config, ConfigError> + 'static,
+    ) -> Server {
+        Server {
+            source: Source::Code(Box::new(source)),
+            factory: None,
+            program: self,
+        }
     }
 }
 

@@ -42,6 +42,17 @@ fn router() -> Router {
         )
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
+            "/hostile-header",
+            get(|| async {
+                // What an app may put in a header: quotes, a tab, bytes that are not UTF-8,
+                // and far more than a log line should carry.
+                let mut value = b"q\"\t\xfe".to_vec();
+                value.extend(std::iter::repeat_n(b'z', 100_000));
+                let value = axum::http::HeaderValue::from_bytes(&value).unwrap();
+                ([("x-reply", value)], "hostile")
+            }),
+        )
+        .route(
             "/sleep/{ms}",
             get(|Path(ms): Path<u64>| async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -960,4 +971,63 @@ async fn a_doubled_slash_after_the_mount_point_keeps_the_mount_points_links() {
         assert!(got.contains("href=\"/static/\""), "{path}: {got}");
         assert!(!got.contains("href=\"/\""), "{path}: {got}");
     }
+}
+
+/// gunicorn's header atoms: `%({name}i)s` a request header, `%({name}o)s` one the app set,
+/// either case, `-` when absent. The values are the client's and the app's own, so they are
+/// escaped as the other atoms are and cut at `HEADER_ATOM_MAX` (1024) bytes, marked `\...`.
+#[tokio::test]
+async fn the_access_log_shows_request_and_response_headers_named_in_the_format() {
+    let format = "%(s)s %({User-Agent}i)s %({content-type}o)s %({x-missing}i)s %({x-reply}o)s";
+    let (server, _dir, path) = logged_server(LogFormat::parse(format).unwrap()).await;
+    let http = client();
+    http.get(server.url("/"))
+        .header("user-agent", "test/1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // A hostile user agent: quotes, a tab, a byte that is not UTF-8, and long.
+    let mut head =
+        b"GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\nuser-agent: a\"b\tc\xffd".to_vec();
+    head.extend(std::iter::repeat_n(b'x', 3000));
+    head.extend_from_slice(b"\r\n\r\n");
+    let text = server.raw(&head).await;
+    assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+    let text = server
+        .raw(b"GET /hostile-header HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    // HTTP/2 carries the same headers (lowercase on the wire).
+    let r = h2c_client()
+        .get(server.url("/"))
+        .header("User-Agent", "h2/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    r.text().await.unwrap();
+    let log = log_lines(&path, 4).await;
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    assert_eq!(lines[3], "200 h2/1 text/plain; charset=utf-8 - -");
+    assert_eq!(lines[0], "200 test/1 text/plain; charset=utf-8 - -");
+    let agent = format!("a\\x22b\\x09c\\xffd{}\\...", "x".repeat(1024 - 16));
+    assert_eq!(lines[1], format!("404 {agent} - - -"));
+    let reply = format!("q\\x22\\x09\\xfe{}\\...", "z".repeat(1024 - 13));
+    assert_eq!(
+        lines[2],
+        format!("200 - text/plain; charset=utf-8 - {reply}")
+    );
+
+    // `%(a)s` shows a user agent that is not ASCII as the header atom does (it was `-`).
+    let (server, _dir, path) =
+        logged_server(LogFormat::parse("%(a)s|%({user-agent}i)s").unwrap()).await;
+    let text = server
+        .raw(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nuser-agent: caf\xc3\xa9 \xff\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(log_lines(&path, 1).await, "café \\xff|café \\xff\n");
 }

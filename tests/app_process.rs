@@ -849,3 +849,47 @@ async fn static_listing_and_404_links_stay_under_the_mount_point() {
         .unwrap();
     assert_eq!(to.path(), "/static/");
 }
+
+/// A program embedding oxicorn names itself (`oxicorn::program!()`): its `--version` gives its
+/// own name and version, then the oxicorn serving it, and the arbiter's lines (its start, a
+/// USR2 upgrade) name the program, not oxicorn as if it were the program.
+#[test]
+fn version_and_the_arbiters_lines_name_the_program() {
+    let v = env!("CARGO_PKG_VERSION");
+    for flag in ["--version", "-V"] {
+        let out = std::process::Command::new(app_bin())
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flag}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with(&format!("axum_app {v} (oxicorn {v}, commit ")),
+            "{flag}: {text}"
+        );
+    }
+    let (server, _addr) = start(&["--workers", "1"], 1, &[]);
+    let started = server.wait_for_line(" arbiter ");
+    assert!(
+        started.contains(&format!("axum_app {v} arbiter ")),
+        "{started}"
+    );
+    let mark = server.mark();
+    server.signal(Signal::SIGUSR2);
+    let done = server.wait_for_lines_after(mark, "upgrade complete", 1, SOON);
+    assert!(
+        done[0].contains(&format!(
+            "upgrade complete: axum_app {v} serving with 1 worker(s)"
+        )) && done[0].ends_with(&format!("(was axum_app {v})")),
+        "{done:?}"
+    );
+    let upgrade = server.lines()[mark..]
+        .iter()
+        .find(|l| l.contains("upgrade: axum_app"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        upgrade.contains(&format!("upgrade: axum_app {v} -> axum_app {v} (pid ")),
+        "{upgrade}"
+    );
+}

@@ -237,6 +237,61 @@ fn a_bad_log_format_or_network_list_is_reported_with_its_line_and_the_rest() {
     }
 }
 
+/// gunicorn's header atoms, malformed: an unclosed `%({`, braces with no header name, and
+/// `{name}e` (a WSGI environ variable, which no oxicorn service has) are refused with the
+/// line in a file and the option on the command line, as any other format error.
+#[test]
+fn a_malformed_header_atom_is_refused_with_its_line_or_option() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "atoms.toml",
+        "access_logformat = \"%(h)s %({i\"\n[[service]]\nkind = \"static\"\n\
+         access_logformat = \"%({}i)s\"\n[[service]]\nkind = \"echo\"\n[[service]]\n\
+         kind = \"static\"\nbind = \"127.0.0.1:0\"\naccess_logformat = \"%({REMOTE_USER}e)s\"\n",
+    );
+    let out = oxicorn(&["-c", "atoms.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in [
+        "line 1: invalid access_logformat: `%` at byte 6 starts no atom",
+        "line 4: invalid access_logformat: `%({}i)s` names no header",
+        "line 10: invalid access_logformat: `%({REMOTE_USER}e)s` is a WSGI environ variable",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    for (format, says) in [
+        ("%({}o)s", "`%({}o)s` names no header"),
+        ("%({a b}i)s", "`%({a b}i)s` names no header"),
+        (
+            "%({HTTP_HOST}e)s",
+            "`%({HTTP_HOST}e)s` is a WSGI environ variable",
+        ),
+    ] {
+        let out = oxicorn(
+            &["static", "--access-logformat", format, "--check-config"],
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(1), "{format}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("access-logformat") && err.contains(says),
+            "{format}: {err}"
+        );
+    }
+    // Well-formed, in either case, they pass.
+    let out = oxicorn(
+        &[
+            "static",
+            "--access-logformat",
+            "%({User-Agent}i)s %({content-type}o)s",
+            "--check-config",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 /// `OXICORN_BIND` takes one address; a list there (or in one --bind) is named as a list, not
 /// as an IPv6 address missing its brackets.
 #[test]
@@ -285,6 +340,52 @@ fn usage_errors_exit_2_and_configuration_errors_exit_1() {
         let out = oxicorn(args, dir.path());
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// A bad option value is a configuration error (exit 1, "invalid OPTION: ..."), whichever
+/// option it is and wherever it comes from: `--port abc` was refused by clap (exit 2) while
+/// `--workers abc` was ours (exit 1). A malformed command line is still a usage error (2).
+#[test]
+fn a_bad_value_of_any_option_exits_1_and_a_malformed_command_line_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (
+            &["--port", "abc"][..],
+            "invalid port: `abc` is not a port number",
+        ),
+        (&["echo", "--port", "99999"], "invalid port: `99999`"),
+        (&["--port", "-1", "-w", "2"], "invalid port: `-1`"),
+        (&["--workers", "abc"], "invalid workers: `abc`"),
+        (&["--keep-alive", "x"], "invalid keep-alive"),
+        (&["--bind", "nope"], "invalid bind"),
+        (&["--log-level", "loud"], "invalid log-level"),
+        (&["--access-logformat", "%(z)s"], "invalid access-logformat"),
+        (&["-c", ""], "cannot read config file"),
+        (&["--pid", ""], "invalid pid"),
+    ] {
+        let mut all = args.to_vec();
+        all.push("--check-config");
+        let out = oxicorn(&all, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .env("OXICORN_WORKERS", "abc")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("invalid workers"), "{}", stderr(&out));
+    for args in [
+        &["--port"][..],
+        &["--port", "8080", "--nope"],
+        &["connect", "127.0.0.1:1", "--timeout", "soon"],
+        &["completions", "tcsh"],
+    ] {
+        let out = oxicorn(args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
 }
 

@@ -957,6 +957,54 @@ fn access_log_in_a_custom_format() {
     );
 }
 
+/// gunicorn's header atoms: `%({name}i)s` a request header, `%({name}o)s` one of the reply's
+/// own headers, either case, `-` when absent (or when no head was read). Values are escaped
+/// as the other atoms are and cut at 1024 bytes, marked `\...`.
+#[test]
+fn access_log_shows_headers_named_in_the_format() {
+    let (dir, _) = site();
+    let (s, addr) = serve(
+        dir,
+        &[
+            "--access-logfile",
+            "access.log",
+            "--access-logformat",
+            "%(s)s %({User-Agent}i)s %({content-type}o)s %({x-missing}i)s %({ETag}o)s",
+        ],
+    );
+    let hello = get(addr, "/hello.txt", "User-Agent: test/1\r\n");
+    assert_eq!(hello.status, 200);
+    let etag = hello.header("etag").unwrap().to_string();
+    // A hostile user agent: quotes, a tab, a byte that is not UTF-8, and long.
+    let mut c = Conn::open(addr);
+    let mut head = b"GET /nope HTTP/1.1\r\nHost: t\r\nUser-Agent: a\"b\tc\xffd".to_vec();
+    head.extend(std::iter::repeat_n(b'x', 3000));
+    head.extend_from_slice(b"\r\n\r\n");
+    c.send(&head);
+    assert_eq!(c.response(false).status, 404);
+    let mut c = Conn::open(addr);
+    c.send(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n");
+    assert_eq!(c.response(false).status, 400);
+    let log = s.path("access.log");
+    let mut text = String::new();
+    assert!(eventually(SOON, || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() >= 3
+    }));
+    let lines: Vec<&str> = text.lines().collect();
+    let etag = etag.replace('"', "\\x22");
+    assert_eq!(
+        lines[0],
+        format!("200 test/1 text/plain; charset=utf-8 - {etag}")
+    );
+    let agent = format!("a\\x22b\\x09c\\xffd{}\\...", "x".repeat(1024 - 16));
+    assert_eq!(
+        lines[1],
+        format!("404 {agent} text/html; charset=utf-8 - -")
+    );
+    assert_eq!(lines[2], "400 - text/plain; charset=utf-8 - -");
+}
+
 #[test]
 fn curl_downloads_ranges_and_conditionals() {
     if std::process::Command::new("curl")

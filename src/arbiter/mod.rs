@@ -251,8 +251,8 @@ pub fn run(
 
     let config = Arc::new(config);
     tracing::info!(
-        "oxicorn {} arbiter {} starting {} with {} worker(s)",
-        crate::VERSION,
+        "{} arbiter {} starting {} with {} worker(s)",
+        crate::program::current(),
         std::process::id(),
         service_name(&config),
         config.workers
@@ -462,24 +462,24 @@ pub fn resume(
             arbiter.generation = arbiter.generations;
             arbiter.boot = Boot::default();
             tracing::info!(
-                "upgrade: oxicorn {} -> oxicorn {} (pid {} kept); starting generation {} with {} \
+                "upgrade: {} -> {} (pid {} kept); starting generation {} with {} \
                  worker(s)",
-                handover.version,
-                crate::VERSION,
+                crate::program::handed_over(&handover.version),
+                crate::program::current(),
                 std::process::id(),
                 arbiter.generation,
                 arbiter.target
             );
             arbiter.notify_status(&format!(
-                "upgrading to oxicorn {}: starting generation {}",
-                crate::VERSION,
+                "upgrading to {}: starting generation {}",
+                crate::program::current(),
                 arbiter.generation
             ));
             arbiter.phase = Phase::Upgrading(upgrade::Upgrading {
                 rollback_image: image,
                 previous_generation: handover.generation,
                 previous_target: handover.target,
-                from_version: handover.version.clone(),
+                from_version: crate::program::handed_over(&handover.version),
                 hup_pending: false,
             });
         }
@@ -490,8 +490,8 @@ pub fn resume(
         }
         (upgrade::Role::Rollback { reason }, _) => {
             tracing::error!(
-                "upgrade rolled back: {reason}; oxicorn {} serving again (generation {})",
-                crate::VERSION,
+                "upgrade rolled back: {reason}; {} serving again (generation {})",
+                crate::program::current(),
                 arbiter.generation
             );
             arbiter.notify_ready();

@@ -153,7 +153,9 @@ pub struct HandedChild {
 pub struct Handover {
     /// What the receiving image is to do.
     pub role: Role,
-    /// `--version` of the image that wrote this (the upgrade's log line names both).
+    /// The program of the image that wrote this, as log lines name it (`myapp 1.2.0`,
+    /// [`crate::program::current`]; earlier images wrote oxicorn's bare version, read with
+    /// [`crate::program::handed_over`]): the upgrade's log line names both.
     pub version: String,
     /// The path the server was started from (the next USR2 runs what is there then).
     pub exe_path: PathBuf,
@@ -226,7 +228,7 @@ impl Handover {
             return io::Error::other("no image to roll back to");
         };
         self.role = Role::Rollback { reason };
-        self.version = crate::VERSION.to_string();
+        self.version = crate::program::current().to_string();
         // The old image resumes its own generation; the roll never started.
         // SAFETY: the old image left this descriptor open for us (the handover says so), and
         // it stays open until the exec below replaces this process or fails.
@@ -361,7 +363,7 @@ impl State<'_> {
     fn handover(&self) -> Handover {
         Handover {
             role: self.role.clone(),
-            version: crate::VERSION.to_string(),
+            version: crate::program::current().to_string(),
             exe_path: self.exe.path.clone(),
             rollback_image: self.rollback_image.map(|fd| fd.as_raw_fd()),
             listeners: self
@@ -570,7 +572,7 @@ pub(super) struct Upgrading {
     pub previous_generation: u64,
     /// The worker count the old image ran.
     pub previous_target: usize,
-    /// `--version` of the old image.
+    /// The old image's program, as log lines name it.
     pub from_version: String,
     /// A HUP that arrived during the upgrade, to run when it ends.
     pub hup_pending: bool,
@@ -601,8 +603,8 @@ impl super::Arbiter {
         let Some(exe) = &self.exe else {
             tracing::error!(
                 "upgrade refused: the running executable could not be opened at start, so \
-                 there would be no way back; still running oxicorn {}",
-                crate::VERSION
+                 there would be no way back; still running {}",
+                crate::program::current()
             );
             return;
         };
@@ -613,9 +615,9 @@ impl super::Arbiter {
         match Check::start(exe) {
             Ok(check) => self.check = Some(check),
             Err(err) => tracing::error!(
-                "upgrade refused: cannot run {}: {err}; still running oxicorn {}",
+                "upgrade refused: cannot run {}: {err}; still running {}",
                 exe.path.display(),
-                crate::VERSION
+                crate::program::current()
             ),
         }
     }
@@ -646,18 +648,18 @@ impl super::Arbiter {
                 "upgrade refused: the new binary {path} passed its configuration check but \
                  cannot take over in place (it did not answer \"{HANDOVER_MARKER}\": an \
                  oxicorn without binary upgrades, another handover format, or not oxicorn); \
-                 restart the service to switch; still running oxicorn {}",
-                crate::VERSION
+                 restart the service to switch; still running {}",
+                crate::program::current()
             ),
             Exit::Code(code) => tracing::error!(
                 "upgrade refused: the new binary {path} failed its configuration check (exit \
-                 code {code}){said}; still running oxicorn {}",
-                crate::VERSION
+                 code {code}){said}; still running {}",
+                crate::program::current()
             ),
             Exit::Signal(sig) => tracing::error!(
                 "upgrade refused: the new binary {path} was killed by {sig} during its \
-                 configuration check{said}; still running oxicorn {}",
-                crate::VERSION
+                 configuration check{said}; still running {}",
+                crate::program::current()
             ),
         }
         true
@@ -684,10 +686,10 @@ impl super::Arbiter {
         }
         let Some(exe) = &self.exe else { return };
         tracing::info!(
-            "upgrade: executing {} (pid {} stays; running oxicorn {})",
+            "upgrade: executing {} (pid {} stays; running {})",
             exe.path.display(),
             std::process::id(),
-            crate::VERSION
+            crate::program::current()
         );
         let state = self.state(
             Role::Upgrade,
@@ -697,9 +699,9 @@ impl super::Arbiter {
         );
         let err = state.exec(Image::Path(&exe.path));
         tracing::error!(
-            "upgrade failed: cannot execute {}: {err}; still running oxicorn {}",
+            "upgrade failed: cannot execute {}: {err}; still running {}",
             exe.path.display(),
-            crate::VERSION
+            crate::program::current()
         );
     }
 
@@ -745,9 +747,9 @@ impl super::Arbiter {
             l.remove_socket_file();
         }
         tracing::info!(
-            "upgrade complete: oxicorn {} serving with {ready} worker(s), generation {} (was \
-             oxicorn {})",
-            crate::VERSION,
+            "upgrade complete: {} serving with {ready} worker(s), generation {} (was \
+             {})",
+            crate::program::current(),
             self.generation,
             up.from_version
         );
@@ -764,10 +766,7 @@ impl super::Arbiter {
         let Phase::Upgrading(up) = std::mem::replace(&mut self.phase, Phase::Running) else {
             return;
         };
-        tracing::warn!(
-            "upgrade failed: {why}; going back to oxicorn {}",
-            up.from_version
-        );
+        tracing::warn!("upgrade failed: {why}; going back to {}", up.from_version);
         let state = self.state(
             Role::Rollback {
                 reason: why.clone(),
@@ -778,8 +777,8 @@ impl super::Arbiter {
         );
         let err = state.exec(Image::Fd(up.image()));
         tracing::error!(
-            "rollback failed: cannot execute the old image: {err}; oxicorn {} stays",
-            crate::VERSION
+            "rollback failed: cannot execute the old image: {err}; {} stays",
+            crate::program::current()
         );
         self.boot = super::workers::Boot::default();
     }

@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// configuration error naming the flag, exactly like a bad value in the file). A
     /// repeatable flag (`--bind`) appears once per occurrence; `--port N` appears as a `bind`.
     pub flags: Vec<(&'static str, String)>,
+    /// The first `--port` value that is not a port number, as typed: refused by the merge as
+    /// a bad value of any other option is (a configuration error, exit 1), not by clap (a
+    /// usage error, exit 2), so that every option's bad value is reported alike.
+    pub bad_port: Option<String>,
     /// `-c FILE`.
     pub config: Option<PathBuf>,
     /// `--check-config`.
@@ -179,7 +183,10 @@ fn server_args(mut cmd: Command) -> Command {
             .short('c')
             .long("config")
             .value_name("FILE")
-            .value_parser(clap::value_parser!(PathBuf))
+            // Any text, an empty one too: a path that cannot be read is the config loader's
+            // error (exit 1), as a bad value of any option is (`OsString` never fails where
+            // clap's `PathBuf` parser refuses an empty path with a usage error, exit 2).
+            .value_parser(clap::value_parser!(OsString))
             .help("Read settings from this TOML file; flags win over it"),
     )
     .arg(
@@ -216,11 +223,11 @@ fn service_args(mut cmd: Command, kind: Kind) -> Command {
             cmd = cmd.arg(arg(s));
         }
     }
+    // Text, checked in `collect` and refused by the merge (see `ServeArgs::bad_port`).
     cmd.arg(
         Arg::new("port")
             .long("port")
             .value_name("PORT")
-            .value_parser(clap::value_parser!(u16))
             .action(ArgAction::Append)
             .help("Shorthand for --bind 127.0.0.1:PORT"),
     )
@@ -389,12 +396,17 @@ fn collect(m: &ArgMatches, args: &mut ServeArgs, kind: Kind, env: bool) {
         }
     }
     if here("port") {
-        for port in m.get_many::<u16>("port").into_iter().flatten() {
-            args.flags.push(("bind", format!("127.0.0.1:{port}")));
+        for text in m.get_many::<String>("port").into_iter().flatten() {
+            match text.parse::<u16>() {
+                Ok(port) => args.flags.push(("bind", format!("127.0.0.1:{port}"))),
+                Err(_) => {
+                    args.bad_port.get_or_insert_with(|| text.clone());
+                }
+            }
         }
     }
     if here("config") {
-        args.config = m.get_one::<PathBuf>("config").cloned();
+        args.config = m.get_one::<OsString>("config").map(PathBuf::from);
     }
     args.check_config |= here("check_config");
     args.print_config |= here("print_config");
@@ -502,6 +514,47 @@ mod tests {
     #[test]
     fn a_static_option_before_another_service_is_refused() {
         assert!(refused(&["--keep-alive", "2", "echo"]).contains("static option"));
+    }
+
+    /// Every server and service option takes its value as text, checked by the settings
+    /// table in the merge, so a bad value is a configuration error (exit 1) whether it comes
+    /// from the command line, the environment or the file; a value parser here that can fail
+    /// would make that one option's bad value a usage error (exit 2) instead. Only the client
+    /// commands, which have no configuration, parse with clap.
+    #[test]
+    fn no_server_option_value_is_refused_by_clap() {
+        let text = [
+            clap::builder::ValueParser::string().type_id(),
+            clap::builder::ValueParser::os_string().type_id(),
+        ];
+        let root = command();
+        let services = root
+            .get_subcommands()
+            .filter(|c| Kind::from_name(c.get_name()).is_some());
+        let mut checked = 0;
+        for cmd in std::iter::once(&root).chain(services) {
+            for a in cmd.get_arguments() {
+                if a.get_action().takes_values() {
+                    assert!(
+                        text.contains(&a.get_value_parser().type_id()),
+                        "{} {}: its value is parsed by clap",
+                        cmd.get_name(),
+                        a.get_id()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 50, "{checked}");
+    }
+
+    #[test]
+    fn a_port_that_is_not_a_port_number_is_left_for_the_merge() {
+        let a = serve(&["--port", "abc", "--port", "99999", "--port", "8080"]);
+        assert_eq!(a.bad_port.as_deref(), Some("abc"));
+        assert_eq!(flag(&a, "bind"), ["127.0.0.1:8080"]);
+        let a = serve(&["echo", "--port", "-1"]);
+        assert_eq!(a.bad_port.as_deref(), Some("-1"));
     }
 
     #[test]

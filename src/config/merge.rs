@@ -290,6 +290,12 @@ fn show_value(key: &str, v: &Value) -> String {
 /// The flags as a layer, each value checked by the table (a bad one is a configuration error
 /// naming the flag, as a bad file value names the key).
 fn flag_layer(args: &ServeArgs) -> Result<Layer, ConfigError> {
+    if let Some(port) = &args.bad_port {
+        return Err(invalid(
+            "port",
+            format!("`{port}` is not a port number (0 to 65535)"),
+        ));
+    }
     let mut layer = Layer::default();
     for (key, text) in &args.flags {
         let s = setting(key);

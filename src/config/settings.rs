@@ -532,7 +532,7 @@ pub static SETTINGS: &[Setting] = &[
         value_name: "FORMAT",
         help: "The access log line in gunicorn's %(atom)s syntax: %(h)s %(l)s %(u)s %(t)s %(r)s \
                %(m)s %(U)s %(q)s %(H)s %(s)s %(b)s %(B)s %(f)s %(a)s %(T)s %(M)s %(D)s %(L)s \
-               %(p)s [default: '%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\" %(D)s']",
+               %(p)s, a request header %({name}i)s, a response header %({name}o)s [default: '%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\" %(D)s']",
     },
     Setting {
         key: "limit_request_body",

@@ -8,10 +8,18 @@
 //! user agent) is escaped (`"`, `\` and control characters as `\xNN`), so a request cannot
 //! forge a line or break a field out of its quotes.
 //!
+//! Header atoms (`%({name}i)s` for a request header, `%({name}o)s` for a response header, as
+//! gunicorn's) name their headers in the format, so a service keeps only those: a format
+//! without one costs nothing per request ([`LogFormat::request_headers`],
+//! [`LogFormat::response_headers`], [`Captured`]). gunicorn writes such a value raw; here it
+//! is escaped as the other atoms are (bytes that are not UTF-8 as `\xNN` too), and what one
+//! atom adds to a line is bounded ([`HEADER_ATOM_MAX`]): a client controls its headers, an
+//! application its response headers, and neither may make one line arbitrarily long.
+//!
 //! Owns the format, the file and its reopening (USR1); knows nothing of how a service reads
 //! requests: services fill a [`Record`].
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::fd::AsFd;
@@ -19,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use http::{Method, StatusCode, Version};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Version};
 
 use super::date::Utc;
 use crate::net::Peer;
@@ -28,6 +36,12 @@ use crate::net::Peer;
 /// (`%(D)s`), the line oxicorn has always written.
 pub const DEFAULT_FORMAT: &str =
     r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s"#;
+
+/// The most one header atom adds to a line, in bytes of escaped text: a longer value is cut
+/// there and ends with `\...` (which no escaped value can contain: a `\` of the value is
+/// written `\x5c`). Request headers are bounded by `--limit-request-field-size` already; a
+/// response header, set by the application, by nothing else.
+pub const HEADER_ATOM_MAX: usize = 1024;
 
 /// One value a line can show: gunicorn's atom letters, with gunicorn's meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +121,10 @@ pub enum Part {
     Literal(String),
     /// A value of the request.
     Atom(Atom),
+    /// `%({name}i)s`: the request header at this index of [`LogFormat::request_headers`].
+    RequestHeader(usize),
+    /// `%({name}o)s`: the response header at this index of [`LogFormat::response_headers`].
+    ResponseHeader(usize),
 }
 
 /// Why a format was refused.
@@ -114,18 +132,35 @@ pub enum Part {
 pub enum FormatError {
     /// `%(x)s` with an `x` that is not one of the atoms.
     #[error(
-        "unknown atom `%({0})s`: use h l u t r m U q H s b B f a T M D L p, as gunicorn's access_log_format"
+        "unknown atom `%({0})s`: use h l u t r m U q H s b B f a T M D L p, {{header}}i or \
+         {{header}}o, as gunicorn's access_log_format"
     )]
     UnknownAtom(String),
     /// A `%` not followed by `(name)s` or `%`.
     #[error("`%` at byte {0} starts no atom: write atoms as %(h)s and a literal percent as %%")]
     BadPercent(usize),
+    /// `%({…}i)s` or `%({…}o)s` whose braces hold no header name (empty, or not a token).
+    #[error(
+        "`%({0})s` names no header: put a header name between the braces, as in \
+         %({{user-agent}}i)s or %({{content-type}}o)s"
+    )]
+    BadHeaderName(String),
+    /// `%({name}e)s`: gunicorn's WSGI environ variable, which no oxicorn service has.
+    #[error(
+        "`%({0})s` is a WSGI environ variable, which means nothing outside WSGI: log a request \
+         header with %({{name}}i)s or a response header with %({{name}}o)s"
+    )]
+    EnvironAtom(String),
 }
 
 /// A parsed access-log format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFormat {
     parts: Vec<Part>,
+    /// The request headers `%({name}i)s` atoms name, each once, lowercase.
+    request_headers: Vec<HeaderName>,
+    /// The response headers `%({name}o)s` atoms name, each once, lowercase.
+    response_headers: Vec<HeaderName>,
 }
 
 impl Default for LogFormat {
@@ -137,10 +172,15 @@ impl Default for LogFormat {
 
 impl LogFormat {
     /// Parses gunicorn's syntax: `%(name)s` for an atom, `%%` for `%`, anything else as is.
+    /// `%({name}i)s` and `%({name}o)s` name a request and a response header, case-insensitively
+    /// (gunicorn lowercases them too).
     ///
     /// # Errors
-    /// A [`FormatError`] naming the unknown atom or the position of a stray `%`.
+    /// A [`FormatError`] naming the unknown atom, the malformed header atom, or the position
+    /// of a stray `%`.
     pub fn parse(format: &str) -> Result<LogFormat, FormatError> {
+        let mut request_headers: Vec<HeaderName> = Vec::new();
+        let mut response_headers: Vec<HeaderName> = Vec::new();
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut rest = format;
@@ -160,24 +200,59 @@ impl LogFormat {
             else {
                 return Err(FormatError::BadPercent(at));
             };
-            let atom = Atom::from_letter(name)
-                .ok_or_else(|| FormatError::UnknownAtom(name.to_string()))?;
+            let part = match header_atom(name)? {
+                Some((header, 'i')) => Part::RequestHeader(index_of(&mut request_headers, header)),
+                Some((header, _)) => Part::ResponseHeader(index_of(&mut response_headers, header)),
+                None => Part::Atom(
+                    Atom::from_letter(name)
+                        .ok_or_else(|| FormatError::UnknownAtom(name.to_string()))?,
+                ),
+            };
             if !literal.is_empty() {
                 parts.push(Part::Literal(std::mem::take(&mut literal)));
             }
-            parts.push(Part::Atom(atom));
+            parts.push(part);
             rest = tail;
         }
         literal.push_str(rest);
         if !literal.is_empty() {
             parts.push(Part::Literal(literal));
         }
-        Ok(LogFormat { parts })
+        Ok(LogFormat {
+            parts,
+            request_headers,
+            response_headers,
+        })
     }
 
     /// The parsed pieces, in order.
     pub fn parts(&self) -> &[Part] {
         &self.parts
+    }
+
+    /// The request headers the format shows (`%({name}i)s`), each once, lowercase: what a
+    /// service keeps of a request for its line, in this order ([`Captured`]). Empty for most
+    /// formats, the default included.
+    pub fn request_headers(&self) -> &[HeaderName] {
+        &self.request_headers
+    }
+
+    /// The response headers the format shows (`%({name}o)s`), each once, lowercase.
+    pub fn response_headers(&self) -> &[HeaderName] {
+        &self.response_headers
+    }
+
+    /// The values of [`LogFormat::request_headers`] in `headers` (shared rather than copied:
+    /// a `HeaderValue` hyper parsed is a slice of its read buffer, and its clone a reference
+    /// count). Allocates nothing when the format names no request header.
+    pub fn capture_request(&self, headers: &HeaderMap) -> Captured<http::HeaderValue> {
+        Captured::from_map(&self.request_headers, headers)
+    }
+
+    /// The values of [`LogFormat::response_headers`] in `headers`, as
+    /// [`LogFormat::capture_request`].
+    pub fn capture_response(&self, headers: &HeaderMap) -> Captured<http::HeaderValue> {
+        Captured::from_map(&self.response_headers, headers)
     }
 
     /// The line for `rec` at time `now`, with its newline.
@@ -187,10 +262,133 @@ impl LogFormat {
             match part {
                 Part::Literal(s) => line.push_str(s),
                 Part::Atom(atom) => rec.write_atom(*atom, now, &mut line),
+                Part::RequestHeader(i) => write_header(rec.request_headers, *i, &mut line),
+                Part::ResponseHeader(i) => write_header(rec.response_headers, *i, &mut line),
             }
         }
         line.push('\n');
         line
+    }
+}
+
+/// The header and kind (`i` or `o`) of a header atom's name (`{user-agent}i`), `None` for a
+/// name that is not one (`h`, `{x}` alone: the caller reports it as unknown).
+///
+/// # Errors
+/// An empty or malformed header name, or gunicorn's `{name}e` (WSGI environ).
+fn header_atom(name: &str) -> Result<Option<(HeaderName, char)>, FormatError> {
+    let Some(inner) = name.strip_prefix('{') else {
+        return Ok(None);
+    };
+    let Some((header, kind)) = inner.rsplit_once('}') else {
+        return Err(FormatError::BadHeaderName(name.to_string()));
+    };
+    let kind = match kind {
+        "i" => 'i',
+        "o" => 'o',
+        "e" => return Err(FormatError::EnvironAtom(name.to_string())),
+        _ => return Ok(None),
+    };
+    // `from_bytes` refuses anything but a token (RFC 9110 §5.1) and lowercases the rest.
+    HeaderName::from_bytes(header.as_bytes())
+        .map(|h| Some((h, kind)))
+        .map_err(|_| FormatError::BadHeaderName(name.to_string()))
+}
+
+/// The index of `header` in `names`, added at the end if missing.
+fn index_of(names: &mut Vec<HeaderName>, header: HeaderName) -> usize {
+    names.iter().position(|n| *n == header).unwrap_or_else(|| {
+        names.push(header);
+        names.len() - 1
+    })
+}
+
+/// Header values a service kept for the log: for each header a format names (by its index in
+/// [`LogFormat::request_headers`] or [`LogFormat::response_headers`]), every value received,
+/// in order. `V` is the value's storage: `HeaderValue` where the service has a `HeaderMap`
+/// (shared with it), `Vec<u8>` where it copies out of its read buffer.
+/// Empty (and unallocated) when the format names none.
+#[derive(Debug, Clone)]
+pub struct Captured<V = Vec<u8>> {
+    values: Vec<(usize, V)>,
+}
+
+impl<V> Default for Captured<V> {
+    fn default() -> Captured<V> {
+        Captured { values: Vec::new() }
+    }
+}
+
+impl<V: AsRef<[u8]>> Captured<V> {
+    /// Keeps `value` as one of the values of the header at `index`.
+    pub fn push(&mut self, index: usize, value: V) {
+        self.values.push((index, value));
+    }
+
+    /// True when nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+impl Captured<http::HeaderValue> {
+    /// The values of `names` in `headers`, in `names`' order.
+    fn from_map(names: &[HeaderName], headers: &HeaderMap) -> Captured<http::HeaderValue> {
+        let mut kept = Captured::default();
+        for (i, name) in names.iter().enumerate() {
+            for value in headers.get_all(name) {
+                kept.push(i, value.clone());
+            }
+        }
+        kept
+    }
+}
+
+/// Where a line finds the values of its header atoms.
+pub trait HeaderValues: fmt::Debug {
+    /// Calls `each` with every value of the header at `index` (of the format's list), in the
+    /// order received; not at all when it is absent.
+    fn each_value(&self, index: usize, each: &mut dyn FnMut(&[u8]));
+}
+
+impl<V: AsRef<[u8]> + fmt::Debug> HeaderValues for Captured<V> {
+    fn each_value(&self, index: usize, each: &mut dyn FnMut(&[u8])) {
+        for (i, v) in &self.values {
+            if *i == index {
+                each(v.as_ref());
+            }
+        }
+    }
+}
+
+/// Writes the header at `index` of `values`: `-` when absent (as gunicorn) or empty, repeated values
+/// joined with `, ` (RFC 9110 §5.3 combines field lines so; gunicorn keeps only the last),
+/// escaped and bounded as [`escape_value_into`] does.
+fn write_header(values: Option<&dyn HeaderValues>, index: usize, out: &mut String) {
+    let start = out.len();
+    let mut budget = HEADER_ATOM_MAX;
+    let mut cut = false;
+    let mut first = true;
+    if let Some(values) = values {
+        values.each_value(index, &mut |v| {
+            if cut {
+                return;
+            }
+            if !std::mem::take(&mut first) {
+                if budget < 2 {
+                    cut = true;
+                    return;
+                }
+                out.push_str(", ");
+                budget -= 2;
+            }
+            cut = !escape_value_into(v, &mut budget, out);
+        });
+    }
+    if cut {
+        out.push_str("\\...");
+    } else if out.len() == start {
+        out.push('-');
     }
 }
 
@@ -216,10 +414,18 @@ pub struct Record<'a> {
     pub status: StatusCode,
     /// Body bytes written; `None` when the response could not be written at all.
     pub body_bytes: Option<u64>,
-    /// The `Referer` header.
-    pub referer: Option<&'a str>,
-    /// The `User-Agent` header.
-    pub user_agent: Option<&'a str>,
+    /// The `Referer` header, as received (escaped when written, bytes that are not UTF-8 as
+    /// `\xNN`).
+    pub referer: Option<&'a [u8]>,
+    /// The `User-Agent` header, as received.
+    pub user_agent: Option<&'a [u8]>,
+    /// The request's headers that `%({name}i)s` atoms show ([`LogFormat::request_headers`]);
+    /// `None` (every such atom `-`) when the head could not be read.
+    pub request_headers: Option<&'a dyn HeaderValues>,
+    /// The response's headers that `%({name}o)s` atoms show ([`LogFormat::response_headers`]):
+    /// those the service set, not the framing the server adds as it writes (`Date`,
+    /// `Content-Length`, `Connection`, ...); `None` when unknown.
+    pub response_headers: Option<&'a dyn HeaderValues>,
     /// From a complete head to the last byte written.
     pub elapsed: Duration,
 }
@@ -228,6 +434,14 @@ impl Record<'_> {
     fn write_atom(&self, atom: Atom, now: SystemTime, out: &mut String) {
         let dash = |v: Option<&str>, out: &mut String| match v {
             Some(s) => escape_into(s, out),
+            None => out.push('-'),
+        };
+        // Unbounded: a request header is bounded by `--limit-request-field-size` already.
+        let dash_bytes = |v: Option<&[u8]>, out: &mut String| match v {
+            Some(b) => {
+                let mut unbounded = usize::MAX;
+                escape_value_into(b, &mut unbounded, out);
+            }
             None => out.push('-'),
         };
         let (path, query) = match self.request.map(|r| r.target) {
@@ -277,11 +491,11 @@ impl Record<'_> {
             },
             Atom::BodyBytes => write!(out, "{}", self.body_bytes.unwrap_or(0)),
             Atom::Referer => {
-                dash(self.referer, out);
+                dash_bytes(self.referer, out);
                 Ok(())
             }
             Atom::UserAgent => {
-                dash(self.user_agent, out);
+                dash_bytes(self.user_agent, out);
                 Ok(())
             }
             Atom::Seconds => write!(out, "{}", self.elapsed.as_secs()),
@@ -291,6 +505,42 @@ impl Record<'_> {
             Atom::Pid => write!(out, "<{}>", std::process::id()),
         };
     }
+}
+
+/// Appends the header value `v` as [`escape_into`] writes text, with bytes that are not UTF-8
+/// as `\xNN` too, while it fits in `budget` bytes of output (decremented). Returns false when
+/// the value was cut there.
+fn escape_value_into(v: &[u8], budget: &mut usize, out: &mut String) -> bool {
+    for chunk in v.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let escaped = c == '"' || c == '\\' || c.is_control();
+            let len = if escaped {
+                4 * c.len_utf8()
+            } else {
+                c.len_utf8()
+            };
+            if len > *budget {
+                return false;
+            }
+            *budget -= len;
+            if escaped {
+                let mut b = [0u8; 4];
+                for byte in c.encode_utf8(&mut b).bytes() {
+                    let _ = write!(out, "\\x{byte:02x}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            if *budget < 4 {
+                return false;
+            }
+            *budget -= 4;
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    true
 }
 
 /// Appends `s` with `"`, `\` and control characters as `\xNN` (each UTF-8 byte).
@@ -348,6 +598,11 @@ impl AccessLog {
         Ok(())
     }
 
+    /// The format lines are written in (which headers to keep for them).
+    pub fn format(&self) -> &LogFormat {
+        &self.format
+    }
+
     /// Writes the line for `rec`. A failed write is logged at debug level and dropped: the
     /// request has been answered, and a full disk must not take the service down.
     pub fn log(&self, rec: &Record<'_>) {
@@ -384,7 +639,9 @@ mod tests {
             status: StatusCode::PARTIAL_CONTENT,
             body_bytes: Some(42),
             referer: None,
-            user_agent: Some("curl/8\n"),
+            user_agent: Some(b"curl/8\n"),
+            request_headers: None,
+            response_headers: None,
             elapsed: Duration::from_micros(1_234_567),
         }
     }
@@ -430,8 +687,8 @@ mod tests {
             Err(FormatError::UnknownAtom("z".into()))
         );
         assert_eq!(
-            LogFormat::parse("%({x-forwarded-for}i)s"),
-            Err(FormatError::UnknownAtom("{x-forwarded-for}i".into()))
+            LogFormat::parse("%({x-forwarded-for}z)s"),
+            Err(FormatError::UnknownAtom("{x-forwarded-for}z".into()))
         );
         assert_eq!(
             LogFormat::parse("50% %(h)s"),
@@ -447,5 +704,118 @@ mod tests {
                 Part::Literal(" b".into())
             ]
         );
+    }
+
+    #[test]
+    fn header_atoms_name_headers_once_and_case_insensitively() {
+        let f = LogFormat::parse(
+            "%({User-Agent}i)s %({x-request-id}i)s %({user-agent}i)s %({Content-Type}o)s %(s)s",
+        )
+        .unwrap();
+        assert_eq!(
+            f.request_headers(),
+            [
+                HeaderName::from_static("user-agent"),
+                HeaderName::from_static("x-request-id")
+            ]
+        );
+        assert_eq!(
+            f.response_headers(),
+            [HeaderName::from_static("content-type")]
+        );
+        assert_eq!(
+            f.parts()[..5],
+            [
+                Part::RequestHeader(0),
+                Part::Literal(" ".into()),
+                Part::RequestHeader(1),
+                Part::Literal(" ".into()),
+                Part::RequestHeader(0),
+            ]
+        );
+        // None named: nothing to keep, so nothing is allocated per request.
+        let plain = LogFormat::default();
+        assert!(plain.request_headers().is_empty() && plain.response_headers().is_empty());
+        let mut headers = HeaderMap::new();
+        headers.insert("user-agent", "x".parse().unwrap());
+        let kept = plain.capture_request(&headers);
+        assert!(kept.is_empty() && kept.values.capacity() == 0);
+    }
+
+    #[test]
+    fn malformed_header_atoms_are_refused_naming_them() {
+        for (format, err) in [
+            ("%({}i)s", FormatError::BadHeaderName("{}i".into())),
+            ("%({a b}o)s", FormatError::BadHeaderName("{a b}o".into())),
+            ("%({x\"y}i)s", FormatError::BadHeaderName("{x\"y}i".into())),
+            ("%({host)s", FormatError::BadHeaderName("{host".into())),
+            ("%({x}e)s", FormatError::EnvironAtom("{x}e".into())),
+            ("%({x}io)s", FormatError::UnknownAtom("{x}io".into())),
+            ("%({x})s", FormatError::UnknownAtom("{x}".into())),
+            ("ab %({i", FormatError::BadPercent(3)),
+            ("%({user-agent}i)d", FormatError::BadPercent(0)),
+        ] {
+            assert_eq!(LogFormat::parse(format), Err(err), "{format}");
+        }
+        let text = FormatError::EnvironAtom("{REMOTE_USER}e".into()).to_string();
+        assert!(
+            text.contains("`%({REMOTE_USER}e)s` is a WSGI environ variable"),
+            "{text}"
+        );
+        let text = FormatError::BadHeaderName("{}i".into()).to_string();
+        assert!(text.contains("`%({}i)s` names no header"), "{text}");
+        assert!(text.contains("%({user-agent}i)s"), "{text}");
+    }
+
+    /// `%(a)s` and `%(f)s` show what was received, as the header atoms do: bytes that are not
+    /// UTF-8 escaped, not the whole value dropped or replaced.
+    #[test]
+    fn user_agent_and_referer_bytes_are_escaped_not_dropped() {
+        let peer = Peer::Unix;
+        let mut rec = record(&peer, &Method::GET);
+        rec.user_agent = Some(b"caf\xc3\xa9 \xff\"x\"");
+        rec.referer = Some(b"http://r/\x7f");
+        let f = LogFormat::parse("%(a)s|%(f)s").unwrap();
+        assert_eq!(
+            f.render(&rec, SystemTime::UNIX_EPOCH),
+            "café \\xff\\x22x\\x22|http://r/\\x7f\n"
+        );
+    }
+
+    #[test]
+    fn header_values_are_escaped_joined_and_bounded() {
+        let f = LogFormat::parse("[%({x-a}i)s] [%({x-b}i)s] [%({x-c}o)s]").unwrap();
+        let peer = Peer::Unix;
+        let mut req: Captured = Captured::default();
+        req.push(0, b"say \"hi\"\\\x01\t\xff\xc3\xa9".to_vec());
+        req.push(0, b"second".to_vec());
+        let mut rec = record(&peer, &Method::GET);
+        rec.request_headers = Some(&req);
+        // x-b absent, x-c on a record without response headers: both `-`.
+        assert_eq!(
+            f.render(&rec, SystemTime::UNIX_EPOCH),
+            "[say \\x22hi\\x22\\x5c\\x01\\x09\\xffé, second] [-] [-]\n"
+        );
+        // A long value is cut at the bound, never inside an escape, and says so.
+        let mut resp: Captured = Captured::default();
+        let mut long = b"a".repeat(HEADER_ATOM_MAX - 2);
+        long.extend_from_slice(b"\"\"");
+        resp.push(0, long);
+        rec.response_headers = Some(&resp);
+        let line = f.render(&rec, SystemTime::UNIX_EPOCH);
+        let shown = &line[line.rfind('[').unwrap() + 1..line.rfind(']').unwrap()];
+        assert_eq!(shown, format!("{}\\...", "a".repeat(HEADER_ATOM_MAX - 2)));
+        let mut huge: Captured = Captured::default();
+        huge.push(0, vec![b'\n'; 100_000]);
+        rec.response_headers = Some(&huge);
+        let line = f.render(&rec, SystemTime::UNIX_EPOCH);
+        assert!(line.len() < 2 * HEADER_ATOM_MAX, "{}", line.len());
+        assert!(line.ends_with("\\x0a\\...]\n"), "{line}");
+        assert_eq!(line.matches('\n').count(), 1);
+        // Present but empty is `-` too.
+        let mut empty: Captured = Captured::default();
+        empty.push(0, Vec::new());
+        rec.response_headers = Some(&empty);
+        assert!(f.render(&rec, SystemTime::UNIX_EPOCH).ends_with("[-]\n"));
     }
 }

@@ -63,7 +63,7 @@ pub use forwarded::{Client, ForwardedAllowIps};
 pub use settings::HttpSettings;
 pub use static_files::StaticFiles;
 
-use super::access_log::{AccessLog, Record, RequestLine as LogLine};
+use super::access_log::{AccessLog, Captured, Record, RequestLine as LogLine};
 use crate::net::Peer;
 use crate::service::ConnContext;
 use crate::service::metrics::Metrics;
@@ -279,6 +279,8 @@ impl AppService {
                     body_bytes: Some(0),
                     referer: None,
                     user_agent: None,
+                    request_headers: None,
+                    response_headers: None,
                     elapsed,
                 });
             }
@@ -589,9 +591,11 @@ fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> Ha
             version: parts.version,
         },
         client: client_peer(&c.peer, &client),
-        logged: c.access_log.as_ref().map(|_| LoggedHeaders {
+        logged: c.access_log.as_ref().map(|log| LoggedHeaders {
             referer: parts.headers.get(REFERER).cloned(),
             user_agent: parts.headers.get(USER_AGENT).cloned(),
+            request: log.format().capture_request(&parts.headers),
+            response: Captured::default(),
         }),
         conn: Arc::clone(&c),
         in_flight,
@@ -686,6 +690,10 @@ fn finish(
     mut end: Box<RequestEnd>,
     mut response: Response<UnsyncBoxBody<Bytes, BoxError>>,
 ) -> Response<ResponseBody> {
+    // The headers the app (or this module's own answer) set, before `connection: close`.
+    if let (Some(log), Some(kept)) = (&c.access_log, end.logged.as_mut()) {
+        kept.response = log.format().capture_response(response.headers());
+    }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         c.state.upgraded.store(true, Ordering::Release);
     } else if c.state.closing.load(Ordering::Acquire) && end.line.version < Version::HTTP_2 {
@@ -703,10 +711,15 @@ fn finish(
     response.map(|b| ResponseBody::new(b, end, send))
 }
 
-/// The request headers the access log shows, kept only when it is on.
+/// The headers the access log shows, kept only when it is on.
 struct LoggedHeaders {
     referer: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
+    /// The request headers `%({name}i)s` atoms name: nothing kept, and no allocation, for a
+    /// format without any.
+    request: Captured<HeaderValue>,
+    /// The response headers `%({name}o)s` atoms name, set by [`finish`].
+    response: Captured<HeaderValue>,
 }
 
 /// What happens when a response body is dropped: counters, the access-log line, and (by
@@ -759,8 +772,10 @@ impl OnBodyEnd for RequestEnd {
                 }),
                 status: self.status,
                 body_bytes: Some(bytes),
-                referer: h.referer.as_ref().and_then(|v| v.to_str().ok()),
-                user_agent: h.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                referer: h.referer.as_ref().map(HeaderValue::as_bytes),
+                user_agent: h.user_agent.as_ref().map(HeaderValue::as_bytes),
+                request_headers: Some(&h.request),
+                response_headers: Some(&h.response),
                 elapsed,
             });
         }

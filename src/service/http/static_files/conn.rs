@@ -27,7 +27,7 @@ use super::response::Sent;
 use super::response::{OnShort, Reply};
 use crate::net::Stream;
 use crate::service::ConnContext;
-use crate::service::http::access_log::{Record, RequestLine};
+use crate::service::http::access_log::{HeaderValues, Record, RequestLine};
 use crate::service::http::{LINGER, LINGER_BUF, LINGER_READS};
 use crate::service::park::Spot;
 use crate::service::reclaim::{IdleClass, Reclaim};
@@ -251,7 +251,7 @@ async fn exchange(
     // at all (one read fewer per request, of about eight; parsing takes microseconds).
     let mut deadline: Option<tokio::time::Instant> = None;
     let head = loop {
-        match request::parse(buf, &svc.limits) {
+        match request::parse(buf, &svc.limits, svc.logged_request_headers()) {
             Ok(Some((head, n))) => {
                 buf.advance(n);
                 break head;
@@ -262,11 +262,9 @@ async fn exchange(
                     tracing::debug!(peer = %ctx.peer, why, "bad request");
                 }
                 let started = Instant::now();
-                let sent = Reply::error(err.status())
-                    .closing(true)
-                    .send(stream, ctx, OnShort::SendShort)
-                    .await;
-                log_access(svc, ctx, None, err.status(), sent.as_ref().ok(), started);
+                let reply = Reply::error(err.status()).closing(true);
+                let sent = reply.send(stream, ctx, OnShort::SendShort).await;
+                log_access(svc, ctx, None, &reply, sent.as_ref().ok(), started);
                 return Ok(Next::Close);
             }
         }
@@ -284,18 +282,9 @@ async fn exchange(
             Err(_) if buf.is_empty() => return Ok(Next::Abort),
             Err(_) => {
                 let started = Instant::now();
-                let sent = Reply::error(StatusCode::REQUEST_TIMEOUT)
-                    .closing(true)
-                    .send(stream, ctx, OnShort::SendShort)
-                    .await;
-                log_access(
-                    svc,
-                    ctx,
-                    None,
-                    StatusCode::REQUEST_TIMEOUT,
-                    sent.as_ref().ok(),
-                    started,
-                );
+                let reply = Reply::error(StatusCode::REQUEST_TIMEOUT).closing(true);
+                let sent = reply.send(stream, ctx, OnShort::SendShort).await;
+                log_access(svc, ctx, None, &reply, sent.as_ref().ok(), started);
                 return Ok(Next::Close);
             }
         }
@@ -312,7 +301,7 @@ async fn exchange(
     // Either way the cache stops trusting the length it served (with `open_file_cache_valid`
     // it would otherwise answer from it again, and fall short again, until the window ends).
     let mut on_short = OnShort::Retry;
-    let (status, sent) = loop {
+    let (reply, sent) = loop {
         let reply = resolve::respond(&head, svc)
             .closing(close)
             .head_only(head_only);
@@ -324,11 +313,11 @@ async fn exchange(
         }
         match sent {
             Ok(s) if s.unsent => on_short = OnShort::SendShort,
-            _ => break (reply.status, sent),
+            _ => break (reply, sent),
         }
     };
-    ctx.metrics.request(status, started.elapsed());
-    log_access(svc, ctx, Some(&head), status, sent.as_ref().ok(), started);
+    ctx.metrics.request(reply.status, started.elapsed());
+    log_access(svc, ctx, Some(&head), &reply, sent.as_ref().ok(), started);
     match sent? {
         // The file shrank under us: cut short, the client sees fewer bytes than promised.
         s if !s.complete => Ok(Next::Abort),
@@ -435,18 +424,24 @@ async fn linger(mut stream: Stream) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes the access-log line for one exchange, if the service keeps a log.
+/// Writes the access-log line for one exchange (`reply` answered `head`), if the service
+/// keeps a log.
 fn log_access(
     svc: &StaticService,
     ctx: &ConnContext,
     head: Option<&Head>,
-    status: StatusCode,
+    reply: &Reply,
     sent: Option<&Sent>,
     started: Instant,
 ) {
     let Some(log) = &svc.access_log else {
         return;
     };
+    let response_headers = ReplyHeaders {
+        names: log.format().response_headers(),
+        lines: &reply.headers,
+    };
+    let status = reply.status;
     log.log(&Record {
         peer: &ctx.peer,
         request: head.map(|h| RequestLine {
@@ -462,6 +457,32 @@ fn log_access(
         body_bytes: sent.map(|s| s.body),
         referer: head.and_then(|h| h.referer.as_deref()),
         user_agent: head.and_then(|h| h.user_agent.as_deref()),
+        request_headers: head.map(|h| &h.logged as &dyn HeaderValues),
+        response_headers: Some(&response_headers),
         elapsed: started.elapsed(),
     });
+}
+
+/// A reply's own header lines (`Name: value\r\n` each: what `resolve` set, not the framing
+/// [`Reply::send`] adds) as the access log's `%({name}o)s` atoms read them.
+#[derive(Debug)]
+struct ReplyHeaders<'a> {
+    /// The format's [`LogFormat::response_headers`](crate::service::http::access_log::LogFormat::response_headers).
+    names: &'a [http::HeaderName],
+    lines: &'a str,
+}
+
+impl HeaderValues for ReplyHeaders<'_> {
+    fn each_value(&self, index: usize, each: &mut dyn FnMut(&[u8])) {
+        let Some(name) = self.names.get(index) else {
+            return;
+        };
+        for line in self.lines.split("\r\n") {
+            if let Some((n, v)) = line.split_once(':')
+                && n.eq_ignore_ascii_case(name.as_str())
+            {
+                each(v.trim().as_bytes());
+            }
+        }
+    }
 }

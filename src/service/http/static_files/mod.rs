@@ -99,6 +99,14 @@ impl StaticService {
         }
     }
 
+    /// The request headers the access log's format names (`%({name}i)s`), which the head
+    /// parser keeps; none without an access log.
+    pub fn logged_request_headers(&self) -> &[http::HeaderName] {
+        self.access_log
+            .as_ref()
+            .map_or(&[], |log| log.format().request_headers())
+    }
+
     /// Opens `rel` below the root through the open-file cache, with this service's symlink
     /// rule (see [`files::FileCache::open`]).
     ///

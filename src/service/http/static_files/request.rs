@@ -7,6 +7,8 @@
 use http::header::{self, HeaderName};
 use http::{Method, StatusCode};
 
+use crate::service::http::access_log::Captured;
+
 /// The limits a head is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -79,20 +81,29 @@ pub struct Head {
     pub range: Option<String>,
     /// `Accept-Encoding`.
     pub accept_encoding: Option<String>,
-    /// `Referer`, for the access log.
-    pub referer: Option<String>,
-    /// `User-Agent`, for the access log.
-    pub user_agent: Option<String>,
+    /// `Referer`, for the access log, as received.
+    pub referer: Option<Vec<u8>>,
+    /// `User-Agent`, for the access log, as received.
+    pub user_agent: Option<Vec<u8>>,
+    /// The headers the access log's `%({name}i)s` atoms name, copied: empty, and
+    /// unallocated, unless the format names some.
+    pub logged: Captured,
 }
 
-/// Parses the head at the start of `buf`.
+/// Parses the head at the start of `buf`, keeping the values of the headers in `logged` (the
+/// access log format's [`LogFormat::request_headers`](crate::service::http::access_log::LogFormat::request_headers))
+/// in [`Head::logged`].
 ///
 /// `Ok(None)` means "incomplete, read more" (mini-redis's `Incomplete` is not an error either).
 /// `Ok(Some((head, n)))`: the head took the first `n` bytes.
 ///
 /// # Errors
 /// A [`HeadError`] when the bytes can never become an acceptable head.
-pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadError> {
+pub fn parse(
+    buf: &[u8],
+    limits: &Limits,
+    logged: &[HeaderName],
+) -> Result<Option<(Head, usize)>, HeadError> {
     // RFC 9112 §2.2: ignore empty lines before the request line.
     let skip = buf
         .iter()
@@ -146,7 +157,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadE
             if let Some(at) = later_minor_version(body) {
                 let mut copy = buf.to_vec();
                 copy[skip + at] = b'1';
-                return parse(&copy, limits);
+                return parse(&copy, limits, logged);
             }
             if version_major_above_1(body) {
                 return Err(HeadError::VersionNotSupported);
@@ -176,6 +187,11 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadE
                 .map(|s| s.trim().to_string())
         };
         let is = |known: &HeaderName| h.name.eq_ignore_ascii_case(known.as_str());
+        for (i, name) in logged.iter().enumerate() {
+            if is(name) {
+                head.logged.push(i, h.value.to_vec());
+            }
+        }
         if is(&header::HOST) {
             hosts += 1;
         } else if is(&header::CONNECTION) {
@@ -212,9 +228,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, HeadE
         } else if is(&header::ACCEPT_ENCODING) {
             head.accept_encoding = join(head.accept_encoding.take(), text());
         } else if is(&header::REFERER) {
-            head.referer = Some(String::from_utf8_lossy(h.value).into_owned());
+            head.referer = Some(h.value.to_vec());
         } else if is(&header::USER_AGENT) {
-            head.user_agent = Some(String::from_utf8_lossy(h.value).into_owned());
+            head.user_agent = Some(h.value.to_vec());
         }
     }
     if let Some(v) = content_length {
@@ -284,8 +300,16 @@ mod tests {
         field_size: 30,
     };
 
+    /// Header names the random test asks the parser to keep, as an access log format would.
+    static LOGGED: std::sync::LazyLock<[HeaderName; 2]> = std::sync::LazyLock::new(|| {
+        [
+            HeaderName::from_static("range"),
+            HeaderName::from_static("x-custom"),
+        ]
+    });
+
     fn parse_str(s: &str) -> Result<Option<(Head, usize)>, HeadError> {
-        parse(s.as_bytes(), &LIMITS)
+        parse(s.as_bytes(), &LIMITS, &[])
     }
 
     #[test]
@@ -392,9 +416,9 @@ mod tests {
                 buf[i] = next() as u8;
             }
             let cut = (next() as usize) % (buf.len() + 1);
-            let _ = parse(&buf[..cut], &LIMITS);
+            let _ = parse(&buf[..cut], &LIMITS, &*LOGGED);
             let noise: Vec<u8> = (0..(next() % 64)).map(|_| next() as u8).collect();
-            let _ = parse(&noise, &LIMITS);
+            let _ = parse(&noise, &LIMITS, &*LOGGED);
             let _ = crate::service::http::static_files::path::clean(&buf[4..cut.max(4)]);
         }
     }
