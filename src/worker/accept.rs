@@ -66,9 +66,28 @@ impl AsRawFd for Inherited {
     }
 }
 
+/// A client just accepted: TCP ones from an inherited listener are not registered with the
+/// runtime yet, so a service may serve them without it ([`Serve::serve_fresh`]).
+pub(crate) enum Client {
+    /// Non-blocking, not registered.
+    Fresh(std::net::TcpStream),
+    /// Registered.
+    Stream(Stream),
+}
+
+impl Client {
+    /// The client as a registered stream.
+    fn into_stream(self) -> io::Result<Stream> {
+        match self {
+            Client::Fresh(s) => Ok(Stream::Tcp(TcpStream::from_std(s)?)),
+            Client::Stream(s) => Ok(s),
+        }
+    }
+}
+
 impl Inherited {
     /// One `accept`; `WouldBlock` when the queue is empty.
-    fn accept(&self) -> io::Result<(Stream, Peer)> {
+    fn accept(&self) -> io::Result<(Client, Peer)> {
         match self {
             Inherited::Tcp(l, nodelay_inherited) => {
                 // accept4 with SOCK_NONBLOCK: one syscall where std's accept plus
@@ -83,13 +102,15 @@ impl Inherited {
                     .as_socket()
                     .ok_or_else(|| io::Error::other("accepted a TCP client without an address"))?;
                 let addr = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                let s = std::net::TcpStream::from(s);
-                Ok((Stream::Tcp(TcpStream::from_std(s)?), Peer::Tcp(addr)))
+                Ok((Client::Fresh(s.into()), Peer::Tcp(addr)))
             }
             Inherited::Unix(l) => {
                 let (s, _) = l.accept()?;
                 s.set_nonblocking(true)?;
-                Ok((Stream::Unix(UnixStream::from_std(s)?), Peer::Unix))
+                Ok((
+                    Client::Stream(Stream::Unix(UnixStream::from_std(s)?)),
+                    Peer::Unix,
+                ))
             }
         }
     }
@@ -115,7 +136,7 @@ fn queued(fd: BorrowedFd<'_>) -> io::Result<bool> {
 }
 
 impl WatchedListener {
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, Peer)>> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Client, Peer)>> {
         loop {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
             // `try_io` clears the readiness on `WouldBlock`, so the next poll waits.
@@ -184,17 +205,17 @@ impl AcceptSocket {
         }
     }
 
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, Peer)>> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Client, Peer)>> {
         match self {
             AcceptSocket::Tcp(l) => l.poll_accept(cx).map_ok(|(s, addr)| {
                 // Small writes (echo, chat lines) go out at once.
                 let _ = s.set_nodelay(true);
                 let addr = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                (Stream::Tcp(s), Peer::Tcp(addr))
+                (Client::Stream(Stream::Tcp(s)), Peer::Tcp(addr))
             }),
             AcceptSocket::Unix(l) => l
                 .poll_accept(cx)
-                .map_ok(|(s, _)| (Stream::Unix(s), Peer::Unix)),
+                .map_ok(|(s, _)| (Client::Stream(Stream::Unix(s)), Peer::Unix)),
             AcceptSocket::Watched(w) => w.poll_accept(cx),
         }
     }
@@ -329,7 +350,7 @@ async fn accept_balanced(
     listeners: &[AcceptSocket],
     next: &mut usize,
     balance: &mut Balance,
-) -> io::Result<(Stream, Peer, usize)> {
+) -> io::Result<(Client, Peer, usize)> {
     balance.stalled_since = None;
     while balance.over_share() {
         // Serve what is here first: every connection task that is ready runs (and the runtime
@@ -373,7 +394,7 @@ async fn wait_queued(listeners: &[AcceptSocket]) -> io::Result<()> {
 async fn accept_any(
     listeners: &[AcceptSocket],
     next: &mut usize,
-) -> io::Result<(Stream, Peer, usize)> {
+) -> io::Result<(Client, Peer, usize)> {
     poll_fn(|cx| {
         let n = listeners.len();
         for i in 0..n {
@@ -496,8 +517,15 @@ impl<S: Serve> Acceptor<S> {
                     continue;
                 }
             };
+            // Registered with the runtime here, unless the service serves it fresh (below).
+            let accepted = match accepted {
+                Ok((client @ Client::Fresh(_), peer, l)) if !self.service.serves_fresh(l) => {
+                    client.into_stream().map(|s| (Client::Stream(s), peer, l))
+                }
+                other => other,
+            };
             match accepted {
-                Ok((stream, peer, listener)) => {
+                Ok((client, peer, listener)) => {
                     self.slot.accepted.fetch_add(1, Ordering::Relaxed);
                     self.slot.active_conns.fetch_add(1, Ordering::Relaxed);
                     let guard = ActiveGuard(self.slot);
@@ -511,6 +539,26 @@ impl<S: Serve> Acceptor<S> {
                         retire: self.targets.retire(),
                     };
                     let service = Arc::clone(&self.service);
+                    let stream = match client {
+                        Client::Stream(stream) => stream,
+                        Client::Fresh(sock) => {
+                            // Polled once right here: a short connection whose request is
+                            // already there is answered and closed within this poll, on its
+                            // descriptor, with no task and no `epoll_ctl` (issue 12). One that
+                            // must wait becomes a task like any other; the task's first poll
+                            // takes over every waker this poll left with the accept loop's.
+                            let mut conn = Box::pin(async move {
+                                service.serve_fresh(sock, ctx).await;
+                                drop(guard);
+                                drop(permit);
+                            });
+                            if poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx).is_pending())).await
+                            {
+                                self.conns.spawn(conn);
+                            }
+                            continue;
+                        }
+                    };
                     // The stream and context stay captured here for the task's whole life
                     // beside the service's future, which holds them too (152 bytes; issue 13).
                     // Boxing them to move them out on the first poll made the task 48 bytes
@@ -583,8 +631,8 @@ mod tests {
     fn accepted_clients_send_small_writes_at_once() {
         runtime().block_on(async {
             let (listeners, _client) = listening_with_a_client();
-            let (stream, _, _) = accept_any(&listeners, &mut 0).await.unwrap();
-            let Stream::Tcp(stream) = stream else {
+            let (client, _, _) = accept_any(&listeners, &mut 0).await.unwrap();
+            let Stream::Tcp(stream) = client.into_stream().unwrap() else {
                 unreachable!("accepted from a TCP listener")
             };
             assert!(stream.nodelay().unwrap());
