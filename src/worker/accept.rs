@@ -552,9 +552,19 @@ impl<S: Serve> Acceptor<S> {
                                 drop(guard);
                                 drop(permit);
                             });
-                            if poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx).is_pending())).await
-                            {
-                                self.conns.spawn(conn);
+                            let polled = poll_fn(|cx| {
+                                Poll::Ready(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                    || conn.as_mut().poll(cx),
+                                )))
+                            })
+                            .await;
+                            match polled {
+                                Ok(Poll::Pending) => drop(self.conns.spawn(conn)),
+                                Ok(Poll::Ready(())) => {}
+                                // As a task's panic does: the connection ends (dropping it
+                                // closes the socket and gives back its slot and permit), and
+                                // the accept loop goes on. The hook has reported it.
+                                Err(_) => drop(conn),
                             }
                             continue;
                         }
@@ -637,6 +647,97 @@ mod tests {
             };
             assert!(stream.nodelay().unwrap());
         });
+    }
+
+    /// Serves connections fresh (polled in place by the accept loop): echoes one byte read
+    /// from the descriptor, or panics when it is `!`.
+    struct TouchyFresh;
+
+    impl Serve for TouchyFresh {
+        async fn serve(&self, _stream: Stream, _ctx: ConnContext) {
+            unreachable!("every connection is served fresh")
+        }
+
+        fn serves_fresh(&self, _listener: usize) -> bool {
+            true
+        }
+
+        async fn serve_fresh(&self, sock: std::net::TcpStream, _ctx: ConnContext) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut b = [0u8; 1];
+            // Usually the byte is there (it is sent right after connecting), and the panic
+            // comes within the accept loop's own poll; otherwise in a task.
+            let raw = std::io::Read::read(&mut &sock, &mut b);
+            let mut s = TcpStream::from_std(sock).unwrap();
+            match raw {
+                Ok(1) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+            if b[0] == b'!' {
+                panic!("a bug in one connection's handling");
+            }
+            let _ = s.write_all(&b).await;
+        }
+    }
+
+    /// A panic while a connection is polled in place ends that connection only, as in a task
+    /// (tests/connection_panic.rs): the accept loop goes on and the slot and permit come back.
+    #[test]
+    fn a_panic_in_a_connection_served_in_place_ends_only_that_connection() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                use std::io::{Read, Write};
+                let addr = crate::net::BindAddr::Tcp("127.0.0.1:0".parse().unwrap());
+                let listener = Listener::bind(&addr, 16).unwrap();
+                let crate::net::BindAddr::Tcp(bound) = listener.bound else {
+                    unreachable!("a TCP listener is bound to a TCP address")
+                };
+                let slot = Scoreboard::create().unwrap().slot(0);
+                let stop = CancellationToken::new();
+                let acceptor = Acceptor {
+                    listeners: vec![AcceptSocket::from_listener(listener).unwrap()],
+                    // One slot: a panicking connection that kept its permit would block all.
+                    limit: Arc::new(Semaphore::new(1)),
+                    conns: TaskTracker::new(),
+                    stop: stop.clone(),
+                    service: Arc::new(TouchyFresh),
+                    slot,
+                    idle_timeout: None,
+                    reclaim: Default::default(),
+                    targets: Default::default(),
+                    yield_permit: Default::default(),
+                };
+                let accept_loop = tokio::spawn(acceptor.run());
+                let clients = tokio::task::spawn_blocking(move || {
+                    for round in 0..3 {
+                        for (byte, answer) in [(b'!', None), (b'a', Some(b'a'))] {
+                            // Connect and send before the loop can accept (it may not run yet
+                            // at all; then the byte is there the sooner).
+                            let mut c = std::net::TcpStream::connect(bound).unwrap();
+                            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            c.write_all(&[byte]).unwrap();
+                            let mut buf = [0u8; 1];
+                            let got = match c.read(&mut buf) {
+                                Ok(1) => Some(buf[0]),
+                                _ => None,
+                            };
+                            assert_eq!(got, answer, "round {round}, byte {byte}");
+                        }
+                    }
+                });
+                clients.await.unwrap();
+                assert_eq!(slot.active_conns.load(Ordering::Relaxed), 0);
+                stop.cancel();
+                accept_loop.await.unwrap();
+            });
     }
 
     /// A worker over its share with one client queued, whose listener's readiness is already
