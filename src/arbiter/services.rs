@@ -107,11 +107,12 @@ fn interface_addresses(v6: bool) -> Vec<std::net::IpAddr> {
 
 /// Whether a service's clients speak first, so that its TCP listeners hand a client to a
 /// worker only once its first bytes are there (`TCP_DEFER_ACCEPT`,
-/// [`Listener::set_deferred_accept`]): HTTP (static, a program's app). Not chat and quote,
-/// whose server speaks first (their clients would wait a second for a greeting that cannot
-/// come before the accept). Not echo either: its clients are often people at a terminal, who
-/// connect and then type, and it has no path that answers at accept, so holding them in the
-/// kernel would only hide them from `ctl status` and the idle timeout for a second.
+/// [`Listener::set_deferred_accept`]): HTTP (static, a program's app). Not chat, whose server
+/// speaks first (its clients would wait a second for a greeting that cannot come before the
+/// accept). Not echo and quote either, though their clients speak first: those are often
+/// people at a terminal, who connect and then type, and neither has a path that answers at
+/// accept, so holding them in the kernel would only hide them from `ctl status` and the idle
+/// timeout for a second.
 fn client_speaks_first(service: &crate::config::ServiceConfig) -> bool {
     use crate::config::ServiceConfig;
     match service {
