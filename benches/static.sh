@@ -9,7 +9,8 @@
 #
 # Knobs: ROUNDS, DURATION, WORKERS, CONNS, IDLE_CONNS, IDLE_SETTLE, NGINX_EXTRA (below), and
 #   SCENARIOS  which cases to run, of: small big many short idle (default: all);
-#   SERVERS    which servers to run, of: oxicorn oxicorn-tuned nginx nginx-tuned base base-tuned
+#   SERVERS    which servers to run, of: oxicorn oxicorn-tuned nginx nginx-tuned nginx-deferred
+#              base base-tuned
 #              (default: the first four, plus base and base-tuned when BASE is set);
 #   BASE       another oxicorn binary (say, a copy of the release build before a change), run as
 #              "base" and "base-tuned" in the same rounds, so an A/B shares the machine's noise;
@@ -24,7 +25,10 @@
 #   "nginx"       as shipped (Debian's http block): sendfile on, tcp_nopush on, access_log off,
 #                 keepalive_requests at its default 1000, no open_file_cache;
 #   "nginx-tuned" the anchor of issue 12: the same plus open_file_cache max=20000 inactive=60s
-#                 and keepalive_requests 1000000.
+#                 and keepalive_requests 1000000;
+#   "nginx-deferred" (only when asked for in SERVERS) nginx-tuned with `listen ... deferred`
+#                 (TCP_DEFER_ACCEPT, which oxicorn sets on its HTTP listeners): the anchor for
+#                 short connections, as a speed-minded operator would set it.
 # Rounds alternate oxicorn / oxicorn-tuned / nginx / nginx-tuned so a noisy neighbour hurts all alike; medians
 # are printed with [min-max] spread and the oxicorn/nginx ratios. Per case:
 #   1 KiB keep-alive: req/s, req per server CPU-second (utime+stime of the whole process tree
@@ -139,8 +143,9 @@ start_oxicorn() { # port [tuned] [binary] -> pid in $STARTED
 NGINX_SHIPPED='keepalive_requests 1000;'
 NGINX_TUNED='keepalive_requests 1000000; open_file_cache max=20000 inactive=60s;'
 start_nginx() { # port [tuned] -> pid in $STARTED
-    local prefix="$WORK/nginx-$1" tuning=$NGINX_SHIPPED
+    local prefix="$WORK/nginx-$1" tuning=$NGINX_SHIPPED deferred=
     [ "${2:-}" = tuned ] && tuning=$NGINX_TUNED
+    [ "${2:-}" = deferred ] && tuning=$NGINX_TUNED deferred=' deferred'
     mkdir -p "$prefix/logs" "$prefix/tmp"
     cat > "$prefix/nginx.conf" <<NGX
 worker_processes $WORKERS;
@@ -163,7 +168,7 @@ http {
     uwsgi_temp_path $prefix/tmp/uwsgi;
     scgi_temp_path $prefix/tmp/scgi;
     server {
-        listen 127.0.0.1:$1 backlog=4096;
+        listen 127.0.0.1:$1 backlog=4096$deferred;
         root $WORK/www;
     }
 }
@@ -190,6 +195,7 @@ start_server() { # who [port]
         base-tuned) start_oxicorn "$port" tuned "$BASE" ;;
         nginx) start_nginx "$port" ;;
         nginx-tuned) start_nginx "$port" tuned ;;
+        nginx-deferred) start_nginx "$port" deferred ;;
         *) echo "static.sh: unknown server $1" >&2; exit 1 ;;
     esac
     PORT_OF[$1]=$port
@@ -400,8 +406,9 @@ m() { median ${R[$1]}; }
 cell() { echo "$(m "$1") $(spread ${R[$1]})"; }
 # The ratios printed, "a/b", for each pair whose two servers both ran.
 PAIRS=()
-for pair in oxicorn/nginx oxicorn/nginx-tuned oxicorn-tuned/nginx-tuned oxicorn/base \
-    oxicorn-tuned/base-tuned base/nginx base-tuned/nginx-tuned; do
+for pair in oxicorn/nginx oxicorn/nginx-tuned oxicorn-tuned/nginx-tuned \
+    oxicorn-tuned/nginx-deferred oxicorn/base oxicorn-tuned/base-tuned base/nginx \
+    base-tuned/nginx-tuned base-tuned/nginx-deferred; do
     has "${pair%/*}" "${SERVERS[@]}" && has "${pair#*/}" "${SERVERS[@]}" && PAIRS+=("$pair")
 done
 row() { # label key
@@ -416,6 +423,7 @@ echo
 echo "$(date -u +%F) $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "oxicorn $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's/.*: //'), $WORKERS worker(s) each, wrk -t$THREADS, $ROUNDS rounds x ${DURATION}s, median [min-max]"
 echo "oxicorn-tuned: $OXICORN_TUNED    nginx: sendfile on; tcp_nopush on; access_log off; $NGINX_SHIPPED    nginx-tuned: + $NGINX_TUNED (open_file_cache_valid at its default 60s)"
+has nginx-deferred "${SERVERS[@]}" && echo "nginx-deferred: nginx-tuned with listen ... deferred (TCP_DEFER_ACCEPT)"
 [ -n "$BASE" ] && echo "base: $BASE (base-tuned: the same with $OXICORN_TUNED)"
 [ -n "$NGINX_EXTRA" ] && echo "nginx extra (both): $NGINX_EXTRA"
 echo

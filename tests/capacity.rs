@@ -105,10 +105,30 @@ fn idle_kept_alive_clients_make_room_for_a_new_one_oldest_first() {
     s.wait_for_line("worker_connections are not enough");
 }
 
+/// Sockets process `pid` holds open, from /proc.
+fn sockets_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn silent_clients_make_room_too() {
-    let (_s, addr) = site(&["--header-timeout", "30"]);
+    let (s, addr) = site(&["--header-timeout", "30"]);
+    let worker = s.wait_children(1, SOON)[0];
+    let before = sockets_of(worker);
     let _silent: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The static listener defers accepting a client until it sends (TCP_DEFER_ACCEPT), and the
+    // kernel queues a silent one anyway after about a second: wait until the worker holds all
+    // four, so the newcomer finds the cap full of silent connections.
+    assert!(
+        eventually(Duration::from_secs(10), || sockets_of(worker) >= before + 4),
+        "the worker never accepted the silent clients"
+    );
     std::thread::sleep(Duration::from_millis(200));
     a_newcomer_is_served_soon(addr);
 }

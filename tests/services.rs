@@ -115,3 +115,76 @@ fn one_pool_serves_static_and_chat_and_a_hup_adds_a_third() {
     assert_eq!(unix_line(&mut a), "<bob> and again");
     assert!(!path.parent().unwrap().join("ftp.sock").exists());
 }
+
+/// Sockets process `pid` holds open, from /proc.
+fn sockets_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Issue 12: an HTTP listener hands a client to a worker only once its request has come
+/// (TCP_DEFER_ACCEPT), so the worker can answer it at accept; a listener whose server speaks
+/// first (chat) or whose clients may sit at a terminal (echo) accepts at once, and a chat
+/// client that sends nothing still gets its greeting straight away.
+#[test]
+fn http_listeners_defer_accepting_until_the_request_and_the_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello from static\n").unwrap();
+    let conf = format!(
+        "workers = 1\n\
+         [[service]]\nkind = \"static\"\nbind = \"127.0.0.1:0\"\nroot = {root:?}\n\
+         [[service]]\nkind = \"chat\"\nbind = \"127.0.0.2:0\"\n\
+         [[service]]\nkind = \"echo\"\nbind = \"127.0.0.3:0\"\n",
+        root = dir.path()
+    );
+    // One loopback address each (all of 127/8 is loopback): three port-0 binds on one
+    // address would be the same bind given three times.
+    let cwd = tempfile::tempdir().unwrap();
+    write_file(cwd.path(), "oxicorn.toml", &conf);
+    let s = Oxicorn::start_with(cwd, &["-c", "oxicorn.toml"], &[]);
+    let listening = s.wait_ready(3, 1);
+    let addr = |i: usize| listening[i].parse::<std::net::SocketAddr>().unwrap();
+    let (http, chat, echo) = (addr(0), addr(1), addr(2));
+    let worker = s.booted_pids()[0];
+
+    // Chat speaks first: its greeting comes at once, well before the kernel's hold of a
+    // deferred client (about a second) could have ended.
+    let started = std::time::Instant::now();
+    let mut q = std::net::TcpStream::connect(chat).unwrap();
+    q.set_read_timeout(Some(SOON)).unwrap();
+    let mut first = [0u8; 1];
+    assert_eq!(q.read(&mut first).unwrap(), 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the greeting took {:?}",
+        started.elapsed()
+    );
+
+    // Echo: a silent client is accepted at once.
+    let before = sockets_of(worker);
+    let _e = std::net::TcpStream::connect(echo).unwrap();
+    assert!(eventually(Duration::from_millis(900), || {
+        sockets_of(worker) > before
+    }));
+
+    // Static: a silent client stays in the kernel; its request brings it in and is answered.
+    let before = sockets_of(worker);
+    let mut c = std::net::TcpStream::connect(http).unwrap();
+    c.set_read_timeout(Some(SOON)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sockets_of(worker),
+        before,
+        "a silent HTTP client was accepted"
+    );
+    c.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.ends_with("hello from static\n"), "{out}");
+}

@@ -53,7 +53,7 @@ use children::{ChildKind, Children};
 use pidfile::{Pidfile, PidfileError};
 use reload::Reload;
 pub use reload::ReloadError;
-use services::{arbiter_title, binds, service_name, serving_lines};
+use services::{arbiter_title, binds, service_name, serving_lines, set_deferred_accepts};
 use signals::Signals;
 pub use workers::MAX_BOOT_FAILURES;
 use workers::{Boot, PhaseKind};
@@ -230,6 +230,7 @@ pub fn run(
             }
         }
     }
+    set_deferred_accepts(&config, &bound);
     let cleanup = |bound: &[Listener]| bound.iter().for_each(Listener::remove_socket_file);
     let built = (|| {
         let signals = Signals::install().map_err(setup("signal handlers"))?;
@@ -388,6 +389,8 @@ pub fn resume(
         }
     }
     listeners.extend(added);
+    // Inherited with the sockets; set again in case this configuration moved a bind.
+    set_deferred_accepts(&config, &listeners);
     if upgrading {
         retired = dropped;
     } else {

@@ -144,6 +144,7 @@ impl Arbiter {
         let added_addrs = added.iter().map(|l| l.addr.clone()).collect();
         kept.extend(added);
         self.listeners = kept;
+        super::services::set_deferred_accepts(&new, &self.listeners);
         self.phase = Phase::Reloading(Reload {
             previous: Arc::clone(&self.config),
             previous_target: self.target,
@@ -217,6 +218,7 @@ impl Arbiter {
             tracing::error!(cause = %err, "cannot go back to the previous log file");
         }
         self.config = reload.previous;
+        super::services::set_deferred_accepts(&self.config, &self.listeners);
         self.target = reload.previous_target;
         self.generation = reload.previous_generation;
         self.boot = Boot {

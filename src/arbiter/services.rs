@@ -104,3 +104,41 @@ fn interface_addresses(v6: bool) -> Vec<std::net::IpAddr> {
     out.sort_by_key(|ip| !ip.is_loopback());
     out
 }
+
+/// Whether a service's clients speak first, so that its TCP listeners hand a client to a
+/// worker only once its first bytes are there (`TCP_DEFER_ACCEPT`,
+/// [`Listener::set_deferred_accept`]): HTTP (static, a program's app). Not chat, whose server
+/// speaks first (its clients would wait a second for a greeting that cannot come before the
+/// accept). Not echo and quote either, though their clients speak first: those are often
+/// people at a terminal, who connect and then type, and neither has a path that answers at
+/// accept, so holding them in the kernel would only hide them from `ctl status` and the idle
+/// timeout for a second.
+fn client_speaks_first(service: &crate::config::ServiceConfig) -> bool {
+    use crate::config::ServiceConfig;
+    match service {
+        ServiceConfig::Static(_) | ServiceConfig::App(_) => true,
+        ServiceConfig::Echo | ServiceConfig::Chat { .. } | ServiceConfig::Quote { .. } => false,
+    }
+}
+
+/// Sets deferred accepting on every TCP listener from the kind of the service `config` binds
+/// to it ([`client_speaks_first`]); a listener no service of `config` names is left as it is.
+/// The option lives on the shared socket, so this is called wherever a configuration takes
+/// effect over the listeners: at start, when a new image took them over, after a reload and
+/// after its rollback (a bind may have moved from one service to another). A failure only
+/// costs the fast path, so it is logged, never fatal.
+pub(super) fn set_deferred_accepts(config: &Config, listeners: &[Listener]) {
+    for l in listeners {
+        let Some(spec) = config
+            .services
+            .iter()
+            .find(|spec| spec.binds.iter().any(|a| l.serves(a)))
+        else {
+            continue;
+        };
+        let on = client_speaks_first(&spec.service);
+        if let Err(err) = l.set_deferred_accept(on) {
+            tracing::warn!(cause = %err, "cannot set TCP_DEFER_ACCEPT on {}", l.local);
+        }
+    }
+}

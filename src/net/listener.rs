@@ -23,6 +23,15 @@ pub enum ListenerKind {
     Unix,
 }
 
+/// How long, in seconds, the kernel holds a TCP client that has connected but sent nothing on
+/// a listener with deferred accepting ([`Listener::set_deferred_accept`]) before queuing it for
+/// `accept` anyway. The kernel counts it in SYN-ACK retransmissions (1 s: one, after its
+/// initial 1 s timeout), so the client is queued after about a second, with its next ACK. 1 is
+/// what nginx's `listen ... deferred` sets too ("there is no way to find out how long a
+/// connection was in queue", its source says); a longer hold would only hide a silent client
+/// from the header timeout for longer.
+pub const DEFER_ACCEPT_SECS: u32 = 1;
+
 /// A bound, listening socket.
 ///
 /// Dropping it closes this process's descriptor only; the socket file of a Unix listener is
@@ -195,6 +204,78 @@ impl Listener {
         }
     }
 
+    /// Sets whether the kernel hands a TCP client to `accept` only once the client's first
+    /// bytes have arrived (`TCP_DEFER_ACCEPT`, for services whose clients speak first: HTTP),
+    /// or as soon as its handshake completes (`on` false, for services that greet the client:
+    /// chat, quote). Deferred, a short connection's request is there when it is accepted, so
+    /// the worker can answer it at once, on the descriptor, without registering the socket
+    /// with its runtime (issue 12). nginx's `listen ... deferred` sets the same option.
+    ///
+    /// A client that connects and sends nothing waits in the kernel (not counted by any
+    /// worker, costing no worker memory) for [`DEFER_ACCEPT_SECS`], after which the kernel
+    /// queues it anyway; from its accept on, the service's own deadlines run as for any
+    /// connection (static: `header_timeout`). So such a client is closed at most about
+    /// `DEFER_ACCEPT_SECS` later than without the option. A client sending one byte at a time
+    /// is accepted with its first byte, and the header deadline bounds it as before.
+    ///
+    /// The option lives on the socket, so workers (which inherit it), binary upgrades (which
+    /// pass the socket on) and reloads keep it; the arbiter sets it again from the service
+    /// kind whenever a configuration is applied. A Unix listener is left as it is.
+    ///
+    /// # Errors
+    /// What `setsockopt(2)` returns.
+    pub fn set_deferred_accept(&self, on: bool) -> io::Result<()> {
+        if self.kind != ListenerKind::Tcp {
+            return Ok(());
+        }
+        let secs: nix::libc::c_int = if on { DEFER_ACCEPT_SECS as _ } else { 0 };
+        // SAFETY: `fd` is an open socket owned by this listener; the option value is a c_int
+        // that lives for the whole call, and its size is passed with it.
+        let r = unsafe {
+            nix::libc::setsockopt(
+                self.fd.as_raw_fd(),
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_DEFER_ACCEPT,
+                (&secs as *const nix::libc::c_int).cast(),
+                std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Whether the kernel holds TCP clients until their first bytes arrive
+    /// ([`Listener::set_deferred_accept`]); false for a Unix listener.
+    ///
+    /// # Errors
+    /// What `getsockopt(2)` returns.
+    pub fn deferred_accept(&self) -> io::Result<bool> {
+        if self.kind != ListenerKind::Tcp {
+            return Ok(false);
+        }
+        let mut secs: nix::libc::c_int = 0;
+        let mut len = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
+        // SAFETY: `fd` is an open socket owned by this listener; `secs` and `len` are valid
+        // for writes for the whole call, and `len` holds `secs`'s size.
+        let r = unsafe {
+            nix::libc::getsockopt(
+                self.fd.as_raw_fd(),
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_DEFER_ACCEPT,
+                (&mut secs as *mut nix::libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            Ok(secs > 0)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Whether this listener is the one `addr` asks for (as configured, or as bound).
     pub fn serves(&self, addr: &BindAddr) -> bool {
         &self.addr == addr || &self.bound == addr
@@ -323,4 +404,68 @@ fn adopt_fd(addr: &BindAddr, fd: i32) -> Result<Listener, ListenError> {
         fd,
         created_file: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    fn loopback() -> (Listener, std::net::SocketAddr) {
+        let addr = BindAddr::Tcp("127.0.0.1:0".parse().unwrap());
+        let l = Listener::bind(&addr, 16).unwrap();
+        let BindAddr::Tcp(bound) = l.bound else {
+            unreachable!("a TCP listener is bound to a TCP address")
+        };
+        (l, bound)
+    }
+
+    /// True once a client is queued for `accept` within `wait`.
+    fn queued_within(l: &Listener, wait: Duration) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(wait.as_millis() as i32).unwrap();
+        poll(&mut fds, ms).unwrap() > 0
+    }
+
+    #[test]
+    fn deferred_accepting_is_set_and_cleared_on_tcp_and_left_alone_on_unix() {
+        let (l, _) = loopback();
+        assert!(!l.deferred_accept().unwrap());
+        l.set_deferred_accept(true).unwrap();
+        assert!(l.deferred_accept().unwrap());
+        l.set_deferred_accept(false).unwrap();
+        assert!(!l.deferred_accept().unwrap());
+
+        let dir = tempfile::tempdir().unwrap();
+        let unix = Listener::bind(&BindAddr::Unix(dir.path().join("s.sock")), 16).unwrap();
+        unix.set_deferred_accept(true).unwrap();
+        assert!(!unix.deferred_accept().unwrap());
+    }
+
+    /// Deferred, a client is queued with its first bytes; one that stays silent is queued
+    /// anyway after about [`DEFER_ACCEPT_SECS`] (the kernel's next SYN-ACK and its ACK), so
+    /// the service's own deadlines still reach it.
+    #[test]
+    fn a_deferred_listener_queues_a_client_with_its_first_bytes_or_after_the_hold() {
+        let (l, addr) = loopback();
+        l.set_deferred_accept(true).unwrap();
+        let mut speaks = std::net::TcpStream::connect(addr).unwrap();
+        assert!(!queued_within(&l, Duration::from_millis(200)));
+        speaks.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert!(queued_within(&l, Duration::from_secs(2)));
+        let (first, _) = socket2::SockRef::from(&l.fd).accept().unwrap();
+        let first = std::net::TcpStream::from(first);
+        assert!(first.peek(&mut [0u8; 64]).unwrap() > 0);
+
+        let started = Instant::now();
+        let _silent = std::net::TcpStream::connect(addr).unwrap();
+        assert!(queued_within(&l, Duration::from_secs(10)));
+        let held = started.elapsed();
+        assert!(
+            held >= Duration::from_millis(500) && held < Duration::from_secs(8),
+            "{held:?}"
+        );
+    }
 }

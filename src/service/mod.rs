@@ -71,6 +71,33 @@ pub trait Serve: Send + Sync + 'static {
     /// Serves one connection to its end.
     fn serve(&self, stream: Stream, ctx: ConnContext) -> impl Future<Output = ()> + Send;
 
+    /// Whether TCP connections accepted on listener `listener` (an index, as in
+    /// [`ConnContext::listener`]) go to [`Serve::serve_fresh`] rather than [`Serve::serve`].
+    /// By default none do.
+    fn serves_fresh(&self, listener: usize) -> bool {
+        let _ = listener;
+        false
+    }
+
+    /// Serves a TCP connection just accepted, before it is registered with the runtime (`sock`
+    /// is non-blocking). The accept loop polls the future once in place and spawns a task
+    /// only if it is not finished, so a service that answers a request already there and
+    /// closes, without waiting, costs neither a task nor an `epoll_ctl` (issue 12; see
+    /// [`http::static_files::wire`]). By default the connection is registered and served as
+    /// by [`Serve::serve`].
+    fn serve_fresh(
+        &self,
+        sock: std::net::TcpStream,
+        ctx: ConnContext,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            match tokio::net::TcpStream::from_std(sock) {
+                Ok(s) => self.serve(Stream::Tcp(s), ctx).await,
+                Err(err) => ended(Err(err), &ctx),
+            }
+        }
+    }
+
     /// Carries on a connection another worker handed over ([`handoff`]), for the service named
     /// `service`, from `parcel`; answers the old worker through `receipt` (a service that
     /// cannot take it refuses, and the old worker keeps it). By default every offer is refused.
@@ -103,6 +130,18 @@ pub trait Serve: Send + Sync + 'static {
 impl Serve for Service {
     fn serve(&self, stream: Stream, ctx: ConnContext) -> impl Future<Output = ()> + Send {
         Service::serve(self, stream, ctx)
+    }
+
+    fn serves_fresh(&self, _listener: usize) -> bool {
+        self.serves_fresh()
+    }
+
+    fn serve_fresh(
+        &self,
+        sock: std::net::TcpStream,
+        ctx: ConnContext,
+    ) -> impl Future<Output = ()> + Send {
+        Service::serve_fresh(self, sock, ctx, park::Spot::none())
     }
 }
 
@@ -220,6 +259,34 @@ impl Service {
         ctx: ConnContext,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         self.serve_at(stream, ctx, park::Spot::none(), None)
+    }
+
+    /// True for the services with a path for connections not yet registered with the runtime
+    /// ([`Serve::serve_fresh`]): static.
+    pub fn serves_fresh(&self) -> bool {
+        matches!(self, Service::Static(_))
+    }
+
+    /// Serves a TCP connection just accepted and not yet registered ([`Serve::serve_fresh`]),
+    /// parking at `spot` as [`Service::serve_at`] does. Boxed as [`Service::serve`] is.
+    pub fn serve_fresh<'a>(
+        &'a self,
+        sock: std::net::TcpStream,
+        ctx: ConnContext,
+        spot: park::Spot<'a>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        match self {
+            Service::Static(s) => Box::pin(async move {
+                ended(
+                    http::static_files::conn::serve_fresh(sock, &ctx, s, spot).await,
+                    &ctx,
+                )
+            }),
+            _ => match tokio::net::TcpStream::from_std(sock) {
+                Ok(s) => self.serve_at(Stream::Tcp(s), ctx, spot, None),
+                Err(err) => Box::pin(async move { ended(Err(err), &ctx) }),
+            },
+        }
     }
 
     /// [`Service::serve`], where an idle connection of echo, quote or static may park at
@@ -378,6 +445,21 @@ impl Serve for Services {
         let ctx = self.context_for(i, ctx);
         let spot = park::Spot::new(&self.parking, i);
         self.services[i].0.serve_at(stream, ctx, spot, None)
+    }
+
+    fn serves_fresh(&self, listener: usize) -> bool {
+        self.services[self.routes[listener]].0.serves_fresh()
+    }
+
+    fn serve_fresh(
+        &self,
+        sock: std::net::TcpStream,
+        ctx: ConnContext,
+    ) -> impl Future<Output = ()> + Send {
+        let i = self.routes[ctx.listener];
+        let ctx = self.context_for(i, ctx);
+        let spot = park::Spot::new(&self.parking, i);
+        self.services[i].0.serve_fresh(sock, ctx, spot)
     }
 
     async fn adopt(

@@ -66,9 +66,28 @@ impl AsRawFd for Inherited {
     }
 }
 
+/// A client just accepted: TCP ones from an inherited listener are not registered with the
+/// runtime yet, so a service may serve them without it ([`Serve::serve_fresh`]).
+pub(crate) enum Client {
+    /// Non-blocking, not registered.
+    Fresh(std::net::TcpStream),
+    /// Registered.
+    Stream(Stream),
+}
+
+impl Client {
+    /// The client as a registered stream.
+    fn into_stream(self) -> io::Result<Stream> {
+        match self {
+            Client::Fresh(s) => Ok(Stream::Tcp(TcpStream::from_std(s)?)),
+            Client::Stream(s) => Ok(s),
+        }
+    }
+}
+
 impl Inherited {
     /// One `accept`; `WouldBlock` when the queue is empty.
-    fn accept(&self) -> io::Result<(Stream, Peer)> {
+    fn accept(&self) -> io::Result<(Client, Peer)> {
         match self {
             Inherited::Tcp(l, nodelay_inherited) => {
                 // accept4 with SOCK_NONBLOCK: one syscall where std's accept plus
@@ -83,13 +102,15 @@ impl Inherited {
                     .as_socket()
                     .ok_or_else(|| io::Error::other("accepted a TCP client without an address"))?;
                 let addr = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                let s = std::net::TcpStream::from(s);
-                Ok((Stream::Tcp(TcpStream::from_std(s)?), Peer::Tcp(addr)))
+                Ok((Client::Fresh(s.into()), Peer::Tcp(addr)))
             }
             Inherited::Unix(l) => {
                 let (s, _) = l.accept()?;
                 s.set_nonblocking(true)?;
-                Ok((Stream::Unix(UnixStream::from_std(s)?), Peer::Unix))
+                Ok((
+                    Client::Stream(Stream::Unix(UnixStream::from_std(s)?)),
+                    Peer::Unix,
+                ))
             }
         }
     }
@@ -115,7 +136,7 @@ fn queued(fd: BorrowedFd<'_>) -> io::Result<bool> {
 }
 
 impl WatchedListener {
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, Peer)>> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Client, Peer)>> {
         loop {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
             // `try_io` clears the readiness on `WouldBlock`, so the next poll waits.
@@ -184,17 +205,17 @@ impl AcceptSocket {
         }
     }
 
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, Peer)>> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Client, Peer)>> {
         match self {
             AcceptSocket::Tcp(l) => l.poll_accept(cx).map_ok(|(s, addr)| {
                 // Small writes (echo, chat lines) go out at once.
                 let _ = s.set_nodelay(true);
                 let addr = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                (Stream::Tcp(s), Peer::Tcp(addr))
+                (Client::Stream(Stream::Tcp(s)), Peer::Tcp(addr))
             }),
             AcceptSocket::Unix(l) => l
                 .poll_accept(cx)
-                .map_ok(|(s, _)| (Stream::Unix(s), Peer::Unix)),
+                .map_ok(|(s, _)| (Client::Stream(Stream::Unix(s)), Peer::Unix)),
             AcceptSocket::Watched(w) => w.poll_accept(cx),
         }
     }
@@ -329,7 +350,7 @@ async fn accept_balanced(
     listeners: &[AcceptSocket],
     next: &mut usize,
     balance: &mut Balance,
-) -> io::Result<(Stream, Peer, usize)> {
+) -> io::Result<(Client, Peer, usize)> {
     balance.stalled_since = None;
     while balance.over_share() {
         // Serve what is here first: every connection task that is ready runs (and the runtime
@@ -373,7 +394,7 @@ async fn wait_queued(listeners: &[AcceptSocket]) -> io::Result<()> {
 async fn accept_any(
     listeners: &[AcceptSocket],
     next: &mut usize,
-) -> io::Result<(Stream, Peer, usize)> {
+) -> io::Result<(Client, Peer, usize)> {
     poll_fn(|cx| {
         let n = listeners.len();
         for i in 0..n {
@@ -496,8 +517,15 @@ impl<S: Serve> Acceptor<S> {
                     continue;
                 }
             };
+            // Registered with the runtime here, unless the service serves it fresh (below).
+            let accepted = match accepted {
+                Ok((client @ Client::Fresh(_), peer, l)) if !self.service.serves_fresh(l) => {
+                    client.into_stream().map(|s| (Client::Stream(s), peer, l))
+                }
+                other => other,
+            };
             match accepted {
-                Ok((stream, peer, listener)) => {
+                Ok((client, peer, listener)) => {
                     self.slot.accepted.fetch_add(1, Ordering::Relaxed);
                     self.slot.active_conns.fetch_add(1, Ordering::Relaxed);
                     let guard = ActiveGuard(self.slot);
@@ -511,6 +539,36 @@ impl<S: Serve> Acceptor<S> {
                         retire: self.targets.retire(),
                     };
                     let service = Arc::clone(&self.service);
+                    let stream = match client {
+                        Client::Stream(stream) => stream,
+                        Client::Fresh(sock) => {
+                            // Polled once right here: a short connection whose request is
+                            // already there is answered and closed within this poll, on its
+                            // descriptor, with no task and no `epoll_ctl` (issue 12). One that
+                            // must wait becomes a task like any other; the task's first poll
+                            // takes over every waker this poll left with the accept loop's.
+                            let mut conn = Box::pin(async move {
+                                service.serve_fresh(sock, ctx).await;
+                                drop(guard);
+                                drop(permit);
+                            });
+                            let polled = poll_fn(|cx| {
+                                Poll::Ready(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                    || conn.as_mut().poll(cx),
+                                )))
+                            })
+                            .await;
+                            match polled {
+                                Ok(Poll::Pending) => drop(self.conns.spawn(conn)),
+                                Ok(Poll::Ready(())) => {}
+                                // As a task's panic does: the connection ends (dropping it
+                                // closes the socket and gives back its slot and permit), and
+                                // the accept loop goes on. The hook has reported it.
+                                Err(_) => drop(conn),
+                            }
+                            continue;
+                        }
+                    };
                     // The stream and context stay captured here for the task's whole life
                     // beside the service's future, which holds them too (152 bytes; issue 13).
                     // Boxing them to move them out on the first poll made the task 48 bytes
@@ -583,12 +641,103 @@ mod tests {
     fn accepted_clients_send_small_writes_at_once() {
         runtime().block_on(async {
             let (listeners, _client) = listening_with_a_client();
-            let (stream, _, _) = accept_any(&listeners, &mut 0).await.unwrap();
-            let Stream::Tcp(stream) = stream else {
+            let (client, _, _) = accept_any(&listeners, &mut 0).await.unwrap();
+            let Stream::Tcp(stream) = client.into_stream().unwrap() else {
                 unreachable!("accepted from a TCP listener")
             };
             assert!(stream.nodelay().unwrap());
         });
+    }
+
+    /// Serves connections fresh (polled in place by the accept loop): echoes one byte read
+    /// from the descriptor, or panics when it is `!`.
+    struct TouchyFresh;
+
+    impl Serve for TouchyFresh {
+        async fn serve(&self, _stream: Stream, _ctx: ConnContext) {
+            unreachable!("every connection is served fresh")
+        }
+
+        fn serves_fresh(&self, _listener: usize) -> bool {
+            true
+        }
+
+        async fn serve_fresh(&self, sock: std::net::TcpStream, _ctx: ConnContext) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut b = [0u8; 1];
+            // Usually the byte is there (it is sent right after connecting), and the panic
+            // comes within the accept loop's own poll; otherwise in a task.
+            let raw = std::io::Read::read(&mut &sock, &mut b);
+            let mut s = TcpStream::from_std(sock).unwrap();
+            match raw {
+                Ok(1) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+            if b[0] == b'!' {
+                panic!("a bug in one connection's handling");
+            }
+            let _ = s.write_all(&b).await;
+        }
+    }
+
+    /// A panic while a connection is polled in place ends that connection only, as in a task
+    /// (tests/connection_panic.rs): the accept loop goes on and the slot and permit come back.
+    #[test]
+    fn a_panic_in_a_connection_served_in_place_ends_only_that_connection() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                use std::io::{Read, Write};
+                let addr = crate::net::BindAddr::Tcp("127.0.0.1:0".parse().unwrap());
+                let listener = Listener::bind(&addr, 16).unwrap();
+                let crate::net::BindAddr::Tcp(bound) = listener.bound else {
+                    unreachable!("a TCP listener is bound to a TCP address")
+                };
+                let slot = Scoreboard::create().unwrap().slot(0);
+                let stop = CancellationToken::new();
+                let acceptor = Acceptor {
+                    listeners: vec![AcceptSocket::from_listener(listener).unwrap()],
+                    // One slot: a panicking connection that kept its permit would block all.
+                    limit: Arc::new(Semaphore::new(1)),
+                    conns: TaskTracker::new(),
+                    stop: stop.clone(),
+                    service: Arc::new(TouchyFresh),
+                    slot,
+                    idle_timeout: None,
+                    reclaim: Default::default(),
+                    targets: Default::default(),
+                    yield_permit: Default::default(),
+                };
+                let accept_loop = tokio::spawn(acceptor.run());
+                let clients = tokio::task::spawn_blocking(move || {
+                    for round in 0..3 {
+                        for (byte, answer) in [(b'!', None), (b'a', Some(b'a'))] {
+                            // Connect and send before the loop can accept (it may not run yet
+                            // at all; then the byte is there the sooner).
+                            let mut c = std::net::TcpStream::connect(bound).unwrap();
+                            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            c.write_all(&[byte]).unwrap();
+                            let mut buf = [0u8; 1];
+                            let got = match c.read(&mut buf) {
+                                Ok(1) => Some(buf[0]),
+                                _ => None,
+                            };
+                            assert_eq!(got, answer, "round {round}, byte {byte}");
+                        }
+                    }
+                });
+                clients.await.unwrap();
+                assert_eq!(slot.active_conns.load(Ordering::Relaxed), 0);
+                stop.cancel();
+                accept_loop.await.unwrap();
+            });
     }
 
     /// A worker over its share with one client queued, whose listener's readiness is already

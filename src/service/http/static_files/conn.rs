@@ -25,6 +25,7 @@ use super::request::{self, HeadError};
 use super::resolve;
 use super::response::Sent;
 use super::response::{OnShort, Reply};
+use super::wire::{self, Fresh, Wire};
 use crate::net::Stream;
 use crate::service::ConnContext;
 use crate::service::http::access_log::{HeaderValues, Record, RequestLine};
@@ -192,33 +193,95 @@ pub async fn serve_at(
         // largest state of the whole exchange.
         let next = Box::pin(exchange(&mut stream, &mut buf, ctx, svc)).await?;
         if !matches!(next, Next::KeepAlive) {
-            // The connection ends here: its buffer goes back to the pool, or every short
-            // connection would pay a 4 KiB `malloc` and `free` (past glibc's per-thread
-            // cache, so each also consolidated the heap's fast bins).
-            let pending = !buf.is_empty();
-            give_back(std::mem::take(&mut buf));
-            match next {
-                // Nothing more from the client in our buffer or the kernel's: nothing to
-                // discard, so closing cannot reset the response; skip the lingering (as nginx
-                // does when no more data is expected). One `read` attempt instead of a
-                // shutdown, a wait for the client's FIN and a timer: a third of a short
-                // connection's syscalls. A client that ended the connection itself
-                // (`Connection: close`, or HTTP/1.0 without keep-alive) sends nothing after
-                // this request (RFC 9112 §9.6: it MUST NOT), so with nothing buffered there is
-                // nothing to look for; the `read` attempt is for closes the client did not
-                // ask for (a stopping worker, keep-alive off), where its next request may be
-                // on its way.
-                Next::Finished { client_closes } if !pending && client_closes => return Ok(()),
-                Next::Finished { .. } if !pending && nothing_pending(&stream) => return Ok(()),
-                Next::Close | Next::Finished { .. } => return Box::pin(linger(stream)).await,
-                Next::Abort | Next::KeepAlive => return Ok(()),
-            }
+            return end(stream, &mut buf, next).await;
         }
         first = false;
         // Drop the buffer between requests unless a pipelined request is already in it.
         if buf.is_empty() {
             give_back(std::mem::take(&mut buf));
         }
+    }
+}
+
+/// Serves a TCP connection just accepted and not yet registered with the runtime (the socket
+/// non-blocking): if its request is already there, as it is for most short connections under
+/// load, it is read and answered on the descriptor itself ([`Fresh`]), and a connection that
+/// ends there (`Connection: close`, HTTP/1.0) is closed without the runtime ever watching it:
+/// no `epoll_ctl`, no wait, and no task when the accept loop polls this in place
+/// ([`crate::service::Serve::serve_fresh`]). Anything that would block registers it, with the
+/// bytes and the exchange in progress kept as they are, and from its first idle wait on it is
+/// served by [`serve_at`]. The request goes through the same [`exchange`] either way, so
+/// limits, timeouts, the access log and the counters are the same.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_fresh(
+    sock: std::net::TcpStream,
+    ctx: &ConnContext,
+    svc: &StaticService,
+    spot: Spot<'_>,
+) -> io::Result<()> {
+    let mut buf = take_buffer();
+    match wire::recv_buf(&sock, &mut buf) {
+        // Connected and closed without a request: closed quietly, as `serve_at` does.
+        Ok(0) => {
+            give_back(buf);
+            return Ok(());
+        }
+        Ok(_) => {}
+        // Nothing yet: wait for it as for any connection (one `recv` spent on finding out).
+        // Looking once more after the runtime's other ready work (the rest of the accept
+        // queue) found the request in too few more cases to pay for the `recv`: on a loaded
+        // machine, 53 % of the benchmark's short connections still had to wait, against 55 %.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            give_back(buf);
+            let stream = Fresh::new(sock).into_stream()?;
+            return serve_at(stream, ctx, svc, spot, None).await;
+        }
+        Err(e) => return Err(e),
+    }
+    // A new connection is busy (never closed for a newcomer) until it first waits idle.
+    let mut fresh = Fresh::new(sock);
+    loop {
+        // Boxed for the same reason as in `serve_at`.
+        match Box::pin(exchange(&mut fresh, &mut buf, ctx, svc)).await? {
+            // A pipelined request (begun) is answered at once, as `serve_at` would.
+            Next::KeepAlive if !buf.is_empty() => {}
+            Next::KeepAlive => break,
+            next => return end(fresh, &mut buf, next).await,
+        }
+    }
+    give_back(buf);
+    // Kept alive: the rest of its life is `serve_at`'s, starting with the wait for its next
+    // request (the keep-alive wait, as after any exchange there).
+    let deadline = tokio::time::Instant::now() + svc.config.keep_alive;
+    serve_at(fresh.into_stream()?, ctx, svc, spot, Some(deadline)).await
+}
+
+/// Ends a connection after an exchange that did not keep it alive (`next` is not
+/// [`Next::KeepAlive`]): its buffer goes back to the pool, or every short connection would pay
+/// a 4 KiB `malloc` and `free` (past glibc's per-thread cache, so each also consolidated the
+/// heap's fast bins); then it closes at once or lingers.
+///
+/// # Errors
+/// As [`linger`].
+async fn end<W: Wire>(stream: W, buf: &mut BytesMut, next: Next) -> io::Result<()> {
+    let pending = !buf.is_empty();
+    give_back(std::mem::take(buf));
+    match next {
+        // Nothing more from the client in our buffer or the kernel's: nothing to discard, so
+        // closing cannot reset the response; skip the lingering (as nginx does when no more
+        // data is expected). One `read` attempt instead of a shutdown, a wait for the client's
+        // FIN and a timer: a third of a short connection's syscalls. A client that ended the
+        // connection itself (`Connection: close`, or HTTP/1.0 without keep-alive) sends
+        // nothing after this request (RFC 9112 §9.6: it MUST NOT), so with nothing buffered
+        // there is nothing to look for; the `read` attempt is for closes the client did not
+        // ask for (a stopping worker, keep-alive off), where its next request may be on its
+        // way.
+        Next::Finished { client_closes } if !pending && client_closes => Ok(()),
+        Next::Finished { .. } if !pending && nothing_pending(stream.fd()) => Ok(()),
+        Next::Close | Next::Finished { .. } => Box::pin(linger(stream)).await,
+        Next::Abort | Next::KeepAlive => Ok(()),
     }
 }
 
@@ -239,8 +302,8 @@ enum Next {
 }
 
 /// Reads one request head (the first bytes may already be in `buf`) and answers it.
-async fn exchange(
-    stream: &mut Stream,
+async fn exchange<W: Wire>(
+    stream: &mut W,
     buf: &mut BytesMut,
     ctx: &ConnContext,
     svc: &StaticService,
@@ -333,13 +396,8 @@ async fn exchange(
 /// nothing, or the client's FIN. A real `recv` (not tokio's `try_read`, which answers from
 /// readiness the runtime may not have updated yet), so bytes that arrived a moment ago are
 /// seen and the connection lingers for them.
-fn nothing_pending(stream: &Stream) -> bool {
+fn nothing_pending(fd: std::os::fd::RawFd) -> bool {
     use nix::sys::socket::{MsgFlags, recv};
-    use std::os::fd::AsRawFd;
-    let fd = match stream {
-        Stream::Tcp(s) => s.as_raw_fd(),
-        Stream::Unix(s) => s.as_raw_fd(),
-    };
     let mut probe = [0u8; 1];
     match recv(fd, &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
         Ok(0) => true,
@@ -410,7 +468,7 @@ async fn wait_for_request(
 /// Closes after a final response the way nginx's lingering close does: shut our side, then read
 /// and discard for a moment. Closing with unread bytes (a body we did not want, a pipelined
 /// request) would send RST, which can destroy the response still in flight to the client.
-async fn linger(mut stream: Stream) -> io::Result<()> {
+async fn linger<W: Wire>(mut stream: W) -> io::Result<()> {
     let _ = stream.shutdown().await;
     // On the heap: an array here would sit in every connection's future, idle or not.
     let mut sink = vec![0u8; LINGER_BUF];
@@ -484,5 +542,265 @@ impl HeaderValues for ReplyHeaders<'_> {
                 each(v.trim().as_bytes());
             }
         }
+    }
+}
+
+/// [`serve_fresh`] in-process, where the test decides what the client has sent by the time the
+/// connection is served: answered within one poll when the request is there (what lets the
+/// accept loop skip the task and the runtime's registration), carried on by the runtime when
+/// it is not, and the same answers, limits and access log either way.
+#[cfg(test)]
+mod fresh {
+    use std::future::Future;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use super::serve_fresh;
+    use crate::service::ConnContext;
+    use crate::service::http::static_files::StaticService;
+    use crate::service::park::Spot;
+    use crate::service::test_support::{runtime, static_config};
+
+    /// The service over a root holding `a.txt` ("hello\n"), with usual limits, and an access
+    /// log in `dir/access.log`.
+    fn service(dir: &std::path::Path) -> StaticService {
+        let root = dir.join("www");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a.txt"), "hello\n").unwrap();
+        let mut cfg = static_config(&root);
+        cfg.limit_request_line = 4094;
+        cfg.limit_request_fields = 100;
+        cfg.limit_request_field_size = 8190;
+        cfg.access_logfile = Some(dir.join("access.log"));
+        StaticService::open(&cfg).unwrap()
+    }
+
+    /// A connection as the accept loop hands it over (the server's end non-blocking), after
+    /// the client sent `first`.
+    fn accepted_after(first: &[u8]) -> (std::net::TcpStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.write_all(first).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        // Loopback queues what was written before `write` returns; wait for it all the same.
+        let mut probe = vec![0u8; first.len().max(1)];
+        for _ in 0..500 {
+            if first.is_empty() || server.peek(&mut probe).unwrap_or(0) >= first.len() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (server, client)
+    }
+
+    fn ctx() -> ConnContext {
+        ConnContext::detached(
+            crate::net::Peer::Tcp("127.0.0.1:1".parse().unwrap()),
+            Default::default(),
+        )
+    }
+
+    /// Everything the client receives until the server closes.
+    fn read_to_end(mut client: TcpStream) -> String {
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Polls `fut` once: true when it finished within that poll.
+    async fn done_in_one_poll(fut: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+        let mut fut = fut;
+        std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_ready())).await
+    }
+
+    fn statuses(text: &str) -> Vec<&str> {
+        text.match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &text[i + 9..i + 12])
+            .collect()
+    }
+
+    /// `Connection: close` with the request there: answered and closed within one poll, the
+    /// access log written.
+    #[test]
+    fn a_request_already_there_is_answered_and_closed_within_one_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let (sock, client) =
+            accepted_after(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        runtime().block_on(async {
+            let ctx = ctx();
+            let fut = std::pin::pin!(async {
+                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
+            });
+            assert!(done_in_one_poll(fut).await);
+        });
+        let got = read_to_end(client);
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(got.contains("Connection: close\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\nhello\n"), "{got}");
+        let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains("\"GET /a.txt HTTP/1.1\" 200 6"), "{log}");
+    }
+
+    /// HTTP/1.0 without keep-alive closes after its answer, within one poll too.
+    #[test]
+    fn http_1_0_is_answered_and_closed_within_one_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let (sock, client) = accepted_after(b"GET /a.txt HTTP/1.0\r\n\r\n");
+        runtime().block_on(async {
+            let ctx = ctx();
+            let fut = std::pin::pin!(async {
+                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
+            });
+            assert!(done_in_one_poll(fut).await);
+        });
+        let got = read_to_end(client);
+        assert_eq!(statuses(&got), ["200"]);
+        assert!(got.contains("Connection: close\r\n") && got.ends_with("hello\n"));
+    }
+
+    /// Pipelined requests on a fresh connection are answered in order, all within the poll
+    /// when they are all there.
+    #[test]
+    fn pipelined_requests_on_a_fresh_connection_are_answered_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let (sock, client) = accepted_after(
+            b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\nGET /none HTTP/1.1\r\nHost: t\r\n\r\n\
+              HEAD /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        runtime().block_on(async {
+            let ctx = ctx();
+            let fut = std::pin::pin!(async {
+                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
+            });
+            assert!(done_in_one_poll(fut).await);
+        });
+        let got = read_to_end(client);
+        assert_eq!(statuses(&got), ["200", "404", "200"]);
+        let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+        assert_eq!(log.lines().count(), 3, "{log}");
+    }
+
+    /// A kept-alive first request is answered at once; the connection then waits (as a task
+    /// would) for its next request, which is answered the usual way.
+    #[test]
+    fn a_kept_alive_first_request_is_answered_then_the_connection_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let (sock, mut client) = accepted_after(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+        runtime().block_on(async {
+            let ctx = ctx();
+            let mut fut = std::pin::pin!(async {
+                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
+            });
+            assert!(!done_in_one_poll(fut.as_mut()).await);
+            let first = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; 4096];
+                let n = client.read(&mut buf).unwrap();
+                let first = String::from_utf8(buf[..n].to_vec()).unwrap();
+                client
+                    .write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                (first, client)
+            });
+            let ((first, client), ()) = tokio::join!(async { first.await.unwrap() }, fut);
+            assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+            assert!(first.contains("Connection: keep-alive\r\n"), "{first}");
+            let second = read_to_end(client);
+            assert_eq!(statuses(&second), ["200"]);
+            assert!(second.contains("Connection: close\r\n"));
+        });
+    }
+
+    /// A head split over two packets, the second arriving after the accept: the connection
+    /// waits for the rest within the header timeout, then answers it.
+    #[test]
+    fn a_head_split_over_two_packets_is_completed_then_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let (sock, mut client) = accepted_after(b"GET /a.txt HTTP/1.1\r\nHo");
+        runtime().block_on(async {
+            let ctx = ctx();
+            let mut fut = std::pin::pin!(async {
+                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
+            });
+            assert!(!done_in_one_poll(fut.as_mut()).await);
+            let rest = tokio::task::spawn_blocking(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                client
+                    .write_all(b"st: t\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                client
+            });
+            let (client, ()) = tokio::join!(async { rest.await.unwrap() }, fut);
+            let got = read_to_end(client);
+            assert_eq!(statuses(&got), ["200"]);
+            assert!(got.ends_with("hello\n"));
+        });
+    }
+
+    /// Nothing sent yet: the connection waits for its request as any other would.
+    #[test]
+    fn a_connection_without_its_request_yet_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let (sock, mut client) = accepted_after(b"");
+        runtime().block_on(async {
+            let ctx = ctx();
+            let mut fut = std::pin::pin!(async {
+                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
+            });
+            assert!(!done_in_one_poll(fut.as_mut()).await);
+            let send = tokio::task::spawn_blocking(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                client.write_all(b"GET /a.txt HTTP/1.0\r\n\r\n").unwrap();
+                client
+            });
+            let (client, ()) = tokio::join!(async { send.await.unwrap() }, fut);
+            assert_eq!(statuses(&read_to_end(client)), ["200"]);
+        });
+    }
+
+    /// The limits hold on the first request as on any: an over-long request line gets 414
+    /// and the connection closes, within the poll; one that closes without a request gets
+    /// nothing.
+    #[test]
+    fn limits_hold_on_the_first_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(5000));
+        let (sock, client) = accepted_after(long.as_bytes());
+        runtime().block_on(async {
+            let ctx = ctx();
+            let fut = std::pin::pin!(async {
+                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
+            });
+            // Lingers for the unread rest of the head, so not necessarily within the poll.
+            fut.await;
+        });
+        let got = read_to_end(client);
+        assert_eq!(statuses(&got), ["414"]);
+        assert!(got.contains("Connection: close\r\n"));
+
+        let (sock, client) = accepted_after(b"");
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        runtime().block_on(async {
+            let ctx = ctx();
+            let fut = std::pin::pin!(async {
+                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
+            });
+            assert!(done_in_one_poll(fut).await);
+        });
+        assert_eq!(read_to_end(client), "");
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! Layers, each in its own file: [`conn`] (the connection loop: waits, timeouts, keep-alive),
 //! [`request`] (the head), [`resolve`] (routing, variants, conditionals, ranges, multipart, on
-//! top of [`path`], [`files`], [`range`] and [`listing`]) and [`response`] (the writer). This
+//! top of [`path`], [`files`], [`range`] and [`listing`]), [`response`] (the writer) and
+//! [`wire`] (a registered stream, or a connection just accepted and served without
+//! registering it while nothing would block). This
 //! module holds what one worker opened for the service. It may use `net`, the service context
 //! and the shared HTTP pieces; it never touches the arbiter, the worker's accept loop or the
 //! bus.
@@ -25,6 +27,7 @@ pub mod range;
 pub mod request;
 pub mod resolve;
 pub mod response;
+pub mod wire;
 
 pub use conn::serve;
 

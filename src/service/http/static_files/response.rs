@@ -2,7 +2,7 @@
 //! ends) and its one [`Reply::send`].
 //!
 //! Headers and bodies up to [`INLINE_BODY`] go out in one `write`; larger file pieces go with
-//! [`Stream::sendfile`]. The writer decides nothing about the request: `resolve` builds the
+//! [`Wire::sendfile`]. The writer decides nothing about the request: `resolve` builds the
 //! reply, `conn` decides keep-alive, and this module only puts bytes on the wire and counts them.
 
 use std::fs::File;
@@ -14,7 +14,7 @@ use http::StatusCode;
 use http::header::{self, HeaderName};
 use tokio::io::AsyncWriteExt;
 
-use crate::net::Stream;
+use super::wire::Wire;
 use crate::service::http::date;
 use crate::service::{ConnContext, idle};
 
@@ -132,9 +132,9 @@ impl Reply {
     ///
     /// # Errors
     /// I/O errors and the idle timeout (`TimedOut`); a file piece without a file.
-    pub async fn send(
+    pub async fn send<W: Wire>(
         &self,
-        stream: &mut Stream,
+        stream: &mut W,
         ctx: &ConnContext,
         on_short: OnShort,
     ) -> io::Result<Sent> {
@@ -205,7 +205,7 @@ impl Reply {
         }
         if !out.is_empty() {
             if self.close {
-                idle(ctx.idle_timeout, write_all_before_close(stream, &out)).await?;
+                idle(ctx.idle_timeout, stream.write_all_before_close(&out)).await?;
             } else {
                 idle(ctx.idle_timeout, stream.write_all(&out)).await?;
             }
@@ -222,39 +222,6 @@ impl Reply {
             unsent: false,
         })
     }
-}
-
-/// Writes the last bytes of a response after which the connection closes (or shuts down for
-/// a lingering close) at once. On TCP they go with `MSG_MORE`: the kernel holds them, and the
-/// close (or shutdown) that follows sends them in one segment with the FIN, as nginx's
-/// corked response and close do, where a plain write sends a data segment and then a
-/// FIN segment of its own. One packet fewer per short connection, each of which the loopback
-/// also receives (softirq) in the sender's time: the worker's share of a `Connection: close`
-/// request's kernel time was the largest difference against nginx (issue 12). Nothing is held
-/// longer than until that close: callers close or shut down right after this returns.
-async fn write_all_before_close(stream: &mut Stream, mut bytes: &[u8]) -> io::Result<()> {
-    let Stream::Tcp(tcp) = stream else {
-        return stream.write_all(bytes).await;
-    };
-    use nix::sys::socket::{MsgFlags, send};
-    use std::os::fd::AsRawFd;
-    let fd = tcp.as_raw_fd();
-    // nix names no MSG_MORE; the flag is Linux's own.
-    let flags = MsgFlags::from_bits_retain(nix::libc::MSG_MORE) | MsgFlags::MSG_NOSIGNAL;
-    while !bytes.is_empty() {
-        // `async_io` runs the send when tokio believes the socket writable; EAGAIN (as
-        // WouldBlock) clears that and waits again.
-        let n = tcp
-            .async_io(tokio::io::Interest::WRITABLE, || {
-                send(fd, bytes, flags).map_err(io::Error::from)
-            })
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
 }
 
 /// Appends `n` in decimal.
@@ -318,8 +285,8 @@ fn read_at_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 
 /// Sends `len` bytes of `file` from `offset` with `sendfile(2)`, each call bounded by the idle
 /// timeout; stops early only if the file ends first. Returns the bytes sent.
-async fn sendfile_all(
-    stream: &Stream,
+async fn sendfile_all<W: Wire>(
+    stream: &mut W,
     ctx: &ConnContext,
     file: &File,
     offset: u64,
