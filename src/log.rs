@@ -198,3 +198,44 @@ where
         writeln!(writer)
     }
 }
+
+/// True for a character that a log line must not carry as it is, because it changes how the
+/// line reads rather than what it says: a control character (a line feed starts a forged
+/// line, `ESC` starts a terminal escape sequence, C1 `NEL` breaks a line in some viewers),
+/// a Unicode line or paragraph separator (U+2028, U+2029: a line break to JSON viewers and
+/// editors), or a bidirectional mark, embedding, override or isolate (U+061C, U+200E,
+/// U+200F, U+202A to U+202E, U+2066 to U+2069), which reorder the text around them as
+/// displayed, so that a value can show another field's text in its place ("Trojan Source",
+/// CVE-2021-42574). Writers of text that others control (the access log, names in the
+/// server's lines) escape these.
+pub fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::must_escape;
+
+    #[test]
+    fn characters_that_break_or_reorder_a_line_must_be_escaped() {
+        for c in [
+            '\n', '\r', '\0', '\x1b', '\x7f', '\u{85}', '\u{2028}', '\u{2029}', '\u{202e}',
+            '\u{2066}', '\u{200f}', '\u{061c}',
+        ] {
+            assert!(must_escape(c), "{:?}", c);
+        }
+        for c in [' ', 'a', '"', 'é', '€', '\u{200b}', '\u{2027}', '\u{202f}'] {
+            assert!(!must_escape(c), "{:?}", c);
+        }
+    }
+}

@@ -1639,3 +1639,38 @@ fn open_file_cache_valid_trusts_a_size_for_its_window_and_never_overruns() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A client's header value cannot make a line look like two, or show one field's text in
+/// another's place: a Unicode line separator (a line break to many viewers) and a
+/// bidirectional override (which shows what follows it reversed) are escaped as control
+/// characters are, in the header atoms and in `%(a)s` alike.
+#[test]
+fn access_log_escapes_characters_that_break_or_reorder_a_line() {
+    let (dir, _) = site();
+    let (s, addr) = serve(
+        dir,
+        &[
+            "--access-logfile",
+            "access.log",
+            "--access-logformat",
+            "%(s)s [%({x-a}i)s] [%(a)s]",
+        ],
+    );
+    let mut c = Conn::open(addr);
+    c.send(
+        "GET /hello.txt HTTP/1.1\r\nHost: t\r\nX-A: 1\u{2028}200 [\u{202e}x]\r\n\
+         User-Agent: ua\u{2029}\u{2066}\r\nConnection: close\r\n\r\n"
+            .as_bytes(),
+    );
+    assert_eq!(c.response(false).status, 200);
+    let log = s.path("access.log");
+    let mut text = String::new();
+    assert!(eventually(SOON, || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() >= 1
+    }));
+    assert_eq!(
+        text,
+        "200 [1\\xe2\\x80\\xa8200 [\\xe2\\x80\\xaex]] [ua\\xe2\\x80\\xa9\\xe2\\x81\\xa6]\n"
+    );
+}

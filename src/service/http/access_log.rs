@@ -5,8 +5,9 @@
 //! [`Part`]s; an unknown atom is a configuration error, not a line with a hole in it. A line is
 //! built in memory and written with one `write(2)` on an `O_APPEND` file, so lines from
 //! several workers never interleave. Text the client chose (request line, path, query, referer,
-//! user agent) is escaped (`"`, `\` and control characters as `\xNN`), so a request cannot
-//! forge a line or break a field out of its quotes.
+//! user agent) is escaped (`"`, `\`, control characters and the Unicode characters that break
+//! a line or reorder its text as shown, [`crate::log::must_escape`], as `\xNN`), so a request
+//! cannot forge a line, break a field out of its quotes, or make one field look like another.
 //!
 //! Header atoms (`%({name}i)s` for a request header, `%({name}o)s` for a response header, as
 //! gunicorn's) name their headers in the format, so a service keeps only those: a format
@@ -513,7 +514,7 @@ impl Record<'_> {
 fn escape_value_into(v: &[u8], budget: &mut usize, out: &mut String) -> bool {
     for chunk in v.utf8_chunks() {
         for c in chunk.valid().chars() {
-            let escaped = c == '"' || c == '\\' || c.is_control();
+            let escaped = c == '"' || c == '\\' || crate::log::must_escape(c);
             let len = if escaped {
                 4 * c.len_utf8()
             } else {
@@ -543,10 +544,12 @@ fn escape_value_into(v: &[u8], budget: &mut usize, out: &mut String) -> bool {
     true
 }
 
-/// Appends `s` with `"`, `\` and control characters as `\xNN` (each UTF-8 byte).
+/// Appends `s` with `"`, `\` and the characters that would change how the line reads
+/// ([`crate::log::must_escape`]: control characters, line separators, bidirectional
+/// controls) as `\xNN` (each UTF-8 byte).
 fn escape_into(s: &str, out: &mut String) {
     for c in s.chars() {
-        if c == '"' || c == '\\' || c.is_control() {
+        if c == '"' || c == '\\' || crate::log::must_escape(c) {
             let mut b = [0u8; 4];
             for byte in c.encode_utf8(&mut b).bytes() {
                 let _ = write!(out, "\\x{byte:02x}");
@@ -779,6 +782,31 @@ mod tests {
         assert_eq!(
             f.render(&rec, SystemTime::UNIX_EPOCH),
             "café \\xff\\x22x\\x22|http://r/\\x7f\n"
+        );
+    }
+
+    /// A Unicode line separator is a line break to many log viewers, and a bidirectional
+    /// override shows the text after it reversed, so either lets a client make its value
+    /// look like a second line or another field: both are escaped wherever a client's text
+    /// goes (a header atom, `%(a)s`, the request line).
+    #[test]
+    fn characters_that_break_or_reorder_a_line_are_escaped() {
+        let peer = Peer::Unix;
+        let mut rec = record(&peer, &Method::GET);
+        rec.user_agent = Some("a\u{2028}b\u{202e}c\u{2066}".as_bytes());
+        rec.request = Some(RequestLine {
+            method: &Method::GET,
+            target: "/\u{2029}",
+            version: Version::HTTP_11,
+        });
+        let mut req: Captured = Captured::default();
+        req.push(0, "x\u{2028}200 \u{202e}y".as_bytes().to_vec());
+        rec.request_headers = Some(&req);
+        let f = LogFormat::parse("%(a)s|%({x-a}i)s|%(r)s").unwrap();
+        assert_eq!(
+            f.render(&rec, SystemTime::UNIX_EPOCH),
+            "a\\xe2\\x80\\xa8b\\xe2\\x80\\xaec\\xe2\\x81\\xa6|\
+             x\\xe2\\x80\\xa8200 \\xe2\\x80\\xaey|GET /\\xe2\\x80\\xa9 HTTP/1.1\n"
         );
     }
 
