@@ -288,7 +288,8 @@ fn show_value(key: &str, v: &Value) -> String {
 }
 
 /// The flags as a layer, each value checked by the table (a bad one is a configuration error
-/// naming the flag, as a bad file value names the key).
+/// naming the flag, as a bad file value names the key, and the `OXICORN_*` variable with its
+/// value when the value came from the environment).
 fn flag_layer(args: &ServeArgs) -> Result<Layer, ConfigError> {
     if let Some(port) = &args.bad_port {
         return Err(invalid(
@@ -299,7 +300,13 @@ fn flag_layer(args: &ServeArgs) -> Result<Layer, ConfigError> {
     let mut layer = Layer::default();
     for (key, text) in &args.flags {
         let s = setting(key);
-        let v = s.parse(text).map_err(|e| invalid(key, e))?;
+        let v = s.parse(text).map_err(|e| {
+            if args.from_env.contains(key) {
+                invalid(key, format!("{e} (from {}={text:?})", s.env()))
+            } else {
+                invalid(key, e)
+            }
+        })?;
         match (layer.0.get_mut(s.key), v) {
             (Some(Value::Binds(all)), Value::Binds(mut more)) => all.append(&mut more),
             (_, v) => layer.set(s.key, v),
