@@ -1031,3 +1031,31 @@ async fn the_access_log_shows_request_and_response_headers_named_in_the_format()
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert_eq!(log_lines(&path, 1).await, "café \\xff|café \\xff\n");
 }
+
+/// `%({host}i)s` over HTTP/2: the host travels in `:authority` and clients send no `Host`
+/// line, so every HTTP/2 line showed `-` where HTTP/1.1's showed the host. It shows the
+/// authority now; cookies sent one per line (as HTTP/2 clients do) join with `; `.
+#[tokio::test]
+async fn the_host_atom_shows_an_http2_requests_authority() {
+    let (server, _dir, path) =
+        logged_server(LogFormat::parse("%(H)s %({host}i)s %({cookie}i)s").unwrap()).await;
+    let r = h2c_client()
+        .get(server.url("/"))
+        .header("cookie", "a=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    r.text().await.unwrap();
+    let text = server
+        .raw(b"GET / HTTP/1.1\r\nhost: x.test\r\ncookie: a=1\r\ncookie: b=2\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let log = log_lines(&path, 2).await;
+    let host = server.url("/");
+    let host = host.trim_start_matches("http://").trim_end_matches('/');
+    assert_eq!(
+        log,
+        format!("HTTP/2.0 {host} a=1\nHTTP/1.1 x.test a=1; b=2\n")
+    );
+}

@@ -246,8 +246,28 @@ impl LogFormat {
     /// The values of [`LogFormat::request_headers`] in `headers` (shared rather than copied:
     /// a `HeaderValue` hyper parsed is a slice of its read buffer, and its clone a reference
     /// count). Allocates nothing when the format names no request header.
-    pub fn capture_request(&self, headers: &HeaderMap) -> Captured<http::HeaderValue> {
-        Captured::from_map(&self.request_headers, headers)
+    ///
+    /// `authority` is the request target's (`uri.authority()`): an HTTP/2 or HTTP/3 request
+    /// carries its host there, in `:authority`, and usually no `Host` line (RFC 9113
+    /// §8.3.1), so `%({host}i)s` shows it when the request has no `Host`, as a proxy turning
+    /// the request into HTTP/1.1 would write it. Without it every HTTP/2 line showed `-`.
+    pub fn capture_request(
+        &self,
+        headers: &HeaderMap,
+        authority: Option<&http::uri::Authority>,
+    ) -> Captured<http::HeaderValue> {
+        let mut kept = Captured::from_map(&self.request_headers, headers);
+        if let Some(i) = self
+            .request_headers
+            .iter()
+            .position(|n| n == http::header::HOST)
+            && !headers.contains_key(http::header::HOST)
+            && let Some(value) =
+                authority.and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        {
+            kept.push(i, value);
+        }
+        kept
     }
 
     /// The values of [`LogFormat::response_headers`] in `headers`, as
@@ -263,8 +283,13 @@ impl LogFormat {
             match part {
                 Part::Literal(s) => line.push_str(s),
                 Part::Atom(atom) => rec.write_atom(*atom, now, &mut line),
-                Part::RequestHeader(i) => write_header(rec.request_headers, *i, &mut line),
-                Part::ResponseHeader(i) => write_header(rec.response_headers, *i, &mut line),
+                Part::RequestHeader(i) => write_header(
+                    rec.request_headers,
+                    *i,
+                    joiner(&self.request_headers[*i]),
+                    &mut line,
+                ),
+                Part::ResponseHeader(i) => write_header(rec.response_headers, *i, ", ", &mut line),
             }
         }
         line.push('\n');
@@ -362,10 +387,21 @@ impl<V: AsRef<[u8]> + fmt::Debug> HeaderValues for Captured<V> {
     }
 }
 
-/// Writes the header at `index` of `values`: `-` when absent (as gunicorn) or empty, repeated values
-/// joined with `, ` (RFC 9110 §5.3 combines field lines so; gunicorn keeps only the last),
-/// escaped and bounded as [`escape_value_into`] does.
-fn write_header(values: Option<&dyn HeaderValues>, index: usize, out: &mut String) {
+/// What joins the values of a request header received several times: `; ` for `Cookie`,
+/// whose lines HTTP/2 clients send one per cookie and RFC 9113 §8.2.3 joins so (`a=1; b=2`,
+/// one Cookie header's own syntax); `, ` for any other (RFC 9110 §5.3).
+fn joiner(name: &HeaderName) -> &'static str {
+    if name == http::header::COOKIE {
+        "; "
+    } else {
+        ", "
+    }
+}
+
+/// Writes the header at `index` of `values`: `-` when absent (as gunicorn) or empty, repeated
+/// values joined with `joiner` (`, ` as RFC 9110 §5.3 combines field lines, see [`joiner`];
+/// gunicorn keeps only the last), escaped and bounded as [`escape_value_into`] does.
+fn write_header(values: Option<&dyn HeaderValues>, index: usize, joiner: &str, out: &mut String) {
     let start = out.len();
     let mut budget = HEADER_ATOM_MAX;
     let mut cut = false;
@@ -376,12 +412,12 @@ fn write_header(values: Option<&dyn HeaderValues>, index: usize, out: &mut Strin
                 return;
             }
             if !std::mem::take(&mut first) {
-                if budget < 2 {
+                if budget < joiner.len() {
                     cut = true;
                     return;
                 }
-                out.push_str(", ");
-                budget -= 2;
+                out.push_str(joiner);
+                budget -= joiner.len();
             }
             cut = !escape_value_into(v, &mut budget, out);
         });
@@ -741,7 +777,7 @@ mod tests {
         assert!(plain.request_headers().is_empty() && plain.response_headers().is_empty());
         let mut headers = HeaderMap::new();
         headers.insert("user-agent", "x".parse().unwrap());
-        let kept = plain.capture_request(&headers);
+        let kept = plain.capture_request(&headers, None);
         assert!(kept.is_empty() && kept.values.capacity() == 0);
     }
 
@@ -783,6 +819,36 @@ mod tests {
             f.render(&rec, SystemTime::UNIX_EPOCH),
             "café \\xff\\x22x\\x22|http://r/\\x7f\n"
         );
+    }
+
+    /// HTTP/2 carries the host in `:authority`, not in a `Host` line: `%({host}i)s` shows
+    /// it when there is no `Host`, and a `Host` received wins. Cookies sent one line per
+    /// cookie (as HTTP/2 clients do) are joined as one Cookie header's syntax joins them.
+    #[test]
+    fn host_falls_back_to_the_authority_and_cookies_join_with_semicolons() {
+        let f = LogFormat::parse("%({host}i)s|%({cookie}i)s|%({x-a}i)s").unwrap();
+        let authority: http::uri::Authority = "example.com:8443".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("cookie", "a=1".parse().unwrap());
+        headers.append("cookie", "b=2".parse().unwrap());
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        let kept = f.capture_request(&headers, Some(&authority));
+        let peer = Peer::Unix;
+        let mut rec = record(&peer, &Method::GET);
+        rec.request_headers = Some(&kept);
+        assert_eq!(
+            f.render(&rec, SystemTime::UNIX_EPOCH),
+            "example.com:8443|a=1; b=2|1, 2\n"
+        );
+        headers.insert("host", "h".parse().unwrap());
+        let kept = f.capture_request(&headers, Some(&authority));
+        rec.request_headers = Some(&kept);
+        assert!(f.render(&rec, SystemTime::UNIX_EPOCH).starts_with("h|"));
+        let kept = LogFormat::parse("%(h)s")
+            .unwrap()
+            .capture_request(&HeaderMap::new(), Some(&authority));
+        assert!(kept.is_empty());
     }
 
     /// A Unicode line separator is a line break to many log viewers, and a bidirectional
