@@ -361,7 +361,10 @@ fn a_bad_value_of_any_option_exits_1_and_a_malformed_command_line_2() {
         (&["--bind", "nope"], "invalid bind"),
         (&["--log-level", "loud"], "invalid log-level"),
         (&["--access-logformat", "%(z)s"], "invalid access-logformat"),
-        (&["-c", ""], "cannot read config file"),
+        (
+            &["-c", ""],
+            "cannot read config file '': an empty path: give -c the path of a TOML file",
+        ),
         (&["--pid", ""], "invalid pid"),
     ] {
         let mut all = args.to_vec();

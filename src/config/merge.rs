@@ -19,7 +19,7 @@ pub enum ConfigError {
     /// The config file could not be read.
     // The OS error is in the message and not a `#[source]`: `main` prints the whole chain,
     // and a log line prints only the message; either way the cause appears once.
-    #[error("cannot read config file {}: {cause}", path.display())]
+    #[error("cannot read config file {}: {cause}", shown(path))]
     Read {
         /// The file.
         path: PathBuf,
@@ -548,6 +548,16 @@ fn check_pid_path(p: &Path) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// A config file's path in a message: `''` for an empty one, which would otherwise leave a
+/// gap (`config file : ...`).
+fn shown(path: &std::path::Path) -> String {
+    if path.as_os_str().is_empty() {
+        "''".into()
+    } else {
+        path.display().to_string()
+    }
 }
 
 fn show(config: &Option<PathBuf>) -> String {
