@@ -511,3 +511,38 @@ fn a_switch_from_the_environment_takes_what_a_file_takes() {
         );
     }
 }
+
+/// An empty access log format, from any source, is refused (exit 1): it was taken, and every
+/// request wrote an empty line (`OXICORN_ACCESS_LOGFORMAT=` set by mistake, say).
+#[test]
+fn an_empty_access_log_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "empty.toml",
+        "workers = 1\naccess_logformat = \" \"\n",
+    );
+    let says = "an empty format would write an empty line per request";
+    let out = oxicorn(&["--access-logformat", "", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("invalid access-logformat: {says}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = oxicorn(&["-c", "empty.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("line 2: invalid access_logformat: {says}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .env("OXICORN_ACCESS_LOGFORMAT", "")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+}

@@ -146,6 +146,12 @@ pub enum FormatError {
          %({{user-agent}}i)s or %({{content-type}}o)s"
     )]
     BadHeaderName(String),
+    /// A format with nothing in it (or only spaces): every request would log an empty line.
+    #[error(
+        "an empty format would write an empty line per request: give atoms, such as \
+         '%(h)s \"%(r)s\" %(s)s', or leave the access log file unset for no access log"
+    )]
+    Empty,
     /// `%({name}e)s`: gunicorn's WSGI environ variable, which no oxicorn service has.
     #[error(
         "`%({0})s` is a WSGI environ variable, which means nothing outside WSGI: log a request \
@@ -178,8 +184,13 @@ impl LogFormat {
     ///
     /// # Errors
     /// A [`FormatError`] naming the unknown atom, the malformed header atom, or the position
-    /// of a stray `%`.
+    /// of a stray `%`; [`FormatError::Empty`] for a format of nothing but spaces.
     pub fn parse(format: &str) -> Result<LogFormat, FormatError> {
+        // `OXICORN_ACCESS_LOGFORMAT=` or `access_logformat = ""` is a slip, not a wish for
+        // blank lines.
+        if format.trim().is_empty() {
+            return Err(FormatError::Empty);
+        }
         let mut request_headers: Vec<HeaderName> = Vec::new();
         let mut response_headers: Vec<HeaderName> = Vec::new();
         let mut parts = Vec::new();
@@ -725,6 +736,13 @@ mod tests {
             LogFormat::parse("%(h)s %(z)s"),
             Err(FormatError::UnknownAtom("z".into()))
         );
+        for blank in ["", " ", "\t\n"] {
+            assert_eq!(
+                LogFormat::parse(blank),
+                Err(FormatError::Empty),
+                "{blank:?}"
+            );
+        }
         assert_eq!(
             LogFormat::parse("%({x-forwarded-for}z)s"),
             Err(FormatError::UnknownAtom("{x-forwarded-for}z".into()))
