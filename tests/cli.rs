@@ -505,7 +505,8 @@ fn a_switch_from_the_environment_takes_what_a_file_takes() {
         assert_eq!(code, Some(1), "{value:?}: {err}");
         assert!(
             err.contains(&format!(
-                "invalid no-listing: `{value}` is not true or false (from OXICORN_NO_LISTING={value:?})"
+                "invalid no-listing: `{value}` is not true or false \
+                 (from OXICORN_NO_LISTING={value:?})"
             )),
             "{value:?}: {err}"
         );
