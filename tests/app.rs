@@ -42,6 +42,15 @@ fn router() -> Router {
         )
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
+            "/twice",
+            get(|| async {
+                let mut r = axum::response::Response::new(axum::body::Body::from("twice"));
+                r.headers_mut().append("x-reply", "one".parse().unwrap());
+                r.headers_mut().append("x-reply", "two".parse().unwrap());
+                r
+            }),
+        )
+        .route(
             "/hostile-header",
             get(|| async {
                 // What an app may put in a header: quotes, a tab, bytes that are not UTF-8,
@@ -1057,5 +1066,25 @@ async fn the_host_atom_shows_an_http2_requests_authority() {
     assert_eq!(
         log,
         format!("HTTP/2.0 {host} a=1\nHTTP/1.1 x.test a=1; b=2\n")
+    );
+}
+
+/// A response header the app sets twice shows both values, in order; pipelined requests each
+/// show their own request headers (nothing carried over from the request before).
+#[tokio::test]
+async fn repeated_response_headers_and_pipelined_requests_keep_their_own_values() {
+    let (server, _dir, path) =
+        logged_server(LogFormat::parse("%(U)s [%({x-a}i)s] [%({x-reply}o)s]").unwrap()).await;
+    let text = server
+        .raw(
+            b"GET /twice HTTP/1.1\r\nhost: x\r\nx-a: 1\r\nX-A: 2\r\n\r\n\
+              GET / HTTP/1.1\r\nhost: x\r\n\r\n\
+              GET /twice HTTP/1.1\r\nhost: x\r\nx-a: 3\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 3, "{text}");
+    assert_eq!(
+        log_lines(&path, 3).await,
+        "/twice [1, 2] [one, two]\n/ [-] [-]\n/twice [3] [one, two]\n"
     );
 }
