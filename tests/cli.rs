@@ -547,3 +547,42 @@ fn an_empty_access_log_format_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains(says), "{}", stderr(&out));
 }
+
+/// With `[[service]]` tables, a service option given outside them is refused naming the key
+/// to write in the table and the option as the user gave it: `OXICORN_NO_LISTING`, not a
+/// `--no-listing` they never typed (the message said "set --no-listing in the table", a
+/// flag's spelling for a TOML key).
+#[test]
+fn a_service_option_outside_the_tables_is_named_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "services.toml",
+        "[[service]]\nkind = \"static\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["-c", "services.toml", "--check-config"])
+        .env("OXICORN_NO_LISTING", "1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "services.toml declares [[service]] tables: set no_listing in the table it applies \
+             to, not OXICORN_NO_LISTING"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = oxicorn(
+        &["-c", "services.toml", "--keep-alive", "3", "--check-config"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("set keep_alive in the table it applies to, not --keep-alive"),
+        "{}",
+        stderr(&out)
+    );
+}

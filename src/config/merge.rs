@@ -112,13 +112,20 @@ impl Config {
                 .iter()
                 .find(|(k, _)| setting(k).scope != Scope::Server)
             {
+                // Named as the user gave it: a variable set in the environment is not a flag
+                // they can find on their command line.
+                let given = if args.from_env.contains(key) {
+                    setting(key).env()
+                } else {
+                    format!("--{}", key.replace('_', "-"))
+                };
                 return Err(invalid(
                     key,
                     format!(
-                        "{} declares [[service]] tables: set --{} in the table it applies to \
-                         (server options such as --workers still work on the command line)",
+                        "{} declares [[service]] tables: set {key} in the table it applies to, \
+                         not {given} (server options such as --workers still work on the \
+                         command line)",
                         show(&args.config),
-                        key.replace('_', "-")
                     ),
                 ));
             }
