@@ -12,8 +12,9 @@
 //! curl localhost:8000/static/       # the directory in $APP_STATIC_DIR (default .)
 //! ```
 //! `/ws` is a WebSocket echo, `/client` shows the client's address as the app sees it. Every
-//! oxicorn flag works (`--help`; `--version` names this program and the oxicorn serving it), and so do the app's own `--greeting`, `--warmup-ms` and
-//! `--hello-only` (`GET /` alone: the router benches/app.sh compares with `axum::serve`).
+//! oxicorn flag works (`--help`; `--version` names this program, then the oxicorn serving it),
+//! and so do the app's own `--greeting`, `--warmup-ms` and `--hello-only` (`GET /` alone: the
+//! router benches/app.sh compares with `axum::serve`).
 
 // `GET /`: the one-route router that benches/axum_standalone serves too, shared by path so
 // that the bench's two sides run the same code.

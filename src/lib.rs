@@ -28,8 +28,8 @@
 //! - [`exit`]: every exit code, and who reacts to each.
 //! - [`server`]: the embedding API, [`Server`]: a program's own `tower::Service` (an axum
 //!   `Router`) served by the pool, with oxicorn's CLI.
-//! - [`program`](mod@program): who the process is ([`Program`]): the name and version `--version` prints
-//!   and the arbiter's lines name.
+//! - [`program`](mod@program): who the process is ([`Program`]): the name and version
+//!   `--version` prints and the arbiter's lines name.
 //! - [`sync`]: the one way shared state is locked.
 //!
 //! # Running your own app

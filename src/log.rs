@@ -194,7 +194,121 @@ where
         } else {
             write!(writer, " [{}] {level} ", std::process::id())?;
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        // One event, one line: a message or field that carries a line break (a panic
+        // message, which Rust writes over two lines and an app may fill with a client's
+        // text; an error quoting a config value) would otherwise start a line that reads as
+        // an event of its own. Such characters are written as Rust escapes them (`\n`).
+        let mut fields = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut fields), event)?;
+        write_escaped(&mut writer, &fields)?;
         writeln!(writer)
+    }
+}
+
+/// Writes `text` with the characters of [`must_escape`] as Rust escapes them (`\n`,
+/// `\u{1b}`, `\u{2028}`), the rest as is.
+fn write_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(must_escape) {
+        out.write_str(&rest[..at])?;
+        let c = rest[at..]
+            .chars()
+            .next()
+            .expect("find returned a char boundary");
+        write!(out, "{}", c.escape_default())?;
+        rest = &rest[at + c.len_utf8()..];
+    }
+    out.write_str(rest)
+}
+
+/// True for a character that a log line must not carry as it is, because it changes how the
+/// line reads rather than what it says: a control character (a line feed starts a forged
+/// line, `ESC` starts a terminal escape sequence, C1 `NEL` breaks a line in some viewers),
+/// a Unicode line or paragraph separator (U+2028, U+2029: a line break to JSON viewers and
+/// editors), or a bidirectional mark, embedding, override or isolate (U+061C, U+200E,
+/// U+200F, U+202A to U+202E, U+2066 to U+2069), which reorder the text around them as
+/// displayed, so that a value can show another field's text in its place ("Trojan Source",
+/// CVE-2021-42574). Writers of text that others control (the access log, names in the
+/// server's lines) escape these.
+pub fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic message is two lines (`panicked at src/x.rs:1:2:` then the payload), and an
+    /// app may put a client's text in it: each event stays one line, its breaks escaped, so
+    /// no text can pass for a line of its own (here a forged "INFO listening" line). (An
+    /// `ESC` tracing-subscriber writes as `\x1b` itself, since 0.3.20.)
+    #[test]
+    fn every_event_is_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.log");
+        let output: &'static LogOutput = Box::leak(Box::new(LogOutput {
+            target: Mutex::new(Target {
+                path: Some(path.clone()),
+                file: Some(open_log(&path).unwrap()),
+            }),
+        }));
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(LineFormat {
+                    output,
+                    colour: false,
+                })
+                .with_writer(OutputRef(output))
+                .with_ansi(false),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let client = "x\n2026-01-01T00:00:00Z [1] INFO listening on 0.0.0.0:80\u{2028}\x1b[2J";
+            tracing::error!("worker code panicked: panicked at src/a.rs:1:2:\n{client}");
+            tracing::error!(cause = %client, "app failed: 500");
+            tracing::info!("plain, tab\there");
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].ends_with(
+                "ERROR worker code panicked: panicked at src/a.rs:1:2:\\nx\\n2026-01-01T00:00:00Z \
+                 [1] INFO listening on 0.0.0.0:80\\u{2028}\\x1b[2J"
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(
+                "ERROR app failed: 500 cause=x\\n2026-01-01T00:00:00Z [1] INFO listening"
+            ),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].ends_with("INFO plain, tab\\there"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn characters_that_break_or_reorder_a_line_must_be_escaped() {
+        for c in [
+            '\n', '\r', '\0', '\x1b', '\x7f', '\u{85}', '\u{2028}', '\u{2029}', '\u{202e}',
+            '\u{2066}', '\u{200f}', '\u{061c}',
+        ] {
+            assert!(must_escape(c), "{:?}", c);
+        }
+        for c in [' ', 'a', '"', 'é', '€', '\u{200b}', '\u{2027}', '\u{202f}'] {
+            assert!(!must_escape(c), "{:?}", c);
+        }
     }
 }

@@ -44,10 +44,23 @@ impl Program {
     /// A program called `name` at `version`: usually `env!("CARGO_BIN_NAME")` (or
     /// `CARGO_PKG_NAME`) and `env!("CARGO_PKG_VERSION")`, which
     /// [`program!`](crate::program!) fills in.
+    ///
+    /// Both are shown on one line (`--version`, the server's log lines), so the characters
+    /// that would break or reorder it ([`crate::log::must_escape`]: a newline, an escape
+    /// sequence, a bidirectional override) are kept escaped, as Rust writes them (`\n`,
+    /// `\u{202e}`). An empty name is `app`, as for a program started without `argv[0]`; an
+    /// empty version is no version (see [`Program::version_text`]).
+    ///
+    /// ```
+    /// let p = oxicorn::Program::new("my app\n", "");
+    /// assert_eq!(p.name(), "my app\\n");
+    /// assert_eq!(p.version(), None);
+    /// ```
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Program {
+        let version = version.into();
         Program {
-            name: name.into(),
-            version: Some(version.into()),
+            name: printable_name(name.into()),
+            version: (!version.is_empty()).then(|| printable(version)),
             oxicorn: false,
         }
     }
@@ -63,17 +76,17 @@ impl Program {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
             })
-            .unwrap_or_else(|| "app".into());
+            .unwrap_or_default();
         Program {
-            name,
+            name: printable_name(name),
             version: None,
             oxicorn: false,
         }
     }
 
-    /// The same program under another name.
+    /// The same program under another name (kept printable as [`Program::new`] keeps it).
     pub(crate) fn renamed(mut self, name: String) -> Program {
-        self.name = name;
+        self.name = printable_name(name);
         self
     }
 
@@ -119,6 +132,32 @@ impl fmt::Display for Program {
     }
 }
 
+/// `text` with the characters that would break or reorder a line
+/// ([`crate::log::must_escape`]) written as Rust escapes them (`\n`, `\u{202e}`).
+fn printable(text: String) -> String {
+    if !text.chars().any(crate::log::must_escape) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if crate::log::must_escape(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A program's name, printable; `app` when empty.
+fn printable_name(name: String) -> String {
+    if name.is_empty() {
+        "app".into()
+    } else {
+        printable(name)
+    }
+}
+
 /// This process's program, once [`install`]ed; oxicorn until then (the `oxicorn` command
 /// never installs one).
 static CURRENT: OnceLock<Program> = OnceLock::new();
@@ -138,9 +177,18 @@ pub fn install(program: Program) -> bool {
 
 /// How the arbiter names the image that handed a server over, from the handover's version
 /// text: today's images write [`current`] whole (`myapp 1.2.0`); earlier ones wrote
-/// oxicorn's bare version (`0.1.0 (commit 1a2b3c4d5e)`), which is oxicorn's.
+/// oxicorn's bare [`crate::VERSION`] (`0.1.0 (commit 1a2b3c4d5e)`), which is oxicorn's.
+/// Only that exact shape, a version then ` (commit …)` and nothing else, is taken for an
+/// earlier image's: a program's own name may start with a digit (`7zip 1.0`).
 pub fn handed_over(version: &str) -> String {
-    if version.starts_with(|c: char| c.is_ascii_digit()) {
+    let bare_oxicorn = version.split_once(" (commit ").is_some_and(|(v, commit)| {
+        v.starts_with(|c: char| c.is_ascii_digit())
+            && !v.contains(' ')
+            && commit
+                .strip_suffix(')')
+                .is_some_and(|c| !c.contains([' ', '(', ')']))
+    });
+    if bare_oxicorn {
         format!("oxicorn {version}")
     } else {
         version.to_string()
@@ -219,5 +267,50 @@ mod tests {
             "oxicorn 0.1.0 (commit abc)"
         );
         assert_eq!(handed_over("myapp 1.2.0"), "myapp 1.2.0");
+        assert_eq!(
+            handed_over(crate::VERSION),
+            format!("oxicorn {}", crate::VERSION)
+        );
+        assert_eq!(
+            handed_over("0.1.0 (commit unknown)"),
+            "oxicorn 0.1.0 (commit unknown)"
+        );
+    }
+
+    /// A program whose name starts with a digit is itself, not an earlier oxicorn: the
+    /// upgrade line read `upgrade: oxicorn 7zip 1.0 -> 7zip 1.1`.
+    #[test]
+    fn a_program_named_with_a_leading_digit_is_not_taken_for_oxicorn() {
+        for p in [
+            Program::new("7zip", "1.0"),
+            Program::new("2048", "0.3.0"),
+            Program::new("3d-viewer", "1.0 (commit abc)"),
+            Program::new("1app", ""),
+        ] {
+            let text = p.to_string();
+            assert_eq!(handed_over(&text), text);
+        }
+    }
+
+    /// A name or version with a newline made `--version` two lines and the arbiter's start
+    /// line two log lines (the second one the embedder's text); one with an escape sequence or
+    /// a bidirectional override rewrote how the line shows. They are kept escaped; spaces and
+    /// other Unicode are kept as they are.
+    #[test]
+    fn names_and_versions_stay_on_one_line() {
+        let p = Program::new("my app\nINFO forged", "1.0\r\x1b[2J\u{202e}");
+        assert_eq!(p.name(), "my app\\nINFO forged");
+        assert_eq!(p.version(), Some("1.0\\r\\u{1b}[2J\\u{202e}"));
+        assert!(!p.to_string().chars().any(crate::log::must_escape));
+        assert!(!p.version_text().chars().any(crate::log::must_escape));
+        let p = Program::new("café ☕ app", "1.0-β");
+        assert_eq!(p.to_string(), "café ☕ app 1.0-β");
+        let p = Program::new("", "");
+        assert_eq!((p.name(), p.version()), ("app", None));
+        assert_eq!(p.to_string(), format!("app ({SERVED_BY})"));
+        assert_eq!(
+            Program::new("a", "1").renamed("x\ny".into()).name(),
+            "x\\ny"
+        );
     }
 }

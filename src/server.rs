@@ -16,7 +16,8 @@
 //! ```
 //!
 //! [`program!`](crate::program!) names the program, for its `--version` and the server's log
-//! lines (`Server::from_args()` knows only its executable's name, see [`crate::program`](mod@crate::program)):
+//! lines (`Server::from_args()` knows only its executable's name, see
+//! [`crate::program`](mod@crate::program)):
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {

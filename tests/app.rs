@@ -42,6 +42,15 @@ fn router() -> Router {
         )
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
+            "/twice",
+            get(|| async {
+                let mut r = axum::response::Response::new(axum::body::Body::from("twice"));
+                r.headers_mut().append("x-reply", "one".parse().unwrap());
+                r.headers_mut().append("x-reply", "two".parse().unwrap());
+                r
+            }),
+        )
+        .route(
             "/hostile-header",
             get(|| async {
                 // What an app may put in a header: quotes, a tab, bytes that are not UTF-8,
@@ -1030,4 +1039,52 @@ async fn the_access_log_shows_request_and_response_headers_named_in_the_format()
         .await;
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert_eq!(log_lines(&path, 1).await, "café \\xff|café \\xff\n");
+}
+
+/// `%({host}i)s` over HTTP/2: the host travels in `:authority` and clients send no `Host`
+/// line, so every HTTP/2 line showed `-` where HTTP/1.1's showed the host. It shows the
+/// authority now; cookies sent one per line (as HTTP/2 clients do) join with `; `.
+#[tokio::test]
+async fn the_host_atom_shows_an_http2_requests_authority() {
+    let (server, _dir, path) =
+        logged_server(LogFormat::parse("%(H)s %({host}i)s %({cookie}i)s").unwrap()).await;
+    let r = h2c_client()
+        .get(server.url("/"))
+        .header("cookie", "a=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    r.text().await.unwrap();
+    let text = server
+        .raw(b"GET / HTTP/1.1\r\nhost: x.test\r\ncookie: a=1\r\ncookie: b=2\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let log = log_lines(&path, 2).await;
+    let host = server.url("/");
+    let host = host.trim_start_matches("http://").trim_end_matches('/');
+    assert_eq!(
+        log,
+        format!("HTTP/2.0 {host} a=1\nHTTP/1.1 x.test a=1; b=2\n")
+    );
+}
+
+/// A response header the app sets twice shows both values, in order; pipelined requests each
+/// show their own request headers (nothing carried over from the request before).
+#[tokio::test]
+async fn repeated_response_headers_and_pipelined_requests_keep_their_own_values() {
+    let (server, _dir, path) =
+        logged_server(LogFormat::parse("%(U)s [%({x-a}i)s] [%({x-reply}o)s]").unwrap()).await;
+    let text = server
+        .raw(
+            b"GET /twice HTTP/1.1\r\nhost: x\r\nx-a: 1\r\nX-A: 2\r\n\r\n\
+              GET / HTTP/1.1\r\nhost: x\r\n\r\n\
+              GET /twice HTTP/1.1\r\nhost: x\r\nx-a: 3\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 3, "{text}");
+    assert_eq!(
+        log_lines(&path, 3).await,
+        "/twice [1, 2] [one, two]\n/ [-] [-]\n/twice [3] [one, two]\n"
+    );
 }

@@ -361,7 +361,10 @@ fn a_bad_value_of_any_option_exits_1_and_a_malformed_command_line_2() {
         (&["--bind", "nope"], "invalid bind"),
         (&["--log-level", "loud"], "invalid log-level"),
         (&["--access-logformat", "%(z)s"], "invalid access-logformat"),
-        (&["-c", ""], "cannot read config file"),
+        (
+            &["-c", ""],
+            "cannot read config file '': an empty path: give -c the path of a TOML file",
+        ),
         (&["--pid", ""], "invalid pid"),
     ] {
         let mut all = args.to_vec();
@@ -403,5 +406,183 @@ fn completions_and_a_man_page_come_from_the_same_definition() {
     assert!(
         page.contains(".TH oxicorn") && page.contains("graceful\\-timeout"),
         "{page}"
+    );
+}
+
+/// A bad value from an `OXICORN_*` environment variable is refused as a flag's is (exit 1,
+/// "invalid OPTION: ..."), and the message names the variable and its value: it said only
+/// "invalid workers", and a user who typed no `--workers` looked for it on the command line.
+/// A flag given as well wins over the variable, so the variable's value is not checked.
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, says) in [
+        (
+            "OXICORN_WORKERS",
+            "abc",
+            "invalid workers: `abc` is not a whole number",
+        ),
+        (
+            "OXICORN_ACCESS_LOGFORMAT",
+            "%({x}e)s",
+            "invalid access-logformat: `%({x}e)s`",
+        ),
+        ("OXICORN_KEEP_ALIVE", "soon", "invalid keep-alive"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["static", "--check-config"])
+            .env(var, value)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{var}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(says), "{var}: {err}");
+        assert!(
+            err.contains(&format!("(from {var}={value:?})")),
+            "{var}: {err}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["static", "--workers", "2", "--check-config"])
+        .env("OXICORN_WORKERS", "abc")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The command line's own bad value is reported without a variable.
+    let out = oxicorn(&["--workers", "abc", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!stderr(&out).contains("OXICORN_"), "{}", stderr(&out));
+}
+
+/// A switch's variable (`OXICORN_NO_LISTING`) is read as a file's value is: `1`, `yes`,
+/// `off`, any case. Only `true` and `false` passed (clap's parser), anything else was a usage
+/// error (exit 2) that named `--no-listing`, which the user had not typed; and a `false` was
+/// dropped, so it did not override the file's `true` as any other variable's value does.
+#[test]
+fn a_switch_from_the_environment_takes_what_a_file_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "on.toml", "no_listing = true\n");
+    let run = |value: &str, args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--print-config")
+            .env("OXICORN_NO_LISTING", value)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("no_listing = "))
+            .map(str::to_string);
+        (out.status.code(), shown, stderr(&out))
+    };
+    for (value, want) in [
+        ("1", "true"),
+        ("yes", "true"),
+        ("TRUE", "true"),
+        ("on", "true"),
+        ("0", "false"),
+        ("false", "false"),
+        ("No", "false"),
+    ] {
+        let (code, shown, err) = run(value, &["static"]);
+        assert_eq!(code, Some(0), "{value}: {err}");
+        assert_eq!(
+            shown.as_deref(),
+            Some(&*format!("no_listing = {want}")),
+            "{value}"
+        );
+    }
+    // The variable wins over the file, `false` too; the flag wins over both.
+    let (_, shown, err) = run("0", &["static", "-c", "on.toml"]);
+    assert_eq!(shown.as_deref(), Some("no_listing = false"), "{err}");
+    let (_, shown, err) = run("0", &["static", "-c", "on.toml", "--no-listing"]);
+    assert_eq!(shown.as_deref(), Some("no_listing = true"), "{err}");
+    for value in ["maybe", ""] {
+        let (code, _, err) = run(value, &["static"]);
+        assert_eq!(code, Some(1), "{value:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "invalid no-listing: `{value}` is not true or false \
+                 (from OXICORN_NO_LISTING={value:?})"
+            )),
+            "{value:?}: {err}"
+        );
+    }
+}
+
+/// An empty access log format, from any source, is refused (exit 1): it was taken, and every
+/// request wrote an empty line (`OXICORN_ACCESS_LOGFORMAT=` set by mistake, say).
+#[test]
+fn an_empty_access_log_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "empty.toml",
+        "workers = 1\naccess_logformat = \" \"\n",
+    );
+    let says = "an empty format would write an empty line per request";
+    let out = oxicorn(&["--access-logformat", "", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("invalid access-logformat: {says}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = oxicorn(&["-c", "empty.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("line 2: invalid access_logformat: {says}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .env("OXICORN_ACCESS_LOGFORMAT", "")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+}
+
+/// With `[[service]]` tables, a service option given outside them is refused naming the key
+/// to write in the table and the option as the user gave it: `OXICORN_NO_LISTING`, not a
+/// `--no-listing` they never typed (the message said "set --no-listing in the table", a
+/// flag's spelling for a TOML key).
+#[test]
+fn a_service_option_outside_the_tables_is_named_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "services.toml",
+        "[[service]]\nkind = \"static\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["-c", "services.toml", "--check-config"])
+        .env("OXICORN_NO_LISTING", "1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "services.toml declares [[service]] tables: set no_listing in the table it applies \
+             to, not OXICORN_NO_LISTING"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = oxicorn(
+        &["-c", "services.toml", "--keep-alive", "3", "--check-config"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("set keep_alive in the table it applies to, not --keep-alive"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -1639,3 +1639,95 @@ fn open_file_cache_valid_trusts_a_size_for_its_window_and_never_overruns() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A client's header value cannot make a line look like two, or show one field's text in
+/// another's place: a Unicode line separator (a line break to many viewers) and a
+/// bidirectional override (which shows what follows it reversed) are escaped as control
+/// characters are, in the header atoms and in `%(a)s` alike.
+#[test]
+fn access_log_escapes_characters_that_break_or_reorder_a_line() {
+    let (dir, _) = site();
+    let (s, addr) = serve(
+        dir,
+        &[
+            "--access-logfile",
+            "access.log",
+            "--access-logformat",
+            "%(s)s [%({x-a}i)s] [%(a)s]",
+        ],
+    );
+    let mut c = Conn::open(addr);
+    c.send(
+        "GET /hello.txt HTTP/1.1\r\nHost: t\r\nX-A: 1\u{2028}200 [\u{202e}x]\r\n\
+         User-Agent: ua\u{2029}\u{2066}\r\nConnection: close\r\n\r\n"
+            .as_bytes(),
+    );
+    assert_eq!(c.response(false).status, 200);
+    let log = s.path("access.log");
+    let mut text = String::new();
+    assert!(eventually(SOON, || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() >= 1
+    }));
+    assert_eq!(
+        text,
+        "200 [1\\xe2\\x80\\xa8200 [\\xe2\\x80\\xaex]] [ua\\xe2\\x80\\xa9\\xe2\\x81\\xa6]\n"
+    );
+}
+
+/// `%({name}o)s` shows the headers each kind of reply actually carried: the ETag of a 304,
+/// the Content-Range of a 206 and of a 416, the Location of a redirect; `-` for one it did
+/// not carry (a 304 has no Content-Type).
+#[test]
+fn response_header_atoms_show_what_each_reply_sent() {
+    let (dir, www) = site();
+    std::fs::create_dir(www.join("sub")).unwrap();
+    let (s, addr) = serve(
+        dir,
+        &[
+            "--access-logfile",
+            "access.log",
+            "--access-logformat",
+            "%(s)s [%({etag}o)s] [%({content-range}o)s] [%({location}o)s] [%({content-type}o)s]",
+        ],
+    );
+    let first = get(addr, "/hello.txt", "");
+    let etag = first.header("etag").unwrap().to_string();
+    let not_modified = get(addr, "/hello.txt", &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(not_modified.status, 304);
+    let partial = get(addr, "/hello.txt", "Range: bytes=0-4\r\n");
+    assert_eq!(partial.status, 206);
+    let unsatisfiable = get(addr, "/hello.txt", "Range: bytes=100-200\r\n");
+    assert_eq!(unsatisfiable.status, 416);
+    let moved = get(addr, "/sub", "");
+    assert_eq!(moved.status, 301);
+    let sent = [&first, &not_modified, &partial, &unsatisfiable, &moved];
+    let log = s.path("access.log");
+    let mut text = String::new();
+    assert!(eventually(SOON, || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().count() >= sent.len()
+    }));
+    let shown = |r: &Response, name: &str| {
+        r.header(name)
+            .map_or("-".to_string(), |v| v.replace('"', "\\x22"))
+    };
+    let want: Vec<String> = sent
+        .iter()
+        .map(|r| {
+            format!(
+                "{} [{}] [{}] [{}] [{}]",
+                r.status,
+                shown(r, "etag"),
+                shown(r, "content-range"),
+                shown(r, "location"),
+                shown(r, "content-type"),
+            )
+        })
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
+    assert!(want[1].ends_with("[-] [-] [-]"), "{}", want[1]);
+    assert!(want[2].contains("[bytes 0-4/13]"), "{}", want[2]);
+    assert!(want[3].contains("[bytes */13]"), "{}", want[3]);
+    assert!(want[4].contains("[/sub/]"), "{}", want[4]);
+}

@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// configuration error naming the flag, exactly like a bad value in the file). A
     /// repeatable flag (`--bind`) appears once per occurrence; `--port N` appears as a `bind`.
     pub flags: Vec<(&'static str, String)>,
+    /// The keys in `flags` whose values came from their `OXICORN_*` environment variables
+    /// rather than the command line: a bad one is reported naming the variable, which the
+    /// user would otherwise look for among the flags they typed.
+    pub from_env: Vec<&'static str>,
     /// The first `--port` value that is not a port number, as typed: refused by the merge as
     /// a bad value of any other option is (a configuration error, exit 1), not by clap (a
     /// usage error, exit 2), so that every option's bad value is reported alike.
@@ -244,7 +248,13 @@ fn arg(s: &'static Setting) -> Arg {
         a = a.short(c);
     }
     match s.ty {
-        Type::Flag => a.action(ArgAction::SetTrue),
+        // Present on the command line it is "true"; from its `OXICORN_*` variable it is the
+        // variable's text, checked by the settings table as a file's value is (`1`, `yes`,
+        // `off`...), not by clap's bool parser, which took only `true`/`false` and refused
+        // anything else as a usage error (exit 2) not naming the variable.
+        Type::Flag => a
+            .action(ArgAction::SetTrue)
+            .value_parser(clap::builder::ValueParser::string()),
         Type::Binds => a.value_name(s.value_name).action(ArgAction::Append),
         _ => a.value_name(s.value_name),
     }
@@ -382,17 +392,14 @@ fn collect(m: &ArgMatches, args: &mut ServeArgs, kind: Kind, env: bool) {
         if !here(s.key) || !(s.scope == Scope::Server || s.scope.has(kind)) {
             continue;
         }
-        match s.ty {
-            Type::Flag => {
-                if m.get_flag(s.key) {
-                    args.flags.push((s.key, "true".into()));
-                }
-            }
-            _ => {
-                for v in m.get_many::<String>(s.key).into_iter().flatten() {
-                    args.flags.push((s.key, v.clone()));
-                }
-            }
+        if m.value_source(s.key) == Some(clap::parser::ValueSource::EnvVariable) {
+            args.from_env.push(s.key);
+        }
+        // Every value as text, a switch's too ("true" on the command line, its variable's
+        // text otherwise: a "false" or "0" is kept, and overrides the file as a variable's
+        // value of any other setting does).
+        for v in m.get_many::<String>(s.key).into_iter().flatten() {
+            args.flags.push((s.key, v.clone()));
         }
     }
     if here("port") {
@@ -520,7 +527,9 @@ mod tests {
     /// table in the merge, so a bad value is a configuration error (exit 1) whether it comes
     /// from the command line, the environment or the file; a value parser here that can fail
     /// would make that one option's bad value a usage error (exit 2) instead. Only the client
-    /// commands, which have no configuration, parse with clap.
+    /// commands, which have no configuration, parse with clap. A switch (`--no-listing`)
+    /// takes no value on the command line but does from its variable
+    /// (`OXICORN_NO_LISTING=1`): its text goes to the table too.
     #[test]
     fn no_server_option_value_is_refused_by_clap() {
         let text = [
@@ -534,7 +543,7 @@ mod tests {
         let mut checked = 0;
         for cmd in std::iter::once(&root).chain(services) {
             for a in cmd.get_arguments() {
-                if a.get_action().takes_values() {
+                if a.get_action().takes_values() || a.get_env().is_some() {
                     assert!(
                         text.contains(&a.get_value_parser().type_id()),
                         "{} {}: its value is parsed by clap",

@@ -83,6 +83,17 @@ impl FileConfig {
     /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::File`] listing every
     /// problem (with its line) when it is not valid.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        // `-c ''`: the OS's "No such file or directory" after an empty name read as if a
+        // file were missing (`cannot read config file : No such file ...`).
+        if path.as_os_str().is_empty() {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                cause: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an empty path: give -c the path of a TOML file",
+                ),
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
             cause,

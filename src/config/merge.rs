@@ -19,7 +19,7 @@ pub enum ConfigError {
     /// The config file could not be read.
     // The OS error is in the message and not a `#[source]`: `main` prints the whole chain,
     // and a log line prints only the message; either way the cause appears once.
-    #[error("cannot read config file {}: {cause}", path.display())]
+    #[error("cannot read config file {}: {cause}", shown(path))]
     Read {
         /// The file.
         path: PathBuf,
@@ -112,13 +112,20 @@ impl Config {
                 .iter()
                 .find(|(k, _)| setting(k).scope != Scope::Server)
             {
+                // Named as the user gave it: a variable set in the environment is not a flag
+                // they can find on their command line.
+                let given = if args.from_env.contains(key) {
+                    setting(key).env()
+                } else {
+                    format!("--{}", key.replace('_', "-"))
+                };
                 return Err(invalid(
                     key,
                     format!(
-                        "{} declares [[service]] tables: set --{} in the table it applies to \
-                         (server options such as --workers still work on the command line)",
+                        "{} declares [[service]] tables: set {key} in the table it applies to, \
+                         not {given} (server options such as --workers still work on the \
+                         command line)",
                         show(&args.config),
-                        key.replace('_', "-")
                     ),
                 ));
             }
@@ -288,7 +295,8 @@ fn show_value(key: &str, v: &Value) -> String {
 }
 
 /// The flags as a layer, each value checked by the table (a bad one is a configuration error
-/// naming the flag, as a bad file value names the key).
+/// naming the flag, as a bad file value names the key, and the `OXICORN_*` variable with its
+/// value when the value came from the environment).
 fn flag_layer(args: &ServeArgs) -> Result<Layer, ConfigError> {
     if let Some(port) = &args.bad_port {
         return Err(invalid(
@@ -299,7 +307,13 @@ fn flag_layer(args: &ServeArgs) -> Result<Layer, ConfigError> {
     let mut layer = Layer::default();
     for (key, text) in &args.flags {
         let s = setting(key);
-        let v = s.parse(text).map_err(|e| invalid(key, e))?;
+        let v = s.parse(text).map_err(|e| {
+            if args.from_env.contains(key) {
+                invalid(key, format!("{e} (from {}={text:?})", s.env()))
+            } else {
+                invalid(key, e)
+            }
+        })?;
         match (layer.0.get_mut(s.key), v) {
             (Some(Value::Binds(all)), Value::Binds(mut more)) => all.append(&mut more),
             (_, v) => layer.set(s.key, v),
@@ -541,6 +555,16 @@ fn check_pid_path(p: &Path) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// A config file's path in a message: `''` for an empty one, which would otherwise leave a
+/// gap (`config file : ...`).
+fn shown(path: &std::path::Path) -> String {
+    if path.as_os_str().is_empty() {
+        "''".into()
+    } else {
+        path.display().to_string()
+    }
 }
 
 fn show(config: &Option<PathBuf>) -> String {

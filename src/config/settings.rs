@@ -696,7 +696,8 @@ impl Setting {
                 }
                 Ok(Value::Count(n))
             }
-            Type::Flag => match text.trim() {
+            // Any case: `TRUE` and `Yes` are how some write an environment variable.
+            Type::Flag => match text.trim().to_ascii_lowercase().as_str() {
                 "true" | "on" | "yes" | "1" => Ok(Value::Flag(true)),
                 "false" | "off" | "no" | "0" => Ok(Value::Flag(false)),
                 _ => Err(format!("`{text}` is not true or false")),

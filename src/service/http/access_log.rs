@@ -5,8 +5,9 @@
 //! [`Part`]s; an unknown atom is a configuration error, not a line with a hole in it. A line is
 //! built in memory and written with one `write(2)` on an `O_APPEND` file, so lines from
 //! several workers never interleave. Text the client chose (request line, path, query, referer,
-//! user agent) is escaped (`"`, `\` and control characters as `\xNN`), so a request cannot
-//! forge a line or break a field out of its quotes.
+//! user agent) is escaped (`"`, `\`, control characters and the Unicode characters that break
+//! a line or reorder its text as shown, [`crate::log::must_escape`], as `\xNN`), so a request
+//! cannot forge a line, break a field out of its quotes, or make one field look like another.
 //!
 //! Header atoms (`%({name}i)s` for a request header, `%({name}o)s` for a response header, as
 //! gunicorn's) name their headers in the format, so a service keeps only those: a format
@@ -145,6 +146,12 @@ pub enum FormatError {
          %({{user-agent}}i)s or %({{content-type}}o)s"
     )]
     BadHeaderName(String),
+    /// A format with nothing in it (or only spaces): every request would log an empty line.
+    #[error(
+        "an empty format would write an empty line per request: give atoms, such as \
+         '%(h)s \"%(r)s\" %(s)s', or leave the access log file unset for no access log"
+    )]
+    Empty,
     /// `%({name}e)s`: gunicorn's WSGI environ variable, which no oxicorn service has.
     #[error(
         "`%({0})s` is a WSGI environ variable, which means nothing outside WSGI: log a request \
@@ -177,8 +184,13 @@ impl LogFormat {
     ///
     /// # Errors
     /// A [`FormatError`] naming the unknown atom, the malformed header atom, or the position
-    /// of a stray `%`.
+    /// of a stray `%`; [`FormatError::Empty`] for a format of nothing but spaces.
     pub fn parse(format: &str) -> Result<LogFormat, FormatError> {
+        // `OXICORN_ACCESS_LOGFORMAT=` or `access_logformat = ""` is a slip, not a wish for
+        // blank lines.
+        if format.trim().is_empty() {
+            return Err(FormatError::Empty);
+        }
         let mut request_headers: Vec<HeaderName> = Vec::new();
         let mut response_headers: Vec<HeaderName> = Vec::new();
         let mut parts = Vec::new();
@@ -245,8 +257,28 @@ impl LogFormat {
     /// The values of [`LogFormat::request_headers`] in `headers` (shared rather than copied:
     /// a `HeaderValue` hyper parsed is a slice of its read buffer, and its clone a reference
     /// count). Allocates nothing when the format names no request header.
-    pub fn capture_request(&self, headers: &HeaderMap) -> Captured<http::HeaderValue> {
-        Captured::from_map(&self.request_headers, headers)
+    ///
+    /// `authority` is the request target's (`uri.authority()`): an HTTP/2 or HTTP/3 request
+    /// carries its host there, in `:authority`, and usually no `Host` line (RFC 9113
+    /// §8.3.1), so `%({host}i)s` shows it when the request has no `Host`, as a proxy turning
+    /// the request into HTTP/1.1 would write it. Without it every HTTP/2 line showed `-`.
+    pub fn capture_request(
+        &self,
+        headers: &HeaderMap,
+        authority: Option<&http::uri::Authority>,
+    ) -> Captured<http::HeaderValue> {
+        let mut kept = Captured::from_map(&self.request_headers, headers);
+        if let Some(i) = self
+            .request_headers
+            .iter()
+            .position(|n| n == http::header::HOST)
+            && !headers.contains_key(http::header::HOST)
+            && let Some(value) =
+                authority.and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        {
+            kept.push(i, value);
+        }
+        kept
     }
 
     /// The values of [`LogFormat::response_headers`] in `headers`, as
@@ -262,8 +294,13 @@ impl LogFormat {
             match part {
                 Part::Literal(s) => line.push_str(s),
                 Part::Atom(atom) => rec.write_atom(*atom, now, &mut line),
-                Part::RequestHeader(i) => write_header(rec.request_headers, *i, &mut line),
-                Part::ResponseHeader(i) => write_header(rec.response_headers, *i, &mut line),
+                Part::RequestHeader(i) => write_header(
+                    rec.request_headers,
+                    *i,
+                    joiner(&self.request_headers[*i]),
+                    &mut line,
+                ),
+                Part::ResponseHeader(i) => write_header(rec.response_headers, *i, ", ", &mut line),
             }
         }
         line.push('\n');
@@ -361,10 +398,21 @@ impl<V: AsRef<[u8]> + fmt::Debug> HeaderValues for Captured<V> {
     }
 }
 
-/// Writes the header at `index` of `values`: `-` when absent (as gunicorn) or empty, repeated values
-/// joined with `, ` (RFC 9110 §5.3 combines field lines so; gunicorn keeps only the last),
-/// escaped and bounded as [`escape_value_into`] does.
-fn write_header(values: Option<&dyn HeaderValues>, index: usize, out: &mut String) {
+/// What joins the values of a request header received several times: `; ` for `Cookie`,
+/// whose lines HTTP/2 clients send one per cookie and RFC 9113 §8.2.3 joins so (`a=1; b=2`,
+/// one Cookie header's own syntax); `, ` for any other (RFC 9110 §5.3).
+fn joiner(name: &HeaderName) -> &'static str {
+    if name == http::header::COOKIE {
+        "; "
+    } else {
+        ", "
+    }
+}
+
+/// Writes the header at `index` of `values`: `-` when absent (as gunicorn) or empty, repeated
+/// values joined with `joiner` (`, ` as RFC 9110 §5.3 combines field lines, see [`joiner`];
+/// gunicorn keeps only the last), escaped and bounded as [`escape_value_into`] does.
+fn write_header(values: Option<&dyn HeaderValues>, index: usize, joiner: &str, out: &mut String) {
     let start = out.len();
     let mut budget = HEADER_ATOM_MAX;
     let mut cut = false;
@@ -375,12 +423,12 @@ fn write_header(values: Option<&dyn HeaderValues>, index: usize, out: &mut Strin
                 return;
             }
             if !std::mem::take(&mut first) {
-                if budget < 2 {
+                if budget < joiner.len() {
                     cut = true;
                     return;
                 }
-                out.push_str(", ");
-                budget -= 2;
+                out.push_str(joiner);
+                budget -= joiner.len();
             }
             cut = !escape_value_into(v, &mut budget, out);
         });
@@ -513,7 +561,7 @@ impl Record<'_> {
 fn escape_value_into(v: &[u8], budget: &mut usize, out: &mut String) -> bool {
     for chunk in v.utf8_chunks() {
         for c in chunk.valid().chars() {
-            let escaped = c == '"' || c == '\\' || c.is_control();
+            let escaped = c == '"' || c == '\\' || crate::log::must_escape(c);
             let len = if escaped {
                 4 * c.len_utf8()
             } else {
@@ -543,10 +591,12 @@ fn escape_value_into(v: &[u8], budget: &mut usize, out: &mut String) -> bool {
     true
 }
 
-/// Appends `s` with `"`, `\` and control characters as `\xNN` (each UTF-8 byte).
+/// Appends `s` with `"`, `\` and the characters that would change how the line reads
+/// ([`crate::log::must_escape`]: control characters, line separators, bidirectional
+/// controls) as `\xNN` (each UTF-8 byte).
 fn escape_into(s: &str, out: &mut String) {
     for c in s.chars() {
-        if c == '"' || c == '\\' || c.is_control() {
+        if c == '"' || c == '\\' || crate::log::must_escape(c) {
             let mut b = [0u8; 4];
             for byte in c.encode_utf8(&mut b).bytes() {
                 let _ = write!(out, "\\x{byte:02x}");
@@ -686,6 +736,13 @@ mod tests {
             LogFormat::parse("%(h)s %(z)s"),
             Err(FormatError::UnknownAtom("z".into()))
         );
+        for blank in ["", " ", "\t\n"] {
+            assert_eq!(
+                LogFormat::parse(blank),
+                Err(FormatError::Empty),
+                "{blank:?}"
+            );
+        }
         assert_eq!(
             LogFormat::parse("%({x-forwarded-for}z)s"),
             Err(FormatError::UnknownAtom("{x-forwarded-for}z".into()))
@@ -738,7 +795,7 @@ mod tests {
         assert!(plain.request_headers().is_empty() && plain.response_headers().is_empty());
         let mut headers = HeaderMap::new();
         headers.insert("user-agent", "x".parse().unwrap());
-        let kept = plain.capture_request(&headers);
+        let kept = plain.capture_request(&headers, None);
         assert!(kept.is_empty() && kept.values.capacity() == 0);
     }
 
@@ -779,6 +836,61 @@ mod tests {
         assert_eq!(
             f.render(&rec, SystemTime::UNIX_EPOCH),
             "café \\xff\\x22x\\x22|http://r/\\x7f\n"
+        );
+    }
+
+    /// HTTP/2 carries the host in `:authority`, not in a `Host` line: `%({host}i)s` shows
+    /// it when there is no `Host`, and a `Host` received wins. Cookies sent one line per
+    /// cookie (as HTTP/2 clients do) are joined as one Cookie header's syntax joins them.
+    #[test]
+    fn host_falls_back_to_the_authority_and_cookies_join_with_semicolons() {
+        let f = LogFormat::parse("%({host}i)s|%({cookie}i)s|%({x-a}i)s").unwrap();
+        let authority: http::uri::Authority = "example.com:8443".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("cookie", "a=1".parse().unwrap());
+        headers.append("cookie", "b=2".parse().unwrap());
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        let kept = f.capture_request(&headers, Some(&authority));
+        let peer = Peer::Unix;
+        let mut rec = record(&peer, &Method::GET);
+        rec.request_headers = Some(&kept);
+        assert_eq!(
+            f.render(&rec, SystemTime::UNIX_EPOCH),
+            "example.com:8443|a=1; b=2|1, 2\n"
+        );
+        headers.insert("host", "h".parse().unwrap());
+        let kept = f.capture_request(&headers, Some(&authority));
+        rec.request_headers = Some(&kept);
+        assert!(f.render(&rec, SystemTime::UNIX_EPOCH).starts_with("h|"));
+        let kept = LogFormat::parse("%(h)s")
+            .unwrap()
+            .capture_request(&HeaderMap::new(), Some(&authority));
+        assert!(kept.is_empty());
+    }
+
+    /// A Unicode line separator is a line break to many log viewers, and a bidirectional
+    /// override shows the text after it reversed, so either lets a client make its value
+    /// look like a second line or another field: both are escaped wherever a client's text
+    /// goes (a header atom, `%(a)s`, the request line).
+    #[test]
+    fn characters_that_break_or_reorder_a_line_are_escaped() {
+        let peer = Peer::Unix;
+        let mut rec = record(&peer, &Method::GET);
+        rec.user_agent = Some("a\u{2028}b\u{202e}c\u{2066}".as_bytes());
+        rec.request = Some(RequestLine {
+            method: &Method::GET,
+            target: "/\u{2029}",
+            version: Version::HTTP_11,
+        });
+        let mut req: Captured = Captured::default();
+        req.push(0, "x\u{2028}200 \u{202e}y".as_bytes().to_vec());
+        rec.request_headers = Some(&req);
+        let f = LogFormat::parse("%(a)s|%({x-a}i)s|%(r)s").unwrap();
+        assert_eq!(
+            f.render(&rec, SystemTime::UNIX_EPOCH),
+            "a\\xe2\\x80\\xa8b\\xe2\\x80\\xaec\\xe2\\x81\\xa6|\
+             x\\xe2\\x80\\xa8200 \\xe2\\x80\\xaey|GET /\\xe2\\x80\\xa9 HTTP/1.1\n"
         );
     }
 

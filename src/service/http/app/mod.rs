@@ -594,7 +594,9 @@ fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> Ha
         logged: c.access_log.as_ref().map(|log| LoggedHeaders {
             referer: parts.headers.get(REFERER).cloned(),
             user_agent: parts.headers.get(USER_AGENT).cloned(),
-            request: log.format().capture_request(&parts.headers),
+            request: log
+                .format()
+                .capture_request(&parts.headers, parts.uri.authority()),
             response: Captured::default(),
         }),
         conn: Arc::clone(&c),
