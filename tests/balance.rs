@@ -62,10 +62,14 @@ fn split(workers: &[i32], conns: &HashSet<u64>) -> HashMap<i32, usize> {
         .collect()
 }
 
-/// One request on a kept-alive connection; returns once the whole response is read.
-fn get(c: &mut TcpStream) {
+/// Sends one request on a kept-alive connection.
+fn send(c: &mut TcpStream) {
     c.write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
+}
+
+/// Reads one whole response to [`send`]'s request.
+fn read_response(c: &mut TcpStream) {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     // "A" is the whole body: the response ends with it.
@@ -98,17 +102,22 @@ fn burst_is_spread(workers: usize) {
     let addr: SocketAddr = s.tcp_addr();
     let pids = s.wait_children(workers, SOON);
 
-    // All at once: every handshake completes in the kernel before any worker runs, so the
-    // whole burst sits in the shared queue together.
+    // All at once: every handshake and request reaches the kernel before any worker runs, so
+    // the whole burst sits in the shared queue together (an HTTP listener defers accepting a
+    // client until its request comes, so the requests go out before any answer is read, as a
+    // load generator's do).
     let mut clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
     for c in &mut clients {
         c.set_read_timeout(Some(SOON)).unwrap();
     }
+    for c in &mut clients {
+        send(c);
+    }
     // A served request proves each one was accepted (and is now kept alive).
     for c in &mut clients {
-        get(c);
+        read_response(c);
     }
 
     let mut held = HashMap::new();

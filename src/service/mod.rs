@@ -268,7 +268,7 @@ impl Service {
     }
 
     /// Serves a TCP connection just accepted and not yet registered ([`Serve::serve_fresh`]),
-    /// parking at `spot` as [`Service::serve_at`] does. Boxed as [`Service::serve`] is.
+    /// parking at `spot` as `Service::serve_at` does. Boxed as [`Service::serve`] is.
     pub fn serve_fresh<'a>(
         &'a self,
         sock: std::net::TcpStream,

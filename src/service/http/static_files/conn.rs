@@ -210,7 +210,7 @@ pub async fn serve_at(
 /// no `epoll_ctl`, no wait, and no task when the accept loop polls this in place
 /// ([`crate::service::Serve::serve_fresh`]). Anything that would block registers it, with the
 /// bytes and the exchange in progress kept as they are, and from its first idle wait on it is
-/// served by [`serve_at`]. The request goes through the same [`exchange`] either way, so
+/// served by [`serve_at`]. The request goes through the same `exchange` either way, so
 /// limits, timeouts, the access log and the counters are the same.
 ///
 /// # Errors
