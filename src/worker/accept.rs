@@ -1,16 +1,31 @@
 //! The accept loop: one per worker, over every inherited listener, under the connection cap,
 //! and the balance between workers sharing a listener.
 //!
-//! Every worker's epoll watches the same shared listener, so all of them wake for each new
-//! client and whoever runs first takes it. Left alone, that hands a burst of clients to one
-//! worker (splits of 49/15 over 2 workers were measured, issue 12). So a worker that holds
+//! Every worker's epoll watches the same shared listener. Registered as mio does it, every
+//! sleeping worker wakes for each new client and whoever runs first takes it; the losers pay a
+//! context switch and, under load, an `accept` that finds nothing. So while a worker will
+//! accept whatever wakes it (it holds a permit and is under `SLACK` connections, so one more
+//! cannot put it over any share), its listener's entry in the runtime's epoll instance is
+//! re-added with `EPOLLEXCLUSIVE` (mio cannot set it), and the kernel wakes one sleeping worker
+//! per client, as nginx does (its `accept_mutex off`, the default). Otherwise the entry is
+//! shared, so that a peer is always woken for a client this worker will not take at once. Only
+//! sleepers are spared: a worker that is running when a client comes still sees it, and may
+//! find nothing when it tries (measured, issue 12: context switches per short connection fell
+//! from ~0.43 to ~0.40 with 2 workers, `accept`s that find nothing did not). The
+//! entry is found in `/proc/self/fdinfo`; when it is not, wake-ups stay shared. (An epoll
+//! instance of its own, holding the listener exclusively and itself registered with the
+//! runtime, does not do it: the kernel counts a wake-up as taken only when a thread sleeps in
+//! `epoll_wait` on that very instance, so every worker's inner instance is still woken.)
+//!
+//! Either way, whoever runs first takes a client. Left alone, that hands a burst of clients to
+//! one worker (splits of 49/15 over 2 workers were measured, issue 12). So a worker that holds
 //! clearly more connections than its least-loaded ready peer (read from the scoreboard) first
 //! serves what it has (its ready connection tasks run, and short connections end there), and
 //! only if it is still over its share waits until a client is actually queued, gives its peers
 //! a short head start, and accepts only if it is still the right one to. The queue stays
 //! shared: nothing is ever refused or reset, and when peers do not accept at all (wedged,
 //! stopping) the worker stops deferring to them. This module never touches another worker's
-//! slot except to read it.
+//! slot except to read it, nor any entry of the runtime's epoll instance but its listeners'.
 
 use std::future::poll_fn;
 use std::io;
@@ -47,8 +62,128 @@ pub enum AcceptSocket {
 }
 
 /// A non-blocking listener registered with the runtime for readiness only; accepting is a
-/// separate, explicit step (see the module header).
-pub struct WatchedListener(AsyncFd<Inherited>);
+/// separate, explicit step (see the module header). With its entry in the runtime's epoll
+/// instance when that was found, so the wake-up for a new client can be made exclusive.
+pub struct WatchedListener(AsyncFd<Inherited>, Option<EpollEntry>);
+
+/// The listener's entry in the runtime's own epoll instance, which this module re-adds with or
+/// without `EPOLLEXCLUSIVE` (mio cannot set it). Found by its target descriptor in
+/// `/proc/self/fdinfo`, in the epoll instance that gained it when the runtime registered it;
+/// the entry's `data` (the runtime's token) and flags are kept as they were.
+struct EpollEntry {
+    /// The runtime's epoll instance (one of its descriptors), open for the worker's life.
+    epoll: RawFd,
+    /// The listener.
+    fd: RawFd,
+    /// The flags the runtime registered (`EPOLLIN | EPOLLRDHUP | EPOLLET` with mio).
+    events: u32,
+    /// The runtime's token for the listener, kept on every re-add.
+    data: u64,
+    /// Whether the entry now has `EPOLLEXCLUSIVE`.
+    exclusive: std::sync::atomic::AtomicBool,
+}
+
+/// `(epoll fd, events, data)` of every epoll instance of this process watching `fd`.
+fn epoll_entries_of(fd: RawFd) -> Vec<(RawFd, u32, u64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let is_epoll =
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]");
+        let Some(epfd) = e.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
+            continue;
+        };
+        if !is_epoll {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{epfd}")) else {
+            continue;
+        };
+        for line in info.lines() {
+            // "tfd:        5 events:       19 data:                0  pos:0 ino:... sdev:..."
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 6
+                && f[0] == "tfd:"
+                && f[1].parse() == Ok(fd)
+                && let (Ok(ev), Ok(data)) =
+                    (u32::from_str_radix(f[3], 16), u64::from_str_radix(f[5], 16))
+            {
+                out.push((epfd, ev, data));
+            }
+        }
+    }
+    out
+}
+
+impl EpollEntry {
+    /// The entry the runtime added for `fd` since `before` was read; `None` when it cannot be
+    /// told apart (then wake-ups stay as they are).
+    fn find(fd: RawFd, before: &[(RawFd, u32, u64)]) -> Option<EpollEntry> {
+        let mut new: Vec<_> = epoll_entries_of(fd)
+            .into_iter()
+            .filter(|e| !before.iter().any(|b| b.0 == e.0))
+            .collect();
+        // The runtime holds its epoll instance under two descriptors (a clone of mio's
+        // registry): the same entry, token and all, shows under both.
+        new.sort_by_key(|e| (e.2, e.0));
+        new.dedup_by_key(|e| e.2);
+        if new.len() != 1 {
+            return None;
+        }
+        let (epoll, events, data) = new.pop()?;
+        Some(EpollEntry {
+            epoll,
+            fd,
+            events,
+            data,
+            exclusive: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Re-adds the entry with `EPOLLEXCLUSIVE` set or not (it cannot be changed in place). An
+    /// already queued client is seen again at once: `EPOLL_CTL_ADD` checks readiness.
+    fn set_exclusive(&self, on: bool) -> io::Result<()> {
+        use nix::libc;
+        if self.exclusive.load(Ordering::Relaxed) == on {
+            return Ok(());
+        }
+        let events = if on {
+            // EPOLLEXCLUSIVE allows only these beside it.
+            (self.events
+                & (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET | libc::EPOLLWAKEUP) as u32)
+                | libc::EPOLLEXCLUSIVE as u32
+        } else {
+            self.events
+        };
+        let ctl = |op, events| {
+            let mut ev = libc::epoll_event {
+                events,
+                u64: self.data,
+            };
+            // SAFETY: plain syscall on descriptors this process holds open; `ev` outlives it.
+            let r = unsafe { libc::epoll_ctl(self.epoll, op, self.fd, &mut ev) };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        ctl(libc::EPOLL_CTL_DEL, 0)?;
+        if let Err(e) = ctl(libc::EPOLL_CTL_ADD, events) {
+            // Back as the runtime made it: without an entry this worker would never hear of a
+            // client on this listener again (its peers still would).
+            if let Err(back) = ctl(libc::EPOLL_CTL_ADD, self.events) {
+                tracing::error!(cause = %back, "a listener is no longer watched by this worker");
+            }
+            self.exclusive.store(false, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.exclusive.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+}
 
 enum Inherited {
     /// With whether accepted clients inherit `TCP_NODELAY` from the listener (set there once
@@ -188,12 +323,17 @@ impl AcceptSocket {
                 Inherited::Unix(std)
             }
         };
+        let raw = inherited.as_raw_fd();
+        let before = epoll_entries_of(raw);
         // SAFETY: `inherited` owns its listener fd, which stays open and unchanged until the
         // `AsyncFd` (which owns `inherited`) is dropped; `as_raw_fd` always returns it.
         let fd =
             unsafe { AsyncFd::register_with_interest(inherited, tokio::io::Interest::READABLE) }
                 .map_err(io::Error::from)?;
-        Ok(AcceptSocket::Watched(WatchedListener(fd)))
+        // Registered shared: the accept loop makes the wake-up exclusive when it is ready to
+        // accept (see [`wake_alone`]).
+        let entry = EpollEntry::find(raw, &before);
+        Ok(AcceptSocket::Watched(WatchedListener(fd, entry)))
     }
 
     /// Ready once a client is queued (for tokio-accepted listeners: at once, as their queue
@@ -296,6 +436,13 @@ impl Balance {
         mine > least + SLACK + least / 8
     }
 
+    /// True when this worker, holding one more connection, would still not be over any share
+    /// whatever its peers hold: [`Balance::over_share`] is false up to [`SLACK`] connections.
+    /// What lets its wake-up be exclusive (see [`wake_alone`]).
+    fn never_over_share_after_one_more(&self) -> bool {
+        self.me.active_conns.load(Ordering::Relaxed) < SLACK
+    }
+
     /// True when a ready peer holds fewer connections than this worker, which is at its cap:
     /// the peer has room for a queued client (every worker has the same cap), so nothing of
     /// ours should be closed to make room for it. False without a scoreboard (a worker alone,
@@ -351,8 +498,13 @@ async fn accept_balanced(
     next: &mut usize,
     balance: &mut Balance,
 ) -> io::Result<(Client, Peer, usize)> {
+    // A client that came while this worker slept with an exclusive wake-up may have woken it
+    // alone: it is taken here, not left to peers that may know nothing of it. Only a hand-over
+    // (which adds connections without an accept) can have brought the worker over its share
+    // since; the next call defers as usual, its wake-up shared.
+    let woken_alone = woke_alone(listeners);
     balance.stalled_since = None;
-    while balance.over_share() {
+    while !woken_alone && balance.over_share() {
         // Serve what is here first: every connection task that is ready runs (and the runtime
         // polls for I/O) before this one resumes. Short connections (one request each) end in
         // that round and bring the worker back under its share. Deferring at once instead, on
@@ -372,6 +524,7 @@ async fn accept_balanced(
         tokio::time::sleep(HEAD_START).await;
         balance.after_head_start(before);
     }
+    wake_alone(listeners, balance.never_over_share_after_one_more());
     accept_any(listeners, next).await
 }
 
@@ -386,6 +539,34 @@ async fn wait_queued(listeners: &[AcceptSocket]) -> io::Result<()> {
         Poll::Pending
     })
     .await
+}
+
+/// True when a watched listener's wake-up is exclusive.
+fn woke_alone(listeners: &[AcceptSocket]) -> bool {
+    listeners.iter().any(|l| {
+        matches!(l, AcceptSocket::Watched(WatchedListener(_, Some(e)))
+            if e.exclusive.load(Ordering::Relaxed))
+    })
+}
+
+/// Makes each watched listener's wake-up exclusive (`alone`: the kernel wakes one sleeping
+/// worker per new client, as nginx's `EPOLLEXCLUSIVE`) or shared (every sleeping worker wakes).
+/// Exclusive only while this worker will accept whatever woke it: it holds a permit and one
+/// more client cannot put it over its share (see
+/// [`Balance::never_over_share_after_one_more`]). A sleeper that would not accept (deferring,
+/// at its connection cap, backing off) must not be the one the kernel picks: nothing wakes its
+/// peers for that client again. A worker that is running (not asleep in `epoll_wait`) never
+/// takes the wake-up from a sleeping peer, whatever its flag. Each change costs two
+/// `epoll_ctl`; none when the flag is already so. A listener whose entry was not found stays
+/// shared.
+fn wake_alone(listeners: &[AcceptSocket], alone: bool) {
+    for l in listeners {
+        if let AcceptSocket::Watched(WatchedListener(_, Some(entry))) = l
+            && let Err(err) = entry.set_exclusive(alone)
+        {
+            tracing::debug!(cause = %err, alone, "could not change the listener's wake-up");
+        }
+    }
 }
 
 /// Accepts from whichever listener is ready, starting the scan one further each time so a
@@ -464,6 +645,8 @@ impl<S: Serve> Acceptor<S> {
             let permit = match self.limit.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) if self.reclaim.has_idle() && !balance.a_peer_has_room() => {
+                    // At the cap: the peers are woken for new clients too.
+                    wake_alone(&self.listeners, false);
                     // At the cap with an idle connection, and no peer with room (nginx, too,
                     // reuses a connection only when it has no free one). Once a client is
                     // actually queued, close the idle connection first, then wait for the
@@ -498,6 +681,7 @@ impl<S: Serve> Acceptor<S> {
                     }
                 }
                 Err(_) => {
+                    wake_alone(&self.listeners, false);
                     tokio::select! {
                         p = self.limit.clone().acquire_owned() => p.expect("connection semaphore closed"),
                         // Look again: an idle connection can now make room...
@@ -588,6 +772,7 @@ impl<S: Serve> Acceptor<S> {
                         continue;
                     }
                     tracing::warn!(cause = %err, "failed to accept; retrying in 100ms");
+                    wake_alone(&self.listeners, false);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                         _ = self.stop.cancelled() => break,
@@ -788,6 +973,70 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(started.elapsed(), Duration::ZERO);
+        });
+    }
+
+    /// The flags the kernel holds for the listener's entry in the runtime's epoll instance.
+    fn registered_flags(listeners: &[AcceptSocket]) -> u32 {
+        let AcceptSocket::Watched(WatchedListener(_, Some(entry))) = &listeners[0] else {
+            panic!("the listener's entry in the runtime's epoll instance was not found")
+        };
+        epoll_entries_of(entry.fd)
+            .into_iter()
+            .find(|e| e.0 == entry.epoll && e.2 == entry.data)
+            .expect("the entry is registered")
+            .1
+    }
+
+    const EXCLUSIVE: u32 = nix::libc::EPOLLEXCLUSIVE as u32;
+
+    /// A worker that accepts at once has the kernel wake it alone for a new client (as
+    /// nginx's `EPOLLEXCLUSIVE`); one over its share leaves the wake-up shared while it defers,
+    /// so the peer it defers to is woken for the client too. Read from the kernel's own view
+    /// of the entry (`/proc/self/fdinfo`).
+    #[test]
+    fn the_wake_up_is_exclusive_only_while_the_worker_accepts_at_once() {
+        runtime().block_on(async {
+            let mut s = over_share_with_a_client_queued().await;
+            // Registered shared, keeping the runtime's token and flags.
+            let flags = registered_flags(&s.listeners);
+            assert_eq!(flags & EXCLUSIVE, 0);
+            assert_ne!(flags & nix::libc::EPOLLIN as u32, 0);
+            let (listeners, mut next) = (&s.listeners, 0);
+            let deferring = async {
+                tokio::time::sleep(HEAD_START).await;
+                registered_flags(listeners)
+            };
+            let (accepted, while_deferring) = tokio::join!(
+                accept_balanced(listeners, &mut next, &mut s.balance),
+                deferring
+            );
+            accepted.unwrap();
+            assert_eq!(while_deferring & EXCLUSIVE, 0, "shared while deferring");
+            // Still over its share after accepting: the next wake-up stays shared.
+            assert_eq!(registered_flags(&s.listeners) & EXCLUSIVE, 0);
+
+            // Under its share: the wake-up is exclusive while it waits for the next client.
+            s.me.active_conns.store(0, Ordering::Relaxed);
+            let _second = std::net::TcpStream::connect(match &s.listeners[0] {
+                AcceptSocket::Watched(WatchedListener(fd, _)) => match fd.get_ref() {
+                    Inherited::Tcp(l, _) => l.local_addr().unwrap(),
+                    Inherited::Unix(_) => unreachable!("a TCP listener"),
+                },
+                _ => unreachable!("a watched listener"),
+            })
+            .unwrap();
+            accept_balanced(&s.listeners, &mut 0, &mut s.balance)
+                .await
+                .unwrap();
+            let flags = registered_flags(&s.listeners);
+            assert_ne!(flags & EXCLUSIVE, 0);
+            assert_ne!(flags & nix::libc::EPOLLIN as u32, 0);
+
+            // At the connection cap (or backing off): shared again, and the runtime's token
+            // unchanged throughout (it still hears of clients).
+            wake_alone(&s.listeners, false);
+            assert_eq!(registered_flags(&s.listeners) & EXCLUSIVE, 0);
         });
     }
 
