@@ -21,6 +21,7 @@
 #                                           # oxicorn-base (A/B in the same rounds)
 #   ONLY=h1 ROUNDS=15 DURATION=2 BASE=... benches/app.sh
 #                                           # HTTP/1.1 only: no gunicorn, no h2, no HUP run
+#   QUIET_WAIT=30 (default)                 # seconds each run may wait for a quiet machine
 #
 # wrk keeps every connection busy, so its p99 is the tail AT SATURATION: on a machine whose
 # cores the client shares, it is mostly how long the scheduler leaves a server process (and
@@ -48,6 +49,7 @@ CONNS=${CONNS:-64}
 HUP_SECS=${HUP_SECS:-10}
 ONLY=${ONLY:-}
 RATE_PCTS=${RATE_PCTS-50 80}
+QUIET_WAIT=${QUIET_WAIT:-30}
 case $ONLY in
     '' | h1) ;;
     *) echo "app.sh: ONLY is h1 or unset" >&2; exit 1 ;;
@@ -144,6 +146,29 @@ cpu_secs() { # master
     awk -v t="$t" -v hz="$TICKS" 'BEGIN { printf "%.3f", t / hz }'
 }
 
+# The machine's busy time (all CPUs, user + system + irq, in ticks) and its total time.
+machine_ticks() {
+    awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat
+}
+# CPU time (user + system) of the main shell's finished children (the clients), in seconds:
+# call `times >"$WORK/times"` in the main shell first (a subshell counts its own children only).
+client_secs() {
+    awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] }
+        printf "%.3f", s }' "$WORK/times"
+}
+# Other engineers share this machine: before each run wait (at most QUIET_WAIT seconds) for a
+# second in which it is at least 85% idle. Each run then records the cores that neither the
+# server nor the client used ("other load"); the summary gives paired ratios over the rounds
+# where both runs of the pair saw under 0.1 core of it, besides those over all rounds.
+wait_quiet() {
+    local _ b0 t0 b1 t1
+    for _ in $(seq 1 "$QUIET_WAIT"); do
+        read -r b0 t0 <<<"$(machine_ticks)"; sleep 1; read -r b1 t1 <<<"$(machine_ticks)"
+        [ $((100 * (b1 - b0))) -lt $((15 * (t1 - t0))) ] && return 0
+    done
+    return 0
+}
+
 # wrk: prints "<requests/s> <p99 in ms> <errors>" for one run.
 run_wrk() { # port seconds
     wrk -t2 -c"$CONNS" -d"$2"s --latency "http://127.0.0.1:$1/" | python3 -c '
@@ -204,10 +229,13 @@ PY
 }
 
 # The fixed rates: RATE_PCTS percent of axum::serve's requests/s under h2load over HTTP/1.1
-# with as many connections, kept busy (the median of 3 runs of 2 s).
+# with as many connections, kept busy (the median of 3 runs of 2 s, each after a quiet second).
+# A row whose answered rate falls short of the offered one, or whose late% is high, was
+# saturated after all (the machine got busier): read it as such.
 RATES=()
 if [ -n "$RATE_PCTS" ]; then
     AXUM_MAX=$(for _ in 1 2 3; do
+        wait_quiet
         h2load --h1 -c"$CONNS" -t2 -D2 "http://127.0.0.1:$P_AXUM/" 2>/dev/null |
             sed -n 's/^finished in [0-9.]*[a-z]*, \([0-9.]*\) req\/s.*/\1/p'
     done | median)
@@ -217,7 +245,7 @@ if [ -n "$RATE_PCTS" ]; then
     echo "axum::serve under h2load --h1 -c$CONNS (kept busy): $AXUM_MAX requests/s; fixed rates: ${RATES[*]}" >&2
 fi
 
-declare -A RPS P99 ERR PERCPU RATE_OF
+declare -A RPS P99 ERR PERCPU RATE_OF OTHER
 NAMES=(oxicorn axum gunicorn-sync gunicorn-gthread oxicorn-h2 axum-h2)
 [ -n "${BASE:-}" ] && NAMES=(oxicorn oxicorn-base axum gunicorn-sync gunicorn-gthread oxicorn-h2 oxicorn-base-h2 axum-h2)
 if [ -n "$ONLY" ]; then
@@ -246,6 +274,9 @@ for r in $(seq 1 "$ROUNDS"); do
         order=(); for ((i = ${#NAMES[@]} - 1; i >= 0; i--)); do order+=("${NAMES[$i]}"); done
     fi
     for name in "${order[@]}"; do
+        wait_quiet
+        read -r busy0 total0 <<<"$(machine_ticks)"
+        times >"$WORK/times"; client0=$(client_secs)
         before=$(cpu_secs "${MASTER[$name]}")
         case $name in
             oxicorn) out=$(run_wrk "$P_OXI" "$DURATION") ;;
@@ -270,6 +301,12 @@ for r in $(seq 1 "$ROUNDS"); do
                 ;;
         esac
         after=$(cpu_secs "${MASTER[$name]}")
+        read -r busy1 total1 <<<"$(machine_ticks)"
+        times >"$WORK/times"
+        OTHER[$name]+="$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v hz="$TICKS" -v n="$(nproc)" \
+            -v s="$(awk -v a="$after" -v b="$before" 'BEGIN { print a - b }')" \
+            -v c="$(awk -v a="$(client_secs)" -v b="$client0" 'BEGIN { print a - b }')" \
+            'BEGIN { o = (t > 0) ? (b / hz - s - c) / (t / hz / n) : 0; printf "%.2f", (o > 0) ? o : 0 }') "
         read -r rps lat err <<<"$out"
         RPS[$name]+="$rps "; P99[$name]+="$lat "; ERR[$name]+="$err "
         PERCPU[$name]+="$(awk -v r="$rps" -v d="$DURATION" -v c="$(awk -v a="$after" -v b="$before" 'BEGIN { print a - b }')" \
@@ -286,7 +323,7 @@ echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuin
 echo "load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
 for name in "${NAMES[@]}"; do
     [[ $name == *@* ]] && continue
-    echo "$name|${RPS[$name]}|${P99[$name]}|${PERCPU[$name]}|${ERR[$name]}"
+    echo "$name|${RPS[$name]}|${P99[$name]}|${PERCPU[$name]}|${ERR[$name]}|${OTHER[$name]}"
 done | python3 -c '
 import statistics, sys
 rows = {}
@@ -298,17 +335,20 @@ def spread(xs, fmt):
     return f"{fmt(med(xs))} [{fmt(min(xs))}-{fmt(max(xs))}]" if xs else "-"
 n0 = lambda x: f"{x:.0f}"
 n2 = lambda x: f"{x:.2f}"
-print("%-18s %26s %26s %26s %7s" % ("server", "requests/s", "p99 ms (h2: mean)", "req per server CPU-s", "errors"))
-for name, (rps, p99, cpu, err) in rows.items():
-    print(f"{name:<18} {spread(rps, n0):>26} {spread(p99, n2):>26} {spread(cpu, n0):>26} {sum(err):>7.0f}")
+print("%-18s %26s %26s %26s %7s %12s" % ("server", "requests/s", "p99 ms (h2: mean)", "req per server CPU-s",
+      "errors", "other load"))
+for name, (rps, p99, cpu, err, other) in rows.items():
+    print(f"{name:<18} {spread(rps, n0):>26} {spread(p99, n2):>26} {spread(cpu, n0):>26} {sum(err):>7.0f}"
+          f" {med(other):>5.2f} [{max(other):.2f}]")
 def m(name, col):
     return med(rows[name][col]) if name in rows else 0.0
 r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
-def paired(a, b, col):
+def paired(a, b, col, quiet=False):
     if a not in rows or b not in rows:
         return "n/a"
-    xs = [x / y for x, y in zip(rows[a][col], rows[b][col]) if y]
-    return f"{med(xs):.3f}x [{min(xs):.3f}-{max(xs):.3f}]" if xs else "n/a"
+    xs = [x / y for x, y, oa, ob in zip(rows[a][col], rows[b][col], rows[a][4], rows[b][4])
+          if y and (not quiet or max(oa, ob) < 0.1)]
+    return f"{med(xs):.3f}x [{min(xs):.3f}-{max(xs):.3f}]" + (f" ({len(xs)} rounds)" if quiet else "") if xs else "n/a"
 pairs = [("oxicorn", "axum", "axum::serve")]
 if "oxicorn-base" in rows:
     pairs.append(("oxicorn", "oxicorn-base", "oxicorn-base"))
@@ -323,6 +363,8 @@ for a, b, label in pairs:
     print(line)
     print(f"  paired per round, median [min-max]: requests/s {paired(a, b, 0)},"
           f" per CPU-second {paired(a, b, 2)}, p99 {paired(a, b, 1)} (p99: below 1 is better)")
+    print(f"  the same over the quiet rounds (other load under 0.1 core in both runs): requests/s"
+          f" {paired(a, b, 0, True)}, per CPU-second {paired(a, b, 2, True)}, p99 {paired(a, b, 1, True)}")
 if "gunicorn-sync" in rows:
     g, cg = max(m("gunicorn-sync", 0), m("gunicorn-gthread", 0)), max(m("gunicorn-sync", 2), m("gunicorn-gthread", 2))
     o, co = m("oxicorn", 0), m("oxicorn", 2)
@@ -334,7 +376,7 @@ if [ ${#FIXED[@]} -gt 0 ]; then
     echo "latencies from h2load's per-request log; late%: the most, over the rounds, of requests slower than the"
     echo "per-connection send interval (an upper bound on the requests that held a later one back)"
     for name in "${FIXED[@]}"; do
-        echo "$name|${RATE_OF[$name]}|${RPS[$name]}|${P50[$name]}|${P99[$name]}|${P999[$name]}|${LATE[$name]}|${PERCPU[$name]}|${ERR[$name]}"
+        echo "$name|${RATE_OF[$name]}|${RPS[$name]}|${P50[$name]}|${P99[$name]}|${P999[$name]}|${LATE[$name]}|${PERCPU[$name]}|${ERR[$name]}|${OTHER[$name]}"
     done | python3 -c '
 import statistics, sys
 rows, rate = {}, {}
@@ -347,21 +389,24 @@ def spread(xs, fmt):
     return f"{fmt(med(xs))} [{fmt(min(xs))}-{fmt(max(xs))}]" if xs else "-"
 n0 = lambda x: f"{x:.0f}"
 n2 = lambda x: f"{x:.2f}"
-print("%-20s %7s %8s %20s %20s %20s %6s %24s %6s" % ("server@rate", "offered", "answered",
-      "p50 ms", "p99 ms", "p99.9 ms", "late%", "req per server CPU-s", "errors"))
-for name, (rps, p50, p99, p999, late, cpu, err) in rows.items():
+print("%-20s %7s %8s %20s %20s %20s %6s %24s %6s %12s" % ("server@rate", "offered", "answered",
+      "p50 ms", "p99 ms", "p99.9 ms", "late%", "req per server CPU-s", "errors", "other load"))
+for name, (rps, p50, p99, p999, late, cpu, err, other) in rows.items():
     print(f"{name:<20} {rate[name]:>7} {med(rps):>8.0f} {spread(p50, n2):>20} {spread(p99, n2):>20}"
-          f" {spread(p999, n2):>20} {max(late):>6.2f} {spread(cpu, n0):>24} {sum(err):>6.0f}")
-def paired(a, b, col):
-    xs = [x / y for x, y in zip(rows[a][col], rows[b][col]) if y]
-    return f"{med(xs):.2f}x [{min(xs):.2f}-{max(xs):.2f}]" if xs else "n/a"
+          f" {spread(p999, n2):>20} {max(late):>6.2f} {spread(cpu, n0):>24} {sum(err):>6.0f}"
+          f" {med(other):>5.2f} [{max(other):.2f}]")
+def paired(a, b, col, quiet=False):
+    xs = [x / y for x, y, oa, ob in zip(rows[a][col], rows[b][col], rows[a][7], rows[b][7])
+          if y and (not quiet or max(oa, ob) < 0.1)]
+    return f"{med(xs):.2f}x [{min(xs):.2f}-{max(xs):.2f}]" + (f" ({len(xs)} quiet)" if quiet else "") if xs else "n/a"
 for name in rows:
     server, pct = name.split("@")
     if server == "axum":
         continue
     other = "axum@" + pct
     print(f"{server} / axum::serve at {pct}, paired per round: p50 {paired(name, other, 1)},"
-          f" p99 {paired(name, other, 2)}, p99.9 {paired(name, other, 3)}, per CPU-second {paired(name, other, 5)}")
+          f" p99 {paired(name, other, 2)}, p99.9 {paired(name, other, 3)}, per CPU-second {paired(name, other, 5)};"
+          f" quiet rounds only: p99 {paired(name, other, 2, True)}")
 '
 fi
 m() { tr ' ' '\n' <<<"${RPS[$1]:-}" | grep . | median; }
