@@ -7,11 +7,13 @@
 //! pick them up, so while the kernel leaves a worker waiting for its CPU, every connection it
 //! holds waits with it (tokio's multi-thread runtime, which `axum::serve` uses, lets the other
 //! thread take them). Under a load that keeps the cores busy (the client on the same 2 cores,
-//! benches/app.sh) a worker ran whole slices while its sibling's 32 connections waited: the
-//! requests of the worker on the CPU came back in 0.15-0.2 ms, the sibling's in 5-8 ms
-//! (wrk -c64: p50 well under the mean 64 / requests/s, p99 7.5 ms against axum's 4.5, while
-//! one worker against one axum thread had the lower p99). Yielding every 32 requests made
-//! the p99 ~1-2 ms at the same requests/s and CPU per request (measured 2026-11-30, README).
+//! benches/app.sh) a worker ran whole slices while its sibling's 32 connections waited. With
+//! wrk -c64 on 2 workers the p50 was 0.15-0.25 ms, half the mean (64 / requests/s = 0.5 ms),
+//! and the p99 7-8 ms against axum's 4.5-5: most requests came back at once, those of the
+//! worker left waiting took a slice. One worker against one axum thread had the lower p99,
+//! the split of connections between the workers did not track it (32/32 gave 6.9 ms), and
+//! tokio's `event_interval` changed nothing. Yielding every 32 requests made the p99 1-3 ms
+//! at the same requests/s and CPU per request (measured 2026-11-30).
 //!
 //! What it costs: under EEVDF (Linux 6.6+) a yield only moves this thread's deadline one slice
 //! later, so it runs later only behind a task that is owed CPU time anyway (its share is
@@ -24,8 +26,8 @@ use std::cell::Cell;
 
 /// Requests a thread answers between two hand-overs: about a quarter of a millisecond of
 /// hello-world requests (~7 us each), well under the kernel's base slice (0.75 ms times
-/// 1 + log2 of the CPUs). 8 cost a tenth of the requests/s; 64 gave a little less of the gain
-/// (benches/app.sh, 2026-11-30).
+/// 1 + log2 of the CPUs). 8 cost ~15% of the requests/s; 64 gave a little less of the gain
+/// (wrk -c64 against 2 workers, 2026-11-30).
 pub(crate) const REQUESTS_PER_TURN: u32 = 32;
 
 thread_local! {
