@@ -21,7 +21,9 @@
 //! - a graceful stop: when the worker's stop token is cancelled, in-flight requests finish, a
 //!   kept-alive HTTP/1 connection answers its current request with `connection: close` or is
 //!   closed when idle, and HTTP/2 gets GOAWAY (hyper's `graceful_shutdown`). Streams that never
-//!   end (server-sent events, WebSockets) run on until the worker's graceful deadline cuts them.
+//!   end (server-sent events, WebSockets) run on until the worker's graceful deadline cuts them;
+//! - every 32 requests a worker hands its CPU to whatever else waits for it (`handover`), so
+//!   that a worker's connections do not all wait out a kernel time slice of its sibling's.
 //!
 //! This module serves connections it is given; it knows no listener, signal or config format.
 //! The static file service's hand-written HTTP/1.1 parser is deliberately not used here: apps
@@ -30,6 +32,7 @@
 pub mod body;
 pub mod factory;
 pub mod forwarded;
+mod handover;
 pub mod io;
 pub mod settings;
 pub mod static_files;
@@ -782,6 +785,8 @@ impl OnBodyEnd for RequestEnd {
             });
         }
         self.in_flight.end_at(now);
+        // Last: the hand-over may block this thread while another task runs.
+        handover::request_answered();
     }
 }
 
