@@ -105,17 +105,6 @@ fn idle_kept_alive_clients_make_room_for_a_new_one_oldest_first() {
     s.wait_for_line("worker_connections are not enough");
 }
 
-/// Sockets process `pid` holds open, from /proc.
-fn sockets_of(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|fds| {
-            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|target| target.to_string_lossy().starts_with("socket:"))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn silent_clients_make_room_too() {
     let (s, addr) = site(&["--header-timeout", "30"]);

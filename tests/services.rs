@@ -116,17 +116,6 @@ fn one_pool_serves_static_and_chat_and_a_hup_adds_a_third() {
     assert!(!path.parent().unwrap().join("ftp.sock").exists());
 }
 
-/// Sockets process `pid` holds open, from /proc.
-fn sockets_of(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|fds| {
-            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|target| target.to_string_lossy().starts_with("socket:"))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 /// Issue 12: an HTTP listener hands a client to a worker only once its request has come
 /// (TCP_DEFER_ACCEPT), so the worker can answer it at accept; a listener whose server speaks
 /// first (chat) or whose clients may sit at a terminal (echo) accepts at once, and a chat

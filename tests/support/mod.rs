@@ -461,6 +461,18 @@ pub fn process_title(pid: i32) -> String {
     String::from_utf8_lossy(first).into_owned()
 }
 
+/// Sockets process `pid` holds open (its `/proc/PID/fd` entries that are sockets); 0 when the
+/// process is gone.
+pub fn sockets_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// What `top` shows for `pid` (`/proc/PID/comm`).
 pub fn process_comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
