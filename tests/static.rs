@@ -1731,3 +1731,133 @@ fn response_header_atoms_show_what_each_reply_sent() {
     assert!(want[3].contains("[bytes */13]"), "{}", want[3]);
     assert!(want[4].contains("[/sub/]"), "{}", want[4]);
 }
+
+/// A request already there when its connection is accepted is answered in place, before the
+/// connection is registered with the runtime (`conn::serve_fresh`); the same bytes as a kept-alive
+/// connection's second request get (the runtime's path) must get the same answers and the same
+/// access-log lines: pipelined requests with a `Connection: close` among them, a HEAD, a bad
+/// head after a good one, a head larger than one read, one over the limits, a body, ranges and
+/// validators, HTTP/1.0 keep-alive, and a client that half-closes right after sending.
+#[test]
+fn a_fresh_connection_is_answered_as_a_kept_alive_one() {
+    let (dir, www) = site();
+    write(&www.join("big.bin"), pattern(300_000));
+    let (s, addr) = serve(
+        dir,
+        &[
+            "--access-logfile",
+            "access.log",
+            "--access-logformat",
+            "%(r)s %(s)s %(b)s",
+        ],
+    );
+    let get = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").into_bytes()
+    };
+    let close = "Connection: close\r\n";
+    let etag = self::get(addr, "/hello.txt", "")
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let big_head: String = (0..60)
+        .map(|i| format!("X-H{i}: {}\r\n", "v".repeat(250)))
+        .collect();
+    let too_many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("close", get("/hello.txt", close), false),
+        (
+            "pipelined, close in the middle",
+            [
+                get("/hello.txt", ""),
+                get("/missing", ""),
+                b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+                get("/big.bin", "Range: bytes=10-20\r\n"),
+                get("/hello.txt", close),
+                get("/hello.txt", ""),
+            ]
+            .concat(),
+            false,
+        ),
+        (
+            "bad after good",
+            [get("/hello.txt", ""), b"NONSENSE\r\n\r\n".to_vec()].concat(),
+            false,
+        ),
+        ("head over one read", get("/hello.txt", &(big_head + close)), false),
+        ("too many fields", get("/hello.txt", &too_many), false),
+        (
+            "a body",
+            b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            false,
+        ),
+        (
+            "chunked",
+            b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            "validator",
+            get("/hello.txt", &format!("If-None-Match: {etag}\r\n{close}")),
+            false,
+        ),
+        ("range", get("/big.bin", &format!("Range: bytes=-7\r\n{close}")), false),
+        ("a whole file", get("/big.bin", close), false),
+        (
+            "HTTP/1.0 keep-alive, then not",
+            b"GET /hello.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /hello.txt HTTP/1.0\r\n\r\n"
+                .to_vec(),
+            false,
+        ),
+        ("half-closed", [get("/hello.txt", ""), get("/big.bin", "")].concat(), true),
+    ];
+    let log = s.path("access.log");
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    // The line of the request for the ETag above is written after its answer went out.
+    assert!(eventually(SOON, || lines().len() == 1));
+    let warm = get("/hello.txt", "");
+    // Sends `bytes` in one write, on a new connection or after a first exchange; returns
+    // everything after that first answer until the server closes, without the Date lines,
+    // and the access-log lines `bytes` added.
+    let exchange = |bytes: &[u8], kept_alive: bool, half_close: bool| {
+        let before = lines().len() + usize::from(kept_alive);
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(SOON)).unwrap();
+        if kept_alive {
+            c.write_all(&warm).unwrap();
+            let mut first = vec![0u8; 4096];
+            let n = c.read(&mut first).unwrap();
+            assert!(first[..n].ends_with(b"hello, world\n"));
+        }
+        c.write_all(bytes).unwrap();
+        if half_close {
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        let text: Vec<u8> = String::from_utf8_lossy(&all)
+            .split("\r\n")
+            .filter(|l| !l.starts_with("Date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+            .into_bytes();
+        // Every line of this connection was written before it closed.
+        (text, lines().split_off(before))
+    };
+    for (name, bytes, half_close) in &cases {
+        let fresh = exchange(bytes, false, *half_close);
+        let kept = exchange(bytes, true, *half_close);
+        assert!(!fresh.0.is_empty(), "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&fresh.0),
+            String::from_utf8_lossy(&kept.0),
+            "{name}"
+        );
+        assert_eq!(fresh.1, kept.1, "{name}");
+    }
+}
