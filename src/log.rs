@@ -208,7 +208,7 @@ where
 
 /// Writes `text` with the characters of [`must_escape`] as Rust escapes them (`\n`,
 /// `\u{1b}`, `\u{2028}`), the rest as is.
-fn write_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+pub(crate) fn write_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
     let mut rest = text;
     while let Some(at) = rest.find(must_escape) {
         out.write_str(&rest[..at])?;

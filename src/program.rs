@@ -138,15 +138,9 @@ fn printable(text: String) -> String {
     if !text.chars().any(crate::log::must_escape) {
         return text;
     }
-    text.chars()
-        .map(|c| {
-            if crate::log::must_escape(c) {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len() + 8);
+    crate::log::write_escaped(&mut out, &text).expect("writing to a String cannot fail");
+    out
 }
 
 /// A program's name, printable; `app` when empty.

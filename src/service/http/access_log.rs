@@ -595,16 +595,8 @@ fn escape_value_into(v: &[u8], budget: &mut usize, out: &mut String) -> bool {
 /// ([`crate::log::must_escape`]: control characters, line separators, bidirectional
 /// controls) as `\xNN` (each UTF-8 byte).
 fn escape_into(s: &str, out: &mut String) {
-    for c in s.chars() {
-        if c == '"' || c == '\\' || crate::log::must_escape(c) {
-            let mut b = [0u8; 4];
-            for byte in c.encode_utf8(&mut b).bytes() {
-                let _ = write!(out, "\\x{byte:02x}");
-            }
-        } else {
-            out.push(c);
-        }
-    }
+    let mut unbounded = usize::MAX;
+    escape_value_into(s.as_bytes(), &mut unbounded, out);
 }
 
 /// An open access log: where lines go and how they look.
