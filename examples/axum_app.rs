@@ -8,10 +8,13 @@
 //! curl -d hello localhost:8000/echo # the body back
 //! curl localhost:8000/sleep/3000    # answers in 3 s: send the arbiter a HUP meanwhile
 //! curl localhost:8000/panic         # 500; the worker goes on
-//! curl -N localhost:8000/events     # server-sent events, one a second
+//! curl -N localhost:8000/events     # server-sent events, one a second, until the worker stops
+//! curl -N 'localhost:8000/events?ignore-stop' # the same, cut only by the graceful deadline
 //! curl localhost:8000/static/       # the directory in $APP_STATIC_DIR (default .)
 //! ```
-//! `/ws` is a WebSocket echo, `/client` shows the client's address as the app sees it. Every
+//! `/ws` is a WebSocket echo, `/client` shows the client's address as the app sees it. At a
+//! graceful stop (TERM, a HUP reload) `/events` ends with `event: shutdown` and `/ws` sends a
+//! Close frame with 1001, Going Away: both watch `oxicorn::Shutdown`. Every
 //! oxicorn flag works (`--help`; `--version` names this program, then the oxicorn serving it),
 //! and so do the app's own `--greeting`, `--warmup-ms` and `--hello-only` (`GET /` alone: the
 //! router benches/app.sh compares with `axum::serve`).
@@ -28,8 +31,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::extract::{Extension, Path};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Extension, Path, RawQuery};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -110,17 +113,7 @@ fn router(greeting: &str, files: oxicorn::StaticFiles) -> Router {
         .route("/events", get(events))
         .route(
             "/ws",
-            get(|ws: WebSocketUpgrade| async move {
-                ws.on_upgrade(|mut socket| async move {
-                    while let Some(Ok(msg)) = socket.recv().await {
-                        if let Message::Text(_) | Message::Binary(_) = msg
-                            && socket.send(msg).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                })
-            }),
+            get(|ws: WebSocketUpgrade| async move { ws.on_upgrade(echo) }),
         )
         .route(
             "/client",
@@ -144,11 +137,54 @@ async fn panics() -> &'static str {
     panic!("GET /panic panics on purpose")
 }
 
-/// Server-sent events: `data: N` once a second, for as long as the client stays.
-async fn events() -> Response {
+/// A WebSocket echo until the client closes, or until this worker stops: then a Close frame
+/// with 1001, Going Away (RFC 6455 §7.4.1), rather than the cut the client would otherwise
+/// see at the graceful deadline (an abnormal closure, 1006).
+async fn echo(mut socket: WebSocket) {
+    let shutdown = oxicorn::Shutdown::current();
+    loop {
+        tokio::select! {
+            // `recv` is cancel-safe: a message is never lost to the other branch.
+            msg = socket.recv() => match msg {
+                Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if socket.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                // Pings are answered by axum; the client's Close is answered by returning.
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            },
+            () = shutdown.stopped() => break,
+        }
+    }
+    let close = CloseFrame {
+        code: close_code::AWAY,
+        reason: "server stopping".into(),
+    };
+    if socket.send(Message::Close(Some(close))).await.is_err() {
+        return;
+    }
+    // The closing handshake: the client answers with its own Close (RFC 6455 §5.5.1). Waited
+    // for briefly, so a client that never answers does not hold the worker's stop.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+/// Server-sent events: `data: N` once a second, for as long as the client stays or until
+/// this worker stops, when a last `event: shutdown` ends the stream. With `?ignore-stop` it
+/// does not watch the stop, and the graceful deadline cuts it.
+async fn events(RawQuery(query): RawQuery) -> Response {
+    let stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = (query.as_deref()
+        != Some("ignore-stop"))
+    .then(|| Box::pin(oxicorn::Shutdown::current().stopped_owned()) as _);
     let ticks = Ticks {
         n: 0,
         interval: tokio::time::interval(Duration::from_secs(1)),
+        stopped,
+        ended: false,
     };
     (
         StatusCode::OK,
@@ -161,10 +197,14 @@ async fn events() -> Response {
         .into_response()
 }
 
-/// An endless body, one event per tick.
+/// One event per tick, and a last one when the worker stops.
 struct Ticks {
     n: u64,
     interval: tokio::time::Interval,
+    /// The worker's stop; `None` for a stream that ignores it.
+    stopped: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The last event went out: the body ends.
+    ended: bool,
 }
 
 impl hyper::body::Body for Ticks {
@@ -175,6 +215,19 @@ impl hyper::body::Body for Ticks {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(stopped) = self.stopped.as_mut()
+            && stopped.as_mut().poll(cx).is_ready()
+        {
+            self.ended = true;
+            let event = format!(
+                "event: shutdown\ndata: worker {} is stopping\n\n",
+                std::process::id()
+            );
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
+        }
         if self.interval.poll_tick(cx).is_pending() {
             return Poll::Pending;
         }

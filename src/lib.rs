@@ -28,6 +28,7 @@
 //! - [`exit`]: every exit code, and who reacts to each.
 //! - [`server`]: the embedding API, [`Server`]: a program's own `tower::Service` (an axum
 //!   `Router`) served by the pool, with oxicorn's CLI.
+//! - [`shutdown`]: the worker's graceful stop as the application sees it ([`Shutdown`]).
 //! - [`program`](mod@program): who the process is ([`Program`]): the name and version
 //!   `--version` prints and the arbiter's lines name.
 //! - [`sync`]: the one way shared state is locked.
@@ -63,6 +64,12 @@
 //! (the client then gets 408 whatever the handler answers). [`StaticFiles`] serves a directory
 //! as a `tower::Service`; mounted with axum's `nest_service("/static", ..)`, its listings and
 //! 404 page link below `/static/` (the mount point is found from the request).
+//!
+//! At a graceful stop (TERM, a HUP reload, TTOU, an upgrade) requests in flight finish, but
+//! a response that never ends (server-sent events, a WebSocket) would run on until
+//! `--graceful-timeout` cuts it. [`Shutdown::current`] is the worker's stop as the app sees
+//! it: await [`Shutdown::stopped`] (or check [`Shutdown::is_stopping`]) to end such a stream
+//! itself, with a last event or a WebSocket Close frame.
 
 #![warn(missing_docs)]
 
@@ -88,6 +95,7 @@ pub mod program;
 pub mod scoreboard;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod sync;
 pub mod worker;
 
@@ -95,3 +103,4 @@ pub use net::Peer;
 pub use program::Program;
 pub use server::Server;
 pub use service::http::app::{AppRequest, Client, ClientBodyTimeout, StaticFiles};
+pub use shutdown::Shutdown;

@@ -401,13 +401,15 @@ async fn a_slow_factory_delays_readiness_and_a_reload_waits_for_it() {
     );
 }
 
+/// An app that ignores the stop (`/events?ignore-stop` does not watch `oxicorn::Shutdown`)
+/// has its stream cut at the graceful deadline, as before the handle existed.
 #[tokio::test]
 async fn term_lets_a_sleep_finish_and_cuts_events_at_the_graceful_deadline() {
     let (mut server, addr) = start(&["--workers", "1", "--graceful-timeout", "2"], 1, &[]);
     let http = client();
     let slow = tokio::spawn(http.get(format!("http://{addr}/sleep/800")).send());
     let mut events = h2()
-        .get(format!("http://{addr}/events"))
+        .get(format!("http://{addr}/events?ignore-stop"))
         .send()
         .await
         .unwrap();
@@ -423,6 +425,181 @@ async fn term_lets_a_sleep_finish_and_cuts_events_at_the_graceful_deadline() {
     assert!(cut >= Duration::from_millis(1500), "cut after {cut:?}");
     assert!(cut < Duration::from_secs(8), "cut after {cut:?}");
     assert!(server.wait_exit(SOON).is_some());
+}
+
+/// Reads an event stream until it ends; panics if it ends with an error (a cut stream: an
+/// HTTP/1 chunked body without its last chunk, an HTTP/2 stream reset) or runs past `within`.
+async fn read_events_to_a_clean_end(events: &mut reqwest::Response, within: Duration) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => return text,
+            Ok(Err(err)) => panic!("the stream was cut: {err:?}; had {text:?}"),
+            Err(_) => panic!("the stream did not end within {within:?}; had {text:?}"),
+        }
+    }
+}
+
+/// Opens `GET /events` on `client` and reads its first event.
+async fn open_events(client: &reqwest::Client, addr: SocketAddr) -> reqwest::Response {
+    let mut events = client
+        .get(format!("http://{addr}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let first = events.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: 1 "), "{first:?}");
+    events
+}
+
+/// Opens the example's WebSocket echo with a raw socket, and checks one echo.
+fn open_ws(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(SOON)).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    s.write_all(&masked_frame(0x1, b"before the stop")).unwrap();
+    let (opcode, payload) = read_frame(&mut s);
+    assert_eq!((opcode, &payload[..]), (0x1, &b"before the stop"[..]));
+    s
+}
+
+/// A client's frame (RFC 6455 §5.2): final, `opcode`, masked, a payload under 126 bytes.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [7u8, 1, 2, 3];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads one server frame (unmasked, final, a payload under 126 bytes): its opcode and payload.
+fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0] & 0x80, 0x80, "a final frame");
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = usize::from(head[1] & 0x7f);
+    assert!(len < 126, "a short frame");
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// Expects a Close frame with 1001, Going Away (RFC 6455 §7.4.1), answers it as a client
+/// does (§5.5.1), and expects the server to close the connection then.
+fn expect_going_away(s: &mut TcpStream) {
+    let (opcode, payload) = read_frame(s);
+    assert_eq!(
+        opcode, 0x8,
+        "a Close frame, got opcode {opcode}: {payload:?}"
+    );
+    assert_eq!(&payload[..2], &1001u16.to_be_bytes(), "{payload:?}");
+    assert_eq!(&payload[2..], b"server stopping");
+    s.write_all(&masked_frame(0x8, &1001u16.to_be_bytes()))
+        .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "after the Close: {rest:?}");
+}
+
+/// issue 9: at a graceful stop the app learns of it (`oxicorn::Shutdown`) and ends its
+/// server-sent events itself, with a last `event: shutdown`, over HTTP/1.1 and h2c, long
+/// before the graceful deadline; the worker then has nothing in flight and exits at once.
+#[tokio::test]
+async fn term_ends_event_streams_cleanly_long_before_the_deadline() {
+    let (mut server, addr) = start(&["--workers", "1", "--graceful-timeout", "30"], 1, &[]);
+    let (http1, http2) = (client(), h2());
+    let mut one = open_events(&http1, addr).await;
+    let mut two = open_events(&http2, addr).await;
+    let stopped = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let (a, b) = tokio::join!(
+        read_events_to_a_clean_end(&mut one, Duration::from_secs(10)),
+        read_events_to_a_clean_end(&mut two, Duration::from_secs(10)),
+    );
+    let ended = stopped.elapsed();
+    let pid = server.booted_pids()[0];
+    for text in [a, b] {
+        assert!(
+            text.ends_with(&format!(
+                "event: shutdown\ndata: worker {pid} is stopping\n\n"
+            )),
+            "{text:?}"
+        );
+    }
+    assert!(ended < Duration::from_secs(5), "ended after {ended:?}");
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let exited = stopped.elapsed();
+    assert!(exited < Duration::from_secs(8), "exited after {exited:?}");
+}
+
+/// issue 9: a WebSocket gets a Close frame with 1001, Going Away, at a graceful stop (not the
+/// abnormal closure, 1006, of a connection cut at the deadline), and the worker exits once
+/// the closing handshake is done.
+#[test]
+fn term_sends_websockets_a_close_frame_with_going_away() {
+    let (mut server, addr) = start(&["--workers", "1", "--graceful-timeout", "30"], 1, &[]);
+    let mut ws = open_ws(addr);
+    let stopped = Instant::now();
+    server.signal(Signal::SIGTERM);
+    expect_going_away(&mut ws);
+    let closed = stopped.elapsed();
+    assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let exited = stopped.elapsed();
+    assert!(exited < Duration::from_secs(8), "exited after {exited:?}");
+}
+
+/// issue 9: a HUP reload stops the old workers gracefully, so their event streams and
+/// WebSockets end as at TERM, while the new workers serve.
+#[tokio::test]
+async fn hup_ends_the_old_workers_streams_and_websockets_cleanly() {
+    let (server, addr) = start(&["--workers", "1", "--graceful-timeout", "30"], 1, &[]);
+    let old = worker_pid(addr).await;
+    let http = client();
+    let mut events = open_events(&http, addr).await;
+    let ws = tokio::task::spawn_blocking(move || open_ws(addr))
+        .await
+        .unwrap();
+    let reloaded = Instant::now();
+    server.signal(Signal::SIGHUP);
+    let ws = tokio::task::spawn_blocking(move || {
+        let mut ws = ws;
+        expect_going_away(&mut ws);
+    });
+    let text = read_events_to_a_clean_end(&mut events, Duration::from_secs(10)).await;
+    assert!(
+        text.ends_with(&format!(
+            "event: shutdown\ndata: worker {old} is stopping\n\n"
+        )),
+        "{text:?}"
+    );
+    ws.await.unwrap();
+    let ended = reloaded.elapsed();
+    assert!(ended < Duration::from_secs(8), "ended after {ended:?}");
+    assert!(
+        support::eventually(SOON, || !support::alive(old)),
+        "the old worker exits"
+    );
+    let new = worker_pid(addr).await;
+    assert_ne!(new, old, "a new worker serves after the reload");
 }
 
 #[test]

@@ -136,7 +136,8 @@ async fn serve(
     };
 
     let arbiter = child.arbiter;
-    let stop = CancellationToken::new();
+    // This process's stop token, the one the app's `Shutdown` handles watch.
+    let stop = crate::shutdown::worker_stop();
     let conns = TaskTracker::new();
     // Cancelled by the heartbeat task when the arbiter is gone.
     let orphaned = child.start_heartbeat();

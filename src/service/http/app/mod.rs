@@ -21,7 +21,8 @@
 //! - a graceful stop: when the worker's stop token is cancelled, in-flight requests finish, a
 //!   kept-alive HTTP/1 connection answers its current request with `connection: close` or is
 //!   closed when idle, and HTTP/2 gets GOAWAY (hyper's `graceful_shutdown`). Streams that never
-//!   end (server-sent events, WebSockets) run on until the worker's graceful deadline cuts them;
+//!   end (server-sent events, WebSockets) run on until the worker's graceful deadline cuts them,
+//!   unless the app ends them when [`crate::Shutdown`] (the same stop token) fires;
 //! - every 32 requests a worker hands its CPU to whatever else waits for it (`handover`), so
 //!   that a worker's connections do not all wait out a kernel time slice of its sibling's.
 //!
