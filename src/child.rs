@@ -49,7 +49,11 @@ pub const BEATS_PER_TIMEOUT: u32 = 4;
 pub struct ChildBoot {
     /// What the child is, in messages: "worker", "hub".
     pub what: &'static str,
-    /// The process title `ps` shows, such as `oxicorn: worker 2 [gen 3]`.
+    /// The name the process title starts with ([`crate::proctitle::name`]): `oxicorn`, an
+    /// embedding program's name, or `--proc-name`.
+    pub name: String,
+    /// The process title after the name, such as `worker 2 [gen 3]`: `ps` shows
+    /// `oxicorn: worker 2 [gen 3]`.
     pub title: String,
     /// The arbiter; if `getppid()` stops being this, the child is an orphan and stops.
     pub arbiter: Pid,
@@ -128,6 +132,7 @@ where
 {
     let ChildBoot {
         what,
+        name,
         title,
         arbiter,
         slot,
@@ -138,7 +143,7 @@ where
         run_as,
     } = boot;
     // Still single-threaded: the runtime is built below.
-    crate::proctitle::set(&format!("oxicorn-{what}"), &title);
+    crate::proctitle::set(&name, what, &title);
     // Before the parent-death signal: the kernel clears that setting when credentials change.
     if let Some(run_as) = &run_as
         && let Err(err) = drop_privileges(run_as)
@@ -415,7 +420,8 @@ mod tests {
                 let code = run(
                     ChildBoot {
                         what: "worker",
-                        title: "oxicorn: test child".into(),
+                        name: "oxicorn".into(),
+                        title: "test child".into(),
                         run_as: None,
                         arbiter: Pid::parent(),
                         slot: board.slot(index),

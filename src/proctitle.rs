@@ -1,10 +1,17 @@
 //! Process titles, so `ps` and `top` tell the arbiter, its workers and the hub apart:
 //! `oxicorn: arbiter [static 127.0.0.1:8000]`, `oxicorn: worker 2 [gen 3]`, `oxicorn: hub`.
 //!
+//! The titles start with a name ([`name`]): `--proc-name` (gunicorn's `proc_name`) when given,
+//! else the program's ([`crate::program::current`]): `oxicorn` for the `oxicorn` command, and
+//! for a program that embeds oxicorn its own (`myapp: worker 2 [gen 3]`), so that `ps`, `pgrep`
+//! and `top` find a program's processes by the program's name, as gunicorn's titles name the
+//! application it serves.
+//!
 //! Linux shows two names for a process, and this sets both:
 //!
 //! - `comm` (`/proc/PID/comm`, what `top` and `ps -e` show): at most 15 bytes, set with
-//!   `prctl(PR_SET_NAME)`. We give it a short fixed name per kind (`oxicorn-worker`).
+//!   `prctl(PR_SET_NAME)`. We give it the name and the kind (`oxicorn-worker`, `myapp-arbiter`),
+//!   cut to 15 bytes ([`comm`]).
 //! - the command line (`/proc/PID/cmdline`, what `ps -ef`, `ps aux` and `top -c` show): the
 //!   kernel reads it from the memory that held `argv` at exec. Overwriting that memory changes
 //!   it, which is what BSD's and gunicorn's `setproctitle` do on Linux. When the byte at the end
@@ -44,14 +51,36 @@ unsafe extern "C" {
     static mut environ: *mut *mut c_char;
 }
 
-/// Sets the process title shown by `ps` (the command line, up to the room the arguments and
-/// the environment had at exec) and `comm` (the first 15 bytes of `comm`, shown by `top`).
-/// Failures are silent: a title is a convenience, never a reason to stop.
-pub fn set(comm: &str, title: &str) {
-    let comm: Vec<u8> = comm.bytes().filter(|&b| b != 0).take(15).collect();
-    if let Ok(name) = CString::new(comm) {
-        let _ = nix::sys::prctl::set_name(&name);
+/// The name titles start with: `configured` (`--proc-name`) when given, else the program's
+/// name ([`crate::program::current`]; `oxicorn` for the `oxicorn` command).
+pub fn name(configured: Option<&str>) -> &str {
+    configured.unwrap_or_else(|| crate::program::current().name())
+}
+
+/// `comm` for a process of this `kind` (`arbiter`, `worker`, `hub`) of the program `name`:
+/// `NAME-KIND` cut to `comm`'s 15 bytes (on a character boundary), so the name's start is kept
+/// for `pgrep NAME` and the kind shows as far as it fits (`oxicorn-arbiter`, `axum_app-worker`,
+/// `my-service-arbi`).
+pub fn comm(name: &str, kind: &str) -> String {
+    let mut comm: String = format!("{name}-{kind}").replace('\0', "");
+    let mut end = comm.len().min(15);
+    while !comm.is_char_boundary(end) {
+        end -= 1;
     }
+    comm.truncate(end);
+    comm
+}
+
+/// Sets the title of a process of this `kind` (`arbiter`, `worker`, `hub`) of the program
+/// `name` ([`name`]): `NAME: DETAIL` as the command line `ps` shows (up to the room the
+/// arguments and the environment had at exec), and [`comm`] (shown by `top`), for
+/// `set("oxicorn", "worker", "worker 2 [gen 3]")`: `oxicorn: worker 2 [gen 3]` and
+/// `oxicorn-worker`. Failures are silent: a title is a convenience, never a reason to stop.
+pub fn set(name: &str, kind: &str, detail: &str) {
+    if let Ok(comm) = CString::new(comm(name, kind)) {
+        let _ = nix::sys::prctl::set_name(&comm);
+    }
+    let title = format!("{name}: {detail}");
     let Some(area) = *AREA.get_or_init(prepare) else {
         return;
     };
@@ -113,4 +142,27 @@ fn prepare() -> Option<Area> {
         start: arg_start,
         len: end - arg_start,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_keeps_the_names_start_and_fits_15_bytes() {
+        assert_eq!(comm("oxicorn", "arbiter"), "oxicorn-arbiter");
+        assert_eq!(comm("oxicorn", "worker"), "oxicorn-worker");
+        assert_eq!(comm("axum_app", "worker"), "axum_app-worker");
+        assert_eq!(comm("my-service", "arbiter"), "my-service-arbi");
+        assert_eq!(comm("a-very-long-program-name", "hub"), "a-very-long-pro");
+        // Cut on a character boundary: 'é' is two bytes, the 15th byte is its first.
+        assert_eq!(comm("abcdefghijklmnéx", "hub"), "abcdefghijklmn");
+        assert_eq!(comm("nul\0name", "hub"), "nulname-hub");
+    }
+
+    #[test]
+    fn the_configured_name_wins_over_the_programs() {
+        assert_eq!(name(Some("web")), "web");
+        assert_eq!(name(None), crate::program::current().name());
+    }
 }

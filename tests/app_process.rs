@@ -1070,3 +1070,60 @@ fn version_and_the_arbiters_lines_name_the_program() {
         "{upgrade}"
     );
 }
+
+/// issue 9: `ps` and `top` name an embedding program's processes by the program's name
+/// (`oxicorn::program!()`), not oxicorn's; gunicorn's `-n`/`--name` (`proc_name` in a file,
+/// `--proc-name`) names them otherwise, and a HUP reload applies a changed one.
+#[test]
+fn process_titles_name_the_program_or_the_proc_name() {
+    use support::{process_comm, process_title};
+    let (server, addr) = start(&["--workers", "1"], 1, &[]);
+    assert_eq!(
+        process_title(server.pid),
+        format!("axum_app: arbiter [app {addr}]")
+    );
+    // `comm` holds 15 bytes: the name, then as much of the kind as fits.
+    assert_eq!(process_comm(server.pid), "axum_app-arbite");
+    let worker = server.wait_children(1, SOON)[0];
+    assert_eq!(process_title(worker), "axum_app: worker 1 [gen 1]");
+    assert_eq!(process_comm(worker), "axum_app-worker");
+    drop(server);
+
+    for flag in ["-n", "--name", "--proc-name"] {
+        let (server, addr) = start(&["--workers", "1", flag, "web"], 1, &[]);
+        assert_eq!(
+            process_title(server.pid),
+            format!("web: arbiter [app {addr}]"),
+            "{flag}"
+        );
+        assert_eq!(process_comm(server.pid), "web-arbiter");
+        let worker = server.wait_children(1, SOON)[0];
+        assert_eq!(process_title(worker), "web: worker 1 [gen 1]", "{flag}");
+        assert_eq!(process_comm(worker), "web-worker");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_file(dir.path(), "app.toml", "proc_name = \"one\"\n");
+    let server = Oxicorn::start_program(
+        std::path::Path::new(app_bin()),
+        dir,
+        &["--bind", "127.0.0.1:0", "--workers", "1", "-c", "app.toml"],
+        &[],
+    );
+    server.wait_ready(1, 1);
+    assert!(process_title(server.pid).starts_with("one: arbiter [app "));
+    std::fs::write(&config, "proc_name = \"two\"\n").unwrap();
+    let mark = server.mark();
+    server.signal(Signal::SIGHUP);
+    server.wait_for_lines_after(mark, "reload complete", 1, SOON);
+    // Retitled just after the line.
+    assert!(support::eventually(SOON, || process_title(server.pid)
+        .starts_with("two: arbiter [app ")));
+    assert_eq!(process_comm(server.pid), "two-arbiter");
+    assert!(support::eventually(SOON, || {
+        let titles: Vec<String> = server.children().into_iter().map(process_title).collect();
+        titles.len() == 1
+            && titles[0].starts_with("two: worker ")
+            && titles[0].ends_with(" [gen 2]")
+    }));
+}

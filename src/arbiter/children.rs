@@ -357,11 +357,12 @@ impl Arbiter {
                 ChildKind::Worker { .. } => "worker",
                 ChildKind::Hub => "hub",
             },
+            name: crate::proctitle::name(self.config.proc_name.as_deref()).to_string(),
             title: match kind {
                 ChildKind::Worker { generation, .. } => {
-                    format!("oxicorn: worker {} [gen {generation}]", slot + 1)
+                    format!("worker {} [gen {generation}]", slot + 1)
                 }
-                ChildKind::Hub => "oxicorn: hub".to_string(),
+                ChildKind::Hub => "hub".to_string(),
             },
             arbiter: Pid::parent(),
             run_as: self.config.run_as.clone(),

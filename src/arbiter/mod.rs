@@ -729,10 +729,12 @@ impl Arbiter {
         self.begin_stop(false, HALT_BOOT_FAILURE);
     }
 
-    /// Shows the service and the listeners in `ps` (at start, and when a reload changed them).
+    /// Shows the service and the listeners in `ps` (at start, and when a reload changed them),
+    /// after the program's name or `--proc-name` (a reload may change it too).
     fn set_title(&self) {
         crate::proctitle::set(
-            "oxicorn-arbiter",
+            crate::proctitle::name(self.config.proc_name.as_deref()),
+            "arbiter",
             &arbiter_title(&self.config, &self.listeners),
         );
     }

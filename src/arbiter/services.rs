@@ -16,10 +16,10 @@ pub(super) fn service_name(config: &Config) -> String {
     config.service_names()
 }
 
-/// `oxicorn: arbiter [echo 127.0.0.1:4000 unix:/run/e.sock]`: the service and where it
-/// listens, for `ps`.
+/// `arbiter [echo 127.0.0.1:4000 unix:/run/e.sock]`: the service and where it listens, for
+/// `ps`, after the program's name (`oxicorn: arbiter [...]`, [`crate::proctitle::set`]).
 pub(super) fn arbiter_title(config: &Config, listeners: &[Listener]) -> String {
-    let mut title = format!("oxicorn: arbiter [{}", service_name(config));
+    let mut title = format!("arbiter [{}", service_name(config));
     for l in listeners {
         title.push(' ');
         title.push_str(&l.local);

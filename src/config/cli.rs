@@ -247,6 +247,10 @@ fn arg(s: &'static Setting) -> Arg {
     if let Some(c) = s.short {
         a = a.short(c);
     }
+    // gunicorn's flag for its `proc_name` setting, which operators type.
+    if s.key == "proc_name" {
+        a = a.alias("name");
+    }
     match s.ty {
         // Present on the command line it is "true"; from its `OXICORN_*` variable it is the
         // variable's text, checked by the settings table as a file's value is (`1`, `yes`,

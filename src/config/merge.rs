@@ -192,6 +192,8 @@ impl Config {
             _ => None,
         };
         let run_as = run_as(text("user"), text("group"))?;
+        // Empty is unset: a title of ": arbiter" names nobody.
+        let proc_name = text("proc_name").filter(|n| !n.trim().is_empty());
         let umask = match text("umask") {
             Some(m) => Some(
                 u32::from_str_radix(m.trim_start_matches("0o"), 8)
@@ -225,6 +227,7 @@ impl Config {
             max_requests_jitter: count("max_requests_jitter"),
             max_worker_memory: Some(count("max_worker_memory")).filter(|&n| n > 0),
             pidfile,
+            proc_name,
             log_level,
             error_logfile,
             config_file: args.config.clone(),

@@ -74,6 +74,9 @@ pub struct Config {
     pub max_worker_memory: Option<u64>,
     /// The pid file, written once listening.
     pub pidfile: Option<PathBuf>,
+    /// The name process titles start with (`--proc-name`, alias `--name`, gunicorn's
+    /// `proc_name`); `None`: the program's ([`crate::proctitle::name`]).
+    pub proc_name: Option<String>,
     /// The least severe log level printed.
     pub log_level: LogLevel,
     /// Where logs go; `None` is stderr.

@@ -339,6 +339,18 @@ pub static SETTINGS: &[Setting] = &[
         help: "Write the arbiter's pid to this file once listening; removed on exit",
     },
     Setting {
+        key: "proc_name",
+        short: Some('n'),
+        scope: Scope::Server,
+        ty: Type::Text {
+            max: 64,
+            syntax: Syntax::Free,
+        },
+        default: Default::None,
+        value_name: "NAME",
+        help: "The name process titles start with ('NAME: arbiter [...]', 'NAME: worker 1 [gen 1]'), gunicorn's --name (also accepted) [default: the program's name, oxicorn for oxicorn]",
+    },
+    Setting {
         key: "log_level",
         short: None,
         scope: Scope::Server,
