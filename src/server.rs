@@ -40,6 +40,12 @@
 //! once its factory has returned; a factory that fails is that worker's boot failure, logged
 //! with its cause chain, and the arbiter's back-off and halt apply.
 //!
+//! A graceful stop (TERM, a HUP reload, TTOU, an upgrade) lets requests in flight finish
+//! within `--graceful-timeout`; a response that never ends on its own (server-sent events, a
+//! WebSocket) learns of the stop through [`crate::Shutdown`] and ends itself, or is cut at the
+//! deadline. `ps` shows the program's processes under its name (`myapp: worker 1 [gen 1]`),
+//! or under `-n`/`--name` ([`crate::proctitle`]).
+//!
 //! USR2 upgrades such a program in place as it does the `oxicorn` command (the same PID, the
 //! program at the path it was started from re-executed, rolled back if it cannot serve): the
 //! program answers the pre-exec probe from its `--check-config` (or, with a configuration

@@ -444,6 +444,15 @@ async fn read_events_to_a_clean_end(events: &mut reqwest::Response, within: Dura
 
 /// Opens `GET /events` on `client` and reads its first event.
 async fn open_events(client: &reqwest::Client, addr: SocketAddr) -> reqwest::Response {
+    open_events_with_pid(client, addr).await.1
+}
+
+/// Opens `GET /events` on `client` and reads its first event: the worker it names, and the
+/// stream.
+async fn open_events_with_pid(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+) -> (i32, reqwest::Response) {
     let mut events = client
         .get(format!("http://{addr}/events"))
         .send()
@@ -452,7 +461,7 @@ async fn open_events(client: &reqwest::Client, addr: SocketAddr) -> reqwest::Res
     assert_eq!(events.status(), 200);
     let first = events.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: 1 "), "{first:?}");
-    events
+    (event_pid(&first), events)
 }
 
 /// Opens the example's WebSocket echo with a raw socket, and checks one echo.
@@ -600,6 +609,92 @@ async fn hup_ends_the_old_workers_streams_and_websockets_cleanly() {
     );
     let new = worker_pid(addr).await;
     assert_ne!(new, old, "a new worker serves after the reload");
+}
+
+/// The pid an event names (`data: 1 from worker 1234`).
+fn event_pid(event: &[u8]) -> i32 {
+    let text = String::from_utf8_lossy(event);
+    text.trim_end()
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text:?}"))
+}
+
+/// issue 9: TTOU retires a worker gracefully: its event stream ends with `event: shutdown`,
+/// the other worker's goes on.
+#[tokio::test]
+async fn ttou_ends_the_retired_workers_event_stream_and_no_other() {
+    let (server, addr) = start(&["--workers", "2", "--graceful-timeout", "30"], 2, &[]);
+    let workers = server.booted_pids();
+    // One stream on each worker: new connections until both have one.
+    let http = client();
+    let mut streams: Vec<(i32, reqwest::Response)> = Vec::new();
+    let until = Instant::now() + SOON;
+    while streams.len() < 2 {
+        assert!(Instant::now() < until, "no stream on each of {workers:?}");
+        let (pid, events) = open_events_with_pid(&http, addr).await;
+        if streams.iter().all(|(p, _)| *p != pid) {
+            streams.push((pid, events));
+        }
+    }
+    let stopped = Instant::now();
+    server.signal(Signal::SIGTTOU);
+    let survivor = server.wait_children(1, SOON)[0];
+    assert!(workers.contains(&survivor));
+    for (pid, mut events) in streams {
+        if pid == survivor {
+            let next = tokio::time::timeout(SOON, events.chunk()).await.unwrap();
+            let next = next.unwrap().unwrap();
+            assert!(next.starts_with(b"data: "), "{next:?}");
+        } else {
+            let text = read_events_to_a_clean_end(&mut events, Duration::from_secs(10)).await;
+            assert!(
+                text.ends_with(&format!(
+                    "event: shutdown\ndata: worker {pid} is stopping\n\n"
+                )),
+                "{text:?}"
+            );
+        }
+    }
+    let retired = stopped.elapsed();
+    assert!(
+        retired < Duration::from_secs(8),
+        "retired after {retired:?}"
+    );
+}
+
+/// issue 9: a USR2 upgrade stops the old workers gracefully, so their event streams and
+/// WebSockets end as at TERM.
+#[tokio::test]
+async fn an_upgrade_ends_the_old_workers_streams_and_websockets_cleanly() {
+    let (server, addr) = start(&["--workers", "1", "--graceful-timeout", "30"], 1, &[]);
+    let old = worker_pid(addr).await;
+    let http = client();
+    let mut events = open_events(&http, addr).await;
+    let ws = tokio::task::spawn_blocking(move || open_ws(addr))
+        .await
+        .unwrap();
+    let upgraded = Instant::now();
+    server.signal(Signal::SIGUSR2);
+    let ws = tokio::task::spawn_blocking(move || {
+        let mut ws = ws;
+        expect_going_away(&mut ws);
+    });
+    let text = read_events_to_a_clean_end(&mut events, Duration::from_secs(10)).await;
+    assert!(
+        text.ends_with(&format!(
+            "event: shutdown\ndata: worker {old} is stopping\n\n"
+        )),
+        "{text:?}"
+    );
+    ws.await.unwrap();
+    let ended = upgraded.elapsed();
+    assert!(ended < Duration::from_secs(10), "ended after {ended:?}");
+    assert!(
+        support::eventually(SOON, || !support::alive(old)),
+        "the old worker exits"
+    );
 }
 
 #[test]
