@@ -55,9 +55,9 @@ pub(crate) fn worker_stop() -> CancellationToken {
 ///
 /// It never fires in the arbiter, in the bus hub, or in a process that is not an oxicorn
 /// worker (a test that serves an app in-process): there a handle waits forever and
-/// `is_stopping` stays false. A quick stop (QUIT, or the arbiter's SIGKILL at a heartbeat
-/// timeout) does not fire it either: the worker exits at once. Once fired it stays fired: a
-/// worker never resumes.
+/// `is_stopping` stays false. A quick stop (QUIT to the worker, as the arbiter sends at its
+/// own QUIT or INT) does not fire it either, nor does a kill for a missed heartbeat
+/// (`--timeout`): the worker exits at once. Once fired it stays fired: a worker never resumes.
 ///
 /// # Cost
 ///
