@@ -84,9 +84,13 @@ pub fn set(name: &str, kind: &str, detail: &str) {
     let Some(area) = *AREA.get_or_init(prepare) else {
         return;
     };
-    let title: Vec<u8> = title.bytes().filter(|&b| b != 0).collect();
-    // Leave one byte for the terminating NUL.
-    let n = title.len().min(area.len - 1);
+    let title: String = title.chars().filter(|&c| c != '\0').collect();
+    // Leave one byte for the terminating NUL, and cut on a character boundary: half a
+    // character would make the command line invalid UTF-8 (`ps` shows it as `?`).
+    let mut n = title.len().min(area.len - 1);
+    while !title.is_char_boundary(n) {
+        n -= 1;
+    }
     // SAFETY: `area` is the argument (and environment) strings the kernel put on this
     // process's initial stack: mapped, writable, and owned by no Rust value. Nothing else reads
     // it any more: the environment strings were copied out by `prepare` and `environ` points
