@@ -7,6 +7,11 @@
 //! and `top` find a program's processes by the program's name, as gunicorn's titles name the
 //! application it serves.
 //!
+//! A process titles only itself (`comm` of another process cannot be set, nor its command
+//! line written), so a HUP that changes `--proc-name` retitles the arbiter and the workers it
+//! starts, not the bus hub: a reload does not restart the hub (that would cost the chat room a
+//! recovery for a title), which keeps the name it started with until it is restarted.
+//!
 //! Linux shows two names for a process, and this sets both:
 //!
 //! - `comm` (`/proc/PID/comm`, what `top` and `ps -e` show): at most 15 bytes, set with
