@@ -44,7 +44,8 @@
 //! within `--graceful-timeout`; a response that never ends on its own (server-sent events, a
 //! WebSocket) learns of the stop through [`crate::Shutdown`] and ends itself, or is cut at the
 //! deadline. `ps` shows the program's processes under its name (`myapp: worker 1 [gen 1]`),
-//! or under `-n`/`--name` ([`crate::proctitle`]).
+//! or under `--proc-name` ([`crate::proctitle`]; gunicorn's `-n`/`--name` too, unless the
+//! program has flags of its own by those names: its own flags win).
 //!
 //! USR2 upgrades such a program in place as it does the `oxicorn` command (the same PID, the
 //! program at the path it was started from re-executed, rolled back if it cannot serve): the
