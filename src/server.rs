@@ -95,7 +95,10 @@ impl Server {
     }
 
     /// As [`Server::from_args`], with the program's own flags (any `clap::Args`) beside
-    /// oxicorn's; returns them parsed.
+    /// oxicorn's; returns them parsed. Where the program's flags take one of oxicorn's short
+    /// flags or aliases (`-n`, `--name`: gunicorn's spellings of `--proc-name`), the
+    /// program's win; a long flag of oxicorn's (`--workers`, `--proc-name`) cannot be
+    /// defined again (clap refuses two arguments with one flag).
     pub fn from_args_with<A: clap::Args + clap::FromArgMatches>() -> (Server, A) {
         Program::from_argv0().from_args_with()
     }
