@@ -7,6 +7,11 @@
 //! and `top` find a program's processes by the program's name, as gunicorn's titles name the
 //! application it serves.
 //!
+//! A process titles only itself (`comm` of another process cannot be set, nor its command
+//! line written), so a HUP that changes `--proc-name` retitles the arbiter and the workers it
+//! starts, not the bus hub: a reload does not restart the hub (that would cost the chat room a
+//! recovery for a title), which keeps the name it started with until it is restarted.
+//!
 //! Linux shows two names for a process, and this sets both:
 //!
 //! - `comm` (`/proc/PID/comm`, what `top` and `ps -e` show): at most 15 bytes, set with
@@ -84,9 +89,13 @@ pub fn set(name: &str, kind: &str, detail: &str) {
     let Some(area) = *AREA.get_or_init(prepare) else {
         return;
     };
-    let title: Vec<u8> = title.bytes().filter(|&b| b != 0).collect();
-    // Leave one byte for the terminating NUL.
-    let n = title.len().min(area.len - 1);
+    let title: String = title.chars().filter(|&c| c != '\0').collect();
+    // Leave one byte for the terminating NUL, and cut on a character boundary: half a
+    // character would make the command line invalid UTF-8 (`ps` shows it as `?`).
+    let mut n = title.len().min(area.len - 1);
+    while !title.is_char_boundary(n) {
+        n -= 1;
+    }
     // SAFETY: `area` is the argument (and environment) strings the kernel put on this
     // process's initial stack: mapped, writable, and owned by no Rust value. Nothing else reads
     // it any more: the environment strings were copied out by `prepare` and `environ` points

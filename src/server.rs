@@ -44,7 +44,8 @@
 //! within `--graceful-timeout`; a response that never ends on its own (server-sent events, a
 //! WebSocket) learns of the stop through [`crate::Shutdown`] and ends itself, or is cut at the
 //! deadline. `ps` shows the program's processes under its name (`myapp: worker 1 [gen 1]`),
-//! or under `-n`/`--name` ([`crate::proctitle`]).
+//! or under `--proc-name` ([`crate::proctitle`]; gunicorn's `-n`/`--name` too, unless the
+//! program has flags of its own by those names: its own flags win).
 //!
 //! USR2 upgrades such a program in place as it does the `oxicorn` command (the same PID, the
 //! program at the path it was started from re-executed, rolled back if it cannot serve): the
@@ -94,7 +95,10 @@ impl Server {
     }
 
     /// As [`Server::from_args`], with the program's own flags (any `clap::Args`) beside
-    /// oxicorn's; returns them parsed.
+    /// oxicorn's; returns them parsed. Where the program's flags take one of oxicorn's short
+    /// flags or aliases (`-n`, `--name`: gunicorn's spellings of `--proc-name`), the
+    /// program's win; a long flag of oxicorn's (`--workers`, `--proc-name`) cannot be
+    /// defined again (clap refuses two arguments with one flag).
     pub fn from_args_with<A: clap::Args + clap::FromArgMatches>() -> (Server, A) {
         Program::from_argv0().from_args_with()
     }
@@ -252,7 +256,10 @@ impl Program {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let mut cmd = A::augment_args(cli::app_command(self.name())).version(self.version_text());
+        // The program's own flags win over oxicorn's short flags and aliases.
+        let own = A::augment_args(clap::Command::new("own"));
+        let mut cmd = A::augment_args(cli::giving_way_to(cli::app_command(self.name()), &own))
+            .version(self.version_text());
         let m = cmd.try_get_matches_from_mut(argv)?;
         let own = A::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))?;
         let server = Server {
@@ -518,5 +525,61 @@ mod tests {
         let err = Config::load(&args).unwrap_err().to_string();
         assert!(err.contains("not-an-ip"), "{err}");
         assert!(Server::try_from_args_with::<NoArgs, _, _>(["myapp", "--nope"]).is_err());
+    }
+
+    /// A program's own `-n`/`--name` (clap's derive gives `#[arg(short, long)] name` both).
+    #[derive(Debug)]
+    struct Named(Option<String>);
+
+    impl clap::FromArgMatches for Named {
+        fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+            Ok(Named(m.get_one::<String>("name").cloned()))
+        }
+        fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+            *self = Named::from_arg_matches(m)?;
+            Ok(())
+        }
+    }
+
+    impl clap::Args for Named {
+        fn augment_args(cmd: clap::Command) -> clap::Command {
+            cmd.arg(clap::Arg::new("name").long("name").short('n'))
+        }
+        fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+            Self::augment_args(cmd)
+        }
+    }
+
+    /// `-n` and `--name` (gunicorn's spellings of `--proc-name`) came after programs had
+    /// flags of their own: one with `-n`/`--name` stopped at start in a debug build (clap:
+    /// "Short option names must be unique for each argument") and, in a release build, had its
+    /// value taken by whichever clap matched first. The program's flags win over oxicorn's
+    /// short flags and aliases; `--proc-name` still names the processes.
+    #[test]
+    fn a_programs_own_short_flags_and_aliases_win_over_oxicorns() {
+        let (server, own) =
+            Server::try_from_args_with::<Named, _, _>(["myapp", "-n", "x", "--proc-name", "web"])
+                .unwrap();
+        assert_eq!(own.0.as_deref(), Some("x"));
+        let Source::Args(args) = server.source else {
+            panic!("from the command line")
+        };
+        assert_eq!(
+            Config::load(&args).unwrap().proc_name.as_deref(),
+            Some("web")
+        );
+        let (server, own) =
+            Server::try_from_args_with::<Named, _, _>(["myapp", "--name", "y"]).unwrap();
+        assert_eq!(own.0.as_deref(), Some("y"));
+        let Source::Args(args) = server.source else {
+            panic!("from the command line")
+        };
+        assert_eq!(Config::load(&args).unwrap().proc_name, None);
+        // Without flags of its own, the program speaks gunicorn's spellings.
+        let (server, _) = Server::try_from_args_with::<NoArgs, _, _>(["myapp", "-n", "z"]).unwrap();
+        let Source::Args(args) = server.source else {
+            panic!("from the command line")
+        };
+        assert_eq!(Config::load(&args).unwrap().proc_name.as_deref(), Some("z"));
     }
 }

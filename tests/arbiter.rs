@@ -865,3 +865,47 @@ fn hup_opens_new_binds_and_closes_dropped_ones() {
     // ...while the connection already on it is still served by its draining worker.
     assert_eq!(in_flight.echo(b"still").unwrap(), b"still");
 }
+
+/// A title longer than the room the kernel gave the command line (the arguments, and the
+/// environment when it follows them) is cut to fit; it was cut at a byte, so a name with
+/// non-ASCII letters could end in half a character: `ps` then showed `ééééééééééé?` and
+/// `/proc/PID/cmdline` was not UTF-8. The room is made small here (no environment, a short
+/// command line, the name from a config file), and the file name's length takes both parities,
+/// so one of the cuts falls inside a two-byte `é` whatever the binary's path.
+#[test]
+fn a_title_cut_to_fit_the_command_line_keeps_whole_characters() {
+    let name = "é".repeat(32);
+    for file in ["t.toml", "tt.toml"] {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(
+            dir.path(),
+            file,
+            &format!(
+                "proc_name = \"{name}\"\nbind = \"127.0.0.1:0\"\nworkers = 1\nallow_root = true\n"
+            ),
+        );
+        let mut child = std::process::Command::new(BIN)
+            .args(["static", "-c", file])
+            .env_clear()
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let cmdline = || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let titled = eventually(SOON, || cmdline().starts_with("é".as_bytes()));
+        let raw = cmdline();
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+        let _ = child.wait();
+        assert!(titled, "{file}: never titled: {raw:?}");
+        let title = raw.split(|&b| b == 0).next().unwrap_or_default();
+        let title = std::str::from_utf8(title)
+            .unwrap_or_else(|e| panic!("{file}: the title is not UTF-8 ({e}): {title:?}"));
+        assert!(
+            format!("{name}: arbiter [static ").starts_with(title),
+            "{file}: {title:?}"
+        );
+    }
+}

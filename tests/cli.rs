@@ -586,3 +586,47 @@ fn a_service_option_outside_the_tables_is_named_as_given() {
         stderr(&out)
     );
 }
+
+/// `--proc-name` (`-n`, `proc_name`) becomes every process's title and `comm`: a line break
+/// or an escape sequence in it was taken as given, so `/proc/PID/comm` read
+/// `evil\nroot 1 x\x1b[` and `pgrep -l`, `top` and any script reading `comm` printed a forged
+/// line; a bidirectional control reorders what `ps` shows. Refused, as a configuration error
+/// naming the option, the variable or the file's line, as any other bad value is; ordinary
+/// names (spaces, non-ASCII letters) pass.
+#[test]
+fn a_proc_name_with_a_control_character_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        "evil\nroot 1 bash",
+        "x\x1b[31mred",
+        "tab\there",
+        "abc\u{202e}fed",
+    ] {
+        let out = oxicorn(&["static", "-n", bad, "--check-config"], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(err.contains("invalid proc-name"), "{bad:?}: {err}");
+        assert!(err.contains("control"), "{bad:?}: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["static", "--check-config"])
+        .env("OXICORN_ALLOW_ROOT", "true")
+        .env("OXICORN_PROC_NAME", "a\nb")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("(from OXICORN_PROC_NAME=\"a\\nb\")"),
+        "{}",
+        stderr(&out)
+    );
+    write_file(dir.path(), "t.toml", "proc_name = \"a\\u001bb\"\n");
+    let out = oxicorn(&["static", "-c", "t.toml", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("proc_name"), "{}", stderr(&out));
+    for good in ["my app", "wëb✓", "web-1.2"] {
+        let out = oxicorn(&["static", "-n", good, "--check-config"], dir.path());
+        assert_eq!(out.status.code(), Some(0), "{good:?}: {}", stderr(&out));
+    }
+}

@@ -273,6 +273,48 @@ pub fn app_command(program: &str) -> Command {
     service_args(server_args(cmd), Kind::App)
 }
 
+/// `cmd` (an [`app_command`]) giving way to the program's own flags (`own`: a command holding
+/// only them): an argument of oxicorn's whose short flag (`-n`) the program takes loses it,
+/// and one with an alias the program takes as a flag (`--name`) loses its aliases; its long
+/// flag (`--proc-name`) stays. Gunicorn's spellings came after programs had flags of their
+/// own, and clap refuses two arguments with one flag (a panic in a debug build; in a release
+/// build one of them takes the other's value), so a program's `#[arg(short, long)] name`
+/// must keep working. A long flag of oxicorn's the program also defines is still that error:
+/// the program must rename its flag.
+pub fn giving_way_to(mut cmd: Command, own: &Command) -> Command {
+    let shorts: Vec<char> = own
+        .get_arguments()
+        .flat_map(|a| {
+            a.get_short()
+                .into_iter()
+                .chain(a.get_all_short_aliases().unwrap_or_default())
+        })
+        .collect();
+    let longs: Vec<&str> = own
+        .get_arguments()
+        .flat_map(|a| {
+            a.get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().unwrap_or_default())
+        })
+        .collect();
+    let ids: Vec<clap::Id> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
+    for id in ids {
+        cmd = cmd.mut_arg(id, |mut a| {
+            if a.get_short().is_some_and(|c| shorts.contains(&c)) {
+                a = a.short(None);
+            }
+            if a.get_all_aliases()
+                .is_some_and(|all| all.iter().any(|x| longs.contains(x)))
+            {
+                a = a.alias(None);
+            }
+            a
+        });
+    }
+    cmd
+}
+
 /// The server arguments in the matches of an [`app_command`] (or of a command built on it
 /// with the program's own flags beside).
 pub fn app_args(m: &ArgMatches) -> ServeArgs {

@@ -75,7 +75,8 @@ pub struct Config {
     /// The pid file, written once listening.
     pub pidfile: Option<PathBuf>,
     /// The name process titles start with (`--proc-name`, alias `--name`, gunicorn's
-    /// `proc_name`); `None`: the program's ([`crate::proctitle::name`]).
+    /// `proc_name`); `None`: the program's ([`crate::proctitle::name`]). A HUP that changes it
+    /// retitles the arbiter and the new workers; the bus hub keeps its name until it restarts.
     pub proc_name: Option<String>,
     /// The least severe log level printed.
     pub log_level: LogLevel,

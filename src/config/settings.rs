@@ -136,6 +136,11 @@ pub enum Syntax {
     LogFormat,
     /// A `--forwarded-allow-ips` list ([`ForwardedAllowIps`]).
     AllowIps,
+    /// A name shown as it is, in `ps` and `/proc/PID/comm` (`--proc-name`): no control
+    /// character and no bidirectional control ([`crate::log::must_escape`]), which would
+    /// forge a line or reorder one where tools print it unescaped (`pgrep -l`, `top`, scripts
+    /// reading `comm`).
+    Name,
 }
 
 /// A setting's default.
@@ -344,7 +349,7 @@ pub static SETTINGS: &[Setting] = &[
         scope: Scope::Server,
         ty: Type::Text {
             max: 64,
-            syntax: Syntax::Free,
+            syntax: Syntax::Name,
         },
         default: Default::None,
         value_name: "NAME",
@@ -732,6 +737,16 @@ impl Setting {
                     Syntax::AllowIps => {
                         text.parse::<ForwardedAllowIps>()
                             .map_err(|e| e.to_string())?;
+                    }
+                    Syntax::Name => {
+                        if let Some(c) = text.chars().find(|&c| crate::log::must_escape(c)) {
+                            return Err(format!(
+                                "{:?} holds {}, a control or bidirectional character: a name \
+                                 shown in `ps` must be printable",
+                                text,
+                                c.escape_unicode()
+                            ));
+                        }
                     }
                 }
                 Ok(Value::Text(text.to_string()))
