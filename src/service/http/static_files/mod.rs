@@ -17,7 +17,8 @@
 //! A response's length is fixed from `fstat` on the descriptor we keep open; `sendfile` sends
 //! at most that, and if the file shrank under us the connection is closed short, which every
 //! client detects against Content-Length. A renamed-over or deleted file is still sent whole
-//! from the open descriptor.
+//! from the open descriptor. With `open_file_cache_valid`, a small file may instead be sent
+//! from the bytes the cache read with its `fstat` (see [`files::FileCache`]).
 
 pub mod conn;
 pub mod files;

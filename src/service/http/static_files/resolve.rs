@@ -289,6 +289,7 @@ fn serve_file(head: &Head, svc: &StaticService, opened: Opened, rel: &Path) -> R
         Ranges::Parts(parts) => multipart(headers, &content_type, &parts, len),
     };
     reply.file = Some(opened.file);
+    reply.bytes = opened.bytes;
     reply
 }
 
