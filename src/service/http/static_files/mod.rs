@@ -112,16 +112,17 @@ impl StaticService {
     }
 
     /// Opens `rel` below the root through the open-file cache, with this service's symlink
-    /// rule (see [`files::FileCache::open`]).
+    /// rule (see [`files::FileCache::open_at`]); `now` is the request's start.
     ///
     /// # Errors
     /// An [`OpenError`] naming the status to answer.
-    pub fn open_path(&self, rel: &Path) -> Result<Opened, OpenError> {
-        self.cache.open(
+    pub fn open_path(&self, rel: &Path, now: std::time::Instant) -> Result<Opened, OpenError> {
+        self.cache.open_at(
             &self.root_fd,
             &self.config.root,
             rel,
             self.config.follow_symlinks,
+            now,
         )
     }
 
@@ -145,13 +146,14 @@ impl StaticService {
     }
 
     /// A precompressed variant of a file, if there is one (see
-    /// [`files::FileCache::open_variant`]).
-    pub fn open_variant(&self, rel: &Path) -> Option<Opened> {
-        self.cache.open_variant(
+    /// [`files::FileCache::open_variant_at`]); `now` is the request's start.
+    pub fn open_variant(&self, rel: &Path, now: std::time::Instant) -> Option<Opened> {
+        self.cache.open_variant_at(
             &self.root_fd,
             &self.config.root,
             rel,
             self.config.follow_symlinks,
+            now,
         )
     }
 }
