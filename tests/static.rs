@@ -1577,30 +1577,38 @@ fn get_to_eof(addr: SocketAddr, path: &str) -> (String, Vec<u8>) {
 fn open_file_cache_valid_trusts_a_size_for_its_window_and_never_overruns() {
     // nginx's `open_file_cache_valid`: within the window a cached file's size is not checked,
     // so a write in place may be served with the old length; a file found shorter than that
-    // is never padded or overrun, and the next request sees it as it is.
+    // is never padded or overrun, and the next request sees it as it is. (A file too large
+    // for the cache to hold its bytes, so that they are read from the file: a small one is
+    // served from memory, see `open_file_cache_valid_holds_a_small_file_as_it_was`.)
     let (dir, www) = site();
     let small = www.join("f.txt");
-    write(&small, "0123456789");
+    // Past the 16 KiB the cache holds in memory, within the 64 KiB sent with the head.
+    let pad = "-".repeat(17 * 1024);
+    let padded = |s: &str| format!("{pad}{s}").into_bytes();
+    write(&small, padded("0123456789"));
     let big = pattern(1 << 20);
     write(&www.join("big.bin"), &big);
     let window = Duration::from_secs(3);
     let (_s, addr) = serve(dir, &["--open-file-cache-valid", "3"]);
-    assert_eq!(get(addr, "/f.txt", "").body, b"0123456789");
+    assert_eq!(get(addr, "/f.txt", "").body, padded("0123456789"));
     let cached = Instant::now();
 
     // Grown in place: within the window, the old length (of the file's current bytes).
-    write(&small, "0123456789abcdef");
+    write(&small, padded("0123456789abcdef"));
     let r = get(addr, "/f.txt", "");
     if cached.elapsed() < window {
-        assert_eq!(r.body, b"0123456789");
+        assert_eq!(r.body, padded("0123456789"));
     }
 
     // Truncated in place: the trusted length cannot be read, so the server answers again from
     // a fresh fstat, whatever the window says.
-    write(&small, "0123");
+    write(&small, padded("0123"));
     let r = get(addr, "/f.txt", "");
-    assert_eq!(r.header("Content-Length"), Some("4"));
-    assert_eq!(r.body, b"0123");
+    assert_eq!(
+        r.header("Content-Length"),
+        Some(padded("0123").len().to_string().as_str())
+    );
+    assert_eq!(r.body, padded("0123"));
 
     // A large file (sent with sendfile) truncated in place: if its old length was already
     // promised, the connection closes short, never past the file's bytes; the next request
@@ -1622,13 +1630,14 @@ fn open_file_cache_valid_trusts_a_size_for_its_window_and_never_overruns() {
     // After the window a write in place is seen without any shortfall to reveal it.
     let cached = Instant::now();
     let _ = get(addr, "/f.txt", "");
-    write(&small, "abcdefghijklmnopqrst");
+    let new = padded("abcdefghijklmnopqrst");
+    write(&small, &new);
     let deadline = Instant::now() + window + SOON;
     loop {
         let r = get(addr, "/f.txt", "");
         let len: usize = r.header("Content-Length").unwrap().parse().unwrap();
-        assert_eq!(r.body, &b"abcdefghijklmnopqrst"[..len]);
-        if len == 20 {
+        assert_eq!(r.body, &new[..len]);
+        if len == new.len() {
             break;
         }
         assert!(
@@ -1637,6 +1646,120 @@ fn open_file_cache_valid_trusts_a_size_for_its_window_and_never_overruns() {
             cached.elapsed().as_secs()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With `--open-file-cache-valid`, a small file's bytes are held in memory with the size and
+/// mtime they were read under: within the window a write in place is not seen at all (the
+/// old bytes with the old length and ETag, whether it grew, shrank or kept its size, never a
+/// mix), ranges, HEAD and conditionals answer from the same bytes, and after the window the
+/// new bytes come with a new ETag.
+#[test]
+fn open_file_cache_valid_holds_a_small_file_as_it_was() {
+    let (dir, www) = site();
+    let f = www.join("f.txt");
+    write(&f, "0123456789");
+    let window = Duration::from_secs(3);
+    let (_s, addr) = serve(dir, &["--open-file-cache-valid", "3"]);
+    let first = get(addr, "/f.txt", "");
+    let cached = Instant::now();
+    assert_eq!(first.body, b"0123456789");
+    let etag = first.header("ETag").unwrap().to_string();
+    let modified = first.header("Last-Modified").unwrap().to_string();
+
+    // Written in place, longer, shorter and the same length: the old answer, whole.
+    for now in ["0123456789abcdef", "0123", "abcdefghij"] {
+        write(&f, now);
+        let mut c = Conn::open(addr);
+        c.send(
+            format!(
+                "GET /f.txt HTTP/1.1\r\nHost: t\r\n\r\n\
+                 HEAD /f.txt HTTP/1.1\r\nHost: t\r\n\r\n\
+                 GET /f.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=2-4\r\n\r\n\
+                 GET /f.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=0-0,-2\r\n\r\n\
+                 GET /f.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n\
+                 GET /f.txt HTTP/1.1\r\nHost: t\r\nIf-Match: {etag}\r\nRange: bytes=8-\r\n\r\n\
+                 GET /f.txt HTTP/1.1\r\nHost: t\r\nIf-Range: {etag}\r\nRange: bytes=-3\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let full = c.response(false);
+        let head = c.response(true);
+        let one = c.response(false);
+        let multi = c.response(false);
+        let not_modified = c.response(false);
+        let if_match = c.response(false);
+        let if_range = c.response(false);
+        if cached.elapsed() >= window - Duration::from_millis(500) {
+            // Too slow a machine to say anything about the window (which began a moment
+            // before `cached`, when the server read the file).
+            return;
+        }
+        assert_eq!(
+            (full.status, &full.body[..]),
+            (200, &b"0123456789"[..]),
+            "{now}"
+        );
+        assert_eq!(full.header("ETag"), Some(etag.as_str()));
+        assert_eq!(full.header("Last-Modified"), Some(modified.as_str()));
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("Content-Length"), Some("10"));
+        assert_eq!(head.header("ETag"), Some(etag.as_str()));
+        assert_eq!((one.status, &one.body[..]), (206, &b"234"[..]));
+        assert_eq!(one.header("Content-Range"), Some("bytes 2-4/10"));
+        assert_eq!(multi.status, 206);
+        let text = multi.text();
+        assert!(
+            text.contains("Content-Range: bytes 0-0/10\r\n\r\n0\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Range: bytes 8-9/10\r\n\r\n89\r\n"),
+            "{text}"
+        );
+        assert_eq!(not_modified.status, 304);
+        assert_eq!((if_match.status, &if_match.body[..]), (206, &b"89"[..]));
+        assert_eq!((if_range.status, &if_range.body[..]), (206, &b"789"[..]));
+    }
+
+    // After the window: the new bytes, with an ETag of their own (and the old one no longer
+    // matches).
+    let deadline = cached + window + SOON;
+    loop {
+        let r = get(addr, "/f.txt", &format!("If-None-Match: {etag}\r\n"));
+        if r.status == 200 {
+            assert_eq!(r.body, b"abcdefghij");
+            assert_ne!(r.header("ETag"), Some(etag.as_str()));
+            let again = get(addr, "/f.txt", "");
+            assert_eq!(again.body, b"abcdefghij");
+            assert_eq!(again.header("ETag"), r.header("ETag"));
+            break;
+        }
+        assert_eq!(r.status, 304);
+        assert!(
+            Instant::now() < deadline,
+            "still the old file after the window"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Without a validity nothing is held: a write in place to a small file is served by the
+/// very next response, bytes and ETag.
+#[test]
+fn without_open_file_cache_valid_a_small_file_written_in_place_is_seen_at_once() {
+    let (dir, www) = site();
+    let f = www.join("f.txt");
+    write(&f, "0123456789");
+    let (_s, addr) = serve(dir, &[]);
+    let first = get(addr, "/f.txt", "");
+    assert_eq!(first.body, b"0123456789");
+    for now in ["0123456789abcdef", "0123", "abcdefghij"] {
+        write(&f, now);
+        let r = get(addr, "/f.txt", "");
+        assert_eq!(r.body, now.as_bytes());
+        let again = get(addr, "/f.txt", "");
+        assert_eq!(again.header("ETag"), r.header("ETag"));
     }
 }
 

@@ -625,7 +625,7 @@ pub static SETTINGS: &[Setting] = &[
         },
         default: Default::Text("0"),
         value_name: "SECS",
-        help: "Trust a cached open file's size and mtime for SECS without an fstat, as nginx's open_file_cache_valid: a file written in place may be served with its old length (never more bytes than the file holds) until then; 0 = check every request",
+        help: "Trust a cached open file's size and mtime for SECS without an fstat, as nginx's open_file_cache_valid, and serve files of up to 16 KiB from memory meanwhile (8 MiB per worker at most): until then a file written in place is served as it was (a small one with its old bytes and ETag; a larger one with its old length and ETag, never more bytes than the file holds); 0 = check every request and hold no bytes",
     },
     Setting {
         key: "max_line",

@@ -9,7 +9,7 @@
 //! root. Opens are blocking syscalls on the worker's thread, as in nginx without aio: on a warm
 //! page cache they take microseconds, less than a hop to a thread pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
@@ -51,6 +52,10 @@ pub struct Opened {
     /// [`FileCache::siblings`] mask of the entry it was served from): the caller need not
     /// look the path up a second time to ask. `None` when not known.
     pub siblings: Option<u8>,
+    /// The file's bytes, exactly `len` of them, when the open-file cache holds them (see
+    /// [`FileCache`]): what `len`, `mtime` and `ino` describe, to be sent instead of reading
+    /// `file`. `None`: read `file`.
+    pub bytes: Option<Bytes>,
 }
 
 impl Opened {
@@ -164,6 +169,7 @@ fn stat(file: Arc<File>) -> Result<Opened, OpenError> {
         ino: st.st_ino,
         links: st.st_nlink,
         siblings: None,
+        bytes: None,
     })
 }
 
@@ -235,6 +241,114 @@ struct Entry {
     /// Which precompressed siblings exist (bit `i` for suffix `i` of the caller's list), found
     /// once per entry by [`FileCache::siblings`]; `None` until asked.
     siblings: Option<u8>,
+    /// The file's bytes as `len`, `mtime` and `ino` describe them, when held (see
+    /// [`FileCache`]).
+    body: Option<Body>,
+}
+
+/// A small file's bytes held in memory by its [`Entry`].
+#[derive(Debug)]
+struct Body {
+    bytes: Bytes,
+    /// Which fill this is: the [`Files::ring`] item that names it carries the same number, so
+    /// an item left behind by an entry since dropped or refilled is recognized as stale.
+    fill: u64,
+    /// Served since the clock hand last passed it: it is passed over once more before its
+    /// bytes are let go.
+    used: bool,
+}
+
+/// Files up to this size (bytes) have their contents held in memory by the cache while the
+/// validity window trusts them (see [`FileCache`]). 16 KiB: the usual page asset, where the
+/// `pread` was a third of a keep-alive request's syscalls; larger files cost more to copy
+/// than the syscall saves and go out with `pread` or `sendfile` as before.
+pub const HELD_FILE_MOST: u64 = 16 * 1024;
+
+/// Bytes held in memory at most per worker, all files together (see [`FileCache`]): 512
+/// files of the largest held size, or 8,192 of 1 KiB.
+pub const HELD_BYTES: usize = 8 * 1024 * 1024;
+
+/// What the cache's lock guards: the entries, and the account of the bytes they hold.
+#[derive(Debug, Default)]
+struct Files {
+    map: HashMap<Box<[u8]>, Entry>,
+    /// Entries holding bytes, oldest fill first, each with its [`Body::fill`]: the clock
+    /// that chooses whose bytes go when a fill needs room. Items of entries since dropped
+    /// stay until the hand reaches them or the ring is compacted.
+    ring: VecDeque<(Box<[u8]>, u64)>,
+    /// Bytes held, all bodies together; at most the cache's budget.
+    held: usize,
+    /// Entries holding bytes (the live items of `ring`).
+    holders: usize,
+    /// The next [`Body::fill`] number.
+    fills: u64,
+}
+
+impl Files {
+    /// Drops the entry at `k`, and the account of its bytes.
+    fn remove(&mut self, k: &[u8]) {
+        if let Some(e) = self.map.remove(k) {
+            self.forget(&e);
+        }
+    }
+
+    /// Takes `e`'s bytes (if any) off the account; `e` is gone or about to be.
+    fn forget(&mut self, e: &Entry) {
+        if let Some(b) = &e.body {
+            self.held -= b.bytes.len();
+            self.holders -= 1;
+        }
+    }
+
+    /// Lets go of the bytes held by the entry at `k` (it stays cached, served from its
+    /// descriptor).
+    fn drop_body(&mut self, k: &[u8]) {
+        if let Some(b) = self.map.get_mut(k).and_then(|e| e.body.take()) {
+            self.held -= b.bytes.len();
+            self.holders -= 1;
+        }
+    }
+
+    /// Makes room for `len` more bytes within `budget`, letting go of the bytes of entries
+    /// not served since the clock hand last passed them (a CLOCK, the usual cheap
+    /// approximation of least-recently-used: each step is O(1), and a served entry is passed
+    /// over once). False when `len` cannot fit at all.
+    fn make_room(&mut self, len: usize, budget: usize) -> bool {
+        if len > budget {
+            return false;
+        }
+        while self.held + len > budget {
+            let Some((k, fill)) = self.ring.pop_front() else {
+                // Nothing left to let go of: the account and the ring disagree, which the
+                // code above never lets happen; hold nothing rather than overrun.
+                return false;
+            };
+            let Some(b) = self
+                .map
+                .get_mut(&k)
+                .and_then(|e| e.body.as_mut())
+                .filter(|b| b.fill == fill)
+            else {
+                continue; // stale: that entry was dropped or refilled since
+            };
+            if std::mem::take(&mut b.used) {
+                self.ring.push_back((k, fill));
+            } else {
+                self.drop_body(&k);
+            }
+        }
+        // Items of dropped entries pile up while the budget has room; past twice the live
+        // ones, sweep them out (amortized O(1) per fill).
+        if self.ring.len() > 2 * self.holders + 64 {
+            let map = &self.map;
+            self.ring.retain(|(k, fill)| {
+                map.get(k)
+                    .and_then(|e| e.body.as_ref())
+                    .is_some_and(|b| b.fill == *fill)
+            });
+        }
+        true
+    }
 }
 
 /// A per-worker cache of open regular files, like nginx's `open_file_cache`, so a hot file costs
@@ -250,46 +364,82 @@ struct Entry {
 /// With a validity (`--open-file-cache-valid`, nginx's `open_file_cache_valid`) the `fstat`
 /// is skipped too: an entry's size and mtime are trusted for that long after they were
 /// taken, and its path is looked up again after the longer of the validity and
-/// [`CACHE_TTL`]. Within the window a file written in place is served with its old length
-/// and ETag (the bytes read are the file's current ones, up to that length), and a file
-/// renamed over or deleted is still served from the old descriptor. A file that turns out
-/// shorter than the trusted length is never padded or overrun: the response writer reads at
-/// most the promised length and answers again or closes short (see
-/// [`super::response::OnShort`]), and the caller then calls [`FileCache::distrust`] so the
-/// next request starts from a fresh `fstat` rather than falling short again.
+/// [`CACHE_TTL`]. Within the window a file renamed over or deleted is still served from the
+/// old descriptor, and a file written in place is served as it was when last checked:
+///
+/// - A file of at most [`HELD_FILE_MOST`] bytes has its bytes read into memory when its
+///   size and mtime are taken (when it is opened, and when the window ends and the next
+///   request checks it again), and is served from them, head and body in one `write` without
+///   a `pread`: within the window a write in place is not seen at all (old bytes, old length,
+///   old ETag, consistently), and after it the next request sees the new bytes with the new
+///   ETag. The bytes are kept only if an `fstat` after reading them still shows the size,
+///   mtime and inode they were read under, so they are what the ETag describes (as far as
+///   an mtime-based tag can tell: two writes of the same size within one tick of the
+///   filesystem's clock look alike, to this as to any server that tags by mtime). At most
+///   [`HELD_BYTES`] are held per worker, all files together; a fill that needs room lets go
+///   of the bytes of files not served for longest (a CLOCK), and a file that does not fit is
+///   served from its descriptor.
+/// - A larger file (or a small one whose bytes are not held) is read from the descriptor:
+///   its old length and ETag, and the file's current bytes up to that length. A file that
+///   turns out shorter than the trusted length is never padded or overrun: the response
+///   writer reads at most the promised length and answers again or closes short (see
+///   [`super::response::OnShort`]), and the caller then calls [`FileCache::distrust`] so the
+///   next request starts from a fresh `fstat` rather than falling short again.
+///
+/// Without a validity (the default) no bytes are held: the `fstat` per request makes a
+/// write in place visible to the next response, which held bytes could not promise.
 #[derive(Debug, Default)]
 pub struct FileCache {
-    /// The worker's runtime is single-threaded, so the lock is never contended; it is a Mutex
-    /// (not a RefCell) only because spawned connection futures must be `Send`.
-    /// Keyed by the relative path's bytes: paths arrive normalized, and hashing a `Path`
-    /// walks its components (a visible cost in the many-files profile).
-    map: Mutex<HashMap<Box<[u8]>, Entry>>,
+    /// The entries and their held bytes. The worker's runtime is single-threaded, so the
+    /// lock is never contended; it is a Mutex (not a RefCell) only because spawned connection
+    /// futures must be `Send`. Keyed by the relative path's bytes: paths arrive normalized,
+    /// and hashing a `Path` walks its components (a visible cost in the many-files profile).
+    files: Mutex<Files>,
     /// Variant paths found missing, and when: every request for a file asks for its three
     /// precompressed siblings, which are usually absent, and three failed path walks per
-    /// request would cost more than the request. Same lock reasoning as `map`.
+    /// request would cost more than the request. Same lock reasoning as `files`.
     misses: Mutex<HashMap<Box<[u8]>, Instant>>,
     /// Directories of cached files: whether any name in them ends in a sibling suffix, so
     /// that a file whose directory has none needs no sibling probes (see
     /// [`FileCache::siblings`]). At most a quarter of `capacity` entries, each holding a
-    /// directory descriptor. Same lock reasoning as `map`.
+    /// directory descriptor. Same lock reasoning as `files`.
     dirs: Mutex<HashMap<Box<[u8]>, DirNames>>,
     /// Entries kept at most; 0 turns the cache off.
     capacity: usize,
     /// How long an entry's `fstat` is trusted; zero takes one per request.
     valid: Duration,
+    /// Bytes held in memory at most, all files together: [`HELD_BYTES`] with a validity,
+    /// else 0 (none held).
+    held_budget: usize,
 }
 
 impl FileCache {
     /// A cache of up to `capacity` descriptors, trusting an `fstat` for `valid` (zero: an
     /// `fstat` per request).
+    /// With a validity, up to [`HELD_BYTES`] of small files' bytes are held too.
     pub fn new(capacity: usize, valid: Duration) -> FileCache {
         FileCache {
-            map: Mutex::default(),
+            files: Mutex::default(),
             misses: Mutex::default(),
             dirs: Mutex::default(),
             capacity,
             valid,
+            held_budget: if valid.is_zero() { 0 } else { HELD_BYTES },
         }
+    }
+
+    /// Holds at most `budget` bytes of small files in memory instead of [`HELD_BYTES`]
+    /// (none without a validity, whatever the budget: see [`FileCache`]).
+    pub fn with_held_budget(mut self, budget: usize) -> FileCache {
+        if !self.valid.is_zero() {
+            self.held_budget = budget;
+        }
+        self
+    }
+
+    /// Bytes held in memory now, all files together (at most the budget).
+    pub fn held_bytes(&self) -> usize {
+        self.lock().held
     }
 
     /// Sized from this process's `RLIMIT_NOFILE`: half of it, at most [`CACHE_ENTRIES`];
@@ -317,8 +467,52 @@ impl FileCache {
     /// sees the file as it is.
     pub fn distrust(&self, file: &Arc<File>) {
         if !self.valid.is_zero() {
-            self.lock().retain(|_, e| !Arc::ptr_eq(&e.file, file));
+            let mut files = self.lock();
+            let gone: Vec<Box<[u8]>> = files
+                .map
+                .iter()
+                .filter(|(_, e)| Arc::ptr_eq(&e.file, file))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                files.remove(&k);
+            }
         }
+    }
+
+    /// Reads the bytes of the entry at `k` into memory, if it is a small file, the budget
+    /// has (or can make) room, and the file still has the size, mtime and inode the entry
+    /// says after they are read (an `fstat` after the read: a write in place between the
+    /// entry's `fstat` and the read would otherwise pair new bytes with the old ETag).
+    /// Called right after the entry's metadata was taken. Returns the bytes held.
+    fn fill(&self, files: &mut Files, k: &[u8]) -> Option<Bytes> {
+        let e = files.map.get(k)?;
+        if e.body.is_some() || e.len > HELD_FILE_MOST || self.held_budget == 0 {
+            return e.body.as_ref().map(|b| b.bytes.clone());
+        }
+        let len = usize::try_from(e.len).ok()?;
+        if !files.make_room(len, self.held_budget) {
+            return None;
+        }
+        let e = files.map.get_mut(k)?;
+        let mut bytes = vec![0u8; len];
+        let got = super::response::read_at_full(&e.file, &mut bytes, 0).ok()?;
+        let now_is = stat(Arc::clone(&e.file)).ok()?;
+        if got != len || (now_is.len, now_is.mtime, now_is.ino) != (e.len, e.mtime, e.ino) {
+            return None;
+        }
+        let bytes = Bytes::from(bytes);
+        let fill = files.fills;
+        e.body = Some(Body {
+            bytes: bytes.clone(),
+            fill,
+            used: false,
+        });
+        files.fills += 1;
+        files.held += len;
+        files.holders += 1;
+        files.ring.push_back((k.into(), fill));
+        Some(bytes)
     }
 
     /// [`open`], served from the cache while the entry is fresh and still linked.
@@ -332,12 +526,33 @@ impl FileCache {
         rel: &Path,
         follow_symlinks: bool,
     ) -> Result<Opened, OpenError> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        if let Some(e) = map.get_mut(key(rel)) {
+        self.open_at(root_fd, root, rel, follow_symlinks, Instant::now())
+    }
+
+    /// [`FileCache::open`] at `now`, an instant the caller read a moment ago (the start of
+    /// the request: a clock read is ~0.3% of a kept-alive request's CPU). It stands for the
+    /// present in every freshness check, and is when a new entry's metadata counts as taken.
+    ///
+    /// # Errors
+    /// As [`open`].
+    pub fn open_at(
+        &self,
+        root_fd: &OwnedFd,
+        root: &Path,
+        rel: &Path,
+        follow_symlinks: bool,
+        now: Instant,
+    ) -> Result<Opened, OpenError> {
+        let k = key(rel);
+        let mut files = self.lock();
+        if let Some(e) = files.map.get_mut(k) {
             if now.duration_since(e.at) < self.path_ttl() {
                 if !self.valid.is_zero() && now.duration_since(e.checked) < self.valid {
                     // Trusted: no syscall at all. Only regular files with links are cached.
+                    let bytes = e.body.as_mut().map(|b| {
+                        b.used = true;
+                        b.bytes.clone()
+                    });
                     return Ok(Opened {
                         file: Arc::clone(&e.file),
                         kind: FileType::RegularFile,
@@ -346,33 +561,45 @@ impl FileCache {
                         ino: e.ino,
                         links: 1,
                         siblings: e.siblings,
+                        bytes,
                     });
                 }
                 if let Ok(mut o) = stat(Arc::clone(&e.file))
                     && o.kind == FileType::RegularFile
                     && o.links > 0
                 {
+                    let same = (e.len, e.mtime, e.ino) == (o.len, o.mtime, o.ino);
                     (e.len, e.mtime, e.ino, e.checked) = (o.len, o.mtime, o.ino, now);
                     o.siblings = e.siblings;
+                    // Unchanged, the bytes held are still the file's; changed, they go, and
+                    // the new ones are read.
+                    if !same {
+                        files.drop_body(k);
+                    }
+                    o.bytes = self.fill(&mut files, k);
                     return Ok(o);
                 }
             }
-            map.remove(key(rel));
+            files.remove(k);
         }
-        drop(map);
-        let opened = open(root_fd, root, rel, follow_symlinks)?;
+        drop(files);
+        let mut opened = open(root_fd, root, rel, follow_symlinks)?;
         if opened.kind == FileType::RegularFile && self.capacity > 0 {
-            let mut map = self.lock();
-            if map.len() >= self.capacity {
+            let mut files = self.lock();
+            if files.map.len() >= self.capacity {
                 // Evict one arbitrary entry (HashMap order is effectively random): O(1), and
                 // under a working set larger than the cache it keeps a steady hit rate where
                 // clearing everything would thrash.
-                if let Some(k) = map.keys().next().cloned() {
-                    map.remove(&k);
+                if let Some(old) = files.map.keys().next().cloned() {
+                    files.remove(&old);
                 }
             }
-            map.insert(
-                key(rel).into(),
+            // Nothing else runs while the open is in progress (it is synchronous on the
+            // worker's one thread), so no entry for `k` can be there; if one were, it goes
+            // with the account of its bytes rather than being overwritten in the map.
+            files.remove(k);
+            files.map.insert(
+                k.into(),
                 Entry {
                     file: Arc::clone(&opened.file),
                     at: now,
@@ -381,8 +608,10 @@ impl FileCache {
                     ino: opened.ino,
                     checked: now,
                     siblings: None,
+                    body: None,
                 },
             );
+            opened.bytes = self.fill(&mut files, k);
         }
         Ok(opened)
     }
@@ -404,12 +633,12 @@ impl FileCache {
         follow_symlinks: bool,
         suffixes: &[&str],
     ) -> u8 {
-        if let Some(mask) = self.lock().get(key(rel)).and_then(|e| e.siblings) {
+        if let Some(mask) = self.lock().map.get(key(rel)).and_then(|e| e.siblings) {
             return mask;
         }
         let mut mask = 0u8;
         if !self.dir_may_have(root_fd, root, rel, follow_symlinks, suffixes) {
-            if let Some(e) = self.lock().get_mut(key(rel)) {
+            if let Some(e) = self.lock().map.get_mut(key(rel)) {
                 e.siblings = Some(0);
             }
             return 0;
@@ -430,7 +659,7 @@ impl FileCache {
                 mask |= 1 << i;
             }
         }
-        if let Some(e) = self.lock().get_mut(key(rel)) {
+        if let Some(e) = self.lock().map.get_mut(key(rel)) {
             e.siblings = Some(mask);
         }
         mask
@@ -520,7 +749,18 @@ impl FileCache {
         rel: &Path,
         follow_symlinks: bool,
     ) -> Option<Opened> {
-        let now = Instant::now();
+        self.open_variant_at(root_fd, root, rel, follow_symlinks, Instant::now())
+    }
+
+    /// [`FileCache::open_variant`] at `now`, as for [`FileCache::open_at`].
+    pub fn open_variant_at(
+        &self,
+        root_fd: &OwnedFd,
+        root: &Path,
+        rel: &Path,
+        follow_symlinks: bool,
+        now: Instant,
+    ) -> Option<Opened> {
         let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
         if misses
             .get(key(rel))
@@ -528,7 +768,7 @@ impl FileCache {
         {
             return None;
         }
-        match self.open(root_fd, root, rel, follow_symlinks) {
+        match self.open_at(root_fd, root, rel, follow_symlinks, now) {
             Ok(o) if o.kind == FileType::RegularFile => {
                 misses.remove(key(rel));
                 Some(o)
@@ -548,10 +788,11 @@ impl FileCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Entry>> {
-        // A panic while holding the lock cannot leave the map inconsistent (each operation is
-        // one HashMap call), so a poisoned lock is used as it is.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Files> {
+        // A panic while holding the lock can at worst leave the account of held bytes off
+        // (a fill that panicked half-way), which bounds memory a little differently but
+        // serves nothing wrong, so a poisoned lock is used as it is.
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -635,6 +876,127 @@ mod tests {
         std::fs::write(root.join("f"), "seven!!").unwrap();
         std::thread::sleep(valid);
         assert_eq!(cache.open(&root_fd, &root, f, false).unwrap().len, 7);
+    }
+
+    /// Bytes are held only with a validity: without one, the `fstat` per request must make a
+    /// write in place visible at once.
+    #[test]
+    fn bytes_are_held_only_with_a_validity() {
+        let (_dir, root, root_fd) = temp_root();
+        std::fs::write(root.join("f"), "one").unwrap();
+        let f = Path::new("f");
+        let off = FileCache::new(8, Duration::ZERO).with_held_budget(1 << 20);
+        assert!(off.open(&root_fd, &root, f, false).unwrap().bytes.is_none());
+        assert!(off.open(&root_fd, &root, f, false).unwrap().bytes.is_none());
+        assert_eq!(off.held_bytes(), 0);
+        let on = FileCache::new(8, Duration::from_secs(60));
+        let first = on.open(&root_fd, &root, f, false).unwrap();
+        assert_eq!(first.bytes.as_deref(), Some(&b"one"[..]));
+        let again = on.open(&root_fd, &root, f, false).unwrap();
+        assert_eq!(again.bytes.as_deref(), Some(&b"one"[..]));
+        assert_eq!(on.held_bytes(), 3);
+    }
+
+    /// Within the window a file written in place is the file as it was: old bytes, old
+    /// length, old ETag together. After it, the new bytes with the new ETag.
+    #[test]
+    fn held_bytes_are_the_old_file_within_the_window_and_the_new_after_it() {
+        let (_dir, root, root_fd) = temp_root();
+        std::fs::write(root.join("f"), "one").unwrap();
+        let valid = Duration::from_millis(300);
+        let cache = FileCache::new(8, valid);
+        let f = Path::new("f");
+        let started = Instant::now();
+        let a = cache.open(&root_fd, &root, f, false).unwrap();
+        std::fs::write(root.join("f"), "three").unwrap();
+        let b = cache.open(&root_fd, &root, f, false).unwrap();
+        if started.elapsed() < valid {
+            assert_eq!(b.bytes.as_deref(), Some(&b"one"[..]));
+            assert_eq!((b.len, b.etag()), (3, a.etag()));
+        }
+        std::thread::sleep(valid);
+        let c = cache.open(&root_fd, &root, f, false).unwrap();
+        assert_eq!(c.bytes.as_deref(), Some(&b"three"[..]));
+        assert_eq!(c.len, 5);
+        assert_ne!(c.etag(), a.etag());
+        assert_eq!(cache.held_bytes(), 5);
+    }
+
+    /// A file past [`HELD_FILE_MOST`] is served from its descriptor, not held.
+    #[test]
+    fn a_file_past_the_size_limit_is_not_held() {
+        let (_dir, root, root_fd) = temp_root();
+        let most = usize::try_from(HELD_FILE_MOST).unwrap();
+        std::fs::write(root.join("most"), vec![b'a'; most]).unwrap();
+        std::fs::write(root.join("more"), vec![b'a'; most + 1]).unwrap();
+        let cache = FileCache::new(8, Duration::from_secs(60));
+        for _ in 0..2 {
+            let o = cache
+                .open(&root_fd, &root, Path::new("more"), false)
+                .unwrap();
+            assert!(o.bytes.is_none());
+        }
+        let o = cache
+            .open(&root_fd, &root, Path::new("most"), false)
+            .unwrap();
+        assert_eq!(o.bytes.map(|b| b.len()), Some(most));
+        assert_eq!(cache.held_bytes(), most);
+    }
+
+    /// The budget bounds the bytes held, whatever is opened; a fill that needs room lets go
+    /// of files not served since the clock last passed them, so a file served all along keeps
+    /// its bytes while a scan of others goes through; entries dropped from the cache take
+    /// their bytes off the account.
+    #[test]
+    fn the_budget_bounds_the_bytes_held_and_keeps_the_served_ones() {
+        let (_dir, root, root_fd) = temp_root();
+        for i in 0..50 {
+            std::fs::write(root.join(format!("{i}")), vec![b'x'; 1000]).unwrap();
+        }
+        let cache = FileCache::new(20, Duration::from_secs(60)).with_held_budget(4500);
+        let hot = Path::new("0");
+        assert!(
+            cache
+                .open(&root_fd, &root, hot, false)
+                .unwrap()
+                .bytes
+                .is_some()
+        );
+        for i in 1..50 {
+            let name = format!("{i}");
+            let o = cache
+                .open(&root_fd, &root, Path::new(&name), false)
+                .unwrap();
+            // Each newcomer gets room, and the budget holds.
+            assert!(o.bytes.is_some(), "{i}");
+            assert!(
+                cache.held_bytes() <= 4500,
+                "{} after {i}",
+                cache.held_bytes()
+            );
+            let h = cache.open(&root_fd, &root, hot, false).unwrap();
+            if i < 19 {
+                // Still cached (20 entries at most, evicted at random past that): served
+                // from memory all along.
+                assert!(h.bytes.is_some(), "hot lost its bytes after {i}");
+            }
+        }
+        // The account matches what the entries hold, and the ring stays bounded.
+        let files = cache.lock();
+        let held: usize = files
+            .map
+            .values()
+            .filter_map(|e| e.body.as_ref())
+            .map(|b| b.bytes.len())
+            .sum();
+        assert_eq!(held, files.held);
+        assert!(files.ring.len() <= 2 * files.holders + 64);
+        drop(files);
+        // Distrusting an entry drops its bytes from the account too.
+        let o = cache.open(&root_fd, &root, Path::new("49"), false).unwrap();
+        let before = cache.held_bytes();
+        cache.distrust(&o.file);
+        assert_eq!(cache.held_bytes(), before - 1000);
     }
 
     #[test]

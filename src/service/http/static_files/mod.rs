@@ -17,7 +17,8 @@
 //! A response's length is fixed from `fstat` on the descriptor we keep open; `sendfile` sends
 //! at most that, and if the file shrank under us the connection is closed short, which every
 //! client detects against Content-Length. A renamed-over or deleted file is still sent whole
-//! from the open descriptor.
+//! from the open descriptor. With `open_file_cache_valid`, a small file may instead be sent
+//! from the bytes the cache read with its `fstat` (see [`files::FileCache`]).
 
 pub mod conn;
 pub mod files;
@@ -111,16 +112,17 @@ impl StaticService {
     }
 
     /// Opens `rel` below the root through the open-file cache, with this service's symlink
-    /// rule (see [`files::FileCache::open`]).
+    /// rule (see [`files::FileCache::open_at`]); `now` is the request's start.
     ///
     /// # Errors
     /// An [`OpenError`] naming the status to answer.
-    pub fn open_path(&self, rel: &Path) -> Result<Opened, OpenError> {
-        self.cache.open(
+    pub fn open_path(&self, rel: &Path, now: std::time::Instant) -> Result<Opened, OpenError> {
+        self.cache.open_at(
             &self.root_fd,
             &self.config.root,
             rel,
             self.config.follow_symlinks,
+            now,
         )
     }
 
@@ -144,13 +146,14 @@ impl StaticService {
     }
 
     /// A precompressed variant of a file, if there is one (see
-    /// [`files::FileCache::open_variant`]).
-    pub fn open_variant(&self, rel: &Path) -> Option<Opened> {
-        self.cache.open_variant(
+    /// [`files::FileCache::open_variant_at`]); `now` is the request's start.
+    pub fn open_variant(&self, rel: &Path, now: std::time::Instant) -> Option<Opened> {
+        self.cache.open_variant_at(
             &self.root_fd,
             &self.config.root,
             rel,
             self.config.follow_symlinks,
+            now,
         )
     }
 }
