@@ -24,9 +24,11 @@
 //! ends ([`ConnState::request_ended_at`], with the instant it reads anyway for the metrics),
 //! and while a request is in flight the reader keeps its timer armed no later than one idle
 //! limit from then (a check-in), re-arming it only when it has passed. When the request ends
-//! the reader is woken and arms the idle deadline from the recorded end. Not waking it (the
-//! check-in would find the end) saved a poll per request but tripled the p99 under load (see
-//! `request_ended_at`).
+//! in another task (an HTTP/2 stream's), or while no check-in is armed, the reader is woken
+//! and arms the idle deadline from the recorded end. A request that ends inside the reader's
+//! own task (HTTP/1: hyper drops the response body as it writes) wakes nobody: the task is
+//! running, and the armed check-in, or the client's next bytes, bring the reader back to the
+//! end it recorded (see `request_ended_at`).
 //!
 //! This module owns the stream's read and write paths and nothing else: it knows no request.
 
@@ -66,7 +68,11 @@ pub struct ConnState {
     /// [`ConnState::request_ended`]: hyper does not read again after a read returned `Pending`
     /// until that read's waker fires, and the reader then arms the idle deadline from the
     /// recorded end.
-    reader: Mutex<Option<Waker>>,
+    reader: Mutex<Option<Reader>>,
+    /// Whether the reader's timer is armed no later than the idle deadline of a request that
+    /// ends from now on (its `bounded`, [`DeadlineIo::set_bounded`]): then a request's end
+    /// need not wake it from inside its own task.
+    checkin: AtomicBool,
     /// The clock's origin for the two instants below (atomics hold no `Instant`).
     born: Instant,
     /// When the last request ended, in nanoseconds after `born`, plus one (0 = none yet): the
@@ -109,6 +115,7 @@ impl ConnState {
             head_timed_out: AtomicBool::new(false),
             version_refused: AtomicBool::new(false),
             reader: Mutex::new(None),
+            checkin: AtomicBool::new(false),
             born: Instant::now(),
             ended_at: AtomicU64::new(0),
             reclaim,
@@ -184,14 +191,20 @@ impl ConnState {
             // Idle since the end, read once by the caller.
             self.tell_since(Some(IdleClass::KeptAlive), || now);
         }
-        // Always woken, although its busy check-in timer would find the end by itself: left
-        // asleep until the client's next bytes (tried on 2026-11-30), the connection's p99 under wrk (2 workers, 64
-        // connections) went from 2.4 to 7 ms while its median fell (2026-11-30, quiet machine,
-        // same run): the connection is polled again at once, in the runtime's turn order,
-        // rather than only when the epoll event for the next request is collected.
+        // Woken, unless this end runs inside the reader's own task (HTTP/1: hyper drops the
+        // response body in the connection's task, as it writes) with a check-in armed. That
+        // wake-up only had the running task polled once more, for a read that finds nothing
+        // (the client has not had the answer yet): a whole poll of the connection per
+        // request, ~0.3 us of a hello-world's ~9 (perf per request, 2026-11-30). Without it
+        // the reader comes back with the client's next bytes, or at the check-in, and finds
+        // the recorded end either way. From another task (an HTTP/2 stream's), or with no
+        // check-in (upgraded, no idle limit), the reader is woken as before.
         let slot = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = slot.as_ref() {
-            w.wake_by_ref();
+        if let Some(r) = slot.as_ref() {
+            let own_task = r.task.is_some() && r.task == tokio::task::try_id();
+            if !(own_task && self.checkin.load(Ordering::Acquire)) {
+                r.waker.wake_by_ref();
+            }
         }
     }
 
@@ -211,10 +224,21 @@ impl ConnState {
 
     fn park_reader(&self, waker: &Waker) {
         let mut slot = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
+        if !slot.as_ref().is_some_and(|r| r.waker.will_wake(waker)) {
+            *slot = Some(Reader {
+                waker: waker.clone(),
+                task: tokio::task::try_id(),
+            });
         }
     }
+}
+
+/// The reader left waiting ([`ConnState::park_reader`]).
+#[derive(Debug)]
+struct Reader {
+    waker: Waker,
+    /// The tokio task it waits in (`None` outside a task): an end inside it needs no wake-up.
+    task: Option<tokio::task::Id>,
 }
 
 /// The deadlines, from [`super::HttpSettings`].
@@ -387,19 +411,25 @@ impl<S> DeadlineIo<S> {
         Some(match self.wait {
             Wait::Fresh(t) | Wait::Head { since: Some(t), .. } => {
                 self.state.tell(Some(IdleClass::NoRequest));
-                self.bounded = false;
+                self.set_bounded(false);
                 t + self.deadlines.header
             }
             Wait::Idle(Some(t)) => {
                 self.state.tell(Some(IdleClass::KeptAlive));
                 // `t` is past, so any later end's idle deadline is later than this one.
-                self.bounded = true;
+                self.set_bounded(true);
                 t + self.idle_limit()
             }
             Wait::Idle(None) | Wait::Head { since: None, .. } | Wait::Busy => {
                 unreachable!("timed or returned above")
             }
         })
+    }
+
+    /// Sets `bounded`, and tells the request path ([`ConnState::request_ended_at`]).
+    fn set_bounded(&mut self, bounded: bool) {
+        self.bounded = bounded;
+        self.state.checkin.store(bounded, Ordering::Release);
     }
 
     /// HTTP/2 has no "one request per connection": with keep-alive off, an idle HTTP/2
@@ -682,7 +712,7 @@ impl<S> DeadlineIo<S> {
         let Some(limit) = limit else {
             // Upgraded (the app owns the stream), or no idle limit: no check-in; a request
             // ending wakes the reader.
-            self.bounded = false;
+            self.set_bounded(false);
             return Poll::Pending;
         };
         if !self.bounded || self.sleep.is_elapsed() {
@@ -690,7 +720,7 @@ impl<S> DeadlineIo<S> {
             self.sleep.as_mut().reset(at);
             self.timer_watched = false;
             self.armed = Some(at);
-            self.bounded = true;
+            self.set_bounded(true);
         }
         if self.poll_timer(cx).is_ready() {
             // Passed as it was armed (a paused or jumping clock): look again at once rather
@@ -806,6 +836,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
             this.sleep.as_mut().reset(Instant::now() + LINGER);
             this.armed = None;
             this.timer_watched = false;
+            // The timer is the linger's now, no check-in.
+            this.set_bounded(false);
         }
         let mut sink = [0u8; LINGER_BUF];
         while let Linger::Draining(left) = this.linger {
@@ -945,6 +977,51 @@ mod tests {
         let mut rb = ReadBuf::new(&mut buf);
         let read = Pin::new(&mut io).poll_read(&mut cx, &mut rb);
         assert!(matches!(read, Poll::Ready(Ok(()))) && rb.filled().is_empty());
+    }
+
+    /// A request that ends inside the reader's own task (HTTP/1: hyper drops the response
+    /// body in the connection's task) wakes nobody: the check-in armed while it was in
+    /// flight brings the reader back, and the idle deadline still counts from the end.
+    #[tokio::test(start_paused = true)]
+    async fn an_end_in_the_readers_own_task_wakes_nobody_and_idle_counts_from_it() {
+        let (_client, state, mut io, _gone) = a_request_in_flight().await;
+        // One read with `waker`: `None` while pending, else the bytes it filled.
+        fn read_with(io: &mut DeadlineIo<tokio::io::DuplexStream>, waker: &Waker) -> Option<usize> {
+            let mut buf = [0u8; 64];
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(io).poll_read(&mut Context::from_waker(waker), &mut rb) {
+                Poll::Ready(Ok(())) => Some(rb.filled().len()),
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => None,
+            }
+        }
+        let in_task = tokio::spawn(async move {
+            let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+            let waker = Waker::from(Arc::clone(&wakes));
+            assert_eq!(read_with(&mut io, &waker), None);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            state.request_ended();
+            assert_eq!(
+                wakes.0.load(Ordering::Relaxed),
+                0,
+                "not woken from its own task"
+            );
+            // The check-in, armed 5 s after the read while busy, fires first.
+            tokio::time::advance(Duration::from_secs(4)).await;
+            assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "woken by the check-in");
+            assert_eq!(
+                read_with(&mut io, &waker),
+                None,
+                "idle for 4 s of the 5 allowed since the request ended"
+            );
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(
+                read_with(&mut io, &waker),
+                Some(0),
+                "EOF at the idle deadline"
+            );
+        });
+        in_task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
