@@ -576,10 +576,10 @@ fn term_sends_websockets_a_close_frame_with_going_away() {
     assert!(exited < Duration::from_secs(8), "exited after {exited:?}");
 }
 
-/// issue 9: a HUP reload stops the old workers gracefully, so their event streams and
-/// WebSockets end as at TERM, while the new workers serve.
-#[tokio::test]
-async fn hup_ends_the_old_workers_streams_and_websockets_cleanly() {
+/// Sends `signal` to a one-worker server with an event stream and a WebSocket on its worker,
+/// and checks that both end cleanly within `limit` (`event: shutdown`, a Close 1001) and that
+/// the old worker exits.
+async fn old_workers_streams_end_cleanly_at(signal: Signal, limit: Duration) {
     let (server, addr) = start(&["--workers", "1", "--graceful-timeout", "30"], 1, &[]);
     let old = worker_pid(addr).await;
     let http = client();
@@ -587,8 +587,8 @@ async fn hup_ends_the_old_workers_streams_and_websockets_cleanly() {
     let ws = tokio::task::spawn_blocking(move || open_ws(addr))
         .await
         .unwrap();
-    let reloaded = Instant::now();
-    server.signal(Signal::SIGHUP);
+    let signalled = Instant::now();
+    server.signal(signal);
     let ws = tokio::task::spawn_blocking(move || {
         let mut ws = ws;
         expect_going_away(&mut ws);
@@ -601,14 +601,23 @@ async fn hup_ends_the_old_workers_streams_and_websockets_cleanly() {
         "{text:?}"
     );
     ws.await.unwrap();
-    let ended = reloaded.elapsed();
-    assert!(ended < Duration::from_secs(8), "ended after {ended:?}");
+    let ended = signalled.elapsed();
+    assert!(ended < limit, "{signal:?}: ended after {ended:?}");
     assert!(
         support::eventually(SOON, || !support::alive(old)),
         "the old worker exits"
     );
-    let new = worker_pid(addr).await;
-    assert_ne!(new, old, "a new worker serves after the reload");
+    if signal == Signal::SIGHUP {
+        let new = worker_pid(addr).await;
+        assert_ne!(new, old, "a new worker serves after the reload");
+    }
+}
+
+/// issue 9: a HUP reload stops the old workers gracefully, so their event streams and
+/// WebSockets end as at TERM, while the new workers serve.
+#[tokio::test]
+async fn hup_ends_the_old_workers_streams_and_websockets_cleanly() {
+    old_workers_streams_end_cleanly_at(Signal::SIGHUP, Duration::from_secs(8)).await;
 }
 
 /// The pid an event names (`data: 1 from worker 1234`).
@@ -668,33 +677,7 @@ async fn ttou_ends_the_retired_workers_event_stream_and_no_other() {
 /// WebSockets end as at TERM.
 #[tokio::test]
 async fn an_upgrade_ends_the_old_workers_streams_and_websockets_cleanly() {
-    let (server, addr) = start(&["--workers", "1", "--graceful-timeout", "30"], 1, &[]);
-    let old = worker_pid(addr).await;
-    let http = client();
-    let mut events = open_events(&http, addr).await;
-    let ws = tokio::task::spawn_blocking(move || open_ws(addr))
-        .await
-        .unwrap();
-    let upgraded = Instant::now();
-    server.signal(Signal::SIGUSR2);
-    let ws = tokio::task::spawn_blocking(move || {
-        let mut ws = ws;
-        expect_going_away(&mut ws);
-    });
-    let text = read_events_to_a_clean_end(&mut events, Duration::from_secs(10)).await;
-    assert!(
-        text.ends_with(&format!(
-            "event: shutdown\ndata: worker {old} is stopping\n\n"
-        )),
-        "{text:?}"
-    );
-    ws.await.unwrap();
-    let ended = upgraded.elapsed();
-    assert!(ended < Duration::from_secs(10), "ended after {ended:?}");
-    assert!(
-        support::eventually(SOON, || !support::alive(old)),
-        "the old worker exits"
-    );
+    old_workers_streams_end_cleanly_at(Signal::SIGUSR2, Duration::from_secs(10)).await;
 }
 
 #[test]
