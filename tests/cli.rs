@@ -630,3 +630,28 @@ fn a_proc_name_with_a_control_character_is_refused() {
         assert_eq!(out.status.code(), Some(0), "{good:?}: {}", stderr(&out));
     }
 }
+
+/// A blank `proc_name` (an empty `OXICORN_PROC_NAME=`, `-n ''`) is unset: the titles use the
+/// program's name, and `--check-config` shows it as when nothing was given, not as `""`.
+#[test]
+fn a_blank_proc_name_is_shown_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["static", "--check-config"])
+        .env("OXICORN_ALLOW_ROOT", "true")
+        .env("OXICORN_PROC_NAME", "")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("proc_name"), "{}", stdout(&out));
+    let out = oxicorn(&["static", "-n", " ", "--check-config"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("proc_name"), "{}", stdout(&out));
+    let out = oxicorn(&["static", "-n", "web", "--check-config"], dir.path());
+    assert!(
+        stdout(&out).contains("proc_name                \"web\""),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -262,6 +262,10 @@ impl Config {
         let mut out = String::new();
         let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<24} {v}\n"));
         for (k, v) in &self.values {
+            // A blank `proc_name` is unset (see `Config::proc_name`): shown as when not given.
+            if *k == "proc_name" && matches!(v, Value::Text(t) if t.trim().is_empty()) {
+                continue;
+            }
             row(k, show_value(k, v));
         }
         row(
