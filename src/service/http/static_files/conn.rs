@@ -636,6 +636,36 @@ mod fresh {
             .collect()
     }
 
+    /// Serves `sock` as a fresh connection: true when it was answered and ended within the
+    /// first poll.
+    fn served_in_one_poll(svc: &StaticService, sock: std::net::TcpStream) -> bool {
+        runtime().block_on(async {
+            let ctx = ctx();
+            let fut =
+                std::pin::pin!(async { serve_fresh(sock, &ctx, svc, Spot::none()).await.unwrap() });
+            done_in_one_poll(fut).await
+        })
+    }
+
+    /// Serves `sock` as a fresh connection that must still be waiting after its first poll,
+    /// runs `client` (the peer's next moves) on a blocking thread meanwhile, and returns what
+    /// `client` returned once both have ended.
+    fn serve_while<T: Send + 'static>(
+        svc: &StaticService,
+        sock: std::net::TcpStream,
+        client: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        runtime().block_on(async {
+            let ctx = ctx();
+            let mut fut =
+                std::pin::pin!(async { serve_fresh(sock, &ctx, svc, Spot::none()).await.unwrap() });
+            assert!(!done_in_one_poll(fut.as_mut()).await);
+            let client = tokio::task::spawn_blocking(client);
+            let (got, ()) = tokio::join!(async { client.await.unwrap() }, fut);
+            got
+        })
+    }
+
     /// `Connection: close` with the request there: answered and closed within one poll, the
     /// access log written.
     #[test]
@@ -644,13 +674,7 @@ mod fresh {
         let svc = service(dir.path());
         let (sock, client) =
             accepted_after(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        runtime().block_on(async {
-            let ctx = ctx();
-            let fut = std::pin::pin!(async {
-                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
-            });
-            assert!(done_in_one_poll(fut).await);
-        });
+        assert!(served_in_one_poll(&svc, sock));
         let got = read_to_end(client);
         assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
         assert!(got.contains("Connection: close\r\n"), "{got}");
@@ -666,13 +690,7 @@ mod fresh {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
         let (sock, client) = accepted_after(b"GET /a.txt HTTP/1.0\r\n\r\n");
-        runtime().block_on(async {
-            let ctx = ctx();
-            let fut = std::pin::pin!(async {
-                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
-            });
-            assert!(done_in_one_poll(fut).await);
-        });
+        assert!(served_in_one_poll(&svc, sock));
         let got = read_to_end(client);
         assert_eq!(statuses(&got), ["200"]);
         assert!(got.contains("Connection: close\r\n") && got.ends_with("hello\n"));
@@ -688,13 +706,7 @@ mod fresh {
             b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\nGET /none HTTP/1.1\r\nHost: t\r\n\r\n\
               HEAD /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         );
-        runtime().block_on(async {
-            let ctx = ctx();
-            let fut = std::pin::pin!(async {
-                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
-            });
-            assert!(done_in_one_poll(fut).await);
-        });
+        assert!(served_in_one_poll(&svc, sock));
         let got = read_to_end(client);
         assert_eq!(statuses(&got), ["200", "404", "200"]);
         let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
@@ -708,28 +720,20 @@ mod fresh {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
         let (sock, mut client) = accepted_after(b"GET /a.txt HTTP/1.1\r\nHost: t\r\n\r\n");
-        runtime().block_on(async {
-            let ctx = ctx();
-            let mut fut = std::pin::pin!(async {
-                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
-            });
-            assert!(!done_in_one_poll(fut.as_mut()).await);
-            let first = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; 4096];
-                let n = client.read(&mut buf).unwrap();
-                let first = String::from_utf8(buf[..n].to_vec()).unwrap();
-                client
-                    .write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                    .unwrap();
-                (first, client)
-            });
-            let ((first, client), ()) = tokio::join!(async { first.await.unwrap() }, fut);
-            assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
-            assert!(first.contains("Connection: keep-alive\r\n"), "{first}");
-            let second = read_to_end(client);
-            assert_eq!(statuses(&second), ["200"]);
-            assert!(second.contains("Connection: close\r\n"));
+        let (first, client) = serve_while(&svc, sock, move || {
+            let mut buf = vec![0u8; 4096];
+            let n = client.read(&mut buf).unwrap();
+            let first = String::from_utf8(buf[..n].to_vec()).unwrap();
+            client
+                .write_all(b"GET /a.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            (first, client)
         });
+        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+        assert!(first.contains("Connection: keep-alive\r\n"), "{first}");
+        let second = read_to_end(client);
+        assert_eq!(statuses(&second), ["200"]);
+        assert!(second.contains("Connection: close\r\n"));
     }
 
     /// A head split over two packets, the second arriving after the accept: the connection
@@ -739,24 +743,16 @@ mod fresh {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
         let (sock, mut client) = accepted_after(b"GET /a.txt HTTP/1.1\r\nHo");
-        runtime().block_on(async {
-            let ctx = ctx();
-            let mut fut = std::pin::pin!(async {
-                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
-            });
-            assert!(!done_in_one_poll(fut.as_mut()).await);
-            let rest = tokio::task::spawn_blocking(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                client
-                    .write_all(b"st: t\r\nConnection: close\r\n\r\n")
-                    .unwrap();
-                client
-            });
-            let (client, ()) = tokio::join!(async { rest.await.unwrap() }, fut);
-            let got = read_to_end(client);
-            assert_eq!(statuses(&got), ["200"]);
-            assert!(got.ends_with("hello\n"));
+        let client = serve_while(&svc, sock, move || {
+            std::thread::sleep(Duration::from_millis(20));
+            client
+                .write_all(b"st: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            client
         });
+        let got = read_to_end(client);
+        assert_eq!(statuses(&got), ["200"]);
+        assert!(got.ends_with("hello\n"));
     }
 
     /// Nothing sent yet: the connection waits for its request as any other would.
@@ -765,20 +761,12 @@ mod fresh {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
         let (sock, mut client) = accepted_after(b"");
-        runtime().block_on(async {
-            let ctx = ctx();
-            let mut fut = std::pin::pin!(async {
-                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
-            });
-            assert!(!done_in_one_poll(fut.as_mut()).await);
-            let send = tokio::task::spawn_blocking(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                client.write_all(b"GET /a.txt HTTP/1.0\r\n\r\n").unwrap();
-                client
-            });
-            let (client, ()) = tokio::join!(async { send.await.unwrap() }, fut);
-            assert_eq!(statuses(&read_to_end(client)), ["200"]);
+        let client = serve_while(&svc, sock, move || {
+            std::thread::sleep(Duration::from_millis(20));
+            client.write_all(b"GET /a.txt HTTP/1.0\r\n\r\n").unwrap();
+            client
         });
+        assert_eq!(statuses(&read_to_end(client)), ["200"]);
     }
 
     /// The limits hold on the first request as on any: an over-long request line gets 414
@@ -805,13 +793,7 @@ mod fresh {
         let (sock, client) = accepted_after(b"");
         client.shutdown(std::net::Shutdown::Write).unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        runtime().block_on(async {
-            let ctx = ctx();
-            let fut = std::pin::pin!(async {
-                serve_fresh(sock, &ctx, &svc, Spot::none()).await.unwrap()
-            });
-            assert!(done_in_one_poll(fut).await);
-        });
+        assert!(served_in_one_poll(&svc, sock));
         assert_eq!(read_to_end(client), "");
     }
 }
