@@ -317,6 +317,20 @@ done
 # The summary: per server "median [min-max]" over the rounds, then the ratios two ways: of
 # the medians, and the median [min-max] of the per-round paired ratios (both servers measured
 # back to back in the same round).
+# What both summaries below share: medians, "median [min-max]", and the per-round ratios of
+# two servers measured back to back (`other` is the column of the "other load" figures; a
+# quiet round is one where both runs saw under 0.1 core of other load).
+STATS_PY='
+import statistics, sys
+med = lambda xs: statistics.median_low(xs) if xs else 0.0
+def spread(xs, fmt):
+    return f"{fmt(med(xs))} [{fmt(min(xs))}-{fmt(max(xs))}]" if xs else "-"
+n0 = lambda x: f"{x:.0f}"
+n2 = lambda x: f"{x:.2f}"
+def paired_ratios(rows, a, b, col, other, quiet=False):
+    return [x / y for x, y, oa, ob in zip(rows[a][col], rows[b][col], rows[a][other], rows[b][other])
+            if y and (not quiet or max(oa, ob) < 0.1)]
+'
 echo
 echo "medians [min-max] of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, $(date -u +%F),"
 echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r);"
@@ -324,17 +338,11 @@ echo "load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
 for name in "${NAMES[@]}"; do
     [[ $name == *@* ]] && continue
     echo "$name|${RPS[$name]}|${P99[$name]}|${PERCPU[$name]}|${ERR[$name]}|${OTHER[$name]}"
-done | python3 -c '
-import statistics, sys
+done | python3 -c "$STATS_PY"'
 rows = {}
 for line in sys.stdin:
     name, *cols = line.rstrip("\n").split("|")
     rows[name] = [[float(x) for x in c.split()] for c in cols]
-med = lambda xs: statistics.median_low(xs) if xs else 0.0
-def spread(xs, fmt):
-    return f"{fmt(med(xs))} [{fmt(min(xs))}-{fmt(max(xs))}]" if xs else "-"
-n0 = lambda x: f"{x:.0f}"
-n2 = lambda x: f"{x:.2f}"
 print("%-18s %26s %26s %26s %7s %12s" % ("server", "requests/s", "p99 ms (h2: mean)", "req per server CPU-s",
       "errors", "other load"))
 for name, (rps, p99, cpu, err, other) in rows.items():
@@ -346,8 +354,7 @@ r = lambda x, y: f"{x / y:.2f}x" if y else "n/a"
 def paired(a, b, col, quiet=False):
     if a not in rows or b not in rows:
         return "n/a"
-    xs = [x / y for x, y, oa, ob in zip(rows[a][col], rows[b][col], rows[a][4], rows[b][4])
-          if y and (not quiet or max(oa, ob) < 0.1)]
+    xs = paired_ratios(rows, a, b, col, 4, quiet)
     return f"{med(xs):.3f}x [{min(xs):.3f}-{max(xs):.3f}]" + (f" ({len(xs)} rounds)" if quiet else "") if xs else "n/a"
 pairs = [("oxicorn", "axum", "axum::serve")]
 if "oxicorn-base" in rows:
@@ -377,18 +384,12 @@ if [ ${#FIXED[@]} -gt 0 ]; then
     echo "per-connection send interval (an upper bound on the requests that held a later one back)"
     for name in "${FIXED[@]}"; do
         echo "$name|${RATE_OF[$name]}|${RPS[$name]}|${P50[$name]}|${P99[$name]}|${P999[$name]}|${LATE[$name]}|${PERCPU[$name]}|${ERR[$name]}|${OTHER[$name]}"
-    done | python3 -c '
-import statistics, sys
+    done | python3 -c "$STATS_PY"'
 rows, rate = {}, {}
 for line in sys.stdin:
     name, r, *cols = line.rstrip("\n").split("|")
     rate[name] = int(r)
     rows[name] = [[float(x) for x in c.split()] for c in cols]
-med = lambda xs: statistics.median_low(xs) if xs else 0.0
-def spread(xs, fmt):
-    return f"{fmt(med(xs))} [{fmt(min(xs))}-{fmt(max(xs))}]" if xs else "-"
-n0 = lambda x: f"{x:.0f}"
-n2 = lambda x: f"{x:.2f}"
 print("%-20s %7s %8s %20s %20s %20s %6s %24s %6s %12s" % ("server@rate", "offered", "answered",
       "p50 ms", "p99 ms", "p99.9 ms", "late%", "req per server CPU-s", "errors", "other load"))
 for name, (rps, p50, p99, p999, late, cpu, err, other) in rows.items():
@@ -396,8 +397,7 @@ for name, (rps, p50, p99, p999, late, cpu, err, other) in rows.items():
           f" {spread(p999, n2):>20} {max(late):>6.2f} {spread(cpu, n0):>24} {sum(err):>6.0f}"
           f" {med(other):>5.2f} [{max(other):.2f}]")
 def paired(a, b, col, quiet=False):
-    xs = [x / y for x, y, oa, ob in zip(rows[a][col], rows[b][col], rows[a][7], rows[b][7])
-          if y and (not quiet or max(oa, ob) < 0.1)]
+    xs = paired_ratios(rows, a, b, col, 7, quiet)
     return f"{med(xs):.2f}x [{min(xs):.2f}-{max(xs):.2f}]" + (f" ({len(xs)} quiet)" if quiet else "") if xs else "n/a"
 for name in rows:
     server, pct = name.split("@")
