@@ -464,8 +464,8 @@ async fn open_events_with_pid(
     (event_pid(&first), events)
 }
 
-/// Opens the example's WebSocket echo with a raw socket, and checks one echo.
-fn open_ws(addr: SocketAddr) -> TcpStream {
+/// Upgrades a raw socket to the example's WebSocket echo (`/ws`): the 101 read, nothing more.
+fn ws_upgrade(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(SOON)).unwrap();
     s.write_all(
@@ -480,6 +480,12 @@ fn open_ws(addr: SocketAddr) -> TcpStream {
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101 "));
+    s
+}
+
+/// Opens the example's WebSocket echo with a raw socket, and checks one echo.
+fn open_ws(addr: SocketAddr) -> TcpStream {
+    let mut s = ws_upgrade(addr);
     s.write_all(&masked_frame(0x1, b"before the stop")).unwrap();
     let (opcode, payload) = read_frame(&mut s);
     assert_eq!((opcode, &payload[..]), (0x1, &b"before the stop"[..]));
@@ -718,27 +724,10 @@ fn the_access_log_follows_access_logformat() {
 #[test]
 fn websocket_echo_and_curl_h2c() {
     let (_server, addr) = start(&["--workers", "2"], 2, &[]);
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(SOON)).unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
-          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    let mut s = ws_upgrade(addr);
     // A masked text frame (RFC 6455 §5.2), echoed back unmasked.
-    let mask = [7u8, 1, 2, 3];
     let text = b"over the pool";
-    let mut frame = vec![0x81, 0x80 | text.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).unwrap();
+    s.write_all(&masked_frame(0x1, text)).unwrap();
     let mut got = vec![0u8; 2 + text.len()];
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got[..2], &[0x81, text.len() as u8]);
