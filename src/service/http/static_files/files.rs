@@ -287,17 +287,8 @@ struct Files {
 impl Files {
     /// Drops the entry at `k`, and the account of its bytes.
     fn remove(&mut self, k: &[u8]) {
-        if let Some(e) = self.map.remove(k) {
-            self.forget(&e);
-        }
-    }
-
-    /// Takes `e`'s bytes (if any) off the account; `e` is gone or about to be.
-    fn forget(&mut self, e: &Entry) {
-        if let Some(b) = &e.body {
-            self.held -= b.bytes.len();
-            self.holders -= 1;
-        }
+        self.drop_body(k);
+        self.map.remove(k);
     }
 
     /// Lets go of the bytes held by the entry at `k` (it stays cached, served from its
