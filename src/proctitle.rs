@@ -67,13 +67,19 @@ pub fn name(configured: Option<&str>) -> &str {
 /// for `pgrep NAME` and the kind shows as far as it fits (`oxicorn-arbiter`, `axum_app-worker`,
 /// `my-service-arbi`).
 pub fn comm(name: &str, kind: &str) -> String {
-    let mut comm: String = format!("{name}-{kind}").replace('\0', "");
-    let mut end = comm.len().min(15);
-    while !comm.is_char_boundary(end) {
-        end -= 1;
+    let comm = format!("{name}-{kind}").replace('\0', "");
+    comm[..fitting(&comm, 15)].to_owned()
+}
+
+/// The length of `text`'s longest start of at most `most` bytes that ends on a character
+/// boundary: half a character would make a title invalid UTF-8 (`ps` shows it as `?`).
+/// (`str::floor_char_boundary`, stable only since Rust 1.91, above this crate's 1.90.)
+fn fitting(text: &str, most: usize) -> usize {
+    let mut n = text.len().min(most);
+    while !text.is_char_boundary(n) {
+        n -= 1;
     }
-    comm.truncate(end);
-    comm
+    n
 }
 
 /// Sets the title of a process of this `kind` (`arbiter`, `worker`, `hub`) of the program
@@ -90,12 +96,8 @@ pub fn set(name: &str, kind: &str, detail: &str) {
         return;
     };
     let title: String = title.chars().filter(|&c| c != '\0').collect();
-    // Leave one byte for the terminating NUL, and cut on a character boundary: half a
-    // character would make the command line invalid UTF-8 (`ps` shows it as `?`).
-    let mut n = title.len().min(area.len - 1);
-    while !title.is_char_boundary(n) {
-        n -= 1;
-    }
+    // Leave one byte for the terminating NUL.
+    let n = fitting(&title, area.len - 1);
     // SAFETY: `area` is the argument (and environment) strings the kernel put on this
     // process's initial stack: mapped, writable, and owned by no Rust value. Nothing else reads
     // it any more: the environment strings were copied out by `prepare` and `environ` points
