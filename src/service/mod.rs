@@ -318,7 +318,7 @@ impl Service {
                 )
             }
             // Logs its own errors: a connection carries many requests.
-            Service::App(app) => Box::pin(app.serve(stream, ctx)),
+            Service::App(app) => app.serve(stream, ctx),
         }
     }
 

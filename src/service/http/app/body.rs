@@ -5,9 +5,9 @@
 //! it fails when the client leaves it silent for that long while the app waits to read
 //! (nginx's `client_body_timeout`). Either way it records what happened (`BodyOutcome`), so
 //! the request path can turn the response into 413 or 408 whatever the app made of the
-//! error. [`ResponseBody`] is the app's body, boxed, counted for the access log and the
-//! scoreboard, with a guard that tells the connection's clock the request ended when hyper
-//! drops it, and (HTTP/2) a mark for the stream's send timeout ([`super::stream`]).
+//! error. [`ResponseBody`] is the app's body (or the request path's own short answer),
+//! counted for the access log and the scoreboard, with a guard that tells the connection's
+//! clock the request ended when hyper drops it, and (HTTP/2) a mark for the stream's send timeout ([`super::stream`]).
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -19,9 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::stream::SendWatch;
@@ -171,72 +171,105 @@ impl Body for RequestBody {
     }
 }
 
-/// Called once when a response body is dropped, with the body bytes produced.
-pub(crate) trait OnBodyEnd: Send {
-    fn end(self: Box<Self>, bytes: u64, complete: bool);
+pin_project! {
+    /// The body hyper writes: the app's (`B`) or the request path's own short answer (a 413,
+    /// say), counted, caught if it panics, with the request's end run when hyper drops it.
+    /// Unboxed: hyper keeps the body of the response it is writing in one place per
+    /// connection (HTTP/1), so a request costs no allocation here.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: Either<B, Full<Bytes>>,
+        // The request's end, run on drop with what was sent.
+        end: EndGuard,
+        // HTTP/2 with a send timeout: told when hyper takes a frame and when it asks for the
+        // next, so the stream's task can tell a client that stopped reading from an app that
+        // has nothing to send yet ([`super::stream`]).
+        send: Option<Arc<SendWatch>>,
+    }
 }
 
-/// The body hyper writes: the app's, boxed, counted, and caught if it panics.
-pub struct ResponseBody {
-    inner: UnsyncBoxBody<Bytes, BoxError>,
-    bytes: u64,
-    complete: bool,
-    /// Runs on drop: the access-log line, the in-flight count.
-    on_end: Option<Box<dyn OnBodyEnd>>,
-    /// HTTP/2 with a send timeout: told when hyper takes a frame and when it asks for the
-    /// next, so the stream's task can tell a client that stopped reading from an app that has
-    /// nothing to send yet ([`super::stream`]).
-    send: Option<Arc<SendWatch>>,
-}
-
-impl ResponseBody {
+impl<B> ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     pub(crate) fn new(
-        inner: UnsyncBoxBody<Bytes, BoxError>,
-        on_end: Box<dyn OnBodyEnd>,
+        inner: Either<B, Full<Bytes>>,
+        end: super::RequestEnd,
         send: Option<Arc<SendWatch>>,
     ) -> Self {
+        let complete = inner.is_end_stream();
         ResponseBody {
             inner,
-            bytes: 0,
-            complete: false,
-            on_end: Some(on_end),
+            end: EndGuard {
+                end: Some(end),
+                bytes: 0,
+                complete,
+            },
             send,
         }
     }
 }
 
-impl Body for ResponseBody {
+/// Runs the request's end when the body is dropped, however it ends (sent whole, cut by a
+/// client that left, dropped by a closing connection).
+struct EndGuard {
+    end: Option<super::RequestEnd>,
+    /// Body bytes produced so far.
+    bytes: u64,
+    /// Whether the body reached its end (polled to `None`, or said `is_end_stream` after a
+    /// poll or before the first).
+    complete: bool,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            end.end(self.bytes, self.complete);
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(w) = &this.send {
+        let this = self.project();
+        let mut inner = this.inner;
+        if let Some(w) = this.send {
             w.asked();
         }
         // A body that panics (a stream's closure, say) ends this response, not the connection's
         // task: hyper sees an error and aborts the response.
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            Pin::new(&mut this.inner).poll_frame(cx)
-        }));
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll_frame(cx)));
+        let end = this.end;
         match polled {
             Ok(Poll::Ready(Some(Ok(frame)))) => {
                 if let Some(d) = frame.data_ref() {
-                    this.bytes += d.len() as u64;
-                    if let Some(w) = &this.send {
+                    end.bytes += d.len() as u64;
+                    if let Some(w) = this.send {
                         w.gave();
                     }
                 }
+                end.complete = inner.is_end_stream();
                 Poll::Ready(Some(Ok(frame)))
             }
             Ok(Poll::Ready(None)) => {
-                this.complete = true;
+                end.complete = true;
                 Poll::Ready(None)
             }
-            Ok(other) => other,
+            Ok(other) => {
+                end.complete = inner.is_end_stream();
+                other
+            }
             Err(panic) => {
                 let why = super::panic_message(&*panic);
                 tracing::error!(cause = why, "response body panicked");
@@ -251,14 +284,5 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        let complete = self.complete || self.inner.is_end_stream();
-        if let Some(on_end) = self.on_end.take() {
-            on_end.end(self.bytes, complete);
-        }
     }
 }

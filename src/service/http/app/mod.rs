@@ -51,15 +51,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, REFERER, USER_AGENT};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
+use tower::util::Oneshot;
 
 pub use body::{BoxError, ClientBodyTimeout, RequestBody, ResponseBody};
 pub use factory::{App, AppFactory, error_chain};
@@ -68,24 +67,20 @@ pub use settings::HttpSettings;
 pub use static_files::StaticFiles;
 
 use super::access_log::{AccessLog, Captured, Record, RequestLine as LogLine};
-use crate::net::Peer;
+use crate::net::{Peer, Stream};
 use crate::service::ConnContext;
 use crate::service::metrics::Metrics;
-use body::{BodyOutcome, OnBodyEnd};
+use body::BodyOutcome;
 use io::{ConnState, DeadlineIo, Deadlines};
 use stream::{SendWatch, StreamExecutor};
 
 /// The request type an application receives.
 pub type AppRequest = Request<RequestBody>;
 
-/// The application, type-erased: cloned once per request (an axum `Router` clone is an `Arc`
-/// bump), its body boxed.
-type BoxApp = BoxCloneSyncService<AppRequest, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
-
 /// One application, ready to serve connections in this worker: the app, its settings, the
 /// hyper builder and the access log.
 pub struct AppService {
-    app: BoxApp,
+    app: App,
     settings: Arc<HttpSettings>,
     /// Built once; `serve_connection_with_upgrades` borrows it per connection.
     builder: auto::Builder<StreamExecutor>,
@@ -121,7 +116,7 @@ impl AppService {
     /// Serves an app a factory built.
     pub fn from_app(app: App, settings: HttpSettings) -> AppService {
         AppService {
-            app: app.0,
+            app,
             builder: builder(&settings),
             settings: Arc::new(settings),
             access_log: None,
@@ -184,131 +179,147 @@ impl AppService {
     ///
     /// When the connection was upgraded, this returns only once the app has dropped the
     /// upgraded stream, so the worker's drain waits for WebSockets as for any connection.
-    pub async fn serve<S>(&self, stream: S, ctx: ConnContext)
-    where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
-        let ConnContext {
-            peer,
-            stop,
-            idle_timeout,
-            metrics,
-            reclaim,
-            listener: _,
-            // Handing connections over is for line services; HTTP drains on `stop`.
-            retire: _,
-        } = ctx;
-        let state = Arc::new(ConnState::new(reclaim));
-        let deadlines = Deadlines {
-            header: self.settings.header_timeout,
-            keep_alive: self.settings.keep_alive,
-            write_stall: idle_timeout,
-        };
-        let (io, released) = DeadlineIo::new(stream, Arc::clone(&state), deadlines);
-        let conn_ctx = Arc::new(ConnShared {
-            app: self.app.clone(),
-            settings: Arc::clone(&self.settings),
-            access_log: self.access_log.clone(),
-            peer: peer.clone(),
-            extensions: extensions_for(&peer),
-            metrics,
-            state: Arc::clone(&state),
-            send_timeout: idle_timeout,
-        });
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), ConnService(conn_ctx));
-        tokio::pin!(conn);
-        // A graceful stop. hyper's `graceful_shutdown` closes an idle kept-alive connection
-        // at once, which races a request the client is sending at that moment (the client
-        // sees the connection reset, not an answer). So from the stop on, every HTTP/1
-        // response says `connection: close` (`ConnState::closing`), and an idle connection
-        // gets STOP_GRACE for one more request to arrive before it is shut; one with a
-        // request in flight, or HTTP/2 when a request begins, is shut at once (HTTP/2: GOAWAY,
-        // open streams end).
-        let mut phase = Stop::Serving;
-        let grace = tokio::time::sleep(STOP_GRACE);
-        tokio::pin!(grace);
-        let cancelled = stop.cancelled();
-        tokio::pin!(cancelled);
-        let mut watch = StopWatch::new();
-        let result = loop {
-            if phase == Stop::Serving {
-                // Until the stop, without `select!`: the stop's future is polled only when it
-                // may have fired (`StopWatch`).
-                let served = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(res) = conn.as_mut().poll(cx) {
-                        return Poll::Ready(Some(res));
-                    }
-                    watch.poll(cancelled.as_mut(), cx).map(|()| None)
-                })
-                .await;
-                if let Some(res) = served {
-                    break res;
+    pub fn serve(&self, stream: Stream, ctx: ConnContext) -> ServeFuture<'_> {
+        self.app.0.serve(self, stream, ctx)
+    }
+}
+
+/// A connection being served ([`AppService::serve`]).
+pub type ServeFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// [`AppService::serve`] for an app of type `S`: everything below is made for the app's own
+/// types ([`App`]).
+async fn serve_typed<S, B>(svc: &AppService, app: S, stream: Stream, ctx: ConnContext)
+where
+    S: tower::Service<AppRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let ConnContext {
+        peer,
+        stop,
+        idle_timeout,
+        metrics,
+        reclaim,
+        listener: _,
+        // Handing connections over is for line services; HTTP drains on `stop`.
+        retire: _,
+    } = ctx;
+    let state = Arc::new(ConnState::new(reclaim));
+    let deadlines = Deadlines {
+        header: svc.settings.header_timeout,
+        keep_alive: svc.settings.keep_alive,
+        write_stall: idle_timeout,
+    };
+    let (io, released) = DeadlineIo::new(stream, Arc::clone(&state), deadlines);
+    let conn_ctx = Arc::new(ConnShared {
+        settings: Arc::clone(&svc.settings),
+        access_log: svc.access_log.clone(),
+        peer: peer.clone(),
+        extensions: extensions_for(&peer),
+        metrics,
+        state: Arc::clone(&state),
+        send_timeout: idle_timeout,
+    });
+    let conn = svc.builder.serve_connection_with_upgrades(
+        TokioIo::new(io),
+        ConnService {
+            shared: conn_ctx,
+            app,
+        },
+    );
+    tokio::pin!(conn);
+    // A graceful stop. hyper's `graceful_shutdown` closes an idle kept-alive connection
+    // at once, which races a request the client is sending at that moment (the client
+    // sees the connection reset, not an answer). So from the stop on, every HTTP/1
+    // response says `connection: close` (`ConnState::closing`), and an idle connection
+    // gets STOP_GRACE for one more request to arrive before it is shut; one with a
+    // request in flight, or HTTP/2 when a request begins, is shut at once (HTTP/2: GOAWAY,
+    // open streams end).
+    let mut phase = Stop::Serving;
+    let grace = tokio::time::sleep(STOP_GRACE);
+    tokio::pin!(grace);
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+    let mut watch = StopWatch::new();
+    let result = loop {
+        if phase == Stop::Serving {
+            // Until the stop, without `select!`: the stop's future is polled only when it
+            // may have fired (`StopWatch`).
+            let served = std::future::poll_fn(|cx| {
+                if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Some(res));
                 }
-                state.closing.store(true, Ordering::Release);
+                watch.poll(cancelled.as_mut(), cx).map(|()| None)
+            })
+            .await;
+            if let Some(res) = served {
+                break res;
+            }
+            state.closing.store(true, Ordering::Release);
+            if state.in_flight.load(Ordering::Acquire) > 0 {
+                conn.as_mut().graceful_shutdown();
+                phase = Stop::Shut;
+            } else {
+                grace.as_mut().reset(Instant::now() + STOP_GRACE);
+                phase = Stop::Grace;
+            }
+            continue;
+        }
+        tokio::select! {
+            res = conn.as_mut() => break res,
+            () = state.request_began.notified(), if phase == Stop::Grace => {
+                // A permit left from before the stop says nothing: check.
                 if state.in_flight.load(Ordering::Acquire) > 0 {
                     conn.as_mut().graceful_shutdown();
                     phase = Stop::Shut;
-                } else {
-                    grace.as_mut().reset(Instant::now() + STOP_GRACE);
-                    phase = Stop::Grace;
-                }
-                continue;
-            }
-            tokio::select! {
-                res = conn.as_mut() => break res,
-                () = state.request_began.notified(), if phase == Stop::Grace => {
-                    // A permit left from before the stop says nothing: check.
-                    if state.in_flight.load(Ordering::Acquire) > 0 {
-                        conn.as_mut().graceful_shutdown();
-                        phase = Stop::Shut;
-                    }
-                }
-                () = &mut grace, if phase == Stop::Grace => {
-                    conn.as_mut().graceful_shutdown();
-                    phase = Stop::Shut;
                 }
             }
-        };
-        // Heads answered here without reaching the app get a line with `-` for the request,
-        // as the static service logs one: a head hyper could not parse (hyper answered it
-        // itself: 400, 414 or 431), one too slow (408) and a later HTTP version (505).
-        let log_refused = |status: StatusCode, elapsed: std::time::Duration| {
-            if let Some(log) = &self.access_log {
-                log.log(&Record {
-                    peer: &peer,
-                    request: None,
-                    status,
-                    body_bytes: Some(0),
-                    referer: None,
-                    user_agent: None,
-                    request_headers: None,
-                    response_headers: None,
-                    elapsed,
-                });
-            }
-        };
-        if let Err(err) = result {
-            tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
-            if let Some(status) = refused_head_status(&*err) {
-                log_refused(status, std::time::Duration::ZERO);
+            () = &mut grace, if phase == Stop::Grace => {
+                conn.as_mut().graceful_shutdown();
+                phase = Stop::Shut;
             }
         }
-        if state.head_timed_out.load(Ordering::Relaxed) {
-            log_refused(StatusCode::REQUEST_TIMEOUT, self.settings.header_timeout);
+    };
+    // Heads answered here without reaching the app get a line with `-` for the request,
+    // as the static service logs one: a head hyper could not parse (hyper answered it
+    // itself: 400, 414 or 431), one too slow (408) and a later HTTP version (505).
+    let log_refused = |status: StatusCode, elapsed: std::time::Duration| {
+        if let Some(log) = &svc.access_log {
+            log.log(&Record {
+                peer: &peer,
+                request: None,
+                status,
+                body_bytes: Some(0),
+                referer: None,
+                user_agent: None,
+                request_headers: None,
+                response_headers: None,
+                elapsed,
+            });
         }
-        if state.version_refused.load(Ordering::Relaxed) {
-            log_refused(
-                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                std::time::Duration::ZERO,
-            );
+    };
+    if let Err(err) = result {
+        tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
+        if let Some(status) = refused_head_status(&*err) {
+            log_refused(status, std::time::Duration::ZERO);
         }
-        if state.upgraded.load(Ordering::Acquire) {
-            // Err(RecvError) is the only outcome: the sender lives in the stream and is dropped
-            // with it.
-            let _ = released.await;
-        }
+    }
+    if state.head_timed_out.load(Ordering::Relaxed) {
+        log_refused(StatusCode::REQUEST_TIMEOUT, svc.settings.header_timeout);
+    }
+    if state.version_refused.load(Ordering::Relaxed) {
+        log_refused(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            std::time::Duration::ZERO,
+        );
+    }
+    if state.upgraded.load(Ordering::Acquire) {
+        // Err(RecvError) is the only outcome: the sender lives in the stream and is dropped
+        // with it.
+        let _ = released.await;
     }
 }
 
@@ -459,7 +470,6 @@ fn builder(s: &HttpSettings) -> auto::Builder<StreamExecutor> {
 /// What every request of one connection shares (moved into each request's future: HTTP/2
 /// runs those in tasks of their own).
 struct ConnShared {
-    app: BoxApp,
     /// What every request's extensions start as: [`extensions_for`] the peer.
     extensions: http::Extensions,
     settings: Arc<HttpSettings>,
@@ -508,21 +518,31 @@ fn extensions_for(peer: &Peer) -> http::Extensions {
     e
 }
 
-/// The hyper service of one connection.
-struct ConnService(Arc<ConnShared>);
+/// The hyper service of one connection: the app (a clone of the worker's, an `Arc` bump for
+/// an axum `Router`) and what its requests share.
+struct ConnService<S> {
+    shared: Arc<ConnShared>,
+    app: S,
+}
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<ResponseBody>;
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: tower::Service<AppRequest, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<B>>;
     type Error = Infallible;
-    type Future = HandleFuture;
+    type Future = HandleFuture<S>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // Counted in here, as hyper hands the head over, rather than when the future is first
         // polled: hyper reads the socket once more before it polls it (to notice a client that
         // left), and the connection's clock must see that read as one with a request in
         // flight, not as the wait for a new head.
-        let in_flight = InFlight::start(Arc::clone(&self.0.state));
-        handle(Arc::clone(&self.0), req, in_flight)
+        let in_flight = InFlight::start(Arc::clone(&self.shared.state));
+        handle(&self.shared, &self.app, req, in_flight)
     }
 }
 
@@ -565,18 +585,50 @@ impl Drop for InFlight {
     }
 }
 
-/// What [`ConnService`] answers a request with.
-type HandleFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+pin_project! {
+    /// What [`ConnService`] answers a request with: the app's future under the request's
+    /// deadline and panic guard, or an answer made without the app; the response is wrapped
+    /// by [`finish`] when it is ready. Not boxed: hyper keeps the future of the request in
+    /// flight in one place per connection (HTTP/1), as it does `axum::serve`'s.
+    struct HandleFuture<S: tower::Service<AppRequest>> {
+        #[pin]
+        answer: Answer<Oneshot<S, AppRequest>>,
+        // `--request-timeout`: the request's deadline, boxed (it is rarely set).
+        deadline: Option<Pin<Box<Sleep>>>,
+        // Taken by the response body (`finish`); `None` once the future has answered.
+        end: Option<RequestEnd>,
+        // How the request body ended, for a request with one.
+        read: Option<Arc<BodyOutcome>>,
+    }
+}
 
-/// One request: the checks, the app under its deadline and panic guard, the response wrapped
-/// for counting and logging.
+pin_project! {
+    /// Who answers a request.
+    #[project = AnswerProj]
+    enum Answer<F> {
+        /// The app, its panics caught.
+        App { #[pin] run: CatchUnwind<F> },
+        /// This module, with this status, the head alone refused (431, 413).
+        Early { status: StatusCode },
+    }
+}
+
+/// One request: the checks, then the app under its deadline and panic guard
+/// ([`HandleFuture`]), the response wrapped for counting and logging.
 ///
-/// The checks run here, as hyper hands the request over; only the app's part is a future. So
-/// the boxed future holds what the answer needs across the app's await (the app's own future
-/// or request, and a pointer to the request's end), not hyper's request besides: it was 1,256
-/// bytes as one `async fn`, boxed and moved per request (perf showed the copies, 2026-11-30).
-fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> HandleFuture {
+/// The checks run here, as hyper hands the request over; only the app's part is a future, so
+/// it holds what the answer needs across the app's await (the app's own future or request,
+/// and the request's end), not hyper's request besides (perf, 2026-11-30: moving a 1,256-byte
+/// `async fn` per request showed).
+fn handle<S>(
+    c: &Arc<ConnShared>,
+    app: &S,
+    req: Request<Incoming>,
+    in_flight: InFlight,
+) -> HandleFuture<S>
+where
+    S: tower::Service<AppRequest> + Clone,
+{
     // Read only for the access log: the scoreboard takes no duration, and a clock read is ~1%
     // of a hello-world request (perf, 2026-11-30). The request's end reads the clock anyway,
     // for the connection's idle deadline.
@@ -584,9 +636,9 @@ fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> Ha
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
     let client = Client::resolve(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
-    // What the request's end needs, boxed now (the response body takes this box), so the
-    // future below holds a pointer to it. The status is the response's, set by `finish`.
-    let end = Box::new(RequestEnd {
+    // What the request's end needs; the response body takes it. The status is the
+    // response's, set by `finish`.
+    let end = RequestEnd {
         status: StatusCode::OK,
         started,
         line: RequestLine {
@@ -595,17 +647,19 @@ fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> Ha
             version: parts.version,
         },
         client: client_peer(&c.peer, &client),
-        logged: c.access_log.as_ref().map(|log| LoggedHeaders {
-            referer: parts.headers.get(REFERER).cloned(),
-            user_agent: parts.headers.get(USER_AGENT).cloned(),
-            request: log
-                .format()
-                .capture_request(&parts.headers, parts.uri.authority()),
-            response: Captured::default(),
+        logged: c.access_log.as_ref().map(|log| {
+            Box::new(LoggedHeaders {
+                referer: parts.headers.get(REFERER).cloned(),
+                user_agent: parts.headers.get(USER_AGENT).cloned(),
+                request: log
+                    .format()
+                    .capture_request(&parts.headers, parts.uri.authority()),
+                response: Captured::default(),
+            })
         }),
-        conn: Arc::clone(&c),
+        conn: Arc::clone(c),
         in_flight,
-    });
+    };
     let limit = (settings.limit_request_body > 0).then_some(settings.limit_request_body);
     let declared_too_big = limit.is_some_and(|limit| {
         parts
@@ -619,10 +673,14 @@ fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> Ha
         .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
     if let Some(status) = early {
         // The head alone is refused: the app is not called, and an HTTP/1 connection closes
-        // rather than read a body nobody wants.
-        let response = status_response(status, end.line.version);
-        // Finished when polled: an HTTP/2 stream's send watch is its task's (`finish`).
-        return Box::pin(async move { Ok(finish(&c, end, response)) });
+        // rather than read a body nobody wants. Answered when polled: an HTTP/2 stream's send
+        // watch is its task's (`finish`).
+        return HandleFuture {
+            answer: Answer::Early { status },
+            deadline: None,
+            end: Some(end),
+            read: None,
+        };
     }
     // The connection's map (the `Peer`, and room), then what hyper put on the request.
     let hyper_put = std::mem::replace(&mut parts.extensions, c.extensions.clone());
@@ -635,67 +693,113 @@ fn handle(c: Arc<ConnShared>, req: Request<Incoming>, in_flight: InFlight) -> Ha
     let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
     let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
     let req = Request::from_parts(parts, body);
-    // Unboxed: `Oneshot` over a boxed service is `Unpin` (its future is a box already).
-    let mut run = CatchUnwind(c.app.clone().oneshot(req));
-    let deadline = settings.request_timeout;
-    Box::pin(async move {
-        let outcome = match deadline {
-            // Boxed: its timer would otherwise grow this future for every request.
-            Some(limit) => Box::pin(tokio::time::timeout(limit, run)).await.ok(),
-            // Polled where it lies: `run.await` would move it into a second slot of this
-            // future (captured values are never overlapped with the awaited ones).
-            None => Some(std::future::poll_fn(|cx| Pin::new(&mut run).poll(cx)).await),
+    HandleFuture {
+        answer: Answer::App {
+            run: CatchUnwind {
+                inner: app.clone().oneshot(req),
+            },
+        },
+        deadline: settings
+            .request_timeout
+            .map(|limit| Box::pin(tokio::time::sleep(limit))),
+        end: Some(end),
+        read,
+    }
+}
+
+impl<S, B> Future for HandleFuture<S>
+where
+    S: tower::Service<AppRequest, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = match this.answer.project() {
+            AnswerProj::Early { status } => Err(*status),
+            AnswerProj::App { run } => match run.poll(cx) {
+                Poll::Ready(outcome) => Ok(Some(outcome)),
+                Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Ok(None),
+                    _ => return Poll::Pending,
+                },
+            },
         };
-        let line = &end.line;
+        let end = this
+            .end
+            .take()
+            .expect("a request's future is not polled after it answered");
         let response = match outcome {
-            None => {
-                tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
-                status_response(StatusCode::SERVICE_UNAVAILABLE, line.version)
-            }
-            Some(Err(panic)) => {
-                tracing::error!(
-                    request = %line,
-                    peer = %c.peer,
-                    cause = panic_message(&*panic),
-                    "handler panicked: 500"
-                );
-                status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
-            }
-            Some(Ok(Err(err))) => {
-                tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
-                status_response(StatusCode::INTERNAL_SERVER_ERROR, line.version)
-            }
-            // The body went over the limit, or stopped arriving: whatever the app made of
-            // the error, the client is told 413 or 408.
-            Some(Ok(Ok(_)))
-                if read
-                    .as_ref()
-                    .is_some_and(|o| o.exceeded.load(Ordering::Relaxed)) =>
-            {
-                status_response(StatusCode::PAYLOAD_TOO_LARGE, line.version)
-            }
-            Some(Ok(Ok(_)))
-                if read
-                    .as_ref()
-                    .is_some_and(|o| o.timed_out.load(Ordering::Relaxed)) =>
-            {
-                tracing::debug!(request = %line, peer = %c.peer, "request body timed out: 408");
-                status_response(StatusCode::REQUEST_TIMEOUT, line.version)
-            }
-            Some(Ok(Ok(response))) => response,
+            Err(status) => Either::Right(status_response(status, end.line.version)),
+            Ok(outcome) => app_response(outcome, &end, this.read.as_deref()),
         };
-        Ok(finish(&c, end, response))
-    })
+        Poll::Ready(Ok(finish(end, response)))
+    }
+}
+
+/// The response to send for the app's `outcome` (`None`: the request's deadline passed):
+/// the app's own, or 503, 500, 413 or 408 made here.
+fn app_response<B, E>(
+    outcome: Option<Caught<Result<Response<B>, E>>>,
+    end: &RequestEnd,
+    read: Option<&BodyOutcome>,
+) -> Either<Response<B>, Response<Full<Bytes>>>
+where
+    E: Into<BoxError>,
+{
+    let (line, c) = (&end.line, &*end.conn);
+    let status = match outcome {
+        None => {
+            tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Some(Err(panic)) => {
+            tracing::error!(
+                request = %line,
+                peer = %c.peer,
+                cause = panic_message(&*panic),
+                "handler panicked: 500"
+            );
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        Some(Ok(Err(err))) => {
+            let err: BoxError = err.into();
+            tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        // The body went over the limit, or stopped arriving: whatever the app made of the
+        // error, the client is told 413 or 408.
+        Some(Ok(Ok(_))) if read.is_some_and(|o| o.exceeded.load(Ordering::Relaxed)) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        Some(Ok(Ok(_))) if read.is_some_and(|o| o.timed_out.load(Ordering::Relaxed)) => {
+            tracing::debug!(request = %line, peer = %c.peer, "request body timed out: 408");
+            StatusCode::REQUEST_TIMEOUT
+        }
+        Some(Ok(Ok(response))) => return Either::Left(response),
+    };
+    Either::Right(status_response(status, line.version))
 }
 
 /// The response as it leaves: an upgrade noted, `connection: close` once the worker stops,
 /// and its body wrapped to count and log it and end the request when hyper drops it. Called
 /// in the task that polls the request's future (an HTTP/2 stream's own: [`SendWatch::current`]).
-fn finish(
-    c: &ConnShared,
-    mut end: Box<RequestEnd>,
-    mut response: Response<UnsyncBoxBody<Bytes, BoxError>>,
-) -> Response<ResponseBody> {
+fn finish<B>(
+    mut end: RequestEnd,
+    response: Either<Response<B>, Response<Full<Bytes>>>,
+) -> Response<ResponseBody<B>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut response = match response {
+        Either::Left(r) => r.map(Either::Left),
+        Either::Right(r) => r.map(Either::Right),
+    };
+    let c = &*end.conn;
     // The headers the app (or this module's own answer) set, before `connection: close`.
     if let (Some(log), Some(kept)) = (&c.access_log, end.logged.as_mut()) {
         kept.response = log.format().capture_response(response.headers());
@@ -730,20 +834,24 @@ struct LoggedHeaders {
 
 /// What happens when a response body is dropped: counters, the access-log line, and (by
 /// dropping `_in_flight`) the connection's clock learns the request is over.
-struct RequestEnd {
+pub(crate) struct RequestEnd {
     status: StatusCode,
     /// When the request was handed over: read only when the access log is on.
     started: Option<Instant>,
     line: RequestLine,
     /// The client as the log shows it (`%(h)s`): forwarded by a trusted proxy, or the peer.
     client: Peer,
-    logged: Option<LoggedHeaders>,
+    /// Boxed: only with an access log, and the end moves with the response.
+    logged: Option<Box<LoggedHeaders>>,
     conn: Arc<ConnShared>,
     in_flight: InFlight,
 }
 
-impl OnBodyEnd for RequestEnd {
-    fn end(self: Box<Self>, bytes: u64, _complete: bool) {
+impl RequestEnd {
+    /// Counts the request, logs it, and tells the connection's clock it is over: called once,
+    /// when hyper drops the response body, with the body bytes produced and whether the body
+    /// reached its end.
+    pub(crate) fn end(self, bytes: u64, _complete: bool) {
         let now = Instant::now();
         // Zero without an access log: the scoreboard ignores it (`Metrics::request`).
         let elapsed = self.started.map_or(std::time::Duration::ZERO, |s| {
@@ -802,20 +910,13 @@ fn client_peer(peer: &Peer, client: &Client) -> Peer {
 
 /// A short plain-text answer the server makes itself: `413 Payload Too Large`. Statuses that
 /// leave a request body unread (408, 413, 414, 431) close an HTTP/1 connection.
-fn status_response(
-    status: StatusCode,
-    version: Version,
-) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
+fn status_response(status: StatusCode, version: Version) -> Response<Full<Bytes>> {
     let text = format!(
         "{} {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
-    let mut r = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -835,16 +936,26 @@ fn status_response(
     r
 }
 
-/// A future whose panic is caught and returned (the app's handler: a panic costs one request).
-struct CatchUnwind<F>(F);
+/// What a [`CatchUnwind`] future gives: its output, or the panic's payload.
+type Caught<T> = Result<T, Box<dyn Any + Send>>;
 
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
+pin_project! {
+    /// A future whose panic is caught and returned (the app's handler: a panic costs one
+    /// request).
+    struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Caught<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
         // AssertUnwindSafe: after a panic the future is never polled again (it is dropped with
         // this one), so no broken invariant inside it can be observed.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(panic) => Poll::Ready(Err(panic)),
