@@ -49,7 +49,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, REFERER, USER_AGENT};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, REFERER, USER_AGENT};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
@@ -258,8 +258,10 @@ where
             if let Some(res) = served {
                 break res;
             }
-            state.closing.store(true, Ordering::Release);
-            if state.in_flight.load(Ordering::Acquire) > 0 {
+            // SeqCst: pairs with `ConnState::request_started` (a request it misses here
+            // notifies `request_began`).
+            state.closing.store(true, Ordering::SeqCst);
+            if state.in_flight.load(Ordering::SeqCst) > 0 {
                 conn.as_mut().graceful_shutdown();
                 phase = Stop::Shut;
             } else {
@@ -547,6 +549,7 @@ where
 }
 
 /// `METHOD TARGET VERSION` of a request, kept for the logs after the app took the request.
+#[derive(Clone)]
 struct RequestLine {
     method: Method,
     uri: Uri,
@@ -595,6 +598,8 @@ pin_project! {
         answer: Answer<Oneshot<S, AppRequest>>,
         // `--request-timeout`: the request's deadline, boxed (it is rarely set).
         deadline: Option<Pin<Box<Sleep>>>,
+        // The request, for the logs.
+        line: RequestLine,
         // Taken by the response body (`finish`); `None` once the future has answered.
         end: Option<RequestEnd>,
         // How the request body ended, for a request with one.
@@ -629,26 +634,29 @@ fn handle<S>(
 where
     S: tower::Service<AppRequest> + Clone,
 {
-    // Read only for the access log: the scoreboard takes no duration, and a clock read is ~1%
-    // of a hello-world request (perf, 2026-11-30). The request's end reads the clock anyway,
-    // for the connection's idle deadline.
-    let started = c.access_log.is_some().then(Instant::now);
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
     let client = Client::resolve(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
+    // Kept for the logs that name the request (a panic, a deadline, an error), after the app
+    // took the request.
+    let line = RequestLine {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+    };
     // What the request's end needs; the response body takes it. The status is the
     // response's, set by `finish`.
     let end = RequestEnd {
         status: StatusCode::OK,
-        started,
-        line: RequestLine {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-        },
-        client: client_peer(&c.peer, &client),
+        version: parts.version,
         logged: c.access_log.as_ref().map(|log| {
-            Box::new(LoggedHeaders {
+            Box::new(Logged {
+                // The scoreboard takes no duration, and a clock read is ~1% of a hello-world
+                // request (perf, 2026-11-30): read for the access log only. The request's end
+                // reads the clock anyway, for the connection's idle deadline.
+                started: Instant::now(),
+                line: line.clone(),
+                client: client_peer(&c.peer, &client),
                 referer: parts.headers.get(REFERER).cloned(),
                 user_agent: parts.headers.get(USER_AGENT).cloned(),
                 request: log
@@ -661,13 +669,9 @@ where
         in_flight,
     };
     let limit = (settings.limit_request_body > 0).then_some(settings.limit_request_body);
-    let declared_too_big = limit.is_some_and(|limit| {
-        parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|len| len > limit)
-    });
+    // A declared length over the limit: hyper's body knows the `Content-Length` it parsed
+    // (an exact size hint), so no header is looked up again.
+    let declared_too_big = limit.is_some_and(|limit| body.size_hint().lower() > limit);
     let early = settings
         .check_head(&parts)
         .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
@@ -678,6 +682,7 @@ where
         return HandleFuture {
             answer: Answer::Early { status },
             deadline: None,
+            line,
             end: Some(end),
             read: None,
         };
@@ -687,7 +692,7 @@ where
     parts.extensions.extend(hyper_put);
     parts.extensions.insert(client);
     if static_files::in_use() {
-        parts.extensions.insert(ReceivedUri(end.line.uri.clone()));
+        parts.extensions.insert(ReceivedUri(line.uri.clone()));
     }
     // Only a request with a body can overrun or stall it.
     let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
@@ -702,6 +707,7 @@ where
         deadline: settings
             .request_timeout
             .map(|limit| Box::pin(tokio::time::sleep(limit))),
+        line,
         end: Some(end),
         read,
     }
@@ -733,8 +739,8 @@ where
             .take()
             .expect("a request's future is not polled after it answered");
         let response = match outcome {
-            Err(status) => Either::Right(status_response(status, end.line.version)),
-            Ok(outcome) => app_response(outcome, &end, this.read.as_deref()),
+            Err(status) => Either::Right(status_response(status, end.version)),
+            Ok(outcome) => app_response(outcome, this.line, &end.conn.peer, this.read.as_deref()),
         };
         Poll::Ready(Ok(finish(end, response)))
     }
@@ -744,22 +750,22 @@ where
 /// the app's own, or 503, 500, 413 or 408 made here.
 fn app_response<B, E>(
     outcome: Option<Caught<Result<Response<B>, E>>>,
-    end: &RequestEnd,
+    line: &RequestLine,
+    peer: &Peer,
     read: Option<&BodyOutcome>,
 ) -> Either<Response<B>, Response<Full<Bytes>>>
 where
     E: Into<BoxError>,
 {
-    let (line, c) = (&end.line, &*end.conn);
     let status = match outcome {
         None => {
-            tracing::warn!(request = %line, peer = %c.peer, "request timed out: 503, handler dropped");
+            tracing::warn!(request = %line, peer = %peer, "request timed out: 503, handler dropped");
             StatusCode::SERVICE_UNAVAILABLE
         }
         Some(Err(panic)) => {
             tracing::error!(
                 request = %line,
-                peer = %c.peer,
+                peer = %peer,
                 cause = panic_message(&*panic),
                 "handler panicked: 500"
             );
@@ -767,7 +773,7 @@ where
         }
         Some(Ok(Err(err))) => {
             let err: BoxError = err.into();
-            tracing::error!(request = %line, peer = %c.peer, cause = %err, "app failed: 500");
+            tracing::error!(request = %line, peer = %peer, cause = %err, "app failed: 500");
             StatusCode::INTERNAL_SERVER_ERROR
         }
         // The body went over the limit, or stopped arriving: whatever the app made of the
@@ -776,7 +782,7 @@ where
             StatusCode::PAYLOAD_TOO_LARGE
         }
         Some(Ok(Ok(_))) if read.is_some_and(|o| o.timed_out.load(Ordering::Relaxed)) => {
-            tracing::debug!(request = %line, peer = %c.peer, "request body timed out: 408");
+            tracing::debug!(request = %line, peer = %peer, "request body timed out: 408");
             StatusCode::REQUEST_TIMEOUT
         }
         Some(Ok(Ok(response))) => return Either::Left(response),
@@ -806,23 +812,32 @@ where
     }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         c.state.upgraded.store(true, Ordering::Release);
-    } else if c.state.closing.load(Ordering::Acquire) && end.line.version < Version::HTTP_2 {
+    } else if c.state.closing.load(Ordering::Acquire) && end.version < Version::HTTP_2 {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    // HTTP/2: the stream's task times a client that reads none of the response.
-    let send = c.send_timeout.and_then(|limit| {
-        let watch = SendWatch::current()?;
-        watch.set_limit(limit);
-        Some(watch)
-    });
+    // HTTP/2: the stream's task times a client that reads none of the response (HTTP/1
+    // has no stream task: its socket's writes are timed).
+    let send = c
+        .send_timeout
+        .filter(|_| end.version == Version::HTTP_2)
+        .and_then(|limit| {
+            let watch = SendWatch::current()?;
+            watch.set_limit(limit);
+            Some(watch)
+        });
     end.status = response.status();
     response.map(|b| ResponseBody::new(b, end, send))
 }
 
-/// The headers the access log shows, kept only when it is on.
-struct LoggedHeaders {
+/// What only the access log needs of a request, kept when it is on.
+struct Logged {
+    /// When the request was handed over.
+    started: Instant,
+    line: RequestLine,
+    /// The client as the log shows it (`%(h)s`): forwarded by a trusted proxy, or the peer.
+    client: Peer,
     referer: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
     /// The request headers `%({name}i)s` atoms name: nothing kept, and no allocation, for a
@@ -834,15 +849,13 @@ struct LoggedHeaders {
 
 /// What happens when a response body is dropped: counters, the access-log line, and (by
 /// dropping `_in_flight`) the connection's clock learns the request is over.
+///
+/// Small (what the access log alone needs is boxed, and only kept when it is on): it moves
+/// with the response, and its bytes are copied each time (callgrind, 2026-11-30).
 pub(crate) struct RequestEnd {
     status: StatusCode,
-    /// When the request was handed over: read only when the access log is on.
-    started: Option<Instant>,
-    line: RequestLine,
-    /// The client as the log shows it (`%(h)s`): forwarded by a trusted proxy, or the peer.
-    client: Peer,
-    /// Boxed: only with an access log, and the end moves with the response.
-    logged: Option<Box<LoggedHeaders>>,
+    version: Version,
+    logged: Option<Box<Logged>>,
     conn: Arc<ConnShared>,
     in_flight: InFlight,
 }
@@ -854,8 +867,8 @@ impl RequestEnd {
     pub(crate) fn end(self, bytes: u64, _complete: bool) {
         let now = Instant::now();
         // Zero without an access log: the scoreboard ignores it (`Metrics::request`).
-        let elapsed = self.started.map_or(std::time::Duration::ZERO, |s| {
-            now.saturating_duration_since(s)
+        let elapsed = self.logged.as_ref().map_or(std::time::Duration::ZERO, |l| {
+            now.saturating_duration_since(l.started)
         });
         let metrics = &self.conn.metrics;
         metrics.bytes_out(bytes);
@@ -864,12 +877,10 @@ impl RequestEnd {
             // The target as the client sent it: for HTTP/2, `:path` (hyper rebuilds the URI
             // from `:scheme` and `:authority` too), as nginx's `$request` shows it; for HTTP/1
             // an origin-form target is its path and query, an absolute-form one whole.
-            let uri = &self.line.uri;
+            let uri = &h.line.uri;
             let whole;
             let target = match uri.path_and_query() {
-                Some(pq)
-                    if uri.scheme().is_none() || self.line.version == http::Version::HTTP_2 =>
-                {
+                Some(pq) if uri.scheme().is_none() || h.line.version == http::Version::HTTP_2 => {
                     pq.as_str()
                 }
                 _ => {
@@ -878,11 +889,11 @@ impl RequestEnd {
                 }
             };
             log.log(&Record {
-                peer: &self.client,
+                peer: &h.client,
                 request: Some(LogLine {
-                    method: &self.line.method,
+                    method: &h.line.method,
                     target,
-                    version: self.line.version,
+                    version: h.line.version,
                 }),
                 status: self.status,
                 body_bytes: Some(bytes),

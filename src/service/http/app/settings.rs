@@ -100,29 +100,50 @@ impl HttpSettings {
         if head.headers.len() > self.limit_request_fields {
             return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
-        let too_long = head.headers.iter().any(|(name, value)| {
-            name.as_str().len() + 2 + value.len() > self.limit_request_field_size
-        });
-        if too_long {
-            return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        // One pass over the fields for both checks (no hashed lookup of `Host`).
+        let mut hosts = 0;
+        let mut host_bytes_ok = true;
+        for (name, value) in &head.headers {
+            if name.as_str().len() + 2 + value.len() > self.limit_request_field_size {
+                return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            }
+            if name == http::header::HOST {
+                hosts += 1;
+                host_bytes_ok = value.as_bytes().iter().all(|&b| HOST_BYTES[usize::from(b)]);
+            }
         }
-        let mut hosts = head.headers.get_all(http::header::HOST).iter();
-        let host_ok = match (hosts.next(), hosts.next()) {
-            (None, _) => head.version != http::Version::HTTP_11,
-            (Some(host), None) => host.as_bytes().iter().all(|&b| is_host_byte(b)),
-            (Some(_), Some(_)) => false,
+        let host_ok = match hosts {
+            0 => head.version != http::Version::HTTP_11,
+            1 => host_bytes_ok,
+            _ => false,
         };
         (!host_ok).then_some(StatusCode::BAD_REQUEST)
     }
 }
 
-/// Whether `b` can appear in `Host`'s `uri-host [ ":" port ]` (RFC 3986 §3.2.2: unreserved,
+/// Which bytes can appear in `Host`'s `uri-host [ ":" port ]` (RFC 3986 §3.2.2: unreserved,
 /// percent-encoded and sub-delims characters in a name, brackets and colons for an IPv6
 /// literal and the port). An empty value is allowed (RFC 9112 §3.2: a target without an
 /// authority).
-fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
-}
+///
+/// A table, looked up once per byte of every request's `Host` (a search of the punctuation
+/// for each byte was ~1% of a hello-world request's instructions, callgrind, 2026-11-30).
+static HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let punctuation = b"-._~!$&'()*+,;=%:[]";
+    let mut i = 0;
+    while i < punctuation.len() {
+        table[punctuation[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// The length of `METHOD SP TARGET SP HTTP/x.y` as an HTTP/1 client would have sent it. For
 /// HTTP/2, the target is `:path` (or the authority for CONNECT).
