@@ -143,20 +143,17 @@ impl ConnState {
     /// Tells the worker's reclaim table what this connection is now (`None`: busy), if that
     /// changed.
     fn tell(&self, class: Option<IdleClass>) {
-        self.tell_since(class, Instant::now);
-    }
-
-    /// [`ConnState::tell`], with `since()` read for an idle class only if the table hears of
-    /// it (when the connection became idle).
-    fn tell_since(&self, class: Option<IdleClass>, since: impl FnOnce() -> Instant) {
         let code = match class {
             None => TOLD_BUSY,
             Some(IdleClass::NoRequest) => TOLD_NO_REQUEST,
             Some(IdleClass::KeptAlive) => TOLD_KEPT_ALIVE,
         };
-        if self.told.swap(code, Ordering::AcqRel) != code {
+        // Looked at before it is swapped: most calls tell nothing new.
+        if self.told.load(Ordering::Acquire) != code
+            && self.told.swap(code, Ordering::AcqRel) != code
+        {
             match class {
-                Some(c) => self.reclaim.set_idle_since(c, || since().into_std()),
+                Some(c) => self.reclaim.set_idle(c),
                 None => self.reclaim.set_busy(),
             }
         }
@@ -165,17 +162,13 @@ impl ConnState {
     /// Leaves `cx`'s waker with the reclaim table, so a request that ends while the reader
     /// waits (and makes the connection closable) can be chosen and woken.
     fn watch_eviction(&self, cx: &mut Context<'_>) {
-        // Ready only for a connection chosen while idle; the reader acts on that when it next
-        // finds no request in flight (`poll_evicted`).
-        let _ = self.reclaim.poll_evicted(cx);
+        self.reclaim.watch(cx);
     }
 
-    /// Whether the connection was chosen to close for a newcomer (only while it is idle).
-    fn poll_evicted(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.told.load(Ordering::Acquire) == TOLD_BUSY {
-            return Poll::Pending;
-        }
-        self.reclaim.poll_evicted(cx)
+    /// Whether the connection was chosen to close for a newcomer (only while it is idle). The
+    /// reader is woken then if it left its waker ([`ConnState::watch_eviction`]).
+    fn evicted(&self) -> bool {
+        self.told.load(Ordering::Acquire) != TOLD_BUSY && self.reclaim.is_evicted()
     }
 
     /// Counts a request out, now.
@@ -194,7 +187,7 @@ impl ConnState {
         }
         if !self.upgraded.load(Ordering::Acquire) {
             // Idle since the end, read once by the caller.
-            self.tell_since(Some(IdleClass::KeptAlive), || now);
+            self.tell(Some(IdleClass::KeptAlive));
         }
         // Woken, unless this end runs inside the reader's own task (HTTP/1: hyper drops the
         // response body in the connection's task, as it writes) with a check-in armed. That
@@ -700,7 +693,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
         }
         // Chosen to make room for a newcomer: close as if the client had (only ever chosen
         // while idle or before a complete head, so no request is cut).
-        if this.state.poll_evicted(cx).is_ready() {
+        if this.state.evicted() {
             return Poll::Ready(Ok(()));
         }
         if this.poll_timer(cx).is_pending() {

@@ -128,16 +128,11 @@ pub async fn serve_at(
             let mut wake_at = park_at.unwrap_or(deadline);
             // While it waits, the connection may be closed to admit a new client at the
             // worker's cap: a served one first, then one that never sent a request.
-            // The instant read above stands for "now" (a clock read is ~0.3% of a kept-alive
-            // request's CPU, and one was taken a line ago).
-            ctx.reclaim.set_idle_since(
-                if first {
-                    IdleClass::NoRequest
-                } else {
-                    IdleClass::KeptAlive
-                },
-                || now.into_std(),
-            );
+            ctx.reclaim.set_idle(if first {
+                IdleClass::NoRequest
+            } else {
+                IdleClass::KeptAlive
+            });
             loop {
                 match wait_for_request(&stream, wake_at, parking, stop, &ctx.reclaim).await? {
                     Wake::Readable => {}
