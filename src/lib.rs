@@ -102,5 +102,7 @@ pub mod worker;
 pub use net::Peer;
 pub use program::Program;
 pub use server::Server;
-pub use service::http::app::{AppRequest, Client, ClientBodyTimeout, StaticFiles};
+pub use service::http::app::{
+    AppBody, AppRequest, Application, Client, ClientBodyTimeout, StaticFiles,
+};
 pub use shutdown::Shutdown;

@@ -64,7 +64,7 @@ use crate::arbiter::upgrade;
 use crate::config::{Config, ConfigError, ConfigSource, ServeArgs, cli};
 use crate::exit;
 use crate::program::{self, Program};
-use crate::service::http::app::{AppFactory, AppRequest, BoxError, factory};
+use crate::service::http::app::{AppBody, AppFactory, Application, BoxError, factory};
 
 /// Where the configuration comes from, at start and on every HUP.
 enum Source {
@@ -139,11 +139,8 @@ impl Server {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<S, E>> + 'static,
         E: Into<BoxError>,
-        S: tower::Service<AppRequest, Response = http::Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: Application<B>,
+        B: AppBody,
     {
         self.factory = Some(AppFactory::new(factory));
         self

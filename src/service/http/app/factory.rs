@@ -19,6 +19,50 @@ use super::{AppRequest, AppService, BoxError, ServeFuture};
 use crate::net::Stream;
 use crate::service::ConnContext;
 
+/// What oxicorn serves as an application: a cloneable `tower::Service` taking
+/// [`AppRequest`]s, whose future can move between the worker's tasks (`Send`), whose error
+/// boxes (an error becomes a 500) and whose response body is an [`AppBody`]. An axum `Router`
+/// is one (`Router<()>`, its state given with `with_state`).
+///
+/// Implemented for every such type: a name for these bounds, never a trait to implement.
+pub trait Application<B: AppBody>:
+    tower::Service<
+        AppRequest,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> Application<B> for S
+where
+    B: AppBody,
+    S: tower::Service<
+            AppRequest,
+            Response = Response<B>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+}
+
+/// What oxicorn sends as an application's response body: an `http_body::Body` of `Bytes`
+/// chunks whose error boxes (an error ends the response: HTTP/1 closes the connection,
+/// HTTP/2 resets the stream). axum's `Body` is one, and so are `String`, `Full<Bytes>` and
+/// `Empty<Bytes>`.
+///
+/// Implemented for every such type: a name for these bounds, never a trait to implement.
+pub trait AppBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> AppBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
 /// An application, type-erased: any cloneable `tower::Service` taking [`AppRequest`]s (an
 /// axum `Router` is one).
 ///
@@ -49,11 +93,8 @@ struct Typed<S, B> {
 
 impl<S, B> ServeConn for Typed<S, B>
 where
-    S: tower::Service<AppRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Application<B>,
+    B: AppBody,
 {
     fn serve<'a>(
         &'a self,
@@ -74,11 +115,8 @@ impl App {
     /// Erases the type of `service`. Its errors become 500s.
     pub fn new<S, B>(service: S) -> App
     where
-        S: tower::Service<AppRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: Application<B>,
+        B: AppBody,
     {
         App(Arc::new(Typed {
             service,
@@ -117,11 +155,8 @@ impl AppFactory {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<S, E>> + 'static,
         E: Into<BoxError>,
-        S: tower::Service<AppRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: Application<B>,
+        B: AppBody,
     {
         AppFactory(Arc::new(move || {
             let fut = build();

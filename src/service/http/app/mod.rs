@@ -61,7 +61,7 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 pub use body::{BoxError, ClientBodyTimeout, RequestBody, ResponseBody};
-pub use factory::{App, AppFactory, error_chain};
+pub use factory::{App, AppBody, AppFactory, Application, error_chain};
 pub use forwarded::{Client, ForwardedAllowIps};
 pub use settings::HttpSettings;
 pub use static_files::StaticFiles;
@@ -104,11 +104,8 @@ impl AppService {
     /// axum `Router`'s error type is `Infallible`).
     pub fn new<S, B>(app: S, settings: HttpSettings) -> AppService
     where
-        S: tower::Service<AppRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: Application<B>,
+        B: AppBody,
     {
         AppService::from_app(App::new(app), settings)
     }
@@ -191,11 +188,8 @@ pub type ServeFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 /// types ([`App`]).
 async fn serve_typed<S, B>(svc: &AppService, app: S, stream: Stream, ctx: ConnContext)
 where
-    S: tower::Service<AppRequest, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: Application<B>,
+    B: AppBody,
 {
     let ConnContext {
         peer,
