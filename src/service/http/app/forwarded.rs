@@ -201,31 +201,52 @@ pub struct Client {
 impl Client {
     /// Resolves the client of one request from its socket peer and headers (module docs).
     pub fn resolve(peer: &Peer, headers: &HeaderMap, allow: &ForwardedAllowIps) -> Client {
-        let peer_ip = match peer {
-            Peer::Tcp(a) => Some(a.ip().to_canonical()),
-            Peer::Unix => None,
-        };
-        let direct = Client {
-            ip: peer_ip,
+        Client::forwarded(peer, headers, allow).unwrap_or_else(|| Client::direct(peer))
+    }
+
+    /// The client when no proxy speaks for it: the socket's peer, over `http`.
+    pub(crate) fn direct(peer: &Peer) -> Client {
+        Client {
+            ip: peer_ip(peer),
             scheme: Scheme::HTTP,
             forwarded: false,
-        };
-        if !names_a_forwarding_header(headers) || peer_ip.is_some_and(|ip| !allow.trusts(ip)) {
-            return direct;
         }
+    }
+
+    /// [`Client::resolve`] when the headers may change the answer: `None` when the request
+    /// names no forwarding header or its peer is not a trusted proxy (the client is then
+    /// [`Client::direct`]), without a hashed header lookup.
+    pub(crate) fn forwarded(
+        peer: &Peer,
+        headers: &HeaderMap,
+        allow: &ForwardedAllowIps,
+    ) -> Option<Client> {
+        let peer_ip = peer_ip(peer);
+        if !names_a_forwarding_header(headers) || peer_ip.is_some_and(|ip| !allow.trusts(ip)) {
+            return None;
+        }
+        let direct = || Client::direct(peer);
         let (forwarded, x_forwarded) = hops(headers);
         let walk = |hops: &[Hop]| walk(hops, peer_ip, allow);
-        match (forwarded.is_empty(), x_forwarded.is_empty()) {
-            (true, true) => direct,
+        Some(match (forwarded.is_empty(), x_forwarded.is_empty()) {
+            (true, true) => direct(),
             (false, true) => walk(&forwarded),
             (true, false) => walk(&x_forwarded),
             (false, false) => {
                 // One of the two is what the client sent through a proxy that only maintains
                 // the other: believe them only if they agree (module docs).
                 let (a, b) = (walk(&forwarded), walk(&x_forwarded));
-                if a == b { a } else { direct }
+                if a == b { a } else { direct() }
             }
-        }
+        })
+    }
+}
+
+/// The peer's address as the client's (`None` for a Unix socket), v4-mapped v6 as v4.
+fn peer_ip(peer: &Peer) -> Option<IpAddr> {
+    match peer {
+        Peer::Tcp(a) => Some(a.ip().to_canonical()),
+        Peer::Unix => None,
     }
 }
 

@@ -485,32 +485,32 @@ struct ConnShared {
 #[derive(Debug, Clone)]
 pub(crate) struct ReceivedUri(pub(crate) Uri);
 
-/// The extensions a connection's requests start with: its `Peer`, in a map with room for
-/// seven entries, so that neither ours (`Client`, `ReceivedUri`) nor an axum `Router`'s three
-/// (`OriginalUri`, `MatchedPath`, `UrlParams`) make it grow. A map grown from scratch by five
-/// or six inserts is rehashed on every request when it outgrows its first four buckets
-/// (~0.4% of a hello-world worker's time, perf, 2026-11-30; `axum::serve`'s three inserts fit).
-/// Cloned per request, which keeps the room: a hashbrown map keeps its buckets when entries
-/// are removed and when cloned. That is a speed assumption only: were it to change, requests
-/// would carry the same extensions, built as before.
+/// The extensions a connection's requests start with: its `Peer` and the `Client` it is when
+/// no proxy speaks for it (a request whose trusted proxy forwards another replaces it), in a
+/// map with room for seven entries, so that neither ours (`ReceivedUri`, a forwarded
+/// `Client`) nor an axum `Router`'s three (`OriginalUri`, `MatchedPath`, `UrlParams`) make it
+/// grow. A map grown from scratch by five or six inserts is rehashed on every request when it
+/// outgrows its first four buckets (~0.4% of a hello-world worker's time, perf, 2026-11-30;
+/// `axum::serve`'s three inserts fit). Cloned per request, which keeps the room: a hashbrown
+/// map keeps its buckets when entries are removed and when cloned. That is a speed assumption
+/// only: were it to change, requests would carry the same extensions, built as before.
 fn extensions_for(peer: &Peer) -> http::Extensions {
     /// Takes a place in the map and is removed; zero-sized, so its box allocates nothing.
     #[derive(Clone, Copy)]
     struct Room<const N: u8>;
     let mut e = http::Extensions::new();
     e.insert(peer.clone());
+    e.insert(Client::direct(peer));
     e.insert(Room::<1>);
     e.insert(Room::<2>);
     e.insert(Room::<3>);
     e.insert(Room::<4>);
     e.insert(Room::<5>);
-    e.insert(Room::<6>);
     e.remove::<Room<1>>();
     e.remove::<Room<2>>();
     e.remove::<Room<3>>();
     e.remove::<Room<4>>();
     e.remove::<Room<5>>();
-    e.remove::<Room<6>>();
     e
 }
 
@@ -630,7 +630,8 @@ where
 {
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
-    let client = Client::resolve(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
+    // `None`: the client is the peer, as the connection's map says already.
+    let forwarded = Client::forwarded(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
     // Kept for the logs that name the request (a panic, a deadline, an error), after the app
     // took the request.
     let line = RequestLine {
@@ -650,7 +651,9 @@ where
                 // reads the clock anyway, for the connection's idle deadline.
                 started: Instant::now(),
                 line: line.clone(),
-                client: client_peer(&c.peer, &client),
+                client: forwarded
+                    .as_ref()
+                    .map_or_else(|| c.peer.clone(), |client| client_peer(&c.peer, client)),
                 referer: parts.headers.get(REFERER).cloned(),
                 user_agent: parts.headers.get(USER_AGENT).cloned(),
                 request: log
@@ -684,7 +687,9 @@ where
     // The connection's map (the `Peer`, and room), then what hyper put on the request.
     let hyper_put = std::mem::replace(&mut parts.extensions, c.extensions.clone());
     parts.extensions.extend(hyper_put);
-    parts.extensions.insert(client);
+    if let Some(client) = forwarded {
+        parts.extensions.insert(client);
+    }
     if static_files::in_use() {
         parts.extensions.insert(ReceivedUri(line.uri.clone()));
     }
@@ -981,12 +986,15 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
 mod tests {
     use super::*;
 
-    /// The room taken for speed leaves nothing behind: a request starts with its `Peer` alone.
+    /// The room taken for speed leaves nothing behind: a request starts with its `Peer` and
+    /// the direct `Client` alone.
     #[test]
-    fn a_connections_extensions_hold_the_peer_alone() {
+    fn a_connections_extensions_hold_the_peer_and_the_direct_client_alone() {
         let peer = Peer::Tcp("127.0.0.1:4000".parse().unwrap());
         let e = extensions_for(&peer).clone();
-        assert_eq!(e.len(), 1);
+        assert_eq!(e.len(), 2);
         assert!(matches!(e.get::<Peer>(), Some(Peer::Tcp(a)) if a.port() == 4000));
+        assert_eq!(e.get::<Client>(), Some(&Client::direct(&peer)));
+        assert!(e.get::<Client>().is_some_and(|c| !c.forwarded));
     }
 }
