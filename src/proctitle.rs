@@ -113,8 +113,15 @@ pub fn set(name: &str, kind: &str, detail: &str) {
     }
 }
 
-/// Finds the area, and moves the environment strings that live in it to the heap.
+/// Finds the area, and moves the environment strings that live in it to the heap. `None`
+/// under valgrind, which reads its own options from that area for as long as the process
+/// runs (a worker whose area was rewritten exits at once, "Bad option"): the title is then
+/// `comm` alone.
 fn prepare() -> Option<Area> {
+    // valgrind preloads its `vgpreload_*.so` into every process it runs.
+    if std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("vgpreload")) {
+        return None;
+    }
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name is in parentheses and may contain anything: parse after the last ')'.
     let (_, rest) = stat.rsplit_once(')')?;

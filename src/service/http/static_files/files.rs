@@ -6,8 +6,10 @@
 //! open time, so there is no window between a check and the open for a swapped symlink.
 //! `RESOLVE_BENEATH` also refuses absolute symlinks that point back *inside* the root; for
 //! those (rare) cases we open normally and accept the file if `/proc/self/fd` shows it below the
-//! root. Opens are blocking syscalls on the worker's thread, as in nginx without aio: on a warm
-//! page cache they take microseconds, less than a hop to a thread pool.
+//! root. Where `openat2` does not exist (`ENOSYS`: a kernel before 5.6, valgrind, an old
+//! seccomp profile) every open is that fallback: `openat`, then the same check. Opens are
+//! blocking syscalls on the worker's thread, as in nginx without aio: on a warm page cache
+//! they take microseconds, less than a hop to a thread pool.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -124,9 +126,28 @@ pub fn open(
     let fd = match rustix::fs::openat2(root_fd, rel, flags, Mode::empty(), resolve) {
         Ok(fd) => fd,
         Err(Errno::XDEV) if !follow_symlinks => open_checked(root_fd, root, rel, flags)?,
+        Err(Errno::NOSYS) => open_without_openat2(root_fd, root, rel, flags, follow_symlinks)?,
         Err(e) => return Err(classify(e)),
     };
     stat(Arc::new(File::from(fd)))
+}
+
+/// Where `openat2` does not exist (`ENOSYS`: Linux before 5.6, valgrind, a seccomp profile
+/// that predates it): `openat`, then the same check as [`open_checked`]'s, so a symlink may
+/// still lead only below the root (with `follow_symlinks` anywhere, as with `openat2`).
+fn open_without_openat2(
+    root_fd: &OwnedFd,
+    root: &Path,
+    rel: &Path,
+    flags: OFlags,
+    follow_symlinks: bool,
+) -> Result<OwnedFd, OpenError> {
+    let fd = rustix::fs::openat(root_fd, rel, flags, Mode::empty()).map_err(classify)?;
+    if follow_symlinks {
+        Ok(fd)
+    } else {
+        below_root(fd, root)
+    }
 }
 
 /// Fallback for an absolute symlink: open it as the kernel resolves it, keep it only if the
@@ -145,6 +166,12 @@ fn open_checked(
         ResolveFlags::NO_MAGICLINKS,
     )
     .map_err(classify)?;
+    below_root(fd, root)
+}
+
+/// `fd` if the file it is open on lies below `root` (as `/proc/self/fd` names it: the file
+/// opened, so no later rename or swapped symlink can change the answer), else 403.
+fn below_root(fd: OwnedFd, root: &Path) -> Result<OwnedFd, OpenError> {
     let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
     let real = std::fs::read_link(link).map_err(OpenError::Other)?;
     if real.starts_with(root) {
