@@ -410,6 +410,126 @@ async fn an_idle_kept_alive_connection_is_closed_after_keep_alive() {
     );
 }
 
+/// The idle deadline counts from the end of the connection's last request, however many came
+/// before it (`io`'s timer is left set for an earlier deadline, fires early and is set again):
+/// a connection used every 150 ms for over a second with a 500 ms keep-alive stays open
+/// throughout, and closes about 500 ms after its last answer, over HTTP/1.1 and h2c.
+#[tokio::test]
+async fn a_kept_alive_connection_closes_keep_alive_after_its_last_request() {
+    let keep_alive = Duration::from_millis(500);
+    let gap = Duration::from_millis(150);
+    let server = Server::start(HttpSettings {
+        keep_alive,
+        ..HttpSettings::default()
+    })
+    .await;
+    // Closed by the server no sooner than the keep-alive after the last answer (less a
+    // margin for the time the answer took to reach the client), and not much later.
+    let closed_in_time = |idle: Duration, proto: &str| {
+        assert!(
+            idle + Duration::from_millis(50) >= keep_alive,
+            "{proto}: closed {idle:?} after the last answer"
+        );
+        assert!(idle < keep_alive * 6, "{proto}: still open after {idle:?}");
+    };
+
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let mut last = std::time::Instant::now();
+    for i in 0..8 {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n"),
+            "request {i}: {head}"
+        );
+        let mut body = [0u8; 5];
+        tokio::time::timeout(SOON, s.read_exact(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&body, b"hello");
+        last = std::time::Instant::now();
+        if i < 7 {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    assert_eq!(read_to_close(&mut s).await, "", "closed without a word");
+    closed_in_time(last.elapsed(), "HTTP/1.1");
+
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    for i in 0..8 {
+        let req = axum::http::Request::get(server.url("/"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let r = tokio::time::timeout(SOON, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status(), 200);
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap();
+        assert_eq!(body.to_bytes(), "hello");
+        last = std::time::Instant::now();
+        if i < 7 {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    // The client's connection task ends when the server closes the connection.
+    let _ = tokio::time::timeout(SOON, conn)
+        .await
+        .expect("the server closes the h2c connection");
+    closed_in_time(last.elapsed(), "h2c");
+}
+
+/// A head that begins after a kept-alive wait is timed from its first byte, whichever
+/// deadline comes first: begun 300 ms into a 3 s keep-alive, it gets 408 one header timeout
+/// (400 ms) later; begun 300 ms into a 500 ms keep-alive with a 1 s header timeout, it still
+/// has its whole second (the timer set for the keep-alive fires first and is set again),
+/// then 408, not the keep-alive's silent close.
+#[tokio::test]
+async fn a_slow_head_after_a_kept_alive_wait_gets_its_own_header_timeout() {
+    for (keep_alive, header_timeout) in [(3000, 400), (500, 1000)] {
+        let (keep_alive, header_timeout) = (
+            Duration::from_millis(keep_alive),
+            Duration::from_millis(header_timeout),
+        );
+        let server = Server::start(HttpSettings {
+            keep_alive,
+            header_timeout,
+            ..HttpSettings::default()
+        })
+        .await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        let began = std::time::Instant::now();
+        let got = read_to_close(&mut s).await;
+        let took = began.elapsed();
+        assert!(
+            got.starts_with("hello") && got.contains("HTTP/1.1 408 Request Timeout\r\n"),
+            "keep-alive {keep_alive:?}, header timeout {header_timeout:?}: {got:?}"
+        );
+        assert!(
+            took >= header_timeout && took < header_timeout + Duration::from_secs(2),
+            "keep-alive {keep_alive:?}: 408 {took:?} after the head began"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_request_deadline_gives_503_and_drops_the_handler() {
     let server = Server::start(HttpSettings {
