@@ -1063,6 +1063,38 @@ async fn a_head_hyper_refuses_gets_an_access_log_line() {
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, and to any
 /// request with more than one or an invalid one (a proxy and the app could each read another
 /// site from it). hyper lets all three through; the static service refuses the first two.
+/// A client that stalls inside the HTTP/2 preface, after its first line (`PRI * HTTP/2.0`),
+/// gets one answer, the 408, and the access log one line: told EOF after the 408, hyper-util
+/// gives up on HTTP/2 and hands the bytes it holds to HTTP/1, which answered them with a
+/// 400 behind the 408 (and logged a second line).
+#[tokio::test]
+async fn a_stall_inside_the_http2_preface_gets_one_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let settings = HttpSettings {
+        header_timeout: Duration::from_millis(300),
+        ..HttpSettings::default()
+    };
+    let app = AppService::new(router(), settings)
+        .with_access_log(AccessLog::open(&path, LogFormat::parse("%(r)s %(s)s").unwrap()).unwrap());
+    let server = Server::start_with(app).await;
+    for stalled in [&b"PRI * HTTP/2.0\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n"] {
+        let text = server.raw(stalled).await;
+        assert_eq!(
+            text, "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            "after {stalled:?}"
+        );
+    }
+    // A request after them, so that a late second line would be seen.
+    let r = client().get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    log_lines(&path, 3).await;
+    // Time for a late line to show.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(log, "- 408\n- 408\nGET / HTTP/1.1 200\n");
+}
+
 #[tokio::test]
 async fn a_missing_repeated_or_malformed_host_gets_400() {
     let server = Server::start(HttpSettings::default()).await;

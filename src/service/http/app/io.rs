@@ -18,7 +18,8 @@
 //! It is only written when hyper has nothing half-written (its last write did not stall), so
 //! it can never land inside another response; otherwise the connection just closes. So is a
 //! 505 for a request line naming `HTTP/2.0` (or a later major version) as text, which hyper
-//! would answer 400 (see `LineTail`).
+//! would answer 400 (see `LineTail`). Once either is written, hyper reads EOF and nothing it
+//! writes reaches the client: one answer per head.
 //!
 //! **Per request, the timer is rarely touched.** The request path records when a request
 //! ends ([`ConnState::request_ended_at`], with the instant it reads anyway for the metrics),
@@ -728,6 +729,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
 }
 
 impl<S> DeadlineIo<S> {
+    /// Whether this stream answered a head itself (408, 505; `poll_send`). hyper then reads
+    /// EOF, and whatever it writes after is dropped: it can only be a second answer (cut short
+    /// inside the HTTP/2 preface, `PRI * HTTP/2.0\r\n`, hyper-util hands the bytes it holds to
+    /// HTTP/1, which answers them 400).
+    fn answered_here(&self) -> bool {
+        self.state.head_timed_out.load(Ordering::Relaxed)
+            || self.state.version_refused.load(Ordering::Relaxed)
+    }
+
     /// Sets the timer for `deadline`.
     fn arm(&mut self, deadline: Instant) {
         self.sleep.as_mut().reset(deadline);
@@ -823,6 +833,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.answered_here() {
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.after_write(cx, r)
     }
@@ -833,6 +846,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.answered_here() {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.after_write(cx, r)
     }
