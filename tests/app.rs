@@ -741,6 +741,49 @@ async fn http2_gets_goaway_and_its_stream_in_flight_finishes() {
         .expect("the HTTP/2 connection ends after its last stream");
 }
 
+/// An idle HTTP/2 connection that opens a stream within the stop's grace has it answered,
+/// and is shut (GOAWAY) as that stream begins, not at the end of the grace (1 s): the stop
+/// hears of the request (`ConnState::request_began`, notified once the stop began).
+#[tokio::test]
+async fn an_http2_stream_begun_in_the_stops_grace_is_answered_and_shuts_the_connection() {
+    let server = Server::start(HttpSettings::default()).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        axum::http::Request::get(server.url(path))
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    };
+    let r = send.send_request(get("/")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = std::time::Instant::now();
+    server.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = tokio::time::timeout(SOON, send.send_request(get("/sleep/100")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "slept");
+    let _ = tokio::time::timeout(SOON, conn)
+        .await
+        .expect("the server closes the connection");
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_millis(800),
+        "closed {took:?} after the stop: at the grace's end, not as the stream began"
+    );
+}
+
 #[tokio::test]
 async fn a_unix_socket_peer_is_a_trusted_proxy() {
     let dir = tempfile::tempdir().unwrap();
