@@ -1153,6 +1153,21 @@ mod tests {
         assert_eq!(scan(&[b"\r\n\nGET / HTTP/2.0\r\n"]), LineScan::TooNew);
         assert_eq!(scan(&[b"\r\n\r\nGET / HTTP/1.1\r\n"]), LineScan::Done);
         assert_eq!(scan(&[b"GET / HTTP/2.0"]), LineScan::More);
+        // Whole in one read (judged where it lies), however long, with or without what
+        // follows it; and empty lines whose request line is cut after them.
+        assert_eq!(scan(&[long.as_bytes()]), LineScan::TooNew);
+        let long_ok = long.replace("HTTP/2.0", "HTTP/1.1");
+        assert_eq!(scan(&[long_ok.as_bytes()]), LineScan::Done);
+        assert_eq!(scan(&[b"GET / HTTP/2.0\nhost: x\n\n"]), LineScan::TooNew);
+        assert_eq!(scan(&[b"\r\nGET / HT", b"TP/2.0\r\n"]), LineScan::TooNew);
+        assert_eq!(
+            scan(&[b"\r\n", b"\r\n", b"GET / HTTP/2.0\r\n"]),
+            LineScan::TooNew
+        );
+        assert_eq!(scan(&[b"\r\n", b"GET / HTTP/1.1\r\n"]), LineScan::Done);
+        // A line cut just before its `\n`: the `\r` is the tail's, not the version's.
+        assert_eq!(scan(&[b"GET / HTTP/2.0\r", b"\n"]), LineScan::TooNew);
+        assert_eq!(scan(&[b"GET / HTTP/1.1\r", b"\n"]), LineScan::Done);
     }
 
     #[tokio::test(start_paused = true)]
