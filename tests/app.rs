@@ -290,6 +290,45 @@ async fn a_body_over_the_limit_gets_413() {
     assert_eq!(r.status(), 200);
 }
 
+/// A `Content-Length` over the limit is refused from the head, before the app is called, over
+/// HTTP/1.1 and h2c: `GET /` answers without reading a body, so only the head's check can
+/// turn it into 413 (the length is read from hyper's body, which parsed it).
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_before_the_app() {
+    let server = Server::start(HttpSettings {
+        limit_request_body: 16,
+        ..HttpSettings::default()
+    })
+    .await;
+    let got = server
+        .raw(b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 17\r\n\r\n01234567890123456")
+        .await;
+    assert!(got.starts_with("HTTP/1.1 413 "), "{got}");
+    let got = server
+        .raw(b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 16\r\nconnection: close\r\n\r\n0123456789012345")
+        .await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "at the limit: {got}");
+
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (body, status) in [(&b"01234567890123456"[..], 413), (b"0123456789012345", 200)] {
+        let req = axum::http::Request::get(server.url("/"))
+            .header("content-length", body.len())
+            .body(http_body_util::Full::new(Bytes::from_static(body)))
+            .unwrap();
+        let r = tokio::time::timeout(SOON, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status(), status, "h2c, {} bytes declared", body.len());
+    }
+}
+
 #[tokio::test]
 async fn over_long_heads_get_414_and_431() {
     let server = Server::start(HttpSettings {
