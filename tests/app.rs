@@ -290,6 +290,45 @@ async fn a_body_over_the_limit_gets_413() {
     assert_eq!(r.status(), 200);
 }
 
+/// A `Content-Length` over the limit is refused from the head, before the app is called, over
+/// HTTP/1.1 and h2c: `GET /` answers without reading a body, so only the head's check can
+/// turn it into 413 (the length is read from hyper's body, which parsed it).
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_before_the_app() {
+    let server = Server::start(HttpSettings {
+        limit_request_body: 16,
+        ..HttpSettings::default()
+    })
+    .await;
+    let got = server
+        .raw(b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 17\r\n\r\n01234567890123456")
+        .await;
+    assert!(got.starts_with("HTTP/1.1 413 "), "{got}");
+    let got = server
+        .raw(b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 16\r\nconnection: close\r\n\r\n0123456789012345")
+        .await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "at the limit: {got}");
+
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (body, status) in [(&b"01234567890123456"[..], 413), (b"0123456789012345", 200)] {
+        let req = axum::http::Request::get(server.url("/"))
+            .header("content-length", body.len())
+            .body(http_body_util::Full::new(Bytes::from_static(body)))
+            .unwrap();
+        let r = tokio::time::timeout(SOON, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status(), status, "h2c, {} bytes declared", body.len());
+    }
+}
+
 #[tokio::test]
 async fn over_long_heads_get_414_and_431() {
     let server = Server::start(HttpSettings {
@@ -408,6 +447,126 @@ async fn an_idle_kept_alive_connection_is_closed_after_keep_alive() {
         !got.contains("408"),
         "an idle connection is closed silently: {got}"
     );
+}
+
+/// The idle deadline counts from the end of the connection's last request, however many came
+/// before it (`io`'s timer is left set for an earlier deadline, fires early and is set again):
+/// a connection used every 150 ms for over a second with a 500 ms keep-alive stays open
+/// throughout, and closes about 500 ms after its last answer, over HTTP/1.1 and h2c.
+#[tokio::test]
+async fn a_kept_alive_connection_closes_keep_alive_after_its_last_request() {
+    let keep_alive = Duration::from_millis(500);
+    let gap = Duration::from_millis(150);
+    let server = Server::start(HttpSettings {
+        keep_alive,
+        ..HttpSettings::default()
+    })
+    .await;
+    // Closed by the server no sooner than the keep-alive after the last answer (less a
+    // margin for the time the answer took to reach the client), and not much later.
+    let closed_in_time = |idle: Duration, proto: &str| {
+        assert!(
+            idle + Duration::from_millis(50) >= keep_alive,
+            "{proto}: closed {idle:?} after the last answer"
+        );
+        assert!(idle < keep_alive * 6, "{proto}: still open after {idle:?}");
+    };
+
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let mut last = std::time::Instant::now();
+    for i in 0..8 {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n"),
+            "request {i}: {head}"
+        );
+        let mut body = [0u8; 5];
+        tokio::time::timeout(SOON, s.read_exact(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&body, b"hello");
+        last = std::time::Instant::now();
+        if i < 7 {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    assert_eq!(read_to_close(&mut s).await, "", "closed without a word");
+    closed_in_time(last.elapsed(), "HTTP/1.1");
+
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    for i in 0..8 {
+        let req = axum::http::Request::get(server.url("/"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let r = tokio::time::timeout(SOON, send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status(), 200);
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap();
+        assert_eq!(body.to_bytes(), "hello");
+        last = std::time::Instant::now();
+        if i < 7 {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    // The client's connection task ends when the server closes the connection.
+    let _ = tokio::time::timeout(SOON, conn)
+        .await
+        .expect("the server closes the h2c connection");
+    closed_in_time(last.elapsed(), "h2c");
+}
+
+/// A head that begins after a kept-alive wait is timed from its first byte, whichever
+/// deadline comes first: begun 300 ms into a 3 s keep-alive, it gets 408 one header timeout
+/// (400 ms) later; begun 300 ms into a 500 ms keep-alive with a 1 s header timeout, it still
+/// has its whole second (the timer set for the keep-alive fires first and is set again),
+/// then 408, not the keep-alive's silent close.
+#[tokio::test]
+async fn a_slow_head_after_a_kept_alive_wait_gets_its_own_header_timeout() {
+    for (keep_alive, header_timeout) in [(3000, 400), (500, 1000)] {
+        let (keep_alive, header_timeout) = (
+            Duration::from_millis(keep_alive),
+            Duration::from_millis(header_timeout),
+        );
+        let server = Server::start(HttpSettings {
+            keep_alive,
+            header_timeout,
+            ..HttpSettings::default()
+        })
+        .await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        let began = std::time::Instant::now();
+        let got = read_to_close(&mut s).await;
+        let took = began.elapsed();
+        assert!(
+            got.starts_with("hello") && got.contains("HTTP/1.1 408 Request Timeout\r\n"),
+            "keep-alive {keep_alive:?}, header timeout {header_timeout:?}: {got:?}"
+        );
+        assert!(
+            took >= header_timeout && took < header_timeout + Duration::from_secs(2),
+            "keep-alive {keep_alive:?}: 408 {took:?} after the head began"
+        );
+    }
 }
 
 #[tokio::test]
@@ -619,6 +778,49 @@ async fn http2_gets_goaway_and_its_stream_in_flight_finishes() {
     tokio::time::timeout(SOON, server.conns.wait())
         .await
         .expect("the HTTP/2 connection ends after its last stream");
+}
+
+/// An idle HTTP/2 connection that opens a stream within the stop's grace has it answered,
+/// and is shut (GOAWAY) as that stream begins, not at the end of the grace (1 s): the stop
+/// hears of the request (`ConnState::request_began`, notified once the stop began).
+#[tokio::test]
+async fn an_http2_stream_begun_in_the_stops_grace_is_answered_and_shuts_the_connection() {
+    let server = Server::start(HttpSettings::default()).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        axum::http::Request::get(server.url(path))
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    };
+    let r = send.send_request(get("/")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = std::time::Instant::now();
+    server.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = tokio::time::timeout(SOON, send.send_request(get("/sleep/100")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "slept");
+    let _ = tokio::time::timeout(SOON, conn)
+        .await
+        .expect("the server closes the connection");
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_millis(800),
+        "closed {took:?} after the stop: at the grace's end, not as the stream began"
+    );
 }
 
 #[tokio::test]
@@ -943,6 +1145,38 @@ async fn a_head_hyper_refuses_gets_an_access_log_line() {
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without `Host`, and to any
 /// request with more than one or an invalid one (a proxy and the app could each read another
 /// site from it). hyper lets all three through; the static service refuses the first two.
+/// A client that stalls inside the HTTP/2 preface, after its first line (`PRI * HTTP/2.0`),
+/// gets one answer, the 408, and the access log one line: told EOF after the 408, hyper-util
+/// gives up on HTTP/2 and hands the bytes it holds to HTTP/1, which answered them with a
+/// 400 behind the 408 (and logged a second line).
+#[tokio::test]
+async fn a_stall_inside_the_http2_preface_gets_one_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let settings = HttpSettings {
+        header_timeout: Duration::from_millis(300),
+        ..HttpSettings::default()
+    };
+    let app = AppService::new(router(), settings)
+        .with_access_log(AccessLog::open(&path, LogFormat::parse("%(r)s %(s)s").unwrap()).unwrap());
+    let server = Server::start_with(app).await;
+    for stalled in [&b"PRI * HTTP/2.0\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n"] {
+        let text = server.raw(stalled).await;
+        assert_eq!(
+            text, "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            "after {stalled:?}"
+        );
+    }
+    // A request after them, so that a late second line would be seen.
+    let r = client().get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    log_lines(&path, 3).await;
+    // Time for a late line to show.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(log, "- 408\n- 408\nGET / HTTP/1.1 200\n");
+}
+
 #[tokio::test]
 async fn a_missing_repeated_or_malformed_host_gets_400() {
     let server = Server::start(HttpSettings::default()).await;

@@ -18,7 +18,8 @@
 //! It is only written when hyper has nothing half-written (its last write did not stall), so
 //! it can never land inside another response; otherwise the connection just closes. So is a
 //! 505 for a request line naming `HTTP/2.0` (or a later major version) as text, which hyper
-//! would answer 400 (see `LineTail`).
+//! would answer 400 (see `LineTail`). Once either is written, hyper reads EOF and nothing it
+//! writes reaches the client: one answer per head.
 //!
 //! **Per request, the timer is rarely touched.** The request path records when a request
 //! ends ([`ConnState::request_ended_at`], with the instant it reads anyway for the metrics),
@@ -721,6 +722,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
 }
 
 impl<S> DeadlineIo<S> {
+    /// Whether this stream answered a head itself (408, 505; `poll_send`). hyper then reads
+    /// EOF, and whatever it writes after is dropped: it can only be a second answer (cut short
+    /// inside the HTTP/2 preface, `PRI * HTTP/2.0\r\n`, hyper-util hands the bytes it holds to
+    /// HTTP/1, which answers them 400).
+    fn answered_here(&self) -> bool {
+        self.state.head_timed_out.load(Ordering::Relaxed)
+            || self.state.version_refused.load(Ordering::Relaxed)
+    }
+
     /// Sets the timer for `deadline`.
     fn arm(&mut self, deadline: Instant) {
         self.sleep.as_mut().reset(deadline);
@@ -816,6 +826,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.answered_here() {
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.after_write(cx, r)
     }
@@ -826,6 +839,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.answered_here() {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.after_write(cx, r)
     }
@@ -1130,6 +1146,21 @@ mod tests {
         assert_eq!(scan(&[b"\r\n\nGET / HTTP/2.0\r\n"]), LineScan::TooNew);
         assert_eq!(scan(&[b"\r\n\r\nGET / HTTP/1.1\r\n"]), LineScan::Done);
         assert_eq!(scan(&[b"GET / HTTP/2.0"]), LineScan::More);
+        // Whole in one read (judged where it lies), however long, with or without what
+        // follows it; and empty lines whose request line is cut after them.
+        assert_eq!(scan(&[long.as_bytes()]), LineScan::TooNew);
+        let long_ok = long.replace("HTTP/2.0", "HTTP/1.1");
+        assert_eq!(scan(&[long_ok.as_bytes()]), LineScan::Done);
+        assert_eq!(scan(&[b"GET / HTTP/2.0\nhost: x\n\n"]), LineScan::TooNew);
+        assert_eq!(scan(&[b"\r\nGET / HT", b"TP/2.0\r\n"]), LineScan::TooNew);
+        assert_eq!(
+            scan(&[b"\r\n", b"\r\n", b"GET / HTTP/2.0\r\n"]),
+            LineScan::TooNew
+        );
+        assert_eq!(scan(&[b"\r\n", b"GET / HTTP/1.1\r\n"]), LineScan::Done);
+        // A line cut just before its `\n`: the `\r` is the tail's, not the version's.
+        assert_eq!(scan(&[b"GET / HTTP/2.0\r", b"\n"]), LineScan::TooNew);
+        assert_eq!(scan(&[b"GET / HTTP/1.1\r", b"\n"]), LineScan::Done);
     }
 
     #[tokio::test(start_paused = true)]

@@ -297,9 +297,14 @@ where
             });
         }
     };
+    // A head this module answered itself (408, 505) is that head's one line: what hyper made
+    // of the EOF that follows (a 400 for the start of an HTTP/2 preface) never reached the
+    // client (`io::DeadlineIo`).
+    let answered_here = state.head_timed_out.load(Ordering::Relaxed)
+        || state.version_refused.load(Ordering::Relaxed);
     if let Err(err) = result {
         tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
-        if let Some(status) = refused_head_status(&*err) {
+        if let Some(status) = refused_head_status(&*err).filter(|_| !answered_here) {
             log_refused(status, std::time::Duration::ZERO);
         }
     }
