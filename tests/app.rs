@@ -1127,6 +1127,27 @@ async fn the_access_log_shows_an_http2_request_by_its_path() {
     assert_eq!(text, "GET /?b=1 HTTP/2.0|/|b=1\n");
 }
 
+/// Issue 9: "Access log: ... for every request". A request whose client gives up before the
+/// answer (here an HTTP/2 stream reset while the handler sleeps) gets a line too, with nginx's
+/// 499 and no body bytes; the connection's other requests go on.
+#[tokio::test]
+async fn a_request_the_client_gives_up_on_is_logged_499() {
+    let (server, _dir, path) = logged_server(LogFormat::parse("%(r)s %(s)s %(b)s").unwrap()).await;
+    let h2 = h2c_client();
+    let gave_up = h2
+        .get(server.url("/sleep/2000"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let text = log_lines(&path, 1).await;
+    assert_eq!(text, "GET /sleep/2000 HTTP/2.0 499 0\n");
+    let r = h2.get(server.url("/")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let text = log_lines(&path, 2).await;
+    assert!(text.ends_with("GET / HTTP/2.0 200 5\n"), "{text}");
+}
+
 /// Issue 9: "Access log: ... for every request". Heads hyper cannot parse (a malformed field,
 /// a bad Content-Length, TLS spoken to a cleartext port) are answered 400 by hyper itself;
 /// they get a line with `-` for the request, as the static service and the app's own 505

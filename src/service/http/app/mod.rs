@@ -572,7 +572,7 @@ impl InFlight {
     }
 
     /// Ends the request at `now` (read once for the metrics and the connection's clock).
-    fn end_at(mut self, now: Instant) {
+    fn end_at(&mut self, now: Instant) {
         if let Some(state) = self.0.take() {
             state.request_ended_at(now);
         }
@@ -649,6 +649,7 @@ where
     let end = RequestEnd {
         status: StatusCode::OK,
         version: parts.version,
+        ended: false,
         logged: c.access_log.as_ref().map(|log| {
             Box::new(Logged {
                 // The scoreboard takes no duration, and a clock read is ~1% of a hello-world
@@ -856,19 +857,47 @@ struct Logged {
 ///
 /// Small (what the access log alone needs is boxed, and only kept when it is on): it moves
 /// with the response, and its bytes are copied each time (callgrind, 2026-11-30).
+///
+/// A request dropped before it was answered (its HTTP/2 stream reset by the client, its
+/// connection closed or cut) is counted and logged too, when the end is dropped, with nginx's
+/// 499 ("client closed request") and no body bytes: the access log has a line for every
+/// request.
 pub(crate) struct RequestEnd {
     status: StatusCode,
     version: Version,
+    /// Set by [`RequestEnd::end`]; a drop without it is a request that got no answer.
+    ended: bool,
     logged: Option<Box<Logged>>,
     conn: Arc<ConnShared>,
     in_flight: InFlight,
+}
+
+/// The status logged for a request that ended before its answer: nginx's 499, "client closed
+/// request" (no status was sent).
+fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+impl Drop for RequestEnd {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.status = client_closed_request();
+            self.record(0);
+        }
+    }
 }
 
 impl RequestEnd {
     /// Counts the request, logs it, and tells the connection's clock it is over: called once,
     /// when hyper drops the response body, with the body bytes produced and whether the body
     /// reached its end.
-    pub(crate) fn end(self, bytes: u64, _complete: bool) {
+    pub(crate) fn end(mut self, bytes: u64, _complete: bool) {
+        self.ended = true;
+        self.record(bytes);
+    }
+
+    /// [`RequestEnd::end`]'s work, for `bytes` of body sent with `self.status`.
+    fn record(&mut self, bytes: u64) {
         let now = Instant::now();
         // Zero without an access log: the scoreboard ignores it (`Metrics::request`).
         let elapsed = self.logged.as_ref().map_or(std::time::Duration::ZERO, |l| {
