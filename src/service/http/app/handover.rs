@@ -27,7 +27,10 @@ use std::cell::Cell;
 /// Requests a thread answers between two hand-overs: about a quarter of a millisecond of
 /// hello-world requests (~7 us each), well under the kernel's base slice (0.75 ms times
 /// 1 + log2 of the CPUs). 8 cost ~15% of the requests/s; 64 gave a little less of the gain
-/// (wrk -c64 against 2 workers, 2026-11-30).
+/// (wrk -c64 against 2 workers, 2026-11-30). Measured again once the request path had become
+/// cheaper (benches/app.sh, 64 and 32 in the same rounds, two runs): 64 gave +2.7% and
+/// -0.4% requests/s, +2% and -2.6% per CPU-second, and a fixed-rate p99 at 80% equal in one
+/// run and twice 32's in the other; 128 had made that p99 worse than axum::serve's.
 pub(crate) const REQUESTS_PER_TURN: u32 = 32;
 
 thread_local! {
