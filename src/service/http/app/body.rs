@@ -198,13 +198,11 @@ where
         end: super::RequestEnd,
         send: Option<Arc<SendWatch>>,
     ) -> Self {
-        let complete = inner.is_end_stream();
         ResponseBody {
             inner,
             end: EndGuard {
                 end: Some(end),
                 bytes: 0,
-                complete,
             },
             send,
         }
@@ -217,15 +215,12 @@ struct EndGuard {
     end: Option<super::RequestEnd>,
     /// Body bytes produced so far.
     bytes: u64,
-    /// Whether the body reached its end (polled to `None`, or said `is_end_stream` after a
-    /// poll or before the first).
-    complete: bool,
 }
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
         if let Some(end) = self.end.take() {
-            end.end(self.bytes, self.complete);
+            end.end(self.bytes);
         }
     }
 }
@@ -243,33 +238,24 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let mut inner = this.inner;
+        let inner = this.inner;
         if let Some(w) = this.send {
             w.asked();
         }
         // A body that panics (a stream's closure, say) ends this response, not the connection's
         // task: hyper sees an error and aborts the response.
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll_frame(cx)));
-        let end = this.end;
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx)));
         match polled {
             Ok(Poll::Ready(Some(Ok(frame)))) => {
                 if let Some(d) = frame.data_ref() {
-                    end.bytes += d.len() as u64;
+                    this.end.bytes += d.len() as u64;
                     if let Some(w) = this.send {
                         w.gave();
                     }
                 }
-                end.complete = inner.is_end_stream();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Ok(Poll::Ready(None)) => {
-                end.complete = true;
-                Poll::Ready(None)
-            }
-            Ok(other) => {
-                end.complete = inner.is_end_stream();
-                other
-            }
+            Ok(other) => other,
             Err(panic) => {
                 let why = super::panic_message(&*panic);
                 tracing::error!(cause = why, "response body panicked");

@@ -889,9 +889,8 @@ impl Drop for RequestEnd {
 
 impl RequestEnd {
     /// Counts the request, logs it, and tells the connection's clock it is over: called once,
-    /// when hyper drops the response body, with the body bytes produced and whether the body
-    /// reached its end.
-    pub(crate) fn end(mut self, bytes: u64, _complete: bool) {
+    /// when hyper drops the response body, with the body bytes produced.
+    pub(crate) fn end(mut self, bytes: u64) {
         self.ended = true;
         self.record(bytes);
     }
