@@ -129,6 +129,14 @@ impl ConnState {
         state
     }
 
+    /// Whether the stream answered a head itself (408 or 505, [`DeadlineIo`]). hyper then
+    /// reads EOF, and whatever it writes after is dropped: it can only be a second answer (cut
+    /// short inside the HTTP/2 preface, `PRI * HTTP/2.0\r\n`, hyper-util hands the bytes it
+    /// holds to HTTP/1, which answers them 400), and the access log has that head's line.
+    pub fn answered_a_head(&self) -> bool {
+        self.head_timed_out.load(Ordering::Relaxed) || self.version_refused.load(Ordering::Relaxed)
+    }
+
     /// Counts a request in: it is in flight until [`ConnState::request_ended`].
     pub fn request_started(&self) {
         self.started.fetch_add(1, Ordering::AcqRel);
@@ -648,10 +656,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.sending.is_some()
-            || this.state.head_timed_out.load(Ordering::Relaxed)
-            || this.state.version_refused.load(Ordering::Relaxed)
-        {
+        if this.sending.is_some() || this.state.answered_a_head() {
             return this.poll_send(cx, buf);
         }
         let before = buf.filled().len();
@@ -722,15 +727,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
 }
 
 impl<S> DeadlineIo<S> {
-    /// Whether this stream answered a head itself (408, 505; `poll_send`). hyper then reads
-    /// EOF, and whatever it writes after is dropped: it can only be a second answer (cut short
-    /// inside the HTTP/2 preface, `PRI * HTTP/2.0\r\n`, hyper-util hands the bytes it holds to
-    /// HTTP/1, which answers them 400).
-    fn answered_here(&self) -> bool {
-        self.state.head_timed_out.load(Ordering::Relaxed)
-            || self.state.version_refused.load(Ordering::Relaxed)
-    }
-
     /// Sets the timer for `deadline`.
     fn arm(&mut self, deadline: Instant) {
         self.sleep.as_mut().reset(deadline);
@@ -826,7 +822,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.answered_here() {
+        if this.state.answered_a_head() {
             return Poll::Ready(Ok(buf.len()));
         }
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
@@ -839,7 +835,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.answered_here() {
+        if this.state.answered_a_head() {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);

@@ -267,7 +267,7 @@ where
         tokio::select! {
             res = conn.as_mut() => break res,
             () = state.request_began.notified(), if phase == Stop::Grace => {
-                // A permit left from before the stop says nothing: check.
+                // The request may have ended already: check.
                 if state.in_flight.load(Ordering::Acquire) > 0 {
                     conn.as_mut().graceful_shutdown();
                     phase = Stop::Shut;
@@ -297,14 +297,11 @@ where
             });
         }
     };
-    // A head this module answered itself (408, 505) is that head's one line: what hyper made
-    // of the EOF that follows (a 400 for the start of an HTTP/2 preface) never reached the
-    // client (`io::DeadlineIo`).
-    let answered_here = state.head_timed_out.load(Ordering::Relaxed)
-        || state.version_refused.load(Ordering::Relaxed);
     if let Err(err) = result {
         tracing::debug!(peer = %peer, cause = %err, "connection ended with an error");
-        if let Some(status) = refused_head_status(&*err).filter(|_| !answered_here) {
+        // A head the stream answered itself (408, 505) has its one line below: what hyper
+        // made of the EOF that follows never reached the client.
+        if let Some(status) = refused_head_status(&*err).filter(|_| !state.answered_a_head()) {
             log_refused(status, std::time::Duration::ZERO);
         }
     }
