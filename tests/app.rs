@@ -136,6 +136,28 @@ impl Server {
         s.write_all(request).await.unwrap();
         read_to_close(&mut s).await
     }
+
+    /// An HTTP/2 (h2c, prior knowledge) connection sending bodies of type `B`, with its
+    /// connection task, which ends when the server closes the connection.
+    async fn h2c<B>(
+        &self,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<B>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    )
+    where
+        B: hyper::body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        (send, tokio::spawn(conn))
+    }
 }
 
 async fn read_to_close(s: &mut TcpStream) -> String {
@@ -309,13 +331,7 @@ async fn a_declared_length_over_the_limit_is_refused_before_the_app() {
         .await;
     assert!(got.starts_with("HTTP/1.1 200 "), "at the limit: {got}");
 
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, http_body_util::Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = server.h2c::<http_body_util::Full<Bytes>>().await;
     for (body, status) in [(&b"01234567890123456"[..], 413), (b"0123456789012345", 200)] {
         let req = axum::http::Request::get(server.url("/"))
             .header("content-length", body.len())
@@ -497,13 +513,7 @@ async fn a_kept_alive_connection_closes_keep_alive_after_its_last_request() {
     assert_eq!(read_to_close(&mut s).await, "", "closed without a word");
     closed_in_time(last.elapsed(), "HTTP/1.1");
 
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = server.h2c::<http_body_util::Empty<Bytes>>().await;
     for i in 0..8 {
         let req = axum::http::Request::get(server.url("/"))
             .body(http_body_util::Empty::new())
@@ -786,13 +796,7 @@ async fn http2_gets_goaway_and_its_stream_in_flight_finishes() {
 #[tokio::test]
 async fn an_http2_stream_begun_in_the_stops_grace_is_answered_and_shuts_the_connection() {
     let server = Server::start(HttpSettings::default()).await;
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = server.h2c::<http_body_util::Empty<Bytes>>().await;
     let get = |path: &str| {
         axum::http::Request::get(server.url(path))
             .body(http_body_util::Empty::new())
