@@ -291,7 +291,7 @@ impl Decoder for LineCodec {
     type Error = std::io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, Self::Error> {
-        match buf[self.scanned..].iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', &buf[self.scanned..]) {
             Some(i) => {
                 let end = self.scanned + i;
                 self.scanned = 0;

@@ -565,7 +565,7 @@ impl LineTail {
 
     fn feed(&mut self, mut bytes: &[u8]) -> LineScan {
         loop {
-            let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+            let Some(end) = memchr::memchr(b'\n', bytes) else {
                 self.push(bytes);
                 return LineScan::More;
             };

@@ -113,7 +113,7 @@ pub fn parse(
         return Err(HeadError::Bad("empty lines before the request line"));
     }
     let body = &buf[skip..];
-    match body.iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', body) {
         Some(end) => {
             let line = end - usize::from(end > 0 && body[end - 1] == b'\r');
             if line > limits.request_line {
@@ -263,7 +263,7 @@ fn join(a: Option<String>, b: Option<String>) -> Option<String> {
 /// The version token of the request line that starts `head` (`HTTP/x.y`), if it has that shape:
 /// `HTTP-version = HTTP-name "/" DIGIT "." DIGIT` (RFC 9112 §2.3).
 fn version_token(head: &[u8]) -> Option<(usize, [u8; 2])> {
-    let end = head.iter().position(|&b| b == b'\n')?;
+    let end = memchr::memchr(b'\n', head)?;
     let line = &head[..end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let start = line.iter().rposition(|&b| b == b' ')? + 1;
