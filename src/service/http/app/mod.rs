@@ -243,7 +243,12 @@ where
             // Until the stop, without `select!`: the stop's future is polled only when it
             // may have fired (`StopWatch`).
             let served = std::future::poll_fn(|cx| {
-                if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                let polled = {
+                    // A request that ends in here needs no wake-up (`ConnState::polling`).
+                    let _polling = state.polling();
+                    conn.as_mut().poll(cx)
+                };
+                if let Poll::Ready(res) = polled {
                     return Poll::Ready(Some(res));
                 }
                 watch.poll(cancelled.as_mut(), cx).map(|()| None)
@@ -539,8 +544,7 @@ where
         // polled: hyper reads the socket once more before it polls it (to notice a client that
         // left), and the connection's clock must see that read as one with a request in
         // flight, not as the wait for a new head.
-        let in_flight = InFlight::start(Arc::clone(&self.shared.state));
-        handle(&self.shared, &self.app, req, in_flight)
+        handle(&self.shared, &self.app, req)
     }
 }
 
@@ -555,32 +559,6 @@ struct RequestLine {
 impl fmt::Display for RequestLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} {:?}", self.method, self.uri, self.version)
-    }
-}
-
-/// Decrements the in-flight count when the request ends, however it ends (its future dropped
-/// by a closing connection, or its response body dropped by hyper).
-struct InFlight(Option<Arc<ConnState>>);
-
-impl InFlight {
-    fn start(state: Arc<ConnState>) -> InFlight {
-        state.request_started();
-        InFlight(Some(state))
-    }
-
-    /// Ends the request at `now` (read once for the metrics and the connection's clock).
-    fn end_at(&mut self, now: Instant) {
-        if let Some(state) = self.0.take() {
-            state.request_ended_at(now);
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(state) = self.0.take() {
-            state.request_ended();
-        }
     }
 }
 
@@ -621,15 +599,13 @@ pin_project! {
 /// it holds what the answer needs across the app's await (the app's own future or request,
 /// and the request's end), not hyper's request besides (perf, 2026-11-30: moving a 1,256-byte
 /// `async fn` per request showed).
-fn handle<S>(
-    c: &Arc<ConnShared>,
-    app: &S,
-    req: Request<Incoming>,
-    in_flight: InFlight,
-) -> HandleFuture<S>
+fn handle<S>(c: &Arc<ConnShared>, app: &S, req: Request<Incoming>) -> HandleFuture<S>
 where
     S: tower::Service<AppRequest> + Clone,
 {
+    // Counted first, so that whatever happens below the request is counted out (the end's
+    // drop).
+    let mut end = RequestEnd::start(c, req.version());
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
     // `None`: the client is the peer, as the connection's map says already.
@@ -641,33 +617,25 @@ where
         uri: parts.uri.clone(),
         version: parts.version,
     };
-    // What the request's end needs; the response body takes it. The status is the
-    // response's, set by `finish`.
-    let end = RequestEnd {
-        status: StatusCode::OK,
-        version: parts.version,
-        ended: false,
-        logged: c.access_log.as_ref().map(|log| {
-            Box::new(Logged {
-                // The scoreboard takes no duration, and a clock read is ~1% of a hello-world
-                // request (perf, 2026-11-30): read for the access log only. The request's end
-                // reads the clock anyway, for the connection's idle deadline.
-                started: Instant::now(),
-                line: line.clone(),
-                client: forwarded
-                    .as_ref()
-                    .map_or_else(|| c.peer.clone(), |client| client_peer(&c.peer, client)),
-                referer: parts.headers.get(REFERER).cloned(),
-                user_agent: parts.headers.get(USER_AGENT).cloned(),
-                request: log
-                    .format()
-                    .capture_request(&parts.headers, parts.uri.authority()),
-                response: Captured::default(),
-            })
-        }),
-        conn: Arc::clone(c),
-        in_flight,
-    };
+    // What the access log needs, when it is on.
+    end.logged = c.access_log.as_ref().map(|log| {
+        Box::new(Logged {
+            // The scoreboard takes no duration, and a clock read is ~1% of a hello-world
+            // request (perf, 2026-11-30): read for the access log only. The request's end
+            // reads the clock anyway, for the connection's idle deadline.
+            started: Instant::now(),
+            line: line.clone(),
+            client: forwarded
+                .as_ref()
+                .map_or_else(|| c.peer.clone(), |client| client_peer(&c.peer, client)),
+            referer: parts.headers.get(REFERER).cloned(),
+            user_agent: parts.headers.get(USER_AGENT).cloned(),
+            request: log
+                .format()
+                .capture_request(&parts.headers, parts.uri.authority()),
+            response: Captured::default(),
+        })
+    });
     let limit = (settings.limit_request_body > 0).then_some(settings.limit_request_body);
     // A declared length over the limit: hyper's body knows the `Content-Length` it parsed
     // (an exact size hint), so no header is looked up again.
@@ -866,7 +834,6 @@ pub(crate) struct RequestEnd {
     ended: bool,
     logged: Option<Box<Logged>>,
     conn: Arc<ConnShared>,
-    in_flight: InFlight,
 }
 
 /// The status logged for a request that ended before its answer: nginx's 499, "client closed
@@ -885,6 +852,20 @@ impl Drop for RequestEnd {
 }
 
 impl RequestEnd {
+    /// Counts a request of `version` in on `conn`: it is in flight for the connection's clock
+    /// until this end is recorded (answered, or dropped). The status is the response's, set
+    /// by `finish`; the access log's data is added by the caller when the log is on.
+    fn start(conn: &Arc<ConnShared>, version: Version) -> RequestEnd {
+        conn.state.request_started();
+        RequestEnd {
+            status: StatusCode::OK,
+            version,
+            ended: false,
+            logged: None,
+            conn: Arc::clone(conn),
+        }
+    }
+
     /// Counts the request, logs it, and tells the connection's clock it is over: called once,
     /// when hyper drops the response body, with the body bytes produced.
     pub(crate) fn end(mut self, bytes: u64) {
@@ -933,7 +914,8 @@ impl RequestEnd {
                 elapsed,
             });
         }
-        self.in_flight.end_at(now);
+        // Once: `end` consumes the end, and its drop records only what `end` did not.
+        self.conn.state.request_ended_at(now);
         // Last: the hand-over may block this thread while another task runs.
         handover::request_answered();
     }
