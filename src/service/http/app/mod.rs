@@ -608,8 +608,15 @@ where
     let mut end = RequestEnd::start(c, req.version());
     let settings = &*c.settings;
     let (mut parts, body) = req.into_parts();
+    // The head's checks, and what they noted of its fields on the way.
+    let checked = settings.check_head(&parts);
     // `None`: the client is the peer, as the connection's map says already.
-    let forwarded = Client::forwarded(&c.peer, &parts.headers, &settings.forwarded_allow_ips);
+    let forwarded = match checked {
+        Ok(fields) if !fields.forwarding => None,
+        Ok(_) => Client::forwarded_by(&c.peer, &parts.headers, &settings.forwarded_allow_ips),
+        // Refused: for the access log's line.
+        Err(_) => Client::forwarded(&c.peer, &parts.headers, &settings.forwarded_allow_ips),
+    };
     // Kept for the logs that name the request (a panic, a deadline, an error), after the app
     // took the request.
     let line = RequestLine {
@@ -640,8 +647,8 @@ where
     // A declared length over the limit: hyper's body knows the `Content-Length` it parsed
     // (an exact size hint), so no header is looked up again.
     let declared_too_big = limit.is_some_and(|limit| body.size_hint().lower() > limit);
-    let early = settings
-        .check_head(&parts)
+    let early = checked
+        .err()
         .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
     if let Some(status) = early {
         // The head alone is refused: the app is not called, and an HTTP/1 connection closes

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::StatusCode;
 use http::request::Parts;
 
-use super::forwarded::ForwardedAllowIps;
+use super::forwarded::{ForwardedAllowIps, is_forwarding_header};
 
 /// How one application is served over HTTP. Built by the config layer; `Default` gives
 /// gunicorn's limits and the static service's timeouts.
@@ -93,20 +93,25 @@ impl HttpSettings {
     /// optional port (the static service refuses the first two on HTTP/1.1; it does not look
     /// at the characters). A proxy and the app that read different `Host`s of one request
     /// would disagree on its site.
-    pub fn check_head(&self, head: &Parts) -> Option<StatusCode> {
+    ///
+    /// On the way it notes what the request path needs to know of the fields next
+    /// ([`HeadFields`]), so that the fields are walked once per request.
+    pub fn check_head(&self, head: &Parts) -> Result<HeadFields, StatusCode> {
         if request_line_len(head) > self.limit_request_line {
-            return Some(StatusCode::URI_TOO_LONG);
+            return Err(StatusCode::URI_TOO_LONG);
         }
         if head.headers.len() > self.limit_request_fields {
-            return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
-        // One pass over the fields for both checks (no hashed lookup of `Host`).
+        // One pass over the fields for every check (no hashed lookup of `Host`).
         let mut hosts = 0;
         let mut host_bytes_ok = true;
+        let mut forwarding = false;
         for (name, value) in &head.headers {
             if name.as_str().len() + 2 + value.len() > self.limit_request_field_size {
-                return Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             }
+            forwarding |= is_forwarding_header(name);
             if name == http::header::HOST {
                 hosts += 1;
                 // Every byte looked at (no early exit): a loop the compiler unrolls.
@@ -121,8 +126,19 @@ impl HttpSettings {
             1 => host_bytes_ok,
             _ => false,
         };
-        (!host_ok).then_some(StatusCode::BAD_REQUEST)
+        if !host_ok {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        Ok(HeadFields { forwarding })
     }
+}
+
+/// What [`HttpSettings::check_head`] noted of a head it let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadFields {
+    /// Whether a field is `Forwarded`, `X-Forwarded-For` or `X-Forwarded-Proto`: only then can
+    /// the client be another than the peer.
+    pub forwarding: bool,
 }
 
 /// Which bytes can appear in `Host`'s `uri-host [ ":" port ]` (RFC 3986 §3.2.2: unreserved,
@@ -185,9 +201,9 @@ mod tests {
             ..HttpSettings::default()
         };
         // "GET /abcdefg HTTP/1.1" is 21 bytes; one shorter fits.
-        assert_eq!(s.check_head(&head("/abcdef", &[])), None);
+        assert_eq!(s.check_head(&head("/abcdef", &[])).err(), None);
         assert_eq!(
-            s.check_head(&head("/abcdefg", &[])),
+            s.check_head(&head("/abcdefg", &[])).err(),
             Some(StatusCode::URI_TOO_LONG)
         );
     }
@@ -200,14 +216,17 @@ mod tests {
             ..HttpSettings::default()
         };
         // "x-a: 12345" is 10 bytes.
-        assert_eq!(s.check_head(&head("/", &[("x-a", "12345".into())])), None);
         assert_eq!(
-            s.check_head(&head("/", &[("x-a", "123456".into())])),
+            s.check_head(&head("/", &[("x-a", "12345".into())])).err(),
+            None
+        );
+        assert_eq!(
+            s.check_head(&head("/", &[("x-a", "123456".into())])).err(),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         );
         let three = [("a", "1".into()), ("b", "1".into()), ("c", "1".into())];
         assert_eq!(
-            s.check_head(&head("/", &three)),
+            s.check_head(&head("/", &three)).err(),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         );
     }
@@ -220,7 +239,7 @@ mod tests {
             for h in hosts {
                 b = b.header("host", *h);
             }
-            s.check_head(&b.body(()).unwrap().into_parts().0)
+            s.check_head(&b.body(()).unwrap().into_parts().0).err()
         };
         use http::Version;
         let bad = Some(StatusCode::BAD_REQUEST);
@@ -249,6 +268,20 @@ mod tests {
         // HTTP/1.0 may omit it; HTTP/2 names the authority in `:authority`.
         assert_eq!(with(Version::HTTP_10, &[]), None);
         assert_eq!(with(Version::HTTP_2, &[]), None);
+    }
+
+    /// The pass over the fields notes whether any is a forwarding header, whatever its case
+    /// and place.
+    #[test]
+    fn the_check_notes_a_forwarding_header() {
+        let s = HttpSettings::default();
+        let forwarding = |fields: &[(&str, String)]| s.check_head(&head("/", fields)).unwrap();
+        let plain = [("accept", "*/*".into()), ("x-forwarded-by", "p".into())];
+        assert!(!forwarding(&plain).forwarding);
+        for name in ["Forwarded", "X-Forwarded-For", "x-forwarded-proto"] {
+            let fields = [("accept", "*/*".into()), (name, "for=1.2.3.4".into())];
+            assert!(forwarding(&fields).forwarding, "{name}");
+        }
     }
 
     #[test]
