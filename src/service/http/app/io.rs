@@ -232,13 +232,24 @@ impl ConnState {
 
     /// `t` as stored in `ended_at`: nanoseconds after `born`, plus one.
     fn since_born(&self, t: Instant) -> u64 {
-        let ns = t.saturating_duration_since(self.born).as_nanos();
-        u64::try_from(ns).unwrap_or(u64::MAX - 1) + 1
+        // Without `as_nanos`'s u128: 2^64 ns is 584 years.
+        let d = t.saturating_duration_since(self.born);
+        let ns = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
+        ns.min(u64::MAX - 1) + 1
     }
 
-    /// When the last request ended, if one has.
-    fn last_end(&self) -> Option<Instant> {
-        match self.ended_at.load(Ordering::Acquire) {
+    /// The last request's end as stored in `ended_at` (0: none yet), to be compared with an
+    /// earlier one before it is made an instant ([`ConnState::end_instant`]).
+    fn last_end_stored(&self) -> u64 {
+        self.ended_at.load(Ordering::Acquire)
+    }
+
+    /// The instant of an end as [`ConnState::last_end_stored`] gave it; `None` for none.
+    fn end_instant(&self, stored: u64) -> Option<Instant> {
+        match stored {
             0 => None,
             n => Some(self.born + Duration::from_nanos(n - 1)),
         }
@@ -319,6 +330,9 @@ pub struct DeadlineIo<S> {
     /// of the last request, or a head's first byte, and `started` is
     /// [`ConnState::started`] then (a change means a request began since).
     wait: Wait,
+    /// The last request's end as [`DeadlineIo::settle`] last saw it stored
+    /// ([`ConnState::last_end_stored`]).
+    seen_end: u64,
     /// Whether hyper's last write stalled (it may hold half a response): no 408 then.
     write_stalled: bool,
     /// Armed at the first write that stalls, cleared by any write that makes progress:
@@ -378,6 +392,7 @@ impl<S> DeadlineIo<S> {
             timer_watched: false,
             parked: None,
             wait: Wait::Fresh(now),
+            seen_end: 0,
             write_stalled: false,
             stall: None,
             sending: None,
@@ -402,15 +417,25 @@ impl<S> DeadlineIo<S> {
             return false;
         }
         // Idle since the last request ended (as `ConnState::request_ended_at` recorded it),
-        // or, when the end is not known, since this read.
-        let ended = self.state.last_end();
+        // or, when the end is not known, since this read. Made an instant only when it is
+        // used: once per request, not at each of its reads.
+        let stored = self.state.last_end_stored();
+        let new_end = stored != self.seen_end;
+        self.seen_end = stored;
+        let ended = || self.state.end_instant(stored);
         match self.wait {
-            Wait::Busy => self.wait = Wait::Idle(ended),
+            Wait::Busy => self.wait = Wait::Idle(ended()),
             // The head being timed became a request, which has ended: now idle.
-            Wait::Head { started: s, .. } if s != started => self.wait = Wait::Idle(ended),
-            Wait::Fresh(_) if started > 0 => self.wait = Wait::Idle(ended),
-            // A request may have come and gone (an HTTP/2 stream) since this wait began.
-            Wait::Idle(Some(t)) if ended.is_some_and(|e| e > t) => self.wait = Wait::Idle(ended),
+            Wait::Head { started: s, .. } if s != started => self.wait = Wait::Idle(ended()),
+            Wait::Fresh(_) if started > 0 => self.wait = Wait::Idle(ended()),
+            // A request may have come and gone (an HTTP/2 stream) since this wait began. An
+            // end seen before is no later than the wait's start (each wait starts at an end
+            // seen then, or at a clock read after it).
+            Wait::Idle(Some(t)) if new_end => {
+                if let Some(e) = ended().filter(|&e| e > t) {
+                    self.wait = Wait::Idle(Some(e));
+                }
+            }
             _ => {}
         }
         true
