@@ -1118,6 +1118,41 @@ async fn a_client_still_sending_after_its_answer_is_not_reset() {
     }
 }
 
+/// The same for the answers the connection's clock writes itself: a 408 to a head that came
+/// too slowly, a 505 to a request line naming HTTP/2.0 as text. A client that goes on
+/// sending after them (it writes its whole request before reading) writes without error and
+/// reads its answer.
+#[tokio::test]
+async fn a_client_still_sending_after_a_408_or_505_is_not_reset() {
+    let timeout = Duration::from_millis(300);
+    let server = Server::start(HttpSettings {
+        header_timeout: timeout,
+        ..HttpSettings::default()
+    })
+    .await;
+    let heads: [&[u8]; 2] = [
+        b"GET / HTTP/1.1\r\nhost: x\r\n",
+        b"GET / HTTP/2.0\r\nhost: x\r\n\r\n",
+    ];
+    for (head, status) in heads.into_iter().zip(["408", "505"]) {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(head).await.unwrap();
+        // The server answers (at the head deadline, or at once) and closes meanwhile.
+        tokio::time::sleep(timeout + Duration::from_millis(200)).await;
+        for i in 0..16 {
+            s.write_all(&[b'x'; 4096])
+                .await
+                .unwrap_or_else(|e| panic!("{status}: write {i} after the answer failed: {e}"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let text = read_to_close(&mut s).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: got {text:?}"
+        );
+    }
+}
+
 /// HTTP/2 has no request line: its `:path` is what HTTP/1's target is, so `%(r)s` reads
 /// `GET /a?b=1 HTTP/2.0` and `%(U)s` is `/a` (as nginx logs `$request`), not the URI hyper
 /// rebuilds from `:scheme` and `:authority`.

@@ -668,11 +668,14 @@ impl LineTail {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> DeadlineIo<S> {
-    /// Writes what is left of this stream's own answer (408, 505), then reports EOF to hyper.
+    /// Writes what is left of this stream's own answer (408, 505), closes in stages (as
+    /// [`DeadlineIo::poll_close`]: what the client still sends is read and dropped, so its
+    /// late bytes do not meet a reset that can destroy the answer), then reports EOF to hyper.
     fn poll_send(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         while let Some((answer, sent)) = self.sending {
             if sent == answer.len() {
                 ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                ready!(self.poll_close(cx))?;
                 self.sending = None;
                 break;
             }
@@ -902,32 +905,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     /// case) ends it at once. Not once upgraded: the app owns the stream and may still be
     /// reading it.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.linger == Linger::Open {
-            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-            if this.state.upgraded.load(Ordering::Acquire) {
-                this.linger = Linger::Done;
+        self.get_mut().poll_close(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> DeadlineIo<S> {
+    /// Shuts the write side, then reads and drops what the client still sends until its EOF,
+    /// for at most [`LINGER`] and [`LINGER_READS`] reads (nginx's lingering close, RFC 9112
+    /// §9.6); at once for an upgraded stream. Ready when the socket may close; again at once
+    /// after that.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.linger == Linger::Open {
+            std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            if self.state.upgraded.load(Ordering::Acquire) {
+                self.linger = Linger::Done;
                 return Poll::Ready(Ok(()));
             }
-            this.linger = Linger::Draining(LINGER_READS);
-            this.sleep.as_mut().reset(Instant::now() + LINGER);
-            this.armed = None;
-            this.timer_watched = false;
+            self.linger = Linger::Draining(LINGER_READS);
+            self.sleep.as_mut().reset(Instant::now() + LINGER);
+            self.armed = None;
+            self.timer_watched = false;
             // The timer is the linger's now, no check-in.
-            this.set_bounded(false);
+            self.set_bounded(false);
         }
         let mut sink = [0u8; LINGER_BUF];
-        while let Linger::Draining(left) = this.linger {
+        while let Linger::Draining(left) = self.linger {
             let mut buf = ReadBuf::new(&mut sink);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() && left > 1 => {
-                    this.linger = Linger::Draining(left - 1);
+                    self.linger = Linger::Draining(left - 1);
                 }
                 // EOF, an error, or the last read allowed: close now.
-                Poll::Ready(_) => this.linger = Linger::Done,
+                Poll::Ready(_) => self.linger = Linger::Done,
                 Poll::Pending => {
-                    if this.sleep.as_mut().poll(cx).is_ready() {
-                        this.linger = Linger::Done;
+                    if self.sleep.as_mut().poll(cx).is_ready() {
+                        self.linger = Linger::Done;
                     } else {
                         return Poll::Pending;
                     }
