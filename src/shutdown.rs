@@ -57,7 +57,9 @@ pub(crate) fn worker_stop() -> CancellationToken {
 /// worker (a test that serves an app in-process): there a handle waits forever and
 /// `is_stopping` stays false. A quick stop (QUIT to the worker, as the arbiter sends at its
 /// own QUIT or INT) does not fire it either, nor does a kill for a missed heartbeat
-/// (`--timeout`): the worker exits at once. Once fired it stays fired: a worker never resumes.
+/// (`--timeout`): the worker exits at once. Nor does a stop that comes while the app's factory
+/// still runs: the worker drops the factory where it waits and exits at once, having served
+/// nothing. Once fired it stays fired: a worker never resumes.
 ///
 /// # Cost
 ///

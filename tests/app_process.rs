@@ -401,6 +401,48 @@ async fn a_slow_factory_delays_readiness_and_a_reload_waits_for_it() {
     );
 }
 
+/// A stop while the factory still runs (a slow start: a pool, templates) drops the factory
+/// and the worker exits at once: nothing was served yet. Before, the worker saw no signal
+/// until its factory returned, and the arbiter killed it when the stop deadline passed
+/// ("did not exit after SIGQUIT: killing").
+#[test]
+fn a_stop_during_a_slow_factory_ends_the_worker_at_once() {
+    let mut server = Oxicorn::start_program(
+        std::path::Path::new(app_bin()),
+        tempfile::tempdir().unwrap(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--warmup-ms",
+            "30000",
+            "--graceful-timeout",
+            "20",
+        ],
+        &[],
+    );
+    server.wait_for_line("listening on");
+    // Both workers forked and inside their factory.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(SOON).expect("the arbiter exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        stopped.elapsed()
+    );
+    let log = server.lines().join("\n");
+    assert_eq!(
+        log.matches("worker stopped before it was ready").count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("killing"), "{log}");
+}
+
 /// An app that ignores the stop (`/events?ignore-stop` does not watch `oxicorn::Shutdown`)
 /// has its stream cut at the graceful deadline, as before the handle existed.
 #[tokio::test]

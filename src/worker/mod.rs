@@ -127,11 +127,29 @@ async fn serve(
             Parking::off()
         }
     };
-    let service = match Services::for_worker(&config, routes, bus_address.as_deref()).await {
-        Ok(s) => Arc::new(s.with_parking(parking.clone())),
-        Err(err) => {
+    // The services are built here, an application's factory among them, which may take a
+    // while (a database pool, templates). A stop that comes meanwhile (the arbiter sends QUIT
+    // to a worker that is not ready yet, TERM if it becomes so as the stop begins) drops the
+    // factory where it waits: nothing is served yet, so nothing is lost, and the worker
+    // exits at once instead of being killed when its stop deadline passes.
+    let built = {
+        let signals = &mut child.signals;
+        tokio::select! {
+            biased;
+            _ = signals.quit.recv() => None,
+            _ = signals.term.recv() => None,
+            built = Services::for_worker(&config, routes, bus_address.as_deref()) => Some(built),
+        }
+    };
+    let service = match built {
+        Some(Ok(s)) => Arc::new(s.with_parking(parking.clone())),
+        Some(Err(err)) => {
             tracing::error!(cause = %err, "worker cannot start");
             return WORKER_BOOT_ERROR;
+        }
+        None => {
+            tracing::info!("worker stopped before it was ready");
+            return 0;
         }
     };
 
