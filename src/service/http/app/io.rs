@@ -912,7 +912,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> DeadlineIo<S> {
     /// Shuts the write side, then reads and drops what the client still sends until its EOF,
     /// for at most [`LINGER`] and [`LINGER_READS`] reads (nginx's lingering close, RFC 9112
-    /// §9.6); at once for an upgraded stream. Ready when the socket may close; again at once
+    /// §9.6), or until the connection is chosen to make room at the connection cap; at once
+    /// for an upgraded stream. Ready when the socket may close; again at once
     /// after that.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.linger == Linger::Open {
@@ -938,7 +939,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeadlineIo<S> {
                 // EOF, an error, or the last read allowed: close now.
                 Poll::Ready(_) => self.linger = Linger::Done,
                 Poll::Pending => {
-                    if self.sleep.as_mut().poll(cx).is_ready() {
+                    // Chosen to make room for a newcomer at the connection cap: close now.
+                    // A lingering connection is still idle for the reclaim table (its answer
+                    // is out; a 408's is the oldest that sent no request), and the accept loop
+                    // waits for the one it chose to close: not for the rest of the linger.
+                    self.park(cx);
+                    if self.state.evicted() || self.sleep.as_mut().poll(cx).is_ready() {
                         self.linger = Linger::Done;
                     } else {
                         return Poll::Pending;
