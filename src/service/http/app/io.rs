@@ -901,8 +901,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     /// reports "Send failure: Connection reset by peer"). RFC 9112 §9.6 has a server close
     /// in stages for this reason; like nginx's `lingering_close` (and the static service's),
     /// what arrives is read and dropped until the client's EOF, 2 s (`http::LINGER`), or
-    /// 64 reads (`LINGER_READS`). A client that closes when it reads the answer (the usual
-    /// case) ends it at once. Not once upgraded: the app owns the stream and may still be
+    /// 64 reads (`LINGER_READS`), or until the connection is chosen to make room at the
+    /// connection cap. A client that closes when it reads the answer (the usual case) ends it
+    /// at once. Not once upgraded: the app owns the stream and may still be
     /// reading it.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_close(cx)
