@@ -995,6 +995,60 @@ async fn at_the_connection_cap_an_idle_kept_alive_connection_makes_room() {
     );
 }
 
+/// A connection that has sent its last answer lingers (reads and drops what its client still
+/// sends, for up to 2 s, so the answer is not destroyed by a reset): after a 408 or a 505 the
+/// stream wrote itself, after a 413 that leaves a body unread. It is still idle for the
+/// connection cap (the oldest that sent no request, or a served one), so it may be the one
+/// chosen to make room, and the accept loop then waits for it to close before it admits the
+/// newcomer. So once chosen it closes at once: a silent client that never closes must not
+/// make a newcomer wait out the linger.
+#[tokio::test]
+async fn at_the_connection_cap_a_lingering_connection_closes_when_chosen() {
+    use oxicorn::service::reclaim::Reclaimer;
+    let settings = HttpSettings {
+        header_timeout: Duration::from_millis(300),
+        limit_request_body: 10,
+        ..HttpSettings::default()
+    };
+    let cases: [(&[u8], &str); 3] = [
+        (b"GET / HTTP/1.1\r\nhost: x\r\n", "408"),
+        (b"GET / HTTP/2.0\r\nhost: x\r\n\r\n", "505"),
+        (
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\nabc",
+            "413",
+        ),
+    ];
+    for (request, status) in cases {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Arc::new(AppService::new(router(), settings.clone()));
+        let reclaimer = Reclaimer::default();
+        let table = reclaimer.clone();
+        let served = tokio::spawn(async move {
+            let (s, peer) = listener.accept().await.unwrap();
+            let ctx = ConnContext {
+                reclaim: table.register(),
+                ..ConnContext::detached(Peer::Tcp(peer), CancellationToken::new())
+            };
+            app.serve(Stream::Tcp(s), ctx).await;
+        });
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        // The answer, then the server's FIN: it lingers now, the client silent and open.
+        let text = read_to_close(&mut s).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(
+            reclaimer.has_idle(),
+            "{status}: a lingering one may be chosen"
+        );
+        assert!(reclaimer.evict_one());
+        tokio::time::timeout(Duration::from_millis(1000), served)
+            .await
+            .unwrap_or_else(|_| panic!("{status}: closed when chosen, not after its linger (2 s)"))
+            .unwrap();
+    }
+}
+
 /// A reqwest client speaking HTTP/2 over cleartext with prior knowledge (h2c), no proxy.
 fn h2c_client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -227,6 +227,52 @@ async fn limits_and_deadlines_from_the_command_line() {
     assert_eq!(r.status(), 503);
 }
 
+/// At the connection cap, connections that were answered 408 and linger (their clients
+/// silent and still open) make room for a newcomer at once: the accept loop chooses one (the
+/// oldest that sent no request) and waits for it to close, which must not be the end of its
+/// 2 s linger.
+#[test]
+fn at_the_cap_a_newcomer_does_not_wait_out_the_linger_after_a_408() {
+    let (_server, addr) = start(
+        &[
+            "--workers",
+            "1",
+            "--worker-connections",
+            "2",
+            "--header-timeout",
+            "0.3",
+        ],
+        1,
+        &[],
+    );
+    // Two slow heads fill the worker; each gets its 408 and the server's FIN, and lingers.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(SOON)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").unwrap();
+        held.push(s);
+    }
+    for s in &mut held {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    }
+    let started = Instant::now();
+    let got = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the newcomer waited {:?}",
+        started.elapsed()
+    );
+    drop(held);
+}
+
 #[tokio::test]
 async fn x_forwarded_for_is_trusted_only_from_allowed_addresses() {
     for (allow, expect) in [("127.0.0.1", "203.0.113.5"), ("10.1.1.1", "127.0.0.1")] {

@@ -901,8 +901,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
     /// reports "Send failure: Connection reset by peer"). RFC 9112 §9.6 has a server close
     /// in stages for this reason; like nginx's `lingering_close` (and the static service's),
     /// what arrives is read and dropped until the client's EOF, 2 s (`http::LINGER`), or
-    /// 64 reads (`LINGER_READS`). A client that closes when it reads the answer (the usual
-    /// case) ends it at once. Not once upgraded: the app owns the stream and may still be
+    /// 64 reads (`LINGER_READS`), or until the connection is chosen to make room at the
+    /// connection cap. A client that closes when it reads the answer (the usual case) ends it
+    /// at once. Not once upgraded: the app owns the stream and may still be
     /// reading it.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_close(cx)
@@ -912,7 +913,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DeadlineIo<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> DeadlineIo<S> {
     /// Shuts the write side, then reads and drops what the client still sends until its EOF,
     /// for at most [`LINGER`] and [`LINGER_READS`] reads (nginx's lingering close, RFC 9112
-    /// §9.6); at once for an upgraded stream. Ready when the socket may close; again at once
+    /// §9.6), or until the connection is chosen to make room at the connection cap; at once
+    /// for an upgraded stream. Ready when the socket may close; again at once
     /// after that.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.linger == Linger::Open {
@@ -938,7 +940,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeadlineIo<S> {
                 // EOF, an error, or the last read allowed: close now.
                 Poll::Ready(_) => self.linger = Linger::Done,
                 Poll::Pending => {
-                    if self.sleep.as_mut().poll(cx).is_ready() {
+                    // Chosen to make room for a newcomer at the connection cap: close now.
+                    // A lingering connection is still idle for the reclaim table (its answer
+                    // is out; a 408's is the oldest that sent no request), and the accept loop
+                    // waits for the one it chose to close: not for the rest of the linger.
+                    self.park(cx);
+                    if self.state.evicted() || self.sleep.as_mut().poll(cx).is_ready() {
                         self.linger = Linger::Done;
                     } else {
                         return Poll::Pending;
