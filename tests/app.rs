@@ -418,6 +418,20 @@ async fn a_request_line_naming_http_2_0_gets_505() {
         got.contains("HTTP/1.1 505 HTTP Version Not Supported\r\n"),
         "{got}"
     );
+    // Cut after the version, before the line's end: hyper refuses the token as it comes, so
+    // the 505 cannot wait for the `\n`.
+    for first in [&b"GET / HTTP/2.0\r"[..], b"GET / HTTP/3.1"] {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = s.write_all(b"\nhost: x\r\n\r\n").await;
+        let got = read_to_close(&mut s).await;
+        assert_eq!(
+            status_line(&got),
+            "HTTP/1.1 505 HTTP Version Not Supported",
+            "{got}"
+        );
+    }
     // h2c with prior knowledge still works.
     let h2 = h2c_client();
     let r = h2.get(server.url("/")).send().await.unwrap();

@@ -605,7 +605,14 @@ impl LineTail {
         loop {
             let Some(end) = memchr::memchr(b'\n', bytes) else {
                 self.push(bytes);
-                return LineScan::More;
+                // hyper refuses a version it does not speak as soon as its token is there,
+                // before the line ends (`GET / HTTP/2.0\r`, then `\n`): judged now, or it
+                // would answer 400 first.
+                return match &self.tail[..self.len] {
+                    [.., b'\r'] => Self::judge(&self.tail[..self.len - 1]),
+                    line => Self::judge(line),
+                }
+                .more_unless_too_new();
             };
             // The usual case, a line that arrives whole: judged where it lies, nothing kept.
             if self.total == 0 {
@@ -632,7 +639,8 @@ impl LineTail {
         }
     }
 
-    /// A whole request line (or its last [`LineTail::KEEP`] bytes), without its `\r\n`.
+    /// A whole request line (or its last [`LineTail::KEEP`] bytes), without its `\r\n`; also
+    /// the start of one, whose version token may be complete already.
     fn judge(line: &[u8]) -> LineScan {
         // `SP HTTP/ DIGIT . DIGIT` ends a request line (RFC 9112 §3); a major above 1 is a
         // version this server does not speak as text.
@@ -652,7 +660,19 @@ impl LineTail {
             _ => LineScan::Done,
         }
     }
+}
 
+impl LineScan {
+    /// For a line not ended yet: `TooNew` stays, anything else waits for more.
+    fn more_unless_too_new(self) -> LineScan {
+        match self {
+            LineScan::TooNew => LineScan::TooNew,
+            LineScan::Done | LineScan::More => LineScan::More,
+        }
+    }
+}
+
+impl LineTail {
     fn push(&mut self, part: &[u8]) {
         self.total += part.len();
         if part.len() >= Self::KEEP {
@@ -1202,7 +1222,15 @@ mod tests {
         );
         assert_eq!(scan(&[b"\r\n\nGET / HTTP/2.0\r\n"]), LineScan::TooNew);
         assert_eq!(scan(&[b"\r\n\r\nGET / HTTP/1.1\r\n"]), LineScan::Done);
-        assert_eq!(scan(&[b"GET / HTTP/2.0"]), LineScan::More);
+        // A version token complete before the line ends is judged then (hyper refuses it
+        // then); a shorter cut is not (`HTTP/2` then `\r\n` is malformed: hyper's 400).
+        assert_eq!(scan(&[b"GET / HTTP/2.0"]), LineScan::TooNew);
+        assert_eq!(scan(&[b"GET / HTTP/3.1\r"]), LineScan::TooNew);
+        assert_eq!(scan(&[b"GET / HTTP/1.1"]), LineScan::More);
+        assert_eq!(scan(&[b"GET / HTTP/1.1\r"]), LineScan::More);
+        assert_eq!(scan(&[b"GET / HTTP/2"]), LineScan::More);
+        assert_eq!(scan(&[b"GET / HTTP/2."]), LineScan::More);
+        assert_eq!(scan(&[b"GET /x", b" HTTP/2", b".0"]), LineScan::TooNew);
         // Whole in one read (judged where it lies), however long, with or without what
         // follows it; and empty lines whose request line is cut after them.
         assert_eq!(scan(&[long.as_bytes()]), LineScan::TooNew);
