@@ -972,15 +972,21 @@ async fn static_files_with_a_mount_path_link_below_it() {
     );
 }
 
-#[tokio::test]
-async fn at_the_connection_cap_an_idle_kept_alive_connection_makes_room() {
-    use oxicorn::service::reclaim::Reclaimer;
+/// Serves one connection to the example router on 127.0.0.1, registered with a reclaim
+/// table of its own (the connection cap's): the address, the table, and the serving task.
+async fn serve_one_with_reclaim(
+    settings: HttpSettings,
+) -> (
+    std::net::SocketAddr,
+    oxicorn::service::reclaim::Reclaimer,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Arc::new(AppService::new(router(), HttpSettings::default()));
-    let reclaimer = Reclaimer::default();
+    let app = Arc::new(AppService::new(router(), settings));
+    let reclaimer = oxicorn::service::reclaim::Reclaimer::default();
     let table = reclaimer.clone();
-    tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         let (s, peer) = listener.accept().await.unwrap();
         let ctx = ConnContext {
             reclaim: table.register(),
@@ -988,6 +994,12 @@ async fn at_the_connection_cap_an_idle_kept_alive_connection_makes_room() {
         };
         app.serve(Stream::Tcp(s), ctx).await;
     });
+    (addr, reclaimer, served)
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_an_idle_kept_alive_connection_makes_room() {
+    let (addr, reclaimer, _served) = serve_one_with_reclaim(HttpSettings::default()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /sleep/300 HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -1018,7 +1030,6 @@ async fn at_the_connection_cap_an_idle_kept_alive_connection_makes_room() {
 /// make a newcomer wait out the linger.
 #[tokio::test]
 async fn at_the_connection_cap_a_lingering_connection_closes_when_chosen() {
-    use oxicorn::service::reclaim::Reclaimer;
     let settings = HttpSettings {
         header_timeout: Duration::from_millis(300),
         limit_request_body: 10,
@@ -1033,19 +1044,7 @@ async fn at_the_connection_cap_a_lingering_connection_closes_when_chosen() {
         ),
     ];
     for (request, status) in cases {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Arc::new(AppService::new(router(), settings.clone()));
-        let reclaimer = Reclaimer::default();
-        let table = reclaimer.clone();
-        let served = tokio::spawn(async move {
-            let (s, peer) = listener.accept().await.unwrap();
-            let ctx = ConnContext {
-                reclaim: table.register(),
-                ..ConnContext::detached(Peer::Tcp(peer), CancellationToken::new())
-            };
-            app.serve(Stream::Tcp(s), ctx).await;
-        });
+        let (addr, reclaimer, served) = serve_one_with_reclaim(settings.clone()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(request).await.unwrap();
         // The answer, then the server's FIN: it lingers now, the client silent and open.
@@ -1168,22 +1167,33 @@ async fn a_client_still_sending_after_its_answer_is_not_reset() {
         b"POST /echo HTTP/1.1\r\nHost: x\r\ncontent-length: 1048576\r\n\r\n",
     ];
     for (head, status) in heads.into_iter().zip(["400", "413"]) {
-        let mut s = TcpStream::connect(server.addr).await.unwrap();
-        s.write_all(head).await.unwrap();
-        // The server answers and closes meanwhile; then the client goes on sending.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        for i in 0..16 {
-            s.write_all(&[b'x'; 4096])
-                .await
-                .unwrap_or_else(|e| panic!("{status}: write {i} after the answer failed: {e}"));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let text = read_to_close(&mut s).await;
-        assert!(
-            text.starts_with(&format!("HTTP/1.1 {status} ")),
-            "{status}: got {text:?}"
-        );
+        keeps_sending_after_its_answer(&server, head, Duration::from_millis(300), status).await;
     }
+}
+
+/// Sends `head`, waits `wait` (the server answers and closes meanwhile), then goes on
+/// sending 16 x 4 KiB as a client that writes its whole request before reading would: every
+/// write succeeds, and the answer read after is `status`.
+async fn keeps_sending_after_its_answer(
+    server: &Server,
+    head: &[u8],
+    wait: Duration,
+    status: &str,
+) {
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(head).await.unwrap();
+    tokio::time::sleep(wait).await;
+    for i in 0..16 {
+        s.write_all(&[b'x'; 4096])
+            .await
+            .unwrap_or_else(|e| panic!("{status}: write {i} after the answer failed: {e}"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let text = read_to_close(&mut s).await;
+    assert!(
+        text.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{status}: got {text:?}"
+    );
 }
 
 /// The same for the answers the connection's clock writes itself: a 408 to a head that came
@@ -1202,22 +1212,10 @@ async fn a_client_still_sending_after_a_408_or_505_is_not_reset() {
         b"GET / HTTP/1.1\r\nhost: x\r\n",
         b"GET / HTTP/2.0\r\nhost: x\r\n\r\n",
     ];
+    // The server answers at the head deadline (408) or at once (505).
+    let wait = timeout + Duration::from_millis(200);
     for (head, status) in heads.into_iter().zip(["408", "505"]) {
-        let mut s = TcpStream::connect(server.addr).await.unwrap();
-        s.write_all(head).await.unwrap();
-        // The server answers (at the head deadline, or at once) and closes meanwhile.
-        tokio::time::sleep(timeout + Duration::from_millis(200)).await;
-        for i in 0..16 {
-            s.write_all(&[b'x'; 4096])
-                .await
-                .unwrap_or_else(|e| panic!("{status}: write {i} after the answer failed: {e}"));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let text = read_to_close(&mut s).await;
-        assert!(
-            text.starts_with(&format!("HTTP/1.1 {status} ")),
-            "{status}: got {text:?}"
-        );
+        keeps_sending_after_its_answer(&server, head, wait, status).await;
     }
 }
 
