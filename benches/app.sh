@@ -375,6 +375,11 @@ for a, b, label in pairs:
           f" per CPU-second {paired(a, b, 2)}, p99 {paired(a, b, 1)} (p99: below 1 is better)")
     print(f"  the same over the quiet rounds (other load under 0.1 core in both runs): requests/s"
           f" {paired(a, b, 0, True)}, per CPU-second {paired(a, b, 2, True)}, p99 {paired(a, b, 1, True)}")
+    # Round by round, with the requests/s of the reference beside each: this VM has faster and slower
+    # phases (every server ~20 % apart), and a ratio can follow the phase.
+    if a in rows and b in rows:
+        each = " ".join(f"{x / y:.2f}@{y / 1000:.0f}k" for x, y in zip(rows[a][0], rows[b][0]) if y)
+        print(f"  requests/s ratio per round (@ the requests/s of the reference): {each}")
 if "gunicorn-sync" in rows:
     g, cg = max(m("gunicorn-sync", 0), m("gunicorn-gthread", 0)), max(m("gunicorn-sync", 2), m("gunicorn-gthread", 2))
     o, co = m("oxicorn", 0), m("oxicorn", 2)
