@@ -127,6 +127,35 @@ impl Server {
     /// Takes the configuration from `source` instead of the command line: called now and on
     /// every HUP (in the arbiter: it must not start threads or a runtime). Its services
     /// should include one of kind `app` ([`crate::config::ServiceConfig::App`]).
+    ///
+    /// There is no `Config` builder: write the settings as config-file TOML (the keys of
+    /// `--print-config`) and merge them as the command line would, with `embeds_app` set so
+    /// that the default service is the app (without it, a file with no `[[service]]` table
+    /// runs the static file server):
+    ///
+    /// ```no_run
+    /// use oxicorn::config::{cli::ServeArgs, file::FileConfig, Config, ConfigError};
+    ///
+    /// fn config() -> Result<Config, ConfigError> {
+    ///     let toml = "bind = [\"127.0.0.1:8000\"]\nworkers = 2\n";
+    ///     let file = FileConfig::parse(toml).map_err(|problems| ConfigError::Invalid {
+    ///         key: "config".into(),
+    ///         message: problems.join("; "),
+    ///     })?;
+    ///     Config::merge(&ServeArgs { embeds_app: true, ..ServeArgs::default() }, &file)
+    /// }
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     oxicorn::program!()
+    ///         .from_config(config)
+    ///         .app(|| async {
+    ///             Ok::<_, std::io::Error>(tower::service_fn(|_req: oxicorn::AppRequest| async {
+    ///                 Ok::<_, std::convert::Infallible>(http::Response::new("hello".to_string()))
+    ///             }))
+    ///         })
+    ///         .run()
+    /// }
+    /// ```
     pub fn from_config(source: impl FnMut() -> Result<Config, ConfigError> + 'static) -> Server {
         Program::from_argv0().from_config(source)
     }
