@@ -128,6 +128,10 @@ impl Server {
     /// every HUP (in the arbiter: it must not start threads or a runtime). Its services
     /// should include one of kind `app` ([`crate::config::ServiceConfig::App`]).
     ///
+    /// The command line is then not read at all: `--help`, `--check-config` and unknown
+    /// flags are ignored and the server starts. Parse your own flags first (with clap) if
+    /// the program takes any.
+    ///
     /// There is no `Config` builder: write the settings as config-file TOML (the keys of
     /// `--print-config`) and merge them as the command line would, with `embeds_app` set so
     /// that the default service is the app (without it, a file with no `[[service]]` table
