@@ -127,6 +127,39 @@ impl Server {
     /// Takes the configuration from `source` instead of the command line: called now and on
     /// every HUP (in the arbiter: it must not start threads or a runtime). Its services
     /// should include one of kind `app` ([`crate::config::ServiceConfig::App`]).
+    ///
+    /// The command line is then not read at all: `--help`, `--check-config` and unknown
+    /// flags are ignored and the server starts. Parse your own flags first (with clap) if
+    /// the program takes any.
+    ///
+    /// There is no `Config` builder: write the settings as config-file TOML (the keys of
+    /// `--print-config`) and merge them as the command line would, with `embeds_app` set so
+    /// that the default service is the app (without it, a file with no `[[service]]` table
+    /// runs the static file server):
+    ///
+    /// ```no_run
+    /// use oxicorn::config::{cli::ServeArgs, file::FileConfig, Config, ConfigError};
+    ///
+    /// fn config() -> Result<Config, ConfigError> {
+    ///     let toml = "bind = [\"127.0.0.1:8000\"]\nworkers = 2\n";
+    ///     let file = FileConfig::parse(toml).map_err(|problems| ConfigError::Invalid {
+    ///         key: "config".into(),
+    ///         message: problems.join("; "),
+    ///     })?;
+    ///     Config::merge(&ServeArgs { embeds_app: true, ..ServeArgs::default() }, &file)
+    /// }
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     oxicorn::program!()
+    ///         .from_config(config)
+    ///         .app(|| async {
+    ///             Ok::<_, std::io::Error>(tower::service_fn(|_req: oxicorn::AppRequest| async {
+    ///                 Ok::<_, std::convert::Infallible>(http::Response::new("hello".to_string()))
+    ///             }))
+    ///         })
+    ///         .run()
+    /// }
+    /// ```
     pub fn from_config(source: impl FnMut() -> Result<Config, ConfigError> + 'static) -> Server {
         Program::from_argv0().from_config(source)
     }
@@ -255,6 +288,7 @@ impl Program {
     {
         // The program's own flags win over oxicorn's short flags and aliases.
         let own = A::augment_args(clap::Command::new("own"));
+        refuse_taken_flags(&cli::app_command(self.name()), &own)?;
         let mut cmd = A::augment_args(cli::giving_way_to(cli::app_command(self.name()), &own))
             .version(self.version_text());
         let m = cmd.try_get_matches_from_mut(argv)?;
@@ -278,6 +312,32 @@ impl Program {
             program: self,
         }
     }
+}
+
+/// Refuses the program's own flags that reuse the name (clap's id) or the long flag of one
+/// of oxicorn's: clap would check that only in debug builds, with a panic, and a release
+/// build would parse such a command line in a way no one chose.
+///
+/// # Errors
+/// clap's `ArgumentConflict` error naming the flag, printed like any command-line error.
+fn refuse_taken_flags(oxicorn: &clap::Command, own: &clap::Command) -> Result<(), clap::Error> {
+    for arg in own.get_arguments() {
+        let clash = oxicorn.get_arguments().find(|o| {
+            o.get_id() == arg.get_id() || arg.get_long().is_some_and(|l| o.get_long() == Some(l))
+        });
+        if let Some(o) = clash {
+            let theirs = o.get_long().unwrap_or(o.get_id().as_str());
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "the program's own flag `{}` takes the name of oxicorn's `--{theirs}`: \
+                     rename it (oxicorn's long flags and argument names cannot be defined again)\n",
+                    arg.get_id()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `--check-config`'s answer (also to the pre-upgrade probe, see [`upgrade`]): "configuration
@@ -473,6 +533,44 @@ mod tests {
         }
         fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
             Self::augment_args(cmd)
+        }
+    }
+
+    /// A program flag that takes oxicorn's `workers`: its name (clap id), or its long flag.
+    struct Taking<const CLASH_BY_ID: bool>;
+
+    impl<const CLASH_BY_ID: bool> clap::FromArgMatches for Taking<CLASH_BY_ID> {
+        fn from_arg_matches(_: &clap::ArgMatches) -> Result<Self, clap::Error> {
+            Ok(Taking)
+        }
+        fn update_from_arg_matches(&mut self, _: &clap::ArgMatches) -> Result<(), clap::Error> {
+            Ok(())
+        }
+    }
+
+    impl<const CLASH_BY_ID: bool> clap::Args for Taking<CLASH_BY_ID> {
+        fn augment_args(cmd: clap::Command) -> clap::Command {
+            let arg = if CLASH_BY_ID {
+                clap::Arg::new("workers").long("my-workers")
+            } else {
+                clap::Arg::new("threads").long("workers")
+            };
+            cmd.arg(arg)
+        }
+        fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+            Self::augment_args(cmd)
+        }
+    }
+
+    #[test]
+    fn a_program_flag_taking_oxicorns_name_is_a_clear_error_in_every_build() {
+        for err in [
+            Server::try_from_args_with::<Taking<true>, _, _>(["myapp"]).err(),
+            Server::try_from_args_with::<Taking<false>, _, _>(["myapp", "--workers", "2"]).err(),
+        ] {
+            let err = err.expect("a clash is refused");
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+            assert!(err.to_string().contains("oxicorn's `--workers`"), "{err}");
         }
     }
 
