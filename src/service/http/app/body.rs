@@ -7,7 +7,8 @@
 //! the request path can turn the response into 413 or 408 whatever the app made of the
 //! error. [`ResponseBody`] is the app's body (or the request path's own short answer),
 //! counted for the access log and the scoreboard, with a guard that tells the connection's
-//! clock the request ended when hyper drops it, and (HTTP/2) a mark for the stream's send timeout ([`super::stream`]).
+//! clock the request ended when hyper drops it, and (HTTP/2) a mark for the stream's send
+//! timeout ([`super::stream`]).
 
 use std::error::Error as StdError;
 use std::fmt;

@@ -608,11 +608,8 @@ impl LineTail {
                 // hyper refuses a version it does not speak as soon as its token is there,
                 // before the line ends (`GET / HTTP/2.0\r`, then `\n`): judged now, or it
                 // would answer 400 first.
-                return match &self.tail[..self.len] {
-                    [.., b'\r'] => Self::judge(&self.tail[..self.len - 1]),
-                    line => Self::judge(line),
-                }
-                .more_unless_too_new();
+                let line = &self.tail[..self.len];
+                return Self::judge(line.strip_suffix(b"\r").unwrap_or(line)).more_unless_too_new();
             };
             // The usual case, a line that arrives whole: judged where it lies, nothing kept.
             if self.total == 0 {
@@ -660,19 +657,7 @@ impl LineTail {
             _ => LineScan::Done,
         }
     }
-}
 
-impl LineScan {
-    /// For a line not ended yet: `TooNew` stays, anything else waits for more.
-    fn more_unless_too_new(self) -> LineScan {
-        match self {
-            LineScan::TooNew => LineScan::TooNew,
-            LineScan::Done | LineScan::More => LineScan::More,
-        }
-    }
-}
-
-impl LineTail {
     fn push(&mut self, part: &[u8]) {
         self.total += part.len();
         if part.len() >= Self::KEEP {
@@ -684,6 +669,16 @@ impl LineTail {
         self.tail.copy_within(self.len - keep..self.len, 0);
         self.tail[keep..keep + part.len()].copy_from_slice(part);
         self.len = keep + part.len();
+    }
+}
+
+impl LineScan {
+    /// For a line not ended yet: `TooNew` stays, anything else waits for more.
+    fn more_unless_too_new(self) -> LineScan {
+        match self {
+            LineScan::TooNew => LineScan::TooNew,
+            LineScan::Done | LineScan::More => LineScan::More,
+        }
     }
 }
 
@@ -999,6 +994,17 @@ mod tests {
         write_stall: Some(Duration::from_secs(60)),
     };
 
+    /// One read with `waker`: `None` while pending, else the bytes it filled.
+    fn read_with(io: &mut DeadlineIo<tokio::io::DuplexStream>, waker: &Waker) -> Option<usize> {
+        let mut buf = [0u8; 64];
+        let mut rb = ReadBuf::new(&mut buf);
+        match Pin::new(io).poll_read(&mut Context::from_waker(waker), &mut rb) {
+            Poll::Ready(Ok(())) => Some(rb.filled().len()),
+            Poll::Ready(Err(e)) => panic!("{e}"),
+            Poll::Pending => None,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_fresh_connection_is_closed_at_the_header_deadline() {
         let (client, server) = duplex(1024);
@@ -1102,16 +1108,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_end_in_the_readers_own_task_wakes_nobody_and_idle_counts_from_it() {
         let (_client, state, mut io, _gone) = a_request_in_flight().await;
-        // One read with `waker`: `None` while pending, else the bytes it filled.
-        fn read_with(io: &mut DeadlineIo<tokio::io::DuplexStream>, waker: &Waker) -> Option<usize> {
-            let mut buf = [0u8; 64];
-            let mut rb = ReadBuf::new(&mut buf);
-            match Pin::new(io).poll_read(&mut Context::from_waker(waker), &mut rb) {
-                Poll::Ready(Ok(())) => Some(rb.filled().len()),
-                Poll::Ready(Err(e)) => panic!("{e}"),
-                Poll::Pending => None,
-            }
-        }
         let in_task = tokio::spawn(async move {
             let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
             let waker = Waker::from(Arc::clone(&wakes));
@@ -1149,31 +1145,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_later_request_moves_the_idle_deadline_though_the_timer_fires_early() {
         let (mut client, state, mut io, _gone) = a_request_in_flight().await;
-        let mut buf = [0u8; 64];
-        let read = |io: &mut DeadlineIo<tokio::io::DuplexStream>, buf: &mut [u8]| {
-            let mut rb = ReadBuf::new(buf);
-            match Pin::new(io).poll_read(&mut Context::from_waker(Waker::noop()), &mut rb) {
-                Poll::Ready(Ok(())) => Some(rb.filled().len()),
-                Poll::Ready(Err(e)) => panic!("{e}"),
-                Poll::Pending => None,
-            }
-        };
+        let read = |io: &mut DeadlineIo<tokio::io::DuplexStream>| read_with(io, Waker::noop());
         state.request_ended();
-        assert_eq!(read(&mut io, &mut buf), None, "idle until 5 s");
+        assert_eq!(read(&mut io), None, "idle until 5 s");
         // A second request at 3 s, over at once: idle until 8 s.
         tokio::time::advance(Duration::from_secs(3)).await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        assert!(read(&mut io, &mut buf).is_some_and(|n| n > 0));
+        assert!(read(&mut io).is_some_and(|n| n > 0));
         state.request_started();
         state.request_ended();
-        assert_eq!(read(&mut io, &mut buf), None);
+        assert_eq!(read(&mut io), None);
         // Past the first deadline: the timer set for it fired, the wait goes on.
         tokio::time::advance(Duration::from_millis(2500)).await;
-        assert_eq!(read(&mut io, &mut buf), None, "5.5 s: idle 2.5 s of 5");
+        assert_eq!(read(&mut io), None, "5.5 s: idle 2.5 s of 5");
         tokio::time::advance(Duration::from_millis(2400)).await;
-        assert_eq!(read(&mut io, &mut buf), None, "7.9 s: idle 4.9 s of 5");
+        assert_eq!(read(&mut io), None, "7.9 s: idle 4.9 s of 5");
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(read(&mut io, &mut buf), Some(0), "EOF at 8 s");
+        assert_eq!(read(&mut io), Some(0), "EOF at 8 s");
     }
 
     #[tokio::test(start_paused = true)]

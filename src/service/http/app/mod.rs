@@ -824,8 +824,8 @@ struct Logged {
     response: Captured<HeaderValue>,
 }
 
-/// What happens when a response body is dropped: counters, the access-log line, and (by
-/// dropping `_in_flight`) the connection's clock learns the request is over.
+/// What happens when a response body is dropped: counters, the access-log line, and the
+/// connection's clock learns the request is over ([`ConnState::request_ended_at`]).
 ///
 /// Small (what the access log alone needs is boxed, and only kept when it is on): it moves
 /// with the response, and its bytes are copied each time (callgrind, 2026-11-30).
