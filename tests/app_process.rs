@@ -820,11 +820,7 @@ fn websocket_echo_and_curl_h2c() {
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got[..2], &[0x81, text.len() as u8]);
     assert_eq!(&got[2..], text);
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
+    if support::installed("curl") {
         let out = std::process::Command::new("curl")
             .args(["-s", "--noproxy", "*", "--http2-prior-knowledge"])
             .args(["-w", " %{http_version}"])

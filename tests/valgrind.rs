@@ -22,11 +22,7 @@ use support::{BIN, Oxicorn};
 
 #[test]
 fn a_worker_serves_and_the_pool_stops_cleanly_under_valgrind() {
-    if std::process::Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !support::installed("valgrind") {
         eprintln!("valgrind not installed; skipped");
         return;
     }

@@ -420,6 +420,15 @@ pub fn echo_once(addr: &str, payload: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `tool` runs (`tool --version`): tests that need an outside program (curl,
+/// valgrind) are skipped where it is not installed.
+pub fn installed(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
 /// Writes a config file into `dir`.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
