@@ -5,6 +5,10 @@
 #   (b) under axum::serve, tokio multi-thread runtime with 2 worker threads
 #       (benches/axum_standalone, its own crate)
 #   (c) a WSGI hello world under gunicorn, 2 sync workers, and 2 gthread workers x 4 threads
+#   (d) where nginx is installed: nginx, 2 workers, tuned for speed (no access log, unlimited
+#       keep-alive requests), answering the same length of text from its config with `return
+#       200`: no application at all, so what the machine's loopback TCP allows a server; the
+#       summary gives it against gunicorn beside oxicorn's ratio (the 20x target's ceiling)
 # on loopback, in the same run, rounds alternating, medians printed. HTTP/1.1 keep-alive with
 # wrk (64 connections), HTTP/2 (h2c prior knowledge) with h2load for (a) and (b). Then one run
 # of (a) with a HUP every second under load: errors (must be 0) and the dip in requests/s.
@@ -109,7 +113,7 @@ PY
 fi
 
 P_OXI=$(free_port); P_AXUM=$(free_port); P_GSYNC=$(free_port); P_GTHR=$(free_port)
-P_BASE=$(free_port)
+P_BASE=$(free_port); P_NGINX=$(free_port)
 declare -A MASTER
 # As root (a CI box, a container), say that root workers are meant, as the tests do.
 [ "$(id -u)" = 0 ] && export OXICORN_ALLOW_ROOT=true
@@ -124,6 +128,29 @@ if [ -z "$ONLY" ]; then
     (cd "$WORK" && exec venv/bin/gunicorn -w 2 -k gthread --threads 4 -b "127.0.0.1:$P_GTHR" --log-level warning hello:app) 2>"$WORK/gthread.log" &
     PIDS+=("$!"); MASTER[gunicorn-gthread]=$!
     PORTS+=("$P_GSYNC" "$P_GTHR")
+    if command -v nginx >/dev/null; then
+        mkdir -p "$WORK/nginx"
+        # The body is as long as the apps' ("Hello from worker NNNNNNN\n").
+        cat >"$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $WORK/nginx/body;
+    server {
+        listen 127.0.0.1:$P_NGINX reuseport;
+        location / { default_type text/plain; return 200 "Hello from worker 1234567\n"; }
+    }
+}
+NGINX
+        nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' 2>"$WORK/nginx.log" &
+        PIDS+=("$!"); MASTER[nginx-return]=$!
+        PORTS+=("$P_NGINX")
+    fi
 fi
 if [ -n "${BASE:-}" ]; then
     BASE_ARGS=()
@@ -251,6 +278,7 @@ fi
 declare -A RPS P99 ERR PERCPU RATE_OF OTHER
 NAMES=(oxicorn axum gunicorn-sync gunicorn-gthread oxicorn-h2 axum-h2)
 [ -n "${BASE:-}" ] && NAMES=(oxicorn oxicorn-base axum gunicorn-sync gunicorn-gthread oxicorn-h2 oxicorn-base-h2 axum-h2)
+[ -n "${MASTER[nginx-return]:-}" ] && NAMES+=(nginx-return)
 if [ -n "$ONLY" ]; then
     NAMES=(oxicorn axum)
     [ -n "${BASE:-}" ] && NAMES=(oxicorn oxicorn-base axum)
@@ -287,6 +315,7 @@ for r in $(seq 1 "$ROUNDS"); do
             axum) out=$(run_wrk "$P_AXUM" "$DURATION") ;;
             gunicorn-sync) out=$(run_wrk "$P_GSYNC" "$DURATION") ;;
             gunicorn-gthread) out=$(run_wrk "$P_GTHR" "$DURATION") ;;
+            nginx-return) out=$(run_wrk "$P_NGINX" "$DURATION") ;;
             oxicorn-h2) out=$(run_h2load "$P_OXI" "$DURATION") ;;
             oxicorn-base-h2) out=$(run_h2load "$P_BASE" "$DURATION") ;;
             axum-h2) out=$(run_h2load "$P_AXUM" "$DURATION") ;;
@@ -384,6 +413,10 @@ if "gunicorn-sync" in rows:
     g, cg = max(m("gunicorn-sync", 0), m("gunicorn-gthread", 0)), max(m("gunicorn-sync", 2), m("gunicorn-gthread", 2))
     o, co = m("oxicorn", 0), m("oxicorn", 2)
     print(f"oxicorn / best gunicorn, requests/s: {r(o, g)}; per CPU-second: {r(co, cg)}")
+    if "nginx-return" in rows:
+        n, cn = m("nginx-return", 0), m("nginx-return", 2)
+        print(f"nginx answering from its config (no application: the ceiling of this machine) / best gunicorn,"
+              f" requests/s: {r(n, g)}; per CPU-second: {r(cn, cg)}; oxicorn / nginx: {r(o, n)}, {r(co, cn)}")
 '
 if [ ${#FIXED[@]} -gt 0 ]; then
     echo
