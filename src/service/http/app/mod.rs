@@ -924,7 +924,7 @@ impl RequestEnd {
         // Once: `end` consumes the end, and its drop records only what `end` did not.
         self.conn.state.request_ended_at(now);
         // Last: the hand-over may block this thread while another task runs.
-        handover::request_answered();
+        handover::request_answered(now);
     }
 }
 
