@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | no byte yet on a fresh connection | `header_timeout` after the accept | EOF to hyper: the connection closes without a word |
 //! | HTTP/1, bytes of a head received, no request in flight | `header_timeout` after the head's first byte (or the accept) | `408 Request Timeout`, then EOF |
+//! | HTTP/1, part of a head pipelined behind the request that just ended (read while it was in flight) | `header_timeout` after that request's end | `408 Request Timeout`, then EOF |
 //! | no request in flight since the last one ended (kept alive) | `keep_alive` after that | EOF |
 //! | a request in flight, or the connection upgraded | none here (`request_timeout`, `client_body_timeout` and the worker's graceful deadline bound these) | – |
 //! | any write blocked (the client stopped reading) | the service's idle timeout after the write first blocked (nginx's `send_timeout`; an HTTP/2 stream held by flow control has its own, [`super::stream`]) | the write fails with `TimedOut`: the connection ends |
@@ -30,6 +31,24 @@
 //! own task (HTTP/1: hyper drops the response body as it writes) wakes nobody: the task is
 //! running, and the armed check-in, or the client's next bytes, bring the reader back to the
 //! end it recorded (see `request_ended_at`).
+//!
+//! **A head pipelined behind a request.** hyper reads ahead: bytes that follow a request
+//! (pipelined in the same write, or sent while it was in flight) sit in hyper's buffer, and
+//! the clock, which sees them go by while the request is in flight, cannot ask hyper how many
+//! it used. When the request ends and hyper waits for more, either its buffer is empty (the
+//! connection is kept alive: keep-alive deadline, silent close) or it holds the start of the
+//! next head (head deadline, then 408, as for a head that begins on an idle connection). Told
+//! apart by the last three bytes received (`DeadlineIo::tail`): a message without a body ends
+//! its head with an empty line, and so does a chunked one (its last chunk, trailers, then an
+//! empty line, RFC 9112 §7.1), so if the bytes received end otherwise, hyper holds more than
+//! the request it just finished, and, as it is waiting for bytes, not a whole head. The head's
+//! deadline runs from the end of that request: the server turns to the head only then. The
+//! safe side is kept where the bytes cannot tell: a request with a `Content-Length` body ends
+//! with whatever its body ends with, so after one ([`ConnState::sized_body_began`]) the
+//! connection is taken as kept alive, and a partial head pipelined behind it waits out
+//! `keep_alive` and closes without a word (the residual case). So does a head whose bytes so
+//! far are only empty lines (which a head may begin with, RFC 9112 §2.2). No client that sent
+//! a complete request and nothing after it gets a 408. HTTP/2 has no heads: untouched.
 //!
 //! This module owns the stream's read and write paths and nothing else: it knows no request.
 
@@ -60,6 +79,10 @@ pub struct ConnState {
     /// Set when a response switched protocols (101): the stream now belongs to the app and has
     /// no HTTP deadlines any more.
     pub upgraded: AtomicBool,
+    /// The [`ConnState::started`] count of the last request that came with a `Content-Length`
+    /// body (0: none): its bytes end with its body's, so they cannot tell whether a head
+    /// followed (module docs, "A head pipelined behind a request").
+    sized_body: AtomicU64,
     /// Set when the head deadline passed and a 408 was written, for the access log.
     pub head_timed_out: AtomicBool,
     /// Set when a request line named a later major version of HTTP (`HTTP/2.0` sent as text)
@@ -117,6 +140,7 @@ impl ConnState {
         let state = ConnState {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
+            sized_body: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             head_timed_out: AtomicBool::new(false),
             version_refused: AtomicBool::new(false),
@@ -152,6 +176,15 @@ impl ConnState {
         if self.closing.load(Ordering::SeqCst) {
             self.request_began.notify_one();
         }
+    }
+
+    /// Marks the request just counted in ([`ConnState::request_started`]) as one with a
+    /// `Content-Length` body: after it, the clock takes the connection as kept alive whatever
+    /// bytes it received last (module docs). Called by the request path, on the request's
+    /// own task, for requests with such a body only (the mark is ignored on HTTP/2).
+    pub fn sized_body_began(&self) {
+        let started = self.started.load(Ordering::Acquire);
+        self.sized_body.store(started, Ordering::Release);
     }
 
     /// Tells the worker's reclaim table what this connection is now (`None`: busy), if that
@@ -345,6 +378,10 @@ pub struct DeadlineIo<S> {
     linger: Linger,
     /// The end of the current head's request line while it arrives, to read its version.
     line: Option<LineTail>,
+    /// The last three bytes received, the latest in the low byte (fewer, zero-padded, on a
+    /// young connection): whether they end a head (module docs, "A head pipelined behind a
+    /// request"). Kept at each read with bytes: a few instructions, where the bytes are.
+    tail: u32,
     /// Dropped with the stream: tells [`super::AppService::serve`] an upgraded stream was let
     /// go.
     _dropped: oneshot::Sender<()>,
@@ -398,6 +435,7 @@ impl<S> DeadlineIo<S> {
             sending: None,
             linger: Linger::Open,
             line: None,
+            tail: 0,
             _dropped: tx,
         };
         (io, rx)
@@ -424,10 +462,12 @@ impl<S> DeadlineIo<S> {
         self.seen_end = stored;
         let ended = || self.state.end_instant(stored);
         match self.wait {
-            Wait::Busy => self.wait = Wait::Idle(ended()),
-            // The head being timed became a request, which has ended: now idle.
-            Wait::Head { started: s, .. } if s != started => self.wait = Wait::Idle(ended()),
-            Wait::Fresh(_) if started > 0 => self.wait = Wait::Idle(ended()),
+            // The request ended (the head being timed became it): idle, unless hyper holds
+            // part of the next head.
+            Wait::Busy | Wait::Fresh(_) if started > 0 => self.wait = self.after(ended(), started),
+            Wait::Head { started: s, .. } if s != started => {
+                self.wait = self.after(ended(), started)
+            }
             // A request may have come and gone (an HTTP/2 stream) since this wait began. An
             // end seen before is no later than the wait's start (each wait starts at an end
             // seen then, or at a clock read after it).
@@ -439,6 +479,27 @@ impl<S> DeadlineIo<S> {
             _ => {}
         }
         true
+    }
+
+    /// The wait after the last request ended (at `ended`, `started` requests so far): for the
+    /// rest of a head when the bytes received show hyper holds part of one (module docs, "A
+    /// head pipelined behind a request"), from that end; else idle since that end.
+    fn after(&mut self, ended: Option<Instant>, started: u64) -> Wait {
+        // `\n\n` or `\n\r\n`: an empty line ends the bytes, and with them a head (or a
+        // chunked body's trailers).
+        let ends_head = self.tail & 0xFFFF == 0x0A0A || self.tail & 0xFF_FFFF == 0x0A_0D0A;
+        if self.proto != Proto::Http1
+            || ends_head
+            || self.state.sized_body.load(Ordering::Acquire) == started
+        {
+            return Wait::Idle(ended);
+        }
+        // Begun inside a read: its request line is hyper's to judge (`LineTail`).
+        self.line = None;
+        Wait::Head {
+            since: ended,
+            started,
+        }
     }
 
     /// Settles `wait` and returns its deadline; a wait without a time yet starts at `now()`
@@ -723,6 +784,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
                     // Settle the wait against the request path before counting these bytes.
                     this.settle();
                     let bytes = &buf.filled()[before..filled];
+                    this.tail = match *bytes {
+                        [.., a, b, c] => u32::from_be_bytes([0, a, b, c]),
+                        _ => bytes
+                            .iter()
+                            .fold(this.tail, |t, &b| (t << 8 | u32::from(b)) & 0xFF_FFFF),
+                    };
                     this.saw(bytes);
                     // A later HTTP version: hyper never sees these bytes (any earlier part
                     // of the line it holds ends in EOF, which it closes on without a word),

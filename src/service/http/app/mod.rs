@@ -672,7 +672,14 @@ where
         parts.extensions.insert(ReceivedUri(line.uri.clone()));
     }
     // Only a request with a body can overrun or stall it.
-    let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
+    let read = (!body.is_end_stream()).then(|| {
+        // A `Content-Length` body (hyper's exact size hint): its last bytes say nothing of
+        // whether a head follows it (`io`'s module docs, "A head pipelined behind a request").
+        if body.size_hint().exact().is_some() {
+            c.state.sized_body_began();
+        }
+        Arc::new(BodyOutcome::default())
+    });
     let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
     let req = Request::from_parts(parts, body);
     HandleFuture {
