@@ -484,6 +484,7 @@ impl<S> DeadlineIo<S> {
     /// The wait after the last request ended (at `ended`, `started` requests so far): for the
     /// rest of a head when the bytes received show hyper holds part of one (module docs, "A
     /// head pipelined behind a request"), from that end; else idle since that end.
+    #[inline]
     fn after(&mut self, ended: Option<Instant>, started: u64) -> Wait {
         // `\n\n` or `\n\r\n`: an empty line ends the bytes, and with them a head (or a
         // chunked body's trailers).
@@ -1129,6 +1130,57 @@ mod tests {
         state.upgraded.store(true, Ordering::Release);
         let read = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut buf)).await;
         assert!(read.is_err(), "an upgraded stream has no deadline");
+    }
+
+    /// After a request ends, the bytes received tell a kept-alive wait (keep-alive, EOF) from
+    /// part of a head hyper holds (header timeout from the end, 408): an empty line last,
+    /// however the reads cut it, is a complete request; anything else is a head begun, unless
+    /// the request had a `Content-Length` body (module docs, "A head pipelined behind a
+    /// request").
+    #[tokio::test(start_paused = true)]
+    async fn bytes_left_after_a_request_are_a_head_unless_an_empty_line_ends_them() {
+        let cases: [(&[&[u8]], bool, bool); 5] = [
+            (&[b"GET / HTTP/1.1\r\n\r\n"], false, false),
+            (&[b"GET / HTTP/1.1\r\n\r", b"\n"], false, false),
+            (&[b"GET / HTTP/1.1\n\n"], false, false),
+            (&[b"GET / HTTP/1.1\r\n\r\nGE", b"T"], false, true),
+            (
+                &[b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc"],
+                true,
+                false,
+            ),
+        ];
+        for (reads, sized, head) in cases {
+            let (mut client, server) = duplex(1024);
+            let state = Arc::new(ConnState::default());
+            let (mut io, _gone) = DeadlineIo::new(server, Arc::clone(&state), D);
+            let mut buf = [0u8; 64];
+            for (i, read) in reads.iter().enumerate() {
+                client.write_all(read).await.unwrap();
+                assert_eq!(io.read(&mut buf).await.unwrap(), read.len());
+                if i == 0 {
+                    state.request_started();
+                    if sized {
+                        state.sized_body_began();
+                    }
+                }
+            }
+            state.request_ended();
+            let start = Instant::now();
+            assert_eq!(io.read(&mut buf).await.unwrap(), 0, "{reads:?}");
+            // After the 408, the close lingers for the client's EOF, which this one never sends.
+            let (wait, timed_out) = if head {
+                (D.header + LINGER, true)
+            } else {
+                (D.keep_alive, false)
+            };
+            assert_eq!(start.elapsed(), wait, "{reads:?}");
+            assert_eq!(
+                state.head_timed_out.load(Ordering::Relaxed),
+                timed_out,
+                "{reads:?}"
+            );
+        }
     }
 
     /// Counts wake-ups.
