@@ -664,11 +664,17 @@ async fn a_complete_request_then_silence_is_closed_at_keep_alive_without_a_408()
         ..HttpSettings::default()
     })
     .await;
-    let cases: [(&str, &[u8], &str); 4] = [
+    let cases: [(&str, &[u8], &str); 5] = [
         (
             "content-length body",
             b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
             "hello",
+        ),
+        // Refused before the app (no `Host`), the connection kept and the body drained.
+        (
+            "content-length body refused with 400",
+            b"POST /echo HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
+            "400 Bad Request\n",
         ),
         (
             "chunked body",
@@ -693,7 +699,15 @@ async fn a_complete_request_then_silence_is_closed_at_keep_alive_without_a_408()
         s.write_all(request).await.unwrap();
         let head = read_head(&mut s).await;
         let answered = std::time::Instant::now();
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{case}: {head}");
+        let status = if body.starts_with("400") {
+            "400"
+        } else {
+            "200"
+        };
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{case}: {head}"
+        );
         let got = read_to_close(&mut s).await;
         let took = answered.elapsed();
         assert_eq!(got, body, "{case}: closed without a word");
