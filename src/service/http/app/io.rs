@@ -382,6 +382,9 @@ pub struct DeadlineIo<S> {
     /// young connection): whether they end a head (module docs, "A head pipelined behind a
     /// request"). Kept at each read with bytes: a few instructions, where the bytes are.
     tail: u32,
+    /// Whether `tail` ends in an empty line (`\n\n` or `\n\r\n`): a head's end, or a chunked
+    /// body's, or nothing received yet.
+    tail_ends_head: bool,
     /// Dropped with the stream: tells [`super::AppService::serve`] an upgraded stream was let
     /// go.
     _dropped: oneshot::Sender<()>,
@@ -436,6 +439,7 @@ impl<S> DeadlineIo<S> {
             linger: Linger::Open,
             line: None,
             tail: 0,
+            tail_ends_head: true,
             _dropped: tx,
         };
         (io, rx)
@@ -461,12 +465,20 @@ impl<S> DeadlineIo<S> {
         let new_end = stored != self.seen_end;
         self.seen_end = stored;
         let ended = || self.state.end_instant(stored);
+        let mut request_ended = false;
         match self.wait {
-            // The request ended (the head being timed became it): idle, unless hyper holds
-            // part of the next head.
-            Wait::Busy | Wait::Fresh(_) if started > 0 => self.wait = self.after(ended(), started),
+            Wait::Busy => {
+                self.wait = Wait::Idle(ended());
+                request_ended = true;
+            }
+            // The head being timed became a request, which has ended: now idle.
             Wait::Head { started: s, .. } if s != started => {
-                self.wait = self.after(ended(), started)
+                self.wait = Wait::Idle(ended());
+                request_ended = true;
+            }
+            Wait::Fresh(_) if started > 0 => {
+                self.wait = Wait::Idle(ended());
+                request_ended = true;
             }
             // A request may have come and gone (an HTTP/2 stream) since this wait began. An
             // end seen before is no later than the wait's start (each wait starts at an end
@@ -478,29 +490,33 @@ impl<S> DeadlineIo<S> {
             }
             _ => {}
         }
+        // Idle, unless hyper holds part of the next head (only looked into when the bytes
+        // received do not end in an empty line: not on the hot path).
+        if request_ended && !self.tail_ends_head {
+            self.head_after(started);
+        }
         true
     }
 
-    /// The wait after the last request ended (at `ended`, `started` requests so far): for the
-    /// rest of a head when the bytes received show hyper holds part of one (module docs, "A
-    /// head pipelined behind a request"), from that end; else idle since that end.
-    #[inline]
-    fn after(&mut self, ended: Option<Instant>, started: u64) -> Wait {
-        // `\n\n` or `\n\r\n`: an empty line ends the bytes, and with them a head (or a
-        // chunked body's trailers).
-        let ends_head = self.tail & 0xFFFF == 0x0A0A || self.tail & 0xFF_FFFF == 0x0A_0D0A;
-        if self.proto != Proto::Http1
-            || ends_head
-            || self.state.sized_body.load(Ordering::Acquire) == started
-        {
-            return Wait::Idle(ended);
+    /// Turns the idle wait [`DeadlineIo::settle`] just began, at the end of the last of
+    /// `started` requests, into a wait for the rest of a head from that end, when the bytes
+    /// received (which do not end in an empty line) show hyper holds part of one (module docs,
+    /// "A head pipelined behind a request"). Out of the way: `settle` runs twice per request.
+    #[cold]
+    #[inline(never)]
+    fn head_after(&mut self, started: u64) {
+        let Wait::Idle(ended) = self.wait else {
+            return;
+        };
+        if self.proto != Proto::Http1 || self.state.sized_body.load(Ordering::Acquire) == started {
+            return;
         }
         // Begun inside a read: its request line is hyper's to judge (`LineTail`).
         self.line = None;
-        Wait::Head {
+        self.wait = Wait::Head {
             since: ended,
             started,
-        }
+        };
     }
 
     /// Settles `wait` and returns its deadline; a wait without a time yet starts at `now()`
@@ -573,8 +589,18 @@ impl<S> DeadlineIo<S> {
         self.timer_watched = false;
     }
 
-    /// Notes bytes hyper just read: the protocol, and the start of a head.
+    /// Notes bytes hyper just read: the protocol, the start of a head, and the last bytes
+    /// (`tail`, and whether they end in an empty line, so that `settle`, which runs twice per
+    /// request, tests one flag: its own growth cost ~30 instructions per request, callgrind,
+    /// 2026-11-30).
     fn saw(&mut self, bytes: &[u8]) {
+        self.tail = match *bytes {
+            [.., a, b, c] => u32::from_be_bytes([0, a, b, c]),
+            _ => bytes
+                .iter()
+                .fold(self.tail, |t, &b| (t << 8 | u32::from(b)) & 0xFF_FFFF),
+        };
+        self.tail_ends_head = self.tail & 0xFFFF == 0x0A0A || self.tail == 0x0A_0D0A;
         if let Proto::Sniffing(n) = self.proto {
             let take = bytes.len().min(H2_PREFACE.len() - n);
             self.proto = if bytes[..take] != H2_PREFACE[n..n + take] {
@@ -785,12 +811,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
                     // Settle the wait against the request path before counting these bytes.
                     this.settle();
                     let bytes = &buf.filled()[before..filled];
-                    this.tail = match *bytes {
-                        [.., a, b, c] => u32::from_be_bytes([0, a, b, c]),
-                        _ => bytes
-                            .iter()
-                            .fold(this.tail, |t, &b| (t << 8 | u32::from(b)) & 0xFF_FFFF),
-                    };
                     this.saw(bytes);
                     // A later HTTP version: hyper never sees these bytes (any earlier part
                     // of the line it holds ends in EOF, which it closes on without a word),
