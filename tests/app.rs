@@ -657,7 +657,7 @@ async fn a_partial_head_pipelined_behind_a_request_gets_408_at_the_header_timeou
 /// timeout, shorter, would have come first).
 #[tokio::test]
 async fn a_complete_request_then_silence_is_closed_at_keep_alive_without_a_408() {
-    let (keep_alive, header_timeout) = (Duration::from_millis(600), Duration::from_millis(100));
+    let (keep_alive, header_timeout) = (Duration::from_millis(900), Duration::from_millis(300));
     let server = Server::start(HttpSettings {
         keep_alive,
         header_timeout,

@@ -595,7 +595,8 @@ impl<S> DeadlineIo<S> {
     /// 2026-11-30).
     fn saw(&mut self, bytes: &[u8]) {
         self.tail = match *bytes {
-            [.., a, b, c] => u32::from_be_bytes([0, a, b, c]),
+            // One load: the byte above the three is masked off below.
+            [.., a, b, c, d] => u32::from_be_bytes([a, b, c, d]) & 0xFF_FFFF,
             _ => bytes
                 .iter()
                 .fold(self.tail, |t, &b| (t << 8 | u32::from(b)) & 0xFF_FFFF),
