@@ -593,6 +593,131 @@ async fn a_slow_head_after_a_kept_alive_wait_gets_its_own_header_timeout() {
     }
 }
 
+/// Part of a head pipelined behind a request (in the same write, or while the request is in
+/// flight, behind a request with no body or a chunked one) is a slow head, not a kept-alive
+/// wait: 408 one header timeout after the request before it ended, well before the
+/// keep-alive's silent close (`io`'s module docs, "A head pipelined behind a request").
+#[tokio::test]
+async fn a_partial_head_pipelined_behind_a_request_gets_408_at_the_header_timeout() {
+    let (keep_alive, header_timeout) = (Duration::from_secs(5), Duration::from_millis(400));
+    let server = Server::start(HttpSettings {
+        keep_alive,
+        header_timeout,
+        ..HttpSettings::default()
+    })
+    .await;
+    let partial: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n";
+    let chunked: &[u8] = b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n0\r\n\r\n";
+    let cases: [(&str, &[u8], Option<Duration>, &str); 3] = [
+        (
+            "same write",
+            b"GET /sleep/300 HTTP/1.1\r\nhost: x\r\n\r\n",
+            None,
+            "slept",
+        ),
+        (
+            "sent while in flight",
+            b"GET /sleep/300 HTTP/1.1\r\nhost: x\r\n\r\n",
+            Some(Duration::from_millis(100)),
+            "slept",
+        ),
+        ("behind a chunked body", chunked, None, "hello"),
+    ];
+    for (case, first, gap, body) in cases {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        match gap {
+            None => s.write_all(&[first, partial].concat()).await.unwrap(),
+            Some(gap) => {
+                s.write_all(first).await.unwrap();
+                tokio::time::sleep(gap).await;
+                s.write_all(partial).await.unwrap();
+            }
+        }
+        let head = read_head(&mut s).await;
+        // The first answer is out when its head is read: its request has (about) ended.
+        let ended = std::time::Instant::now();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{case}: {head}");
+        let got = read_to_close(&mut s).await;
+        let took = ended.elapsed();
+        assert!(
+            got.starts_with(body) && got.contains("HTTP/1.1 408 Request Timeout\r\n"),
+            "{case}: {got:?}"
+        );
+        assert!(
+            took + Duration::from_millis(100) >= header_timeout && took < keep_alive / 2,
+            "{case}: 408 {took:?} after the first answer"
+        );
+    }
+}
+
+/// A request whose last bytes are its body's (a `Content-Length` body, a chunked one), or a
+/// bodiless one followed by an empty line (which a head may begin with), then nothing: a
+/// kept-alive wait, closed without a word at the keep-alive deadline, never a 408 (the header
+/// timeout, shorter, would have come first).
+#[tokio::test]
+async fn a_complete_request_then_silence_is_closed_at_keep_alive_without_a_408() {
+    let (keep_alive, header_timeout) = (Duration::from_millis(900), Duration::from_millis(300));
+    let server = Server::start(HttpSettings {
+        keep_alive,
+        header_timeout,
+        ..HttpSettings::default()
+    })
+    .await;
+    let cases: [(&str, &[u8], &str); 5] = [
+        (
+            "content-length body",
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
+            "hello",
+        ),
+        // Refused before the app (no `Host`), the connection kept and the body drained.
+        (
+            "content-length body refused with 400",
+            b"POST /echo HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
+            "400 Bad Request\n",
+        ),
+        (
+            "chunked body",
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+            "hello",
+        ),
+        (
+            "chunked body with a trailer",
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+            "hello",
+        ),
+        (
+            "an empty line after",
+            b"GET / HTTP/1.1\r\nhost: x\r\n\r\n\r\n",
+            "hello",
+        ),
+    ];
+    for (case, request, body) in cases {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let head = read_head(&mut s).await;
+        let answered = std::time::Instant::now();
+        let status = if body.starts_with("400") {
+            "400"
+        } else {
+            "200"
+        };
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{case}: {head}"
+        );
+        let got = read_to_close(&mut s).await;
+        let took = answered.elapsed();
+        assert_eq!(got, body, "{case}: closed without a word");
+        assert!(
+            took + Duration::from_millis(100) >= keep_alive && took < keep_alive * 6,
+            "{case}: closed {took:?} after the answer"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_request_deadline_gives_503_and_drops_the_handler() {
     let server = Server::start(HttpSettings {

@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | no byte yet on a fresh connection | `header_timeout` after the accept | EOF to hyper: the connection closes without a word |
 //! | HTTP/1, bytes of a head received, no request in flight | `header_timeout` after the head's first byte (or the accept) | `408 Request Timeout`, then EOF |
+//! | HTTP/1, part of a head pipelined behind the request that just ended (read while it was in flight) | `header_timeout` after that request's end | `408 Request Timeout`, then EOF |
 //! | no request in flight since the last one ended (kept alive) | `keep_alive` after that | EOF |
 //! | a request in flight, or the connection upgraded | none here (`request_timeout`, `client_body_timeout` and the worker's graceful deadline bound these) | – |
 //! | any write blocked (the client stopped reading) | the service's idle timeout after the write first blocked (nginx's `send_timeout`; an HTTP/2 stream held by flow control has its own, [`super::stream`]) | the write fails with `TimedOut`: the connection ends |
@@ -30,6 +31,24 @@
 //! own task (HTTP/1: hyper drops the response body as it writes) wakes nobody: the task is
 //! running, and the armed check-in, or the client's next bytes, bring the reader back to the
 //! end it recorded (see `request_ended_at`).
+//!
+//! **A head pipelined behind a request.** hyper reads ahead: bytes that follow a request
+//! (pipelined in the same write, or sent while it was in flight) sit in hyper's buffer, and
+//! the clock, which sees them go by while the request is in flight, cannot ask hyper how many
+//! it used. When the request ends and hyper waits for more, either its buffer is empty (the
+//! connection is kept alive: keep-alive deadline, silent close) or it holds the start of the
+//! next head (head deadline, then 408, as for a head that begins on an idle connection). Told
+//! apart by the last three bytes received (`DeadlineIo::tail`): a message without a body ends
+//! its head with an empty line, and so does a chunked one (its last chunk, trailers, then an
+//! empty line, RFC 9112 §7.1), so if the bytes received end otherwise, hyper holds more than
+//! the request it just finished, and, as it is waiting for bytes, not a whole head. The head's
+//! deadline runs from the end of that request: the server turns to the head only then. The
+//! safe side is kept where the bytes cannot tell: a request with a `Content-Length` body ends
+//! with whatever its body ends with, so after one ([`ConnState::sized_body_began`]) the
+//! connection is taken as kept alive, and a partial head pipelined behind it waits out
+//! `keep_alive` and closes without a word (the residual case). So does a head whose bytes so
+//! far are only empty lines (which a head may begin with, RFC 9112 §2.2). No client that sent
+//! a complete request and nothing after it gets a 408. HTTP/2 has no heads: untouched.
 //!
 //! This module owns the stream's read and write paths and nothing else: it knows no request.
 
@@ -60,6 +79,10 @@ pub struct ConnState {
     /// Set when a response switched protocols (101): the stream now belongs to the app and has
     /// no HTTP deadlines any more.
     pub upgraded: AtomicBool,
+    /// The [`ConnState::started`] count of the last request that came with a `Content-Length`
+    /// body (0: none): its bytes end with its body's, so they cannot tell whether a head
+    /// followed (module docs, "A head pipelined behind a request").
+    sized_body: AtomicU64,
     /// Set when the head deadline passed and a 408 was written, for the access log.
     pub head_timed_out: AtomicBool,
     /// Set when a request line named a later major version of HTTP (`HTTP/2.0` sent as text)
@@ -117,6 +140,7 @@ impl ConnState {
         let state = ConnState {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
+            sized_body: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             head_timed_out: AtomicBool::new(false),
             version_refused: AtomicBool::new(false),
@@ -152,6 +176,15 @@ impl ConnState {
         if self.closing.load(Ordering::SeqCst) {
             self.request_began.notify_one();
         }
+    }
+
+    /// Marks the request just counted in ([`ConnState::request_started`]) as one with a
+    /// `Content-Length` body: after it, the clock takes the connection as kept alive whatever
+    /// bytes it received last (module docs). Called by the request path, on the request's
+    /// own task, for requests with such a body only (the mark is ignored on HTTP/2).
+    pub fn sized_body_began(&self) {
+        let started = self.started.load(Ordering::Acquire);
+        self.sized_body.store(started, Ordering::Release);
     }
 
     /// Tells the worker's reclaim table what this connection is now (`None`: busy), if that
@@ -345,6 +378,13 @@ pub struct DeadlineIo<S> {
     linger: Linger,
     /// The end of the current head's request line while it arrives, to read its version.
     line: Option<LineTail>,
+    /// The last three bytes received, the latest in the low byte (fewer, zero-padded, on a
+    /// young connection): whether they end a head (module docs, "A head pipelined behind a
+    /// request"). Kept at each read with bytes: a few instructions, where the bytes are.
+    tail: u32,
+    /// Whether `tail` ends in an empty line (`\n\n` or `\n\r\n`): a head's end, or a chunked
+    /// body's, or nothing received yet.
+    tail_ends_head: bool,
     /// Dropped with the stream: tells [`super::AppService::serve`] an upgraded stream was let
     /// go.
     _dropped: oneshot::Sender<()>,
@@ -398,6 +438,8 @@ impl<S> DeadlineIo<S> {
             sending: None,
             linger: Linger::Open,
             line: None,
+            tail: 0,
+            tail_ends_head: true,
             _dropped: tx,
         };
         (io, rx)
@@ -423,11 +465,21 @@ impl<S> DeadlineIo<S> {
         let new_end = stored != self.seen_end;
         self.seen_end = stored;
         let ended = || self.state.end_instant(stored);
+        let mut request_ended = false;
         match self.wait {
-            Wait::Busy => self.wait = Wait::Idle(ended()),
+            Wait::Busy => {
+                self.wait = Wait::Idle(ended());
+                request_ended = true;
+            }
             // The head being timed became a request, which has ended: now idle.
-            Wait::Head { started: s, .. } if s != started => self.wait = Wait::Idle(ended()),
-            Wait::Fresh(_) if started > 0 => self.wait = Wait::Idle(ended()),
+            Wait::Head { started: s, .. } if s != started => {
+                self.wait = Wait::Idle(ended());
+                request_ended = true;
+            }
+            Wait::Fresh(_) if started > 0 => {
+                self.wait = Wait::Idle(ended());
+                request_ended = true;
+            }
             // A request may have come and gone (an HTTP/2 stream) since this wait began. An
             // end seen before is no later than the wait's start (each wait starts at an end
             // seen then, or at a clock read after it).
@@ -438,7 +490,33 @@ impl<S> DeadlineIo<S> {
             }
             _ => {}
         }
+        // Idle, unless hyper holds part of the next head (only looked into when the bytes
+        // received do not end in an empty line: not on the hot path).
+        if request_ended && !self.tail_ends_head {
+            self.head_after(started);
+        }
         true
+    }
+
+    /// Turns the idle wait [`DeadlineIo::settle`] just began, at the end of the last of
+    /// `started` requests, into a wait for the rest of a head from that end, when the bytes
+    /// received (which do not end in an empty line) show hyper holds part of one (module docs,
+    /// "A head pipelined behind a request"). Out of the way: `settle` runs twice per request.
+    #[cold]
+    #[inline(never)]
+    fn head_after(&mut self, started: u64) {
+        let Wait::Idle(ended) = self.wait else {
+            return;
+        };
+        if self.proto != Proto::Http1 || self.state.sized_body.load(Ordering::Acquire) == started {
+            return;
+        }
+        // Begun inside a read: its request line is hyper's to judge (`LineTail`).
+        self.line = None;
+        self.wait = Wait::Head {
+            since: ended,
+            started,
+        };
     }
 
     /// Settles `wait` and returns its deadline; a wait without a time yet starts at `now()`
@@ -511,8 +589,19 @@ impl<S> DeadlineIo<S> {
         self.timer_watched = false;
     }
 
-    /// Notes bytes hyper just read: the protocol, and the start of a head.
+    /// Notes bytes hyper just read: the protocol, the start of a head, and the last bytes
+    /// (`tail`, and whether they end in an empty line, so that `settle`, which runs twice per
+    /// request, tests one flag: its own growth cost ~30 instructions per request, callgrind,
+    /// 2026-11-30).
     fn saw(&mut self, bytes: &[u8]) {
+        self.tail = match *bytes {
+            // One load: the byte above the three is masked off below.
+            [.., a, b, c, d] => u32::from_be_bytes([a, b, c, d]) & 0xFF_FFFF,
+            _ => bytes
+                .iter()
+                .fold(self.tail, |t, &b| (t << 8 | u32::from(b)) & 0xFF_FFFF),
+        };
+        self.tail_ends_head = self.tail & 0xFFFF == 0x0A0A || self.tail == 0x0A_0D0A;
         if let Proto::Sniffing(n) = self.proto {
             let take = bytes.len().min(H2_PREFACE.len() - n);
             self.proto = if bytes[..take] != H2_PREFACE[n..n + take] {
@@ -1062,6 +1151,57 @@ mod tests {
         state.upgraded.store(true, Ordering::Release);
         let read = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut buf)).await;
         assert!(read.is_err(), "an upgraded stream has no deadline");
+    }
+
+    /// After a request ends, the bytes received tell a kept-alive wait (keep-alive, EOF) from
+    /// part of a head hyper holds (header timeout from the end, 408): an empty line last,
+    /// however the reads cut it, is a complete request; anything else is a head begun, unless
+    /// the request had a `Content-Length` body (module docs, "A head pipelined behind a
+    /// request").
+    #[tokio::test(start_paused = true)]
+    async fn bytes_left_after_a_request_are_a_head_unless_an_empty_line_ends_them() {
+        let cases: [(&[&[u8]], bool, bool); 5] = [
+            (&[b"GET / HTTP/1.1\r\n\r\n"], false, false),
+            (&[b"GET / HTTP/1.1\r\n\r", b"\n"], false, false),
+            (&[b"GET / HTTP/1.1\n\n"], false, false),
+            (&[b"GET / HTTP/1.1\r\n\r\nGE", b"T"], false, true),
+            (
+                &[b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc"],
+                true,
+                false,
+            ),
+        ];
+        for (reads, sized, head) in cases {
+            let (mut client, server) = duplex(1024);
+            let state = Arc::new(ConnState::default());
+            let (mut io, _gone) = DeadlineIo::new(server, Arc::clone(&state), D);
+            let mut buf = [0u8; 64];
+            for (i, read) in reads.iter().enumerate() {
+                client.write_all(read).await.unwrap();
+                assert_eq!(io.read(&mut buf).await.unwrap(), read.len());
+                if i == 0 {
+                    state.request_started();
+                    if sized {
+                        state.sized_body_began();
+                    }
+                }
+            }
+            state.request_ended();
+            let start = Instant::now();
+            assert_eq!(io.read(&mut buf).await.unwrap(), 0, "{reads:?}");
+            // After the 408, the close lingers for the client's EOF, which this one never sends.
+            let (wait, timed_out) = if head {
+                (D.header + LINGER, true)
+            } else {
+                (D.keep_alive, false)
+            };
+            assert_eq!(start.elapsed(), wait, "{reads:?}");
+            assert_eq!(
+                state.head_timed_out.load(Ordering::Relaxed),
+                timed_out,
+                "{reads:?}"
+            );
+        }
     }
 
     /// Counts wake-ups.

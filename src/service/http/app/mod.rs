@@ -651,6 +651,10 @@ where
         .err()
         .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
     if let Some(status) = early {
+        // Not always closed (a 400 keeps the connection), and hyper may then drain the body.
+        if !body.is_end_stream() {
+            mark_sized_body(c, &body);
+        }
         // The head alone is refused: the app is not called, and an HTTP/1 connection closes
         // rather than read a body nobody wants. Answered when polled: an HTTP/2 stream's send
         // watch is its task's (`finish`).
@@ -672,7 +676,10 @@ where
         parts.extensions.insert(ReceivedUri(line.uri.clone()));
     }
     // Only a request with a body can overrun or stall it.
-    let read = (!body.is_end_stream()).then(|| Arc::new(BodyOutcome::default()));
+    let read = (!body.is_end_stream()).then(|| {
+        mark_sized_body(c, &body);
+        Arc::new(BodyOutcome::default())
+    });
     let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
     let req = Request::from_parts(parts, body);
     HandleFuture {
@@ -687,6 +694,15 @@ where
         line,
         end: Some(end),
         read,
+    }
+}
+
+/// Tells the connection's clock when `body` has a `Content-Length` (hyper's exact size hint):
+/// its last bytes then say nothing of whether a head follows it (`io`'s module docs, "A head
+/// pipelined behind a request"). Only for a request with a body: the hot path has none.
+fn mark_sized_body(c: &ConnShared, body: &Incoming) {
+    if body.size_hint().exact().is_some() {
+        c.state.sized_body_began();
     }
 }
 
