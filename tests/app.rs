@@ -1559,3 +1559,38 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(payload);
     f
 }
+
+/// A transfer coding hyper does not undo (it undoes `chunked` alone) gets 501 and a closed
+/// connection (RFC 9112 §6.1), not a body the app reads still coded: `gzip, chunked` reached
+/// the echo route as the gzip bytes, `chunked, chunked` as the inner chunks.
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_gets_501() {
+    let server = Server::start(HttpSettings::default()).await;
+    for te in [
+        &b"transfer-encoding: gzip, chunked\r\n"[..],
+        b"transfer-encoding: chunked, chunked\r\n",
+        b"transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n",
+    ] {
+        let mut request = b"POST /echo HTTP/1.1\r\nhost: x\r\n".to_vec();
+        request.extend_from_slice(te);
+        // The body, then a request behind it that must not be answered.
+        request.extend_from_slice(b"\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        let got = server.raw(&request).await;
+        let te = String::from_utf8_lossy(te);
+        assert_eq!(
+            status_line(&got),
+            "HTTP/1.1 501 Not Implemented",
+            "{te}: {got}"
+        );
+        assert!(got.contains("\r\nconnection: close\r\n"), "{te}: {got}");
+        assert!(!got.contains("hello"), "{te}: {got}");
+    }
+    // `chunked` alone, in any case, is read.
+    let got = server
+        .raw(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: Chunked\r\n\
+              connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+}

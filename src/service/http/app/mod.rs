@@ -956,7 +956,8 @@ fn client_peer(peer: &Peer, client: &Client) -> Peer {
 }
 
 /// A short plain-text answer the server makes itself: `413 Payload Too Large`. Statuses that
-/// leave a request body unread (408, 413, 414, 431) close an HTTP/1 connection.
+/// leave a request body unread (408, 413, 414, 431, and 501 for a transfer coding not
+/// understood) close an HTTP/1 connection.
 fn status_response(status: StatusCode, version: Version) -> Response<Full<Bytes>> {
     let text = format!(
         "{} {}\n",
@@ -975,6 +976,7 @@ fn status_response(status: StatusCode, version: Version) -> Response<Full<Bytes>
             | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::URI_TOO_LONG
             | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            | StatusCode::NOT_IMPLEMENTED
     );
     if closes && version < Version::HTTP_2 {
         r.headers_mut()

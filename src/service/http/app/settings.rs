@@ -94,6 +94,13 @@ impl HttpSettings {
     /// at the characters). A proxy and the app that read different `Host`s of one request
     /// would disagree on its site.
     ///
+    /// Then 501 for a `Transfer-Encoding` other than one `chunked` alone (RFC 9112 §6.1: a
+    /// coding the server does not understand SHOULD get 501; nginx answers 501 to anything
+    /// else too). hyper undoes `chunked` only and lets `gzip, chunked`, `chunked, chunked`
+    /// or a second `Transfer-Encoding` field through, so the app would read a body still
+    /// coded, a different one than the client sent. (hyper itself refuses with 400 a list
+    /// that does not end in `chunked`, or any `Transfer-Encoding` on HTTP/1.0.)
+    ///
     /// On the way it notes what the request path needs to know of the fields next
     /// ([`HeadFields`]), so that the fields are walked once per request.
     pub fn check_head(&self, head: &Parts) -> Result<HeadFields, StatusCode> {
@@ -107,11 +114,17 @@ impl HttpSettings {
         let mut hosts = 0;
         let mut host_bytes_ok = true;
         let mut forwarding = false;
+        let mut codings = 0;
+        let mut chunked_alone = true;
         for (name, value) in &head.headers {
             if name.as_str().len() + 2 + value.len() > self.limit_request_field_size {
                 return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             }
             forwarding |= is_forwarding_header(name);
+            if name == http::header::TRANSFER_ENCODING {
+                codings += 1;
+                chunked_alone &= is_chunked_alone(value.as_bytes());
+            }
             if name == http::header::HOST {
                 hosts += 1;
                 // Every byte looked at (no early exit): a loop the compiler unrolls.
@@ -129,8 +142,24 @@ impl HttpSettings {
         if !host_ok {
             return Err(StatusCode::BAD_REQUEST);
         }
+        if codings > 1 || !chunked_alone {
+            return Err(StatusCode::NOT_IMPLEMENTED);
+        }
         Ok(HeadFields { forwarding })
     }
+}
+
+/// Whether a `Transfer-Encoding` value names `chunked` alone: its one list element, any case,
+/// with optional whitespace and empty elements around it (RFC 9110 §5.6.1).
+fn is_chunked_alone(value: &[u8]) -> bool {
+    let mut elements = value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty());
+    elements
+        .next()
+        .is_some_and(|e| e.eq_ignore_ascii_case(b"chunked"))
+        && elements.next().is_none()
 }
 
 /// What [`HttpSettings::check_head`] noted of a head it let through.
@@ -282,6 +311,34 @@ mod tests {
             let fields = [("accept", "*/*".into()), (name, "for=1.2.3.4".into())];
             assert!(forwarding(&fields).forwarding, "{name}");
         }
+    }
+
+    #[test]
+    fn a_transfer_coding_other_than_chunked_alone_gets_501() {
+        let s = HttpSettings::default();
+        let with = |values: &[&str]| {
+            let fields: Vec<_> = values
+                .iter()
+                .map(|v| ("transfer-encoding", (*v).to_string()))
+                .collect();
+            s.check_head(&head("/", &fields)).err()
+        };
+        for good in ["chunked", "CHUNKED", " chunked ", ", chunked", "chunked,"] {
+            assert_eq!(with(&[good]), None, "{good}");
+        }
+        assert_eq!(with(&[]), None);
+        let refused = Some(StatusCode::NOT_IMPLEMENTED);
+        for wrong in [
+            "gzip, chunked",
+            "chunked, chunked",
+            "identity, chunked",
+            "x-chunked",
+            "",
+        ] {
+            assert_eq!(with(&[wrong]), refused, "{wrong}");
+        }
+        assert_eq!(with(&["gzip", "chunked"]), refused);
+        assert_eq!(with(&["chunked", "chunked"]), refused);
     }
 
     #[test]
