@@ -1594,3 +1594,62 @@ async fn a_transfer_coding_other_than_chunked_gets_501() {
         .await;
     assert!(got.ends_with("\r\n\r\nhello"), "{got}");
 }
+
+/// A `Host` that names another authority than the target does gets 400: an absolute-form
+/// target on HTTP/1 (which RFC 9112 §3.2.2 has win, while the app reads `Host`), `:authority`
+/// on HTTP/2 (RFC 9113 §8.3.1). A proxy routing by one and the app by the other would
+/// disagree on the request's site.
+#[tokio::test]
+async fn a_host_naming_another_authority_than_the_target_gets_400() {
+    let server = Server::start(HttpSettings::default()).await;
+    let got = server
+        .raw(b"GET http://a.example/ HTTP/1.1\r\nhost: b.example\r\nconnection: close\r\n\r\n")
+        .await;
+    assert_eq!(status_line(&got), "HTTP/1.1 400 Bad Request", "{got}");
+    let got = server
+        .raw(b"GET http://a.example/ HTTP/1.1\r\nhost: A.example\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+    // HTTP/2: `:authority` and `host` both sent, and not the same.
+    for (host, status) in [("b.example", "400"), ("a.example", "200")] {
+        let mut hpack = Vec::new();
+        for (name, value) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "a.example"),
+            (":path", "/"),
+            ("host", host),
+        ] {
+            // A literal field, not indexed, with a new name (RFC 7541 §6.2.2), no Huffman.
+            hpack.push(0);
+            hpack.push(u8::try_from(name.len()).unwrap());
+            hpack.extend_from_slice(name.as_bytes());
+            hpack.push(u8::try_from(value.len()).unwrap());
+            hpack.extend_from_slice(value.as_bytes());
+        }
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend_from_slice(&h2_frame(4, 0, 0, &[]));
+        out.extend_from_slice(&h2_frame(1, 0x5, 1, &hpack));
+        s.write_all(&out).await.unwrap();
+        // The response's HEADERS: `:status` is its first field, sent indexed (RFC 7541
+        // Appendix A: 8 is 200, 12 is 400).
+        let first = tokio::time::timeout(SOON, async {
+            loop {
+                let mut head = [0u8; 9];
+                s.read_exact(&mut head).await.unwrap();
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                s.read_exact(&mut payload).await.unwrap();
+                if head[3] == 1 {
+                    return payload[0];
+                }
+            }
+        })
+        .await
+        .expect("a response");
+        let expected = if status == "200" { 0x88 } else { 0x8c };
+        assert_eq!(first, expected, "host {host}: status {status} expected");
+    }
+}

@@ -92,7 +92,10 @@ impl HttpSettings {
     /// through: none on an HTTP/1.1 request, more than one, or one that is not a host and
     /// optional port (the static service refuses the first two on HTTP/1.1; it does not look
     /// at the characters). A proxy and the app that read different `Host`s of one request
-    /// would disagree on its site.
+    /// would disagree on its site. For the same reason a `Host` must name the authority the
+    /// target names, when it names one: an absolute-form or authority-form target on HTTP/1
+    /// (RFC 9112 §3.2.2 has the target win; the app reads `Host` all the same), `:authority`
+    /// on HTTP/2 (RFC 9113 §8.3.1: a `Host` naming another is malformed).
     ///
     /// Then 501 for a `Transfer-Encoding` other than one `chunked` alone (RFC 9112 §6.1: a
     /// coding the server does not understand SHOULD get 501; nginx answers 501 to anything
@@ -113,6 +116,7 @@ impl HttpSettings {
         // One pass over the fields for every check (no hashed lookup of `Host`).
         let mut hosts = 0;
         let mut host_bytes_ok = true;
+        let mut host = None;
         let mut forwarding = false;
         let mut codings = 0;
         let mut chunked_alone = true;
@@ -127,6 +131,7 @@ impl HttpSettings {
             }
             if name == http::header::HOST {
                 hosts += 1;
+                host = Some(value);
                 // Every byte looked at (no early exit): a loop the compiler unrolls.
                 host_bytes_ok = value
                     .as_bytes()
@@ -134,9 +139,9 @@ impl HttpSettings {
                     .fold(true, |ok, &b| ok & HOST_BYTES[usize::from(b)]);
             }
         }
-        let host_ok = match hosts {
-            0 => head.version != http::Version::HTTP_11,
-            1 => host_bytes_ok,
+        let host_ok = match (hosts, host) {
+            (0, _) => head.version != http::Version::HTTP_11,
+            (1, Some(host)) => host_bytes_ok && names_the_authority(head, host.as_bytes()),
             _ => false,
         };
         if !host_ok {
@@ -160,6 +165,14 @@ fn is_chunked_alone(value: &[u8]) -> bool {
         .next()
         .is_some_and(|e| e.eq_ignore_ascii_case(b"chunked"))
         && elements.next().is_none()
+}
+
+/// Whether `host` (a `Host` value) names the authority of `head`'s target, ASCII case aside;
+/// true when the target names none (origin-form, `*`).
+fn names_the_authority(head: &Parts, host: &[u8]) -> bool {
+    head.uri
+        .authority()
+        .is_none_or(|a| a.as_str().as_bytes().eq_ignore_ascii_case(host))
 }
 
 /// What [`HttpSettings::check_head`] noted of a head it let through.
@@ -297,6 +310,50 @@ mod tests {
         // HTTP/1.0 may omit it; HTTP/2 names the authority in `:authority`.
         assert_eq!(with(Version::HTTP_10, &[]), None);
         assert_eq!(with(Version::HTTP_2, &[]), None);
+    }
+
+    #[test]
+    fn a_host_must_name_the_authority_the_target_names() {
+        let s = HttpSettings::default();
+        use http::Version;
+        let with = |version, target: &str, host: &str| {
+            let req = http::Request::get(target)
+                .version(version)
+                .header("host", host)
+                .body(())
+                .unwrap();
+            s.check_head(&req.into_parts().0).err()
+        };
+        let bad = Some(StatusCode::BAD_REQUEST);
+        assert_eq!(with(Version::HTTP_11, "/", "anything"), None, "origin-form");
+        assert_eq!(
+            with(Version::HTTP_11, "http://a.example/x", "a.example"),
+            None
+        );
+        assert_eq!(
+            with(Version::HTTP_11, "http://A.example:81/", "a.EXAMPLE:81"),
+            None
+        );
+        assert_eq!(
+            with(Version::HTTP_11, "http://a.example/x", "b.example"),
+            bad
+        );
+        assert_eq!(
+            with(Version::HTTP_11, "http://a.example:81/", "a.example"),
+            bad
+        );
+        assert_eq!(
+            with(Version::HTTP_11, "http://u@a.example/", "a.example"),
+            bad
+        );
+        assert_eq!(
+            with(Version::HTTP_2, "http://a.example/x", "a.example"),
+            None
+        );
+        assert_eq!(
+            with(Version::HTTP_2, "http://a.example/x", "b.example"),
+            bad
+        );
     }
 
     /// The pass over the fields notes whether any is a forwarding header, whatever its case
