@@ -1573,3 +1573,208 @@ async fn repeated_response_headers_and_pipelined_requests_keep_their_own_values(
         "/twice [1, 2] [one, two]\n/ [-] [-]\n/twice [3] [one, two]\n"
     );
 }
+
+/// No content goes out in an answer to HEAD, nor in a 204 or a 304, over HTTP/2 as over
+/// HTTP/1 (RFC 9110 §9.3.2, §15.3.5, §15.4.5), whatever body the app gave: hyper's HTTP/2
+/// writer sent it as DATA frames (a `StaticFiles` under `nest_service`, which axum does not
+/// strip, answered `HEAD` with the whole file). The head stays as the app made it.
+#[tokio::test]
+async fn no_content_goes_out_for_head_204_or_304_over_http2() {
+    use oxicorn::service::http::app::StaticFiles;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "0123456789").unwrap();
+    let app = router()
+        .route(
+            "/no-content",
+            get(|| async { (axum::http::StatusCode::NO_CONTENT, "content anyway") }),
+        )
+        .route(
+            "/not-modified",
+            get(|| async { (axum::http::StatusCode::NOT_MODIFIED, "content anyway") }),
+        )
+        // A service axum does not strip for HEAD, as it does not a nested one.
+        .route_service(
+            "/raw",
+            tower::service_fn(|_req: axum::extract::Request| async {
+                let mut r = axum::response::Response::new(axum::body::Body::from("raw body"));
+                r.headers_mut()
+                    .insert("content-length", axum::http::HeaderValue::from_static("8"));
+                Ok::<_, std::convert::Infallible>(r)
+            }),
+        )
+        .nest_service("/static", StaticFiles::new(dir.path()));
+    let server = Server::start_with(AppService::new(app, HttpSettings::default())).await;
+    for http in [client(), h2c_client()] {
+        for (method, path, status, length) in [
+            ("HEAD", "/static/a.txt", 200, Some("10")),
+            ("HEAD", "/raw", 200, Some("8")),
+            ("HEAD", "/", 200, Some("5")),
+            ("GET", "/no-content", 204, None),
+            ("GET", "/not-modified", 304, None),
+        ] {
+            let r = http
+                .request(method.parse().unwrap(), server.url(path))
+                .send()
+                .await
+                .unwrap();
+            let what = format!("{method} {path} {:?}", r.version());
+            assert_eq!(r.status(), status, "{what}");
+            if let Some(length) = length {
+                assert_eq!(r.headers()["content-length"], length, "{what}");
+            }
+            assert_eq!(r.bytes().await.unwrap().len(), 0, "{what}");
+        }
+        // GET still gets the content.
+        let r = http.get(server.url("/static/a.txt")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "0123456789");
+    }
+    // On the wire: the h2c answer to HEAD ends its stream with its HEADERS frame, no DATA.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let mut hpack = Vec::new();
+    for (name, value) in [
+        (":method", "HEAD"),
+        (":scheme", "http"),
+        (":authority", "x"),
+        (":path", "/static/a.txt"),
+    ] {
+        // A literal field, not indexed, with a new name (RFC 7541 §6.2.2), no Huffman.
+        hpack.push(0);
+        hpack.push(u8::try_from(name.len()).unwrap());
+        hpack.extend_from_slice(name.as_bytes());
+        hpack.push(u8::try_from(value.len()).unwrap());
+        hpack.extend_from_slice(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&h2_frame(4, 0, 0, &[]));
+    // HEADERS, END_STREAM | END_HEADERS, stream 1.
+    out.extend_from_slice(&h2_frame(1, 0x5, 1, &hpack));
+    s.write_all(&out).await.unwrap();
+    let frames = tokio::time::timeout(SOON, async {
+        let mut frames = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.unwrap();
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            if stream == 1 {
+                frames.push((head[3], head[4]));
+                // END_STREAM on HEADERS or DATA: the stream's last frame.
+                if matches!(head[3], 0 | 1) && head[4] & 0x1 != 0 {
+                    return frames;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(
+        frames,
+        [(1, 0x5)],
+        "one HEADERS frame ending the stream, no DATA"
+    );
+}
+
+/// An HTTP/2 frame: type, flags, stream and payload (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A transfer coding hyper does not undo (it undoes `chunked` alone) gets 501 and a closed
+/// connection (RFC 9112 §6.1), not a body the app reads still coded: `gzip, chunked` reached
+/// the echo route as the gzip bytes, `chunked, chunked` as the inner chunks.
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_gets_501() {
+    let server = Server::start(HttpSettings::default()).await;
+    for te in [
+        &b"transfer-encoding: gzip, chunked\r\n"[..],
+        b"transfer-encoding: chunked, chunked\r\n",
+        b"transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n",
+    ] {
+        let mut request = b"POST /echo HTTP/1.1\r\nhost: x\r\n".to_vec();
+        request.extend_from_slice(te);
+        // The body, then a request behind it that must not be answered.
+        request.extend_from_slice(b"\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        let got = server.raw(&request).await;
+        let te = String::from_utf8_lossy(te);
+        assert_eq!(
+            status_line(&got),
+            "HTTP/1.1 501 Not Implemented",
+            "{te}: {got}"
+        );
+        assert!(got.contains("\r\nconnection: close\r\n"), "{te}: {got}");
+        assert!(!got.contains("hello"), "{te}: {got}");
+    }
+    // `chunked` alone, in any case, is read.
+    let got = server
+        .raw(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: Chunked\r\n\
+              connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+}
+
+/// A `Host` that names another authority than the target does gets 400: an absolute-form
+/// target on HTTP/1 (which RFC 9112 §3.2.2 has win, while the app reads `Host`), `:authority`
+/// on HTTP/2 (RFC 9113 §8.3.1). A proxy routing by one and the app by the other would
+/// disagree on the request's site.
+#[tokio::test]
+async fn a_host_naming_another_authority_than_the_target_gets_400() {
+    let server = Server::start(HttpSettings::default()).await;
+    let got = server
+        .raw(b"GET http://a.example/ HTTP/1.1\r\nhost: b.example\r\nconnection: close\r\n\r\n")
+        .await;
+    assert_eq!(status_line(&got), "HTTP/1.1 400 Bad Request", "{got}");
+    let got = server
+        .raw(b"GET http://a.example/ HTTP/1.1\r\nhost: A.example\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+    // HTTP/2: `:authority` and `host` both sent, and not the same.
+    for (host, status) in [("b.example", "400"), ("a.example", "200")] {
+        let mut hpack = Vec::new();
+        for (name, value) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "a.example"),
+            (":path", "/"),
+            ("host", host),
+        ] {
+            // A literal field, not indexed, with a new name (RFC 7541 §6.2.2), no Huffman.
+            hpack.push(0);
+            hpack.push(u8::try_from(name.len()).unwrap());
+            hpack.extend_from_slice(name.as_bytes());
+            hpack.push(u8::try_from(value.len()).unwrap());
+            hpack.extend_from_slice(value.as_bytes());
+        }
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend_from_slice(&h2_frame(4, 0, 0, &[]));
+        out.extend_from_slice(&h2_frame(1, 0x5, 1, &hpack));
+        s.write_all(&out).await.unwrap();
+        // The response's HEADERS: `:status` is its first field, sent indexed (RFC 7541
+        // Appendix A: 8 is 200, 12 is 400).
+        let first = tokio::time::timeout(SOON, async {
+            loop {
+                let mut head = [0u8; 9];
+                s.read_exact(&mut head).await.unwrap();
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                s.read_exact(&mut payload).await.unwrap();
+                if head[3] == 1 {
+                    return payload[0];
+                }
+            }
+        })
+        .await
+        .expect("a response");
+        let expected = if status == "200" { 0x88 } else { 0x8c };
+        assert_eq!(first, expected, "host {host}: status {status} expected");
+    }
+}

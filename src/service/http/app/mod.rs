@@ -735,7 +735,8 @@ where
             Err(status) => Either::Right(status_response(status, end.version)),
             Ok(outcome) => app_response(outcome, this.line, &end.conn.peer, this.read.as_deref()),
         };
-        Poll::Ready(Ok(finish(end, response)))
+        let head = this.line.method == Method::HEAD;
+        Poll::Ready(Ok(finish(end, response, head)))
     }
 }
 
@@ -784,11 +785,13 @@ where
 }
 
 /// The response as it leaves: an upgrade noted, `connection: close` once the worker stops,
-/// and its body wrapped to count and log it and end the request when hyper drops it. Called
-/// in the task that polls the request's future (an HTTP/2 stream's own: [`SendWatch::current`]).
+/// no content where HTTP forbids it ([`bodiless`]), and its body wrapped to count and log it
+/// and end the request when hyper drops it. `head`: the request's method is HEAD. Called in
+/// the task that polls the request's future (an HTTP/2 stream's own: [`SendWatch::current`]).
 fn finish<B>(
     mut end: RequestEnd,
     response: Either<Response<B>, Response<Full<Bytes>>>,
+    head: bool,
 ) -> Response<ResponseBody<B>>
 where
     B: Body<Data = Bytes>,
@@ -798,6 +801,11 @@ where
         Either::Left(r) => r.map(Either::Left),
         Either::Right(r) => r.map(Either::Right),
     };
+    if end.version == Version::HTTP_2 && bodiless(head, response.status()) {
+        // The app's body is dropped unread (a file closed, a stream ended); its headers,
+        // `content-length` included, stay as it set them.
+        response = response.map(|_| Either::Right(Full::new(Bytes::new())));
+    }
     let c = &*end.conn;
     // The headers the app (or this module's own answer) set, before `connection: close`.
     if let (Some(log), Some(kept)) = (&c.access_log, end.logged.as_mut()) {
@@ -822,6 +830,16 @@ where
         });
     end.status = response.status();
     response.map(|b| ResponseBody::new(b, end, send))
+}
+
+/// Whether a response must carry no content, whatever body the app gave it: one to HEAD
+/// (RFC 9110 §9.3.2), a 204 (§15.3.5) or a 304 (§15.4.5). hyper's HTTP/1 writer leaves such
+/// a body out; its HTTP/2 one sends whatever the body yields, as DATA frames. axum strips the
+/// body of its own routes' answers to HEAD, but not of a nested service's (a `StaticFiles`
+/// mounted with `nest_service` answered `HEAD` over h2c with the whole file), nor of any 204
+/// or 304 an app builds with content, so the request path drops it for HTTP/2.
+fn bodiless(head: bool, status: StatusCode) -> bool {
+    head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
 /// What only the access log needs of a request, kept when it is on.
@@ -954,7 +972,8 @@ fn client_peer(peer: &Peer, client: &Client) -> Peer {
 }
 
 /// A short plain-text answer the server makes itself: `413 Payload Too Large`. Statuses that
-/// leave a request body unread (408, 413, 414, 431) close an HTTP/1 connection.
+/// leave a request body unread (408, 413, 414, 431, and 501 for a transfer coding not
+/// understood) close an HTTP/1 connection.
 fn status_response(status: StatusCode, version: Version) -> Response<Full<Bytes>> {
     let text = format!(
         "{} {}\n",
@@ -973,6 +992,7 @@ fn status_response(status: StatusCode, version: Version) -> Response<Full<Bytes>
             | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::URI_TOO_LONG
             | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            | StatusCode::NOT_IMPLEMENTED
     );
     if closes && version < Version::HTTP_2 {
         r.headers_mut()

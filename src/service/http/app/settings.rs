@@ -92,7 +92,17 @@ impl HttpSettings {
     /// through: none on an HTTP/1.1 request, more than one, or one that is not a host and
     /// optional port (the static service refuses the first two on HTTP/1.1; it does not look
     /// at the characters). A proxy and the app that read different `Host`s of one request
-    /// would disagree on its site.
+    /// would disagree on its site. For the same reason a `Host` must name the authority the
+    /// target names, when it names one: an absolute-form or authority-form target on HTTP/1
+    /// (RFC 9112 §3.2.2 has the target win; the app reads `Host` all the same), `:authority`
+    /// on HTTP/2 (RFC 9113 §8.3.1: a `Host` naming another is malformed).
+    ///
+    /// Then 501 for a `Transfer-Encoding` other than one `chunked` alone (RFC 9112 §6.1: a
+    /// coding the server does not understand SHOULD get 501; nginx answers 501 to anything
+    /// else too). hyper undoes `chunked` only and lets `gzip, chunked`, `chunked, chunked`
+    /// or a second `Transfer-Encoding` field through, so the app would read a body still
+    /// coded, a different one than the client sent. (hyper itself refuses with 400 a list
+    /// that does not end in `chunked`, or any `Transfer-Encoding` on HTTP/1.0.)
     ///
     /// On the way it notes what the request path needs to know of the fields next
     /// ([`HeadFields`]), so that the fields are walked once per request.
@@ -106,14 +116,22 @@ impl HttpSettings {
         // One pass over the fields for every check (no hashed lookup of `Host`).
         let mut hosts = 0;
         let mut host_bytes_ok = true;
+        let mut host = None;
         let mut forwarding = false;
+        let mut codings = 0;
+        let mut chunked_alone = true;
         for (name, value) in &head.headers {
             if name.as_str().len() + 2 + value.len() > self.limit_request_field_size {
                 return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             }
             forwarding |= is_forwarding_header(name);
+            if name == http::header::TRANSFER_ENCODING {
+                codings += 1;
+                chunked_alone &= is_chunked_alone(value.as_bytes());
+            }
             if name == http::header::HOST {
                 hosts += 1;
+                host = Some(value);
                 // Every byte looked at (no early exit): a loop the compiler unrolls.
                 host_bytes_ok = value
                     .as_bytes()
@@ -121,16 +139,40 @@ impl HttpSettings {
                     .fold(true, |ok, &b| ok & HOST_BYTES[usize::from(b)]);
             }
         }
-        let host_ok = match hosts {
-            0 => head.version != http::Version::HTTP_11,
-            1 => host_bytes_ok,
+        let host_ok = match (hosts, host) {
+            (0, _) => head.version != http::Version::HTTP_11,
+            (1, Some(host)) => host_bytes_ok && names_the_authority(head, host.as_bytes()),
             _ => false,
         };
         if !host_ok {
             return Err(StatusCode::BAD_REQUEST);
         }
+        if codings > 1 || !chunked_alone {
+            return Err(StatusCode::NOT_IMPLEMENTED);
+        }
         Ok(HeadFields { forwarding })
     }
+}
+
+/// Whether a `Transfer-Encoding` value names `chunked` alone: its one list element, any case,
+/// with optional whitespace and empty elements around it (RFC 9110 §5.6.1).
+fn is_chunked_alone(value: &[u8]) -> bool {
+    let mut elements = value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty());
+    elements
+        .next()
+        .is_some_and(|e| e.eq_ignore_ascii_case(b"chunked"))
+        && elements.next().is_none()
+}
+
+/// Whether `host` (a `Host` value) names the authority of `head`'s target, ASCII case aside;
+/// true when the target names none (origin-form, `*`).
+fn names_the_authority(head: &Parts, host: &[u8]) -> bool {
+    head.uri
+        .authority()
+        .is_none_or(|a| a.as_str().as_bytes().eq_ignore_ascii_case(host))
 }
 
 /// What [`HttpSettings::check_head`] noted of a head it let through.
@@ -270,6 +312,50 @@ mod tests {
         assert_eq!(with(Version::HTTP_2, &[]), None);
     }
 
+    #[test]
+    fn a_host_must_name_the_authority_the_target_names() {
+        let s = HttpSettings::default();
+        use http::Version;
+        let with = |version, target: &str, host: &str| {
+            let req = http::Request::get(target)
+                .version(version)
+                .header("host", host)
+                .body(())
+                .unwrap();
+            s.check_head(&req.into_parts().0).err()
+        };
+        let bad = Some(StatusCode::BAD_REQUEST);
+        assert_eq!(with(Version::HTTP_11, "/", "anything"), None, "origin-form");
+        assert_eq!(
+            with(Version::HTTP_11, "http://a.example/x", "a.example"),
+            None
+        );
+        assert_eq!(
+            with(Version::HTTP_11, "http://A.example:81/", "a.EXAMPLE:81"),
+            None
+        );
+        assert_eq!(
+            with(Version::HTTP_11, "http://a.example/x", "b.example"),
+            bad
+        );
+        assert_eq!(
+            with(Version::HTTP_11, "http://a.example:81/", "a.example"),
+            bad
+        );
+        assert_eq!(
+            with(Version::HTTP_11, "http://u@a.example/", "a.example"),
+            bad
+        );
+        assert_eq!(
+            with(Version::HTTP_2, "http://a.example/x", "a.example"),
+            None
+        );
+        assert_eq!(
+            with(Version::HTTP_2, "http://a.example/x", "b.example"),
+            bad
+        );
+    }
+
     /// The pass over the fields notes whether any is a forwarding header, whatever its case
     /// and place.
     #[test]
@@ -282,6 +368,34 @@ mod tests {
             let fields = [("accept", "*/*".into()), (name, "for=1.2.3.4".into())];
             assert!(forwarding(&fields).forwarding, "{name}");
         }
+    }
+
+    #[test]
+    fn a_transfer_coding_other_than_chunked_alone_gets_501() {
+        let s = HttpSettings::default();
+        let with = |values: &[&str]| {
+            let fields: Vec<_> = values
+                .iter()
+                .map(|v| ("transfer-encoding", (*v).to_string()))
+                .collect();
+            s.check_head(&head("/", &fields)).err()
+        };
+        for good in ["chunked", "CHUNKED", " chunked ", ", chunked", "chunked,"] {
+            assert_eq!(with(&[good]), None, "{good}");
+        }
+        assert_eq!(with(&[]), None);
+        let refused = Some(StatusCode::NOT_IMPLEMENTED);
+        for wrong in [
+            "gzip, chunked",
+            "chunked, chunked",
+            "identity, chunked",
+            "x-chunked",
+            "",
+        ] {
+            assert_eq!(with(&[wrong]), refused, "{wrong}");
+        }
+        assert_eq!(with(&["gzip", "chunked"]), refused);
+        assert_eq!(with(&["chunked", "chunked"]), refused);
     }
 
     #[test]

@@ -178,7 +178,9 @@ impl StaticFiles {
             target,
             ..Head::default()
         };
-        let mut reply = respond(&head, svc);
+        // A HEAD answer has no content (RFC 9110 §9.3.2), whichever server writes it: not
+        // every one drops it (hyper's HTTP/2 sends it).
+        let mut reply = respond(&head, svc).head_only(head.method == Method::HEAD);
         if let Some(mount) = mount {
             remount(&mut reply, &mount, seen);
         }
@@ -281,7 +283,7 @@ fn to_response(reply: Reply, path: &str) -> Response<FileBody> {
         } else {
             reply.body.into()
         },
-        file: reply.file,
+        file: if reply.head_only { None } else { reply.file },
         left: if reply.head_only { 0 } else { reply.len },
     });
     *response.status_mut() = reply.status;
