@@ -11,7 +11,7 @@
 //! | no byte yet on a fresh connection | `header_timeout` after the accept | EOF to hyper: the connection closes without a word |
 //! | HTTP/1, bytes of a head received, no request in flight | `header_timeout` after the head's first byte (or the accept) | `408 Request Timeout`, then EOF |
 //! | HTTP/1, part of a head pipelined behind the request that just ended (read while it was in flight) | `header_timeout` after that request's end | `408 Request Timeout`, then EOF |
-//! | no request in flight since the last one ended (kept alive) | `keep_alive` after that | EOF |
+//! | no request in flight since the last one ended (kept alive; HTTP/2: whatever frames come meanwhile, and from the accept before a first stream) | `keep_alive` after that | EOF |
 //! | a request in flight, or the connection upgraded | none here (`request_timeout`, `client_body_timeout` and the worker's graceful deadline bound these) | – |
 //! | any write blocked (the client stopped reading) | the service's idle timeout after the write first blocked (nginx's `send_timeout`; an HTTP/2 stream held by flow control has its own, [`super::stream`]) | the write fails with `TimedOut`: the connection ends |
 //!
@@ -613,9 +613,12 @@ impl<S> DeadlineIo<S> {
             };
         }
         match self.wait {
-            // HTTP/2 frames between requests (pings, settings) are not a head: the idle
-            // clock restarts instead.
-            Wait::Idle(_) if self.proto == Proto::Http2 => self.wait = Wait::Idle(None),
+            // HTTP/2 frames between requests (pings, settings, a header block still open)
+            // are not a head, and do not restart the idle clock either: an HTTP/2 connection
+            // is idle from its last stream's end whatever else its client sends, or a PING
+            // every second, or a header block dripped in CONTINUATION frames (HTTP/2's
+            // slowloris), would hold it for ever.
+            Wait::Idle(_) if self.proto == Proto::Http2 => {}
             Wait::Idle(_) => {
                 self.wait = Wait::Head {
                     since: None,
@@ -631,7 +634,8 @@ impl<S> DeadlineIo<S> {
                 };
                 self.line = Some(LineTail::default());
             }
-            Wait::Fresh(_) => self.wait = Wait::Idle(None),
+            // The preface is in: HTTP/2, idle since the accept until a first stream.
+            Wait::Fresh(since) => self.wait = Wait::Idle(Some(since)),
             Wait::Head { .. } | Wait::Busy => {}
         }
     }
@@ -1393,5 +1397,36 @@ mod tests {
         let mut rest = [0u8; 8];
         drop(io);
         assert_eq!(client.read(&mut rest).await.unwrap(), 0);
+    }
+
+    /// Frames with no stream to show for them (a PING every so often, a header block dripped
+    /// in CONTINUATION frames) do not keep an HTTP/2 connection: it is closed `keep_alive`
+    /// after the accept (or its last stream's end) whatever bytes came meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn http2_frames_without_a_stream_do_not_hold_the_connection() {
+        let (mut client, server) = duplex(1024);
+        let (mut io, _gone) = DeadlineIo::new(server, Arc::default(), D);
+        let accepted = Instant::now();
+        client.write_all(H2_PREFACE).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        // A PING frame (8 bytes of payload) every tenth of the keep-alive limit.
+        let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let mut frames = 0;
+        loop {
+            tokio::time::sleep(D.keep_alive / 10).await;
+            // Bounded: the limit passes after ten.
+            assert!(frames <= 20, "the connection was held");
+            if client.write_all(&ping).await.is_err() {
+                break;
+            }
+            assert_eq!(io.read(&mut buf).await.unwrap(), ping.len());
+            frames += 1;
+            // Waits for more, as hyper does: EOF once the limit has passed.
+            if read_with(&mut io, Waker::noop()) == Some(0) {
+                break;
+            }
+        }
+        assert_eq!(accepted.elapsed(), D.keep_alive);
     }
 }
