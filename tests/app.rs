@@ -439,6 +439,38 @@ async fn a_request_line_naming_http_2_0_gets_505() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
 }
 
+/// A later minor version of HTTP/1 (`HTTP/1.2`) is served as HTTP/1.1 (RFC 9112 §2.3: a
+/// server SHOULD process it as the highest minor version it implements; the static service
+/// does), however the line is cut, and on a kept-alive connection too; httparse alone
+/// refuses it (400).
+#[tokio::test]
+async fn a_later_minor_version_is_served_as_http_1_1() {
+    let server = Server::start(HttpSettings::default()).await;
+    let got = server
+        .raw(b"GET / HTTP/1.2\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.9\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut body = [0u8; 5];
+    s.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"hello");
+    for part in [&b"GET / HTTP/1."[..], b"2", b"\r", b"\nhost: x\r\n\r\n"] {
+        s.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+}
+
 #[tokio::test]
 async fn a_slow_head_gets_408_and_a_silent_client_is_closed() {
     let timeout = Duration::from_millis(300);

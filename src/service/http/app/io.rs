@@ -643,13 +643,14 @@ impl<S> DeadlineIo<S> {
     /// Reads on through the current head's request line (the bytes hyper just read, after
     /// [`DeadlineIo::saw`]); true when it is complete and names a later major version of
     /// HTTP/1 on an HTTP/1 connection (the HTTP/2 preface's `PRI * HTTP/2.0` never counts).
-    fn version_too_new(&mut self, bytes: &[u8]) -> bool {
+    /// A later minor version of HTTP/1 in `bytes` is made `HTTP/1.1` on the way ([`LineTail`]).
+    fn version_too_new(&mut self, bytes: &mut [u8]) -> bool {
         let Some(line) = &mut self.line else {
             return false;
         };
         match line.feed(bytes) {
             LineScan::More => false,
-            LineScan::Done => {
+            LineScan::Done | LineScan::LaterMinor => {
                 self.line = None;
                 false
             }
@@ -667,8 +668,12 @@ impl<S> DeadlineIo<S> {
 /// Why here and not in hyper: hyper's HTTP/1 parser (httparse) knows only `HTTP/1.0` and
 /// `HTTP/1.1` and answers anything else with 400, while RFC 9110 §15.6.6 (and nginx, and the
 /// static service) answer a well-formed later major version, `HTTP/2.0` sent as text, with
-/// 505. Only the first request line of a head that begins a read is looked at: a head
-/// pipelined behind another in the same read is left to hyper (400).
+/// 505. It refuses a later minor version too (`HTTP/1.2`), which RFC 9112 §2.3 says a server
+/// SHOULD take as the highest minor version it implements (as the static service does): such
+/// a version's digit is made `1` in the bytes hyper is given (the read that completes the
+/// token is judged before hyper sees it, so the digit is in it). Only the first request
+/// line of a head that begins a read is looked at: a head pipelined behind another in the
+/// same read is left to hyper (400).
 #[derive(Debug, Default)]
 struct LineTail {
     /// The line's last bytes (up to [`LineTail::KEEP`]), oldest first.
@@ -688,45 +693,77 @@ enum LineScan {
     Done,
     /// The line ended with `HTTP/2.0` to `HTTP/9.9`.
     TooNew,
+    /// The line ended with `HTTP/1.2` to `HTTP/1.9` (from [`LineTail::judge`] only: `feed`
+    /// makes it `Done`, and the version `HTTP/1.1` where it can).
+    LaterMinor,
 }
 
 impl LineTail {
     /// `" HTTP/2.0"` and the line's `\r`.
     const KEEP: usize = 10;
 
-    fn feed(&mut self, mut bytes: &[u8]) -> LineScan {
+    /// Reads on through `bytes`, the next bytes of the connection, and says where the request
+    /// line got to; a later minor version of HTTP/1 in them is made `HTTP/1.1` (type docs).
+    fn feed(&mut self, bytes: &mut [u8]) -> LineScan {
+        // Where the rest of `bytes` begins (empty lines before the request line skipped).
+        let mut at = 0;
         loop {
-            let Some(end) = memchr::memchr(b'\n', bytes) else {
-                self.push(bytes);
+            let rest = &bytes[at..];
+            let Some(end) = memchr::memchr(b'\n', rest) else {
+                self.push(rest);
                 // hyper refuses a version it does not speak as soon as its token is there,
                 // before the line ends (`GET / HTTP/2.0\r`, then `\n`): judged now, or it
                 // would answer 400 first.
                 let line = &self.tail[..self.len];
-                return Self::judge(line.strip_suffix(b"\r").unwrap_or(line)).more_unless_too_new();
+                let scan = Self::judge(line.strip_suffix(b"\r").unwrap_or(line));
+                let here = rest.strip_suffix(b"\r").unwrap_or(rest).len();
+                return match scan {
+                    LineScan::LaterMinor => Self::mend_minor(&mut bytes[at..at + here]),
+                    scan => scan.more_unless_too_new(),
+                };
             };
+            let here = rest[..end]
+                .strip_suffix(b"\r")
+                .unwrap_or(&rest[..end])
+                .len();
             // The usual case, a line that arrives whole: judged where it lies, nothing kept.
-            if self.total == 0 {
-                let line = bytes[..end].strip_suffix(b"\r").unwrap_or(&bytes[..end]);
-                bytes = &bytes[end + 1..];
+            let scan = if self.total == 0 {
+                let line = &rest[..here];
                 if line.is_empty() {
+                    at += end + 1;
                     continue;
                 }
-                return Self::judge(line);
-            }
-            self.push(&bytes[..end]);
-            let mut line = &self.tail[..self.len];
-            let mut total = self.total;
-            if let [rest @ .., b'\r'] = line {
-                line = rest;
-                total -= 1;
-            }
-            if total == 0 {
-                *self = LineTail::default();
-                bytes = &bytes[end + 1..];
-                continue;
-            }
-            return Self::judge(line);
+                Self::judge(line)
+            } else {
+                self.push(&rest[..end]);
+                let mut line = &self.tail[..self.len];
+                let mut total = self.total;
+                if let [rest @ .., b'\r'] = line {
+                    line = rest;
+                    total -= 1;
+                }
+                if total == 0 {
+                    *self = LineTail::default();
+                    at += end + 1;
+                    continue;
+                }
+                Self::judge(line)
+            };
+            return match scan {
+                LineScan::LaterMinor => Self::mend_minor(&mut bytes[at..at + here]),
+                scan => scan,
+            };
         }
+    }
+
+    /// Makes the version a line ends with `HTTP/1.1` when it ends `here` (this read's part of
+    /// a line that [`LineTail::judge`] found to end with a later minor version): its last byte
+    /// is the minor digit. `Done` either way: hyper judges the rest.
+    fn mend_minor(here: &mut [u8]) -> LineScan {
+        if let Some(minor) = here.last_mut() {
+            *minor = b'1';
+        }
+        LineScan::Done
     }
 
     /// A whole request line (or its last [`LineTail::KEEP`] bytes), without its `\r\n`; also
@@ -747,6 +784,18 @@ impl LineTail {
                 b'.',
                 b'0'..=b'9',
             ] => LineScan::TooNew,
+            [
+                ..,
+                b' ',
+                b'H',
+                b'T',
+                b'T',
+                b'P',
+                b'/',
+                b'1',
+                b'.',
+                b'2'..=b'9',
+            ] => LineScan::LaterMinor,
             _ => LineScan::Done,
         }
     }
@@ -770,7 +819,7 @@ impl LineScan {
     fn more_unless_too_new(self) -> LineScan {
         match self {
             LineScan::TooNew => LineScan::TooNew,
-            LineScan::Done | LineScan::More => LineScan::More,
+            LineScan::Done | LineScan::More | LineScan::LaterMinor => LineScan::More,
         }
     }
 }
@@ -815,7 +864,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<S> {
                 if filled > before && !this.state.upgraded.load(Ordering::Relaxed) {
                     // Settle the wait against the request path before counting these bytes.
                     this.settle();
-                    let bytes = &buf.filled()[before..filled];
+                    let bytes = &mut buf.filled_mut()[before..filled];
                     this.saw(bytes);
                     // A later HTTP version: hyper never sees these bytes (any earlier part
                     // of the line it holds ends in EOF, which it closes on without a word),
@@ -1326,7 +1375,7 @@ mod tests {
             let mut t = LineTail::default();
             let mut last = LineScan::More;
             for p in parts {
-                last = t.feed(p);
+                last = t.feed(&mut p.to_vec());
                 if last != LineScan::More {
                     break;
                 }
@@ -1378,6 +1427,50 @@ mod tests {
         // A line cut just before its `\n`: the `\r` is the tail's, not the version's.
         assert_eq!(scan(&[b"GET / HTTP/2.0\r", b"\n"]), LineScan::TooNew);
         assert_eq!(scan(&[b"GET / HTTP/1.1\r", b"\n"]), LineScan::Done);
+    }
+
+    /// A later minor version of HTTP/1 is made `HTTP/1.1` in the bytes hyper is given, where
+    /// its digit lies in them (RFC 9112 §2.3), however the line is cut; other lines and the
+    /// bytes after the line are left as they are.
+    #[test]
+    fn a_later_minor_version_is_made_1_1_where_it_lies() {
+        // The reads as hyper gets them, after the line was fed through.
+        let fed = |parts: &[&[u8]]| {
+            let mut t = LineTail::default();
+            let mut out = Vec::new();
+            let mut done = false;
+            for p in parts {
+                let mut read = p.to_vec();
+                if !done {
+                    done = t.feed(&mut read) != LineScan::More;
+                }
+                out.extend_from_slice(&read);
+            }
+            String::from_utf8(out).unwrap()
+        };
+        let line = "GET /a HTTP/1.2\r\nhost: x.2\r\n\r\n";
+        let mended = "GET /a HTTP/1.1\r\nhost: x.2\r\n\r\n";
+        for cut in 0..=line.len() {
+            let (a, b) = line.as_bytes().split_at(cut);
+            // The token is judged in the read that completes it, so its digit is always there.
+            assert_eq!(fed(&[a, b]), mended, "cut at {cut}");
+        }
+        assert_eq!(fed(&[b"\r\nGET / HTTP/1.9\n\n"]), "\r\nGET / HTTP/1.1\n\n");
+        assert_eq!(
+            fed(&[b"GET / HT", b"TP/1.", b"5", b"\r\n"]),
+            "GET / HTTP/1.1\r\n"
+        );
+        for same in [
+            "GET / HTTP/1.1\r\n",
+            "GET / HTTP/1.0\r\n",
+            "GET / HTTP/2.0\r\n",
+            "GET / HTTP/1.12\r\n",
+            "GET / HTTP/1.2x\r\n",
+            "GET /HTTP/1.2\r\n",
+            "GET / HTTP/1.1\r\nx: HTTP/1.2\r\n",
+        ] {
+            assert_eq!(fed(&[same.as_bytes()]), same);
+        }
     }
 
     #[tokio::test(start_paused = true)]
