@@ -67,6 +67,7 @@ pub use settings::HttpSettings;
 pub use static_files::StaticFiles;
 
 use super::access_log::{AccessLog, Captured, Record, RequestLine as LogLine};
+use crate::child::{CaughtPanic, catch_reported};
 use crate::net::{Peer, Stream};
 use crate::service::ConnContext;
 use crate::service::metrics::Metrics;
@@ -740,10 +741,14 @@ where
             StatusCode::SERVICE_UNAVAILABLE
         }
         Some(Err(panic)) => {
+            // The one line for this panic: the hook left it to this catcher.
+            let note = panic.note.as_ref();
             tracing::error!(
                 request = %line,
                 peer = %peer,
-                cause = panic_message(&*panic),
+                cause = panic_message(&*panic.payload),
+                at = note.map(|n| tracing::field::display(&n.location)),
+                backtrace = note.and_then(|n| n.backtrace.as_ref()).map(tracing::field::display),
                 "handler panicked: 500"
             );
             StatusCode::INTERNAL_SERVER_ERROR
@@ -965,12 +970,13 @@ fn status_response(status: StatusCode, version: Version) -> Response<Full<Bytes>
     r
 }
 
-/// What a [`CatchUnwind`] future gives: its output, or the panic's payload.
-type Caught<T> = Result<T, Box<dyn Any + Send>>;
+/// What a [`CatchUnwind`] future gives: its output, or the panic with the hook's note.
+type Caught<T> = Result<T, CaughtPanic>;
 
 pin_project! {
     /// A future whose panic is caught and returned (the app's handler: a panic costs one
-    /// request).
+    /// request), with the note the child's panic hook left instead of logging it
+    /// ([`crate::child::catch_reported`]): the request path logs it once, naming the request.
     struct CatchUnwind<F> {
         #[pin]
         inner: F,
@@ -984,7 +990,7 @@ impl<F: Future> Future for CatchUnwind<F> {
         let inner = self.project().inner;
         // AssertUnwindSafe: after a panic the future is never polled again (it is dropped with
         // this one), so no broken invariant inside it can be observed.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+        match catch_reported(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(panic) => Poll::Ready(Err(panic)),
@@ -994,11 +1000,7 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 /// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
 pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic with a non-string payload")
+    crate::child::payload_text(panic).unwrap_or("a panic with a non-string payload")
 }
 
 #[cfg(test)]
