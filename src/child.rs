@@ -277,7 +277,7 @@ pub fn payload_text(payload: &(dyn Any + Send)) -> Option<&str> {
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
 }
 
-/// A panic [`catch_reported`] caught.
+/// A panic [`catch_reported`] caught ([`CaughtPanic::new`]).
 pub struct CaughtPanic {
     /// What the panic was raised with (`resume_unwind` takes it).
     pub payload: Box<dyn Any + Send>,
@@ -299,9 +299,14 @@ thread_local! {
     static NOTE: RefCell<Option<Box<PanicNote>>> = const { RefCell::new(None) };
 }
 
-/// As `std::panic::catch_unwind`, and the panic's note from the hook comes with the payload:
-/// the caller logs the panic, once, with what it knows of the work that panicked (the hook
-/// does not log it). Costs two thread-local swaps when nothing panics.
+/// As `std::panic::catch_unwind`, with the child's panic hook told that the caller reports a
+/// panic of `f`: the hook leaves its note (place, text, backtrace) for [`CaughtPanic::new`],
+/// to be logged once by the caller with what it knows of the work that panicked, and does not
+/// log it itself. Costs two thread-local swaps when nothing panics; the result is
+/// `catch_unwind`'s own, not rebuilt (moving a response costs more than the swaps).
+///
+/// Call [`CaughtPanic::new`] with the payload of an `Err` right away: a note left waiting is
+/// logged (as the hook logs) at the next panic.
 ///
 /// A panic that `f`'s own code catches (a `catch_unwind` inside the app, tower-http's
 /// `CatchPanic`) never reaches the caller: its note is logged as the hook logs it, when `f`
@@ -309,32 +314,33 @@ thread_local! {
 /// pool's) is the hook's.
 ///
 /// # Errors
-/// The panic `f` raised, with its note.
+/// The payload of the panic `f` raised.
 #[inline]
-pub fn catch_reported<R>(f: impl FnOnce() -> R + UnwindSafe) -> Result<R, CaughtPanic> {
+pub fn catch_reported<R>(f: impl FnOnce() -> R + UnwindSafe) -> std::thread::Result<R> {
     let outer = CATCH.replace(INSIDE);
     let result = std::panic::catch_unwind(f);
-    if CATCH.replace(outer) == NOTED {
-        return settle(result);
+    if CATCH.replace(outer) == NOTED && result.is_ok() {
+        log_waiting_note();
     }
-    result.map_err(|payload| CaughtPanic {
-        payload,
-        note: None,
-    })
+    result
 }
 
-/// [`catch_reported`] when the hook left a note: the caller's if `f` panicked, else logged.
+impl CaughtPanic {
+    /// A panic [`catch_reported`] caught, its payload with the note the hook left for it.
+    pub fn new(payload: Box<dyn Any + Send>) -> CaughtPanic {
+        let note = NOTE
+            .try_with(|n| n.try_borrow_mut().ok().and_then(|mut n| n.take()))
+            .ok()
+            .flatten();
+        CaughtPanic { payload, note }
+    }
+}
+
+/// Logs a note no catcher took (a panic `f`'s own code caught), as the hook would have.
 #[cold]
-fn settle<R>(result: std::thread::Result<R>) -> Result<R, CaughtPanic> {
-    let note = NOTE.with(|n| n.borrow_mut().take());
-    match result {
-        Ok(value) => {
-            if let Some(note) = note {
-                note.log();
-            }
-            Ok(value)
-        }
-        Err(payload) => Err(CaughtPanic { payload, note }),
+fn log_waiting_note() {
+    if let Some(note) = NOTE.with(|n| n.borrow_mut().take()) {
+        note.log();
     }
 }
 

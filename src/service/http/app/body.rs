@@ -257,27 +257,7 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Ok(other) => other,
-            Err(panic) => {
-                // The one line for this panic: the hook left it to this catcher.
-                let why = super::panic_message(&*panic.payload);
-                let note = panic.note.as_ref();
-                let end = this.end.end.as_ref();
-                tracing::error!(
-                    // The request line is kept for the access log only (not paid per request
-                    // for this line): named when the log is on.
-                    request = end
-                        .and_then(|e| e.logged.as_ref())
-                        .map(|l| tracing::field::display(&l.line)),
-                    peer = end.map(|e| tracing::field::display(&e.conn.peer)),
-                    cause = why,
-                    at = note.map(|n| tracing::field::display(&n.location)),
-                    backtrace = note
-                        .and_then(|n| n.backtrace.as_ref())
-                        .map(tracing::field::display),
-                    "response body panicked"
-                );
-                Poll::Ready(Some(Err(format!("response body panicked: {why}").into())))
-            }
+            Err(panic) => Poll::Ready(Some(Err(body_panicked(this.end.end.as_ref(), panic)))),
         }
     }
 
@@ -288,4 +268,32 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Logs the one line for a response body's panic (the hook left it to this catcher, see
+/// `child::catch_reported`) and gives the error that ends the response. The request line is
+/// kept for the access log only (not paid per request for this line): named when the log is
+/// on. Out of line: the hot path stays small.
+#[cold]
+#[inline(never)]
+fn body_panicked(
+    end: Option<&super::RequestEnd>,
+    payload: Box<dyn std::any::Any + Send>,
+) -> BoxError {
+    let panic = crate::child::CaughtPanic::new(payload);
+    let why = super::panic_message(&*panic.payload);
+    let note = panic.note.as_ref();
+    tracing::error!(
+        request = end
+            .and_then(|e| e.logged.as_ref())
+            .map(|l| tracing::field::display(&l.line)),
+        peer = end.map(|e| tracing::field::display(&e.conn.peer)),
+        cause = why,
+        at = note.map(|n| tracing::field::display(&n.location)),
+        backtrace = note
+            .and_then(|n| n.backtrace.as_ref())
+            .map(tracing::field::display),
+        "response body panicked"
+    );
+    format!("response body panicked: {why}").into()
 }

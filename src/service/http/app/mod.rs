@@ -741,16 +741,7 @@ where
             StatusCode::SERVICE_UNAVAILABLE
         }
         Some(Err(panic)) => {
-            // The one line for this panic: the hook left it to this catcher.
-            let note = panic.note.as_ref();
-            tracing::error!(
-                request = %line,
-                peer = %peer,
-                cause = panic_message(&*panic.payload),
-                at = note.map(|n| tracing::field::display(&n.location)),
-                backtrace = note.and_then(|n| n.backtrace.as_ref()).map(tracing::field::display),
-                "handler panicked: 500"
-            );
+            handler_panicked(line, peer, &panic);
             StatusCode::INTERNAL_SERVER_ERROR
         }
         Some(Ok(Err(err))) => {
@@ -770,6 +761,22 @@ where
         Some(Ok(Ok(response))) => return Either::Left(response),
     };
     Either::Right(status_response(status, line.version))
+}
+
+/// Logs the one line for a handler's panic: the hook left it to this catcher
+/// ([`catch_reported`]). Out of line: the request path stays small.
+#[cold]
+#[inline(never)]
+fn handler_panicked(line: &RequestLine, peer: &Peer, panic: &CaughtPanic) {
+    let note = panic.note.as_ref();
+    tracing::error!(
+        request = %line,
+        peer = %peer,
+        cause = panic_message(&*panic.payload),
+        at = note.map(|n| tracing::field::display(&n.location)),
+        backtrace = note.and_then(|n| n.backtrace.as_ref()).map(tracing::field::display),
+        "handler panicked: 500"
+    );
 }
 
 /// The response as it leaves: an upgrade noted, `connection: close` once the worker stops,
@@ -993,9 +1000,16 @@ impl<F: Future> Future for CatchUnwind<F> {
         match catch_reported(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
+            Err(panic) => Poll::Ready(Err(caught(panic))),
         }
     }
+}
+
+/// [`CaughtPanic::new`], out of line: the request path stays small.
+#[cold]
+#[inline(never)]
+fn caught(payload: Box<dyn Any + Send>) -> CaughtPanic {
+    CaughtPanic::new(payload)
 }
 
 /// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
