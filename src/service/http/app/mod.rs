@@ -12,8 +12,11 @@
 //!   [`io`], each HTTP/2 stream by [`stream`]);
 //! - gunicorn's head limits, 414 / 431 ([`settings`]), a body limit, 413 ([`body`]), and a
 //!   per-request deadline, 503 with the handler future dropped;
-//! - a handler that panics costs its request a 500 and a log line naming the request; the
-//!   connection, its worker and the other connections go on;
+//! - a handler that panics costs its request a 500 and one ERROR line naming the request, the
+//!   peer, the panic's text and its place in the code (the child's panic hook leaves the
+//!   panic to this module: [`crate::child::catch_reported`]); a response body that panics
+//!   ends that response, with one line too; the connection, its worker and the other
+//!   connections go on;
 //! - the socket peer ([`Peer`]) and the client as trusted proxies report it ([`Client`]) as
 //!   request extensions;
 //! - the access log shared with `static` ([`super::access_log`], gunicorn's
