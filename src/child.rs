@@ -12,8 +12,10 @@
 //!    arbiter), which closes the race with an arbiter that died before the `prctl`;
 //! 3. the child's own current-thread tokio runtime, built here, after the fork (tokio must
 //!    never run in the arbiter: tokio-rs/tokio#4301);
-//! 4. a panic hook that logs where the operator looks, and a `catch_unwind` that turns a
-//!    panic of the child's own code into [`crate::exit::CHILD_PANIC`];
+//! 4. a panic hook that logs where the operator looks ([`install_panic_hook`]; a panic under
+//!    [`catch_reported`] is left to its catcher, which logs it once with what it knows), and
+//!    a `catch_unwind` that turns a panic of the child's own code into
+//!    [`crate::exit::CHILD_PANIC`];
 //! 5. on the runtime: the child's signal set ([`ChildSignals`]), and only then the signal mask
 //!    is cleared, so a signal that arrived since the fork is delivered to those handlers;
 //! 6. the body (the worker's or the hub's), handed a [`Child`] with which it starts the
@@ -22,9 +24,13 @@
 //! This module owns nothing of the arbiter's and must not import it (nor `worker`, `bus` or
 //! `service`): both kinds of child build on it, so it sits below them.
 
+use std::any::Any;
+use std::backtrace::{Backtrace, BacktraceStatus};
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::panic::{AssertUnwindSafe, PanicHookInfo, UnwindSafe};
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
@@ -169,15 +175,7 @@ where
             return boot_error;
         }
     };
-    // A panic in a connection task is caught by tokio and ends that connection only (an app
-    // handler's, by the app hook: a 500, logged again there with its request line); log it
-    // where the operator looks rather than on a bare stderr, with its place in the code, and
-    // say that it is not the child's end ("panic in the worker" read as a dead worker).
-    std::panic::set_hook(Box::new(move |info| {
-        tracing::error!(
-            "{what} code panicked (in a connection task: that connection only; in an app handler: that request, a 500): {info}"
-        );
-    }));
+    install_panic_hook(what);
     rt.block_on(async move {
         let signals = match ChildSignals::install() {
             Ok(s) => s,
@@ -200,6 +198,192 @@ where
         })
         .await
     })
+}
+
+/// Installs the child's panic hook: every panic is logged as one ERROR line (through
+/// `tracing`, where the operator looks, rather than on a bare stderr), with its message and its
+/// place in the code, saying that it is not the child's end ("panic in the worker" read as a
+/// dead worker). `what` names the child ("worker", "hub").
+///
+/// A panic raised under [`catch_reported`] is not logged here: its note ([`PanicNote`]) is
+/// handed to that catcher, which logs one line with what it knows besides (the app hook: the
+/// request line and the peer), so that one panic is not logged twice. A panic anywhere else
+/// (a connection task of a line service, the child's own code) is logged here.
+///
+/// With `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) set, the line carries a `backtrace` field
+/// (`std::backtrace::Backtrace::capture`): the default hook's backtrace, which replacing it
+/// would otherwise lose.
+///
+/// Called by [`run`]; public for tests that serve in their own process.
+pub fn install_panic_hook(what: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let note = Box::new(PanicNote::of(what, info));
+        if let Some(note) = hand_to_catcher(note) {
+            note.log();
+        }
+    }));
+}
+
+/// What the panic hook noted of one panic: where it was raised, its text, its backtrace.
+#[derive(Debug)]
+pub struct PanicNote {
+    /// The child's kind, for the hook's own line.
+    what: &'static str,
+    /// Where the panic was raised: `file:line:column`.
+    pub location: String,
+    /// The panic's text: `None` for a payload that is not a string (`panic_any`).
+    pub message: Option<String>,
+    /// The backtrace, when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`) asks for one.
+    pub backtrace: Option<Backtrace>,
+}
+
+impl PanicNote {
+    fn of(what: &'static str, info: &PanicHookInfo<'_>) -> PanicNote {
+        let location = info.location().map_or_else(
+            || "an unknown place".to_string(),
+            |l| format!("{}:{}:{}", l.file(), l.line(), l.column()),
+        );
+        let backtrace = Backtrace::capture();
+        PanicNote {
+            what,
+            location,
+            message: payload_text(info.payload()).map(str::to_string),
+            backtrace: (backtrace.status() == BacktraceStatus::Captured).then_some(backtrace),
+        }
+    }
+
+    /// The hook's own line: `worker code panicked (…): panicked at FILE:LINE:COL:\nMESSAGE`
+    /// (the standard library's words for a panic, its line break escaped by the log).
+    fn log(&self) {
+        let what = self.what;
+        let at = &self.location;
+        let message = self
+            .message
+            .as_deref()
+            .map_or(String::new(), |m| format!(":\n{m}"));
+        tracing::error!(
+            backtrace = self.backtrace.as_ref().map(tracing::field::display),
+            "{what} code panicked (in a connection task: that connection only; in an app handler: that request, a 500): panicked at {at}{message}"
+        );
+    }
+}
+
+/// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`); `None` for
+/// any other payload.
+pub fn payload_text(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
+/// A panic [`catch_reported`] caught ([`CaughtPanic::new`]).
+pub struct CaughtPanic {
+    /// What the panic was raised with (`resume_unwind` takes it).
+    pub payload: Box<dyn Any + Send>,
+    /// What the hook noted of it: `None` without the child's hook (a test's process) or for a
+    /// payload re-raised by `resume_unwind`, which runs no hook.
+    pub note: Option<Box<PanicNote>>,
+}
+
+/// [`catch_reported`]'s mark on this thread: outside any; inside one; inside one, and the hook
+/// left a note ([`NOTE`]).
+const OUTSIDE: u8 = 0;
+const INSIDE: u8 = 1;
+const NOTED: u8 = 2;
+
+thread_local! {
+    /// Whether this thread runs under [`catch_reported`], and whether a note waits.
+    static CATCH: Cell<u8> = const { Cell::new(OUTSIDE) };
+    /// The note the hook left for the catcher.
+    static NOTE: RefCell<Option<Box<PanicNote>>> = const { RefCell::new(None) };
+}
+
+/// As `std::panic::catch_unwind`, with the child's panic hook told that the caller reports a
+/// panic of `f`: the hook leaves its note (place, text, backtrace) for [`CaughtPanic::new`],
+/// to be logged once by the caller with what it knows of the work that panicked, and does not
+/// log it itself. Costs a thread-local store and a swap when nothing panics (about six
+/// instructions, callgrind: the app hook calls it three or four times per request); the
+/// result is `catch_unwind`'s own, not rebuilt (moving a response costs more than that).
+///
+/// Not nested: the mark is set and cleared, not saved and restored (that cost as much
+/// again), so a `catch_reported` inside another's `f` ends the outer one's mark early, and a
+/// later panic of the outer `f` is logged by the hook as well as by its catcher. The app hook
+/// never nests them (a handler's future and a response body are polled by hyper, one at a
+/// time).
+///
+/// Call [`CaughtPanic::new`] with the payload of an `Err` right away: a note left waiting is
+/// logged (as the hook logs) at the next panic.
+///
+/// A panic that `f`'s own code catches (a `catch_unwind` inside the app, tower-http's
+/// `CatchPanic`) never reaches the caller: its note is logged as the hook logs it, when `f`
+/// returns. Only this thread's panics are handed over: one on another thread (a blocking
+/// pool's) is the hook's.
+///
+/// # Errors
+/// The payload of the panic `f` raised.
+#[inline]
+pub fn catch_reported<R>(f: impl FnOnce() -> R + UnwindSafe) -> std::thread::Result<R> {
+    CATCH.set(INSIDE);
+    // The mark is cleared inside the catch on the way out of `f`, so that its value goes
+    // straight to the caller (held across the clearing, it was copied: callgrind).
+    let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        let value = f();
+        if CATCH.replace(OUTSIDE) == NOTED {
+            log_waiting_note();
+        }
+        value
+    }));
+    if result.is_err() {
+        CATCH.set(OUTSIDE);
+    }
+    result
+}
+
+impl CaughtPanic {
+    /// A panic [`catch_reported`] caught, its payload with the note the hook left for it.
+    pub fn new(payload: Box<dyn Any + Send>) -> CaughtPanic {
+        let note = NOTE
+            .try_with(|n| n.try_borrow_mut().ok().and_then(|mut n| n.take()))
+            .ok()
+            .flatten();
+        CaughtPanic { payload, note }
+    }
+}
+
+/// Logs a note no catcher took (a panic `f`'s own code caught), as the hook would have.
+#[cold]
+fn log_waiting_note() {
+    if let Some(note) = NOTE.with(|n| n.borrow_mut().take()) {
+        note.log();
+    }
+}
+
+/// The hook's side: under [`catch_reported`], keeps `note` for the catcher (`None` back);
+/// else gives it back to be logged. A note still waiting (a panic the catcher's work caught
+/// itself, then a second one within the same call) is logged first.
+fn hand_to_catcher(note: Box<PanicNote>) -> Option<Box<PanicNote>> {
+    // `try_with`: a panic while the thread's locals are torn down is the hook's to log.
+    let inside = CATCH.try_with(|c| c.get() != OUTSIDE).unwrap_or(false);
+    if !inside {
+        return Some(note);
+    }
+    let mut note = Some(note);
+    let earlier = NOTE.try_with(|slot| {
+        let mut slot = slot.try_borrow_mut().ok()?;
+        Some(std::mem::replace(&mut *slot, note.take()))
+    });
+    match (earlier, note) {
+        (Ok(Some(earlier)), None) => {
+            let _ = CATCH.try_with(|c| c.set(NOTED));
+            if let Some(earlier) = earlier {
+                earlier.log();
+            }
+            None
+        }
+        // The note could not be kept: the hook logs it.
+        (_, note) => note,
+    }
 }
 
 impl Child {

@@ -155,9 +155,27 @@ async fn every_route_over_http11_and_h2c() {
     }
 }
 
+/// Where the example's `/panic` handler panics, as a panic's location names it:
+/// `examples/axum_app.rs:LINE:COLUMN` (found in the source, so an edit of the example does not
+/// break the test).
+fn panic_place_in_example() -> String {
+    let source = include_str!("../examples/axum_app.rs");
+    let marker = "panic!(\"GET /panic panics on purpose\")";
+    let (line, text) = source
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(marker))
+        .expect("the example's /panic handler");
+    let column = text.find(marker).unwrap() + 1;
+    format!("examples/axum_app.rs:{}:{column}", line + 1)
+}
+
+/// A handler's panic costs its request a 500, and the log has one ERROR line for it, naming
+/// the request, the peer, the panic's text and its place in the code (the child's panic hook
+/// leaves it to the app hook rather than log it a second time).
 #[tokio::test]
 async fn a_panic_costs_one_request_and_the_same_worker_serves_the_next() {
-    let (_server, addr) = start(&["--workers", "2"], 2, &[]);
+    let (server, addr) = start(&["--workers", "2"], 2, &[]);
     // One kept-alive connection: the same worker throughout.
     let http = client();
     let url = |p: &str| format!("http://{addr}{p}");
@@ -171,8 +189,29 @@ async fn a_panic_costs_one_request_and_the_same_worker_serves_the_next() {
             .await
             .unwrap(),
     );
+    let mark = server.mark();
     let r = http.get(url("/panic")).send().await.unwrap();
     assert_eq!(r.status(), 500);
+    // Written after anything the hook would have logged for the same panic, by the same
+    // thread: once it is read, such a line would have been too.
+    server.wait_for_lines_after(mark, "handler panicked: 500", 1, SOON);
+    let errors: Vec<String> = server.lines()[mark..]
+        .iter()
+        .filter(|l| l.contains(" ERROR "))
+        .cloned()
+        .collect();
+    assert_eq!(errors.len(), 1, "one ERROR line per panic: {errors:#?}");
+    let line = &errors[0];
+    for part in [
+        &format!("[{before}] ERROR "),
+        "handler panicked: 500",
+        "request=GET /panic HTTP/1.1",
+        "peer=127.0.0.1:",
+        "GET /panic panics on purpose",
+        &format!("at={}", panic_place_in_example()),
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line}");
+    }
     let after = pid_of(
         &http
             .get(url("/worker"))

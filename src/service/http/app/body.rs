@@ -245,7 +245,7 @@ where
         }
         // A body that panics (a stream's closure, say) ends this response, not the connection's
         // task: hyper sees an error and aborts the response.
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx)));
+        let polled = crate::child::catch_reported(AssertUnwindSafe(|| inner.poll_frame(cx)));
         match polled {
             Ok(Poll::Ready(Some(Ok(frame)))) => {
                 if let Some(d) = frame.data_ref() {
@@ -257,11 +257,7 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Ok(other) => other,
-            Err(panic) => {
-                let why = super::panic_message(&*panic);
-                tracing::error!(cause = why, "response body panicked");
-                Poll::Ready(Some(Err(format!("response body panicked: {why}").into())))
-            }
+            Err(panic) => Poll::Ready(Some(Err(body_panicked(this.end.end.as_ref(), panic)))),
         }
     }
 
@@ -272,4 +268,32 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Logs the one line for a response body's panic (the hook left it to this catcher, see
+/// `child::catch_reported`) and gives the error that ends the response. The request line is
+/// kept for the access log only (not paid per request for this line): named when the log is
+/// on. Out of line: the hot path stays small.
+#[cold]
+#[inline(never)]
+fn body_panicked(
+    end: Option<&super::RequestEnd>,
+    payload: Box<dyn std::any::Any + Send>,
+) -> BoxError {
+    let panic = crate::child::CaughtPanic::new(payload);
+    let why = super::panic_message(&*panic.payload);
+    let note = panic.note.as_ref();
+    tracing::error!(
+        request = end
+            .and_then(|e| e.logged.as_ref())
+            .map(|l| tracing::field::display(&l.line)),
+        peer = end.map(|e| tracing::field::display(&e.conn.peer)),
+        cause = why,
+        at = note.map(|n| tracing::field::display(&n.location)),
+        backtrace = note
+            .and_then(|n| n.backtrace.as_ref())
+            .map(tracing::field::display),
+        "response body panicked"
+    );
+    format!("response body panicked: {why}").into()
 }

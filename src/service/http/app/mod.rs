@@ -12,8 +12,11 @@
 //!   [`io`], each HTTP/2 stream by [`stream`]);
 //! - gunicorn's head limits, 414 / 431 ([`settings`]), a body limit, 413 ([`body`]), and a
 //!   per-request deadline, 503 with the handler future dropped;
-//! - a handler that panics costs its request a 500 and a log line naming the request; the
-//!   connection, its worker and the other connections go on;
+//! - a handler that panics costs its request a 500 and one ERROR line naming the request, the
+//!   peer, the panic's text and its place in the code (the child's panic hook leaves the
+//!   panic to this module: [`crate::child::catch_reported`]); a response body that panics
+//!   ends that response, with one line too; the connection, its worker and the other
+//!   connections go on;
 //! - the socket peer ([`Peer`]) and the client as trusted proxies report it ([`Client`]) as
 //!   request extensions;
 //! - the access log shared with `static` ([`super::access_log`], gunicorn's
@@ -67,6 +70,7 @@ pub use settings::HttpSettings;
 pub use static_files::StaticFiles;
 
 use super::access_log::{AccessLog, Captured, Record, RequestLine as LogLine};
+use crate::child::{CaughtPanic, catch_reported};
 use crate::net::{Peer, Stream};
 use crate::service::ConnContext;
 use crate::service::metrics::Metrics;
@@ -757,12 +761,7 @@ where
             StatusCode::SERVICE_UNAVAILABLE
         }
         Some(Err(panic)) => {
-            tracing::error!(
-                request = %line,
-                peer = %peer,
-                cause = panic_message(&*panic),
-                "handler panicked: 500"
-            );
+            handler_panicked(line, peer, &panic);
             StatusCode::INTERNAL_SERVER_ERROR
         }
         Some(Ok(Err(err))) => {
@@ -782,6 +781,22 @@ where
         Some(Ok(Ok(response))) => return Either::Left(response),
     };
     Either::Right(status_response(status, line.version))
+}
+
+/// Logs the one line for a handler's panic: the hook left it to this catcher
+/// ([`catch_reported`]). Out of line: the request path stays small.
+#[cold]
+#[inline(never)]
+fn handler_panicked(line: &RequestLine, peer: &Peer, panic: &CaughtPanic) {
+    let note = panic.note.as_ref();
+    tracing::error!(
+        request = %line,
+        peer = %peer,
+        cause = panic_message(&*panic.payload),
+        at = note.map(|n| tracing::field::display(&n.location)),
+        backtrace = note.and_then(|n| n.backtrace.as_ref()).map(tracing::field::display),
+        "handler panicked: 500"
+    );
 }
 
 /// The response as it leaves: an upgrade noted, `connection: close` once the worker stops,
@@ -1001,12 +1016,13 @@ fn status_response(status: StatusCode, version: Version) -> Response<Full<Bytes>
     r
 }
 
-/// What a [`CatchUnwind`] future gives: its output, or the panic's payload.
-type Caught<T> = Result<T, Box<dyn Any + Send>>;
+/// What a [`CatchUnwind`] future gives: its output, or the panic with the hook's note.
+type Caught<T> = Result<T, CaughtPanic>;
 
 pin_project! {
     /// A future whose panic is caught and returned (the app's handler: a panic costs one
-    /// request).
+    /// request), with the note the child's panic hook left instead of logging it
+    /// ([`crate::child::catch_reported`]): the request path logs it once, naming the request.
     struct CatchUnwind<F> {
         #[pin]
         inner: F,
@@ -1020,21 +1036,24 @@ impl<F: Future> Future for CatchUnwind<F> {
         let inner = self.project().inner;
         // AssertUnwindSafe: after a panic the future is never polled again (it is dropped with
         // this one), so no broken invariant inside it can be observed.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+        match catch_reported(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
+            Err(panic) => Poll::Ready(Err(caught(panic))),
         }
     }
 }
 
+/// [`CaughtPanic::new`], out of line: the request path stays small.
+#[cold]
+#[inline(never)]
+fn caught(payload: Box<dyn Any + Send>) -> CaughtPanic {
+    CaughtPanic::new(payload)
+}
+
 /// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
 pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic with a non-string payload")
+    crate::child::payload_text(panic).unwrap_or("a panic with a non-string payload")
 }
 
 #[cfg(test)]
