@@ -770,32 +770,14 @@ impl LineTail {
     /// the start of one, whose version token may be complete already.
     fn judge(line: &[u8]) -> LineScan {
         // `SP HTTP/ DIGIT . DIGIT` ends a request line (RFC 9112 §3); a major above 1 is a
-        // version this server does not speak as text.
-        match line {
-            [
-                ..,
-                b' ',
-                b'H',
-                b'T',
-                b'T',
-                b'P',
-                b'/',
-                b'2'..=b'9',
-                b'.',
-                b'0'..=b'9',
-            ] => LineScan::TooNew,
-            [
-                ..,
-                b' ',
-                b'H',
-                b'T',
-                b'T',
-                b'P',
-                b'/',
-                b'1',
-                b'.',
-                b'2'..=b'9',
-            ] => LineScan::LaterMinor,
+        // version this server does not speak as text, a minor above 1 of major 1 one hyper
+        // does not take.
+        let [.., b' ', b'H', b'T', b'T', b'P', b'/', major, b'.', minor] = line else {
+            return LineScan::Done;
+        };
+        match (major, minor) {
+            (b'2'..=b'9', b'0'..=b'9') => LineScan::TooNew,
+            (b'1', b'2'..=b'9') => LineScan::LaterMinor,
             _ => LineScan::Done,
         }
     }
