@@ -168,11 +168,33 @@ fn is_chunked_alone(value: &[u8]) -> bool {
 }
 
 /// Whether `host` (a `Host` value) names the authority of `head`'s target, ASCII case aside;
-/// true when the target names none (origin-form, `*`).
+/// true when the target names none (origin-form, `*`). A port left out on one side is the
+/// scheme's default (RFC 9110 §4.2.1, §4.2.2: `http://a:80/` and `Host: a` name one origin).
+/// A target with userinfo names no `Host` (RFC 9110 §4.2.4 deprecates it; a client that sends
+/// it is refused rather than guessed at).
 fn names_the_authority(head: &Parts, host: &[u8]) -> bool {
-    head.uri
-        .authority()
-        .is_none_or(|a| a.as_str().as_bytes().eq_ignore_ascii_case(host))
+    head.uri.authority().is_none_or(|a| {
+        a.as_str().as_bytes().eq_ignore_ascii_case(host) || same_origin_host(head, a, host)
+    })
+}
+
+/// [`names_the_authority`]'s slower path, for an authority and a `Host` that differ as text:
+/// the same host with the scheme's default port written on one side only.
+#[cold]
+fn same_origin_host(head: &Parts, target: &http::uri::Authority, host: &[u8]) -> bool {
+    let Ok(host) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    let default = match head.uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => 80,
+        Some(s) if s.eq_ignore_ascii_case("https") => 443,
+        // Authority-form (CONNECT) has no scheme, so no default port.
+        _ => return false,
+    };
+    !target.as_str().contains('@')
+        && !host.as_str().contains('@')
+        && target.host().eq_ignore_ascii_case(host.host())
+        && target.port_u16().unwrap_or(default) == host.port_u16().unwrap_or(default)
 }
 
 /// What [`HttpSettings::check_head`] noted of a head it let through.
@@ -346,6 +368,28 @@ mod tests {
             with(Version::HTTP_11, "http://u@a.example/", "a.example"),
             bad
         );
+        // The scheme's default port written on one side only names the same origin.
+        for (target, host) in [
+            ("http://a.example:80/", "a.example"),
+            ("http://a.example/", "A.example:80"),
+            ("https://a.example/", "a.example:443"),
+            ("http://[::1]:80/", "[::1]"),
+        ] {
+            assert_eq!(
+                with(Version::HTTP_11, target, host),
+                None,
+                "{target} {host}"
+            );
+        }
+        for (target, host) in [
+            ("http://a.example:81/", "a.example:80"),
+            ("http://a.example/", "a.example:443"),
+            ("https://a.example/", "a.example:80"),
+            ("http://a.example:80/", "b.example"),
+            ("http://u@a.example:80/", "a.example"),
+        ] {
+            assert_eq!(with(Version::HTTP_11, target, host), bad, "{target} {host}");
+        }
         assert_eq!(
             with(Version::HTTP_2, "http://a.example/x", "a.example"),
             None
