@@ -465,21 +465,11 @@ impl<S> DeadlineIo<S> {
         let new_end = stored != self.seen_end;
         self.seen_end = stored;
         let ended = || self.state.end_instant(stored);
-        let mut request_ended = false;
-        match self.wait {
-            Wait::Busy => {
-                self.wait = Wait::Idle(ended());
-                request_ended = true;
-            }
-            // The head being timed became a request, which has ended: now idle.
-            Wait::Head { started: s, .. } if s != started => {
-                self.wait = Wait::Idle(ended());
-                request_ended = true;
-            }
-            Wait::Fresh(_) if started > 0 => {
-                self.wait = Wait::Idle(ended());
-                request_ended = true;
-            }
+        let request_ended = match self.wait {
+            Wait::Busy => true,
+            // The head being timed became a request, which has ended.
+            Wait::Head { started: s, .. } => s != started,
+            Wait::Fresh(_) => started > 0,
             // A request may have come and gone (an HTTP/2 stream) since this wait began. An
             // end seen before is no later than the wait's start (each wait starts at an end
             // seen then, or at a clock read after it).
@@ -487,27 +477,29 @@ impl<S> DeadlineIo<S> {
                 if let Some(e) = ended().filter(|&e| e > t) {
                     self.wait = Wait::Idle(Some(e));
                 }
+                false
             }
-            _ => {}
-        }
-        // Idle, unless hyper holds part of the next head (only looked into when the bytes
-        // received do not end in an empty line: not on the hot path).
-        if request_ended && !self.tail_ends_head {
-            self.head_after(started);
+            Wait::Idle(_) => false,
+        };
+        if request_ended {
+            let end = ended();
+            self.wait = Wait::Idle(end);
+            // Idle, unless hyper holds part of the next head (only looked into when the
+            // bytes received do not end in an empty line: not on the hot path).
+            if !self.tail_ends_head {
+                self.head_after(end, started);
+            }
         }
         true
     }
 
-    /// Turns the idle wait [`DeadlineIo::settle`] just began, at the end of the last of
-    /// `started` requests, into a wait for the rest of a head from that end, when the bytes
+    /// Turns the idle wait [`DeadlineIo::settle`] just began, at the end (`ended`) of the last
+    /// of `started` requests, into a wait for the rest of a head from that end, when the bytes
     /// received (which do not end in an empty line) show hyper holds part of one (module docs,
     /// "A head pipelined behind a request"). Out of the way: `settle` runs twice per request.
     #[cold]
     #[inline(never)]
-    fn head_after(&mut self, started: u64) {
-        let Wait::Idle(ended) = self.wait else {
-            return;
-        };
+    fn head_after(&mut self, ended: Option<Instant>, started: u64) {
         if self.proto != Proto::Http1 || self.state.sized_body.load(Ordering::Acquire) == started {
             return;
         }
