@@ -281,19 +281,12 @@ fn body_panicked(
     payload: Box<dyn std::any::Any + Send>,
 ) -> BoxError {
     let panic = crate::child::CaughtPanic::new(payload);
-    let why = super::panic_message(&*panic.payload);
-    let note = panic.note.as_ref();
-    tracing::error!(
-        request = end
-            .and_then(|e| e.logged.as_ref())
-            .map(|l| tracing::field::display(&l.line)),
-        peer = end.map(|e| tracing::field::display(&e.conn.peer)),
-        cause = why,
-        at = note.map(|n| tracing::field::display(&n.location)),
-        backtrace = note
-            .and_then(|n| n.backtrace.as_ref())
-            .map(tracing::field::display),
-        "response body panicked"
+    super::log_caught_panic(
+        "response body panicked",
+        end.and_then(|e| e.logged.as_ref()).map(|l| &l.line),
+        end.map(|e| &e.conn.peer),
+        &panic,
     );
+    let why = super::panic_message(&*panic.payload);
     format!("response body panicked: {why}").into()
 }

@@ -654,11 +654,13 @@ where
     let early = checked
         .err()
         .or(declared_too_big.then_some(StatusCode::PAYLOAD_TOO_LARGE));
+    let has_body = !body.is_end_stream();
+    if has_body {
+        // Before an early answer too: not every one closes (a 400 keeps the connection), and
+        // hyper may then drain the body.
+        mark_sized_body(c, &body);
+    }
     if let Some(status) = early {
-        // Not always closed (a 400 keeps the connection), and hyper may then drain the body.
-        if !body.is_end_stream() {
-            mark_sized_body(c, &body);
-        }
         // The head alone is refused: the app is not called, and an HTTP/1 connection closes
         // rather than read a body nobody wants. Answered when polled: an HTTP/2 stream's send
         // watch is its task's (`finish`).
@@ -680,10 +682,7 @@ where
         parts.extensions.insert(ReceivedUri(line.uri.clone()));
     }
     // Only a request with a body can overrun or stall it.
-    let read = (!body.is_end_stream()).then(|| {
-        mark_sized_body(c, &body);
-        Arc::new(BodyOutcome::default())
-    });
+    let read = has_body.then(|| Arc::new(BodyOutcome::default()));
     let body = RequestBody::new(body, limit, settings.client_body_timeout, read.clone());
     let req = Request::from_parts(parts, body);
     HandleFuture {
@@ -788,14 +787,28 @@ where
 #[cold]
 #[inline(never)]
 fn handler_panicked(line: &RequestLine, peer: &Peer, panic: &CaughtPanic) {
+    log_caught_panic("handler panicked: 500", Some(line), Some(peer), panic);
+}
+
+/// The one ERROR line for a panic this module caught (a handler's, a response body's):
+/// `message`, then the request line and the peer where known, the panic's text, its place in
+/// the code and, when `RUST_BACKTRACE` asked for one, its backtrace (the hook's note).
+fn log_caught_panic(
+    message: &'static str,
+    request: Option<&RequestLine>,
+    peer: Option<&Peer>,
+    panic: &CaughtPanic,
+) {
     let note = panic.note.as_ref();
     tracing::error!(
-        request = %line,
-        peer = %peer,
+        request = request.map(tracing::field::display),
+        peer = peer.map(tracing::field::display),
         cause = panic_message(&*panic.payload),
         at = note.map(|n| tracing::field::display(&n.location)),
-        backtrace = note.and_then(|n| n.backtrace.as_ref()).map(tracing::field::display),
-        "handler panicked: 500"
+        backtrace = note
+            .and_then(|n| n.backtrace.as_ref())
+            .map(tracing::field::display),
+        "{message}"
     );
 }
 
